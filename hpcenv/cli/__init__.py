@@ -1,0 +1,83 @@
+"""The ``hpcenv`` command line: argument parsing, output and error handling only.
+
+Each command group lives in its own module (``site_cmd``, ``env_cmd``, ``job_cmd``, ...) and
+exposes ``register(subparsers, common)``; handlers take ``(args, ctx)`` and return an exit code.
+Handlers call the library API and never hold business logic of their own.  Keep imports here
+light: ``hpcenv --help`` must not load py-rattler, fabric or jinja2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from hpcenv import __version__
+from hpcenv.cli.context import Context
+from hpcenv.errors import HpcenvError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that say where to look for help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"hpcenv: error: {message} (see '{self.prog} --help')\n")
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # Sub-commands get the same options with SUPPRESS defaults, so `hpcenv env list --json`
+    # and `hpcenv --json env list` both work without the sub-parser resetting the value.
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--site", metavar="PATH", default=default(None),
+                        help="site config (default: $HPCENV_SITE, ~/.config/hpcenv/site.yaml, "
+                             "/etc/hpcenv/site.yaml, then the embedded local.yaml)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="machine-readable output on stdout; logs and progress on stderr")
+    parser.add_argument("-v", "--verbose", action="count", default=default(0),
+                        help="more detail on stderr; tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="only errors on stderr")
+    parser.add_argument("--remote", metavar="NAME", default=default(None),
+                        help="run the command on a remote login node named in the site config "
+                             "or ~/.config/hpcenv/remotes.yaml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hpcenv.cli import env_cmd, job_cmd, run_cmd, site_cmd
+
+    parser = _Parser(prog="hpcenv", description="Conda environments for Slurm clusters.")
+    parser.add_argument("--version", action="version", version=f"hpcenv {__version__}")
+    _global_options(parser, suppress=False)
+    common = _Parser(add_help=False)
+    _global_options(common, suppress=True)
+
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in (site_cmd, env_cmd, run_cmd, job_cmd):
+        module.register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    ctx = Context.from_args(args)
+    try:
+        return int(handler(args, ctx) or 0)
+    except HpcenvError as exc:
+        if ctx.verbosity > 0:
+            import traceback
+
+            traceback.print_exc()
+        print(f"hpcenv: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hpcenv: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1

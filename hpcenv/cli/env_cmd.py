@@ -1,0 +1,15 @@
+"""The ``hpcenv env`` command group; its sub-commands live in env_spec_cmd and env_build_cmd."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from hpcenv.cli import env_build_cmd, env_spec_cmd
+
+    env = sub.add_parser("env", parents=[common], help="inspect, build, share and retire environments",
+                         description="Inspect, build, share and retire conda environments.")
+    env_sub = env.add_subparsers(dest="env_command", metavar="ACTION", parser_class=type(env))
+    env_spec_cmd.register(env_sub, common)
+    env_build_cmd.register(env_sub, common)
