@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from hpcenv.errors import HpcenvError, NotFound
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 
 # Variables bash itself sets or changes while it sources the scripts; they are not part of the
 # activation and must keep the caller's values.
@@ -206,3 +206,20 @@ def exec_in_env(prefix: Path, argv: Sequence[str], *, name: str | None = None,
         os.execve(path, list(argv), env)
     except OSError as exc:
         raise CommandNotExecutable(f"{path}: cannot execute ({exc.strerror})") from exc
+
+
+def find_named_env(envs_dirs: Sequence[Path], name: str) -> Path:
+    """The prefix of env ``name``: the first ``envs_dir/name`` holding a conda env, as conda does.
+
+    The published name is a symlink to an immutable build; the resolved build path is returned
+    so a process keeps its build even if the name is switched (rollback, rebuild) meanwhile.
+    """
+    if not name or os.sep in name or name in (".", ".."):
+        raise InvalidInput(f"env name {name!r}: give a plain name, or -p PREFIX for a path")
+    for envs_dir in envs_dirs:
+        candidate = Path(envs_dir) / name
+        if (candidate / "conda-meta").is_dir():
+            return candidate.resolve()
+    searched = ", ".join(str(d) for d in envs_dirs) or "(no envs_dirs configured)"
+    raise NotFound(f"no environment named {name!r} in {searched}; "
+                   "see 'hpcenv env list' or build it with 'hpcenv env build FILE'")

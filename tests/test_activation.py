@@ -145,3 +145,20 @@ def test_exec_in_env_replaces_the_process(tmp_path: Path) -> None:
     assert int(pid) == proc.pid
     assert value == "yes"
     assert proc.returncode == 5
+
+
+def test_find_named_env_searches_envs_dirs_in_order_and_resolves_symlinks(tmp_path: Path) -> None:
+    from hpcenv.activation import find_named_env
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    build = make_prefix(tmp_path / "builds")
+    second.mkdir()
+    (second / "demo").symlink_to(build)
+    (first / "other" / "conda-meta").mkdir(parents=True)
+    assert find_named_env([first, second], "demo") == build.resolve()
+    assert find_named_env([first, second], "other") == (first / "other").resolve()
+    with pytest.raises(NotFound, match="hpcenv env list"):
+        find_named_env([first, second], "missing")
+    with pytest.raises(HpcenvError) as info:
+        find_named_env([first], "../a/other")
+    assert info.value.exit_code == 2

@@ -1,9 +1,40 @@
-"""CLI commands of this group (filled in by its owner)."""
+"""``hpcenv run -n NAME -- CMD ARGS...``: run a command inside an env, with exec semantics."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from hpcenv.cli.context import Context
+from hpcenv.errors import InvalidInput
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    pass
+    parser = sub.add_parser(
+        "run", parents=[common], help="run a command inside an environment",
+        description="Run CMD inside an environment with its activation applied (activate.d "
+                    "scripts included). hpcenv replaces itself with CMD (exec): signals reach "
+                    "CMD directly and its exit status is hpcenv's. Exit 127 when CMD is not on "
+                    "the env's PATH, 126 when it cannot be executed.",
+        usage="hpcenv run (-n NAME | -p PREFIX) [--] CMD [ARGS...]",
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("-n", "--name", help="env name, looked up in the site's envs_dirs")
+    where.add_argument("-p", "--prefix", type=Path, help="path of a conda environment")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.activation import exec_in_env, find_named_env
+
+    argv = list(args.cmd)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise InvalidInput("no command given; usage: hpcenv run -n NAME -- CMD [ARGS...]")
+    if args.prefix is not None:
+        prefix, name = args.prefix.resolve(), None
+    else:
+        prefix, name = find_named_env(ctx.site().envs_dirs, args.name), args.name
+    exec_in_env(prefix, argv, name=name)
