@@ -1,9 +1,121 @@
-"""CLI commands of this group (filled in by its owner)."""
+"""``hpcenv site show | check | condarc``: inspect and probe the effective site config."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from hpcenv.cli.context import Context
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    pass
+    site = sub.add_parser("site", parents=[common], help="show and check the site config",
+                          description="Show, check and export the effective site config.")
+    site_sub = site.add_subparsers(dest="site_command", metavar="ACTION", parser_class=type(site))
+
+    show = site_sub.add_parser("show", parents=[common], help="effective config and its sources",
+                               description="Print the effective site config and, for every "
+                                           "value, the file:line it came from (or 'default').")
+    show.set_defaults(handler=show_handler)
+
+    check = site_sub.add_parser("check", parents=[common], help="probe dirs, channels, tools",
+                                description="Check that the configured dirs are writable, envs "
+                                            "and pkgs share a filesystem, local channels exist, "
+                                            "conda_exe and the group exist. Exit 1 on any fail.")
+    check.set_defaults(handler=check_handler)
+
+    condarc = site_sub.add_parser("condarc", parents=[common], help="print a matching .condarc",
+                                  description="Print a .condarc with the site's envs_dirs, "
+                                              "pkgs_dirs, channels and channel_priority, so "
+                                              "plain `conda activate NAME` finds hpcenv envs.")
+    condarc.set_defaults(handler=condarc_handler)
+    site.set_defaults(handler=lambda args, ctx: _usage(site))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    import sys
+
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def show_handler(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.site import embedded_site_path, site_to_dict
+
+    site = ctx.site()
+    data = {
+        "source": str(site.source) if site.source else str(embedded_site_path()),
+        "origin": site.origin,
+        "config": site_to_dict(site),
+        "provenance": dict(site.provenance),
+    }
+    ctx.emit(data, _format_show)
+    return 0
+
+
+def _format_show(data: dict[str, Any]) -> str:
+    prov: dict[str, str] = data["provenance"]
+    rows: list[tuple[str, str, str]] = []
+
+    def text(value: Any) -> str:
+        if isinstance(value, list):
+            return ", ".join(str(v) for v in value) or "[]"
+        return "null" if value is None else str(value)
+
+    for key, value in data["config"].items():
+        if key == "partitions":
+            for part in value:
+                detail = ", ".join(f"{k}={v}" for k, v in part.items() if k != "name")
+                rows.append((f"partitions.{part['name']}", detail or "CPU",
+                             prov.get(f"partitions.{part['name']}", prov[key])))
+            if not value:
+                rows.append((key, "[]", prov[key]))
+        elif isinstance(value, dict):
+            for sub, subvalue in value.items():
+                # A section written in the file still has defaults for the keys it omits.
+                rows.append((f"{key}.{sub}", text(subvalue),
+                             prov.get(f"{key}.{sub}", "default" if key in ("slurm", "permissions",
+                                                                          "locks", "pip")
+                                      else prov[key])))
+            if not value:
+                rows.append((key, "{}", prov[key]))
+        else:
+            rows.append((key, text(value), prov[key]))
+    width = max(len(r[0]) for r in rows)
+    vwidth = min(max(len(r[1]) for r in rows), 60)
+    lines = [f"site config: {data['source']} ({data['origin']})", ""]
+    lines += [f"{k:<{width}}  {v:<{vwidth}}  {src}" for k, v, src in rows]
+    return "\n".join(lines)
+
+
+def check_handler(args: argparse.Namespace, ctx: Context) -> int:
+    from dataclasses import asdict
+
+    from hpcenv.site import check_site
+
+    site = ctx.site()
+    checks = check_site(site)
+    failed = any(c.status == "fail" for c in checks)
+    source = str(site.source) if site.source else "embedded local.yaml"
+    data = {"source": source, "ok": not failed, "checks": [asdict(c) for c in checks]}
+
+    def human(d: dict[str, Any]) -> str:
+        width = max((len(c["name"]) for c in d["checks"]), default=5)
+        lines = [f"site config: {d['source']}"]
+        lines += [f"{c['status'].upper():<4}  {c['name']:<{width}}  {c['detail']}"
+                  for c in d["checks"]]
+        counts = {s: sum(c["status"] == s for c in d["checks"]) for s in ("pass", "warn", "fail")}
+        lines.append(f"{counts['pass']} passed, {counts['warn']} warnings, "
+                     f"{counts['fail']} failed")
+        return "\n".join(lines)
+
+    ctx.emit(data, human)
+    return 1 if failed else 0
+
+
+def condarc_handler(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.site import condarc_dict, condarc_text
+
+    site = ctx.site()
+    ctx.emit(condarc_dict(site), lambda _: condarc_text(site).rstrip("\n"))
+    return 0
