@@ -1,0 +1,140 @@
+"""The engine protocol: what the builder needs from a conda solver/installer.
+
+An engine solves match specs into exact packages (:class:`LockedPackage`), installs exact packages
+into a prefix with a shared package cache, and reads/writes lockfiles.  The lockfile format is
+rattler's ``LockFile`` (the conda-lock/pixi lock YAML), whatever engine made the solve, so a lock
+written by one engine can be installed by another.
+
+CUDA semantics of :meth:`Engine.solve` (the ``__cuda`` virtual package):
+
+* ``cuda="12.4"`` -> ``__cuda=12.4`` whatever the machine has (``CONDA_OVERRIDE_CUDA=12.4``), so GPU
+  builds are chosen on a GPU-less login node;
+* ``cuda=""`` -> no ``__cuda`` at all (CPU builds);
+* ``cuda=None`` -> whatever the machine detects.
+
+Nothing here imports rattler; see :mod:`hpcenv.engine.rattler_engine`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform as _platform
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+ChannelPriority = Literal["strict", "flexible"]
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    """One exact conda package: everything needed to install it without a solve."""
+
+    name: str
+    version: str
+    build: str
+    build_number: int
+    subdir: str
+    url: str
+    channel: str
+    file_name: str
+    sha256: str | None = None
+    md5: str | None = None
+    size: int | None = None
+    depends: tuple[str, ...] = ()
+    constrains: tuple[str, ...] = ()
+    noarch: str | None = None          # "python" | "generic" | None
+    timestamp: int | None = None       # milliseconds since the epoch, as in repodata
+    license: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["depends"] = list(self.depends)
+        data["constrains"] = list(self.constrains)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LockedPackage:
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["depends"] = tuple(kwargs.get("depends") or ())
+        kwargs["constrains"] = tuple(kwargs.get("constrains") or ())
+        return cls(**kwargs)
+
+    @property
+    def explicit_line(self) -> str:
+        """The ``@EXPLICIT`` line conda understands: ``URL#md5`` (``URL#sha256:HEX`` without md5)."""
+        if self.md5:
+            return f"{self.url}#{self.md5}"
+        if self.sha256:
+            return f"{self.url}#sha256:{self.sha256}"
+        return self.url
+
+    @property
+    def spec(self) -> str:
+        """An exact match spec for this package (``name ==version build``)."""
+        return f"{self.name} =={self.version} {self.build}"
+
+
+class Engine(Protocol):
+    """A conda engine.  Implementations: rattler (embedded), conda/mamba/micromamba CLI."""
+
+    name: str
+
+    def solve(self, specs: Sequence[str], *, channels: Sequence[str], platform: str,
+              cuda: str | None, channel_priority: ChannelPriority = "strict") -> list[LockedPackage]:
+        """Solve ``specs`` against ``channels`` for ``platform`` (+ noarch); see module doc for ``cuda``."""
+        ...
+
+    def install(self, prefix: Path, packages: Sequence[LockedPackage], *, pkgs_dir: Path) -> None:
+        """Create ``prefix`` with exactly ``packages``, linking from the package cache ``pkgs_dir``."""
+        ...
+
+    def write_lock(self, path: Path, env_name: str, packages: Sequence[LockedPackage],
+                   channels: Sequence[str], platform: str) -> None:
+        """Write a rattler/pixi lockfile with one environment ``env_name`` for ``platform``."""
+        ...
+
+    def read_lock(self, path: Path, env_name: str | None = None,
+                  platform: str | None = None) -> list[LockedPackage]:
+        """Packages of ``env_name`` (default: the only/default environment) for ``platform``."""
+        ...
+
+
+def current_platform() -> str:
+    """The conda subdir of this machine (``linux-64``, ``linux-aarch64``, ``osx-arm64``...)."""
+    machine = _platform.machine().lower()
+    arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "arm64",
+            "ppc64le": "ppc64le", "s390x": "s390x", "i686": "32", "i386": "32"}.get(machine, machine)
+    system = {"linux": "linux", "darwin": "osx", "win32": "win"}.get(sys.platform, sys.platform)
+    if system == "osx" and arch == "aarch64":
+        arch = "arm64"
+    return f"{system}-{arch}"
+
+
+def channel_url(channel: str) -> str:
+    """Normalise a channel as written in a site or spec: absolute paths become ``file://`` URLs.
+
+    Names (``conda-forge``) and URLs are passed through; the engine resolves names itself.
+    """
+    channel = channel.strip().rstrip("/")
+    if channel.startswith("~"):
+        channel = os.path.expanduser(channel)
+    if channel.startswith("/"):
+        return Path(channel).resolve().as_uri()
+    return channel
+
+
+def get_engine(site: Any) -> Engine:
+    """The engine a site config asks for (``engine: rattler`` or ``engine: conda``)."""
+    kind = getattr(site, "engine", "rattler")
+    if kind == "conda":
+        from hpcenv.engine.conda_cli import CondaCliEngine
+
+        return CondaCliEngine(exe=getattr(site, "conda_exe", None) or "conda")
+    from hpcenv.engine.rattler_engine import RattlerEngine
+
+    state_dir = getattr(site, "state_dir", None)
+    return RattlerEngine(repodata_cache=Path(state_dir) / "rattler-cache" if state_dir else None)
