@@ -1,0 +1,345 @@
+"""CUDA-aware partition routing: which partition (and node constraint) a job should go to.
+
+Pure logic: the inputs are the env's CUDA requirement, what the user asked for, the site's
+partitions and, when a scheduler could be asked, the live node state (features and free GPUs).
+Nothing here talks to Slurm; :func:`route` is called by ``hpcenv.submit`` with the scheduler's
+``partitions()`` and is unit-tested with plain data.
+
+Rules (issue 4):
+
+* A CPU job (the env needs no GPU and ``--gpus`` is absent or 0) goes to the first CPU partition
+  in site order.
+* A GPU job is eligible on a GPU partition whose driver supports the env's CUDA under the site's
+  ``cuda_compat``.  A partition's driver is known from ``driver`` or ``max_cuda`` in the site
+  config, or per node from a Slurm feature (``node_feature: "cuda{cuda}"``); in the last case the
+  decision carries a ``--constraint`` naming exactly the node features whose CUDA suffices.
+* ``--gpu-type`` filters, site order is the preference, free GPUs decide between them: the first
+  eligible partition (site order) that can start the job right now wins; when none can, the first
+  eligible one does and the job queues there.  Site order alone would make free GPUs irrelevant,
+  free GPUs alone would ignore the admins' preference.
+* An explicit ``--partition`` is validated the same way; an incompatible one is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from hpcenv.errors import InvalidInput
+from hpcenv.scheduler.base import NodeState, PartitionState
+from hpcenv.site import Partition
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """What the job needs: the env's CUDA and the user's resource options."""
+
+    cuda: str | None = None              # the env's CUDA requirement ("12.4", "12") or None
+    gpu_required: bool | None = None     # from CUDA inference: None means "if cuda is set"
+    gpus: int | None = None              # --gpus; None = not given
+    gpu_type: str | None = None          # --gpu-type
+    partition: str | None = None         # --partition; None or "auto" = route
+    nodes: int = 1                       # --nodes (GPUs are requested per node)
+
+    @property
+    def needs_gpu_env(self) -> bool:
+        if self.gpu_required is not None:
+            return self.gpu_required
+        return self.cuda is not None
+
+    @property
+    def gpus_wanted(self) -> int:
+        """GPUs per node to request: explicit ``--gpus``, else 1 for a CUDA env or ``--gpu-type``."""
+        if self.gpus is not None:
+            return self.gpus
+        return 1 if (self.needs_gpu_env or self.gpu_type) else 0
+
+
+@dataclass(frozen=True)
+class PartitionVerdict:
+    """How one partition fared for this job."""
+
+    name: str
+    gpu_type: str | None
+    cuda_support: str                  # human form: "driver 520.61.05 (CUDA 11.8)", "cpu only"
+    best_cuda: str | None              # newest CUDA the partition (or its best node) supports
+    free_gpus: int | None              # GPUs free right now on usable nodes; None if unknown
+    eligible: bool
+    why: str                           # why refused, or what makes it fit
+    constraint: str | None = None
+    nodes: tuple[str, ...] = ()        # nodes the constraint admits (node-feature partitions)
+    can_start_now: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {"partition": self.name, "gpu_type": self.gpu_type, "cuda": self.cuda_support,
+                "free_gpus": self.free_gpus, "eligible": self.eligible, "why": self.why,
+                "constraint": self.constraint, "nodes": list(self.nodes)}
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    partition: str | None              # None: let the scheduler use its default partition
+    constraint: str | None
+    gpus: int                          # GPUs per node to request (0: none)
+    gpu_type: str | None
+    reason: str
+    verdicts: tuple[PartitionVerdict, ...] = field(default=())
+
+    def table(self) -> str:
+        return format_table(self.verdicts)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"partition": self.partition, "constraint": self.constraint, "gpus": self.gpus,
+                "gpu_type": self.gpu_type, "reason": self.reason,
+                "partitions": [v.to_dict() for v in self.verdicts]}
+
+
+def cuda_key(version: str) -> tuple[int, ...]:
+    """``"12.4"`` -> ``(12, 4)``; used to compare CUDA versions for hints."""
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        raise InvalidInput(f"CUDA version {version!r} is not of the form MAJOR[.MINOR]") from None
+
+
+def feature_regex(pattern: str) -> re.Pattern[str]:
+    """Regex for a site ``node_feature`` pattern: ``"cuda{cuda}"`` matches ``cuda12.4``."""
+    if "{cuda}" not in pattern:
+        raise InvalidInput(f"node_feature {pattern!r} must contain '{{cuda}}', e.g. 'cuda{{cuda}}'")
+    head, _, tail = pattern.partition("{cuda}")
+    return re.compile(f"^{re.escape(head)}(\\d+(?:\\.\\d+)?){re.escape(tail)}$")
+
+
+def _is_gpu(p: Partition) -> bool:
+    return bool(p.is_gpu or p.gpu_type or p.driver or p.max_cuda or p.node_feature)
+
+
+def _usable_nodes(live: PartitionState | None) -> tuple[NodeState, ...]:
+    return tuple(n for n in live.nodes if n.available) if live is not None else ()
+
+
+def _start_now(nodes: Sequence[NodeState], gpus: int, wanted_nodes: int) -> bool:
+    return sum(1 for n in nodes if n.available and n.gpus_free >= gpus) >= max(wanted_nodes, 1)
+
+
+def _judge_gpu(p: Partition, req: RouteRequest, compat: str,
+               live: PartitionState | None) -> PartitionVerdict:
+    from hpcenv.drivers import cuda_satisfies, driver_supports, max_cuda_for_driver
+
+    gpus = req.gpus_wanted
+    cuda = req.cuda
+    nodes = live.nodes if live is not None else ()
+    free = sum(n.gpus_free for n in nodes) if live is not None else None
+
+    def verdict(support: str, best: str | None, eligible: bool, why: str,
+                constraint: str | None = None, admitted: Sequence[NodeState] = ()) -> PartitionVerdict:
+        pool = admitted if constraint else nodes
+        pool_free = sum(n.gpus_free for n in pool) if live is not None else None
+        return PartitionVerdict(
+            name=p.name, gpu_type=p.gpu_type, cuda_support=support, best_cuda=best,
+            free_gpus=pool_free if eligible else free, eligible=eligible, why=why,
+            constraint=constraint, nodes=tuple(n.name for n in admitted),
+            can_start_now=eligible and live is not None and _start_now(pool, gpus, req.nodes))
+
+    # CUDA capability of the partition, in the form the site described it.
+    if p.driver:
+        best = max_cuda_for_driver(p.driver)
+        support = f"driver {p.driver} (CUDA {best})"
+        cuda_ok = cuda is None or driver_supports(p.driver, cuda, compat)  # type: ignore[arg-type]
+    elif p.max_cuda:
+        best = p.max_cuda
+        support = f"CUDA {best}"
+        cuda_ok = cuda is None or cuda_satisfies(best, cuda, compat)  # type: ignore[arg-type]
+    elif p.node_feature:
+        regex = feature_regex(p.node_feature)
+        per_node = [(n, m.group(1), f) for n in nodes for f in n.features if (m := regex.match(f))]
+        if live is None:
+            return verdict(f"per node ({p.node_feature})", None, False,
+                           "node features unknown: the scheduler could not be asked")
+        if not per_node:
+            return verdict(f"per node ({p.node_feature})", None, False,
+                           f"no node carries a feature matching {p.node_feature!r}")
+        best = max((c for _, c, _ in per_node), key=cuda_key)
+        support = "nodes: " + ", ".join(f"{n.name} CUDA {c}" for n, c, _ in per_node)
+        fits = [(n, f) for n, c, f in per_node
+                if cuda is None or cuda_satisfies(c, cuda, compat)]  # type: ignore[arg-type]
+        if not fits:
+            return verdict(support, best, False, f"no node's driver supports CUDA {cuda}")
+        admitted = tuple(dict.fromkeys(n for n, _ in fits))
+        constraint = "|".join(sorted(dict.fromkeys(f for _, f in fits), key=_feature_sort))
+        problem = _gpu_count_problem(p, req, gpus)
+        if problem:
+            return verdict(support, best, False, problem)
+        names = ", ".join(n.name for n in admitted)
+        return verdict(support, best, True, f"CUDA {cuda} on {names}" if cuda else f"any GPU node ({names})",
+                       constraint=constraint, admitted=admitted)
+    else:
+        best = None
+        support = "driver not described"
+        cuda_ok = cuda is None
+    if not cuda_ok:
+        why = (f"driver too old for CUDA {cuda} (supports up to {best})" if best
+               else f"site config gives no driver/max_cuda/node_feature, CUDA {cuda} unverifiable")
+        return verdict(support, best, False, why)
+    problem = _gpu_count_problem(p, req, gpus)
+    if problem:
+        return verdict(support, best, False, problem)
+    return verdict(support, best, True, f"supports CUDA {cuda}" if cuda else "GPU partition")
+
+
+def _feature_sort(feature: str) -> tuple[tuple[int, ...], str]:
+    digits = re.findall(r"\d+", feature)
+    return tuple(int(d) for d in digits), feature
+
+
+def _gpu_count_problem(p: Partition, req: RouteRequest, gpus: int) -> str | None:
+    if req.gpu_type and p.gpu_type != req.gpu_type:
+        return f"GPU type {p.gpu_type or 'unknown'}, not {req.gpu_type}"
+    if p.gpus_per_node and gpus > p.gpus_per_node:
+        return f"{p.gpus_per_node} GPUs per node, job asks for {gpus}"
+    return None
+
+
+def _judge_cpu(p: Partition, live: PartitionState | None) -> PartitionVerdict:
+    return PartitionVerdict(name=p.name, gpu_type=None, cuda_support="no GPUs", best_cuda=None,
+                            free_gpus=None, eligible=True, why="CPU partition",
+                            can_start_now=bool(_usable_nodes(live)))
+
+
+def _live_map(live: Sequence[PartitionState] | None) -> Mapping[str, PartitionState] | None:
+    return None if live is None else {p.name: p for p in live}
+
+
+def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: str = "strict",
+          live: Sequence[PartitionState] | None = None) -> RoutingDecision:
+    """Choose the partition for a job; InvalidInput (exit 2) when none fits or an explicit one
+    cannot run it.  ``live`` is the scheduler's ``partitions()`` (None when it was not asked)."""
+    if req.cuda is not None:
+        cuda_key(req.cuda)  # validate early: a bad version must not read as "no partition fits"
+    gpus = req.gpus_wanted
+    if gpus < 0:
+        raise InvalidInput(f"--gpus {gpus}: must be 0 or more")
+    explicit = req.partition if req.partition not in (None, "", "auto") else None
+    live_by_name = _live_map(live)
+    if not partitions:
+        # Nothing described: the scheduler decides (local executor, or a site that lists none).
+        why = "the site config lists no partitions"
+        reason = f"partition {explicit} as requested ({why}; CUDA not checked)" if explicit else \
+            f"scheduler's default partition ({why})"
+        if explicit and live_by_name is not None and explicit not in live_by_name:
+            raise InvalidInput(f"--partition {explicit}: the scheduler has no such partition "
+                               f"(it has: {', '.join(live_by_name) or 'none'})")
+        return RoutingDecision(explicit, None, gpus, req.gpu_type, reason)
+
+    gpu_job = gpus > 0
+    verdicts: list[PartitionVerdict] = []
+    for p in partitions:
+        p_live = live_by_name.get(p.name) if live_by_name is not None else None
+        if not _is_gpu(p):
+            v = _judge_cpu(p, p_live)
+            if gpu_job:
+                v = _refuse(v, "no GPUs")
+            elif req.gpu_type:
+                v = _refuse(v, f"no GPUs of type {req.gpu_type}")
+        elif not gpu_job:
+            v = _judge_gpu(p, req, compat, p_live)
+            if v.eligible:
+                v = _refuse(v, "GPU partition: a CPU job goes to a CPU partition (or pass --partition)",
+                            keep_eligible_if_explicit=p.name == explicit)
+        else:
+            v = _judge_gpu(p, req, compat, p_live)
+        verdicts.append(v)
+
+    what = _describe(req, gpus)
+    if explicit is not None:
+        return _explicit(explicit, req, gpus, verdicts, partitions, live_by_name, what)
+
+    eligible = [v for v in verdicts if v.eligible]
+    if not eligible:
+        if not gpu_job:
+            return RoutingDecision(None, None, 0, None,
+                                   "scheduler's default partition (the site config lists no CPU "
+                                   "partition)", tuple(verdicts))
+        raise InvalidInput(f"no partition can run this job ({what}); {_hint(req, verdicts)}\n"
+                           + format_table(verdicts))
+    if gpu_job:
+        now = [v for v in eligible if v.can_start_now]
+        chosen = now[0] if now else eligible[0]
+        if chosen is eligible[0]:
+            reason = f"{chosen.name}: first eligible partition in site order"
+        else:
+            skipped = ", ".join(v.name for v in eligible[:eligible.index(chosen)])
+            reason = (f"{chosen.name}: first eligible partition with {gpus} free GPU(s) now "
+                      f"({skipped} preferred by the site but busy)")
+    else:
+        chosen = eligible[0]
+        reason = f"{chosen.name}: first CPU partition in site order"
+    reason = f"{reason}; {what}; {chosen.why}"
+    return RoutingDecision(chosen.name, chosen.constraint, gpus, req.gpu_type if gpu_job else None,
+                           reason, tuple(verdicts))
+
+
+def _refuse(v: PartitionVerdict, why: str, *, keep_eligible_if_explicit: bool = False) -> PartitionVerdict:
+    if keep_eligible_if_explicit:
+        return v
+    return replace(v, eligible=False, why=why, constraint=None, nodes=(), can_start_now=False)
+
+
+def _explicit(name: str, req: RouteRequest, gpus: int, verdicts: list[PartitionVerdict],
+              partitions: Sequence[Partition], live: Mapping[str, PartitionState] | None,
+              what: str) -> RoutingDecision:
+    known = [p.name for p in partitions]
+    if name not in known:
+        raise InvalidInput(f"--partition {name}: not in the site config (known: {', '.join(known)}); "
+                           "pick one of those or --partition auto")
+    if live is not None and name not in live:
+        raise InvalidInput(f"--partition {name}: the scheduler has no such partition "
+                           f"(it has: {', '.join(live) or 'none'}); fix the site config")
+    v = next(v for v in verdicts if v.name == name)
+    if not v.eligible:
+        extra = " (pass --gpus 0 to run this CUDA env without a GPU)" if (
+            req.needs_gpu_env and req.gpus is None and v.why == "no GPUs") else ""
+        raise InvalidInput(f"--partition {name} cannot run this job ({what}): {v.why}{extra}\n"
+                           + format_table(verdicts))
+    return RoutingDecision(name, v.constraint, gpus, req.gpu_type if gpus else None,
+                           f"{name}: requested with --partition; {what}; {v.why}", tuple(verdicts))
+
+
+def _describe(req: RouteRequest, gpus: int) -> str:
+    parts = [f"env needs CUDA {req.cuda}" if req.cuda else
+             ("env needs a GPU" if req.needs_gpu_env else "CPU env")]
+    if gpus:
+        parts.append(f"{gpus} GPU(s){' of type ' + req.gpu_type if req.gpu_type else ''} per node")
+    return ", ".join(parts)
+
+
+def _hint(req: RouteRequest, verdicts: Sequence[PartitionVerdict]) -> str:
+    gpu = [v for v in verdicts if v.best_cuda is not None or v.gpu_type is not None]
+    if req.gpu_type and not any(v.gpu_type == req.gpu_type for v in verdicts):
+        types = sorted({v.gpu_type for v in verdicts if v.gpu_type})
+        return f"no partition has GPU type {req.gpu_type} (types: {', '.join(types) or 'none'})"
+    with_cuda = [v for v in gpu if v.best_cuda is not None
+                 and (not req.gpu_type or v.gpu_type == req.gpu_type)]
+    if req.cuda and with_cuda:
+        best = max(with_cuda, key=lambda v: cuda_key(v.best_cuda or "0"))
+        if cuda_key(best.best_cuda or "0") < cuda_key(req.cuda):
+            return (f"needs CUDA {req.cuda}; best available is {best.best_cuda} on {best.name} "
+                    f"(rebuild the env for CUDA {best.best_cuda}: hpcenv env build FILE --cuda "
+                    f"{best.best_cuda})")
+    return "see why each partition was refused below"
+
+
+def format_table(verdicts: Sequence[PartitionVerdict]) -> str:
+    """Plain-text table of partitions, their CUDA support, free GPUs and verdicts."""
+    header = ("partition", "gpu", "cuda support", "free", "verdict")
+    rows = [(v.name, v.gpu_type or "-", v.cuda_support,
+             "?" if v.free_gpus is None else str(v.free_gpus),
+             ("ok: " if v.eligible else "refused: ") + v.why
+             + (f" [--constraint {v.constraint}]" if v.eligible and v.constraint else ""))
+            for v in verdicts]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for r in [header, *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
+    return "\n".join(lines)
