@@ -120,7 +120,12 @@ def build_demo_channel(dest: Path, *, compression_level: int = 1) -> DemoChannel
     Concurrent callers serialise on ``dest/.lock``; the build happens in a staging dir and is
     moved into place before the stamp is written, so a crashed build is simply redone.
     """
-    dest = Path(dest).absolute()
+    return _ensure(Path(dest), compression_level)[0]
+
+
+def _ensure(dest: Path, level: int) -> tuple[DemoChannel, float | None]:
+    """The channel, and the seconds this call spent building it (None: it was up to date)."""
+    dest = dest.absolute()
     dest.mkdir(parents=True, exist_ok=True)
     result = DemoChannel(path=dest / "channel", wheels=dest / "wheels",
                          python_version=_python_version())
@@ -128,25 +133,24 @@ def build_demo_channel(dest: Path, *, compression_level: int = 1) -> DemoChannel
     stamp = dest / "stamp.json"
     with _locked(dest / ".lock"):
         if _stamp_matches(stamp, key, result):
-            return result
+            return result, None
         started = time.monotonic()
         staging = dest / f".staging-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            _build_into(staging, compression_level)
+            _build_into(staging, level)
             stamp.unlink(missing_ok=True)
             for name in ("channel", "wheels"):
                 shutil.rmtree(dest / name, ignore_errors=True)
                 (staging / name).rename(dest / name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        seconds = round(time.monotonic() - started, 2)
         _atomic_write(stamp, json.dumps({
-            "key": key,
-            "python": result.python_version,
-            "seconds": round(time.monotonic() - started, 2),
-            "compression_level": compression_level,
+            "key": key, "python": result.python_version, "seconds": seconds,
+            "compression_level": level,
         }, indent=2) + "\n")
-    return result
+    return result, seconds
 
 
 def build_seconds(dest: Path) -> float | None:
@@ -570,27 +574,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compression-level", type=int, default=1, metavar="N",
                         help="zstd level of the .conda archives (default 1: fast)")
     args = parser.parse_args(argv)
-    before = build_seconds(args.outdir)
-    stamp_mtime = _mtime(args.outdir / "stamp.json")
     try:
-        channel = build_demo_channel(args.outdir, compression_level=args.compression_level)
+        channel, seconds = _ensure(args.outdir, args.compression_level)
     except HpcenvError as exc:
         print(f"hpcenv: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    rebuilt = _mtime(args.outdir / "stamp.json") != stamp_mtime
-    how = (f"built in {build_seconds(args.outdir):.1f} s" if rebuilt
-           else f"up to date (built in {before:.1f} s)")
+    if seconds is None:
+        previous = build_seconds(args.outdir)
+        how = "up to date" + (f", built in {previous:.1f} s" if previous is not None else "")
+    else:
+        how = f"built in {seconds:.1f} s"
     print(f"demo channel: {channel.url} ({how})")
     print(f"wheels:       {channel.wheels}")
     print(f"python:       {channel.python_version}")
     return 0
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,259 @@
+"""The demo channel holds real packages that py-rattler solves and installs into working envs.
+
+Rattler runs in a child process (it can crash the interpreter at exit after async calls, see
+the rattler notes), one child per batch of solves/installs to keep the suite quick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcenv.demo.channel import CUDA_VERSIONS, DemoChannel, build_demo_channel
+
+_RATTLER = r"""
+import asyncio, json, os, sys
+import rattler
+from rattler import Gateway, Override, VirtualPackage, VirtualPackageOverrides
+from rattler.shell import ActivationVariables, PathModificationBehavior, Shell, activate
+
+
+async def run(req):
+    # An empty override string means "no __cuda", whatever the machine has.
+    vps = VirtualPackage.detect(VirtualPackageOverrides(cuda=Override.string(req["cuda"])))
+    try:
+        records = await rattler.solve(
+            sources=[req["channel"]], specs=req["specs"],
+            gateway=Gateway(cache_dir=req["gateway"]), platforms=["linux-64", "noarch"],
+            virtual_packages=vps)
+    except Exception as exc:
+        return {"error": str(exc)}
+    out = {"builds": {r.name.normalized: str(r.build) for r in records}}
+    if req.get("prefix"):
+        await rattler.install(records, target_prefix=req["prefix"], cache_dir=req["pkgs"],
+                              show_progress=False)
+        variables = ActivationVariables(current_prefix=None, current_path=["/usr/bin", "/bin"],
+            path_modification_behavior=PathModificationBehavior.Replace)
+        out["activation"] = activate(req["prefix"], variables, Shell.bash).script
+    return out
+
+
+async def main(reqs):
+    return [await run(req) for req in reqs]
+
+
+print(json.dumps(asyncio.run(main(json.loads(sys.argv[1])))))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def rattler_batch(channel: DemoChannel, work: Path, requests: list[dict]) -> list[dict]:
+    """Solve (and install, when a request names a prefix) each request in one child process."""
+    for req in requests:
+        req.setdefault("channel", channel.url)
+        req.setdefault("gateway", str(work / "gateway"))
+        req.setdefault("pkgs", str(work / "pkgs"))
+        req.setdefault("cuda", "")
+    proc = subprocess.run([sys.executable, "-c", _RATTLER, json.dumps(requests)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kwargs)
+    assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
+    return proc
+
+
+def repodata(channel: DemoChannel) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    for subdir in ("linux-64", "noarch"):
+        data = json.loads((channel.path / subdir / "repodata.json").read_text())
+        records.update(data["packages.conda"])
+    return records
+
+
+def python_exe(prefix: Path) -> str:
+    return str(prefix / "bin" / "python")
+
+
+# --- the channel itself ----------------------------------------------------------------------
+
+def test_channel_indexes_every_package(demo_channel: DemoChannel) -> None:
+    records = repodata(demo_channel)
+    by_name: dict[str, list[dict]] = {}
+    for rec in records.values():
+        by_name.setdefault(rec["name"], []).append(rec)
+
+    assert [r["version"] for r in by_name["python"]] == [demo_channel.python_version]
+    assert demo_channel.python_version == ".".join(map(str, sys.version_info[:3]))
+    assert sorted(r["version"] for r in by_name["cuda-version"]) == sorted(CUDA_VERSIONS)
+    for rec in by_name["cuda-version"]:
+        assert rec["noarch"] == "generic"
+        assert rec["constrains"][0] == f"__cuda >={rec['version']}"
+    assert "pip" in by_name and "python_abi" in by_name and "hpcdemo-tools" in by_name
+
+    kernels = {r["build"].split("_")[0]: r for r in by_name["hpcdemo-kernels"]}
+    assert set(kernels) == {"cpu", "cuda118", "cuda124"}
+    assert "__cuda" not in kernels["cpu"]["depends"]
+    assert "__cuda" in kernels["cuda124"]["depends"]
+    assert "cuda-version >=12.4,<12.5" in kernels["cuda124"]["depends"]
+    assert "cuda-version >=11.8,<11.9" in kernels["cuda118"]["depends"]
+    assert (kernels["cpu"]["build_number"] < kernels["cuda118"]["build_number"]
+            < kernels["cuda124"]["build_number"])
+    assert demo_channel.url == demo_channel.path.resolve().as_uri()
+    assert [p.name for p in demo_channel.wheels.iterdir()] == [
+        "hpcdemo_extra-0.1.0-py3-none-any.whl"]
+
+
+def test_up_to_date_channel_is_not_rebuilt(demo_channel: DemoChannel) -> None:
+    dest = demo_channel.path.parent
+    stamp_before = (dest / "stamp.json").stat()
+    archive = next((demo_channel.path / "linux-64").glob("python-*.conda"))
+    inode_before = archive.stat().st_ino
+
+    again = build_demo_channel(dest)
+
+    assert again == demo_channel
+    assert (dest / "stamp.json").stat().st_mtime_ns == stamp_before.st_mtime_ns
+    assert archive.stat().st_ino == inode_before
+
+
+def test_concurrent_fresh_builds_build_once_and_stale_stamp_rebuilds(tmp_path: Path) -> None:
+    dest = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "hpcenv.demo.channel", str(dest)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    summaries = sorted(out.splitlines()[0] for out, _ in outputs)
+    assert "(built in" in summaries[0] and "(up to date" in summaries[1], summaries
+    assert not list(dest.glob(".staging-*"))
+
+    stamp = json.loads((dest / "stamp.json").read_text())
+    (dest / "stamp.json").write_text(json.dumps({**stamp, "key": "from an older builder"}))
+    channel = build_demo_channel(dest)
+    assert json.loads((dest / "stamp.json").read_text())["key"] == stamp["key"]
+    assert (channel.path / "noarch" / "repodata.json").is_file()
+
+
+# --- solving with and without CUDA -----------------------------------------------------------
+
+SOLVES = {
+    # (cuda override, specs) -> kernels build variant, or None when unsolvable
+    "cuda 12.4 takes the cuda124 build": ("12.4", ["hpcdemo-kernels"], "cuda124"),
+    "cuda 12.8 takes the newest CUDA build": ("12.8", ["hpcdemo-kernels"], "cuda124"),
+    "cuda 12.2 falls back to cuda118": ("12.2", ["hpcdemo-kernels"], "cuda118"),
+    "no __cuda takes the cpu build": ("", ["hpcdemo-kernels", "hpcdemo-tools"], "cpu"),
+    "cuda-version alone does not need a GPU": ("", ["cuda-version=12.4", "hpcdemo-kernels"],
+                                               "cpu"),
+    "cuda-version pins the CUDA build": ("12.8", ["cuda-version=11.8", "hpcdemo-kernels"],
+                                         "cuda118"),
+    "a CUDA build needs __cuda": ("", ["hpcdemo-kernels=*=cuda124*"], None),
+    "cuda-version 12.4 needs a 12.4 driver": ("12.2", ["cuda-version=12.4"], None),
+}
+
+
+@pytest.fixture(scope="module")
+def solves(demo_channel: DemoChannel, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    work = tmp_path_factory.mktemp("solves")
+    requests = [{"cuda": cuda, "specs": specs} for cuda, specs, _ in SOLVES.values()]
+    return dict(zip(SOLVES, rattler_batch(demo_channel, work, requests)))
+
+
+@pytest.mark.parametrize("case", list(SOLVES))
+def test_solve_picks_the_build_the_cuda_override_allows(solves: dict, case: str) -> None:
+    expected = SOLVES[case][2]
+    result = solves[case]
+    if expected is None:
+        assert "error" in result, result
+        return
+    assert "error" not in result, result["error"]
+    assert result["builds"]["hpcdemo-kernels"].split("_")[0] == expected
+    # python's pip dependency comes along wherever python does
+    assert "pip" in result["builds"] and "python" in result["builds"]
+
+
+# --- installed environments ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def envs(demo_channel: DemoChannel, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A CUDA 12.4 env and a CPU env installed from the channel through one package cache."""
+    work = tmp_path_factory.mktemp("envs")
+    gpu, cpu = work / "envs" / "gpu", work / "envs" / "cpu"
+    specs = ["python=3.11", "hpcdemo-kernels", "hpcdemo-tools"]
+    results = rattler_batch(demo_channel, work, [
+        {"cuda": "12.4", "specs": ["cuda-version=12.4", *specs], "prefix": str(gpu)},
+        {"cuda": "", "specs": specs, "prefix": str(cpu)},
+    ])
+    for result in results:
+        assert "error" not in result, result["error"]
+    return {"gpu": gpu, "cpu": cpu, "gpu_activation": results[0]["activation"]}
+
+
+def test_env_python_runs_from_its_own_prefix(envs: dict) -> None:
+    prefix = envs["gpu"]
+    code = ("import json, ssl, sqlite3, sys, sysconfig\n"
+            "maps = open('/proc/self/maps').read()\n"
+            "print(json.dumps({'prefix': sys.prefix, 'path': sys.path, 'maps': maps,"
+            " 'purelib': sysconfig.get_paths()['purelib']}))")
+    info = json.loads(run([python_exe(prefix), "-c", code], env={"PATH": "/usr/bin:/bin"}).stdout)
+
+    assert info["prefix"] == str(prefix)
+    assert info["purelib"] == str(prefix / "lib" / "python3.11" / "site-packages")
+    assert all(p == "" or p.startswith(str(prefix)) for p in info["path"]), info["path"]
+    # nothing is loaded from the interpreter the package was made from
+    assert sys.base_prefix not in info["maps"]
+
+
+def test_kernels_variant_and_prefix_rewrite(envs: dict) -> None:
+    code = ("import json, hpcdemo_kernels as k\n"
+            "print(json.dumps({'variant': k.VARIANT, 'info': k.build_info(),"
+            " 'saxpy': k.saxpy(2.0, [1.0, 2.0], [1.0, 1.0])}))")
+    gpu = json.loads(run([python_exe(envs["gpu"]), "-c", code]).stdout)
+    cpu = json.loads(run([python_exe(envs["cpu"]), "-c", code]).stdout)
+
+    assert gpu["variant"] == "cuda124" and gpu["info"]["cuda"] == "12.4"
+    assert cpu["variant"] == "cpu" and cpu["info"]["cuda"] is None
+    # the text placeholder in build.json was replaced by each env's own prefix
+    assert gpu["info"]["prefix"] == str(envs["gpu"])
+    assert cpu["info"]["prefix"] == str(envs["cpu"])
+    assert gpu["saxpy"] == [3.0, 5.0]
+
+
+def test_envs_share_python_files_by_hardlink(envs: dict) -> None:
+    lib = Path("lib") / "libpython3.11.so.1.0"
+    assert (envs["gpu"] / lib).stat().st_ino == (envs["cpu"] / lib).stat().st_ino
+
+
+def test_entry_point_and_activate_d(envs: dict) -> None:
+    prefix = envs["gpu"]
+    plain = run([str(prefix / "bin" / "hpcdemo-info")]).stdout.splitlines()
+    assert f"prefix={prefix}" in plain
+    assert "kernels=cuda124" in plain
+    assert "activated=" in plain  # not activated: activate.d has not run
+
+    script = envs["gpu_activation"] + "\nexec hpcdemo-info\n"
+    activated = run(["bash", "-c", script], env={"PATH": "/usr/bin:/bin"}).stdout.splitlines()
+    assert "activated=cuda124" in activated
+    assert f"prefix={prefix}" in activated
+
+
+def test_wheel_installs_offline_with_the_envs_pip(envs: dict, demo_channel: DemoChannel) -> None:
+    prefix = envs["cpu"]
+    run([python_exe(prefix), "-m", "pip", "install", "--no-index", "--find-links",
+         str(demo_channel.wheels), "--disable-pip-version-check", "hpcdemo_extra"],
+        env={**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_ROOT_USER_ACTION": "ignore"})
+
+    out = run([str(prefix / "bin" / "hpcdemo-extra")]).stdout
+    assert out.strip() == f"hpcdemo_extra 0.1.0 in {prefix}"
+    listed = run([python_exe(prefix), "-m", "pip", "list", "--format=json",
+                  "--disable-pip-version-check"]).stdout
+    assert {"name": "hpcdemo_extra", "version": "0.1.0"} in json.loads(listed)
