@@ -1,0 +1,198 @@
+"""The scheduler protocol and the records every backend returns.
+
+A backend submits a rendered job script (all options live in its ``#SBATCH`` lines), reports job
+and cluster state, and cancels jobs.  Backends: the Slurm command line (``slurm_cli``), pyslurm
+(``pyslurm_backend``) and the local executor (``local``), chosen by ``hpcenv.scheduler.get_scheduler``.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from hpcenv.errors import InvalidInput
+
+# Slurm's job states that end a job; anything else is still queued or running.
+FINISHED_STATES = frozenset({
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+    "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT",
+})
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """One job as the scheduler sees it.  ``exit_code`` is the script's exit status once the job
+    finished (``None`` before); ``signal`` the signal that killed it, if any."""
+
+    job_id: str
+    name: str
+    state: str                       # Slurm's state names: PENDING, RUNNING, COMPLETED, ...
+    reason: str | None = None        # why it is pending or failed (Slurm's Reason)
+    exit_code: int | None = None
+    signal: int | None = None
+    node: str | None = None          # node list as Slurm prints it
+    elapsed: float | None = None     # seconds run so far (or in total)
+    partition: str | None = None
+    stdout: Path | None = None
+    stderr: Path | None = None
+    workdir: Path | None = None
+    submit_time: float | None = None  # Unix time
+    start_time: float | None = None
+    end_time: float | None = None
+    user: str | None = None
+    comment: str | None = None
+    constraint: str | None = None
+    source: str = "queue"            # where the record came from: queue, jobcomp, local
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One compute node: where it belongs, what it offers, what is in use."""
+
+    name: str
+    partitions: tuple[str, ...]
+    features: tuple[str, ...]
+    state: str                       # lower-case Slurm state: idle, mixed, allocated, down, ...
+    gpu_type: str | None = None
+    gpus: int = 0
+    gpus_allocated: int = 0
+    cpus: int = 0
+    cpus_allocated: int = 0
+
+    @property
+    def gpus_free(self) -> int:
+        return max(self.gpus - self.gpus_allocated, 0) if self.available else 0
+
+    @property
+    def available(self) -> bool:
+        """Accepts new work (not down, drained, failing or powered off)."""
+        bad = ("down", "drain", "fail", "maint", "power", "unknown", "not_responding", "invalid",
+               "future", "reboot")
+        return not any(word in self.state for word in bad)
+
+    def to_dict(self) -> dict[str, object]:
+        data: dict[str, object] = dict(self.__dict__)
+        data["gpus_free"] = self.gpus_free
+        return data
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """One partition with its nodes' current state."""
+
+    name: str
+    nodes: tuple[NodeState, ...] = field(default=())
+    default: bool = False
+    state: str = "up"
+
+    @property
+    def gpu_types(self) -> tuple[str, ...]:
+        return tuple(sorted({n.gpu_type for n in self.nodes if n.gpu_type}))
+
+    @property
+    def gpus_total(self) -> int:
+        return sum(n.gpus for n in self.nodes)
+
+    @property
+    def gpus_free(self) -> int:
+        return sum(n.gpus_free for n in self.nodes)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Every feature any node of the partition offers (nodes may differ)."""
+        return tuple(sorted({f for n in self.nodes for f in n.features}))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "default": self.default, "state": self.state,
+                "gpu_types": list(self.gpu_types), "gpus_total": self.gpus_total,
+                "gpus_free": self.gpus_free, "features": list(self.features),
+                "nodes": [n.to_dict() for n in self.nodes]}
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """What hpcenv needs from a batch system."""
+
+    kind: str
+
+    def submit(self, script_path: Path, *, workdir: Path) -> str:
+        """Submit a job script; return its job id.  Raises HpcenvError when rejected."""
+        ...
+
+    def status(self, job_id: str) -> JobInfo:
+        """State of one job, also after it finished.  Raises NotFound for unknown ids."""
+        ...
+
+    def jobs(self, user: str | None = None) -> list[JobInfo]:
+        """Queued and running jobs of ``user`` (default: the current user)."""
+        ...
+
+    def cancel(self, job_id: str, signal: str | int | None = None) -> None:
+        """Cancel a job, or with ``signal`` only send it that signal (to every process of it)."""
+        ...
+
+    def partitions(self) -> list[PartitionState]:
+        ...
+
+    def nodes(self) -> list[NodeState]:
+        ...
+
+
+def signal_number(sig: str | int) -> int:
+    """``"TERM"``, ``"SIGTERM"``, ``"term"``, ``15`` -> 15; InvalidInput for anything else."""
+    if isinstance(sig, int) or (isinstance(sig, str) and sig.isdigit()):
+        number = int(sig)
+        try:
+            _signal.Signals(number)
+        except ValueError:
+            raise InvalidInput(f"unknown signal number {number}; use e.g. TERM, INT, USR1") from None
+        return number
+    name = sig.upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(_signal.Signals[name])
+    except KeyError:
+        raise InvalidInput(f"unknown signal {sig!r}; use e.g. TERM, INT, USR1, KILL") from None
+
+
+def signal_name(sig: str | int) -> str:
+    """Short name Slurm and kill(1) accept: ``15`` or ``"SIGTERM"`` -> ``"TERM"``."""
+    return _signal.Signals(signal_number(sig)).name.removeprefix("SIG")
+
+
+def expand_output_pattern(pattern: str, *, job_id: str, name: str, user: str | None = None,
+                          node: str | None = None) -> str:
+    """Expand the ``sbatch --output`` placeholders hpcenv's scripts use (%j %x %u %N %A %a %%)."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch != "%" or i + 1 == len(pattern):
+            out.append(ch)
+            i += 1
+            continue
+        # Slurm allows a zero-padding width between % and the letter (%5j); honour it.
+        j = i + 1
+        while j < len(pattern) and pattern[j].isdigit():
+            j += 1
+        width = int(pattern[i + 1:j]) if j > i + 1 else 0
+        letter = pattern[j] if j < len(pattern) else ""
+        values = {"j": job_id, "A": job_id, "x": name, "u": user or "", "N": node or "",
+                  "a": "4294967294", "%": "%"}
+        if letter in values:
+            value = values[letter]
+            out.append(value.zfill(width) if letter in "jA" else value)
+            i = j + 1
+        else:
+            out.append(pattern[i:j + 1])
+            i = j + 1
+    return "".join(out)

@@ -1,0 +1,428 @@
+"""The local executor: runs Slurm job scripts on this machine with bash, no Slurm needed.
+
+Each job gets an id from a lock-protected counter and a JSON record under
+``<state_dir>/local-jobs/`` (written atomically).  Submitting copies the script (as sbatch does),
+reads its ``#SBATCH`` lines (``--job-name``, ``--output``, ``--error``, ``--chdir``,
+``--cpus-per-task``, ``--ntasks``, ``--time``) and starts a small supervisor process in a new
+session, so the job survives the submitting process.  The supervisor runs ``bash SCRIPT`` in its
+own process group with the SLURM_* variables a job script reads, waits for it and records the
+exit code.  ``cancel`` sends SIGTERM (then SIGKILL after ``KILL_WAIT`` seconds) to the job's
+process group; with a signal it only delivers that signal, as ``scancel --full --signal`` does.
+A ``--time`` limit is enforced the same way and ends the job as TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import signal as _signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.scheduler.base import (
+    FINISHED_STATES,
+    JobInfo,
+    NodeState,
+    PartitionState,
+    expand_output_pattern,
+    signal_number,
+)
+
+NODE_NAME = "local"
+KILL_WAIT = 5.0          # seconds between SIGTERM and SIGKILL, like Slurm's KillWait
+_POLL = 0.25             # how often the supervisor looks for cancel requests and time limits
+
+# #SBATCH options the executor understands, by their long name; short forms map onto them.
+_SHORT = {"-J": "job-name", "-o": "output", "-e": "error", "-D": "chdir", "-c": "cpus-per-task",
+          "-n": "ntasks", "-t": "time", "-p": "partition", "-N": "nodes", "-G": "gpus"}
+
+
+@dataclass
+class LocalJob:
+    """The on-disk record of one local job."""
+
+    job_id: str
+    name: str
+    state: str
+    script: str                     # the copy that runs
+    workdir: str
+    stdout: str
+    stderr: str
+    user: str
+    submit_time: float
+    time_limit: float | None = None  # seconds
+    env: dict[str, str] = field(default_factory=dict)  # the SLURM_* variables set for the job
+    start_time: float | None = None
+    end_time: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    pgid: int | None = None
+    supervisor_pid: int | None = None
+    supervisor_start: str | None = None  # /proc start ticks, to tell a reused pid apart
+    cancel_requested: float | None = None
+
+
+def parse_sbatch_options(script: str) -> dict[str, str]:
+    """The ``#SBATCH`` options of a job script, by long name.  Like sbatch, parsing stops at the
+    first line that is neither blank nor a comment."""
+    options: dict[str, str] = {}
+    for line in script.splitlines()[1 if script.startswith("#!") else 0:]:
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break
+        if not stripped.startswith("#SBATCH"):
+            continue
+        try:
+            words = shlex.split(stripped[len("#SBATCH"):], comments=True)
+        except ValueError:
+            continue
+        i = 0
+        while i < len(words):
+            word = words[i]
+            if word.startswith("--"):
+                key, eq, value = word[2:].partition("=")
+                if not eq and i + 1 < len(words) and not words[i + 1].startswith("-"):
+                    value, i = words[i + 1], i + 1
+                options[key] = value
+            elif word[:2] in _SHORT:
+                value = word[2:]
+                if not value and i + 1 < len(words):
+                    value, i = words[i + 1], i + 1
+                options[_SHORT[word[:2]]] = value
+            i += 1
+    return options
+
+
+def parse_time_limit(text: str) -> float | None:
+    """sbatch ``--time`` forms: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``."""
+    text = text.strip()
+    if not text or text.upper() in {"UNLIMITED", "INFINITE"}:
+        return None
+    try:
+        days = 0
+        if "-" in text:
+            d, text = text.split("-", 1)
+            days = int(d)
+            parts = [int(p) for p in text.split(":")]
+            h, m, s = (parts + [0, 0])[:3]
+            return float(days * 86400 + h * 3600 + m * 60 + s)
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        raise InvalidInput(f"invalid #SBATCH --time {text!r}: use e.g. 30, 1:00:00 or 1-12:00:00") from None
+    if len(parts) == 1:
+        return parts[0] * 60.0
+    if len(parts) == 2:
+        return parts[0] * 60.0 + parts[1]
+    h, m, s = parts[:3]
+    return float(h * 3600 + m * 60 + s)
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class LocalExecutor:
+    """Scheduler protocol on this machine; ``state_dir`` holds the job records."""
+
+    kind = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir) / "local-jobs"
+
+    # -- records ------------------------------------------------------------------------------
+    def _record_path(self, job_id: str) -> Path:
+        if not job_id.isdigit():
+            raise InvalidInput(f"invalid local job id {job_id!r}: expected digits, e.g. 12")
+        return self.root / f"{int(job_id)}.json"
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{name}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _load(self, job_id: str) -> LocalJob:
+        path = self._record_path(job_id)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(f"local job {job_id} is unknown (no record in {self.root}); "
+                           "check the id with 'hpcenv jobs'") from None
+        except json.JSONDecodeError as exc:
+            raise HpcenvError(f"{path}: corrupt job record ({exc}); remove the file") from None
+        return LocalJob(**data)
+
+    def _save(self, job: LocalJob) -> None:
+        _write_json(self._record_path(job.job_id), asdict(job))
+
+    def _update(self, job_id: str, **changes: object) -> LocalJob:
+        with self._locked(f"job-{job_id}"):
+            job = self._load(job_id)
+            for key, value in changes.items():
+                setattr(job, key, value)
+            self._save(job)
+            return job
+
+    def _next_id(self) -> str:
+        with self._locked("counter"):
+            counter = self.root / "counter"
+            try:
+                last = int(counter.read_text().strip() or 0)
+            except FileNotFoundError:
+                last = 0
+            counter.write_text(f"{last + 1}\n")
+            return str(last + 1)
+
+    # -- the protocol ---------------------------------------------------------------------------
+    def submit(self, script_path: Path, *, workdir: Path) -> str:
+        script_path = Path(script_path)
+        try:
+            text = script_path.read_text()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read job script {script_path}: {exc.strerror}") from None
+        opts = parse_sbatch_options(text)
+        time_limit = parse_time_limit(opts["time"]) if "time" in opts else None
+        cpus = opts.get("cpus-per-task", "")
+        if cpus and not cpus.isdigit():
+            raise InvalidInput(f"{script_path}: #SBATCH --cpus-per-task {cpus!r} is not a number")
+
+        job_id = self._next_id()
+        name = opts.get("job-name") or script_path.name
+        user = _user()
+        submit_dir = Path(workdir).resolve()
+        run_dir = Path(submit_dir, opts["chdir"]) if opts.get("chdir") else submit_dir
+        if not run_dir.is_dir():
+            raise InvalidInput(f"{script_path}: working directory {run_dir} does not exist")
+
+        def out_path(pattern: str) -> str:
+            expanded = expand_output_pattern(pattern, job_id=job_id, name=name, user=user,
+                                             node=NODE_NAME)
+            return str(Path(run_dir, expanded))
+
+        stdout = out_path(opts.get("output") or "slurm-%j.out")
+        stderr = out_path(opts["error"]) if opts.get("error") else stdout
+        env = {
+            "SLURM_JOB_ID": job_id, "SLURM_JOBID": job_id, "SLURM_JOB_NAME": name,
+            "SLURM_SUBMIT_DIR": str(submit_dir), "SLURM_SUBMIT_HOST": socket.gethostname(),
+            "SLURMD_NODENAME": NODE_NAME, "SLURM_JOB_NODELIST": NODE_NAME,
+            "SLURM_NODELIST": NODE_NAME, "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1",
+            "SLURM_NTASKS": opts.get("ntasks") or "1", "SLURM_JOB_PARTITION": "local",
+            "SLURM_CLUSTER_NAME": "local", "SLURM_JOB_USER": user,
+            "SLURM_JOB_UID": str(os.getuid()), "SLURM_JOB_CPUS_PER_NODE": cpus or "1",
+        }
+        if cpus:
+            env["SLURM_CPUS_PER_TASK"] = cpus
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        copy = self.root / f"{job_id}.sh"
+        copy.write_text(text)
+        job = LocalJob(job_id=job_id, name=name, state="PENDING", script=str(copy),
+                       workdir=str(run_dir), stdout=stdout, stderr=stderr, user=user,
+                       submit_time=time.time(), time_limit=time_limit, env=env)
+        self._save(job)
+        log = open(self.root / f"{job_id}.supervisor.log", "ab")
+        try:
+            # A new session: the job outlives the submitting process and its terminal.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hpcenv.scheduler.local", "--supervise",
+                 str(self.root.parent), job_id],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                cwd=run_dir)
+        finally:
+            log.close()
+        self._update(job_id, supervisor_pid=proc.pid, supervisor_start=_proc_start(proc.pid))
+        return job_id
+
+    def status(self, job_id: str) -> JobInfo:
+        job = self._load(str(job_id))
+        if job.state not in FINISHED_STATES and not self._supervisor_alive(job):
+            # Re-read under the lock: the supervisor may have finished in between.
+            with self._locked(f"job-{job.job_id}"):
+                job = self._load(job.job_id)
+                if job.state not in FINISHED_STATES:
+                    job.state = "FAILED"
+                    job.reason = ("its supervisor process vanished; see "
+                                  f"{self.root / (job.job_id + '.supervisor.log')}")
+                    job.end_time = job.end_time or time.time()
+                    self._save(job)
+        return self._info(job)
+
+    def jobs(self, user: str | None = None) -> list[JobInfo]:
+        user = user or _user()
+        if not self.root.is_dir():
+            return []
+        ids = sorted(int(p.stem) for p in self.root.glob("*.json") if p.stem.isdigit())
+        out = []
+        for job_id in ids:
+            try:
+                info = self.status(str(job_id))
+            except (NotFound, HpcenvError):
+                continue  # removed or being written right now
+            if info.user == user:
+                out.append(info)
+        return out
+
+    def cancel(self, job_id: str, signal: str | int | None = None) -> None:
+        sig = signal_number(signal) if signal is not None else None
+        job_id = str(job_id)
+        with self._locked(f"job-{job_id}"):
+            job = self._load(job_id)
+            if job.state in FINISHED_STATES:
+                return
+            if sig is None and job.cancel_requested is None:
+                job.cancel_requested = time.time()
+                self._save(job)
+            pgid = job.pgid
+        # A plain cancel is carried out by the supervisor (TERM, then KILL after KILL_WAIT);
+        # a pending job is never started.
+        if sig is not None and pgid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, sig)
+
+    def nodes(self) -> list[NodeState]:
+        return [NodeState(name=NODE_NAME, partitions=("local",), features=(), state="idle",
+                          cpus=os.cpu_count() or 1)]
+
+    def partitions(self) -> list[PartitionState]:
+        return [PartitionState(name="local", nodes=tuple(self.nodes()), default=True)]
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _supervisor_alive(job: LocalJob) -> bool:
+        if job.supervisor_pid is None:
+            return time.time() - job.submit_time < 30  # between record and Popen
+        start = _proc_start(job.supervisor_pid)
+        return start is not None and start == job.supervisor_start
+
+    @staticmethod
+    def _info(job: LocalJob) -> JobInfo:
+        elapsed = None
+        if job.start_time is not None:
+            elapsed = (job.end_time or time.time()) - job.start_time
+        return JobInfo(
+            job_id=job.job_id, name=job.name, state=job.state, reason=job.reason,
+            exit_code=job.exit_code, signal=job.signal,
+            node=NODE_NAME if job.start_time else None, elapsed=elapsed, partition="local",
+            stdout=Path(job.stdout), stderr=Path(job.stderr), workdir=Path(job.workdir),
+            submit_time=job.submit_time, start_time=job.start_time, end_time=job.end_time,
+            user=job.user, source="local")
+
+    # -- the supervisor (runs in its own process) ------------------------------------------------
+    def supervise(self, job_id: str) -> None:
+        with self._locked(f"job-{job_id}"):
+            job = self._load(job_id)
+            if job.cancel_requested is not None:
+                job.state, job.end_time, job.reason = "CANCELLED", time.time(), "cancelled while pending"
+                self._save(job)
+                return
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+            env.update(job.env)
+            start = time.time()
+            if job.time_limit is not None:
+                env["SLURM_JOB_END_TIME"] = str(int(start + job.time_limit))
+            Path(job.stdout).parent.mkdir(parents=True, exist_ok=True)
+            Path(job.stderr).parent.mkdir(parents=True, exist_ok=True)
+            with open(job.stdout, "ab") as out:
+                err = out if job.stderr == job.stdout else open(job.stderr, "ab")
+                try:
+                    child = subprocess.Popen(["bash", job.script], cwd=job.workdir, env=env,
+                                             stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                             start_new_session=True)
+                finally:
+                    if err is not out:
+                        err.close()
+            job.state, job.start_time, job.pgid = "RUNNING", start, child.pid
+            self._save(job)
+
+        term_sent: float | None = None
+        timed_out = False
+        while True:
+            try:
+                rc = child.wait(timeout=_POLL)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.time()
+            if term_sent is None:
+                cancelled = self._load(job_id).cancel_requested is not None
+                if cancelled or (job.time_limit is not None and now - start > job.time_limit):
+                    timed_out = not cancelled
+                    term_sent = now
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(child.pid, _signal.SIGCONT)
+                        os.killpg(child.pid, _signal.SIGTERM)
+            elif now - term_sent > KILL_WAIT:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, _signal.SIGKILL)
+
+        # Whatever the script left behind in its group goes with it, as Slurm's proctrack does.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, _signal.SIGKILL)
+        with self._locked(f"job-{job_id}"):
+            job = self._load(job_id)
+            job.end_time = time.time()
+            if rc < 0:
+                job.exit_code, job.signal = 0, -rc
+            else:
+                job.exit_code, job.signal = rc, None
+            if timed_out:
+                job.state, job.reason = "TIMEOUT", "TimeLimit"
+            elif job.cancel_requested is not None:
+                job.state = "CANCELLED"
+            elif rc == 0:
+                job.state = "COMPLETED"
+            else:
+                job.state, job.reason = "FAILED", "NonZeroExitCode" if rc > 0 else "Signal"
+            self._save(job)
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "--supervise":
+        LocalExecutor(Path(argv[1])).supervise(argv[2])
+        return 0
+    print("usage: python -m hpcenv.scheduler.local --supervise STATE_DIR JOB_ID", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

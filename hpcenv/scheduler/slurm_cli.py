@@ -1,0 +1,387 @@
+"""Slurm through its command-line tools (sbatch, scontrol, squeue, sinfo, sacct, scancel).
+
+Written for Slurm 22.05 and later.  Quirks of 22.05 this module works around:
+
+* ``squeue --json`` and ``sinfo --json`` ignore ``-j``/``-u``/``-p``/``-t``: hpcenv filters itself,
+  and ``standard_output`` there is the unexpanded ``--output`` pattern (expanded here).
+* ``scontrol`` has no JSON; ``scontrol show job -o ID`` is one ``Key=value`` line with paths
+  expanded, and "Invalid job id specified" once the job is purged (``MinJobAge``).
+* Without slurmdbd, ``sacct -c`` reads the job completion file (``JobCompType=jobcomp/filetxt``)
+  and is the only record of a purged job.  That file is ``Key=value`` text, so a job name with a
+  space garbles its record (sacct then prints an empty state): such jobs come back ``UNKNOWN``.
+* ``scancel`` exits 0 for unknown ids, and ``scancel --signal`` without ``--full`` or ``--batch``
+  never reaches a batch script that has no job steps: ``cancel`` signals with ``--full``.
+
+Every call has a timeout; Slurm's own error text becomes a one-line ``HpcenvError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.scheduler.base import (
+    JobInfo,
+    NodeState,
+    PartitionState,
+    expand_output_pattern,
+    signal_name,
+)
+
+_JOB_ID = re.compile(r"^\d+(_\d+)?$")
+# `Key=value` pairs of scontrol's one-line output; keys look like `JobId`, `CPUs/Task`,
+# `AllocNode:Sid`.  Values may contain spaces (job names, paths), so split at keys, not blanks.
+_SCONTROL_KEY = re.compile(r"(?:^|\s)([A-Z][A-Za-z0-9_/:]*)=")
+_GRES_GPU = re.compile(r"gpu:(?:([^:,()]+):)?(\d+)")
+_NULL = {"", "(null)", "None", "N/A", "Unknown", "n/a"}
+_SACCT_FIELDS = ("JobIDRaw", "State", "ExitCode", "NodeList", "Elapsed", "Partition", "User",
+                 "WorkDir", "Start", "End", "JobName")
+_SEP = "\x1f"  # job names may hold "|", sacct's default delimiter
+
+
+def current_user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def parse_scontrol_line(line: str) -> dict[str, str]:
+    """``"JobId=5 JobName=a b UserId=root(0)"`` -> ``{"JobId": "5", "JobName": "a b", ...}``."""
+    matches = list(_SCONTROL_KEY.finditer(line))
+    out: dict[str, str] = {}
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(line)
+        out[m.group(1)] = line[m.end():end].strip()
+    return out
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Slurm durations: ``MM:SS``, ``HH:MM:SS``, ``D-HH:MM:SS`` -> seconds."""
+    if not text or text in _NULL or text in {"INVALID", "UNLIMITED"}:
+        return None
+    days = 0
+    if "-" in text:
+        d, text = text.split("-", 1)
+        days = int(d)
+    parts = [float(p) for p in text.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0.0)
+    h, m, s = parts[-3:]
+    return days * 86400 + h * 3600 + m * 60 + s
+
+
+def parse_time(text: str | None) -> float | None:
+    """Slurm's local ``YYYY-MM-DDTHH:MM:SS`` -> Unix time."""
+    if not text or text in _NULL:
+        return None
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def parse_exit_code(text: str | None) -> tuple[int | None, int | None]:
+    """``"7:0"`` -> ``(7, None)``, ``"0:15"`` -> ``(0, 15)``."""
+    if not text or ":" not in text:
+        return None, None
+    code, sig = text.split(":", 1)
+    try:
+        return int(code), (int(sig) or None)
+    except ValueError:
+        return None, None
+
+
+def parse_gres_gpus(text: str | None) -> tuple[str | None, int]:
+    """``"gpu:a100:2(S:0-1)"`` -> ``("a100", 2)``; several GPU entries add up, types joined."""
+    if not text or text in _NULL:
+        return None, 0
+    types: list[str] = []
+    count = 0
+    for m in _GRES_GPU.finditer(text):
+        if m.group(1) and m.group(1) not in types:
+            types.append(m.group(1))
+        count += int(m.group(2))
+    return (",".join(types) or None), count
+
+
+def _value(text: str | None) -> str | None:
+    return None if text is None or text in _NULL else text
+
+
+def _user_name(text: str | None) -> str | None:
+    """``"root(0)"`` -> ``"root"``."""
+    if not text or text in _NULL:
+        return None
+    return text.split("(", 1)[0]
+
+
+def _first_error_line(stderr: str) -> str:
+    """Slurm's own reason, stripped of the tool's prefixes: the last line that says error."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()]
+    line = (errors or lines or ["no error message"])[-1]
+    for prefix in ("sbatch: error: ", "scontrol: error: ", "squeue: error: ", "sinfo: error: ",
+                   "scancel: error: ", "sacct: error: ", "sbatch: fatal: ", "sinfo: fatal: ",
+                   "squeue: fatal: ", "scontrol: fatal: ", "sacct: fatal: ",
+                   "Batch job submission failed: ", "slurm_load_jobs error: ",
+                   "slurm_load_node error: ", "slurm_load_partitions error: "):
+        line = line.removeprefix(prefix)
+    return line
+
+
+def _controller_down(message: str) -> bool:
+    return "Unable to contact slurm controller" in message or "Could not establish a configuration source" in message
+
+
+class SlurmCLI:
+    """The Slurm CLI backend.  ``env`` overrides the environment of every Slurm command (e.g. a
+    ``SLURM_CONF``); ``timeout`` bounds each call in seconds."""
+
+    kind = "slurm-cli"
+
+    def __init__(self, *, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> None:
+        self.timeout = timeout
+        self._env = {**os.environ, **env} if env else None
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _run(self, argv: Sequence[str], *, cwd: Path | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+        try:
+            proc = subprocess.run(list(argv), cwd=cwd, env=self._env, capture_output=True,
+                                  text=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise HpcenvError(f"{argv[0]} not found on PATH: run hpcenv on a Slurm login node, or "
+                              "set 'scheduler: local' in the site config") from None
+        except subprocess.TimeoutExpired:
+            raise HpcenvError(f"'{' '.join(argv)}' did not answer within {self.timeout:.0f} s: "
+                              "is the Slurm controller (slurmctld) up?") from None
+        if check and proc.returncode != 0:
+            message = _first_error_line(proc.stderr)
+            if _controller_down(message) or _controller_down(proc.stderr):
+                raise HpcenvError(f"cannot reach the Slurm controller ({argv[0]}: {message}); "
+                                  "check that slurmctld runs and SLURM_CONF points at its config")
+            raise HpcenvError(f"{argv[0]} failed: {message}")
+        return proc
+
+    def _json(self, argv: Sequence[str]) -> dict[str, Any]:
+        out = self._run(argv).stdout
+        try:
+            data = json.loads(out)
+        except json.JSONDecodeError:
+            raise HpcenvError(f"'{' '.join(argv)}' printed no JSON (Slurm too old? hpcenv "
+                              "needs Slurm 22.05 or later)") from None
+        if not isinstance(data, dict):
+            raise HpcenvError(f"'{' '.join(argv)}' printed unexpected JSON")
+        return data
+
+    @staticmethod
+    def _check_id(job_id: str) -> str:
+        job_id = str(job_id).strip()
+        if not _JOB_ID.match(job_id):
+            raise InvalidInput(f"invalid Slurm job id {job_id!r}: expected digits, e.g. 1234 or 1234_5")
+        return job_id
+
+    # -- the protocol -----------------------------------------------------------------------------
+    def version(self) -> str:
+        """The Slurm release of the client tools, e.g. ``"22.05.8"``."""
+        out = self._run(["sinfo", "--version"]).stdout.split()
+        return out[-1] if out else ""
+
+    def submit(self, script_path: Path, *, workdir: Path) -> str:
+        script_path = Path(script_path)
+        proc = self._run(["sbatch", "--parsable", f"--chdir={workdir}", str(script_path)],
+                         cwd=Path(workdir), check=False)
+        if proc.returncode != 0:
+            message = _first_error_line(proc.stderr)
+            if _controller_down(message) or _controller_down(proc.stderr):
+                raise HpcenvError(f"cannot reach the Slurm controller to submit {script_path} "
+                                  f"({message}); check that slurmctld runs and SLURM_CONF is right")
+            raise HpcenvError(f"Slurm rejected the job {script_path}: {message}")
+        # --parsable prints "ID" or "ID;cluster".
+        job_id = proc.stdout.strip().split(";", 1)[0]
+        if not _JOB_ID.match(job_id):
+            raise HpcenvError(f"sbatch printed no job id for {script_path}: {proc.stdout.strip()!r}")
+        return job_id
+
+    def status(self, job_id: str) -> JobInfo:
+        job_id = self._check_id(job_id)
+        proc = self._run(["scontrol", "show", "job", "-o", job_id], check=False)
+        if proc.returncode == 0 and proc.stdout.strip():
+            return self._from_scontrol(parse_scontrol_line(proc.stdout.splitlines()[0]))
+        message = _first_error_line(proc.stderr)
+        if "Invalid job id" not in message:
+            self._run(["scontrol", "show", "job", "-o", job_id])  # raises with Slurm's reason
+        info = self.completed_job(job_id)
+        if info is None:
+            raise NotFound(f"Slurm job {job_id} is unknown: not in the queue and not in the job "
+                           "completion log (sacct -c); check the id")
+        return info
+
+    def completed_job(self, job_id: str) -> JobInfo | None:
+        """The job's record in the job completion log (``sacct -c``), or None."""
+        job_id = self._check_id(job_id)
+        proc = self._run(["sacct", "-c", "-j", job_id, "-n", "-P", f"--delimiter={_SEP}",
+                          "-o", ",".join(_SACCT_FIELDS)], check=False)
+        if proc.returncode != 0:
+            return None
+        for line in reversed(proc.stdout.splitlines()):  # a requeued job logs more than once
+            fields = line.split(_SEP)
+            if len(fields) < len(_SACCT_FIELDS):
+                continue
+            row = dict(zip(_SACCT_FIELDS[:-1], fields[:len(_SACCT_FIELDS) - 1]))
+            row["JobName"] = _SEP.join(fields[len(_SACCT_FIELDS) - 1:])
+            if row["JobIDRaw"] != job_id:
+                continue
+            state = row["State"].split(" ", 1)[0] if row["State"] else "UNKNOWN"
+            code, sig = parse_exit_code(row["ExitCode"])
+            workdir = _value(row["WorkDir"])
+            return JobInfo(
+                job_id=job_id, name=row["JobName"], state=state,
+                reason=None if state != "UNKNOWN" else "its completion record is garbled "
+                "(sacct -c cannot parse job names with spaces)",
+                exit_code=code, signal=sig, node=_value(row["NodeList"]),
+                elapsed=parse_duration(row["Elapsed"]), partition=_value(row["Partition"]),
+                workdir=Path(workdir) if workdir else None,
+                start_time=parse_time(row["Start"]), end_time=parse_time(row["End"]),
+                user=_user_name(row["User"]), source="jobcomp")
+        return None
+
+    def jobs(self, user: str | None = None) -> list[JobInfo]:
+        """Jobs slurmctld still holds for ``user`` (default: you): queued, running and finished
+        within ``MinJobAge``."""
+        user = user or current_user()
+        data = self._json(["squeue", "--json"])
+        return [self._from_squeue(j) for j in data.get("jobs", [])
+                if str(j.get("user_name")) == user]
+
+    def cancel(self, job_id: str, signal: str | int | None = None) -> None:
+        info = self.status(job_id)  # NotFound for unknown ids: scancel would say nothing
+        if info.finished:
+            return
+        argv = ["scancel"]
+        if signal is not None:
+            # Without --full, 22.05 signals only job steps; a batch script's programs get nothing.
+            argv += ["--full", f"--signal={signal_name(signal)}"]
+        self._run([*argv, info.job_id])
+
+    def nodes(self) -> list[NodeState]:
+        data = self._json(["sinfo", "--json"])
+        return [self._node(n) for n in data.get("nodes", [])]
+
+    def partitions(self) -> list[PartitionState]:
+        nodes = self.nodes()
+        out = self._run(["scontrol", "show", "partition", "-o"]).stdout
+        result = []
+        for line in out.splitlines():
+            if not line.strip():
+                continue
+            p = parse_scontrol_line(line)
+            name = p.get("PartitionName", "")
+            result.append(PartitionState(
+                name=name, nodes=tuple(n for n in nodes if name in n.partitions),
+                default=p.get("Default") == "YES", state=p.get("State", "UP").lower()))
+        return result
+
+    # -- record conversion --------------------------------------------------------------------
+    @staticmethod
+    def _from_scontrol(f: Mapping[str, str]) -> JobInfo:
+        state = f.get("JobState", "UNKNOWN")
+        code, sig = parse_exit_code(f.get("ExitCode"))
+        finished = state not in {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
+                                 "REQUEUED", "RESIZING", "STOPPED", "SIGNALING"}
+        stdout, stderr, workdir = (_value(f.get(k)) for k in ("StdOut", "StdErr", "WorkDir"))
+        return JobInfo(
+            job_id=f.get("JobId", ""), name=f.get("JobName", ""), state=state,
+            reason=_value(f.get("Reason")),
+            exit_code=code if finished else None, signal=sig if finished else None,
+            node=_value(f.get("NodeList")), elapsed=parse_duration(f.get("RunTime")),
+            partition=_value(f.get("Partition")),
+            stdout=Path(stdout) if stdout else None, stderr=Path(stderr) if stderr else None,
+            workdir=Path(workdir) if workdir else None,
+            submit_time=parse_time(f.get("SubmitTime")), start_time=parse_time(f.get("StartTime")),
+            end_time=parse_time(f.get("EndTime")) if finished else None,
+            user=_user_name(f.get("UserId")), comment=_value(f.get("Comment")),
+            constraint=_value(f.get("Features")), source="queue")
+
+    @staticmethod
+    def _from_squeue(j: Mapping[str, Any]) -> JobInfo:
+        job_id = str(j.get("job_id", ""))
+        name = str(j.get("name", ""))
+        state = j.get("job_state", "UNKNOWN")
+        if isinstance(state, list):  # 23.02+: a list of state flags
+            state = state[0] if state else "UNKNOWN"
+        node = _value(str(j.get("nodes") or "")) or None
+        user = j.get("user_name")
+        finished = state not in {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"}
+        code, sig = _decode_squeue_exit(j.get("exit_code"))
+
+        def number(key: str) -> float | None:
+            value = j.get(key)
+            if isinstance(value, dict):  # 23.02+: {"set": bool, "number": int}
+                value = value.get("number") if value.get("set") else None
+            return float(value) if value else None
+
+        start, end = number("start_time"), number("end_time")
+        elapsed = None
+        if start:
+            elapsed = max((end if finished and end else time.time()) - start, 0.0)
+
+        def path(key: str) -> Path | None:
+            pattern = j.get(key) or ""
+            if not pattern:
+                return None
+            text = expand_output_pattern(pattern, job_id=job_id, name=name, user=user, node=node)
+            cwd = j.get("current_working_directory") or ""
+            return Path(cwd, text) if cwd else Path(text)
+
+        stdout = path("standard_output")
+        cwd = j.get("current_working_directory")
+        return JobInfo(
+            job_id=job_id, name=name, state=str(state),
+            reason=_value(str(j.get("state_reason") or "")),
+            exit_code=code if finished else None, signal=sig if finished else None,
+            node=node, elapsed=elapsed, partition=j.get("partition") or None,
+            stdout=stdout, stderr=path("standard_error") or stdout,
+            workdir=Path(cwd) if cwd else None, submit_time=number("submit_time"),
+            start_time=start, end_time=end if finished else None, user=user,
+            comment=j.get("comment") or None, constraint=j.get("features") or None, source="queue")
+
+    @staticmethod
+    def _node(n: Mapping[str, Any]) -> NodeState:
+        features = n.get("active_features", n.get("features", ""))
+        if isinstance(features, str):
+            features = [f for f in features.split(",") if f]
+        state = n.get("state", "unknown")
+        if isinstance(state, list):  # 23.02+: ["IDLE", "DRAIN"]
+            state = "+".join(state)
+        state = str(state).lower()
+        if n.get("state_flags"):
+            state = "+".join([state, *(str(s).lower() for s in n["state_flags"])])
+        gpu_type, gpus = parse_gres_gpus(n.get("gres"))
+        _, used = parse_gres_gpus(n.get("gres_used"))
+        return NodeState(
+            name=str(n.get("name", "")), partitions=tuple(n.get("partitions") or ()),
+            features=tuple(features), state=state, gpu_type=gpu_type, gpus=gpus,
+            gpus_allocated=used, cpus=int(n.get("cpus") or 0),
+            cpus_allocated=int(n.get("alloc_cpus") or 0))
+
+
+def _decode_squeue_exit(value: Any) -> tuple[int | None, int | None]:
+    """squeue's exit code: a raw wait status on 22.05, a dict on 23.02+."""
+    if isinstance(value, dict):
+        code = value.get("return_code")
+        if isinstance(code, dict):
+            code = code.get("number") if code.get("set") else None
+        sig = (value.get("signal") or {}).get("id")
+        if isinstance(sig, dict):
+            sig = sig.get("number") if sig.get("set") else None
+        return code, (sig or None)
+    if isinstance(value, int):
+        return (value >> 8) & 0xFF, (value & 0x7F) or None
+    return None, None
