@@ -1,0 +1,379 @@
+"""Conda ``environment.yml`` files: parsing, normalisation, content hash and env-name rules.
+
+Files are parsed the way people really write them (see the corpus under ``shared/corpus``):
+comments and blank lines inside lists, ``---`` document markers, ``prefix:`` lines from
+``conda env export``, ``variables:``, ``channel::pkg`` specs, spaces inside specs
+(``python >= 3.8``), ``name version build`` triples and ``pip:`` sections with option lines.
+Scalars are taken as written (``python=3.10`` stays ``3.10``; YAML never turns it into a float),
+and every dependency keeps the line it came from so CUDA inference can quote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcenv.errors import InvalidInput, where
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ENV_NAME_RULE = ("use 1-64 characters from letters, digits, '.', '_' and '-', starting with a "
+                  "letter or digit, with no '/' and no '..' (e.g. 'cv-resnet50-exp1')")
+
+# `prefix:` is machine-specific output of `conda env export`; it never defines the environment.
+_KNOWN_KEYS = ("name", "channels", "dependencies", "variables", "prefix")
+
+_OPERATOR_CHARS = "=<>!~"
+# Whitespace around operators and separators carries no meaning in a match spec:
+# "python >= 3.8, < 3.10" is "python>=3.8,<3.10".
+_SQUEEZE_RE = re.compile(r"\s*([=<>!~,|])\s*")
+_SPEC_NAME_RE = re.compile(r"[A-Za-z0-9_*][A-Za-z0-9_.*+-]*")
+_PIP_NAME_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(.*)$", re.DOTALL)
+_PIP_OPTION_RE = re.compile(r"^(-{1,2}[A-Za-z][A-Za-z-]*)(?:(?:=|\s+)(.*))?$", re.DOTALL)
+
+
+def _name_problem(name: str) -> str | None:
+    if ".." in name or not _ENV_NAME_RE.match(name):
+        return f"invalid environment name {name!r}: {_ENV_NAME_RULE}"
+    return None
+
+
+def validate_env_name(name: str) -> str:
+    """Return ``name`` if it is a valid environment name, else raise InvalidInput.
+
+    Names become directory names on shared filesystems, so no path separators, no ``..`` and
+    no leading punctuation: ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$``.
+    """
+    problem = _name_problem(name)
+    if problem is not None:
+        raise InvalidInput(problem)
+    return name
+
+
+@dataclass(frozen=True)
+class MatchSpec:
+    """A conda match spec split into its parts; ``version`` keeps its operator (``>=3.8``)."""
+
+    name: str
+    version: str | None = None
+    build: str | None = None
+    channel: str | None = None
+
+
+def squeeze_spec(text: str) -> str:
+    """Canonical spelling of a spec: no space around operators, single spaces elsewhere."""
+    text = " ".join(text.split())
+    text = _SQUEEZE_RE.sub(r"\1", text)
+    return re.sub(r"\s*::\s*", "::", text)
+
+
+def _split_build(constraint: str) -> tuple[str, str | None]:
+    """Split ``>=0.3=*cuda*`` / ``=1.0=py38_0`` into version and build at the separating ``=``.
+
+    The separator is an ``=`` that is neither the first character nor part of an operator
+    (``==``, ``>=``, ``<=``, ``!=``, ``~=``, ``=<``).
+    """
+    for i in range(1, len(constraint)):
+        if constraint[i] != "=":
+            continue
+        before, after = constraint[i - 1], constraint[i + 1:i + 2]
+        if before in _OPERATOR_CHARS or after in ("=", "<", ">"):
+            continue
+        return constraint[:i], constraint[i + 1:] or None
+    return constraint, None
+
+
+def parse_match_spec(text: str) -> MatchSpec:
+    """Parse a conda match spec as written in environment files.
+
+    Handles ``name``, ``name=1.0``, ``name==1.0``, ``name >=1.0,<2``, ``name=1.0=build``,
+    ``name 1.0 build``, ``name=*=*cuda*``, ``name >= 0.3=*cuda*``, ``channel::name...`` (the
+    channel may be a label path such as ``nvidia/label/cuda-11.7.1``) and the bracket form
+    ``name[version='>=1.0',build=*cuda*]``.  Raises InvalidInput naming the spec.
+    """
+    spec = squeeze_spec(text)
+    channel: str | None = None
+    if "::" in spec:
+        channel, spec = spec.split("::", 1)
+        if not channel:
+            raise InvalidInput(f"invalid conda spec {text!r}: empty channel before '::'")
+    match = _SPEC_NAME_RE.match(spec)
+    if match is None:
+        raise InvalidInput(f"invalid conda spec {text!r}: it must start with a package name")
+    name, rest = match.group(0), spec[match.end():]
+    version: str | None = None
+    build: str | None = None
+    if rest.startswith("["):
+        version, build = _parse_brackets(text, rest)
+    elif rest and rest[0] in _OPERATOR_CHARS:
+        version, build = _split_build(rest)
+    elif rest.startswith(" "):
+        parts = rest.split()
+        if len(parts) > 2:
+            raise InvalidInput(f"invalid conda spec {text!r}: expected 'name [version [build]]'")
+        version = parts[0]
+        build = parts[1] if len(parts) == 2 else None
+    elif rest:
+        raise InvalidInput(f"invalid conda spec {text!r}: unexpected {rest!r} after the name")
+    return MatchSpec(name=name, version=version or None, build=build, channel=channel)
+
+
+def _parse_brackets(text: str, rest: str) -> tuple[str | None, str | None]:
+    if not rest.endswith("]"):
+        raise InvalidInput(f"invalid conda spec {text!r}: unclosed '['")
+    fields: dict[str, str] = {}
+    for item in rest[1:-1].split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInput(f"invalid conda spec {text!r}: expected key=value inside [...]")
+        fields[key.strip()] = value.strip().strip("'\"")
+    return fields.get("version"), fields.get("build")
+
+
+def canonical_conda_spec(text: str) -> str:
+    """Order-free comparable form of one conda spec: squeezed, package name lower-cased."""
+    spec = squeeze_spec(text)
+    channel, sep, rest = spec.rpartition("::")
+    match = _SPEC_NAME_RE.match(rest)
+    if match is not None:
+        rest = match.group(0).lower() + rest[match.end():]
+    return f"{channel}{sep}{rest}"
+
+
+def is_pip_option(line: str) -> bool:
+    """True for pip option lines (``--extra-index-url URL``, ``-r file``, ``-e .``, ``--pre``)."""
+    return line.startswith("-")
+
+
+def canonical_pip_line(line: str) -> str:
+    """Comparable form of one pip line.
+
+    Options are spelled ``--opt value``; requirements get a PEP 503 name and no space
+    around operators.  URLs and paths are left alone.
+    """
+    line = " ".join(line.split())
+    if is_pip_option(line):
+        option = _PIP_OPTION_RE.match(line)
+        if option is None:
+            return line
+        flag, value = option.group(1), option.group(2)
+        return flag if not value else f"{flag} {value.strip()}"
+    match = _PIP_NAME_RE.match(line)
+    if match is None or "://" in line or line.startswith((".", "/")):
+        return line
+    name, rest = match.groups()
+    if rest and not (rest[0] in "[=<>!~;@ ,"):
+        return line
+    return re.sub(r"[-_.]+", "-", name).lower() + _SQUEEZE_RE.sub(r"\1", rest)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """One environment file, as written (order kept) plus where each entry came from.
+
+    ``channel_lines``/``conda_lines``/``pip_lines`` give the 1-based source line of each entry
+    of ``channels``/``conda``/``pip`` and ``text`` the whole file; they are provenance only and
+    ignored by ``==``.
+    """
+
+    name: str | None
+    channels: tuple[str, ...]
+    conda: tuple[str, ...]
+    pip: tuple[str, ...]
+    variables: tuple[tuple[str, str], ...]
+    source: Path | None
+    channel_lines: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    conda_lines: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    pip_lines: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    text: str | None = field(default=None, compare=False, repr=False)
+
+    def source_line(self, lineno: int) -> str | None:
+        """The stripped text of source line ``lineno`` (1-based), when the text is known."""
+        if self.text is None or lineno < 1:
+            return None
+        lines = self.text.splitlines()
+        return lines[lineno - 1].strip() if lineno <= len(lines) else None
+
+    def normalized(self) -> dict[str, Any]:
+        """Order-independent canonical form: what the environment *is*, not how it is written.
+
+        - conda specs: canonical spelling (no space around operators), sorted, de-duplicated;
+        - channels: order kept, because channel order decides which package wins;
+        - pip: requirements sorted, option lines (``-r``, ``-e``, ``--extra-index-url``...)
+          kept in their order because index order and includes are semantic;
+        - variables: sorted by name.
+
+        The env ``name`` is deliberately left out: the same content under two names is the
+        same environment (so builds and registry records can be shared), and ``prefix`` is
+        machine-specific and never part of a spec.
+        """
+        pip_options = [canonical_pip_line(p) for p in self.pip if is_pip_option(p)]
+        pip_reqs = sorted({canonical_pip_line(p) for p in self.pip if not is_pip_option(p)})
+        return {
+            "schema": 1,
+            "channels": list(self.channels),
+            "conda": sorted({canonical_conda_spec(s) for s in self.conda}),
+            "pip": {"options": pip_options, "requirements": pip_reqs},
+            "variables": sorted([k, v] for k, v in self.variables),
+        }
+
+    def content_hash(self) -> str:
+        """sha256 hex of :meth:`normalized` as compact, key-sorted JSON (stable across runs)."""
+        blob = json.dumps(self.normalized(), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=True)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def load_spec(path: Path | str) -> EnvSpec:
+    """Read and parse an environment file; InvalidInput (``file:line: ...``) on any problem."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such environment file; check the path") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path}: is a directory; give the environment.yml file") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise InvalidInput(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
+    return parse_spec(text, source=path)
+
+
+def parse_spec(text: str, source: Path | None = None) -> EnvSpec:
+    """Parse environment-file text; ``source`` is only used in messages and provenance."""
+    import yaml
+
+    label = str(source) if source is not None else "<environment.yml>"
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        line = mark.line + 1 if mark is not None else None
+        raise InvalidInput(f"{where(label, line)}: invalid YAML: {problem}; fix the syntax "
+                           "(indentation, quotes, colons)") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{label}: invalid YAML: {' '.join(str(exc).split())}") from None
+    return _Builder(label, yaml).build(root, text, source)
+
+
+class _Builder:
+    """Walks the composed YAML nodes, so every error can name its line and key."""
+
+    def __init__(self, label: str, yaml: Any) -> None:
+        self.label = label
+        self.yaml = yaml
+
+    def fail(self, node: Any, message: str) -> InvalidInput:
+        return InvalidInput(f"{where(self.label, node.start_mark.line + 1)}: {message}")
+
+    def is_null(self, node: Any) -> bool:
+        return isinstance(node, self.yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+    def scalar(self, node: Any, what: str) -> str:
+        if not isinstance(node, self.yaml.ScalarNode) or self.is_null(node):
+            raise self.fail(node, f"{what} must be a single value, not {self.kind(node)}")
+        return str(node.value).strip()
+
+    def kind(self, node: Any) -> str:
+        if isinstance(node, self.yaml.MappingNode):
+            return "a mapping"
+        if isinstance(node, self.yaml.SequenceNode):
+            return "a list"
+        return "empty" if self.is_null(node) else f"{node.value!r}"
+
+    def sequence(self, node: Any | None, key: str) -> list[Any]:
+        if node is None or self.is_null(node):
+            return []
+        if not isinstance(node, self.yaml.SequenceNode):
+            raise self.fail(node, f"'{key}' must be a list ('- item' lines), not {self.kind(node)}")
+        return list(node.value)
+
+    def build(self, root: Any, text: str, source: Path | None) -> EnvSpec:
+        if root is None:
+            raise InvalidInput(f"{self.label}: empty environment file; it needs at least "
+                               "'dependencies:'")
+        if not isinstance(root, self.yaml.MappingNode):
+            raise self.fail(root, "top level must be a mapping with keys like 'name:', "
+                            f"'channels:' and 'dependencies:', not {self.kind(root)}")
+        sections: dict[str, Any] = {}
+        for key_node, value_node in root.value:
+            key = self.scalar(key_node, "a top-level key")
+            if key not in _KNOWN_KEYS:
+                raise self.fail(key_node, f"unknown key {key!r}; an environment file has "
+                                f"{', '.join(_KNOWN_KEYS)}")
+            if key in sections:
+                raise self.fail(key_node, f"duplicate key {key!r}; keep only one")
+            sections[key] = value_node
+
+        name: str | None = None
+        if "name" in sections and not self.is_null(sections["name"]):
+            name = self.scalar(sections["name"], "'name'")
+            problem = _name_problem(name)
+            if problem is not None:
+                raise self.fail(sections["name"], problem)
+
+        channels: list[str] = []
+        channel_lines: list[int] = []
+        for item in self.sequence(sections.get("channels"), "channels"):
+            channel = self.scalar(item, "a 'channels' entry")
+            if not channel:
+                raise self.fail(item, "empty 'channels' entry; remove it")
+            channels.append(channel)
+            channel_lines.append(item.start_mark.line + 1)
+
+        conda: list[str] = []
+        conda_lines: list[int] = []
+        pip: list[str] = []
+        pip_lines: list[int] = []
+        for item in self.sequence(sections.get("dependencies"), "dependencies"):
+            if isinstance(item, self.yaml.MappingNode):
+                for pip_item in self.pip_section(item):
+                    pip.append(self.scalar(pip_item, "a 'pip' entry"))
+                    pip_lines.append(pip_item.start_mark.line + 1)
+                continue
+            spec = self.scalar(item, "a 'dependencies' entry")
+            if not spec:
+                raise self.fail(item, "empty 'dependencies' entry; remove it")
+            try:
+                parse_match_spec(spec)
+            except InvalidInput as exc:
+                raise self.fail(item, f"{exc}; fix the 'dependencies' entry") from None
+            conda.append(spec)
+            conda_lines.append(item.start_mark.line + 1)
+
+        variables: list[tuple[str, str]] = []
+        if "variables" in sections and not self.is_null(sections["variables"]):
+            node = sections["variables"]
+            if not isinstance(node, self.yaml.MappingNode):
+                raise self.fail(node, f"'variables' must be a mapping (NAME: value), "
+                                f"not {self.kind(node)}")
+            for key_node, value_node in node.value:
+                value = "" if self.is_null(value_node) else self.scalar(
+                    value_node, "a 'variables' value")
+                variables.append((self.scalar(key_node, "a 'variables' name"), value))
+
+        return EnvSpec(name=name, channels=tuple(channels), conda=tuple(conda), pip=tuple(pip),
+                       variables=tuple(variables), source=source,
+                       channel_lines=tuple(channel_lines), conda_lines=tuple(conda_lines), pip_lines=tuple(pip_lines), text=text)
+
+    def pip_section(self, item: Any) -> list[Any]:
+        entries: list[Any] = []
+        for key_node, value_node in item.value:
+            key = self.scalar(key_node, "a dependency section name")
+            if key != "pip":
+                raise self.fail(key_node, f"unsupported dependency section {key!r}; only "
+                                "'- pip:' may hold a list inside 'dependencies'")
+            if not self.is_null(value_node) and not isinstance(value_node,
+                                                               self.yaml.SequenceNode):
+                raise self.fail(value_node, f"'pip' must be a list of requirements, "
+                                f"not {self.kind(value_node)}")
+            entries.extend(self.sequence(value_node, "pip"))
+        return entries
