@@ -1,9 +1,76 @@
-"""CLI commands of this group (filled in by its owner)."""
+"""``hpcenv env inspect FILE``: what hpcenv reads from an environment file."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from hpcenv.cli.context import Context
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    pass
+    parser = sub.add_parser(
+        "inspect", parents=[common], help="show the parsed spec, its hash and the CUDA it needs",
+        description="Parse a conda environment file and show its channels, dependencies, "
+                    "content hash and the CUDA runtime it needs (with the lines that decided "
+                    "it). Nothing is built.")
+    parser.add_argument("file", metavar="FILE", help="a conda environment.yml file")
+    parser.set_defaults(handler=_inspect)
+
+
+def _inspect(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.cuda import infer_cuda
+    from hpcenv.spec import load_spec
+
+    spec = load_spec(args.file)
+    req = infer_cuda(spec)
+    data: dict[str, Any] = {
+        "file": str(spec.source),
+        "name": spec.name,
+        "channels": list(spec.channels),
+        "conda": list(spec.conda),
+        "pip": list(spec.pip),
+        "variables": dict(spec.variables),
+        "cuda": req.cuda,
+        "cuda_ambiguous": req.ambiguous,
+        "cuda_candidates": list(req.candidates),
+        "gpu_required": req.gpu_required,
+        "cuda_evidence": list(req.evidence),
+        "hash": spec.content_hash(),
+    }
+    ctx.emit(data, _human)
+    return 0
+
+
+def _cuda_line(data: dict[str, Any]) -> str:
+    candidates = ", ".join(data["cuda_candidates"])
+    if data["cuda"] is None and not data["cuda_ambiguous"]:
+        text = "none"
+    elif data["cuda"] is None:
+        text = f"not pinned (candidates: {candidates})" if candidates else "not pinned"
+    elif data["cuda_ambiguous"]:
+        text = f"{data['cuda']}, ambiguous (candidates: {candidates})"
+    else:
+        text = data["cuda"]
+    gpu = {True: "GPU required", False: "no GPU needed", None: "GPU optional"}
+    return f"{text}; {gpu[data['gpu_required']]}"
+
+
+def _human(data: dict[str, Any]) -> str:
+    n_options = sum(1 for line in data["pip"] if line.startswith("-"))
+    pip = f"{len(data['pip']) - n_options} requirements"
+    if n_options:
+        pip += f", {n_options} option line{'s' if n_options > 1 else ''}"
+    rows = [
+        ("name", data["name"] or "(none)"),
+        ("channels", ", ".join(data["channels"]) or "(none: defaults)"),
+        ("conda", f"{len(data['conda'])} specs"),
+        ("pip", pip),
+    ]
+    if data["variables"]:
+        rows.append(("variables", ", ".join(data["variables"])))
+    rows += [("cuda", _cuda_line(data)), ("hash", data["hash"])]
+    lines = [data["file"]] + [f"  {key:<10}{value}" for key, value in rows]
+    lines += [f"  {'evidence' if i == 0 else '':<10}{line}"
+              for i, line in enumerate(data["cuda_evidence"])]
+    return "\n".join(lines)
