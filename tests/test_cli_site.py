@@ -1,0 +1,145 @@
+"""``hpcenv site show|check|condarc`` and site-config errors, through the installed CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpcenv.resources import data_dir
+
+HPCENV = Path(sys.executable).with_name("hpcenv")
+EXAMPLE = data_dir("site_configs") / "example-cluster.yaml"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    clean = {k: v for k, v in os.environ.items()
+             if k != "HPCENV_SITE" and not k.startswith("XDG_")}
+    clean["HOME"] = str(home)
+    return clean
+
+
+def hpcenv(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HPCENV), *args], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+# One config per error class: unknown key, wrong type, bad enum, bad partition, duplicate
+# partition, garbage path, bad YAML.
+BAD = [
+    ("# admin notes\n" * 6 + "envs_dir: [/x]\n", 7,
+     "unknown key 'envs_dir' (did you mean 'envs_dirs'?)"),
+    ("slurm:\n  cpus_per_task: many\n", 2, "slurm.cpus_per_task: expected a whole number"),
+    ("launcher: srun\n", 1, "launcher: 'srun' is not one of auto | conda-run | activate"),
+    ("partitions:\n  - {name: g, gpus_per_node: 4}\n", 2, "none of driver / max_cuda"),
+    ("partitions:\n  - {name: a}\n  - {name: a}\n", 3, "duplicate partition 'a'"),
+    ("registry: ''\n", 1, "registry: is empty"),
+    ("channels: [a\nengine: x\n", 2, "invalid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "fragment"), BAD, ids=[b[2][:30] for b in BAD])
+def test_bad_site_exits_2_with_one_line(tmp_path: Path, env: dict[str, str], text: str,
+                                        line: int, fragment: str) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(text)
+    result = hpcenv("--site", str(site), "site", "check", env=env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"hpcenv: error: {site}:{line}: ")
+    assert fragment in lines[0]
+
+
+def test_missing_site_file_exits_2(tmp_path: Path, env: dict[str, str]) -> None:
+    result = hpcenv("site", "show", "--site", str(tmp_path / "absent.yaml"), env=env)
+    assert result.returncode == 2
+    assert "absent.yaml (from --site) does not exist" in result.stderr
+
+
+def test_show_json_gives_values_and_sources(env: dict[str, str]) -> None:
+    result = hpcenv("--site", str(EXAMPLE), "site", "show", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["source"] == str(EXAMPLE) and data["origin"] == "--site"
+    assert data["config"]["scheduler"] == "slurm"
+    assert [p["name"] for p in data["config"]["partitions"]][:2] == ["cpu", "gpu-v100"]
+    lines = EXAMPLE.read_text().splitlines()
+    for key in ("registry", "partitions.gpu-h100", "slurm.account"):
+        file, line = data["provenance"][key].rsplit(":", 1)
+        assert file == str(EXAMPLE)
+        assert key.split(".")[-1].removeprefix("gpu-") in lines[int(line) - 1]
+
+
+def test_show_human_marks_defaults(tmp_path: Path, env: dict[str, str]) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("channels: [conda-forge]\nslurm: {account: lab}\n")
+    result = hpcenv("--site", str(site), "site", "show", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
+    assert rows["channels"].endswith(f"{site}:1")
+    assert rows["slurm.account"].endswith(f"{site}:2")
+    assert rows["slurm.qos"].endswith("default")
+    assert rows["engine"].split() == ["engine", "rattler", "default"]
+
+
+def test_show_uses_hpcenv_site_env(tmp_path: Path, env: dict[str, str]) -> None:
+    site = tmp_path / "from-env.yaml"
+    site.write_text("channels: [from-env]\n")
+    env["HPCENV_SITE"] = str(site)
+    data = json.loads(hpcenv("site", "show", "--json", env=env).stdout)
+    assert data["config"]["channels"] == ["from-env"] and data["origin"] == "$HPCENV_SITE"
+
+
+def test_embedded_default_when_nothing_configured(env: dict[str, str]) -> None:
+    data = json.loads(hpcenv("site", "show", "--json", env=env).stdout)
+    assert data["origin"] == "embedded"
+    assert data["config"]["envs_dirs"] == [f"{env['HOME']}/.local/share/hpcenv/envs"]
+
+
+def test_check_passes_and_fails(tmp_path: Path, env: dict[str, str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(f"envs_dirs: [{tmp_path}/envs]\npkgs_dirs: [{tmp_path}/pkgs]\n")
+    result = hpcenv("--site", str(good), "site", "check", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS  envs_dirs[0]" in result.stdout and "0 failed" in result.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"channels: [{tmp_path}/no-channel]\n")
+    result = hpcenv("--site", str(bad), "site", "check", "--json", env=env)
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    failed = [c for c in data["checks"] if c["status"] == "fail"]
+    assert [c["name"] for c in failed] == [f"channel file://{tmp_path}/no-channel"]
+
+
+def test_condarc_round_trips(tmp_path: Path, env: dict[str, str]) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("envs_dirs: [/shared/envs]\npkgs_dirs: [/shared/pkgs]\n"
+                    "channels: [conda-forge, ./chan]\n")
+    result = hpcenv("--site", str(site), "site", "condarc", env=env)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout) == {
+        "envs_dirs": ["/shared/envs"],
+        "pkgs_dirs": ["/shared/pkgs"],
+        "channels": ["conda-forge", (tmp_path / "chan").as_uri()],
+        "channel_priority": "strict",
+    }
+    as_json = json.loads(hpcenv("--site", str(site), "site", "condarc", "--json", env=env).stdout)
+    assert as_json == yaml.safe_load(result.stdout)
+
+
+def test_site_without_action_prints_usage(env: dict[str, str]) -> None:
+    result = hpcenv("site", env=env)
+    assert result.returncode == 2
+    assert "show" in result.stderr and "condarc" in result.stderr
