@@ -1,0 +1,251 @@
+"""Garbage collection: unreferenced builds, build debris and unused package-cache entries.
+
+What is live:
+
+* every build prefix a registry record references (all versions, not just the current one:
+  rollback needs them), and every conda env found in the site's ``envs_dirs`` (name symlinks
+  followed), hpcenv-made or not;
+* a package-cache entry (``pkgs_dir/<name-version-build>/``) is in use when a live env's
+  ``conda-meta`` record names it, or when one of its files has a hard link outside what this gc
+  removes.  The records catch packages whose files were copied rather than linked (prefix
+  rewriting, metapackages); the link count catches envs hpcenv does not know about, e.g. a
+  user's own conda env sharing the cache through ``hpcenv site condarc`` (``conda clean``
+  keeps those for the same reason).
+
+Bytes freed are counted per inode, as ``du`` would: a file is freed only when every hard link
+to it is among the paths removed, so removing a cache entry whose files still live in an env
+frees nothing and is reported as such.  Only the first (hpcenv-written) ``pkgs_dir`` is cleaned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+ItemKind = Literal["build", "debris", "package"]
+_ARCHIVE_SUFFIXES = (".conda", ".tar.bz2")
+
+
+@dataclass(frozen=True)
+class GcItem:
+    kind: ItemKind
+    path: Path
+    bytes: int   # disk bytes freed by removing this item (0 if its inodes live on elsewhere)
+    files: int   # non-directory entries removed
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    removed: list[GcItem] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(item.bytes for item in self.removed)
+
+    @property
+    def files_freed(self) -> int:
+        return sum(item.files for item in self.removed)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "dry_run": self.dry_run, "bytes_freed": self.bytes_freed,
+            "files_freed": self.files_freed,
+            "removed": [{"kind": i.kind, "path": str(i.path), "bytes": i.bytes, "files": i.files}
+                        for i in self.removed],
+            "errors": list(self.errors),
+        }
+
+
+@dataclass(frozen=True)
+class _Inode:
+    nlink: int
+    blocks: int
+
+
+def _walk_files(path: Path) -> Iterable[tuple[tuple[int, int], _Inode]]:
+    """(dev, ino) and link info of every non-directory entry under ``path`` (or ``path`` itself)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        yield (st.st_dev, st.st_ino), _Inode(st.st_nlink, st.st_blocks * 512)
+        return
+    for root, dirs, files in os.walk(path):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            yield (st.st_dev, st.st_ino), _Inode(st.st_nlink, st.st_blocks * 512)
+
+
+class _LinkCounter:
+    """Counts, per inode, how many of its links lie inside the set of paths to remove."""
+
+    def __init__(self) -> None:
+        self.inside: dict[tuple[int, int], int] = {}
+        self.info: dict[tuple[int, int], _Inode] = {}
+
+    def files_of(self, paths: Iterable[Path]) -> list[tuple[tuple[int, int], _Inode]]:
+        return [entry for p in paths for entry in _walk_files(p)]
+
+    def add(self, files: list[tuple[tuple[int, int], _Inode]]) -> None:
+        for key, inode in files:
+            self.inside[key] = self.inside.get(key, 0) + 1
+            self.info[key] = inode
+
+    def linked_outside(self, files: list[tuple[tuple[int, int], _Inode]]) -> bool:
+        """True if some file would keep a link outside the removal set plus ``files``."""
+        extra: dict[tuple[int, int], int] = {}
+        for key, _ in files:
+            extra[key] = extra.get(key, 0) + 1
+        return any(inode.nlink > self.inside.get(key, 0) + extra[key] for key, inode in files)
+
+    def freed_bytes(self, files: list[tuple[tuple[int, int], _Inode]],
+                    counted: set[tuple[int, int]]) -> int:
+        total = 0
+        for key, inode in files:
+            if key not in counted and self.inside.get(key, 0) >= inode.nlink:
+                counted.add(key)
+                total += inode.blocks
+        return total
+
+
+def _records(prefix: Path) -> Iterable[dict]:
+    meta = prefix / "conda-meta"
+    if not meta.is_dir():
+        return
+    for path in meta.glob("*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            yield data
+
+
+def used_package_names(prefixes: Iterable[Path]) -> set[str]:
+    """Cache-entry names (``name-version-build``) the conda-meta records of ``prefixes`` use."""
+    names: set[str] = set()
+    for prefix in prefixes:
+        for record in _records(prefix):
+            for source in (record.get("extracted_package_dir"),
+                           (record.get("link") or {}).get("source")):
+                if source:
+                    names.add(Path(source).name)
+            fn = record.get("fn") or ""
+            for suffix in _ARCHIVE_SUFFIXES:
+                if fn.endswith(suffix):
+                    names.add(fn[: -len(suffix)])
+    return names
+
+
+def conda_envs_in(envs_dirs: Iterable[Path]) -> set[Path]:
+    """Resolved prefixes of the conda envs directly inside ``envs_dirs`` (symlinks followed)."""
+    found: set[Path] = set()
+    for envs_dir in envs_dirs:
+        try:
+            entries = list(Path(envs_dir).iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if (entry / "conda-meta").is_dir():
+                found.add(entry.resolve())
+    return found
+
+
+def cache_entries(pkgs_dir: Path) -> dict[str, list[Path]]:
+    """Package-cache entries by name: the extracted dir plus its ``.lock`` and archives.
+
+    Orphaned locks and archives (no extracted dir) are entries of their own.
+    """
+    entries: dict[str, list[Path]] = {}
+    try:
+        children = sorted(Path(pkgs_dir).iterdir())
+    except OSError:
+        return entries
+    for child in children:
+        name = child.name
+        if name.startswith("."):
+            continue  # rattler's .cache.lock and other bookkeeping
+        if child.is_dir() and not child.is_symlink():
+            if (child / "info").is_dir():
+                entries.setdefault(name, []).append(child)
+            continue
+        for suffix in (".lock", *_ARCHIVE_SUFFIXES):
+            if name.endswith(suffix):
+                entries.setdefault(name[: -len(suffix)], []).append(child)
+                break
+    return entries
+
+
+def _force_rmtree(path: Path) -> None:
+    """Remove ``path`` even though published builds are read-only (dirs without ``w``)."""
+    def onerror(func: Callable[..., object], failed: str, exc_info: object) -> None:
+        parent = os.path.dirname(failed)
+        os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            os.chmod(failed, os.stat(failed).st_mode | stat.S_IRWXU)
+            shutil.rmtree(failed, onerror=onerror)
+        else:
+            os.unlink(failed)
+
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, onerror=onerror)
+
+
+def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: Iterable[Path],
+                     envs_dirs: Iterable[Path], pkgs_dir: Path | None,
+                     dry_run: bool = False) -> GcReport:
+    """Remove ``builds`` (unreferenced build prefixes) and ``debris``, then unused cache entries.
+
+    ``keep`` are prefixes that stay live whatever else happens (the registry's).  Conda envs in
+    ``envs_dirs`` other than the builds being removed are live too.
+    """
+    report = GcReport(dry_run=dry_run)
+    kept = {Path(k).resolve() for k in keep}
+    # A build that is also kept (a caller's race with a publish) is never removed.
+    builds = [Path(b) for b in builds if Path(b).resolve() not in kept]
+    debris = [Path(d) for d in debris if Path(d).resolve() not in kept]
+    doomed = {p.resolve() for p in [*builds, *debris]}
+    live = kept | (conda_envs_in(envs_dirs) - doomed)
+    counter = _LinkCounter()
+    plan: list[tuple[ItemKind, list[Path], list]] = []
+    for kind, paths in (("build", builds), ("debris", debris)):
+        for path in paths:
+            files = counter.files_of([path])
+            counter.add(files)
+            plan.append((kind, [path], files))
+    if pkgs_dir is not None:
+        used = used_package_names(live)
+        for name, paths in cache_entries(pkgs_dir).items():
+            if name in used:
+                continue
+            files = counter.files_of(paths)
+            if counter.linked_outside(files):
+                continue
+            counter.add(files)
+            plan.append(("package", paths, files))
+    counted: set[tuple[int, int]] = set()
+    for kind, paths, files in plan:
+        item = GcItem(kind, paths[0], counter.freed_bytes(files, counted), len(files))
+        if not dry_run:
+            try:
+                for path in paths:
+                    _force_rmtree(path)
+            except OSError as exc:
+                report.errors.append(f"{paths[0]}: not removed ({exc.strerror or exc})")
+                continue
+        report.removed.append(item)
+    return report

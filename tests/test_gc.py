@@ -1,0 +1,145 @@
+"""Garbage collection on real prefixes sharing one package cache (hardlinks)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcenv.engine.base import current_platform
+from hpcenv.engine.rattler_engine import RattlerEngine
+from hpcenv.gc import cache_entries, plan_and_collect, used_package_names
+
+
+def make_readonly(prefix: Path) -> None:
+    """What the builder does on publish: no write bit anywhere in the prefix."""
+    for root, dirs, files in os.walk(prefix):
+        for name in files:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):
+                os.chmod(p, os.stat(p).st_mode & ~0o222)
+        os.chmod(root, os.stat(root).st_mode & ~0o222)
+
+
+@pytest.fixture
+def site(demo_channel, tmp_path: Path, test_cache_dir: Path) -> dict[str, Path]:
+    """Two envs in envs/ from one cache: `keep` (CUDA kernels) and `old` (CPU kernels)."""
+    engine = RattlerEngine(repodata_cache=test_cache_dir / "gc-repodata")
+    dirs = {"envs": tmp_path / "envs", "pkgs": tmp_path / "pkgs", "outside": tmp_path / "outside"}
+    for name, cuda in (("keep", "12.4"), ("old", "")):
+        packages = engine.solve(["python", "hpcdemo-kernels"], channels=[str(demo_channel.path)],
+                                platform=current_platform(), cuda=cuda)
+        engine.install(dirs["envs"] / name, packages, pkgs_dir=dirs["pkgs"])
+    make_readonly(dirs["envs"] / "old")
+    return dirs
+
+
+def kernels_entry(pkgs: Path, variant: str) -> str:
+    (name,) = [n for n in cache_entries(pkgs) if n.startswith("hpcdemo-kernels") and variant in n]
+    return name
+
+
+def test_removes_unreferenced_build_and_its_packages_only(site: dict[str, Path]) -> None:
+    envs, pkgs = site["envs"], site["pkgs"]
+    cpu, cuda = kernels_entry(pkgs, "-cpu_"), kernels_entry(pkgs, "cuda124")
+    before = set(cache_entries(pkgs))
+
+    report = plan_and_collect(builds=[envs / "old"], debris=[], keep=[envs / "keep"],
+                              envs_dirs=[envs], pkgs_dir=pkgs)
+
+    assert not report.errors
+    assert not (envs / "old").exists()
+    assert set(cache_entries(pkgs)) == before - {cpu}
+    assert {i.kind for i in report.removed} == {"build", "package"}
+    assert [i.path.name for i in report.removed if i.kind == "package"] == [cpu]
+    assert cuda in cache_entries(pkgs)
+    assert report.files_freed > 0 and report.bytes_freed > 0
+    # the kept env still works from the cache entries gc left alone
+    out = subprocess.run([envs / "keep" / "bin" / "python", "-c", "import hpcdemo_kernels"],
+                         capture_output=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_dry_run_reports_the_same_and_deletes_nothing(site: dict[str, Path]) -> None:
+    envs, pkgs = site["envs"], site["pkgs"]
+    args = dict(builds=[envs / "old"], debris=[], keep=[envs / "keep"], envs_dirs=[envs], pkgs_dir=pkgs)
+    before = set(cache_entries(pkgs))
+    dry = plan_and_collect(**args, dry_run=True)
+    assert (envs / "old" / "conda-meta").is_dir()
+    assert set(cache_entries(pkgs)) == before
+    real = plan_and_collect(**args)
+    assert dry.to_dict() | {"dry_run": False} == real.to_dict()
+
+
+def test_bytes_count_only_inodes_whose_last_link_goes(site: dict[str, Path]) -> None:
+    """`old` shares python with `keep`: removing it frees only the CPU kernels' inodes."""
+    envs, pkgs = site["envs"], site["pkgs"]
+    report = plan_and_collect(builds=[envs / "old"], debris=[], keep=[envs / "keep"],
+                              envs_dirs=[envs], pkgs_dir=None, dry_run=True)
+    (item,) = report.removed
+    # python alone is thousands of files; they all stay linked from `keep` and the cache
+    assert item.files > 1000
+    assert item.bytes < 1_000_000
+
+
+def test_entry_linked_by_an_unknown_env_is_kept(site: dict[str, Path], demo_channel) -> None:
+    """A user's own env outside envs_dirs hardlinks the CPU kernels: conda clean keeps it too."""
+    envs, pkgs = site["envs"], site["pkgs"]
+    engine = RattlerEngine()
+    packages = engine.solve(["python", "hpcdemo-kernels"], channels=[str(demo_channel.path)],
+                            platform=current_platform(), cuda="")
+    engine.install(site["outside"] / "mine", packages, pkgs_dir=pkgs)
+    cpu = kernels_entry(pkgs, "-cpu_")
+    report = plan_and_collect(builds=[envs / "old"], debris=[], keep=[envs / "keep"],
+                              envs_dirs=[envs], pkgs_dir=pkgs)
+    assert cpu in cache_entries(pkgs)
+    assert [i.kind for i in report.removed] == ["build"]
+
+
+def test_unreferenced_conda_env_in_envs_dirs_is_live(site: dict[str, Path]) -> None:
+    """An env in envs_dirs not given as a build (e.g. made by conda) keeps its packages."""
+    envs, pkgs = site["envs"], site["pkgs"]
+    before = set(cache_entries(pkgs))
+    report = plan_and_collect(builds=[], debris=[], keep=[], envs_dirs=[envs], pkgs_dir=pkgs)
+    assert report.removed == []
+    assert set(cache_entries(pkgs)) == before
+
+
+def test_packages_named_by_records_are_used_even_without_links(site: dict[str, Path]) -> None:
+    names = used_package_names([site["envs"] / "keep"])
+    assert kernels_entry(site["pkgs"], "cuda124") in names
+    assert any(n.startswith("python-3.11") for n in names)
+
+
+def test_kept_build_is_never_removed(site: dict[str, Path]) -> None:
+    envs = site["envs"]
+    report = plan_and_collect(builds=[envs / "keep"], debris=[], keep=[envs / "keep"],
+                              envs_dirs=[envs], pkgs_dir=site["pkgs"])
+    assert report.removed == []
+    assert (envs / "keep" / "conda-meta").is_dir()
+
+
+def test_debris_and_orphan_archives(site: dict[str, Path]) -> None:
+    envs, pkgs = site["envs"], site["pkgs"]
+    half = envs / ".half-built"
+    (half / "conda-meta").mkdir(parents=True)
+    (half / "lib").mkdir()
+    (half / "lib" / "partial.so").write_bytes(b"\0" * 10000)
+    orphan = pkgs / "gone-1.0-0.conda"
+    orphan.write_bytes(b"x" * 5000)
+    report = plan_and_collect(builds=[], debris=[half], keep=[envs / "keep", envs / "old"],
+                              envs_dirs=[envs], pkgs_dir=pkgs)
+    assert not half.exists() and not orphan.exists()
+    kinds = {i.path.name: i.kind for i in report.removed}
+    assert kinds == {".half-built": "debris", "gone-1.0-0.conda": "package"}
+    assert report.bytes_freed >= 15000
+
+
+def test_readonly_prefix_is_removable_and_stats_are_sane(site: dict[str, Path]) -> None:
+    old = site["envs"] / "old"
+    assert not os.stat(old).st_mode & stat.S_IWUSR
+    plan_and_collect(builds=[old], debris=[], keep=[], envs_dirs=[], pkgs_dir=None)
+    assert not old.exists()
