@@ -16,14 +16,17 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from hpcenv.errors import InvalidInput, where
+from hpcenv.errors import HpcenvError, InvalidInput, where
 from hpcenv.yamlio import YNode, load_yaml_file
+
+if TYPE_CHECKING:
+    from hpcenv.scheduler.base import PartitionState
 
 SITE_ENV = "HPCENV_SITE"
 SYSTEM_SITE = Path("/etc/hpcenv/site.yaml")
@@ -321,11 +324,13 @@ class Check:
     detail: str
 
 
-def check_site(site: SiteConfig) -> list[Check]:
+def check_site(site: SiteConfig, *,
+               live: Sequence[PartitionState] | None = None) -> list[Check]:
     """Probe the machine against the config: dirs, filesystems, channels, executables, group.
 
-    Nothing is created or changed.  ``hpcenv.locking.probe_lock_support(dir)``, when that module
-    provides it, adds a lock-support check per envs dir.
+    Nothing is left behind: the only writes are the lock probe's temporary files
+    (``hpcenv.locking.probe_lock_support``), one per envs dir.  With ``scheduler: slurm`` the
+    partitions are compared with what Slurm reports (``live``, else queried with sinfo).
     """
     checks: list[Check] = []
     for i, path in enumerate(site.envs_dirs):
@@ -345,6 +350,12 @@ def check_site(site: SiteConfig) -> list[Check]:
         checks.append(Check("scheduler", "pass", f"slurm: sbatch at {sbatch}") if sbatch else
                       Check("scheduler", "warn", "slurm, but sbatch is not on PATH here: this "
                             "host cannot submit (use --remote from a laptop)"))
+        if live is None and sbatch:
+            live, failure = _query_slurm()
+            if failure:
+                checks.append(failure)
+        if live is not None:
+            checks.extend(_live_partition_checks(site, live))
     if site.permissions.group is not None:
         checks.append(_group_check(site.permissions.group))
     if site.templates_dir is not None:
@@ -455,6 +466,47 @@ def _partition_checks(site: SiteConfig) -> list[Check]:
     return checks
 
 
+def _query_slurm() -> tuple[list[PartitionState] | None, Check | None]:
+    from hpcenv.scheduler import get_scheduler
+
+    try:
+        return get_scheduler("slurm-cli", timeout=20.0).partitions(), None
+    except HpcenvError as exc:
+        return None, Check("slurm", "warn", f"cannot ask Slurm for its partitions: {exc}")
+
+
+def _live_partition_checks(site: SiteConfig, live: Sequence[PartitionState]) -> list[Check]:
+    """Compare the configured partitions with Slurm's view of them."""
+    states = {p.name: p for p in live}
+    checks = []
+    for p in site.partitions:
+        name = f"slurm partition {p.name}"
+        state = states.get(p.name)
+        if state is None:
+            checks.append(Check(name, "fail", f"Slurm has no partition {p.name!r} (it has: "
+                                f"{', '.join(states) or 'none'}); fix partitions in the site"))
+            continue
+        problems = []
+        if p.is_gpu and state.gpus_total == 0:
+            problems.append("Slurm reports no GPUs (gres) on its nodes")
+        if p.gpu_type and state.gpu_types and p.gpu_type not in state.gpu_types:
+            problems.append(f"gpu_type {p.gpu_type} but its nodes have "
+                            f"{', '.join(state.gpu_types)}")
+        if p.node_feature is not None:
+            feature = re.compile(re.escape(p.node_feature).replace(re.escape("{cuda}"),
+                                                                   r"\d+(\.\d+)?"))
+            bare = [n.name for n in state.nodes
+                    if not any(feature.fullmatch(f) for f in n.features)]
+            if bare:
+                problems.append(f"nodes {', '.join(bare)} have no feature matching "
+                                f"{p.node_feature!r}: CUDA jobs will never run there")
+        if problems:
+            checks.append(Check(name, "warn", "; ".join(problems)))
+        else:
+            checks.append(Check(name, "pass", f"{len(state.nodes)} nodes, state {state.state}"))
+    return checks
+
+
 def _conda_check(site: SiteConfig) -> Check:
     import shutil
 
@@ -491,24 +543,21 @@ def _exists_check(name: str, path: Path) -> Check:
 
 
 def _lock_checks(site: SiteConfig) -> list[Check]:
-    try:
-        from hpcenv.locking import probe_lock_support  # type: ignore[attr-defined]
-    except ImportError:
-        return []
+    from hpcenv.locking import probe_lock_support
+
     checks = []
     for i, path in enumerate(site.envs_dirs):
-        probe_dir = _existing_ancestor(path)
-        try:
-            checks.append(_as_check(f"locks envs_dirs[{i}]", probe_lock_support(probe_dir)))
-        except Exception as exc:  # a probe failure is a finding, not a crash of the whole check
-            checks.append(Check(f"locks envs_dirs[{i}]", "fail", f"{probe_dir}: {exc}"))
+        # Before the first build the dir may not exist; its nearest ancestor is on the same
+        # filesystem in all but mount-point edge cases.
+        ok, detail = probe_lock_support(_existing_ancestor(path))
+        status: CheckStatus = "pass"
+        if not ok:
+            # mkdir locks need no flock, so a site that chose them only needs to know.
+            status = "fail" if site.locks.method == "flock" else "pass"
+            if site.locks.method == "mkdir":
+                detail += " (locks.method is mkdir: flock not needed)"
+        checks.append(Check(f"locks envs_dirs[{i}]", status, detail))
     return checks
-
-
-def _as_check(name: str, result: Any) -> Check:
-    if isinstance(result, Check):
-        return result
-    return Check(name, "pass" if result else "fail", str(result))
 
 
 # --------------------------------------------------------------------------- validation

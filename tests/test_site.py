@@ -466,3 +466,38 @@ def test_check_partitions_describe_gpu_capability(env: dict[str, str]) -> None:
     assert "node feature 'cuda{cuda}'" in checks["partition gpu-a100"].detail
     assert "12.8" in checks["partition gpu-h100"].detail
     assert "520.61.05" in checks["partition gpu-v100"].detail
+
+
+def test_check_compares_partitions_with_slurm(env: dict[str, str]) -> None:
+    from hpcenv.scheduler.base import NodeState, PartitionState
+
+    def node(name: str, part: str, features: tuple[str, ...] = (), gpu: str | None = None,
+             gpus: int = 0) -> NodeState:
+        return NodeState(name=name, partitions=(part,), features=features, state="idle",
+                         gpu_type=gpu, gpus=gpus)
+
+    live = [
+        PartitionState("cpu", (node("c1", "cpu"),)),
+        PartitionState("gpu-v100", (node("v1", "gpu-v100", gpu="v100", gpus=4),)),
+        PartitionState("gpu-a100", (node("a1", "gpu-a100", ("cuda12.4",), "a100", 4),
+                                    node("a2", "gpu-a100", ("ib",), "a100", 4))),
+        PartitionState("gpu-h100", (node("h1", "gpu-h100", gpu="a100", gpus=4),)),
+    ]
+    site = parse_site_file(SHIPPED / "example-cluster.yaml", environ=env)
+    checks = by_name(check_site(site, live=live))
+    assert checks["slurm partition cpu"].status == "pass"
+    assert checks["slurm partition gpu-v100"].status == "pass"
+    assert checks["slurm partition gpu-a100"].status == "warn"
+    assert "nodes a2 have no feature matching 'cuda{cuda}'" in checks["slurm partition gpu-a100"].detail
+    assert checks["slurm partition gpu-l40s"].status == "fail"
+    assert "gpu_type h100 but its nodes have a100" in checks["slurm partition gpu-h100"].detail
+
+
+def test_check_probes_lock_support_per_envs_dir(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "a").mkdir()
+    site = load_text(tmp_path, f"envs_dirs: [{tmp_path}/a, {tmp_path}/b/c]\n", env)
+    checks = by_name(check_site(site))
+    assert checks["locks envs_dirs[0]"].status == "pass"
+    assert "flock works" in checks["locks envs_dirs[0]"].detail
+    assert str(tmp_path) in checks["locks envs_dirs[1]"].detail
+    assert list((tmp_path / "a").iterdir()) == []  # the probe leaves nothing behind
