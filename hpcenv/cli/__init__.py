@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    remote_options = None
+    if any(a == "--remote" or a.startswith("--remote=") for a in argv):
+        # --sync/--exclude exist only over --remote: take them out before the local parser sees
+        # them.  hpcenv.remote imports fabric lazily, so this stays cheap.
+        from hpcenv.remote import RemoteOptions
+
+        argv, remote_options = RemoteOptions.extract(argv)
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
@@ -68,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     ctx = Context.from_args(args)
     try:
+        if ctx.remote:
+            from hpcenv.remote import run_remote_cli
+
+            return run_remote_cli(args, argv, ctx, remote_options)
         return int(handler(args, ctx) or 0)
     except HpcenvError as exc:
         if ctx.verbosity > 0:

@@ -1,0 +1,722 @@
+"""Remote login nodes over SSH (fabric): ``hpcenv --remote NAME COMMAND ...``.
+
+A laptop runs hpcenv commands on a cluster's login node: one SSH connection per command, reused
+for every step (version check, uploads, the remote ``hpcenv`` call, polling).  The remote side runs
+its own hpcenv, so envs are built there through its locked builder and jobs go to its scheduler.
+
+Host keys are checked against the system and user ``known_hosts`` files, the files named by
+``~/.ssh/config`` (``UserKnownHostsFile``/``GlobalKnownHostsFile``) and an optional per-remote
+file; an unknown or changed key is refused, never accepted silently.  Fabric itself would
+auto-add unknown keys, so every connection (and jump host) gets a rejecting policy here.
+
+Failures become one-line ``HpcenvError`` messages that say which of these happened and what to do:
+host unreachable, authentication refused, unknown host key, host key mismatch, remote hpcenv
+missing, incompatible remote version, remote command failure (with the last lines of its stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import posixpath
+import re
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from hpcenv import __version__
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    import fabric
+    import paramiko
+
+    from hpcenv.cli.context import Context
+    from hpcenv.site import Remote
+
+
+DEFAULT_WORKDIR = "~/.hpcenv/work"
+SYSTEM_KNOWN_HOSTS = (Path("/etc/ssh/ssh_known_hosts"), Path("~/.ssh/known_hosts"))
+# Slurm job states after which nothing more happens (squeue/sacct spellings).
+FINAL_STATES = frozenset({
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+    "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT",
+})
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+class RemoteError(HpcenvError):
+    """A remote failure; subclasses say which kind, so callers and tests can tell them apart."""
+
+
+class HostUnreachable(RemoteError):
+    pass
+
+
+class AuthRefused(RemoteError):
+    pass
+
+
+class UnknownHostKey(RemoteError):
+    pass
+
+
+class HostKeyMismatch(RemoteError):
+    pass
+
+
+class RemoteHpcenvMissing(RemoteError):
+    pass
+
+
+class IncompatibleVersion(RemoteError):
+    pass
+
+
+class RemoteCommandFailed(RemoteError):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.remote_exit_code = exit_code
+
+
+class ConnectionLost(HostUnreachable):
+    """The connection dropped while a command ran; callers that can resume reconnect."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnect schedule: ``attempts`` tries, sleeping ``first``, ``2*first``, ... up to ``cap``."""
+
+    attempts: int = 6
+    first: float = 0.5
+    cap: float = 10.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first
+        for _ in range(self.attempts):
+            yield delay
+            delay = min(delay * 2, self.cap)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style ``SHA256:...`` fingerprint of a host key."""
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def last_lines(text: str, count: int = 3) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-count:]) if lines else "(no stderr)"
+
+
+def _hostspec(host: str, port: int) -> str:
+    """How known_hosts names a host: ``host`` on port 22, ``[host]:port`` otherwise."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def _split_hostspec(spec: str) -> tuple[str, int]:
+    if spec.startswith("[") and "]:" in spec:
+        host, port = spec[1:].split("]:", 1)
+        return host, int(port)
+    return spec, 22
+
+
+def _major_minor(version: str) -> tuple[int, int] | None:
+    match = re.search(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+class _UnknownKey(Exception):
+    """Raised from the host-key policy; turned into ``UnknownHostKey`` by the session."""
+
+    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+        super().__init__(hostname)
+        self.hostname = hostname
+        self.key = key
+
+
+def _reject_policy() -> paramiko.MissingHostKeyPolicy:
+    import paramiko
+
+    class RejectUnknown(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                             key: paramiko.PKey) -> None:
+            raise _UnknownKey(hostname, key)
+
+    return RejectUnknown()
+
+
+# --- the session ----------------------------------------------------------------------------------
+
+@dataclass
+class RemoteSession:
+    """One SSH connection to a remote login node, opened lazily and reused for every step.
+
+    ``known_hosts`` adds files to the default ones; ``connect_timeout`` bounds TCP connect and
+    the SSH handshake; ``backoff`` is the reconnect schedule used by resumable operations.
+    """
+
+    name: str
+    remote: Remote
+    known_hosts: Sequence[Path] = ()
+    connect_timeout: float = 10.0
+    backoff: Backoff = field(default_factory=Backoff)
+    info: Callable[[str], None] = lambda message: None
+    _conn: fabric.Connection | None = field(default=None, init=False, repr=False)
+    _sftp: paramiko.SFTPClient | None = field(default=None, init=False, repr=False)
+    _workdir: str | None = field(default=None, init=False, repr=False)
+    _version: str | None = field(default=None, init=False, repr=False)
+
+    # -- connection ----------------------------------------------------------------------------
+    @property
+    def target(self) -> str:
+        user = f"{self.remote.user}@" if self.remote.user else ""
+        port = f":{self.remote.port}" if self.remote.port else ""
+        return f"{user}{self.remote.host}{port}"
+
+    @property
+    def hpcenv_command(self) -> str:
+        return self.remote.hpcenv_command or "hpcenv"
+
+    def __enter__(self) -> RemoteSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
+        if self._conn is not None:
+            gateway = self._conn.gateway
+            self._conn.close()
+            if gateway is not None and not isinstance(gateway, str):
+                gateway.close()
+            self._conn = None
+
+    @property
+    def connected(self) -> bool:
+        return (self._conn is not None and self._conn.transport is not None
+                and self._conn.transport.is_active())
+
+    def _key_files(self) -> list[str]:
+        identity = self.remote.identity_file
+        return [str(Path(identity).expanduser())] if identity else []
+
+    def _known_hosts_files(self, conn: fabric.Connection) -> list[Path]:
+        files = list(SYSTEM_KNOWN_HOSTS)
+        for option in ("globalknownhostsfile", "userknownhostsfile"):
+            value = conn.ssh_config.get(option)
+            if value:
+                files.extend(Path(part) for part in str(value).split())
+        files.extend(Path(p) for p in self.known_hosts)
+        return [f.expanduser() for f in files]
+
+    def _secure(self, conn: fabric.Connection) -> None:
+        """Replace fabric's auto-accept host-key policy by known_hosts checking, on every hop."""
+        conn.client.set_missing_host_key_policy(_reject_policy())
+        for path in self._known_hosts_files(conn):
+            if path.is_file():
+                try:
+                    conn.client.load_system_host_keys(str(path))
+                except (OSError, ValueError) as exc:
+                    raise HpcenvError(f"cannot read known_hosts file {path}: {exc}; fix or "
+                                      f"remove the broken line") from exc
+        if conn.gateway is not None and not isinstance(conn.gateway, str):
+            self._secure(conn.gateway)
+
+    def _new_connection(self) -> fabric.Connection:
+        import fabric
+
+        connect_kwargs: dict[str, Any] = {}
+        keys = self._key_files()
+        if keys:
+            connect_kwargs["key_filename"] = keys
+        gateway = None
+        proxy_jump = self.remote.proxy_jump
+        if proxy_jump:
+            # ProxyJump "a,b" means: reach a, from a reach b, from b reach the target.
+            for hop in proxy_jump.split(","):
+                gateway = fabric.Connection(hop.strip(), gateway=gateway,
+                                            connect_kwargs=dict(connect_kwargs),
+                                            connect_timeout=int(self.connect_timeout))
+        conn = fabric.Connection(
+            self.remote.host, user=self.remote.user or None, port=self.remote.port or None,
+            connect_kwargs=connect_kwargs, connect_timeout=int(self.connect_timeout),
+            gateway=gateway, inline_ssh_env=True)
+        self._secure(conn)
+        return conn
+
+    def connect(self) -> None:
+        """Open the connection (idempotent); raise a classified ``RemoteError`` on failure."""
+        if self.connected:
+            return
+        self.close()
+        conn = self._new_connection()
+        try:
+            conn.open()
+        except BaseException as exc:
+            conn.close()
+            error = self._classify(exc, conn)
+            if error is None:
+                raise
+            raise error from exc
+        assert conn.transport is not None
+        # Notice a silently dead link during long waits instead of hanging on it.
+        conn.transport.set_keepalive(15)
+        self._conn = conn
+
+    def _classify(self, exc: BaseException, conn: fabric.Connection) -> RemoteError | None:
+        import paramiko
+
+        name, target = self.name, self.target
+        via = f" via jump host {self.remote.proxy_jump}" if self.remote.proxy_jump else ""
+        port = conn.port
+        if isinstance(exc, _UnknownKey):
+            plain, key_port = _split_hostspec(exc.hostname)
+            return UnknownHostKey(
+                f"remote '{name}': unknown host key for {exc.hostname}{via} "
+                f"({exc.key.get_name()} {fingerprint(exc.key)}), not in any known_hosts file; "
+                f"check the fingerprint with your admins, then add it: ssh-keyscan -p "
+                f"{key_port} {plain} >> ~/.ssh/known_hosts (or connect once with ssh)")
+        if isinstance(exc, paramiko.BadHostKeyException):
+            # paramiko names the bad host without its port; the hop that failed is the target
+            # unless a jump host has that name.
+            key_port = int(conn.port) if exc.hostname == conn.host else 22
+            spec = _hostspec(exc.hostname, key_port)
+            return HostKeyMismatch(
+                f"remote '{name}': HOST KEY MISMATCH for {spec}{via}: it presented "
+                f"{exc.key.get_name()} {fingerprint(exc.key)} but known_hosts expects "
+                f"{fingerprint(exc.expected_key)}; this may be an attack or a reinstalled host: "
+                f"ask your admins, and only then replace the entry (ssh-keygen -R '{spec}', then "
+                f"ssh-keyscan -p {key_port} {exc.hostname} >> ~/.ssh/known_hosts)")
+        if isinstance(exc, paramiko.AuthenticationException):
+            keys = self._key_files()
+            tried = (f"key {', '.join(keys)}" if keys
+                     else "the ssh agent and ~/.ssh/id_* keys (no identity_file set)")
+            return AuthRefused(
+                f"remote '{name}': authentication refused by {target}{via} (tried {tried}); "
+                f"add the public key to ~/.ssh/authorized_keys on the login node, or set "
+                f"identity_file for remote '{name}' to a key it accepts")
+        if isinstance(exc, socket.gaierror):
+            return HostUnreachable(f"remote '{name}': cannot resolve host {self.remote.host!r}"
+                                   f"{via} ({exc.strerror}); check the host name in the remote's "
+                                   f"config or ~/.ssh/config")
+        if isinstance(exc, (TimeoutError, socket.timeout)):
+            return HostUnreachable(f"remote '{name}': connection to {target}{via} timed out "
+                                   f"after {self.connect_timeout:g}s; check the host, port and "
+                                   f"your network/VPN")
+        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+            return HostUnreachable(f"remote '{name}': connection to {target}{via} refused "
+                                   f"(nothing listening on port {port}); check host and port")
+        if isinstance(exc, ConnectionRefusedError):
+            return HostUnreachable(f"remote '{name}': connection to {target}{via} refused; "
+                                   f"check host and port")
+        if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
+            return HostUnreachable(f"remote '{name}': SSH connection to {target}{via} failed: "
+                                   f"{exc or type(exc).__name__}; check the host and port are an "
+                                   f"SSH server")
+        return None
+
+    def reconnect(self) -> None:
+        """Reconnect after a drop, with exponential backoff; auth and host-key errors are final."""
+        last: HostUnreachable | None = None
+        for delay in self.backoff.delays():
+            self.close()
+            try:
+                self.connect()
+                return
+            except HostUnreachable as exc:
+                last = exc
+                self.info(f"hpcenv: connection to {self.target} lost; retrying in {delay:g}s")
+                time.sleep(delay)
+        assert last is not None
+        raise HostUnreachable(f"{last} (gave up after {self.backoff.attempts} reconnect attempts)")
+
+    @property
+    def connection(self) -> fabric.Connection:
+        self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None or not self.connected:
+            self._sftp = self.connection.sftp()
+        return self._sftp
+
+    # -- commands ------------------------------------------------------------------------------
+    def run(self, command: str, *, check: bool = True, what: str | None = None,
+            out: TextIO | None = None, err: TextIO | None = None) -> RunResult:
+        """Run a shell command remotely (no pty, no stdin).
+
+        With ``out``/``err`` the output streams there as it arrives; it is captured either way.
+        ``check`` raises ``RemoteCommandFailed`` (naming ``what`` and the last stderr lines) on a
+        non-zero exit; a dropped connection raises ``ConnectionLost`` whatever ``check`` says.
+        """
+        conn = self.connection
+        try:
+            hide = {(True, True): "both", (True, False): "out", (False, True): "err"}.get(
+                (out is None, err is None), False)
+            result = conn.run(command, hide=hide, warn=True, pty=False,
+                              in_stream=False, out_stream=out, err_stream=err)
+        except Exception as exc:
+            if not self.connected:
+                raise ConnectionLost(f"remote '{self.name}': connection to {self.target} lost "
+                                     f"while running {what or command!r}") from exc
+            raise
+        if result.exited == -1 or not self.connected:
+            # paramiko reports -1 when the channel closed without an exit status.
+            raise ConnectionLost(f"remote '{self.name}': connection to {self.target} lost "
+                                 f"while running {what or command!r}")
+        run = RunResult(command, int(result.exited), result.stdout, result.stderr)
+        if check and run.exit_code != 0:
+            raise RemoteCommandFailed(
+                f"remote '{self.name}': {what or command} failed on {self.target} "
+                f"(exit {run.exit_code}): {last_lines(run.stderr or run.stdout)}", run.exit_code)
+        return run
+
+    def hpcenv_line(self, args: Sequence[str], *, cwd: str | None = None) -> str:
+        """The remote shell line running hpcenv with ``args`` (each quoted), optionally in cwd.
+
+        ``hpcenv_command`` is used as written (it may be ``module load x && hpcenv`` or a path
+        with arguments); only the hpcenv arguments are quoted.
+        """
+        line = f"{self.hpcenv_command} {shlex.join(args)}"
+        return f"cd {shlex.quote(cwd)} && {line}" if cwd else line
+
+    def check_version(self) -> str:
+        """The remote hpcenv version; raises when it is missing or of another major.minor."""
+        if self._version is not None:
+            return self._version
+        result = self.run(self.hpcenv_line(["--version"]), check=False,
+                          what="hpcenv --version")
+        if result.exit_code in (126, 127) or (
+                result.exit_code != 0 and "not found" in result.stderr):
+            raise RemoteHpcenvMissing(
+                f"remote '{self.name}': hpcenv not found on {self.target} (ran "
+                f"{self.hpcenv_command!r}: {last_lines(result.stderr, 1)}); install hpcenv "
+                f"there or set hpcenv_command for remote '{self.name}' to its full path")
+        if result.exit_code != 0:
+            raise RemoteCommandFailed(
+                f"remote '{self.name}': {self.hpcenv_command} --version failed on {self.target} "
+                f"(exit {result.exit_code}): {last_lines(result.stderr or result.stdout)}",
+                result.exit_code)
+        text = result.stdout.strip()
+        remote_mm, local_mm = _major_minor(text), _major_minor(__version__)
+        if remote_mm is None or "hpcenv" not in text:
+            raise RemoteHpcenvMissing(
+                f"remote '{self.name}': {self.hpcenv_command!r} --version printed {text!r}, not "
+                f"an hpcenv version; set hpcenv_command for remote '{self.name}' to hpcenv")
+        if remote_mm != local_mm:
+            raise IncompatibleVersion(
+                f"remote '{self.name}': remote {text} is not compatible with local hpcenv "
+                f"{__version__} (major.minor must match); upgrade one side, or point "
+                f"hpcenv_command at a matching install")
+        self._version = text
+        return text
+
+    def workdir(self) -> str:
+        """The remote working dir as an absolute path, created on first use."""
+        if self._workdir is None:
+            raw = self.remote.workdir or DEFAULT_WORKDIR
+            # A leading ~ is expanded by the remote shell; everything else stays literal.
+            if raw == "~" or raw.startswith("~/"):
+                quoted = '"$HOME"' + (shlex.quote(raw[1:]) if raw != "~" else "")
+            else:
+                quoted = shlex.quote(raw)
+            result = self.run(f"mkdir -p {quoted} && cd {quoted} && pwd -P",
+                              what=f"creating workdir {raw}")
+            self._workdir = result.stdout.strip().splitlines()[-1]
+        return self._workdir
+
+    def upload(self, local: Path, remote_path: str) -> None:
+        """Upload one file (parent created), keeping its mtime."""
+        self.run(f"mkdir -p {shlex.quote(posixpath.dirname(remote_path))}",
+                 what=f"creating {posixpath.dirname(remote_path)}")
+        try:
+            sftp = self.sftp()
+            sftp.put(str(local), remote_path)
+            mtime = int(local.stat().st_mtime)
+            sftp.utime(remote_path, (mtime, mtime))
+        except OSError as exc:
+            raise HpcenvError(f"uploading {local} to {self.target}:{remote_path} failed: {exc}; "
+                              f"check free space and permissions there") from exc
+
+    # -- resumable operations ------------------------------------------------------------------
+    def follow(self, command: str, out: TextIO, err: TextIO | None = None) -> int:
+        """Stream a command's output; after a dropped connection, reconnect and run it again,
+        skipping the output already shown (the command must replay its output from the start,
+        as ``hpcenv logs -f`` does).  Returns the command's exit code."""
+        sink = _SkippingWriter(out)
+        while True:
+            sink.rewind()
+            try:
+                return self.run(command, check=False, out=sink, err=err).exit_code
+            except ConnectionLost:
+                self.info(f"hpcenv: connection to {self.target} dropped; reconnecting")
+                self.reconnect()
+
+
+class _SkippingWriter:
+    """A text sink that drops what it already wrote in an earlier attempt (by character count)."""
+
+    def __init__(self, target: TextIO) -> None:
+        self.target = target
+        self.written = 0
+        self._seen = 0
+
+    def rewind(self) -> None:
+        self._seen = 0
+
+    def write(self, text: str) -> int:
+        start = self._seen
+        self._seen += len(text)
+        fresh = text[max(0, self.written - start):]
+        if fresh:
+            self.target.write(fresh)
+            self.target.flush()
+            self.written += len(fresh)
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+# --- the CLI over a remote ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """Options that only exist over ``--remote`` and are consumed locally (never sent)."""
+
+    sync: tuple[Path, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def extract(cls, argv: Sequence[str]) -> tuple[list[str], RemoteOptions]:
+        """Pull ``--sync DIR`` and ``--exclude PATTERN`` (before any ``--``) out of argv."""
+        rest: list[str] = []
+        sync: list[Path] = []
+        exclude: list[str] = []
+        items = list(argv)
+        i = 0
+        while i < len(items):
+            token = items[i]
+            if token == "--":
+                rest.extend(items[i:])
+                break
+            for option, bucket in (("--sync", sync), ("--exclude", exclude)):
+                if token == option or token.startswith(option + "="):
+                    if token == option:
+                        if i + 1 >= len(items):
+                            raise InvalidInput(f"{option} needs a value")
+                        value = items[i + 1]
+                        i += 1
+                    else:
+                        value = token.split("=", 1)[1]
+                    bucket.append(Path(value) if option == "--sync" else value)  # type: ignore[arg-type]
+                    break
+            else:
+                rest.append(token)
+            i += 1
+        return rest, cls(sync=tuple(sync), exclude=tuple(exclude))
+
+
+# Global options that stay on this side: where to find remotes, how to print.
+_LOCAL_GLOBALS_WITH_VALUE = ("--site", "--remote")
+_LOCAL_GLOBAL_FLAGS = ("--json",)
+# Parsed argument names (argparse dests) that may name a local file the remote side needs.
+_FILE_DESTS = ("file", "spec", "from_lock", "lock", "env_file", "script")
+
+
+def _strip_local_globals(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        if token == "--":
+            out.extend(items[i:])
+            break
+        if token in _LOCAL_GLOBALS_WITH_VALUE:
+            i += 2
+            continue
+        if any(token.startswith(opt + "=") for opt in _LOCAL_GLOBALS_WITH_VALUE) \
+                or token in _LOCAL_GLOBAL_FLAGS:
+            i += 1
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def _replace_value(argv: list[str], value: str, new: str) -> None:
+    """Rewrite the first argv token equal to ``value`` (or ``--opt=value``) to ``new``."""
+    for i, token in enumerate(argv):
+        if token == "--":
+            # A SCRIPT given after "--" is still a path to rewrite; keep looking.
+            continue
+        if token == value:
+            argv[i] = new
+            return
+        if token.startswith("--") and "=" in token and token.split("=", 1)[1] == value:
+            argv[i] = token.split("=", 1)[0] + "=" + new
+            return
+
+
+def load_remote(name: str, ctx: Context) -> Remote:
+    from hpcenv.site import load_remotes
+
+    remotes = load_remotes(ctx.site())
+    if name not in remotes:
+        known = ", ".join(sorted(remotes)) or "none"
+        raise NotFound(f"unknown remote {name!r} (known: {known}); add it under 'remotes:' in "
+                       f"the site config or in ~/.config/hpcenv/remotes.yaml")
+    return remotes[name]
+
+
+def _upload_inputs(session: RemoteSession, args: argparse.Namespace, argv: list[str]) -> None:
+    """Upload local files named by the command (spec, lock, script) and point argv at them."""
+    for dest in _FILE_DESTS:
+        value = getattr(args, dest, None)
+        if value is None or not isinstance(value, (str, Path)):
+            continue
+        local = Path(value).expanduser()
+        if not local.is_file():
+            continue
+        remote_path = posixpath.join(session.workdir(), local.name)
+        session.info(f"hpcenv: uploading {local} to {session.target}:{remote_path}")
+        session.upload(local, remote_path)
+        _replace_value(argv, str(value), local.name)
+
+
+def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
+                   options: RemoteOptions | None = None) -> int:
+    """Run one parsed hpcenv invocation on the remote ``ctx.remote``; return its exit code.
+
+    ``argv`` is the command line as given (with ``--sync``/``--exclude`` already taken out into
+    ``options``).  Local files it names are uploaded to the remote workdir, the remote hpcenv runs
+    there with the same arguments, and its output is shown here.
+    """
+    assert ctx.remote is not None
+    options = options or RemoteOptions()
+    command = getattr(args, "command", None)
+    if options.sync and command != "submit":
+        raise InvalidInput("--sync/--exclude only apply to 'hpcenv --remote NAME submit'")
+    remote = load_remote(ctx.remote, ctx)
+    session = RemoteSession(ctx.remote, remote, info=ctx.info)
+    with session:
+        session.check_version()
+        ctx.debug(f"hpcenv: {session.target} runs {session._version}")
+        remote_argv = _strip_local_globals(argv)
+        if command == "submit":
+            return _remote_submit(session, args, remote_argv, ctx, options)
+        _upload_inputs(session, args, remote_argv)
+        line = session.hpcenv_line((["--json"] if ctx.json else []) + remote_argv,
+                                   cwd=session.workdir())
+        if command == "logs" and getattr(args, "follow", False):
+            return session.follow(line, sys.stdout, sys.stderr)
+        return session.run(line, check=False, out=sys.stdout, err=sys.stderr).exit_code
+
+
+def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv: list[str],
+                   ctx: Context, options: RemoteOptions) -> int:
+    workdir = session.workdir()
+    for directory in options.sync:
+        local = directory.expanduser().resolve()
+        dest = posixpath.join(workdir, local.name)
+        result = _sync(session, local, dest, options.exclude)
+        ctx.info(f"hpcenv: synced {local} -> {session.target}:{dest}: "
+                 f"{len(result.uploaded)} file(s) sent ({result.bytes_sent} bytes), "
+                 f"{result.unchanged} unchanged")
+    _upload_inputs(session, args, remote_argv)
+    wait = bool(getattr(args, "wait", False))
+    # --wait is done from here by polling, so a dropped connection does not lose the job.
+    submit_argv = [a for a in remote_argv if a != "--wait"] if wait else remote_argv
+    result = session.run(session.hpcenv_line(["--json"] + submit_argv, cwd=workdir),
+                         check=False, err=sys.stderr, what="hpcenv submit")
+    if result.exit_code != 0:
+        return result.exit_code
+    data = _parse_json(result.stdout, session, "submit")
+    if getattr(args, "dry_run", False) or "job_id" not in data:
+        ctx.emit(data, lambda d: d.get("script", "") if isinstance(d, dict) else str(d))
+        return 0
+    job_id = str(data["job_id"])
+    data["remote"] = session.name
+    ctx.emit(data, lambda d: f"Submitted job {d['job_id']} on {session.name} "
+                             f"(partition {d.get('partition') or '?'})")
+    if not wait:
+        return 0
+    return wait_for_job(session, job_id, ctx)
+
+
+def _sync(session: RemoteSession, local: Path, dest: str, exclude: Sequence[str]) -> Any:
+    from hpcenv.sync import sync_dir
+
+    return sync_dir(session, local, dest, exclude)
+
+
+def _parse_json(text: str, session: RemoteSession, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RemoteCommandFailed(f"remote '{session.name}': hpcenv {what} printed no JSON "
+                                  f"({last_lines(text, 1)}); is the remote hpcenv too old?",
+                                  1) from exc
+    if not isinstance(data, dict):
+        raise RemoteCommandFailed(f"remote '{session.name}': hpcenv {what} printed "
+                                  f"{type(data).__name__} JSON, expected an object", 1)
+    return data
+
+
+def job_exit_code(status: dict[str, Any]) -> int:
+    """The job's exit code from a status record (``"2:0"``, ``2`` or missing)."""
+    raw = status.get("exit_code")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str) and raw.split(":", 1)[0].isdigit():
+        return int(raw.split(":", 1)[0])
+    return 0 if str(status.get("state", "")).upper() == "COMPLETED" else 1
+
+
+def wait_for_job(session: RemoteSession, job_id: str, ctx: Context, *,
+                 first_poll: float = 1.0, max_poll: float = 10.0) -> int:
+    """Poll the remote ``hpcenv status JOB`` until the job ends; survive connection drops.
+
+    Jobs may run for days, so there is no overall limit (as with ``sbatch --wait``); only the
+    reconnects are bounded, by the session's backoff.
+    """
+    line = session.hpcenv_line(["--json", "status", job_id])
+    last_state = None
+    delay = first_poll
+    while True:
+        try:
+            result = session.run(line, what=f"hpcenv status {job_id}")
+        except ConnectionLost:
+            session.reconnect()
+            continue
+        status = _parse_json(result.stdout, session, "status")
+        state = str(status.get("state", "")).upper().split(" ")[0]
+        if state != last_state:
+            ctx.info(f"hpcenv: job {job_id} on {session.name}: {state or 'UNKNOWN'}")
+            last_state = state
+        if state in FINAL_STATES:
+            return job_exit_code(status)
+        time.sleep(delay)
+        delay = min(delay * 2, max_poll)

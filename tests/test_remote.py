@@ -1,0 +1,332 @@
+"""Remote login nodes over SSH: pure helpers, then a real key-only sshd on 127.0.0.1.
+
+The "login node" is this machine: its hpcenv is the one under test (``sys.executable -m hpcenv``)
+and its sessions get their own site config through sshd's ``SetEnv``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from hpcenv.cli import main
+from hpcenv.remote import (
+    AuthRefused,
+    Backoff,
+    HostKeyMismatch,
+    HostUnreachable,
+    IncompatibleVersion,
+    RemoteCommandFailed,
+    RemoteHpcenvMissing,
+    RemoteOptions,
+    RemoteSession,
+    UnknownHostKey,
+    _SkippingWriter,
+    _strip_local_globals,
+    job_exit_code,
+)
+from hpcenv.sync import FileStat, is_excluded, local_manifest, parse_find_manifest, plan_upload, sync_dir
+if TYPE_CHECKING:
+    from tests.ssh.fixtures import SshServer
+
+pytest_plugins = ["tests.ssh.fixtures"]
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+def test_excludes_match_components_or_anchored_paths() -> None:
+    assert is_excluded("a/__pycache__/x.pyc", ["__pycache__"])
+    assert is_excluded("x.pyc", ["*.pyc"])
+    assert is_excluded("data/raw/big.bin", ["data/raw"])
+    assert is_excluded("outputs/run1/log", ["/outputs"])
+    assert not is_excluded("src/outputs.py", ["/outputs"])
+    assert not is_excluded("src/data/raw.txt", ["data/raw"])
+    assert not is_excluded("train.py", ["*.pyc", ".git"])
+
+
+def test_plan_upload_sends_missing_and_changed_only() -> None:
+    local = {"a": FileStat(3, 100), "b": FileStat(4, 100), "c": FileStat(5, 100)}
+    remote = {"a": FileStat(3, 100), "b": FileStat(4, 99), "d": FileStat(1, 1)}
+    assert plan_upload(local, remote) == ["b", "c"]
+    assert plan_upload(local, dict(local)) == []
+
+
+def test_parse_find_manifest_handles_fractional_mtime_and_spaces() -> None:
+    text = "a b/c.txt\t12\t1700000000.9876543210\nx\t0\t5.0000000000\n"
+    assert parse_find_manifest(text) == {"a b/c.txt": FileStat(12, 1700000000), "x": FileStat(0, 5)}
+
+
+def test_remote_options_are_taken_out_before_double_dash() -> None:
+    argv = ["--remote", "c", "submit", "--sync", "data", "--exclude=*.pyc", "train.py", "--",
+            "--sync", "kept"]
+    rest, options = RemoteOptions.extract(argv)
+    assert rest == ["--remote", "c", "submit", "train.py", "--", "--sync", "kept"]
+    assert options == RemoteOptions(sync=(Path("data"),), exclude=("*.pyc",))
+
+
+def test_local_globals_are_not_sent() -> None:
+    argv = ["--remote", "c", "--site=/x.yaml", "env", "list", "--json", "-v", "--", "--json"]
+    assert _strip_local_globals(argv) == ["env", "list", "-v", "--", "--json"]
+
+
+def test_skipping_writer_replays_only_new_text() -> None:
+    out = io.StringIO()
+    sink = _SkippingWriter(out)
+    sink.write("line1\nli")
+    sink.rewind()  # a reconnect: the command replays from the start
+    sink.write("line1\n")
+    sink.write("line2\nline3\n")
+    assert out.getvalue() == "line1\nline2\nline3\n"
+
+
+def test_job_exit_code_from_status_records() -> None:
+    assert job_exit_code({"state": "FAILED", "exit_code": "3:0"}) == 3
+    assert job_exit_code({"state": "COMPLETED", "exit_code": 0}) == 0
+    assert job_exit_code({"state": "CANCELLED"}) == 1
+
+
+# --- a real sshd -------------------------------------------------------------------------------
+
+def _keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+def session(sshd: SshServer, known_hosts: Path | None = None, **overrides: object) -> RemoteSession:
+    return RemoteSession("testcluster", sshd.remote(**overrides),
+                         known_hosts=[known_hosts or sshd.known_hosts], connect_timeout=5,
+                         backoff=Backoff(attempts=5, first=0.1, cap=0.5))
+
+
+def test_connect_and_run_reuse_one_connection(sshd: SshServer, ssh_client_home: Path) -> None:
+    with session(sshd) as s:
+        first = s.run("echo hello; echo oops >&2")
+        transport = s.connection.transport
+        second = s.run("echo $HPCENV_SITE")
+        assert s.connection.transport is transport
+    assert (first.stdout, first.stderr, first.exit_code) == ("hello\n", "oops\n", 0)
+    # sshd's SetEnv reaches remote sessions (the cluster tests rely on it for SLURM_CONF).
+    assert second.stdout.strip().endswith("site.yaml")
+
+
+def test_remote_command_failure_carries_its_stderr(sshd: SshServer, ssh_client_home: Path) -> None:
+    with session(sshd) as s, pytest.raises(RemoteCommandFailed) as err:
+        s.run("echo first >&2; echo 'disk quota exceeded' >&2; exit 3", what="the step")
+    assert err.value.remote_exit_code == 3
+    assert "the step failed" in str(err.value) and "disk quota exceeded" in str(err.value)
+
+
+def test_wrong_host_key_is_a_mismatch(sshd: SshServer, ssh_client_home: Path,
+                                      tmp_path: Path) -> None:
+    other = _keygen(tmp_path / "other_host_key")
+    known = tmp_path / "known_hosts"
+    key_type, key = other.with_suffix(".pub").read_text().split()[:2]
+    known.write_text(f"[{sshd.host}]:{sshd.port} {key_type} {key}\n")
+    with session(sshd, known) as s, pytest.raises(HostKeyMismatch) as err:
+        s.connect()
+    message = str(err.value)
+    assert "HOST KEY MISMATCH" in message and f"[{sshd.host}]:{sshd.port}" in message
+    assert "ssh-keygen -R" in message and "\n" not in message
+
+
+def test_unknown_host_key_is_refused_not_added(sshd: SshServer, ssh_client_home: Path,
+                                               tmp_path: Path) -> None:
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    with session(sshd, empty) as s, pytest.raises(UnknownHostKey) as err:
+        s.connect()
+    assert f"ssh-keyscan -p {sshd.port} {sshd.host}" in str(err.value)
+    # Never auto-accepted: nothing was written anywhere.
+    assert empty.read_text() == ""
+    assert not (ssh_client_home / ".ssh" / "known_hosts").exists()
+
+
+def test_user_known_hosts_is_honoured(sshd: SshServer, ssh_client_home: Path) -> None:
+    (ssh_client_home / ".ssh" / "known_hosts").write_text(sshd.known_hosts.read_text())
+    s = RemoteSession("testcluster", sshd.remote(), connect_timeout=5)
+    with s:
+        assert s.run("true").exit_code == 0
+
+
+def test_refused_key_names_the_key(sshd: SshServer, ssh_client_home: Path,
+                                   tmp_path: Path) -> None:
+    stranger = _keygen(tmp_path / "stranger")
+    with session(sshd, identity_file=stranger) as s, pytest.raises(AuthRefused) as err:
+        s.connect()
+    assert str(stranger) in str(err.value) and "authorized_keys" in str(err.value)
+
+
+def test_closed_port_is_unreachable(sshd: SshServer, ssh_client_home: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    with session(sshd, port=free_port) as s, pytest.raises(HostUnreachable) as err:
+        s.connect()
+    assert "refused" in str(err.value) and str(free_port) in str(err.value)
+
+
+def test_remote_hpcenv_missing(sshd: SshServer, ssh_client_home: Path) -> None:
+    with session(sshd, hpcenv_command="/opt/nowhere/bin/hpcenv") as s, \
+            pytest.raises(RemoteHpcenvMissing) as err:
+        s.check_version()
+    assert "/opt/nowhere/bin/hpcenv" in str(err.value) and "hpcenv_command" in str(err.value)
+
+
+def test_remote_version_mismatch(sshd: SshServer, ssh_client_home: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old-hpcenv"
+    old.write_text("#!/bin/sh\necho 'hpcenv 9.3.1'\n")
+    old.chmod(0o755)
+    with session(sshd, hpcenv_command=str(old)) as s, pytest.raises(IncompatibleVersion) as err:
+        s.check_version()
+    assert "hpcenv 9.3.1" in str(err.value) and "major.minor" in str(err.value)
+
+
+def test_remote_version_of_the_real_hpcenv(sshd: SshServer, ssh_client_home: Path) -> None:
+    from hpcenv import __version__
+
+    with session(sshd) as s:
+        assert s.check_version() == f"hpcenv {__version__}"
+
+
+def test_sync_sends_only_changed_files(sshd: SshServer, ssh_client_home: Path,
+                                       tmp_path: Path) -> None:
+    src = tmp_path / "project"
+    (src / "data").mkdir(parents=True)
+    (src / "__pycache__").mkdir()
+    (src / "train.py").write_text("print('train')\n")
+    (src / "data" / "a b.csv").write_text("x,y\n1,2\n")
+    (src / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0" * 10)
+    (src / "notes.tmp").write_text("scratch")
+    dest = str(sshd.root / "work" / "sync-test")
+    excludes = ["__pycache__", "*.tmp"]
+    with session(sshd) as s:
+        first = sync_dir(s, src, dest, excludes)
+        second = sync_dir(s, src, dest, excludes)
+        (src / "train.py").write_text("print('train v2')\n")
+        third = sync_dir(s, src, dest, excludes)
+    assert first.uploaded == ("data/a b.csv", "train.py")
+    assert second.uploaded == () and second.unchanged == 2
+    assert third.uploaded == ("train.py",)
+    assert (Path(dest) / "train.py").read_text() == "print('train v2')\n"
+    assert (Path(dest) / "data" / "a b.csv").read_text() == "x,y\n1,2\n"
+    assert not (Path(dest) / "__pycache__").exists() and not (Path(dest) / "notes.tmp").exists()
+    assert local_manifest(src, excludes) == local_manifest(Path(dest))
+
+
+def test_follow_resumes_after_the_connection_drops(sshd: SshServer,
+                                                   ssh_client_home: Path) -> None:
+    lines = 40
+    command = f"for i in $(seq 1 {lines}); do echo line$i; sleep 0.05; done"
+    dropped = threading.Event()
+
+    class DropAfterTen(io.StringIO):
+        def write(self, text: str) -> int:
+            n = super().write(text)
+            if not dropped.is_set() and "line10\n" in self.getvalue():
+                dropped.set()
+                assert sshd.drop_connections() >= 1
+            return n
+
+    out = DropAfterTen()
+    with session(sshd) as s:
+        first_transport = s.connection.transport
+        code = s.follow(command, out)
+        assert s.connection.transport is not first_transport  # it really reconnected
+    assert dropped.is_set() and code == 0
+    assert out.getvalue() == "".join(f"line{i}\n" for i in range(1, lines + 1))
+
+
+def test_reconnect_gives_up_after_its_backoff(sshd: SshServer, ssh_client_home: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    s = session(sshd, port=free_port)
+    s.backoff = Backoff(attempts=3, first=0.01, cap=0.02)
+    with s, pytest.raises(HostUnreachable) as err:
+        s.reconnect()
+    assert "gave up after 3 reconnect attempts" in str(err.value)
+
+
+# --- the CLI over --remote ---------------------------------------------------------------------
+
+def _write_remotes(home: Path, sshd: SshServer, **fields: object) -> None:
+    remote = sshd.remote()
+    values = {"host": remote.host, "port": remote.port, "user": remote.user or "",
+              "identity_file": str(remote.identity_file), "workdir": remote.workdir or "",
+              "hpcenv_command": remote.hpcenv_command, **fields}
+    body = "".join(f"  {key}: {json.dumps(value)}\n" for key, value in values.items())
+    path = home / ".config" / "hpcenv" / "remotes.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("testcluster:\n" + body)
+    (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts.read_text())
+
+
+def test_cli_runs_the_command_on_the_remote(sshd: SshServer, ssh_client_home: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    _write_remotes(ssh_client_home, sshd)
+    assert main(["--remote", "testcluster", "--json", "site", "show"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    # The remote's site config (set by sshd's SetEnv), not this side's embedded default.
+    remote_site = os.path.join(str(sshd.root), "login", "site.yaml")
+    assert remote_site in json.dumps(shown)
+
+
+def test_cli_uploads_a_local_spec_for_env_inspect(sshd: SshServer, ssh_client_home: Path,
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "laptop-only.yml"
+    spec.write_text("name: laptop-only\nchannels: [conda-forge]\ndependencies:\n"
+                    "  - python=3.11\n  - pytorch-cuda=12.1\n")
+    _write_remotes(ssh_client_home, sshd)
+    assert main(["--remote", "testcluster", "env", "inspect", str(spec), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["name"] == "laptop-only" and shown["cuda"] == "12.1"
+    assert (Path(sshd.remote().workdir or "") / "laptop-only.yml").read_text() == spec.read_text()
+
+
+def test_cli_errors_are_one_line(sshd: SshServer, ssh_client_home: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _write_remotes(ssh_client_home, sshd, hpcenv_command="/opt/nowhere/hpcenv")
+    assert main(["--remote", "testcluster", "site", "show"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hpcenv: error: remote 'testcluster': hpcenv not found")
+    assert err.count("\n") == 1
+    assert main(["--remote", "nosuch", "site", "show"]) == 1
+    assert "unknown remote 'nosuch' (known: testcluster)" in capsys.readouterr().err
+
+
+def test_remote_exit_code_and_stderr_pass_through(sshd: SshServer, ssh_client_home: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    _write_remotes(ssh_client_home, sshd)
+    assert main(["--remote", "testcluster", "env", "inspect", "/no/such/spec.yml"]) == 2
+    assert "/no/such/spec.yml" in capsys.readouterr().err
+
+
+def test_help_does_not_import_fabric() -> None:
+    code = ("import sys; from hpcenv.cli import build_parser; build_parser(); "
+            "import hpcenv.remote, hpcenv.sync; print('fabric' in sys.modules, "
+            "'paramiko' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_sync_only_with_submit(sshd: SshServer, ssh_client_home: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    _write_remotes(ssh_client_home, sshd)
+    assert main(["--remote", "testcluster", "--sync", ".", "site", "show"]) == 2
+    assert "--sync/--exclude only apply" in capsys.readouterr().err
+
+
