@@ -13,7 +13,6 @@ becomes a ``file://`` URL, while names (``conda-forge``) and URLs stay as writte
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -282,10 +281,13 @@ def site_to_dict(site: SiteConfig) -> dict[str, Any]:
                 "extra_index_urls": list(site.pip.extra_index_urls)},
         "templates_dir": opt(site.templates_dir),
         "state_dir": str(site.state_dir),
-        "remotes": {name: {k: (str(v) if isinstance(v, Path) else v)
-                           for k, v in _fields(r).items() if k not in ("name", "source")}
-                    for name, r in site.remotes.items()},
+        "remotes": {name: remote_to_dict(r) for name, r in site.remotes.items()},
     }
+
+
+def remote_to_dict(remote: Remote) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v)
+            for k, v in _fields(remote).items() if k not in ("name", "source")}
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -578,7 +580,9 @@ _SLURM_TIME = re.compile(r"\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}(:\d{1
 _SLURM_MEM = re.compile(r"\d+[KMGT]?B?", re.IGNORECASE)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
 _FEATURE = re.compile(r"[A-Za-z0-9._-]+")
-_HOST = re.compile(r"[A-Za-z0-9._:%-]+")
+# host names, IPv6 literals, user names and ProxyJump chains ("user@gw:22,gw2"): no spaces or
+# shell metacharacters, since these reach ssh command lines.
+_SSH_WORD = re.compile(r"[A-Za-z0-9._:%@,\[\]-]+")
 
 _DEFAULT_DATA = "${XDG_DATA_HOME:-~/.local/share}/hpcenv"
 _DEFAULT_STATE = "${XDG_STATE_HOME:-~/.local/state}/hpcenv"
@@ -610,12 +614,13 @@ class _Reader:
         for name, child in node.value.items():
             if name not in allowed:
                 where_ = f" in {key}" if key else ""
-                close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
-                hint = (f"did you mean {close[0]!r}?" if close
+                close = _closest(name, allowed)
+                hint = (f"did you mean {close!r}?" if close
                         else f"valid keys: {', '.join(allowed)}")
                 raise InvalidInput(f"{where(self.file, child.key_line)}: unknown key "
                                    f"{name!r}{where_} ({hint})")
-        return node.value
+        items: dict[str, YNode] = node.value
+        return items
 
     def expand(self, node: YNode, key: str, text: str) -> str:
         def repl(m: re.Match[str]) -> str:
@@ -682,8 +687,8 @@ class _Reader:
         value = node.value
         if not isinstance(value, str) or value not in options:
             shown = node.text if node.text is not None else _kind(node)
-            close = difflib.get_close_matches(str(shown), options, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = _closest(str(shown), options)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise self.fail(node, key, f"{shown!r} is not one of {' | '.join(options)}{hint}",
                             f"use one of: {', '.join(options)}")
         return value
@@ -812,7 +817,8 @@ class _Reader:
         if not node.is_mapping:
             raise self.fail(node, key, f"expected a mapping, got {_kind(node)}",
                             f"write '{key}:' followed by indented 'name: value' lines")
-        return node.value
+        items: dict[str, YNode] = node.value
+        return items
 
     def _conda_exe(self, node: YNode, key: str) -> str | None:
         text = self.string(node, key)
@@ -1006,7 +1012,7 @@ class _Reader:
                 else:
                     kw[opt] = self.string(value, sub)
                 if opt in ("host", "proxy_jump", "user") and kw[opt] is not None and not \
-                        re.fullmatch(r"[A-Za-z0-9._:%@,\[\]-]+", kw[opt]):
+                        _SSH_WORD.fullmatch(kw[opt]):
                     raise self.fail(value, sub, f"{kw[opt]!r} contains spaces or shell "
                                     "characters", "give a plain host or user name")
             out[name] = Remote(**kw)
@@ -1033,6 +1039,13 @@ class _Reader:
         "state_dir": path,
         "remotes": remotes,
     }
+
+
+def _closest(word: str, options: tuple[str, ...]) -> str | None:
+    import difflib  # only needed on the error path
+
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _kind(node: YNode) -> str:

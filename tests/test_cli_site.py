@@ -143,3 +143,14 @@ def test_site_without_action_prints_usage(env: dict[str, str]) -> None:
     result = hpcenv("site", env=env)
     assert result.returncode == 2
     assert "show" in result.stderr and "condarc" in result.stderr
+
+
+def test_show_includes_user_remotes(tmp_path: Path, env: dict[str, str]) -> None:
+    remotes = Path(env["HOME"], ".config/hpcenv/remotes.yaml")
+    remotes.parent.mkdir(parents=True)
+    remotes.write_text("laptop-to-lab: {host: 127.0.0.1, port: 2222}\n")
+    result = hpcenv("--site", str(EXAMPLE), "site", "show", "--json", env=env)
+    data = json.loads(result.stdout)
+    assert set(data["config"]["remotes"]) == {"cluster", "laptop-to-lab"}
+    assert data["config"]["remotes"]["laptop-to-lab"]["port"] == 2222
+    assert data["provenance"]["remotes.laptop-to-lab"] == f"{remotes}:1"

@@ -8,7 +8,8 @@ from typing import Any
 from hpcenv.cli.context import Context
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+             common: argparse.ArgumentParser) -> None:
     site = sub.add_parser("site", parents=[common], help="show and check the site config",
                           description="Show, check and export the effective site config.")
     site_sub = site.add_subparsers(dest="site_command", metavar="ACTION", parser_class=type(site))
@@ -40,14 +41,20 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def show_handler(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.site import embedded_site_path, site_to_dict
+    from hpcenv.site import embedded_site_path, load_remotes, remote_to_dict, site_to_dict
 
     site = ctx.site()
+    config = site_to_dict(site)
+    provenance = dict(site.provenance)
+    # Effective remotes include the user's remotes.yaml, which may override the site's.
+    remotes = load_remotes(site)
+    config["remotes"] = {name: remote_to_dict(r) for name, r in remotes.items()}
+    provenance.update({f"remotes.{name}": r.source for name, r in remotes.items()})
     data = {
         "source": str(site.source) if site.source else str(embedded_site_path()),
         "origin": site.origin,
-        "config": site_to_dict(site),
-        "provenance": dict(site.provenance),
+        "config": config,
+        "provenance": provenance,
     }
     ctx.emit(data, _format_show)
     return 0
@@ -60,6 +67,10 @@ def _format_show(data: dict[str, Any]) -> str:
     def text(value: Any) -> str:
         if isinstance(value, list):
             return ", ".join(str(v) for v in value) or "[]"
+        if isinstance(value, dict):
+            return ", ".join(f"{k}={text(v)}" for k, v in value.items() if v is not None)
+        if isinstance(value, bool):
+            return "true" if value else "false"
         return "null" if value is None else str(value)
 
     for key, value in data["config"].items():
