@@ -36,7 +36,7 @@ _PIP_OPTION_RE = re.compile(r"^(-{1,2}[A-Za-z][A-Za-z-]*)(?:(?:=|\s+)(.*))?$", r
 
 
 def _name_problem(name: str) -> str | None:
-    if ".." in name or not _ENV_NAME_RE.match(name):
+    if ".." in name or not _ENV_NAME_RE.fullmatch(name):
         return f"invalid environment name {name!r}: {_ENV_NAME_RULE}"
     return None
 

@@ -1,0 +1,135 @@
+"""The NVIDIA driver table at its boundaries (shared/notes/cuda-drivers.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcenv.drivers import (
+    cuda_satisfies,
+    driver_supports,
+    known_cuda_versions,
+    max_cuda_for_driver,
+    min_driver,
+    normalize_cuda,
+)
+from hpcenv.errors import InvalidInput
+
+
+@pytest.mark.parametrize(("cuda", "driver"), [
+    ("11.8", "520.61.05"), ("12.0", "525.60.13"), ("12.1", "530.30.02"), ("12.2", "535.54.03"),
+    ("12.3", "545.23.06"), ("12.4", "550.54.14"), ("12.5", "555.42.02"), ("12.6", "560.28.03"),
+    ("12.8", "570.26"), ("12.9", "575.51.03"), ("13.0", "580.65.06"), ("11.0", "450.51.05"),
+    ("10.2", "440.33"),
+])
+def test_min_driver_strict_is_the_ga_minimum(cuda: str, driver: str) -> None:
+    assert min_driver(cuda) == driver
+    assert min_driver(cuda, "strict") == driver
+
+
+def test_strict_boundary_is_exact_and_numeric_per_component() -> None:
+    assert not driver_supports("550.54.13", "12.4")
+    assert driver_supports("550.54.14", "12.4")
+    assert driver_supports("550.54.15", "12.4")
+    # 570.26 is 570.26.0: numerically above 570.9, below 570.124.06.
+    assert driver_supports("570.26", "12.8")
+    assert not driver_supports("570.9", "12.8")
+    assert driver_supports("570.124.06", "12.8")
+    assert not driver_supports("569.99.99", "12.8")
+
+
+@pytest.mark.parametrize(("driver", "cuda"), [
+    ("550.54.13", "12.3"), ("550.54.14", "12.4"), ("570.25.99", "12.6"), ("570.26", "12.8"),
+    ("575.51.03", "12.9"), ("580.65.05", "12.9"), ("580.65.06", "13.0"), ("999.1", "13.0"),
+    ("520.61.05", "11.8"), ("525.60.12", "11.8"), ("525.60.13", "12.0"), ("410.48", "10.0"),
+    ("450.51.05", "11.0"), ("560.35.05", "12.6"),
+])
+def test_max_cuda_for_driver_is_newest_ga_at_or_below(driver: str, cuda: str) -> None:
+    assert max_cuda_for_driver(driver) == cuda
+
+
+def test_max_cuda_for_ancient_driver_is_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match="older than every CUDA toolkit"):
+        max_cuda_for_driver("390.1")
+
+
+def test_minor_compat_floors() -> None:
+    assert min_driver("12.8", "minor") == "525.60.13"
+    assert min_driver("11.8", "minor") == "450.80.02"
+    assert min_driver("13.0", "minor") == "580"
+    # 11.0 shipped before the 11.x floor: its own GA driver stays the minimum.
+    assert min_driver("11.0", "minor") == "450.51.05"
+    # CUDA 10 has no minor-version compatibility.
+    assert min_driver("10.2", "minor") == "440.33"
+
+
+def test_minor_compat_runs_newer_minor_on_older_driver_of_same_major() -> None:
+    assert driver_supports("525.60.13", "12.8", "minor")
+    assert not driver_supports("525.60.13", "12.8", "strict")
+    assert not driver_supports("525.60.12", "12.8", "minor")
+    assert driver_supports("450.80.02", "11.8", "minor")
+    assert not driver_supports("450.80.01", "11.8", "minor")
+
+
+def test_no_cross_major_compat() -> None:
+    for driver in ("525.60.13", "575.51.03", "579.99"):
+        assert not driver_supports(driver, "13.0", "minor")
+        assert not driver_supports(driver, "13.0", "strict")
+    assert driver_supports("580.0.1", "13.0", "minor")
+    assert not driver_supports("520.61.05", "12.0", "minor")
+
+
+def test_major_only_requirement_means_any_minor_of_it() -> None:
+    assert normalize_cuda("12") == "12.0"
+    assert min_driver("12") == "525.60.13"
+    assert driver_supports("525.60.13", "12")
+    assert not driver_supports("520.61.05", "12")
+    assert min_driver("11") == "450.51.05"
+
+
+def test_patch_versions_read_as_their_minor() -> None:
+    assert normalize_cuda("12.4.1") == "12.4"
+    assert min_driver("11.8.0") == "520.61.05"
+
+
+@pytest.mark.parametrize("cuda", ["12.7", "99.1", "14", "9.0", "abc", "12.x", ""])
+def test_unknown_cuda_versions_are_invalid_input_listing_known_ones(cuda: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        min_driver(cuda)
+    assert repr(cuda) in str(info.value)
+    if cuda in ("12.7", "99.1", "14"):
+        assert "12.6, 12.8" in str(info.value)
+
+
+@pytest.mark.parametrize("driver", ["", "550.x", "v550.54", "550..1", "-1"])
+def test_bad_driver_strings_are_invalid_input(driver: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid NVIDIA driver version"):
+        driver_supports(driver, "12.4")
+
+
+def test_unknown_compat_policy_is_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match="strict"):
+        min_driver("12.4", "loose")  # type: ignore[arg-type]
+
+
+def test_cuda_satisfies_strict_and_minor() -> None:
+    assert cuda_satisfies("12.8", "12.4")
+    assert cuda_satisfies("12.4", "12.4")
+    assert not cuda_satisfies("12.4", "12.8")
+    assert cuda_satisfies("12.4", "12.8", "minor")
+    assert cuda_satisfies("12.0", "12.9", "minor")
+    assert not cuda_satisfies("12.9", "13.0", "minor")
+    assert cuda_satisfies("12.9", "11.8")
+    assert cuda_satisfies("12.4", "12")
+    assert not cuda_satisfies("11.8", "12")
+    # An 11.0 node (GA driver below the 11.x compat floor) cannot run 11.8 even under minor.
+    assert not cuda_satisfies("11.0", "11.8", "minor")
+    assert cuda_satisfies("11.1", "11.8", "minor")
+
+
+def test_table_is_ordered_and_has_no_12_7() -> None:
+    known = known_cuda_versions()
+    assert "12.7" not in known
+    assert known[0] == "10.0" and known[-1] == "13.0"
+    drivers = [min_driver(v) for v in known]
+    # A newer toolkit never needs an older driver.
+    assert all(max_cuda_for_driver(d) == v for d, v in zip(drivers, known))

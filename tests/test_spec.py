@@ -1,0 +1,269 @@
+"""Environment-file parsing, match specs, normalisation, content hash and env-name rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcenv.errors import InvalidInput
+from hpcenv.spec import (
+    EnvSpec,
+    MatchSpec,
+    canonical_conda_spec,
+    canonical_pip_line,
+    load_spec,
+    parse_match_spec,
+    parse_spec,
+    validate_env_name,
+)
+
+BASIC = """\
+name: demo
+channels:
+  - conda-forge
+  - nvidia
+dependencies:
+  - python >= 3.10
+  - numpy=1.26
+  - pip
+  - pip:
+      - --extra-index-url https://wheels.example.org/simple
+      - requests==2.31
+      - tqdm
+variables:
+  OMP_NUM_THREADS: 4
+  EMPTY:
+"""
+
+
+# --- match specs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("numpy", MatchSpec("numpy")),
+    ("python=3.10", MatchSpec("python", "=3.10")),
+    ("python==3.10.4", MatchSpec("python", "==3.10.4")),
+    ("python >= 3.8", MatchSpec("python", ">=3.8")),
+    ("python>=3.8, < 3.10", MatchSpec("python", ">=3.8,<3.10")),
+    ("python = 3.9", MatchSpec("python", "=3.9")),
+    ("python ~=3.7", MatchSpec("python", "~=3.7")),
+    ("pandoc=<2.0.0", MatchSpec("pandoc", "=<2.0.0")),
+    ("cupy>=6.6.0,<8.0.0a0,!=7.1.0", MatchSpec("cupy", ">=6.6.0,<8.0.0a0,!=7.1.0")),
+    ("python 3.10.*", MatchSpec("python", "3.10.*")),
+    ("arrow-cpp-proc * cuda", MatchSpec("arrow-cpp-proc", "*", "cuda")),
+    ("pytorch=1.7.1=py3.7_cuda11.0.221_cudnn8.0.5_0",
+     MatchSpec("pytorch", "=1.7.1", "py3.7_cuda11.0.221_cudnn8.0.5_0")),
+    ("cudatoolkit=11.8.0=h6a678d5_0", MatchSpec("cudatoolkit", "=11.8.0", "h6a678d5_0")),
+    ("jaxlib=*=cuda*", MatchSpec("jaxlib", "=*", "cuda*")),
+    ("jaxlib >= 0.3=*cuda*", MatchSpec("jaxlib", ">=0.3", "*cuda*")),
+    ("pytorch::pytorch-mutex = *=*cuda*", MatchSpec("pytorch-mutex", "=*", "*cuda*", "pytorch")),
+    ("nvidia/label/cuda-11.7.1::cuda-toolkit = 11.7",
+     MatchSpec("cuda-toolkit", "=11.7", None, "nvidia/label/cuda-11.7.1")),
+    ("conda-forge::cattrs ==1.1.1", MatchSpec("cattrs", "==1.1.1", None, "conda-forge")),
+    ("pytorch[version='>=1.8', build=*cuda*]", MatchSpec("pytorch", ">=1.8", "*cuda*")),
+    ("nvcc_linux-64=11.0", MatchSpec("nvcc_linux-64", "=11.0")),
+    ("pytorch-mutex=1.0=cuda", MatchSpec("pytorch-mutex", "=1.0", "cuda")),
+])
+def test_parse_match_spec(text: str, expected: MatchSpec) -> None:
+    assert parse_match_spec(text) == expected
+
+
+@pytest.mark.parametrize("text", [">=1.0", "::numpy", "a b c d", "foo$bar", "x[version=1"])
+def test_parse_match_spec_rejects_garbage(text: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid conda spec"):
+        parse_match_spec(text)
+
+
+def test_canonical_forms_ignore_spacing_but_keep_meaning() -> None:
+    assert canonical_conda_spec("python >= 3.8") == canonical_conda_spec("python>=3.8")
+    assert canonical_conda_spec("Python  =  3.9") == "python=3.9"
+    assert canonical_conda_spec("conda-forge :: cattrs ==1.1.1") == "conda-forge::cattrs==1.1.1"
+    assert canonical_conda_spec("python 3.10.*") != canonical_conda_spec("python=3.10")
+    assert canonical_pip_line("Wavio  >= 0.0.5") == "wavio>=0.0.5"
+    assert canonical_pip_line("Foo_Bar.baz[x]==1") == "foo-bar-baz[x]==1"
+    assert canonical_pip_line("--extra-index-url  https://x.example/s") == \
+        canonical_pip_line("--extra-index-url=https://x.example/s")
+    assert canonical_pip_line("git+https://h.example/A_B.git") == "git+https://h.example/A_B.git"
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+def test_parse_basic_keeps_everything_in_order() -> None:
+    spec = parse_spec(BASIC)
+    assert spec.name == "demo"
+    assert spec.channels == ("conda-forge", "nvidia")
+    assert spec.conda == ("python >= 3.10", "numpy=1.26", "pip")
+    assert spec.pip == ("--extra-index-url https://wheels.example.org/simple",
+                        "requests==2.31", "tqdm")
+    assert spec.variables == (("OMP_NUM_THREADS", "4"), ("EMPTY", ""))
+    assert spec.source is None
+    assert spec.conda_lines == (6, 7, 8)
+    assert spec.pip_lines == (10, 11, 12)
+    assert spec.source_line(6) == "- python >= 3.10"
+
+
+def test_scalars_are_taken_as_written() -> None:
+    spec = parse_spec("name: 1.10\ndependencies:\n  - python=3.10\n  - 3.0\n")
+    assert spec.name == "1.10"
+    assert spec.conda == ("python=3.10", "3.0")
+
+
+def test_real_world_quirks() -> None:
+    text = ("---\n# yaml-language-server: $schema=x\n"
+            "channels:\n  # comment\n  - conda-forge # inline\n"
+            "dependencies:\n- bioconda::fastqc=0.12.1\n\n    # comment in list\n"
+            "- pip:   \n  - \"--editable=.[dev]\"\n"
+            "prefix: /home/u/miniconda3/envs/x\n"
+            "name: late-name \n"
+            "# caf\u00e9 \u00a9 non-ascii")
+    spec = parse_spec(text)
+    assert spec.name == "late-name"
+    assert spec.channels == ("conda-forge",)
+    assert spec.conda == ("bioconda::fastqc=0.12.1",)
+    assert spec.pip == ("--editable=.[dev]",)
+
+
+def test_empty_sections_and_missing_keys() -> None:
+    spec = parse_spec("dependencies:\n")
+    assert (spec.name, spec.channels, spec.conda, spec.pip) == (None, (), (), ())
+    spec = parse_spec("name: x\ndependencies:\n  - a\n  - pip:\n")
+    assert spec.pip == ()
+
+
+def test_load_spec_reads_utf8_without_final_newline(tmp_path: Path) -> None:
+    path = tmp_path / "env.yml"
+    path.write_bytes("# \u00a9 2024\nname: x\ndependencies:\n  - numpy".encode())
+    spec = load_spec(path)
+    assert spec.source == path
+    assert spec.conda == ("numpy",)
+    assert load_spec(str(path)) == spec
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "line", "fragment"), [
+    ("name: x\ndependencies:\n  - a\n - b\n", 4, "invalid YAML"),
+    ("name: x\ndependencies: [a, b\n", 3, "invalid YAML"),
+    ("- a\n- b\n", 1, "top level must be a mapping"),
+    ("just text\n", 1, "top level must be a mapping"),
+    ("name: x\ndependencies: numpy\n", 2, "'dependencies' must be a list"),
+    ("name: x\ndependencies:\n  - numpy\n  - pip: numpy\n", 4, "'pip' must be a list"),
+    ("name: x\ndependencies:\n  - conda: [a]\n", 3, "unsupported dependency section 'conda'"),
+    ("name: x\ndependencies:\n  - [a, b]\n", 3, "'dependencies' entry"),
+    ("name: x\ndependencies:\n  - pip:\n    - {a: 1}\n", 4, "'pip' entry"),
+    ("name: x\nchannels: conda-forge\n", 2, "'channels' must be a list"),
+    ("name: x\nvariables: [A]\n", 2, "'variables' must be a mapping"),
+    ("name: x\ndependecies:\n  - a\n", 2, "unknown key 'dependecies'"),
+    ("name: x\nname: y\n", 2, "duplicate key 'name'"),
+    ("name: [x]\n", 1, "'name' must be a single value"),
+    ("name: ../evil\n", 1, "invalid environment name"),
+    ("dependencies:\n  - '>=1.0'\n", 2, "invalid conda spec"),
+    ("dependencies:\n  - ''\n", 2, "empty 'dependencies' entry"),
+])
+def test_bad_specs_name_file_line_and_key(text: str, line: int, fragment: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_spec(text, source=Path("env.yml"))
+    message = str(info.value)
+    assert message.startswith(f"env.yml:{line}: "), message
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_empty_file_is_invalid(tmp_path: Path) -> None:
+    path = tmp_path / "e.yml"
+    path.write_text("# only a comment\n")
+    with pytest.raises(InvalidInput, match="empty environment file"):
+        load_spec(path)
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="no such environment file"):
+        load_spec(tmp_path / "missing.yml")
+    with pytest.raises(InvalidInput, match="is a directory"):
+        load_spec(tmp_path)
+    path = tmp_path / "latin1.yml"
+    path.write_bytes(b"name: x\n# caf\xe9\n")
+    with pytest.raises(InvalidInput, match=r"latin1.yml:2: not UTF-8"):
+        load_spec(path)
+
+
+# --- names -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["a", "cv-resnet50-exp1", "all_cuda-118_arch-x86_64",
+                                  "mf-colabfold-1.5.5", "X" * 64, "1.10"])
+def test_valid_env_names(name: str) -> None:
+    assert validate_env_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-x", ".hidden", "_x", "a/b", "a..b", "..", "a b",
+                                  "X" * 65, "caf\u00e9", "a\\b", "x\n"])
+def test_invalid_env_names_explain_the_rule(name: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_env_name(name)
+    assert "letters, digits, '.', '_' and '-'" in str(info.value)
+
+
+# --- normalisation and hash ------------------------------------------------------------------
+
+def _spec(**kw: object) -> EnvSpec:
+    base: dict[str, object] = {"name": "a", "channels": ("conda-forge", "bioconda"),
+                               "conda": ("python>=3.8", "numpy"), "pip": ("requests",),
+                               "variables": (), "source": None}
+    base.update(kw)
+    return EnvSpec(**base)  # type: ignore[arg-type]
+
+
+def test_hash_is_order_and_spacing_independent_and_ignores_name() -> None:
+    one = parse_spec("name: a\nchannels: [conda-forge, bioconda]\n"
+                     "dependencies:\n  - python >= 3.8\n  - numpy\n  - pip:\n    - Requests\n"
+                     "    - tqdm >=4\nvariables: {B: '2', A: '1'}\n")
+    two = parse_spec("name: b\nchannels: [conda-forge, bioconda]\n"
+                     "dependencies:\n  - pip:\n    - tqdm>=4\n    - requests\n  - numpy\n"
+                     "  - python>=3.8\nvariables: {A: '1', B: '2'}\n")
+    assert one.normalized() == two.normalized()
+    assert one.content_hash() == two.content_hash()
+    assert "name" not in one.normalized()
+
+
+def test_hash_changes_with_content_and_channel_order() -> None:
+    reference = _spec().content_hash()
+    assert len(reference) == 64 and int(reference, 16) >= 0
+    assert _spec(name="other").content_hash() == reference
+    assert _spec(conda=("numpy", "python>=3.8")).content_hash() == reference
+    assert _spec(channels=("bioconda", "conda-forge")).content_hash() != reference
+    assert _spec(conda=("python>=3.9", "numpy")).content_hash() != reference
+    assert _spec(pip=("requests", "tqdm")).content_hash() != reference
+    assert _spec(variables=(("A", "1"),)).content_hash() != reference
+
+
+def test_pip_option_lines_keep_their_order() -> None:
+    a = _spec(pip=("--index-url https://a.example/s", "--extra-index-url https://b.example/s",
+                   "x", "y"))
+    b = _spec(pip=("y", "--index-url https://a.example/s", "x",
+                   "--extra-index-url https://b.example/s"))
+    c = _spec(pip=("--extra-index-url https://b.example/s", "--index-url https://a.example/s",
+                   "x", "y"))
+    assert a.content_hash() == b.content_hash()
+    assert a.content_hash() != c.content_hash()
+
+
+def test_hash_is_stable_across_runs() -> None:
+    # A fixed value: a change here means every registry record's key changes too.
+    spec = _spec()
+    assert spec.normalized() == {
+        "schema": 1,
+        "channels": ["conda-forge", "bioconda"],
+        "conda": ["numpy", "python>=3.8"],
+        "pip": {"options": [], "requirements": ["requests"]},
+        "variables": [],
+    }
+    assert spec.content_hash() == spec.content_hash()
+    assert spec.content_hash() == _STABLE_HASH
+
+
+def test_provenance_does_not_affect_equality() -> None:
+    assert parse_spec(BASIC) == parse_spec("\n\n" + BASIC)
+    assert parse_spec(BASIC).content_hash() == parse_spec("\n\n" + BASIC).content_hash()
+
+
+_STABLE_HASH = "2017d8e228182f0dc08ddbe3f204dfc8dd037a9b1f91a6144557d32770b4a929"
