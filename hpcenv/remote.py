@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from hpcenv import __version__
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.sync import sync_dir
 
 if TYPE_CHECKING:
     import fabric
@@ -542,7 +543,7 @@ class RemoteOptions:
 _LOCAL_GLOBALS_WITH_VALUE = ("--site", "--remote")
 _LOCAL_GLOBAL_FLAGS = ("--json",)
 # Parsed argument names (argparse dests) that may name a local file the remote side needs.
-_FILE_DESTS = ("file", "spec", "from_lock", "lock", "env_file", "script")
+_FILE_DESTS = ("file", "spec", "from_lock", "lock", "env_file", "env", "script")
 
 
 def _strip_local_globals(argv: Sequence[str]) -> list[str]:
@@ -591,8 +592,29 @@ def load_remote(name: str, ctx: Context) -> Remote:
     return remotes[name]
 
 
-def _upload_inputs(session: RemoteSession, args: argparse.Namespace, argv: list[str]) -> None:
-    """Upload local files named by the command (spec, lock, script) and point argv at them."""
+@dataclass(frozen=True)
+class PathMap:
+    """Where local directories live on the remote after ``--sync`` (local root -> remote root)."""
+
+    roots: tuple[tuple[Path, str], ...] = ()
+
+    def remote_path(self, local: Path) -> str | None:
+        local = local.resolve()
+        for root, remote_root in self.roots:
+            if local == root:
+                return remote_root
+            if root in local.parents:
+                return posixpath.join(remote_root, local.relative_to(root).as_posix())
+        return None
+
+
+def _upload_inputs(session: RemoteSession, args: argparse.Namespace, argv: list[str],
+                   paths: PathMap = PathMap()) -> None:
+    """Point argv at remote copies of the local files the command names (spec, lock, script).
+
+    A file inside a synced directory is already there; any other file is uploaded to the
+    remote workdir.  argv gets absolute remote paths.
+    """
     for dest in _FILE_DESTS:
         value = getattr(args, dest, None)
         if value is None or not isinstance(value, (str, Path)):
@@ -600,10 +622,12 @@ def _upload_inputs(session: RemoteSession, args: argparse.Namespace, argv: list[
         local = Path(value).expanduser()
         if not local.is_file():
             continue
-        remote_path = posixpath.join(session.workdir(), local.name)
-        session.info(f"hpcenv: uploading {local} to {session.target}:{remote_path}")
-        session.upload(local, remote_path)
-        _replace_value(argv, str(value), local.name)
+        remote_path = paths.remote_path(local)
+        if remote_path is None:
+            remote_path = posixpath.join(session.workdir(), local.name)
+            session.info(f"hpcenv: uploading {local} to {session.target}:{remote_path}")
+            session.upload(local, remote_path)
+        _replace_value(argv, str(value), remote_path)
 
 
 def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
@@ -638,18 +662,27 @@ def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
 def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv: list[str],
                    ctx: Context, options: RemoteOptions) -> int:
     workdir = session.workdir()
+    roots: list[tuple[Path, str]] = []
     for directory in options.sync:
         local = directory.expanduser().resolve()
-        dest = posixpath.join(workdir, local.name)
-        result = _sync(session, local, dest, options.exclude)
+        dest = posixpath.join(workdir, local.name or "root")
+        if any(dest == other for _, other in roots):
+            raise InvalidInput(f"--sync {directory}: another synced directory is also named "
+                               f"{local.name!r} and would land in the same remote place; sync "
+                               f"their common parent instead")
+        result = sync_dir(session, local, dest, options.exclude)
         ctx.info(f"hpcenv: synced {local} -> {session.target}:{dest}: "
                  f"{len(result.uploaded)} file(s) sent ({result.bytes_sent} bytes), "
                  f"{result.unchanged} unchanged")
-    _upload_inputs(session, args, remote_argv)
+        roots.append((local, dest))
+    paths = PathMap(tuple(roots))
+    _upload_inputs(session, args, remote_argv, paths)
+    # Run where the user is, when that is inside a synced tree: relative paths keep working.
+    cwd = paths.remote_path(Path.cwd()) or workdir
     wait = bool(getattr(args, "wait", False))
     # --wait is done from here by polling, so a dropped connection does not lose the job.
     submit_argv = [a for a in remote_argv if a != "--wait"] if wait else remote_argv
-    result = session.run(session.hpcenv_line(["--json"] + submit_argv, cwd=workdir),
+    result = session.run(session.hpcenv_line(["--json"] + submit_argv, cwd=cwd),
                          check=False, err=sys.stderr, what="hpcenv submit")
     if result.exit_code != 0:
         return result.exit_code
@@ -664,12 +697,6 @@ def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv
     if not wait:
         return 0
     return wait_for_job(session, job_id, ctx)
-
-
-def _sync(session: RemoteSession, local: Path, dest: str, exclude: Sequence[str]) -> Any:
-    from hpcenv.sync import sync_dir
-
-    return sync_dir(session, local, dest, exclude)
 
 
 def _parse_json(text: str, session: RemoteSession, what: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from hpcenv.remote import (
     IncompatibleVersion,
     RemoteCommandFailed,
     RemoteHpcenvMissing,
+    PathMap,
     RemoteOptions,
     RemoteSession,
     UnknownHostKey,
@@ -70,6 +71,15 @@ def test_remote_options_are_taken_out_before_double_dash() -> None:
     rest, options = RemoteOptions.extract(argv)
     assert rest == ["--remote", "c", "submit", "train.py", "--", "--sync", "kept"]
     assert options == RemoteOptions(sync=(Path("data"),), exclude=("*.pyc",))
+
+
+def test_path_map_places_files_inside_synced_trees(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    paths = PathMap(((project, "/scratch/w/project"),))
+    assert paths.remote_path(project / "src" / "train.py") == "/scratch/w/project/src/train.py"
+    assert paths.remote_path(project) == "/scratch/w/project"
+    assert paths.remote_path(tmp_path / "elsewhere.py") is None
 
 
 def test_local_globals_are_not_sent() -> None:
@@ -154,6 +164,34 @@ def test_user_known_hosts_is_honoured(sshd: SshServer, ssh_client_home: Path) ->
     s = RemoteSession("testcluster", sshd.remote(), connect_timeout=5)
     with s:
         assert s.run("true").exit_code == 0
+
+
+def test_proxy_jump_through_a_gateway(sshd: SshServer, ssh_client_home: Path) -> None:
+    # The same sshd serves as jump host and target: the hop is real (a direct-tcpip channel).
+    jump = f"{sshd.user}@{sshd.host}:{sshd.port}"
+    with session(sshd, proxy_jump=jump) as s:
+        assert s.run("echo via-jump").stdout == "via-jump\n"
+        assert s.connection.gateway is not None and s.connection.gateway.is_connected
+
+
+def test_jump_host_key_is_checked_too(sshd: SshServer, ssh_client_home: Path,
+                                      tmp_path: Path) -> None:
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    jump = f"{sshd.user}@{sshd.host}:{sshd.port}"
+    with session(sshd, empty, proxy_jump=jump) as s, pytest.raises(UnknownHostKey) as err:
+        s.connect()
+    assert f"via jump host {jump}" in str(err.value)
+
+
+def test_ssh_config_alias_is_honoured(sshd: SshServer, ssh_client_home: Path) -> None:
+    (ssh_client_home / ".ssh" / "config").write_text(
+        f"Host login-alias\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  IdentityFile {sshd.key}\n  UserKnownHostsFile {sshd.known_hosts}\n")
+    alias = RemoteSession("testcluster", sshd.remote(host="login-alias", port=None, user=None,
+                                                     identity_file=None), connect_timeout=5)
+    with alias:
+        assert alias.run("echo aliased").stdout == "aliased\n"
 
 
 def test_refused_key_names_the_key(sshd: SshServer, ssh_client_home: Path,
