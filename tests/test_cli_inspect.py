@@ -1,0 +1,144 @@
+"""``hpcenv env inspect`` through the installed console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HPCENV = Path(sys.executable).parent / "hpcenv"
+
+GPU_ENV = """\
+name: trainer
+channels:
+  - conda-forge
+  - nvidia
+dependencies:
+  - python >= 3.11
+  - cuda-version=12.4  # the runtime
+  - pytorch
+  - pip:
+      - --extra-index-url https://wheels.example.org/simple
+      - transformers==4.40
+variables:
+  TOKENIZERS_PARALLELISM: "false"
+"""
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HPCENV), "env", "inspect", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+@pytest.fixture()
+def gpu_env(tmp_path: Path) -> Path:
+    path = tmp_path / "environment.yml"
+    path.write_text(GPU_ENV)
+    return path
+
+
+def test_human_summary(gpu_env: Path) -> None:
+    result = run(str(gpu_env))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.splitlines()[0] == str(gpu_env)
+    assert "trainer" in out
+    assert "conda-forge, nvidia" in out
+    assert "3 specs" in out
+    assert "1 requirements, 1 option line" in out
+    assert "12.4; GPU required" in out
+    assert "- cuda-version=12.4  # the runtime" in out
+    assert result.stderr == ""
+
+
+def test_json_output(gpu_env: Path) -> None:
+    result = run(str(gpu_env), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["name"] == "trainer"
+    assert data["channels"] == ["conda-forge", "nvidia"]
+    assert data["conda"] == ["python >= 3.11", "cuda-version=12.4", "pytorch"]
+    assert data["pip"] == ["--extra-index-url https://wheels.example.org/simple",
+                           "transformers==4.40"]
+    assert data["variables"] == {"TOKENIZERS_PARALLELISM": "false"}
+    assert (data["cuda"], data["cuda_ambiguous"], data["cuda_candidates"]) == \
+        ("12.4", False, ["12.4"])
+    assert data["gpu_required"] is True
+    assert data["cuda_evidence"] == ["- cuda-version=12.4  # the runtime"]
+    assert len(data["hash"]) == 64
+
+
+def test_global_json_flag_before_command_and_hash_ignores_name(gpu_env: Path,
+                                                               tmp_path: Path) -> None:
+    renamed = tmp_path / "renamed.yml"
+    renamed.write_text(GPU_ENV.replace("name: trainer", "name: other-name"))
+    first = subprocess.run([str(HPCENV), "--json", "env", "inspect", str(gpu_env)],
+                           capture_output=True, text=True, timeout=60)
+    second = run(str(renamed), "--json")
+    assert first.returncode == 0 and second.returncode == 0
+    assert json.loads(first.stdout)["hash"] == json.loads(second.stdout)["hash"]
+
+
+def test_ambiguous_cpu_and_rocm_summaries(tmp_path: Path) -> None:
+    cases = {
+        "amb.yml": ("channels: [pytorch]\ndependencies:\n  - pytorch=2.0.0\n",
+                    "not pinned (candidates: 11.7, 11.8); GPU required"),
+        "cpu.yml": ("dependencies:\n  - numpy\n", "none; no GPU needed"),
+        "opt.yml": ("dependencies:\n  - pip:\n    - torch\n", "not pinned; GPU optional"),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        result = run(name, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout, result.stdout
+        assert "(none)" in result.stdout  # no name
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hpcenv: error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_text("name: x\ndependencies:\n  - numpy\n - scipy\n")
+    _assert_one_line_error(run(str(path)), f"{path}:4: invalid YAML")
+
+
+def test_bad_shape(tmp_path: Path) -> None:
+    path = tmp_path / "shape.yml"
+    path.write_text("name: x\ndependencies:\n  - numpy\n  - pip: requests\n")
+    _assert_one_line_error(run(str(path), "--json"), f"{path}:4:", "'pip' must be a list")
+
+
+def test_bad_name_in_spec(tmp_path: Path) -> None:
+    path = tmp_path / "name.yml"
+    path.write_text("name: ../../etc\ndependencies:\n  - numpy\n")
+    _assert_one_line_error(run(str(path)), f"{path}:1:", "invalid environment name")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yml"
+    _assert_one_line_error(run(str(missing)), str(missing), "no such environment file")
+
+
+def test_verbose_error_shows_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([str(HPCENV), "-v", "env", "inspect", str(tmp_path / "nope.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
+
+
+def test_help() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "FILE" in result.stdout and "--json" in result.stdout
