@@ -505,7 +505,9 @@ def _live_partition_checks(site: SiteConfig, live: Sequence[PartitionState]) -> 
         if problems:
             checks.append(Check(name, "warn", "; ".join(problems)))
         else:
-            checks.append(Check(name, "pass", f"{len(state.nodes)} nodes, state {state.state}"))
+            count = len(state.nodes)
+            checks.append(Check(name, "pass", f"{count} node{'s' * (count != 1)}, "
+                                f"state {state.state}"))
     return checks
 
 
