@@ -5,8 +5,8 @@ for every step (version check, uploads, the remote ``hpcenv`` call, polling).  T
 its own hpcenv, so envs are built there through its locked builder and jobs go to its scheduler.
 
 Host keys are checked against the system and user ``known_hosts`` files, the files named by
-``~/.ssh/config`` (``UserKnownHostsFile``/``GlobalKnownHostsFile``) and an optional per-remote
-file; an unknown or changed key is refused, never accepted silently.  Fabric itself would
+``~/.ssh/config`` (``UserKnownHostsFile``/``GlobalKnownHostsFile``) and any extra files given to
+``RemoteSession``; an unknown or changed key is refused, never accepted silently.  Fabric itself would
 auto-add unknown keys, so every connection (and jump host) gets a rejecting policy here.
 
 Failures become one-line ``HpcenvError`` messages that say which of these happened and what to do:
@@ -163,6 +163,15 @@ def _reject_policy() -> paramiko.MissingHostKeyPolicy:
     return RejectUnknown()
 
 
+def _close_chain(conn: fabric.Connection) -> None:
+    """Close a connection and its jump hosts (fabric closes neither a half-open client nor
+    the gateway)."""
+    conn.close()
+    conn.client.close()
+    if conn.gateway is not None and not isinstance(conn.gateway, str):
+        _close_chain(conn.gateway)
+
+
 # --- the session ----------------------------------------------------------------------------------
 
 @dataclass
@@ -180,7 +189,6 @@ class RemoteSession:
     backoff: Backoff = field(default_factory=Backoff)
     info: Callable[[str], None] = lambda message: None
     _conn: fabric.Connection | None = field(default=None, init=False, repr=False)
-    _sftp: paramiko.SFTPClient | None = field(default=None, init=False, repr=False)
     _workdir: str | None = field(default=None, init=False, repr=False)
     _version: str | None = field(default=None, init=False, repr=False)
 
@@ -202,14 +210,8 @@ class RemoteSession:
         self.close()
 
     def close(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-            self._sftp = None
         if self._conn is not None:
-            gateway = self._conn.gateway
-            self._conn.close()
-            if gateway is not None and not isinstance(gateway, str):
-                gateway.close()
+            _close_chain(self._conn)
             self._conn = None
 
     @property
@@ -274,7 +276,7 @@ class RemoteSession:
         try:
             conn.open()
         except BaseException as exc:
-            conn.close()
+            _close_chain(conn)
             error = self._classify(exc, conn)
             if error is None:
                 raise
@@ -358,9 +360,8 @@ class RemoteSession:
         return self._conn
 
     def sftp(self) -> paramiko.SFTPClient:
-        if self._sftp is None or not self.connected:
-            self._sftp = self.connection.sftp()
-        return self._sftp
+        """The connection's SFTP channel (fabric keeps one per connection)."""
+        return self.connection.sftp()
 
     # -- commands ------------------------------------------------------------------------------
     def run(self, command: str, *, check: bool = True, what: str | None = None,
