@@ -23,8 +23,9 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME_RULE = ("use 1-64 characters from letters, digits, '.', '_' and '-', starting with a "
                   "letter or digit, with no '/' and no '..' (e.g. 'cv-resnet50-exp1')")
 
-# `prefix:` is machine-specific output of `conda env export`; it never defines the environment.
-_KNOWN_KEYS = ("name", "channels", "dependencies", "variables", "prefix")
+# `prefix:` is machine-specific output of `conda env export` and `platforms:` is read by
+# conda-lock; neither defines the environment's content, so both are accepted and ignored.
+_KNOWN_KEYS = ("name", "channels", "dependencies", "variables", "prefix", "platforms")
 
 _OPERATOR_CHARS = "=<>!~"
 # Whitespace around operators and separators carries no meaning in a match spec:
@@ -356,9 +357,12 @@ class _Builder:
                 raise self.fail(node, f"'variables' must be a mapping (NAME: value), "
                                 f"not {self.kind(node)}")
             for key_node, value_node in node.value:
+                var = self.scalar(key_node, "a 'variables' name")
+                if any(var == seen for seen, _ in variables):
+                    raise self.fail(key_node, f"duplicate variable {var!r}; keep only one")
                 value = "" if self.is_null(value_node) else self.scalar(
                     value_node, "a 'variables' value")
-                variables.append((self.scalar(key_node, "a 'variables' name"), value))
+                variables.append((var, value))
 
         return EnvSpec(name=name, channels=tuple(channels), conda=tuple(conda), pip=tuple(pip),
                        variables=tuple(variables), source=source,

@@ -97,6 +97,15 @@ def test_ambiguous_cpu_and_rocm_summaries(tmp_path: Path) -> None:
         assert "(none)" in result.stdout  # no name
 
 
+def test_long_evidence_is_capped_in_human_output(tmp_path: Path) -> None:
+    deps = "".join(f"  - cuda-{part}=11.8.89\n" for part in
+                   ("cudart", "nvrtc", "cupti", "nvcc", "nvtx", "libraries", "runtime"))
+    (tmp_path / "export.yml").write_text("dependencies:\n" + deps)
+    human = run("export.yml", cwd=tmp_path)
+    assert "(2 more; see --json)" in human.stdout
+    assert len(json.loads(run("export.yml", "--json", cwd=tmp_path).stdout)["cuda_evidence"]) == 7
+
+
 def _assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert result.returncode == 2
     assert result.stdout == ""

@@ -113,7 +113,7 @@ def test_real_world_quirks() -> None:
             "channels:\n  # comment\n  - conda-forge # inline\n"
             "dependencies:\n- bioconda::fastqc=0.12.1\n\n    # comment in list\n"
             "- pip:   \n  - \"--editable=.[dev]\"\n"
-            "prefix: /home/u/miniconda3/envs/x\n"
+            "prefix: /home/u/miniconda3/envs/x\nplatforms: [linux-64]\n"
             "name: late-name \n"
             "# caf\u00e9 \u00a9 non-ascii")
     spec = parse_spec(text)
@@ -155,6 +155,8 @@ def test_load_spec_reads_utf8_without_final_newline(tmp_path: Path) -> None:
     ("name: x\nvariables: [A]\n", 2, "'variables' must be a mapping"),
     ("name: x\ndependecies:\n  - a\n", 2, "unknown key 'dependecies'"),
     ("name: x\nname: y\n", 2, "duplicate key 'name'"),
+    ("name: x\nvariables:\n  A: 1\n  A: 2\n", 4, "duplicate variable 'A'"),
+    ("name: x\ndependencies: [a]\n---\nname: y\n", 3, "invalid YAML"),
     ("name: [x]\n", 1, "'name' must be a single value"),
     ("name: ../evil\n", 1, "invalid environment name"),
     ("dependencies:\n  - '>=1.0'\n", 2, "invalid conda spec"),

@@ -7,6 +7,9 @@ from typing import Any
 
 from hpcenv.cli.context import Context
 
+# Full exports pin a dozen lock-step cuda-* packages; the first few make the point.
+_MAX_EVIDENCE = 5
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
@@ -71,6 +74,9 @@ def _human(data: dict[str, Any]) -> str:
         rows.append(("variables", ", ".join(data["variables"])))
     rows += [("cuda", _cuda_line(data)), ("hash", data["hash"])]
     lines = [data["file"]] + [f"  {key:<10}{value}" for key, value in rows]
-    lines += [f"  {'evidence' if i == 0 else '':<10}{line}"
-              for i, line in enumerate(data["cuda_evidence"])]
+    evidence = data["cuda_evidence"]
+    shown = evidence[:_MAX_EVIDENCE]
+    if len(evidence) > len(shown):
+        shown = shown + [f"({len(evidence) - len(shown)} more; see --json)"]
+    lines += [f"  {'evidence' if i == 0 else '':<10}{line}" for i, line in enumerate(shown)]
     return "\n".join(lines)
