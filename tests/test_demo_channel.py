@@ -104,8 +104,8 @@ def test_channel_indexes_every_package(demo_channel: DemoChannel) -> None:
     assert set(kernels) == {"cpu", "cuda118", "cuda124"}
     assert "__cuda" not in kernels["cpu"]["depends"]
     assert "__cuda" in kernels["cuda124"]["depends"]
-    assert "cuda-version >=12.4,<12.5" in kernels["cuda124"]["depends"]
-    assert "cuda-version >=11.8,<11.9" in kernels["cuda118"]["depends"]
+    assert "cuda-version >=12.4,<13" in kernels["cuda124"]["depends"]
+    assert "cuda-version >=11.8,<12" in kernels["cuda118"]["depends"]
     assert (kernels["cpu"]["build_number"] < kernels["cuda118"]["build_number"]
             < kernels["cuda124"]["build_number"])
     assert demo_channel.url == demo_channel.path.resolve().as_uri()
@@ -156,6 +156,8 @@ SOLVES = {
                                                "cpu"),
     "cuda-version pins the CUDA build": ("12.8", ["cuda-version=11.8", "hpcdemo-kernels"],
                                          "cuda118"),
+    "a CUDA 12.4 build serves a 12.8 env": ("12.8", ["cuda-version=12.8", "hpcdemo-kernels"],
+                                            "cuda124"),
     "a CUDA build needs __cuda": ("", ["hpcdemo-kernels=*=cuda124*"], None),
     "cuda-version 12.4 needs a 12.4 driver": ("12.2", ["cuda-version=12.4"], None),
 }
@@ -257,3 +259,76 @@ def test_wheel_installs_offline_with_the_envs_pip(envs: dict, demo_channel: Demo
     listed = run([python_exe(prefix), "-m", "pip", "list", "--format=json",
                   "--disable-pip-version-check"]).stdout
     assert {"name": "hpcdemo_extra", "version": "0.1.0"} in json.loads(listed)
+
+
+# --- examples/ served by the demo channel ----------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# example env file -> (CUDA hpcenv infers, kernels build it must get from the demo channel)
+EXAMPLE_ENVS = {
+    "llm-finetune.yml": ("12.4", "cuda124"),
+    "cuda118.yml": ("11.8", "cuda118"),
+    "cuda128.yml": ("12.8", "cuda124"),
+    "cpu-analysis.yml": (None, "cpu"),
+}
+
+
+def test_example_site_points_at_the_demo_build() -> None:
+    from hpcenv.site import load_site
+
+    site = load_site(EXAMPLES / "site.yaml")
+    demo = EXAMPLES.parent / ".hpcenv-demo"
+    assert site.channels == ((demo / "channel").as_uri(),)
+    assert site.pip.wheel_dir == demo / "wheels" and site.pip.no_index
+    assert site.envs_dirs == (demo / "envs",) and site.pkgs_dirs == (demo / "pkgs",)
+    assert site.scheduler == "local"
+
+
+def test_example_envs_solve_to_the_build_their_cuda_needs(
+        demo_channel: DemoChannel, tmp_path: Path) -> None:
+    from hpcenv.cuda import infer_cuda
+    from hpcenv.spec import load_spec
+
+    specs = {name: load_spec(EXAMPLES / name) for name in EXAMPLE_ENVS}
+    assert specs["llm-finetune.yml"].pip == ("hpcdemo_extra",)
+    requests = []
+    for name, spec in specs.items():
+        cuda = infer_cuda(spec).cuda
+        assert cuda == EXAMPLE_ENVS[name][0], name
+        requests.append({"cuda": cuda or "", "specs": list(spec.conda)})
+    results = rattler_batch(demo_channel, tmp_path, requests)
+    for name, result in zip(specs, results):
+        assert "error" not in result, (name, result)
+        assert result["builds"]["hpcdemo-kernels"].split("_")[0] == EXAMPLE_ENVS[name][1], name
+
+
+def test_train_script_runs_in_an_env(envs: dict, tmp_path: Path) -> None:
+    job_env = {"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "42", "SLURMD_NODENAME": "a100n1",
+               "CUDA_VISIBLE_DEVICES": "0,1"}
+    out = run([python_exe(envs["gpu"]), str(EXAMPLES / "train.py"), "--steps", "30",
+               "--step-seconds", "0", "--checkpoint", str(tmp_path / "ck.json")],
+              env=job_env).stdout.splitlines()
+
+    assert f"prefix: {envs['gpu']}" in out
+    assert "kernels: cuda124" in out
+    assert {"SLURM_JOB_ID: 42", "SLURMD_NODENAME: a100n1", "CUDA_VISIBLE_DEVICES: 0,1"} <= set(out)
+    assert json.loads((tmp_path / "ck.json").read_text())["step"] == 30
+    w, b = (float(part.split("=")[1]) for part in out[-1].removeprefix("done: ").split())
+    assert abs(w - 3.0) < 0.5 and abs(b - 1.0) < 0.5, out[-1]
+
+
+def test_train_script_checkpoints_and_exits_143_on_sigterm(envs: dict, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "ck.json"
+    proc = subprocess.Popen([python_exe(envs["cpu"]), str(EXAMPLES / "train.py"), "--steps", "1000",
+                             "--step-seconds", "30", "--checkpoint", str(checkpoint)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first step has run once its line is out
+        if line.startswith("step 1/"):
+            break
+    proc.terminate()
+    rest, _ = proc.communicate(timeout=30)
+
+    assert proc.returncode == 143
+    assert "SIGTERM received" in rest
+    assert json.loads(checkpoint.read_text())["step"] == 1

@@ -327,8 +327,8 @@ def _python_package(root: Path) -> _Package:
     # The binaries carry RUNPATH = old prefix; point them at the env's own lib instead.
     patchelf = _patchelf()
     _run([patchelf, "--set-rpath", "$ORIGIN/../lib", str(root / "bin" / exe.name)])
-    for lib in [root / "lib" / soname, *(root / "lib" / f"python{xy}" / "lib-dynload").glob("*.so")]:
-        _run([patchelf, "--remove-rpath", str(lib)])
+    libs = [root / "lib" / soname, *(root / "lib" / f"python{xy}" / "lib-dynload").glob("*.so")]
+    _run([patchelf, "--remove-rpath", *map(str, libs)])
 
     # Text files naming the old prefix (e.g. _sysconfigdata) get it rewritten at install.
     # Binary hits (pyc co_filename, compiled-in defaults) are left: python finds its home from
@@ -417,7 +417,9 @@ def _kernels_package(root: Path, variant: str, cuda: str | None, number: int) ->
     tag = xy.replace(".", "")
     depends = [f"python >={xy},<{_next_minor(xy)}.0a0", f"python_abi {xy}.* *_cp{tag}"]
     if cuda:
-        depends += [f"cuda-version >={cuda},<{_next_minor(cuda)}", "__cuda"]
+        # As conda-forge pins CUDA builds: any later minor of the same major (minor-version
+        # compatibility), and __cuda so that the build needs a (possibly overridden) driver.
+        depends += [f"cuda-version >={cuda},<{int(cuda.split('.')[0]) + 1}", "__cuda"]
     pkg = _Package(root, "hpcdemo-kernels", KERNELS_VERSION,
                    f"{variant}_py{tag}h{_short_hash()}_{number}", build_number=number,
                    subdir="linux-64", depends=depends,
