@@ -116,6 +116,7 @@ def session(sshd: SshServer, known_hosts: Path | None = None, **overrides: objec
                          backoff=Backoff(attempts=5, first=0.1, cap=0.5))
 
 
+@pytest.mark.ssh
 def test_connect_and_run_reuse_one_connection(sshd: SshServer, ssh_client_home: Path) -> None:
     with session(sshd) as s:
         first = s.run("echo hello; echo oops >&2")
@@ -127,6 +128,7 @@ def test_connect_and_run_reuse_one_connection(sshd: SshServer, ssh_client_home: 
     assert second.stdout.strip().endswith("site.yaml")
 
 
+@pytest.mark.ssh
 def test_remote_command_failure_carries_its_stderr(sshd: SshServer, ssh_client_home: Path) -> None:
     with session(sshd) as s, pytest.raises(RemoteCommandFailed) as err:
         s.run("echo first >&2; echo 'disk quota exceeded' >&2; exit 3", what="the step")
@@ -134,6 +136,7 @@ def test_remote_command_failure_carries_its_stderr(sshd: SshServer, ssh_client_h
     assert "the step failed" in str(err.value) and "disk quota exceeded" in str(err.value)
 
 
+@pytest.mark.ssh
 def test_wrong_host_key_is_a_mismatch(sshd: SshServer, ssh_client_home: Path,
                                       tmp_path: Path) -> None:
     other = _keygen(tmp_path / "other_host_key")
@@ -147,6 +150,7 @@ def test_wrong_host_key_is_a_mismatch(sshd: SshServer, ssh_client_home: Path,
     assert "ssh-keygen -R" in message and "\n" not in message
 
 
+@pytest.mark.ssh
 def test_unknown_host_key_is_refused_not_added(sshd: SshServer, ssh_client_home: Path,
                                                tmp_path: Path) -> None:
     empty = tmp_path / "empty_known_hosts"
@@ -159,6 +163,7 @@ def test_unknown_host_key_is_refused_not_added(sshd: SshServer, ssh_client_home:
     assert not (ssh_client_home / ".ssh" / "known_hosts").exists()
 
 
+@pytest.mark.ssh
 def test_user_known_hosts_is_honoured(sshd: SshServer, ssh_client_home: Path) -> None:
     (ssh_client_home / ".ssh" / "known_hosts").write_text(sshd.known_hosts.read_text())
     s = RemoteSession("testcluster", sshd.remote(), connect_timeout=5)
@@ -166,6 +171,7 @@ def test_user_known_hosts_is_honoured(sshd: SshServer, ssh_client_home: Path) ->
         assert s.run("true").exit_code == 0
 
 
+@pytest.mark.ssh
 def test_proxy_jump_through_a_gateway(sshd: SshServer, ssh_client_home: Path) -> None:
     # The same sshd serves as jump host and target: the hop is real (a direct-tcpip channel).
     jump = f"{sshd.user}@{sshd.host}:{sshd.port}"
@@ -174,6 +180,7 @@ def test_proxy_jump_through_a_gateway(sshd: SshServer, ssh_client_home: Path) ->
         assert s.connection.gateway is not None and s.connection.gateway.is_connected
 
 
+@pytest.mark.ssh
 def test_jump_host_key_is_checked_too(sshd: SshServer, ssh_client_home: Path,
                                       tmp_path: Path) -> None:
     empty = tmp_path / "empty_known_hosts"
@@ -184,6 +191,7 @@ def test_jump_host_key_is_checked_too(sshd: SshServer, ssh_client_home: Path,
     assert f"via jump host {jump}" in str(err.value)
 
 
+@pytest.mark.ssh
 def test_ssh_config_alias_is_honoured(sshd: SshServer, ssh_client_home: Path) -> None:
     (ssh_client_home / ".ssh" / "config").write_text(
         f"Host login-alias\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
@@ -194,6 +202,7 @@ def test_ssh_config_alias_is_honoured(sshd: SshServer, ssh_client_home: Path) ->
         assert alias.run("echo aliased").stdout == "aliased\n"
 
 
+@pytest.mark.ssh
 def test_refused_key_names_the_key(sshd: SshServer, ssh_client_home: Path,
                                    tmp_path: Path) -> None:
     stranger = _keygen(tmp_path / "stranger")
@@ -202,6 +211,7 @@ def test_refused_key_names_the_key(sshd: SshServer, ssh_client_home: Path,
     assert str(stranger) in str(err.value) and "authorized_keys" in str(err.value)
 
 
+@pytest.mark.ssh
 def test_closed_port_is_unreachable(sshd: SshServer, ssh_client_home: Path) -> None:
     import socket
 
@@ -213,6 +223,7 @@ def test_closed_port_is_unreachable(sshd: SshServer, ssh_client_home: Path) -> N
     assert "refused" in str(err.value) and str(free_port) in str(err.value)
 
 
+@pytest.mark.ssh
 def test_remote_hpcenv_missing(sshd: SshServer, ssh_client_home: Path) -> None:
     with session(sshd, hpcenv_command="/opt/nowhere/bin/hpcenv") as s, \
             pytest.raises(RemoteHpcenvMissing) as err:
@@ -220,6 +231,7 @@ def test_remote_hpcenv_missing(sshd: SshServer, ssh_client_home: Path) -> None:
     assert "/opt/nowhere/bin/hpcenv" in str(err.value) and "hpcenv_command" in str(err.value)
 
 
+@pytest.mark.ssh
 def test_remote_version_mismatch(sshd: SshServer, ssh_client_home: Path, tmp_path: Path) -> None:
     old = tmp_path / "old-hpcenv"
     old.write_text("#!/bin/sh\necho 'hpcenv 9.3.1'\n")
@@ -229,6 +241,7 @@ def test_remote_version_mismatch(sshd: SshServer, ssh_client_home: Path, tmp_pat
     assert "hpcenv 9.3.1" in str(err.value) and "major.minor" in str(err.value)
 
 
+@pytest.mark.ssh
 def test_remote_version_of_the_real_hpcenv(sshd: SshServer, ssh_client_home: Path) -> None:
     from hpcenv import __version__
 
@@ -236,6 +249,7 @@ def test_remote_version_of_the_real_hpcenv(sshd: SshServer, ssh_client_home: Pat
         assert s.check_version() == f"hpcenv {__version__}"
 
 
+@pytest.mark.ssh
 def test_sync_sends_only_changed_files(sshd: SshServer, ssh_client_home: Path,
                                        tmp_path: Path) -> None:
     src = tmp_path / "project"
@@ -261,6 +275,7 @@ def test_sync_sends_only_changed_files(sshd: SshServer, ssh_client_home: Path,
     assert local_manifest(src, excludes) == local_manifest(Path(dest))
 
 
+@pytest.mark.ssh
 def test_follow_resumes_after_the_connection_drops(sshd: SshServer,
                                                    ssh_client_home: Path) -> None:
     lines = 40
@@ -284,6 +299,7 @@ def test_follow_resumes_after_the_connection_drops(sshd: SshServer,
     assert out.getvalue() == "".join(f"line{i}\n" for i in range(1, lines + 1))
 
 
+@pytest.mark.ssh
 def test_reconnect_gives_up_after_its_backoff(sshd: SshServer, ssh_client_home: Path) -> None:
     import socket
 
@@ -311,6 +327,7 @@ def _write_remotes(home: Path, sshd: SshServer, **fields: object) -> None:
     (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts.read_text())
 
 
+@pytest.mark.ssh
 def test_cli_runs_the_command_on_the_remote(sshd: SshServer, ssh_client_home: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     _write_remotes(ssh_client_home, sshd)
@@ -321,6 +338,7 @@ def test_cli_runs_the_command_on_the_remote(sshd: SshServer, ssh_client_home: Pa
     assert remote_site in json.dumps(shown)
 
 
+@pytest.mark.ssh
 def test_cli_uploads_a_local_spec_for_env_inspect(sshd: SshServer, ssh_client_home: Path,
                                                   tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -334,6 +352,7 @@ def test_cli_uploads_a_local_spec_for_env_inspect(sshd: SshServer, ssh_client_ho
     assert (Path(sshd.remote().workdir or "") / "laptop-only.yml").read_text() == spec.read_text()
 
 
+@pytest.mark.ssh
 def test_cli_errors_are_one_line(sshd: SshServer, ssh_client_home: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     _write_remotes(ssh_client_home, sshd, hpcenv_command="/opt/nowhere/hpcenv")
@@ -345,6 +364,7 @@ def test_cli_errors_are_one_line(sshd: SshServer, ssh_client_home: Path,
     assert "unknown remote 'nosuch' (known: testcluster)" in capsys.readouterr().err
 
 
+@pytest.mark.ssh
 def test_remote_exit_code_and_stderr_pass_through(sshd: SshServer, ssh_client_home: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     _write_remotes(ssh_client_home, sshd)
@@ -361,6 +381,7 @@ def test_help_does_not_import_fabric() -> None:
     assert out.split() == ["False", "False"]
 
 
+@pytest.mark.ssh
 def test_sync_only_with_submit(sshd: SshServer, ssh_client_home: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     _write_remotes(ssh_client_home, sshd)

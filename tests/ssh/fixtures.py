@@ -8,7 +8,8 @@ Register with ``pytest_plugins = ["tests.ssh.fixtures"]`` (or import the fixture
 - ``ssh_client_home``: an empty HOME and XDG_CONFIG_HOME for the client side (no user
   ``~/.ssh/config``, keys or known_hosts leak into a test).
 - ``sshd_slurm``: an sshd whose sessions get ``SLURM_CONF`` of the ``slurm_cluster`` fixture, and
-  whose hpcenv uses that cluster's site config.
+  whose hpcenv uses that cluster's site config (needs the ``slurm_cluster``, ``demo_channel`` and
+  ``test_cache_dir`` fixtures registered too).
 """
 
 from __future__ import annotations
@@ -130,6 +131,24 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     login.mkdir()
     site = _remote_site(login)
     server = start_sshd(root, {"HPCENV_SITE": str(site), "XDG_DATA_HOME": str(login / "xdg")})
+    try:
+        yield server
+    finally:
+        stop_sshd(server)
+
+
+@pytest.fixture(scope="session")
+def sshd_slurm(slurm_cluster: Any, demo_channel: Any, test_cache_dir: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """An sshd in front of the test cluster: its sessions are a login node of that cluster
+    (``SLURM_CONF``, the cluster's site config and the demo channel it builds from)."""
+    root = tmp_path_factory.mktemp("sshd-slurm")
+    server = start_sshd(root, {
+        "SLURM_CONF": str(slurm_cluster.conf),
+        "HPCENV_SITE": str(slurm_cluster.site),
+        "HPCENV_SLURM_ROOT": str(slurm_cluster.root),
+        "HPCENV_TEST_CACHE": str(test_cache_dir),
+    })
     try:
         yield server
     finally:
