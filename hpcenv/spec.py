@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -193,10 +194,12 @@ class EnvSpec:
 
     def source_line(self, lineno: int) -> str | None:
         """The stripped text of source line ``lineno`` (1-based), when the text is known."""
-        if self.text is None or lineno < 1:
-            return None
-        lines = self.text.splitlines()
-        return lines[lineno - 1].strip() if lineno <= len(lines) else None
+        lines = self._text_lines
+        return lines[lineno - 1].strip() if 1 <= lineno <= len(lines) else None
+
+    @cached_property
+    def _text_lines(self) -> list[str]:
+        return self.text.splitlines() if self.text is not None else []
 
     def normalized(self) -> dict[str, Any]:
         """Order-independent canonical form: what the environment *is*, not how it is written.
