@@ -194,15 +194,15 @@ def _conda_signals(spec: EnvSpec) -> Iterator[_Signal]:
         if name in _CPU_PACKAGES:
             yield _Signal("cpu", line)
             continue
-        if match.build:
-            if _CPU_TOKEN_RE.search(match.build.lower()):
-                yield _Signal("cpu", line)
-            elif "cuda" in match.build.lower() or _cuda_token(match.build):
-                token = _cuda_token(match.build)
-                if token is None:
-                    yield _Signal("gpu", line)
-                else:
-                    yield _Signal("build" if token[0] == "full" else "major", line, (token[1],))
+        build = (match.build or "").lower()
+        build_token = _cuda_token(build)
+        if _CPU_TOKEN_RE.search(build):
+            yield _Signal("cpu", line)
+        elif build_token is not None:
+            kind: _Kind = "build" if build_token[0] == "full" else "major"
+            yield _Signal(kind, line, (build_token[1],))
+        elif "cuda" in build:
+            yield _Signal("gpu", line)
         if name in _RUNTIME_PACKAGES or (name.startswith("cuda-") and name not in _NOT_LOCKSTEP):
             exact, lower = _constraint_versions(match.version)
             majors = [v for v in exact if "." not in v]
@@ -216,9 +216,10 @@ def _conda_signals(spec: EnvSpec) -> Iterator[_Signal]:
             else:
                 yield _Signal("gpu", line)
             continue
-        token = _cuda_token(name)
-        if token is not None:
-            yield _Signal("build" if token[0] == "full" else "major", line, (token[1],))
+        name_token = _cuda_token(name)
+        if name_token is not None:
+            kind = "build" if name_token[0] == "full" else "major"
+            yield _Signal(kind, line, (name_token[1],))
         elif name in _GPU_PACKAGES:
             release = _framework_version(match.version)
             if name == "tensorflow-gpu" and release in _TENSORFLOW_CUDA:
