@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from hpcenv import __version__
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.scheduler.base import FINISHED_STATES
 from hpcenv.sync import sync_dir
 
 if TYPE_CHECKING:
@@ -45,12 +46,6 @@ if TYPE_CHECKING:
 
 DEFAULT_WORKDIR = "~/.hpcenv/work"
 SYSTEM_KNOWN_HOSTS = (Path("/etc/ssh/ssh_known_hosts"), Path("~/.ssh/known_hosts"))
-# Slurm job states after which nothing more happens (squeue/sacct spellings).
-FINAL_STATES = frozenset({
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-    "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT",
-})
-
 
 # --- errors -------------------------------------------------------------------------------------
 
@@ -714,8 +709,10 @@ def _parse_json(text: str, session: RemoteSession, what: str) -> dict[str, Any]:
 
 
 def job_exit_code(status: dict[str, Any]) -> int:
-    """The job's exit code from a status record (``"2:0"``, ``2`` or missing)."""
-    raw = status.get("exit_code")
+    """The job's exit code from a status record, shell style: 128+N when signal N killed it."""
+    raw, sig = status.get("exit_code"), status.get("signal")
+    if isinstance(sig, int) and sig > 0:
+        return 128 + sig
     if isinstance(raw, int):
         return raw
     if isinstance(raw, str) and raw.split(":", 1)[0].isdigit():
@@ -744,7 +741,7 @@ def wait_for_job(session: RemoteSession, job_id: str, ctx: Context, *,
         if state != last_state:
             ctx.info(f"hpcenv: job {job_id} on {session.name}: {state or 'UNKNOWN'}")
             last_state = state
-        if state in FINAL_STATES:
+        if state in FINISHED_STATES:
             return job_exit_code(status)
         time.sleep(delay)
         delay = min(delay * 2, max_poll)

@@ -101,6 +101,7 @@ def test_job_exit_code_from_status_records() -> None:
     assert job_exit_code({"state": "FAILED", "exit_code": "3:0"}) == 3
     assert job_exit_code({"state": "COMPLETED", "exit_code": 0}) == 0
     assert job_exit_code({"state": "CANCELLED"}) == 1
+    assert job_exit_code({"state": "CANCELLED", "exit_code": None, "signal": 15}) == 143
 
 
 # --- a real sshd -------------------------------------------------------------------------------
