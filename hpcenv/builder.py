@@ -1,0 +1,681 @@
+"""The locked builder: each environment is built once, verified, and published atomically.
+
+Layout under the first ``envs_dir`` (``E``)::
+
+    E/NAME -> .hpcenv/builds/NAME-V-KEY12        symlink: the current version (conda-activatable)
+    E/.hpcenv/builds/NAME-V-KEY12/               one prefix per build (prefixes are not
+                                                 relocatable, so each is installed in place)
+    E/.hpcenv/builds/NAME-V-KEY12/.hpcenv-complete   completion marker, written last
+    E/.hpcenv/locks/KEY.lock                     one build lock per key
+
+**Key.**  sha256 of the env name, the normalised spec (:meth:`EnvSpec.normalized`), the platform,
+the resolved channel URLs, the channel priority and the ``__cuda`` value the solve uses.  The
+``__cuda`` value is always explicit (inferred from the spec, or ``--cuda X.Y``, or none with
+``--no-cuda``), never detected, so the same spec resolves the same way on a GPU login node and a
+GPU-less one; ``--cuda 12.4`` on a spec that infers 12.4 is the same build.  A ``--from-lock``
+build keys on the lockfile's bytes instead of the spec.
+
+**Build once.**  A ready build with the key in the registry is returned as ``reused`` without
+taking any lock (the fast path: no rattler import, a few file reads).  Otherwise the builder
+takes the key's :class:`~hpcenv.locking.BuildLock`; late arrivals wait (``on_progress`` gets
+"waiting for USER@HOST pid N since T") and then find the ready build.  The lock holder:
+
+1. cleans debris: builds without a completion marker whose key lock nobody holds (a crashed
+   builder), marking their records ``failed``;
+2. allocates a version in the registry (record status ``building``);
+3. solves (or reads ``--from-lock``), writes the lockfile into the registry, installs from it
+   into the build prefix with the site's first ``pkgs_dir`` as package cache (hardlinks);
+4. writes ``conda-meta/state`` (the spec's ``variables``), runs the ``pip:`` section with the
+   env's own ``python -m pip`` and the site's pip settings;
+5. verifies: every ``conda-meta`` record's files exist and the env's python runs from the prefix;
+6. fixes modes: everything readable (rattler writes ``conda-meta/*.json`` 0600), nothing
+   writable (an edit in a hardlinked env would corrupt the shared cache), group and setgid dirs
+   per site ``permissions``; rattler's ``CACHEDIR.TAG`` is kept on purpose: prefixes are
+   rebuilt from their lockfile, and backing up hardlinked prefixes would copy the cache;
+7. writes the completion marker, marks the record ``ready``, and publishes: registry ``current``
+   first (the source of truth), then the ``E/NAME`` symlink (a temp symlink renamed over it).
+
+A crash at any step leaves the previous version current and its symlink untouched; the half
+build is cleaned by the next builder (or ``env gc``).  :func:`rollback` and
+:func:`remove_version` change ``current`` the same way, under the registry's per-name lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from hpcenv.engine.base import LockedPackage, channel_url, current_platform
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.locking import BuildLock, LockHolder, current_user
+from hpcenv.registry import EnvRecord, Registry
+from hpcenv.spec import EnvSpec, validate_env_name
+
+if TYPE_CHECKING:
+    from hpcenv.engine.base import Engine
+    from hpcenv.site import SiteConfig
+
+MARKER = ".hpcenv-complete"
+KEY_SCHEMA = 1
+_CUDA_RE = re.compile(r"^\d+(\.\d+){0,2}$")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    record: EnvRecord
+    status: Literal["built", "reused"]
+    waited: bool = False                  # waited for another builder's lock
+    seconds: float = 0.0
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def prefix(self) -> Path:
+        return Path(self.record.prefix)
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``env build --json`` object."""
+        r = self.record
+        return {"name": r.name, "version": r.version, "key": r.key, "prefix": r.prefix,
+                "status": self.status, "cuda": r.cuda, "cuda_override": r.cuda_override,
+                "lock": r.lock_path, "waited": self.waited, "seconds": round(self.seconds, 3),
+                "warnings": list(self.warnings)}
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build would be, computed without touching anything."""
+
+    name: str
+    key: str
+    platform: str
+    channels: tuple[str, ...]
+    channel_priority: str
+    cuda: str            # the __cuda value for the solve; "" = none
+    cuda_override: str | None
+    notes: tuple[str, ...] = ()
+
+
+# --- paths ------------------------------------------------------------------------------------
+
+def envs_dir(site: SiteConfig) -> Path:
+    return Path(site.envs_dirs[0])
+
+
+def builds_dir(site: SiteConfig) -> Path:
+    return envs_dir(site) / ".hpcenv" / "builds"
+
+
+def locks_dir(site: SiteConfig) -> Path:
+    return envs_dir(site) / ".hpcenv" / "locks"
+
+
+def env_link(site: SiteConfig, name: str) -> Path:
+    return envs_dir(site) / name
+
+
+def key_lock(site: SiteConfig, key: str, *, on_wait: Callable[[LockHolder | None], None] | None = None,
+             timeout: float | None = None) -> BuildLock:
+    """The build lock of ``key`` with the site's lock settings."""
+    return BuildLock(locks_dir(site) / f"{key}.lock", method=site.locks.method,
+                     timeout=site.locks.timeout if timeout is None else timeout,
+                     stale_after=site.locks.stale_after, on_wait=on_wait,
+                     mode=0o664 if site.permissions.group else 0o644)
+
+
+def is_complete(prefix: Path | str) -> bool:
+    """Whether ``prefix`` is a finished build (its completion marker exists)."""
+    return (Path(prefix) / MARKER).is_file()
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+def resolve_channels(spec: EnvSpec | None, site: SiteConfig) -> tuple[str, ...]:
+    """Channels as conda uses them: the spec's, then the site's (unless the spec says
+    ``nodefaults``), each mapped through the site's ``mirrors`` and made a URL; duplicates dropped."""
+    from hpcenv.site import resolve_channel
+
+    listed = list(spec.channels) if spec is not None else []
+    if "nodefaults" not in listed:
+        listed += list(site.channels)
+    out: list[str] = []
+    for channel in listed:
+        if channel == "nodefaults":
+            continue
+        url = channel_url(resolve_channel(site, channel))
+        if url not in out:
+            out.append(url)
+    if not out:
+        where = spec.source if spec is not None and spec.source else "the spec"
+        raise InvalidInput(f"{where}: no channels to solve from; add 'channels:' to the file or "
+                           "to the site config")
+    return tuple(out)
+
+
+def resolve_cuda(spec: EnvSpec | None, cuda_override: str | None) -> tuple[str, tuple[str, ...]]:
+    """The ``__cuda`` value for the solve ("" = none) and notes explaining the choice."""
+    if cuda_override is not None:
+        if cuda_override and not _CUDA_RE.match(cuda_override):
+            raise InvalidInput(f"--cuda {cuda_override!r}: give a CUDA version like 12.4 "
+                               "(or --no-cuda)")
+        return cuda_override, ((f"CUDA {cuda_override} (--cuda)",) if cuda_override
+                               else ("no CUDA (--no-cuda)",))
+    if spec is None:
+        return "", ()
+    from hpcenv.cuda import infer_cuda
+
+    req = infer_cuda(spec)
+    evidence = f" from {'; '.join(req.evidence[:2])}" if req.evidence else ""
+    if req.cuda:
+        note = f"CUDA {req.cuda} inferred{evidence}"
+        if req.ambiguous and len(req.candidates) > 1:
+            note += f" (candidates {', '.join(req.candidates)}; pass --cuda X.Y to choose)"
+        return req.cuda, (note,)
+    if req.gpu_required and req.candidates:
+        from hpcenv.drivers import version_key
+
+        best = max(req.candidates, key=version_key)
+        return best, (f"CUDA {best} chosen among {', '.join(req.candidates)}{evidence}; pass "
+                      "--cuda X.Y to choose another",)
+    if req.gpu_required:
+        return "", (f"the spec needs a GPU{evidence} but names no CUDA version: building "
+                    "without __cuda; pass --cuda X.Y for CUDA builds",)
+    return "", ()
+
+
+def build_key(*, name: str, content: dict[str, object], platform: str, channels: Sequence[str],
+              channel_priority: str, cuda: str) -> str:
+    blob = json.dumps({"schema": KEY_SCHEMA, "name": name, "content": content,
+                       "platform": platform, "channels": list(channels),
+                       "channel_priority": channel_priority, "cuda": cuda},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def plan_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
+               cuda_override: str | None = None, from_lock: Path | None = None) -> BuildPlan:
+    """Name, key, channels and CUDA of a build; validates the name (InvalidInput)."""
+    chosen = name or (spec.name if spec is not None else None)
+    if not chosen:
+        where = spec.source if spec is not None and spec.source else "the spec"
+        raise InvalidInput(f"{where}: no 'name:' in the file; pass --name NAME")
+    validate_env_name(chosen)
+    from hpcenv.site import check_env_name
+
+    check_env_name(site, chosen)
+    platform = current_platform()
+    if from_lock is not None:
+        try:
+            lock_digest = hashlib.sha256(Path(from_lock).read_bytes()).hexdigest()
+        except OSError as exc:
+            raise InvalidInput(f"{from_lock}: cannot read lockfile ({exc.strerror})") from None
+        content: dict[str, object] = {"lock": lock_digest,
+                                      "pip": spec.normalized()["pip"] if spec else None,
+                                      "variables": spec.normalized()["variables"] if spec else None}
+        cuda, notes = (cuda_override or ""), ()
+        channels: tuple[str, ...] = ()
+    else:
+        if spec is None:
+            raise InvalidInput("nothing to build: give an environment file or --from-lock LOCK")
+        content = spec.normalized()
+        channels = resolve_channels(spec, site)
+        cuda, notes = resolve_cuda(spec, cuda_override)
+    key = build_key(name=chosen, content=content, platform=platform, channels=channels,
+                    channel_priority=site.channel_priority, cuda=cuda)
+    return BuildPlan(name=chosen, key=key, platform=platform, channels=channels,
+                     channel_priority=site.channel_priority, cuda=cuda,
+                     cuda_override=cuda_override, notes=notes)
+
+
+# --- build ------------------------------------------------------------------------------------
+
+def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
+              cuda_override: str | None = None, from_lock: Path | None = None,
+              engine: Engine | None = None, on_progress: Progress | None = None,
+              make_current: bool = True) -> BuildResult:
+    """Build ``spec`` (or recreate ``from_lock``) once, publish it, and return its record.
+
+    ``cuda_override``: None = infer from the spec, "" = no ``__cuda``, "12.4" = ``__cuda=12.4``.
+    ``make_current``: also make a reused build the current version of ``name`` (a rollback
+    is undone by building the newer spec again); pass False to only ensure the build exists.
+    """
+    started = time.monotonic()
+    say = on_progress or (lambda _msg: None)
+    plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
+    registry = Registry.for_site(site)
+    _check_link_is_ours(site, plan.name)
+
+    def reuse(record: EnvRecord, waited: bool) -> BuildResult | None:
+        if not is_complete(record.prefix):
+            return None
+        if make_current and registry.current_version(plan.name) != record.version:
+            publish(site, registry, record)
+        return BuildResult(record, "reused", waited, time.monotonic() - started)
+
+    found = registry.find_ready(plan.key, plan.name)
+    if found is not None and (result := reuse(found, False)) is not None:
+        return result
+
+    waited = False
+
+    def on_wait(holder: LockHolder | None) -> None:
+        nonlocal waited
+        waited = True
+        who = holder.describe() if holder else "another builder"
+        say(f"waiting for {who} (building {plan.name}, key {plan.key[:12]})")
+
+    with key_lock(site, plan.key, on_wait=on_wait):
+        found = registry.find_ready(plan.key, plan.name)
+        if found is not None:
+            if (result := reuse(found, waited)) is not None:
+                return result
+            registry.set_status(found.name, found.version, "failed")  # marker gone: rebuild
+        for path in clean_debris(site, registry=registry, held_key=plan.key):
+            say(f"removed debris of a crashed build: {path}")
+        for note in plan.notes:
+            say(note)
+        engine = engine or _engine_for(site)
+        record, warnings = _build_locked(spec, site, plan, registry, engine, from_lock, say)
+        if make_current:
+            publish(site, registry, record)
+    say(f"built {record.name} version {record.version} in {record.prefix}")
+    return BuildResult(record, "built", waited, time.monotonic() - started, tuple(warnings))
+
+
+def _engine_for(site: SiteConfig) -> Engine:
+    from hpcenv.engine.base import get_engine
+
+    return get_engine(site)
+
+
+def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, registry: Registry,
+                  engine: Engine, from_lock: Path | None,
+                  say: Progress) -> tuple[EnvRecord, list[str]]:
+    creator = f"{current_user()}@{socket.gethostname()}"
+    builds = builds_dir(site)
+    _ensure_dir(builds, site)
+    record = registry.allocate(plan.name, lambda version: EnvRecord(
+        name=plan.name, version=version, key=plan.key,
+        spec=spec.normalized() if spec is not None else {},
+        spec_hash=spec.content_hash() if spec is not None else "",
+        lock_path=str(registry.lock_file(plan.name, version)),
+        prefix=str(builds / f"{plan.name}-{version}-{plan.key[:12]}"),
+        cuda=plan.cuda or None, cuda_override=plan.cuda_override, channels=list(plan.channels),
+        platform=plan.platform, status="building", creator=creator,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        channel_priority=plan.channel_priority, engine=engine.name,
+        source=str(spec.source) if spec is not None and spec.source else None,
+        from_lock=str(from_lock) if from_lock is not None else None))
+    prefix = Path(record.prefix)
+    warnings: list[str] = []
+    try:
+        if from_lock is not None:
+            say(f"reading {from_lock}")
+            packages = engine.read_lock(Path(from_lock), platform=plan.platform)
+            channels = sorted({p.channel.rstrip("/") for p in packages if p.channel})
+            record = replace(record, channels=channels)
+            if spec is None:
+                pinned = EnvSpec(name=plan.name, channels=tuple(channels),
+                                 conda=tuple(p.spec for p in packages), pip=(), variables=(),
+                                 source=None)
+                record = replace(record, spec=pinned.normalized(), spec_hash=pinned.content_hash())
+        else:
+            say(f"solving {len(spec.conda)} specs against {', '.join(plan.channels)}")
+            packages = engine.solve(list(spec.conda), channels=plan.channels,
+                                    platform=plan.platform, cuda=plan.cuda,
+                                    channel_priority=plan.channel_priority)
+        if spec is not None and spec.pip and not any(p.name == "python" for p in packages):
+            line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
+            raise InvalidInput(f"{spec.source or '<environment.yml>'}{line}: a pip: section needs "
+                               "python in the environment; add 'python' (and 'pip') to "
+                               "dependencies")
+        engine.write_lock(Path(record.lock_path), plan.name, packages,
+                          record.channels or plan.channels, plan.platform)
+        say(f"installing {len(packages)} packages into {prefix}")
+        pkgs_dir = Path(site.pkgs_dirs[0])
+        _ensure_dir(pkgs_dir, site)
+        engine.install(prefix, packages, pkgs_dir=pkgs_dir)
+        if spec is not None and spec.variables:
+            _write_state(prefix, dict(spec.variables))
+        if spec is not None and spec.pip:
+            say(f"pip: installing {len(spec.pip)} entries with the env's python")
+            _pip_install(prefix, spec, site)
+        _verify(prefix, packages)
+        warning = _same_fs_warning(prefix, pkgs_dir)
+        if warning:
+            warnings.append(warning)
+            say(f"warning: {warning}")
+        size, count = _usage(prefix)
+        _fix_modes(prefix, site)
+        _write_marker(prefix, record)
+        record = registry.update(replace(record, status="ready", size_bytes=size,
+                                         file_count=count, packages=len(packages)))
+    except BaseException:
+        try:
+            registry.set_status(record.name, record.version, "failed")
+        finally:
+            force_rmtree(prefix)
+        raise
+    return record, warnings
+
+
+def _check_link_is_ours(site: SiteConfig, name: str) -> None:
+    link = env_link(site, name)
+    if link.exists() and not link.is_symlink():
+        raise HpcenvError(f"{link} exists and is not an hpcenv-managed symlink (a conda env made "
+                          f"some other way?); move it away or build under another --name")
+
+
+def _ensure_dir(path: Path, site: SiteConfig) -> None:
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    if site.permissions.dir_mode is not None:
+        os.chmod(path, site.permissions.dir_mode)
+
+
+def _write_state(prefix: Path, env_vars: dict[str, str]) -> None:
+    """Spec ``variables`` as conda stores them (``conda env config vars``)."""
+    state = prefix / "conda-meta" / "state"
+    state.write_text(json.dumps({"env_vars": env_vars}, indent=2) + "\n")
+
+
+def _pip_install(prefix: Path, spec: EnvSpec, site: SiteConfig) -> None:
+    python = prefix / "bin" / "python"
+    cmd = [str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+           "--no-warn-script-location"]
+    if site.pip.no_index:
+        cmd.append("--no-index")
+    if site.pip.wheel_dir is not None:
+        cmd += ["--find-links", str(site.pip.wheel_dir)]
+    if site.pip.index_url:
+        cmd += ["--index-url", site.pip.index_url]
+    for url in site.pip.extra_index_urls:
+        cmd += ["--extra-index-url", url]
+    env = {k: v for k, v in os.environ.items() if k not in ("PIP_REQUIRE_VIRTUALENV", "PYTHONPATH",
+                                                            "PYTHONHOME")}
+    env["PYTHONNOUSERSITE"] = "1"
+    # conda runs pip on a requirements file next to the env file, so relative -r/-e paths work.
+    cwd = spec.source.parent if spec.source is not None else None
+    with tempfile.TemporaryDirectory(prefix="hpcenv-pip-") as scratch:
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text("".join(f"{line}\n" for line in spec.pip))
+        proc = subprocess.run([*cmd, "-r", str(requirements)], cwd=cwd, env=env,
+                              capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        output = (proc.stderr + proc.stdout).strip().splitlines()
+        errors = [line.strip() for line in output if line.startswith("ERROR")]
+        reason = (errors or output or ["no output"])[0]
+        if "No module named pip" in proc.stderr:
+            reason += "; add 'pip' to the conda dependencies"
+        line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
+        raise HpcenvError(f"{spec.source or '<environment.yml>'}{line}: pip install failed: "
+                          f"{reason}")
+
+
+def _verify(prefix: Path, packages: Sequence[LockedPackage]) -> None:
+    meta = prefix / "conda-meta"
+    installed: set[str] = set()
+    for path in sorted(meta.glob("*.json")):
+        record = json.loads(path.read_text())
+        installed.add(record.get("name", ""))
+        for rel in record.get("files") or []:
+            if not os.path.lexists(prefix / rel):
+                raise HpcenvError(f"{prefix}: file {rel} of {record.get('name')} is missing "
+                                  "after install; the package cache may be damaged (run "
+                                  "'hpcenv env gc' and build again)")
+    missing = sorted({p.name for p in packages} - installed)
+    if missing:
+        raise HpcenvError(f"{prefix}: no conda-meta record for {', '.join(missing)} after install")
+    if "python" in installed:
+        proc = subprocess.run([str(prefix / "bin" / "python"), "-c", "import sys; print(sys.prefix)"],
+                              capture_output=True, text=True, check=False, timeout=120,
+                              env={**os.environ, "PYTHONNOUSERSITE": "1"})
+        reported = proc.stdout.strip()
+        if proc.returncode != 0 or os.path.realpath(reported) != os.path.realpath(prefix):
+            detail = (proc.stderr.strip().splitlines() or [reported or "no output"])[-1]
+            raise HpcenvError(f"{prefix}: the env's python does not run from its prefix: {detail}")
+
+
+def _same_fs_warning(prefix: Path, pkgs_dir: Path) -> str | None:
+    if prefix.stat().st_dev == pkgs_dir.stat().st_dev:
+        return None
+    return (f"package cache {pkgs_dir} and envs {prefix.parent} are on different filesystems: "
+            "files were copied, not hardlinked; put pkgs_dirs and envs_dirs on one filesystem")
+
+
+def _usage(prefix: Path) -> tuple[int, int]:
+    """Apparent bytes (each inode once) and number of non-directory entries under ``prefix``."""
+    seen: set[int] = set()
+    size = count = 0
+    for root, dirs, files in os.walk(prefix):
+        for entry in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            st = os.lstat(os.path.join(root, entry))
+            count += 1
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                size += st.st_size
+    return size, count
+
+
+def _fix_modes(prefix: Path, site: SiteConfig) -> None:
+    """Readable by all (group/other per site), writable by nobody; group + setgid if configured."""
+    gid = _site_gid(site)
+    setgid = stat.S_ISGID if gid is not None else 0
+    for root, dirs, files in os.walk(prefix, topdown=False):
+        for entry in files + dirs:
+            path = os.path.join(root, entry)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if gid is not None and st.st_gid != gid:
+                os.chown(path, -1, gid)
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISDIR(st.st_mode):
+                new = (mode | 0o555 | setgid) & ~0o222
+            else:
+                new = (mode | 0o444 | (0o111 if mode & 0o100 else 0)) & ~0o222
+            if new != mode:
+                os.chmod(path, new)
+    if gid is not None:
+        os.chown(prefix, -1, gid)
+
+
+def _site_gid(site: SiteConfig) -> int | None:
+    group = site.permissions.group
+    if group is None:
+        return None
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise HpcenvError(f"site permissions.group {group!r} does not exist on this host; fix "
+                          "the site config ('hpcenv site check')") from None
+
+
+def _write_marker(prefix: Path, record: EnvRecord) -> None:
+    """The completion marker, then the prefix root made read-only too (the very last step)."""
+    data = {"name": record.name, "version": record.version, "key": record.key,
+            "completed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    tmp = prefix / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, prefix / MARKER)
+    mode = stat.S_IMODE(prefix.stat().st_mode)
+    os.chmod(prefix, (mode | 0o555) & ~0o222)
+
+
+def force_rmtree(path: Path) -> None:
+    """Remove a (possibly read-only) build prefix; missing is fine."""
+    path = Path(path)
+    if path.is_symlink():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+
+    def make_writable_and_retry(func: Callable[[str], object], failed: str, _info: object) -> None:
+        parent = os.path.dirname(failed)
+        os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | 0o700)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            os.chmod(failed, stat.S_IMODE(os.lstat(failed).st_mode) | 0o700)
+        func(failed)
+
+    # Unlock directories first: rmtree cannot even list a dir we made read-only for ourselves.
+    for root, dirs, _files in os.walk(path):
+        for d in dirs:
+            full = os.path.join(root, d)
+            if not os.path.islink(full):
+                os.chmod(full, stat.S_IMODE(os.lstat(full).st_mode) | 0o700)
+    os.chmod(path, stat.S_IMODE(path.stat().st_mode) | 0o700)
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+# --- publishing, rollback, removal ------------------------------------------------------------
+
+def publish(site: SiteConfig, registry: Registry, record: EnvRecord) -> None:
+    """Make ``record`` the current version: registry first, then the ``envs_dir/NAME`` symlink."""
+    with registry.name_lock(record.name):
+        registry.set_current(record.name, record.version)
+        _point_link(site, record.name, Path(record.prefix))
+
+
+def _point_link(site: SiteConfig, name: str, prefix: Path | None) -> None:
+    link = env_link(site, name)
+    if prefix is None:
+        if link.is_symlink():
+            link.unlink()
+        return
+    _check_link_is_ours(site, name)
+    target = os.path.relpath(prefix, link.parent)
+    tmp = link.with_name(f".{name}.link-{os.getpid()}-{secrets.token_hex(4)}")
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sync_link(site: SiteConfig, name: str) -> Path | None:
+    """Rewrite ``envs_dir/NAME`` from the registry's current version (repairs a crash between the
+    two publish steps); returns the prefix it points at."""
+    registry = Registry.for_site(site)
+    with registry.name_lock(name):
+        current = registry.current(name)
+        prefix = Path(current.prefix) if current is not None else None
+        _point_link(site, name, prefix)
+    return prefix
+
+
+def rollback(site: SiteConfig, name: str, to_version: int | None = None) -> EnvRecord:
+    """Make an earlier ready version current (default: the newest ready one before current)."""
+    registry = Registry.for_site(site)
+    with registry.name_lock(name):
+        current = registry.current_version(name)
+        if to_version is None:
+            if current is None:
+                raise NotFound(f"environment {name!r} has no current version to roll back from; "
+                               "see 'hpcenv env history NAME'")
+            older = [r for r in registry.versions(name) if r.version < current
+                     and r.status == "ready" and is_complete(r.prefix)]
+            if not older:
+                raise HpcenvError(f"{name}: no ready version older than {current} to roll back "
+                                  f"to; see 'hpcenv env history {name}'")
+            record = older[-1]
+        else:
+            record = registry.get(name, to_version)
+            if record.status != "ready" or not is_complete(record.prefix):
+                raise HpcenvError(f"{name} version {to_version} is {record.status}, not a "
+                                  "ready build; pick another with 'hpcenv env history "
+                                  f"{name}' or rebuild it with --from-lock {record.lock_path}")
+        registry.set_current(name, record.version)
+        _point_link(site, name, Path(record.prefix))
+    return record
+
+
+def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = False) -> EnvRecord:
+    """Retire ``version`` of ``name`` and delete its prefix; refuses the current one unless
+    ``force`` (then the newest other ready version becomes current, or none).
+
+    Each version has its own prefix, so deleting one never removes a file another version uses:
+    files shared through the package cache are hardlinks and only lose one link.  The record and
+    its lockfile stay as history (status ``retired``).
+    """
+    registry = Registry.for_site(site)
+    record = registry.get(name, version)
+    with key_lock(site, record.key), registry.name_lock(name):
+        record = registry.get(name, version)
+        if record.status == "building":
+            raise HpcenvError(f"{name} version {version} is still being built; wait for it")
+        current = registry.current_version(name)
+        if version == current and not force:
+            raise HpcenvError(f"{name} version {version} is the current version; roll back "
+                              f"first ('hpcenv env rollback {name}') or pass --force")
+        record = registry.set_status(name, version, "retired")
+        if version == current:
+            others = [r for r in registry.versions(name) if r.version != version
+                      and r.status == "ready" and is_complete(r.prefix)]
+            successor = others[-1] if others else None
+            registry.set_current(name, successor.version if successor else None)
+            _point_link(site, name, Path(successor.prefix) if successor else None)
+    force_rmtree(Path(record.prefix))
+    return record
+
+
+# --- debris -----------------------------------------------------------------------------------
+
+def find_debris(site: SiteConfig, *, registry: Registry | None = None,
+                held_key: str | None = None) -> list[tuple[Path, EnvRecord | None]]:
+    """Build prefixes that are not finished builds and that no live builder is working on.
+
+    A prefix without completion marker is debris when its registry record is ``failed`` or
+    ``retired``, when it has no record, or when its record is ``building`` but the key lock is
+    free (or is ``held_key``, the lock the caller holds).
+    """
+    registry = registry or Registry.for_site(site)
+    builds = builds_dir(site)
+    if not builds.is_dir():
+        return []
+    by_prefix = {os.path.realpath(r.prefix): r for r in registry.records()}
+    found = []
+    for path in sorted(builds.iterdir()):
+        if path.name.startswith(".") or is_complete(path):
+            continue
+        record = by_prefix.get(os.path.realpath(path))
+        if record is not None and record.status == "building" and record.key != held_key:
+            lock = key_lock(site, record.key, timeout=0)
+            if not lock.try_acquire():
+                continue  # a live builder
+            lock.release()
+        found.append((path, record))
+    return found
+
+
+def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
+                 held_key: str | None = None) -> list[Path]:
+    """Remove :func:`find_debris` prefixes, marking ``building`` records ``failed``."""
+    registry = registry or Registry.for_site(site)
+    removed = []
+    for path, record in find_debris(site, registry=registry, held_key=held_key):
+        if record is not None and record.status == "building":
+            registry.set_status(record.name, record.version, "failed")
+        force_rmtree(path)
+        removed.append(path)
+    return removed

@@ -1,0 +1,256 @@
+"""The locked builder on real prefixes from the demo channel (no mocks of rattler)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcenv.builder import (MARKER, build_env, builds_dir, clean_debris, env_link, find_debris,
+                            plan_build, remove_version, rollback)
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.registry import Registry
+from hpcenv.site import load_site
+from hpcenv.spec import parse_spec
+
+
+def make_site(root: Path, demo_channel, **extra: str):
+    """A site whose envs, cache and registry live under ``root``; conda-forge is the demo channel."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"envs_dirs: [{root}/envs]",
+        f"pkgs_dirs: [{root}/pkgs]",
+        f"registry: {root}/registry",
+        f"state_dir: {root}/state",
+        "channels: [conda-forge]",
+        f"mirrors: {{conda-forge: {demo_channel.path}}}",
+        "scheduler: local",
+        f"pip: {{wheel_dir: {demo_channel.wheels}, no_index: true}}",
+        *[f"{k}: {v}" for k, v in extra.items()],
+    ]
+    path = root / "site.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_site(path)
+
+
+def spec(text: str, tmp_path: Path | None = None):
+    source = None
+    if tmp_path is not None:
+        source = tmp_path / "environment.yml"
+        source.write_text(text)
+    return parse_spec(text, source=source)
+
+
+KERNELS_CUDA = """\
+name: kern
+channels: [conda-forge]
+dependencies:
+  - python=3.11
+  - hpcdemo-kernels
+  - cuda-version=12.4
+"""
+
+KERNELS_CPU = """\
+name: kern
+dependencies:
+  - python=3.11
+  - hpcdemo-kernels
+  - hpcdemo-tools
+"""
+
+
+def run_py(prefix: Path, code: str) -> str:
+    out = subprocess.run([str(prefix / "bin" / "python"), "-c", code], capture_output=True,
+                         text=True, check=True)
+    return out.stdout.strip()
+
+
+def installed(prefix: Path) -> set[tuple[str, str, str]]:
+    out = set()
+    for path in (prefix / "conda-meta").glob("*.json"):
+        rec = json.loads(path.read_text())
+        out.add((rec["name"], rec["version"], rec["build"]))
+    return out
+
+
+@pytest.fixture
+def site(tmp_path: Path, demo_channel):
+    return make_site(tmp_path / "site", demo_channel)
+
+
+def test_build_then_reuse(site, tmp_path: Path) -> None:
+    progress: list[str] = []
+    first = build_env(spec(KERNELS_CPU), site, on_progress=progress.append)
+    assert first.status == "built"
+    rec = first.record
+    assert (rec.name, rec.version, rec.status) == ("kern", 1, "ready")
+    prefix = Path(rec.prefix)
+    assert prefix.parent == builds_dir(site)
+    assert (prefix / MARKER).is_file()
+    assert run_py(prefix, "import sys; print(sys.prefix)") == str(prefix)
+    # The noarch entry point works and the link points at the build.
+    assert env_link(site, "kern").resolve() == prefix.resolve()
+    assert subprocess.run([str(env_link(site, "kern") / "bin" / "hpcdemo-info")],
+                          capture_output=True, check=False).returncode == 0
+    assert Path(rec.lock_path).is_file() and rec.packages >= 4 and rec.file_count > 100
+    assert any("installing" in line for line in progress)
+
+    second = build_env(spec(KERNELS_CPU), site)
+    assert second.status == "reused"
+    assert second.record == rec
+    assert second.to_dict()["prefix"] == rec.prefix
+
+    reg = Registry(site.registry)
+    assert [r.version for r in reg.versions("kern")] == [1]
+    assert reg.current(name="kern") == rec
+
+
+def test_cuda_build_chosen_on_gpu_less_machine(site) -> None:
+    cuda = build_env(spec(KERNELS_CUDA), site, name="gpu")
+    assert cuda.record.cuda == "12.4" and cuda.record.cuda_override is None
+    assert ("hpcdemo-kernels", "1.2.0") in {(n, v) for n, v, _ in installed(cuda.prefix)}
+    assert run_py(cuda.prefix, "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cuda124"
+
+    cpu = build_env(spec(KERNELS_CPU), site, name="cpu")
+    assert cpu.record.cuda is None
+    assert run_py(cpu.prefix, "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cpu"
+
+    forced = build_env(spec(KERNELS_CUDA.replace("  - cuda-version=12.4\n", "")), site,
+                       name="forced", cuda_override="")
+    assert forced.record.cuda is None and forced.record.cuda_override == ""
+    assert run_py(forced.prefix, "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cpu"
+
+    override = build_env(spec(KERNELS_CPU), site, name="ovr", cuda_override="11.8")
+    assert override.record.cuda == "11.8"
+    assert run_py(override.prefix,
+                  "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cuda118"
+
+
+def test_envs_share_files_by_hardlink(site) -> None:
+    a = build_env(spec(KERNELS_CPU), site, name="a").prefix
+    b = build_env(spec(KERNELS_CPU), site, name="b").prefix
+    assert a != b
+    os_a, os_b = a / "lib/python3.11/os.py", b / "lib/python3.11/os.py"
+    assert os_a.stat().st_ino == os_b.stat().st_ino
+    assert os_a.stat().st_nlink >= 3  # the cache + two envs
+
+
+def test_shared_env_hygiene(site) -> None:
+    prefix = build_env(spec(KERNELS_CPU), site).prefix
+    for path in [prefix, prefix / "conda-meta", *(prefix / "conda-meta").iterdir(),
+                 prefix / "bin" / "python3.11"]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        assert mode & 0o444 == 0o444, f"{path} not readable by all: {oct(mode)}"
+        assert mode & 0o222 == 0, f"{path} writable: {oct(mode)}"
+    assert stat.S_IMODE((prefix / "bin" / "python3.11").stat().st_mode) & 0o111 == 0o111
+
+
+def test_pip_section_and_variables(site, tmp_path: Path) -> None:
+    text = KERNELS_CPU + "  - pip\n  - pip:\n    - hpcdemo_extra\nvariables:\n  HPCDEMO_MODE: fast\n"
+    res = build_env(spec(text, tmp_path), site, name="withpip")
+    assert run_py(res.prefix, "import hpcdemo_extra; print('ok')") == "ok"
+    state = json.loads((res.prefix / "conda-meta" / "state").read_text())
+    assert state == {"env_vars": {"HPCDEMO_MODE": "fast"}}
+
+
+def test_pip_failure_is_reported_and_nothing_published(site, tmp_path: Path) -> None:
+    text = KERNELS_CPU + "  - pip:\n    - no-such-package-anywhere==9.9\n"
+    with pytest.raises(HpcenvError, match=r"environment.yml:\d+: pip install failed: .*no-such"):
+        build_env(spec(text, tmp_path), site, name="badpip")
+    reg = Registry(site.registry)
+    assert [r.status for r in reg.versions("badpip")] == ["failed"]
+    assert reg.current("badpip") is None
+    assert not env_link(site, "badpip").exists()
+    assert list(builds_dir(site).iterdir()) == []
+
+
+def test_pip_without_python_is_invalid(site, tmp_path: Path) -> None:
+    text = "name: nopy\ndependencies:\n  - cuda-version=12.4\n  - pip:\n    - hpcdemo_extra\n"
+    with pytest.raises(InvalidInput, match=r"environment.yml:5: a pip: section needs python"):
+        build_env(spec(text, tmp_path), site)
+
+
+def test_bad_names_rejected(site) -> None:
+    with pytest.raises(InvalidInput):
+        build_env(spec(KERNELS_CPU), site, name="../evil")
+    with pytest.raises(InvalidInput, match="no 'name:'"):
+        build_env(spec("dependencies: [python]\n"), site)
+    with pytest.raises(InvalidInput, match="--cuda"):
+        plan_build(spec(KERNELS_CPU), site, cuda_override="twelve")
+
+
+def test_unsolvable_spec_fails_cleanly(site) -> None:
+    with pytest.raises(HpcenvError, match="cannot solve"):
+        build_env(spec("name: x\ndependencies: [no-such-package-xyz]\n"), site)
+    assert Registry(site.registry).current("x") is None
+
+
+def test_from_lock_gives_same_packages(site) -> None:
+    first = build_env(spec(KERNELS_CUDA), site)
+    again = build_env(None, site, name="copy", from_lock=Path(first.record.lock_path))
+    assert again.status == "built"
+    assert installed(again.prefix) == installed(first.prefix)
+    assert run_py(again.prefix, "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cuda124"
+    assert build_env(None, site, name="copy",
+                     from_lock=Path(first.record.lock_path)).status == "reused"
+
+
+def test_versions_rollback_and_remove(site) -> None:
+    v1 = build_env(spec(KERNELS_CPU), site).record
+    v2 = build_env(spec(KERNELS_CUDA), site).record
+    assert (v1.version, v2.version) == (1, 2)
+    reg = Registry(site.registry)
+    link = env_link(site, "kern")
+    assert reg.current_version("kern") == 2 and link.resolve() == Path(v2.prefix).resolve()
+
+    assert rollback(site, "kern").version == 1
+    assert reg.current_version("kern") == 1 and link.resolve() == Path(v1.prefix).resolve()
+    with pytest.raises(HpcenvError, match="no ready version older"):
+        rollback(site, "kern")
+    assert rollback(site, "kern", to_version=2).version == 2
+
+    with pytest.raises(HpcenvError, match="current version"):
+        remove_version(site, "kern", 2)
+    removed = remove_version(site, "kern", 1)
+    assert removed.status == "retired" and not Path(v1.prefix).exists()
+    assert Path(v2.prefix, "bin", "python").exists()  # shared cache files survive
+    with pytest.raises(HpcenvError, match="retired"):
+        rollback(site, "kern", to_version=1)
+    remove_version(site, "kern", 2, force=True)
+    assert reg.current("kern") is None and not link.exists()
+    with pytest.raises(NotFound):
+        reg.get("kern", 7)
+
+
+def test_building_again_after_rollback_makes_it_current(site) -> None:
+    build_env(spec(KERNELS_CPU), site)
+    build_env(spec(KERNELS_CUDA), site)
+    rollback(site, "kern")
+    res = build_env(spec(KERNELS_CUDA), site)
+    assert res.status == "reused" and Registry(site.registry).current_version("kern") == 2
+    rollback(site, "kern")
+    res = build_env(spec(KERNELS_CUDA), site, make_current=False)
+    assert res.status == "reused" and Registry(site.registry).current_version("kern") == 1
+
+
+def test_debris_without_live_lock_is_cleaned(site) -> None:
+    reg = Registry(site.registry)
+    plan = plan_build(spec(KERNELS_CPU), site)
+    from hpcenv.registry import EnvRecord
+
+    dead = reg.allocate("kern", lambda v: EnvRecord(
+        name="kern", version=v, key="0" * 64, spec={}, spec_hash="", lock_path="",
+        prefix=str(builds_dir(site) / f"kern-{v}-000000000000"), cuda=None, cuda_override=None,
+        channels=[], platform=plan.platform, status="building", creator="x@y",
+        created="2024-01-01T00:00:00+00:00"))
+    Path(dead.prefix, "conda-meta").mkdir(parents=True)
+    assert [p for p, _ in find_debris(site)] == [Path(dead.prefix)]
+    res = build_env(spec(KERNELS_CPU), site)
+    assert res.record.version == 2
+    assert not Path(dead.prefix).exists()
+    assert reg.get("kern", 1).status == "failed"
+    assert clean_debris(site) == []
