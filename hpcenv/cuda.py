@@ -51,6 +51,7 @@ class _Signal:
     line: str
     versions: tuple[str, ...] = ()
     from_include: bool = False
+    secondary: bool = False   # a lock-step cuda-* component: listed after the runtime pins
 
 
 # Conda packages whose version *is* the CUDA runtime version.
@@ -208,7 +209,7 @@ def _conda_signals(spec: EnvSpec) -> Iterator[_Signal]:
             majors = [v for v in exact if "." not in v]
             exact = [v for v in exact if "." in v]
             if exact:
-                yield _Signal("pin", line, tuple(exact))
+                yield _Signal("pin", line, tuple(exact), secondary=name not in _RUNTIME_PACKAGES)
             elif lower:
                 yield _Signal("min", line, tuple(lower))
             elif majors:
@@ -365,7 +366,8 @@ def infer_cuda(spec: EnvSpec) -> CudaRequirement:
         candidates |= stray
         ambiguous = len(candidates) > 1
         # Strongest first: the deciding tier, agreeing builds, then majors that disagree.
-        deciding = [s for s in signals if s.kind == decided_by]
+        deciding = sorted((s for s in signals if s.kind == decided_by),
+                          key=lambda s: s.secondary)
         deciding += [s for s in signals if s.kind == "build" and set(s.versions) & chosen]
         deciding += [s for s in signals if s.kind == "major" and set(s.versions) & stray]
     elif by_kind.get("min"):

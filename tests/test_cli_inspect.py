@@ -88,6 +88,8 @@ def test_ambiguous_cpu_and_rocm_summaries(tmp_path: Path) -> None:
                     "not pinned (candidates: 11.7, 11.8); GPU required"),
         "cpu.yml": ("dependencies:\n  - numpy\n", "none; no GPU needed"),
         "opt.yml": ("dependencies:\n  - pip:\n    - torch\n", "not pinned; GPU optional"),
+        "rocm.yml": ("dependencies:\n  - pip:\n    - -i https://w.example.org/whl/rocm6.0\n"
+                     "    - torch\n", "none (a non-CUDA GPU such as ROCm); GPU required"),
     }
     for name, (text, expected) in cases.items():
         (tmp_path / name).write_text(text)

@@ -236,3 +236,9 @@ def test_unreadable_or_sourceless_include_is_skipped(tmp_path: Path) -> None:
     assert infer_cuda(load_spec(env)).cuda == "12.1"
     (tmp_path / "reqs.txt").unlink()
     assert infer_cuda(load_spec(env)) == CudaRequirement(None, False, (), False, ())
+
+
+def test_runtime_pins_lead_the_evidence_before_lockstep_components() -> None:
+    req = infer("cuda-cudart=11.8.89=0;cuda-nvrtc=11.8.89=0;cudatoolkit=11.8.0=h4ba93d1_13")
+    assert req.evidence == ("- cudatoolkit=11.8.0=h4ba93d1_13", "- cuda-cudart=11.8.89=0",
+                            "- cuda-nvrtc=11.8.89=0")

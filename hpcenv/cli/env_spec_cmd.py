@@ -48,7 +48,7 @@ def _inspect(args: argparse.Namespace, ctx: Context) -> int:
 def _cuda_line(data: dict[str, Any]) -> str:
     candidates = ", ".join(data["cuda_candidates"])
     if data["cuda"] is None and not data["cuda_ambiguous"]:
-        text = "none"
+        text = "none (a non-CUDA GPU such as ROCm)" if data["gpu_required"] else "none"
     elif data["cuda"] is None:
         text = f"not pinned (candidates: {candidates})" if candidates else "not pinned"
     elif data["cuda_ambiguous"]:
