@@ -39,7 +39,7 @@ class Signals:
 
 def kernels_variant() -> str:
     try:
-        import hpcdemo_kernels
+        import hpcdemo_kernels  # type: ignore[import-not-found]  # from the demo channel
     except ImportError:
         return "not installed"
     return hpcdemo_kernels.VARIANT

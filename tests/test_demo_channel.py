@@ -66,8 +66,8 @@ def rattler_batch(channel: DemoChannel, work: Path, requests: list[dict]) -> lis
     return json.loads(proc.stdout)
 
 
-def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kwargs)
+def run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
     return proc
 

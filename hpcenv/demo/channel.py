@@ -36,6 +36,7 @@ import sysconfig
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -179,24 +180,20 @@ def _stamp_matches(stamp: Path, key: str, result: DemoChannel) -> bool:
         recorded = json.loads(stamp.read_text()).get("key")
     except (OSError, ValueError):
         return False
-    return (recorded == key and (result.path / "noarch" / "repodata.json").is_file()
-            and (result.path / "linux-64" / "repodata.json").is_file())
+    expected = [result.path / "noarch" / "repodata.json",
+                result.path / "linux-64" / "repodata.json", result.wheels / _wheel_name()]
+    return recorded == key and all(p.is_file() for p in expected)
 
 
-class _locked:
-    """Exclusive flock on a lock file for the duration of a ``with`` block."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._fd = -1
-
-    def __enter__(self) -> None:
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive flock on ``path`` for the duration of a ``with`` block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -231,7 +228,7 @@ def _build_into(staging: Path, level: int) -> None:
 
 def _archive(pkg: _Package, out_dir: Path, level: int) -> None:
     """Write ``info/`` for a staged package and pack it as a ``.conda`` archive."""
-    from conda_package_handling import api
+    from conda_package_handling import api  # type: ignore[import-untyped]
 
     files = sorted(_walk(pkg.root))
     paths = []
@@ -364,7 +361,7 @@ def _python_abi_package(root: Path) -> _Package:
     xy = f"{sys.version_info.major}.{sys.version_info.minor}"
     tag = f"cp{xy.replace('.', '')}"
     root.mkdir(parents=True)
-    return _Package(root, "python_abi", xy, f"4_{tag}", subdir="linux-64",
+    return _Package(root, "python_abi", xy, f"4_{tag}", build_number=4, subdir="linux-64",
                     constrains=[f"python {xy}.* *_cpython"],
                     summary="Marks the python ABI (demo channel)")
 
@@ -376,7 +373,7 @@ def _pip_package(root: Path) -> _Package:
         raise HpcenvError(f"pip is not installed for {sys.executable}: "
                           f"run '{sys.executable} -m ensurepip' and build again")
     site = Path(str(dist.locate_file("")))
-    pkg = _Package(root, "pip", dist.version, "pyh_0", noarch="python",
+    pkg = _Package(root, "pip", dist.version, f"pyh{_short_hash()}_0", noarch="python",
                    depends=["python >=3.7"], summary="The PyPA package installer (demo channel)",
                    entry_points=[f"{n} = pip._internal.cli.main:main"
                                  for n in ("pip", "pip3")])
@@ -406,7 +403,8 @@ def _host_pip() -> Distribution | None:
 def _cuda_version_package(root: Path, cuda: str) -> _Package:
     root.mkdir(parents=True)
     major, minor = cuda.split(".")
-    return _Package(root, "cuda-version", cuda, "h4ba93d1_3", build_number=3, noarch="generic",
+    return _Package(root, "cuda-version", cuda, f"h{_short_hash()}_3", build_number=3,
+                    noarch="generic",
                     constrains=[f"__cuda >={cuda}",
                                 f"cudatoolkit {cuda}|{cuda}.*"],
                     summary=f"Selects CUDA {major}.{minor} packages (demo channel)")
@@ -459,7 +457,7 @@ export HPCDEMO_KERNELS_HOME="${{CONDA_PREFIX}}/share/hpcdemo-kernels"
 
 
 def _tools_package(root: Path) -> _Package:
-    pkg = _Package(root, "hpcdemo-tools", TOOLS_VERSION, "pyhd8ed1ab_0", noarch="python",
+    pkg = _Package(root, "hpcdemo-tools", TOOLS_VERSION, f"pyh{_short_hash()}_0", noarch="python",
                    depends=["python >=3.8"], entry_points=["hpcdemo-info = hpcdemo_tools.cli:main"],
                    summary="Demo command-line tools (demo channel)")
     pkg.write("site-packages/hpcdemo_tools/__init__.py",
@@ -492,6 +490,10 @@ def main() -> int:
 
 # --- the wheel -------------------------------------------------------------------------------
 
+def _wheel_name() -> str:
+    return f"hpcdemo_extra-{EXTRA_VERSION}-py3-none-any.whl"
+
+
 def _write_extra_wheel(wheels: Path) -> Path:
     """A pure-python wheel written by hand: METADATA, WHEEL, entry points and a valid RECORD."""
     dist_info = f"hpcdemo_extra-{EXTRA_VERSION}.dist-info"
@@ -523,7 +525,7 @@ def _write_extra_wheel(wheels: Path) -> Path:
     writer.writerow([f"{dist_info}/RECORD", "", ""])
     members[f"{dist_info}/RECORD"] = record.getvalue()
 
-    path = wheels / f"hpcdemo_extra-{EXTRA_VERSION}-py3-none-any.whl"
+    path = wheels / _wheel_name()
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as whl:
         for name, text in members.items():
             info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
@@ -535,8 +537,12 @@ def _write_extra_wheel(wheels: Path) -> Path:
 # --- helpers ---------------------------------------------------------------------------------
 
 def _short_hash() -> str:
-    """Seven hex digits tied to the host interpreter, for conda-style build strings."""
-    return hashlib.sha256(f"{sys.version}{sys.base_prefix}".encode()).hexdigest()[:7]
+    """Seven hex digits of the build inputs, for conda-style build strings.
+
+    A changed builder gives new file names, so package caches never serve a stale archive
+    under a name that now means different content.
+    """
+    return _stamp_key()[:7]
 
 
 def _next_minor(version: str) -> str:
