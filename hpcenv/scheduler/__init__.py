@@ -40,7 +40,7 @@ def get_scheduler(kind: str, **opts: Any) -> Scheduler:
     if kind == "slurm-cli":
         return cli
 
-    from hpcenv.scheduler.pyslurm_backend import PyslurmScheduler, pyslurm_version
+    from hpcenv.scheduler.pyslurm_backend import PyslurmScheduler, pyslurm_version, same_release
 
     if kind == "pyslurm":
         backend = PyslurmScheduler.create()
@@ -51,13 +51,9 @@ def get_scheduler(kind: str, **opts: Any) -> Scheduler:
     # "slurm": pyslurm only when it was built for the very release the cluster runs; a
     # mismatched pyslurm talks a different RPC protocol and fails in obscure ways.
     built_for = pyslurm_version()
-    if built_for is not None and _same_release(built_for, cli.version()):
+    if built_for is not None and same_release(built_for, cli.version()):
         backend = PyslurmScheduler.create()
         if backend is not None:
             return backend
     return cli
 
-
-def _same_release(pyslurm_ver: str, slurm_ver: str) -> bool:
-    """pyslurm ``25.11.0`` matches Slurm ``25.11.x``: pyslurm's major.minor is Slurm's release."""
-    return pyslurm_ver.split(".")[:2] == slurm_ver.split(".")[:2] and bool(slurm_ver)

@@ -1,0 +1,77 @@
+"""The ``slurm_cluster`` session fixture: the real test Slurm cluster of ``tests/cluster/up``.
+
+Register it for the whole suite with ``pytest_plugins = ["conftest_slurm"]`` in
+``tests/conftest.py`` (pytest puts ``tests/`` on ``sys.path``), or import the fixture into a test
+module: ``from conftest_slurm import slurm_cluster``.
+
+The fixture runs ``tests/cluster/up`` (a no-op when the cluster is already up, ~5 s to start it,
+~15 s on a machine without Slurm installed), points ``SLURM_CONF`` at it for the session, and
+stops the cluster at the end only if it started it (set ``HPCENV_SLURM_KEEP=1`` to keep it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    root: Path
+    conf: Path          # the slurm.conf to export as SLURM_CONF
+    site: Path          # hpcenv site config for this cluster (tests/cluster/site.yaml)
+    log_dir: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a subprocess that talks to this cluster (e.g. the hpcenv CLI)."""
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def wait(self, scheduler: object, job_id: str, timeout: float = 60.0) -> object:
+        """Poll ``scheduler.status(job_id)`` until the job finished; return its JobInfo."""
+        deadline = time.monotonic() + timeout
+        delay = 0.2
+        while True:
+            info = scheduler.status(job_id)  # type: ignore[attr-defined]
+            if info.finished:
+                return info
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} not finished after {timeout} s: {info}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+
+def _running(root: Path) -> bool:
+    pid_file = root / "run" / "slurmctld.pid"
+    try:
+        pid = int(pid_file.read_text())
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "slurmctld"
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    root = Path(os.environ.get("HPCENV_SLURM_ROOT") or "/tmp/hpcenv-slurm")
+    was_running = _running(root)
+    proc = subprocess.run([str(CLUSTER_DIR / "up")], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"tests/cluster/up failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}",
+                    pytrace=False)
+    exports = dict(line.removeprefix("export ").split("=", 1)
+                   for line in proc.stdout.splitlines() if line.startswith("export "))
+    conf = Path(exports["SLURM_CONF"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(conf))
+        yield SlurmCluster(root=root, conf=conf, site=CLUSTER_DIR / "site.yaml",
+                           log_dir=root / "log")
+    if not was_running and os.environ.get("HPCENV_SLURM_KEEP") != "1":
+        subprocess.run([str(CLUSTER_DIR / "down")], capture_output=True, timeout=120)

@@ -1,0 +1,259 @@
+"""The Slurm CLI backend against the real test cluster (tests/cluster/up)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest_slurm import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
+
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.scheduler import get_scheduler
+from hpcenv.scheduler.slurm_cli import SlurmCLI
+
+pytestmark = pytest.mark.slurm
+
+
+def write_job(directory: Path, name: str, sbatch: list[str], body: str) -> Path:
+    lines = ["#!/bin/bash", *(f"#SBATCH {opt}" for opt in sbatch), body]
+    path = directory / f"{name}.sh"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def slurm(slurm_cluster: SlurmCluster) -> SlurmCLI:  # noqa: F811
+    return SlurmCLI(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def early_job(slurm: SlurmCLI, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A job submitted as the module starts, so it has left slurmctld's memory (MinJobAge plus
+    the controller's 60 s purge cycle) by the time the last test looks for it in sacct -c."""
+    d = tmp_path_factory.mktemp("early")
+    return slurm.submit(write_job(d, "early", ["-p cpu", "-J early", "-o early-%j.out"],
+                                  "exit 4"), workdir=d)
+
+
+def test_trivial_job_completes_with_output(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                                           tmp_path: Path, early_job: str) -> None:
+    script = write_job(tmp_path, "hello", ["-p cpu", "-J hello", "-o %x-%j.out"],
+                       'echo "node=$SLURMD_NODENAME id=$SLURM_JOB_ID dir=$PWD"')
+    job_id = slurm.submit(script, workdir=tmp_path)
+    assert job_id.isdigit() and int(job_id) > int(early_job)
+    info = slurm_cluster.wait(slurm, job_id)
+    assert (info.state, info.exit_code, info.partition, info.name) == ("COMPLETED", 0, "cpu", "hello")
+    assert info.node in {"cpu1", "cpu2"}
+    assert info.stdout == tmp_path / f"hello-{job_id}.out"
+    assert info.stdout.read_text().split() == [f"node={info.node}", f"id={job_id}", f"dir={tmp_path}"]
+    assert info.user == slurm_cli_user()
+
+
+def slurm_cli_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def test_failing_job_reports_its_exit_code(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                                           tmp_path: Path) -> None:
+    job_id = slurm.submit(write_job(tmp_path, "fail", ["-p cpu"], "exit 3"), workdir=tmp_path)
+    info = slurm_cluster.wait(slurm, job_id)
+    assert (info.state, info.exit_code, info.reason) == ("FAILED", 3, "NonZeroExitCode")
+
+
+def test_constraint_picks_the_node_with_that_feature(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                                                     tmp_path: Path) -> None:
+    script = write_job(tmp_path, "a100", ["-p gpu-a100", "--gpus=1", "-C cuda12.4", "-o out-%j"],
+                       "echo $SLURMD_NODENAME")
+    info = slurm_cluster.wait(slurm, slurm.submit(script, workdir=tmp_path))
+    assert info.state == "COMPLETED"
+    assert info.node == "a100n1"
+    assert info.constraint == "cuda12.4"
+    assert info.stdout.read_text().strip() == "a100n1"
+
+
+def test_gpu_job_sees_its_gpus(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                               tmp_path: Path) -> None:
+    script = write_job(tmp_path, "h100", ["-p gpu-h100", "--gres=gpu:h100:2", "-o out-%j"],
+                       'echo "cvd=$CUDA_VISIBLE_DEVICES n=$SLURM_GPUS_ON_NODE"')
+    info = slurm_cluster.wait(slurm, slurm.submit(script, workdir=tmp_path))
+    assert info.node == "h100n1"
+    assert info.stdout.read_text().strip() == "cvd=0,1 n=2"
+
+
+def test_cpu_job_sees_no_gpus(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                              tmp_path: Path) -> None:
+    script = write_job(tmp_path, "cpu", ["-p cpu", "-o out-%j"],
+                       'echo "cvd=${CUDA_VISIBLE_DEVICES-unset}"')
+    info = slurm_cluster.wait(slurm, slurm.submit(script, workdir=tmp_path))
+    assert info.stdout.read_text().strip() == "cvd=unset"
+
+
+SIGNAL_CHILD = """\
+python3 - <<'EOF'
+import signal, sys, time, pathlib
+def handler(sig, frame):
+    pathlib.Path("got-signal").write_text(signal.Signals(sig).name)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, handler)
+signal.signal(signal.SIGUSR1, handler)
+pathlib.Path("ready").write_text("")
+time.sleep(120)
+EOF
+echo "script continues after child rc=$?"
+"""
+
+
+def wait_for_file(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.1)
+
+
+def test_cancel_with_signal_reaches_the_scripts_child(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    # The program runs as a foreground child of the batch shell (no exec): a signal sent to the
+    # batch shell alone would wait for the child to exit.  cancel() must reach the child.
+    job_id = slurm.submit(write_job(tmp_path, "sig", ["-p cpu", "-o out-%j"], SIGNAL_CHILD),
+                          workdir=tmp_path)
+    wait_for_file(tmp_path / "ready")
+    slurm.cancel(job_id, signal="USR1")
+    info = slurm_cluster.wait(slurm, job_id)
+    assert (tmp_path / "got-signal").read_text() == "SIGUSR1"
+    # --full signals the batch shell too; bash without a trap for USR1 dies of it, so the job
+    # ends by that signal (job scripts should exec the program or trap what they expect).
+    assert (info.state, info.signal) == ("FAILED", 10)
+    assert "script continues" not in info.stdout.read_text()
+
+
+def test_plain_scancel_signal_misses_a_batch_script(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    # Why cancel() passes --full: on 22.05 `scancel --signal=TERM` without --full/--batch signals
+    # job steps only, and a batch script run without srun has none, so nothing arrives.
+    job_id = slurm.submit(write_job(tmp_path, "sig", ["-p cpu", "-o out-%j"], SIGNAL_CHILD),
+                          workdir=tmp_path)
+    wait_for_file(tmp_path / "ready")
+    subprocess.run(["scancel", "--signal=TERM", job_id], check=True, timeout=30)
+    time.sleep(2)
+    assert not (tmp_path / "got-signal").exists()
+    assert slurm.status(job_id).state == "RUNNING"
+    slurm.cancel(job_id)
+    info = slurm_cluster.wait(slurm, job_id)
+    assert info.state == "CANCELLED"
+    assert (tmp_path / "got-signal").read_text() == "SIGTERM"  # plain cancel: TERM to all
+
+
+def test_cancel_of_a_pending_job(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                                 tmp_path: Path) -> None:
+    held = write_job(tmp_path, "held", ["-p cpu", "--hold"], "exit 0")
+    job_id = slurm.submit(held, workdir=tmp_path)
+    assert slurm.status(job_id).state == "PENDING"
+    slurm.cancel(job_id)
+    info = slurm.status(job_id)
+    assert info.state == "CANCELLED"
+    slurm.cancel(job_id)  # a finished job: nothing to do, no error
+
+
+def test_bad_partition_is_one_line_error_and_no_job(slurm: SlurmCLI, tmp_path: Path) -> None:
+    before = {j.job_id for j in slurm.jobs()}
+    script = write_job(tmp_path, "bad", ["-p nosuchpart"], "true")
+    with pytest.raises(HpcenvError) as exc:
+        slurm.submit(script, workdir=tmp_path)
+    assert str(exc.value) == f"Slurm rejected the job {script}: Invalid partition name specified"
+    assert {j.job_id for j in slurm.jobs()} == before
+
+
+def test_unavailable_node_configuration_is_rejected(slurm: SlurmCLI, tmp_path: Path) -> None:
+    script = write_job(tmp_path, "bad", ["-p gpu-v100", "--gres=gpu:a100:1"], "true")
+    with pytest.raises(HpcenvError, match="Requested node configuration is not available$"):
+        slurm.submit(script, workdir=tmp_path)
+
+
+def test_unreachable_controller(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    conf = tmp_path / "slurm.conf"
+    text = slurm_cluster.conf.read_text()
+    conf.write_text("\n".join("SlurmctldPort=1" if ln.startswith("SlurmctldPort=") else ln
+                              for ln in text.splitlines()))
+    down = SlurmCLI(env={"SLURM_CONF": str(conf)})
+    with pytest.raises(HpcenvError, match="cannot reach the Slurm controller to submit") as exc:
+        down.submit(write_job(tmp_path, "x", ["-p cpu"], "true"), workdir=tmp_path)
+    assert "\n" not in str(exc.value)
+
+
+def test_unknown_and_invalid_job_ids(slurm: SlurmCLI) -> None:
+    with pytest.raises(NotFound, match="Slurm job 987654 is unknown"):
+        slurm.status("987654")
+    with pytest.raises(NotFound):
+        slurm.cancel("987654")  # scancel itself would exit 0
+    with pytest.raises(InvalidInput):
+        slurm.status("12; rm -rf /")
+
+
+def test_jobs_lists_mine_with_paths_expanded(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                                             tmp_path: Path) -> None:
+    script = write_job(tmp_path, "long", ["-p cpu", "-J listed", "-o log-%x-%j.txt"], "sleep 60")
+    job_id = slurm.submit(script, workdir=tmp_path)
+    try:
+        mine = {j.job_id: j for j in slurm.jobs()}
+        assert job_id in mine
+        assert mine[job_id].name == "listed"
+        assert mine[job_id].partition == "cpu"
+        assert mine[job_id].stdout == tmp_path / f"log-listed-{job_id}.txt"
+        assert mine[job_id].state in {"PENDING", "RUNNING"}
+        assert job_id not in {j.job_id for j in slurm.jobs(user="nobody")}
+    finally:
+        slurm.cancel(job_id)
+
+
+def test_nodes_and_partitions_report_features_and_gpus(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                                                       tmp_path: Path) -> None:
+    nodes = {n.name: n for n in slurm.nodes()}
+    assert set(nodes) == {"cpu1", "cpu2", "a100n1", "a100n2", "v100n1", "h100n1"}
+    assert nodes["a100n1"].features == ("cuda12.4",)
+    assert nodes["a100n2"].features == ("cuda12.2",)
+    assert (nodes["h100n1"].gpu_type, nodes["h100n1"].gpus) == ("h100", 4)
+    assert (nodes["cpu1"].gpu_type, nodes["cpu1"].gpus) == (None, 0)
+
+    parts = {p.name: p for p in slurm.partitions()}
+    assert list(parts) == ["cpu", "gpu-a100", "gpu-v100", "gpu-h100"]
+    assert parts["cpu"].default and not parts["gpu-a100"].default
+    assert parts["gpu-a100"].features == ("cuda12.2", "cuda12.4")
+    assert (parts["gpu-v100"].gpu_types, parts["gpu-v100"].gpus_total) == (("v100",), 2)
+    assert parts["gpu-h100"].gpus_free == 4
+
+    # Free GPUs come from the nodes' allocated GRES while a job holds some.
+    job_id = slurm.submit(write_job(tmp_path, "hold", ["-p gpu-h100", "--gpus=3"], "sleep 60"),
+                          workdir=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while slurm.status(job_id).state != "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        h100 = {p.name: p for p in slurm.partitions()}["gpu-h100"]
+        assert (h100.gpus_total, h100.gpus_free) == (4, 1)
+    finally:
+        slurm.cancel(job_id)
+
+
+def test_factory_picks_the_cli_without_pyslurm(slurm_cluster: SlurmCluster) -> None:  # noqa: F811
+    assert isinstance(get_scheduler("slurm"), SlurmCLI)
+    assert SlurmCLI().version().startswith("22.05")
+
+
+def test_status_after_the_job_left_the_queue(slurm: SlurmCLI, early_job: str) -> None:
+    # Runs last: the early job has been purged from slurmctld (MinJobAge + purge cycle).
+    deadline = time.monotonic() + 150
+    while subprocess.run(["scontrol", "show", "job", early_job], capture_output=True,
+                         timeout=30).returncode == 0:
+        assert time.monotonic() < deadline, "slurmctld kept the job for over 150 s"
+        time.sleep(2)
+    info = slurm.status(early_job)
+    assert info.source == "jobcomp"
+    assert (info.state, info.exit_code, info.name, info.partition) == ("FAILED", 4, "early", "cpu")
+    assert info.node in {"cpu1", "cpu2"}
+    assert info.elapsed is not None and info.end_time is not None
