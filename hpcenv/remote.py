@@ -374,7 +374,10 @@ class RemoteSession:
             result = conn.run(command, hide=hide, warn=True, pty=False,
                               in_stream=False, out_stream=out, err_stream=err)
         except Exception as exc:
-            if not self.connected:
+            import paramiko
+
+            # A link that died between commands may not be noticed until a channel is opened.
+            if isinstance(exc, (paramiko.SSHException, EOFError, OSError)) or not self.connected:
                 raise ConnectionLost(f"remote '{self.name}': connection to {self.target} lost "
                                      f"while running {what or command!r}") from exc
             raise
