@@ -1,0 +1,191 @@
+"""Many builders at once, builders killed mid-build, held and stale locks: real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcenv.builder import MARKER, build_env, builds_dir, env_link, key_lock, plan_build
+from hpcenv.locking import LockHolder, LockTimeout, current_holder
+from hpcenv.registry import Registry
+from hpcenv.spec import load_spec
+
+from test_builder import KERNELS_CPU, KERNELS_CUDA, make_site
+
+# A builder process: builds SPEC on SITE, prints progress lines then the result as JSON.
+# With HOLD_AFTER_INSTALL set it installs for real, then touches that file and sleeps, so the
+# test can SIGKILL it in the worst place: a full prefix with no completion marker.
+BUILDER = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    from hpcenv.builder import build_env
+    from hpcenv.engine.rattler_engine import RattlerEngine
+    from hpcenv.site import load_site
+    from hpcenv.spec import load_spec
+
+    site_path, spec_path = sys.argv[1], sys.argv[2]
+    hold = os.environ.get("HOLD_AFTER_INSTALL")
+
+    class HoldingEngine(RattlerEngine):
+        def install(self, prefix, packages, *, pkgs_dir):
+            super().install(prefix, packages, pkgs_dir=pkgs_dir)
+            Path(hold).write_text(str(prefix))
+            time.sleep(120)
+
+    engine = HoldingEngine() if hold else None
+    result = build_env(load_spec(spec_path), load_site(Path(site_path)), engine=engine,
+                       on_progress=lambda m: print("progress:", m, flush=True))
+    print(json.dumps(result.to_dict()), flush=True)
+""")
+
+
+def start_builder(tmp_path: Path, site_path: Path, spec_path: Path,
+                  hold: Path | None = None) -> subprocess.Popen:
+    script = tmp_path / "builder.py"
+    if not script.exists():
+        script.write_text(BUILDER)
+    env = {**os.environ}
+    if hold is not None:
+        env["HOLD_AFTER_INSTALL"] = str(hold)
+    return subprocess.Popen([sys.executable, str(script), str(site_path), str(spec_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def result_of(proc: subprocess.Popen, timeout: float = 240) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"builder failed ({proc.returncode}): {err[-2000:]}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def site(tmp_path: Path, demo_channel):
+    return make_site(tmp_path / "site", demo_channel)
+
+
+def write_spec(tmp_path: Path, text: str, name: str = "environment.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_16_concurrent_builders_build_exactly_once(site, tmp_path: Path) -> None:
+    spec_path = write_spec(tmp_path, KERNELS_CPU)
+    procs = [start_builder(tmp_path, site.source, spec_path) for _ in range(16)]
+    results = [result_of(p) for p in procs]
+    statuses = sorted(r["status"] for r in results)
+    assert statuses == ["built"] + ["reused"] * 15
+    assert len({r["prefix"] for r in results}) == 1
+    assert {(r["name"], r["version"]) for r in results} == {("kern", 1)}
+    reg = Registry(site.registry)
+    assert [(r.version, r.status) for r in reg.versions("kern")] == [(1, "ready")]
+    assert [p.name for p in builds_dir(site).iterdir()] == [Path(results[0]["prefix"]).name]
+    assert env_link(site, "kern").resolve() == Path(results[0]["prefix"]).resolve()
+
+
+def test_sigkill_mid_build_keeps_current_version(site, tmp_path: Path) -> None:
+    v1 = build_env(load_spec(write_spec(tmp_path, KERNELS_CPU, "v1.yml")), site).record
+    v2_spec = write_spec(tmp_path, KERNELS_CUDA, "v2.yml")
+    flag = tmp_path / "installed"
+    proc = start_builder(tmp_path, site.source, v2_spec, hold=flag)
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    half_built = Path(flag.read_text())
+    assert (half_built / "bin" / "python").exists() and not (half_built / MARKER).exists()
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+    reg = Registry(site.registry)
+    assert reg.current_version("kern") == 1
+    assert env_link(site, "kern").resolve() == Path(v1.prefix).resolve()
+    assert reg.get("kern", 2).status == "building"
+    assert reg.find_ready(reg.get("kern", 2).key) is None
+
+    progress: list[str] = []
+    again = build_env(load_spec(v2_spec), site, on_progress=progress.append)
+    assert again.status == "built" and again.record.version == 3
+    assert not half_built.exists()
+    assert any(f"removed debris of a crashed build: {half_built}" in m for m in progress)
+    assert reg.get("kern", 2).status == "failed"
+    assert reg.current_version("kern") == 3
+    assert Path(v1.prefix, MARKER).exists()
+
+
+def test_sigkill_during_rattler_install(site, tmp_path: Path) -> None:
+    """Killed while the engine child is linking files: the engine dies with its parent."""
+    v1 = build_env(load_spec(write_spec(tmp_path, KERNELS_CPU, "v1.yml")), site).record
+    proc = start_builder(tmp_path, site.source, write_spec(tmp_path, KERNELS_CUDA, "v2.yml"))
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("progress: installing"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    reg = Registry(site.registry)
+    assert reg.current_version("kern") == 1
+    assert env_link(site, "kern").resolve() == Path(v1.prefix).resolve()
+    half = Path(reg.get("kern", 2).prefix)
+    # The engine child got SIGKILL from the kernel too: the half prefix stops changing.
+    time.sleep(0.5)
+    snapshot = sorted(str(p) for p in half.rglob("*")) if half.exists() else []
+    time.sleep(0.5)
+    assert snapshot == (sorted(str(p) for p in half.rglob("*")) if half.exists() else [])
+    again = build_env(load_spec(tmp_path / "v2.yml"), site)
+    assert again.status == "built" and not half.exists()
+
+
+def test_late_arrival_waits_with_holder_info_then_builds(site, tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
+    lock_path = key_lock(site, plan_build(spec, site).key).path
+    code = textwrap.dedent(f"""
+        import sys, time
+        from hpcenv.locking import BuildLock
+        with BuildLock({str(lock_path)!r}, timeout=10):
+            print("held", flush=True)
+            time.sleep(1.5)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    progress: list[str] = []
+    result = build_env(spec, site, on_progress=progress.append)
+    holder.wait()
+    assert result.status == "built" and result.waited
+    waits = [m for m in progress if m.startswith("waiting for ")]
+    assert waits and f"pid {holder.pid} since " in waits[0]
+    assert "@" in waits[0].split()[2]
+
+
+def test_lock_timeout_names_holder(tmp_path: Path, demo_channel) -> None:
+    site = make_site(tmp_path / "site", demo_channel, locks="{timeout: 0.5}")
+    spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
+    lock = key_lock(site, plan_build(spec, site).key)
+    assert lock.try_acquire()
+    try:
+        with pytest.raises(LockTimeout, match=rf"pid {os.getpid()} since"):
+            build_env(spec, site)
+    finally:
+        lock.release()
+
+
+def test_stale_mkdir_lock_of_dead_builder_is_broken(tmp_path: Path, demo_channel) -> None:
+    site = make_site(tmp_path / "site", demo_channel, locks="{method: mkdir, timeout: 30}")
+    spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
+    lock = key_lock(site, plan_build(spec, site).key)
+    me = current_holder()
+    dead = LockHolder(me.user, me.host, me.pid, me.started, pid_start=(me.pid_start or 0) + 1)
+    lockdir = lock.holder_path.parent
+    lockdir.mkdir(parents=True)
+    lock.holder_path.write_text(json.dumps(dead.to_dict()))
+    result = build_env(spec, site)
+    assert result.status == "built"
+    assert not lockdir.exists()
