@@ -1,9 +1,249 @@
-"""CLI commands of this group (filled in by its owner)."""
+"""Job commands: ``submit``, ``jobs``, ``status``, ``logs``, ``cancel``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hpcenv.cli.context import Context
+from hpcenv.errors import InvalidInput
+
+SUBMIT_USAGE = ("hpcenv submit SCRIPT [ARGS...] --env NAME [options] [-- MORE ARGS...]\n"
+                "       hpcenv submit --env NAME [options] -- CMD [ARGS...]")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    pass
+    _register_submit(sub, common)
+
+    jobs = sub.add_parser("jobs", parents=[common], help="list my jobs with their env and partition",
+                          description="List your queued and running jobs, with the env and "
+                                      "partition hpcenv submitted them with.")
+    jobs.add_argument("-a", "--all", action="store_true",
+                      help="also jobs hpcenv submitted that have finished (while the scheduler "
+                           "still knows them)")
+    jobs.set_defaults(handler=jobs_handler)
+
+    status = sub.add_parser("status", parents=[common], help="state, reason, exit code, node, elapsed",
+                            description="Show one job: state, reason, exit code, node, elapsed "
+                                        "time, env and partition. Works after the job finished.")
+    status.add_argument("job_id", metavar="JOB")
+    status.set_defaults(handler=status_handler)
+
+    logs = sub.add_parser("logs", parents=[common], help="print (or follow) a job's output",
+                          description="Print the job's stdout and stderr files; with -f keep "
+                                      "printing what is appended until the job ends.")
+    logs.add_argument("job_id", metavar="JOB")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    logs.set_defaults(handler=logs_handler)
+
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a job or send it a signal",
+                            description="Cancel a job, or with --signal only deliver that signal "
+                                        "to it (e.g. USR1 to ask for a checkpoint).")
+    cancel.add_argument("job_id", metavar="JOB")
+    cancel.add_argument("-s", "--signal", metavar="SIG", help="signal name or number (TERM, USR1, 10)")
+    cancel.set_defaults(handler=cancel_handler)
+
+
+def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "submit", parents=[common], usage=SUBMIT_USAGE, help="submit a script to run in an env",
+        description="Submit SCRIPT (a .py file runs with the env's python, anything else with "
+                    "bash) or a command after '--' to the site's scheduler, inside env NAME. "
+                    "The env is built first if it is missing and its environment file is found. "
+                    "The partition is chosen by the env's CUDA unless --partition is given. "
+                    "Arguments for SCRIPT that look like options go after '--'.")
+    p.add_argument("words", nargs="*", metavar="SCRIPT [ARGS...]", help=argparse.SUPPRESS)
+    p.add_argument("--env", "-n", dest="env", metavar="NAME", help="registered env to run in")
+    p.add_argument("--env-file", metavar="FILE", help="environment file: build (or reuse) the env "
+                   "from it first; NAME defaults to its name:")
+    r = p.add_argument_group("resources (as sbatch; defaults from the site config)")
+    r.add_argument("--gpus", type=int, metavar="N", help="GPUs per node (default: 1 for a CUDA env, "
+                   "0 otherwise; --gpus 0 runs a CUDA env on a CPU partition)")
+    r.add_argument("--gpu-type", metavar="T", help="GPU type, e.g. a100 (restricts partitions)")
+    r.add_argument("--partition", "-p", metavar="P|auto", help="partition (default auto: by CUDA)")
+    r.add_argument("--time", "-t", metavar="TIME", help="time limit: MIN, HH:MM:SS, D-HH:MM:SS")
+    r.add_argument("--mem", metavar="SIZE", help="memory per node, e.g. 16G")
+    r.add_argument("--cpus-per-task", "-c", type=int, metavar="N")
+    r.add_argument("--nodes", "-N", type=int, metavar="N")
+    r.add_argument("--ntasks-per-node", type=int, metavar="N")
+    r.add_argument("--account", "-A", metavar="ACCOUNT")
+    r.add_argument("--qos", metavar="QOS")
+    r.add_argument("--array", metavar="SPEC", help="job array, e.g. 0-9 or 0-99%%10")
+    r.add_argument("--dependency", "-d", metavar="SPEC", help="e.g. afterok:1234")
+    r.add_argument("--job-name", "-J", metavar="NAME", help="default: the script's name")
+    r.add_argument("--output", "-o", metavar="PATTERN", help="stdout file (default slurm-%%j.out "
+                   "in the working directory)")
+    r.add_argument("--error", "-e", metavar="PATTERN", help="stderr file (default: with stdout)")
+    r.add_argument("--signal", metavar="SIG[@SECS]", help="send SIG to the program SECS before the "
+                   "time limit (e.g. USR1@120), delivered through the batch shell")
+    r.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="extra sbatch option, repeatable (e.g. --sbatch-arg=--exclusive)")
+    r.add_argument("--launcher", choices=("conda-run", "activate"),
+                   help="override the site's launcher")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the job script, partition and reason; submit (and build) nothing")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the job to end and exit with its exit code")
+    p.set_defaults(handler=submit_handler)
+    _split_at_double_dash(p)
+
+
+def _split_at_double_dash(parser: argparse.ArgumentParser) -> None:
+    """Everything after the first ``--`` belongs to the program, whatever it looks like.
+
+    argparse cannot do this itself once options follow SCRIPT (``submit train.py --env x --
+    --lr 1``): its positional is already consumed.  The top-level parser hands the sub-parser
+    its words through ``parse_known_args``, so splitting there keeps ``--json``/``--site``
+    working after the command and leaves the rest to argparse.
+    """
+    original = parser.parse_known_args
+
+    def parse_known_args(args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        words = list(sys.argv[1:] if args is None else args)
+        tail: list[str] | None = None
+        if "--" in words:
+            cut = words.index("--")
+            words, tail = words[:cut], words[cut + 1:]
+        ns, extra = original(words, namespace)
+        positional = list(ns.words)
+        if positional:
+            ns.script, ns.program_args, ns.program_cmd = positional[0], positional[1:] + (tail or []), None
+        else:
+            ns.script, ns.program_args, ns.program_cmd = None, [], tail
+        return ns, extra
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.submit import SubmitOptions, submit
+
+    if args.script is None and not args.program_cmd:
+        raise InvalidInput(f"nothing to run; usage: {SUBMIT_USAGE.splitlines()[0]}")
+    options = SubmitOptions(
+        gpus=args.gpus, gpu_type=args.gpu_type, partition=args.partition, time=args.time,
+        mem=args.mem, cpus_per_task=args.cpus_per_task, nodes=args.nodes,
+        ntasks_per_node=args.ntasks_per_node, account=args.account, qos=args.qos,
+        array=args.array, dependency=args.dependency, job_name=args.job_name, output=args.output,
+        error=args.error, signal=args.signal, sbatch_args=tuple(args.sbatch_arg),
+        env_file=Path(args.env_file) if args.env_file else None, launcher=args.launcher)
+    target = args.script if args.script is not None else args.program_cmd
+    site = ctx.site()
+    result = submit(target, args.program_args, env_name=args.env, site=site, options=options,
+                    dry_run=args.dry_run, progress=ctx.info)
+    if args.dry_run:
+        data = result.to_dict()
+        data["script_text"] = result.script_text
+        ctx.emit(data, _dry_run_text)
+        return 0
+    if not args.wait or ctx.json:
+        ctx.emit(result.to_dict(), lambda d: f"Submitted job {d['job_id']} to partition "
+                 f"{d['partition'] or '(default)'}{_constraint(d)}: env {d['env']} "
+                 f"v{d['env_version']} ({d['reason']})")
+        if not args.wait:
+            return 0
+    else:
+        ctx.info(f"hpcenv: submitted job {result.job_id} to partition "
+                 f"{result.partition or '(default)'}{_constraint(result.to_dict())}; waiting")
+    return _wait(result.job_id or "", ctx, site)
+
+
+def _constraint(d: dict[str, Any]) -> str:
+    return f" (constraint {d['constraint']})" if d.get("constraint") else ""
+
+
+def _dry_run_text(d: dict[str, Any]) -> str:
+    return (f"{d['script_text']}"
+            f"# --- dry run: nothing submitted ---\n"
+            f"# partition: {d['partition'] or '(scheduler default)'}{_constraint(d)}\n"
+            f"# reason:    {d['reason']}\n"
+            f"# env:       {d['env']} v{d['env_version']} at {d['prefix']}\n"
+            f"# script:    {d['script']}")
+
+
+def _wait(job_id: str, ctx: Context, site: Any) -> int:
+    from hpcenv.jobs import job_exit_code, live_status, wait_for
+    from hpcenv.submit import site_scheduler
+
+    scheduler = site_scheduler(site)
+    with live_status(sys.stderr, enabled=ctx.verbosity >= 0) as show:
+        info = wait_for(scheduler, job_id, on_poll=show)
+    code = job_exit_code(info)
+    if ctx.json:
+        from hpcenv.jobs import JobView, load_submission
+
+        ctx.emit(JobView(info, load_submission(site.state_dir, scheduler.kind, job_id)).to_dict())
+    return code
+
+
+def _scheduler(ctx: Context) -> Any:
+    from hpcenv.submit import site_scheduler
+
+    return site_scheduler(ctx.site())
+
+
+def jobs_handler(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.jobs import format_elapsed, my_jobs
+
+    views = my_jobs(_scheduler(ctx), ctx.site().state_dir, include_finished=args.all)
+
+    def table(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "no jobs"
+        header = ("JOB", "NAME", "STATE", "PARTITION", "ENV", "NODE", "ELAPSED")
+        lines = [header] + [
+            (r["job_id"], r["name"], r["state"], r["partition"] or "-",
+             f"{r['env']} v{r['env_version']}" if r["env"] else "-", r["node"] or "-",
+             format_elapsed(r["elapsed"])) for r in rows]
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+        return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
+                         for line in lines)
+
+    ctx.emit([v.to_dict() for v in views], table)
+    return 0
+
+
+def status_handler(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.jobs import format_elapsed, job_exit_code, job_status, signal_display
+
+    view = job_status(_scheduler(ctx), ctx.site().state_dir, args.job_id)
+
+    def text(d: dict[str, Any]) -> str:
+        exit_text = "-"
+        if view.info.finished:
+            exit_text = str(job_exit_code(view.info))
+            if view.info.signal:
+                exit_text += f" (signal {signal_display(view.info.signal)})"
+        rows = [("job", d["job_id"]), ("name", d["name"]), ("state", d["state"]),
+                ("reason", d["reason"] or "-"), ("exit code", exit_text),
+                ("node", d["node"] or "-"), ("elapsed", format_elapsed(d["elapsed"])),
+                ("partition", d["partition"] or "-"), ("constraint", d["constraint"] or "-"),
+                ("env", f"{d['env']} v{d['env_version']}" if d["env"] else "-"),
+                ("prefix", d["prefix"] or "-"), ("stdout", d["stdout"] or "-")]
+        if d.get("stderr") and d["stderr"] != d["stdout"]:
+            rows.append(("stderr", d["stderr"]))
+        return "\n".join(f"{k + ':':<12}{v}" for k, v in rows)
+
+    ctx.emit(view.to_dict(), text)
+    return 0
+
+
+def logs_handler(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.jobs import show_logs
+
+    show_logs(_scheduler(ctx), ctx.site().state_dir, args.job_id, follow=args.follow)
+    return 0
+
+
+def cancel_handler(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.jobs import cancel_job
+
+    cancel_job(_scheduler(ctx), args.job_id, args.signal)
+    what = f"sent {args.signal} to" if args.signal else "cancelled"
+    ctx.emit({"job_id": args.job_id, "signal": args.signal, "cancelled": args.signal is None},
+             lambda d: f"{what} job {d['job_id']}")
+    return 0

@@ -1,0 +1,328 @@
+"""Job control on top of a scheduler backend: submission records, status, logs, wait, cancel.
+
+The scheduler knows a job's state; only hpcenv knows which env and which routing decision a job
+was submitted with.  ``submit`` therefore writes a small record per job under
+``<state_dir>/submissions/<scheduler>-<job id>.json``, which ``hpcenv jobs`` and ``status`` join
+with what the scheduler reports, and ``logs`` uses when the scheduler has forgotten the job's
+output paths (a purged Slurm job).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal as _signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.scheduler.base import JobInfo, Scheduler, expand_output_pattern, signal_number
+
+# Polling for --wait and logs -f: quick at first (short jobs end in about a second on an idle
+# cluster), then backing off so a day-long job costs a query every POLL_MAX seconds.
+POLL_FIRST = 0.5
+POLL_FACTOR = 1.5
+POLL_MAX = 10.0
+
+
+@dataclass(frozen=True)
+class SubmissionRecord:
+    """What hpcenv submitted: the env, the routing decision and where the output goes."""
+
+    job_id: str
+    scheduler: str                   # the backend's kind: slurm, local, ...
+    env: str
+    env_version: int | None
+    prefix: str
+    partition: str | None
+    constraint: str | None
+    gpus: int
+    reason: str
+    script: str                      # the rendered job script, kept
+    workdir: str
+    job_name: str
+    output: str                      # --output pattern as rendered (%j etc. unexpanded)
+    error: str | None
+    command: list[str] = field(default_factory=list)
+    launcher: str = "activate"
+    submitted: float = 0.0           # Unix time
+    user: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def submissions_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "submissions"
+
+
+def _record_path(state_dir: Path, scheduler: str, job_id: str) -> Path:
+    if not job_id or not all(c.isalnum() or c in "_.+-" for c in job_id):
+        raise InvalidInput(f"job id {job_id!r}: expected something like 1234 or 1234_5")
+    return submissions_dir(state_dir) / f"{scheduler}-{job_id}.json"
+
+
+def save_submission(state_dir: Path, record: SubmissionRecord) -> Path:
+    """Write the record atomically (temp file + rename): a reader never sees half of it."""
+    path = _record_path(state_dir, record.scheduler, record.job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record.to_dict(), fh, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_submission(state_dir: Path, scheduler: str, job_id: str) -> SubmissionRecord | None:
+    """The record of ``job_id`` (array tasks ``12_3`` fall back to the array's ``12``)."""
+    for jid in dict.fromkeys((job_id, job_id.split("_", 1)[0])):
+        path = _record_path(state_dir, scheduler, jid)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise HpcenvError(f"{path}: unreadable submission record ({exc}); delete it") from None
+        known = set(SubmissionRecord.__dataclass_fields__)
+        return SubmissionRecord(**{k: v for k, v in data.items() if k in known})
+    return None
+
+
+def list_submissions(state_dir: Path, scheduler: str) -> list[SubmissionRecord]:
+    directory = submissions_dir(state_dir)
+    if not directory.is_dir():
+        return []
+    out = []
+    for path in directory.glob(f"{scheduler}-*.json"):
+        record = load_submission(state_dir, scheduler, path.stem.removeprefix(f"{scheduler}-"))
+        if record is not None:
+            out.append(record)
+    return sorted(out, key=lambda r: r.submitted)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the scheduler reports it, with hpcenv's submission record when there is one."""
+
+    info: JobInfo
+    record: SubmissionRecord | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.info.to_dict()
+        data["exit_code"] = self.info.exit_code
+        data["env"] = self.record.env if self.record else None
+        data["env_version"] = self.record.env_version if self.record else None
+        data["prefix"] = self.record.prefix if self.record else None
+        data["partition"] = self.info.partition or (self.record.partition if self.record else None)
+        data["constraint"] = self.info.constraint or (self.record.constraint if self.record else None)
+        return data
+
+
+def job_status(scheduler: Scheduler, state_dir: Path, job_id: str) -> JobView:
+    """State, reason, exit code, node and elapsed time of one job, also after it finished."""
+    return JobView(scheduler.status(job_id), load_submission(state_dir, scheduler.kind, job_id))
+
+
+def my_jobs(scheduler: Scheduler, state_dir: Path, *, include_finished: bool = False) -> list[JobView]:
+    """The user's queued and running jobs; with ``include_finished`` also every job hpcenv
+    submitted that the scheduler still knows about (finished ones included)."""
+    views = {info.job_id: JobView(info, load_submission(state_dir, scheduler.kind, info.job_id))
+             for info in scheduler.jobs()}
+    if include_finished:
+        for record in list_submissions(state_dir, scheduler.kind):
+            if record.job_id in views:
+                continue
+            try:
+                views[record.job_id] = JobView(scheduler.status(record.job_id), record)
+            except NotFound:
+                continue  # purged by the scheduler and no longer in its accounting
+    return sorted(views.values(), key=lambda v: _id_key(v.info.job_id))
+
+
+def _id_key(job_id: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else 0 for p in job_id.replace("_", ".").split("."))
+
+
+def job_exit_code(info: JobInfo) -> int:
+    """The exit code a shell would report for the job: its own, 128+N when a signal ended it,
+    1 for a job that failed without one (cancelled while pending, node failure, ...)."""
+    if info.signal:
+        return 128 + info.signal
+    if info.exit_code is not None:
+        return info.exit_code
+    return 0 if info.state == "COMPLETED" else 1
+
+
+def wait_for(scheduler: Scheduler, job_id: str, *,
+             on_poll: Callable[[JobInfo], None] | None = None,
+             sleep: Callable[[float], None] = time.sleep,
+             first: float = POLL_FIRST, factor: float = POLL_FACTOR, most: float = POLL_MAX) -> JobInfo:
+    """Poll until the job finished, with backoff; ``on_poll`` sees every state read.
+
+    The delay goes back to ``first`` whenever the state changes: a job that just started is the
+    one most likely to finish soon.  No overall timeout, as with ``sbatch --wait``.
+    """
+    delay = first
+    last: str | None = None
+    while True:
+        info = scheduler.status(job_id)
+        if on_poll is not None:
+            on_poll(info)
+        if info.finished:
+            return info
+        if info.state != last:
+            delay, last = first, info.state
+        sleep(delay)
+        delay = min(delay * factor, most)
+
+
+def cancel_job(scheduler: Scheduler, job_id: str, signal: str | int | None = None) -> None:
+    """Cancel the job, or with ``signal`` only send it that signal (validated first)."""
+    if signal is not None:
+        signal_number(signal)
+    scheduler.cancel(job_id, signal)
+
+
+def log_paths(view: JobView) -> tuple[Path | None, Path | None]:
+    """Where the job's stdout and stderr go (stderr None when it shares stdout)."""
+    info, record = view.info, view.record
+    out, err = info.stdout, info.stderr
+    if out is None and record is not None:
+        def expand(pattern: str) -> Path:
+            path = Path(expand_output_pattern(pattern, job_id=info.job_id.split("_")[0],
+                                              name=record.job_name, user=record.user,
+                                              node=info.node))
+            return path if path.is_absolute() else Path(record.workdir) / path
+
+        out = expand(record.output)
+        err = expand(record.error) if record.error else None
+    if err is not None and out is not None and Path(err) == Path(out):
+        err = None
+    return out, err
+
+
+class _Tail:
+    """Reads whatever was appended to a file since the last call (the file may appear late)."""
+
+    def __init__(self, path: Path | None, sink: IO[bytes]) -> None:
+        self.path, self.sink, self.offset = path, sink, 0
+
+    def pump(self) -> int:
+        if self.path is None:
+            return 0
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return 0
+        if data:
+            self.offset += len(data)
+            self.sink.write(data)
+            self.sink.flush()
+        return len(data)
+
+
+def show_logs(scheduler: Scheduler, state_dir: Path, job_id: str, *, follow: bool = False,
+              out: IO[bytes] | None = None, err: IO[bytes] | None = None,
+              sleep: Callable[[float], None] = time.sleep) -> JobView:
+    """Copy the job's stdout/stderr files to ``out``/``err``; with ``follow``, keep copying what
+    is appended until the job has finished (then one last read)."""
+    out = out if out is not None else sys.stdout.buffer
+    err = err if err is not None else sys.stderr.buffer
+    view = job_status(scheduler, state_dir, job_id)
+    stdout, stderr = log_paths(view)
+    if stdout is None:
+        raise HpcenvError(f"job {job_id}: the scheduler does not say where its output went and "
+                          "hpcenv did not submit it; look for slurm-<id>.out in its work dir")
+    tails = [_Tail(stdout, out), _Tail(stderr, err)]
+    for tail in tails:
+        tail.pump()
+    if not follow:
+        if not stdout.exists() and not view.info.finished:
+            print(f"hpcenv: job {job_id} is {view.info.state}; no output yet ({stdout})",
+                  file=sys.stderr)
+        return view
+    delay = POLL_FIRST
+    while not view.info.finished:
+        sleep(delay)
+        got = sum(tail.pump() for tail in tails)
+        delay = POLL_FIRST if got else min(delay * POLL_FACTOR, 2.0)
+        view = JobView(scheduler.status(job_id), view.record)
+    for tail in tails:
+        tail.pump()  # whatever the job wrote between the last read and its end
+    return view
+
+
+def format_elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    text = f"{hours:d}:{minutes:02d}:{s:02d}"
+    return f"{days}-{text}" if days else text
+
+
+def status_line(info: JobInfo) -> str:
+    """One line for the live ``--wait`` display and ``hpcenv status``."""
+    parts = [f"job {info.job_id}", info.state]
+    if info.reason and info.reason not in ("None", info.state):
+        parts.append(f"({info.reason})")
+    if info.node:
+        parts.append(f"on {info.node}")
+    if info.partition:
+        parts.append(f"[{info.partition}]")
+    if info.elapsed is not None:
+        parts.append(format_elapsed(info.elapsed))
+    if info.finished:
+        parts.append(f"exit {job_exit_code(info)}")
+    return " ".join(parts)
+
+
+@contextlib.contextmanager
+def live_status(stream: IO[str], *, enabled: bool) -> Iterator[Callable[[JobInfo], None]]:
+    """A status display for ``--wait``: one line rewritten in place on a terminal, a new line per
+    state change otherwise (logs and CI output stay readable)."""
+    tty = enabled and stream.isatty()
+    last: list[str] = [""]
+
+    def show(info: JobInfo) -> None:
+        if not enabled:
+            return
+        line = status_line(info)
+        if tty:
+            stream.write("\r\x1b[K" + line)
+            stream.flush()
+        elif info.state != last[0]:
+            stream.write(f"hpcenv: {line}\n")
+            stream.flush()
+        last[0] = info.state
+
+    try:
+        yield show
+    finally:
+        if tty and last[0]:
+            stream.write("\n")
+            stream.flush()
+
+
+def signal_display(sig: int | None) -> str:
+    if not sig:
+        return ""
+    try:
+        return _signal.Signals(sig).name
+    except ValueError:
+        return str(sig)

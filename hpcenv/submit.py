@@ -1,0 +1,322 @@
+"""``hpcenv submit``: make sure the env exists, route by its CUDA, render the job, hand it over.
+
+Steps, in order; nothing is submitted (or recorded) unless every step before succeeded:
+
+1. The program: a ``.py`` file runs with the env's python, any other file with bash, and a
+   command (``-- CMD ARGS``) as given, inside the activated env.
+2. The env: the registry's current version of ``--env NAME``.  When NAME is not registered and an
+   environment file for it is found, it is built through the locked builder first (on this login
+   node, before submission).  Files looked at: ``--env-file FILE`` (always built or reused, so the
+   job runs that spec), else ``NAME.yml``/``NAME.yaml`` next to the script or in the working
+   directory, else ``environment.yml`` there if its ``name:`` is NAME.  Anything else is an error
+   telling the user to ``hpcenv env build FILE``: guessing which spec a name means would build the
+   wrong env.
+3. Routing (:mod:`hpcenv.routing`) on the env record's CUDA with the scheduler's live node state.
+4. Rendering (:mod:`hpcenv.templates`) into a job directory under the site's ``state_dir``; the
+   script is kept there, so what ran can be read (and resubmitted) later.
+5. ``scheduler.submit`` and a submission record (:mod:`hpcenv.jobs`) for ``jobs``/``status``/``logs``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.jobs import SubmissionRecord, save_submission
+from hpcenv.routing import RouteRequest, RoutingDecision, route
+from hpcenv.templates import JobScript, Launcher, SbatchOptions, job_name_from, render_job_script
+
+if TYPE_CHECKING:
+    from hpcenv.registry import EnvRecord
+    from hpcenv.scheduler.base import PartitionState, Scheduler
+    from hpcenv.site import SiteConfig
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """``hpcenv submit``'s options; None means the site default (or Slurm's)."""
+
+    gpus: int | None = None
+    gpu_type: str | None = None
+    partition: str | None = None          # None or "auto": routed
+    time: str | None = None
+    mem: str | None = None
+    cpus_per_task: int | None = None
+    nodes: int | None = None
+    ntasks_per_node: int | None = None
+    account: str | None = None
+    qos: str | None = None
+    array: str | None = None
+    dependency: str | None = None
+    job_name: str | None = None
+    output: str | None = None
+    error: str | None = None
+    signal: str | None = None             # e.g. "USR1@120": sent to the program before the limit
+    sbatch_args: tuple[str, ...] = ()
+    env_file: Path | None = None
+    workdir: Path | None = None           # default: the current directory
+    launcher: Launcher | None = None      # default: the site's (auto: conda-run if conda exists)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job_id: str | None                    # None for a dry run
+    partition: str | None
+    constraint: str | None
+    env: str
+    env_version: int
+    prefix: str
+    script: Path                          # the rendered job script (kept in the job dir)
+    reason: str
+    gpus: int
+    launcher: str
+    scheduler: str
+    env_status: str                       # "existing", "built" or "reused"
+    script_text: str = field(repr=False, default="")
+    routing: RoutingDecision | None = field(repr=False, default=None)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "partition": self.partition, "constraint": self.constraint,
+                "env": self.env, "env_version": self.env_version, "prefix": self.prefix,
+                "script": str(self.script), "reason": self.reason, "gpus": self.gpus,
+                "launcher": self.launcher, "scheduler": self.scheduler,
+                "env_status": self.env_status, "dry_run": self.dry_run,
+                "routing": self.routing.to_dict() if self.routing else None}
+
+
+# --- the program ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Program:
+    """What the job runs; ``argv`` needs the env prefix for python scripts."""
+
+    script: Path | None                   # absolute path of the user's script, if any
+    args: tuple[str, ...]
+    kind: str                             # "python", "shell" or "command"
+
+    def argv(self, prefix: Path) -> tuple[str, ...]:
+        if self.kind == "python":
+            return (str(prefix / "bin" / "python"), str(self.script), *self.args)
+        if self.kind == "shell":
+            return ("bash", str(self.script), *self.args)
+        return self.args
+
+
+def resolve_program(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = ()) -> Program:
+    """A script path (``str``/``Path``) or a command (list/tuple of words) plus its arguments."""
+    if isinstance(script_or_cmd, (str, Path)):
+        path = Path(script_or_cmd).expanduser()
+        if not path.is_file():
+            hint = ("" if path.exists() else
+                    "; to run a command instead use: hpcenv submit --env NAME -- CMD [ARGS...]")
+            raise InvalidInput(f"{script_or_cmd}: no such script file{hint}")
+        kind = "python" if path.suffix == ".py" else "shell"
+        return Program(path.resolve(), tuple(args), kind)
+    words = (*script_or_cmd, *args)
+    if not words or not words[0]:
+        raise InvalidInput("nothing to run: give a script or -- CMD [ARGS...]")
+    return Program(None, tuple(words), "command")
+
+
+# --- the env ----------------------------------------------------------------------------------------
+
+def _spec_candidates(name: str, search_dirs: Sequence[Path]) -> list[Path]:
+    out: list[Path] = []
+    for directory in dict.fromkeys(search_dirs):
+        out += [directory / f"{name}.yml", directory / f"{name}.yaml"]
+        out += [directory / "environment.yml", directory / "environment.yaml"]
+    return out
+
+
+def find_env_file(name: str, search_dirs: Sequence[Path]) -> Path | None:
+    """An environment file that clearly means env ``name`` (see the module doc)."""
+    from hpcenv.spec import load_spec
+
+    for path in _spec_candidates(name, search_dirs):
+        if not path.is_file():
+            continue
+        spec = load_spec(path)
+        if spec.name == name or (spec.name is None and path.stem == name):
+            return path
+    return None
+
+
+def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = None,
+               search_dirs: Sequence[Path] = (), progress: Progress | None = None,
+               build: bool = True) -> tuple[EnvRecord, str]:
+    """The env record to run in, and how it was obtained: existing, built or reused.
+
+    ``build=False`` (a dry run) never builds: a missing env is then an error.
+    """
+    from hpcenv.builder import build_env, is_complete
+    from hpcenv.registry import Registry
+    from hpcenv.spec import load_spec, validate_env_name
+
+    say = progress or (lambda _m: None)
+    spec = None
+    if env_file is not None:
+        spec = load_spec(env_file)
+        name = name or spec.name or Path(env_file).stem
+    if name is None:
+        raise InvalidInput("no env given: pass --env NAME (a registered env) or --env-file FILE")
+    validate_env_name(name)
+    if spec is None:
+        record = Registry.for_site(site).current(name)
+        if record is not None and record.status == "ready" and is_complete(record.prefix):
+            return record, "existing"
+        env_file = find_env_file(name, search_dirs)
+        if env_file is None:
+            state = "is not in the registry" if record is None else \
+                f"has no usable current version (v{record.version} is {record.status})"
+            raise NotFound(f"env {name!r} {state} ({site.registry}); build it first with "
+                           f"'hpcenv env build FILE --name {name}' or pass --env-file FILE")
+        spec = load_spec(env_file)
+    if not build:
+        raise NotFound(f"env {name!r} would be built from {env_file} first; a dry run builds "
+                       f"nothing: run 'hpcenv env build {env_file} --name {name}'")
+    say(f"hpcenv: building env {name} from {env_file} (once; later submits reuse it)")
+    result = build_env(spec, site, name=name, on_progress=say)
+    return result.record, result.status
+
+
+# --- launcher and scheduler -------------------------------------------------------------------------
+
+def choose_launcher(site: SiteConfig, override: Launcher | None = None) -> Launcher:
+    """conda-run when asked (or ``auto`` and the site's conda exists), else hpcenv's activation."""
+    wanted = override or site.launcher
+    if wanted == "conda-run":
+        if not site.conda_exe:
+            raise InvalidInput("launcher conda-run needs conda_exe in the site config")
+        return "conda-run"
+    if wanted == "auto" and site.conda_exe and _conda_available(site.conda_exe):
+        return "conda-run"
+    return "activate"
+
+
+def _conda_available(conda_exe: str) -> bool:
+    path = Path(conda_exe).expanduser()
+    if path.is_absolute():
+        return path.is_file() and os.access(path, os.X_OK)
+    return shutil.which(conda_exe) is not None
+
+
+def site_scheduler(site: SiteConfig) -> Scheduler:
+    from hpcenv.scheduler import get_scheduler
+
+    return get_scheduler(site.scheduler, state_dir=site.state_dir)
+
+
+def _live_state(scheduler: Scheduler, site: SiteConfig, say: Progress) -> list[PartitionState] | None:
+    # The local executor's single "local" partition says nothing about the site's partitions.
+    if scheduler.kind == "local" or not site.partitions:
+        return None
+    try:
+        return scheduler.partitions()
+    except HpcenvError as exc:
+        say(f"hpcenv: warning: cannot read node state ({exc}); routing on the site config alone")
+        return None
+
+
+# --- submit -----------------------------------------------------------------------------------------
+
+def _with_site_defaults(options: SubmitOptions, site: SiteConfig) -> SubmitOptions:
+    d = site.slurm
+    return replace(
+        options,
+        account=options.account or d.account, qos=options.qos or d.qos,
+        time=options.time or d.time, mem=options.mem or d.mem,
+        cpus_per_task=options.cpus_per_task if options.cpus_per_task is not None else d.cpus_per_task,
+        sbatch_args=(*d.extra_args, *options.sbatch_args),
+    )
+
+
+def _job_dir(site: SiteConfig, job_name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(site.state_dir) / "jobs" / f"{stamp}-{job_name}-{secrets.token_hex(3)}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), *,
+           env_name: str | None, site: SiteConfig, options: SubmitOptions = SubmitOptions(),
+           scheduler: Scheduler | None = None, dry_run: bool = False,
+           progress: Progress | None = None) -> SubmitResult:
+    """Submit ``script_or_cmd`` (a script path, or a command as a list of words) to run in env
+    ``env_name``; see the module doc for the steps.  ``dry_run`` renders and keeps the script but
+    submits nothing (and builds nothing)."""
+    say = progress or (lambda _m: None)
+    program = resolve_program(script_or_cmd, args)
+    options = _with_site_defaults(options, site)
+    workdir = (options.workdir or Path.cwd()).resolve()
+    if not workdir.is_dir():
+        raise InvalidInput(f"--workdir {workdir}: no such directory")
+    search = [program.script.parent, workdir] if program.script else [workdir]
+    env_file = options.env_file.expanduser().resolve() if options.env_file else None
+    record, env_status = ensure_env(site, env_name, env_file=env_file, search_dirs=search,
+                                    progress=say, build=not dry_run)
+    prefix = Path(record.prefix)
+
+    scheduler = scheduler or site_scheduler(site)
+    request = RouteRequest(cuda=record.cuda or None, gpus=options.gpus, gpu_type=options.gpu_type,
+                           partition=options.partition, nodes=options.nodes or 1)
+    decision = route(request, site.partitions, compat=site.cuda_compat,
+                     live=_live_state(scheduler, site, say))
+
+    launcher = choose_launcher(site, options.launcher)
+    job_name = options.job_name or job_name_from(program.args, program.script)
+    output = options.output or str(workdir / ("slurm-%A_%a.out" if options.array else "slurm-%j.out"))
+    sbatch = SbatchOptions(
+        job_name=job_name, partition=decision.partition, constraint=decision.constraint,
+        gpus=decision.gpus, gpu_type=decision.gpu_type, time=options.time, mem=options.mem,
+        cpus_per_task=options.cpus_per_task,
+        nodes=str(options.nodes) if options.nodes is not None else None,
+        ntasks_per_node=options.ntasks_per_node, account=options.account, qos=options.qos,
+        array=options.array, dependency=options.dependency, output=output, error=options.error,
+        signal=options.signal, extra_args=options.sbatch_args)
+    activation = ""
+    if launcher == "activate":
+        from hpcenv.activation import activation_script
+
+        activation = activation_script(prefix, name=record.name)
+    job = JobScript(options=sbatch, launcher=launcher, command=program.argv(prefix), prefix=prefix,
+                    env_name=record.name, env_version=str(record.version),
+                    conda_exe=site.conda_exe, activation=activation)
+    text = render_job_script(job, templates_dir=site.templates_dir)
+
+    script = _job_dir(site, job_name) / "job.sh"
+    script.write_text(text)
+    result = SubmitResult(
+        job_id=None, partition=decision.partition, constraint=decision.constraint,
+        env=record.name, env_version=record.version, prefix=str(prefix), script=script,
+        reason=decision.reason, gpus=decision.gpus, launcher=launcher, scheduler=scheduler.kind,
+        env_status=env_status, script_text=text, routing=decision, dry_run=dry_run)
+    if dry_run:
+        return result
+
+    job_id = scheduler.submit(script, workdir=workdir)
+    save_submission(site.state_dir, SubmissionRecord(
+        job_id=job_id, scheduler=scheduler.kind, env=record.name, env_version=record.version,
+        prefix=str(prefix), partition=decision.partition, constraint=decision.constraint,
+        gpus=decision.gpus, reason=decision.reason, script=str(script), workdir=str(workdir),
+        job_name=job_name, output=output, error=options.error, command=list(job.command),
+        launcher=launcher, submitted=time.time(), user=_user()))
+    return replace(result, job_id=job_id)
+
+
+def _user() -> str | None:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return None

@@ -1,0 +1,254 @@
+"""hpcenv submit end to end on the local executor, with real envs built from the demo channel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcenv.errors import InvalidInput, NotFound
+from hpcenv.jobs import job_exit_code, list_submissions, wait_for
+from hpcenv.site import SiteConfig, load_site
+from hpcenv.submit import SubmitOptions, site_scheduler, submit
+
+NASTY = ["$(touch pwned)", "`touch pwned2`", "line1\nline2", "'; touch pwned3 #", "", "*",
+         "${HOME}", "--lr=0.1"]
+
+SHOW = """\
+import json, os, sys
+print(json.dumps({"argv": sys.argv[1:], "prefix": sys.prefix,
+                  "conda_prefix": os.environ.get("CONDA_PREFIX"),
+                  "job_id": os.environ.get("SLURM_JOB_ID")}))
+sys.exit(int(os.environ.get("EXIT_WITH", "0")))
+"""
+
+CATCH = """\
+import os, signal, sys, time
+def handler(sig, frame):
+    print("got", signal.Signals(sig).name, flush=True)
+    sys.exit(42)
+signal.signal(signal.SIGUSR1, handler)
+print("ready", os.getpid(), flush=True)
+for _ in range(600):
+    time.sleep(0.1)
+sys.exit(1)
+"""
+
+CPU_ENV = "name: cpuenv\ndependencies:\n  - python=3.11\n  - hpcdemo-tools\n"
+GPU_ENV = "name: gpuenv\ndependencies:\n  - python=3.11\n  - cuda-version=12.4\n  - hpcdemo-kernels\n"
+
+
+def make_site(root: Path, demo_channel, extra: str = "", path: Path | None = None) -> SiteConfig:
+    """A local-executor site keeping its data under ``root`` (config file: ``path``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = path or root / "site.yaml"
+    path.write_text(
+        f"envs_dirs: [{root}/envs]\npkgs_dirs: [{root}/pkgs]\nregistry: {root}/registry\n"
+        f"state_dir: {root}/state\nchannels: [conda-forge]\n"
+        f"mirrors: {{conda-forge: {demo_channel.path}}}\nscheduler: local\n"
+        f"pip: {{wheel_dir: {demo_channel.wheels}, no_index: true}}\n{extra}")
+    return load_site(path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, demo_channel) -> tuple[SiteConfig, Path]:
+    """A local-executor site with cpuenv and gpuenv built once for the module."""
+    from hpcenv.builder import build_env
+    from hpcenv.spec import parse_spec
+
+    root = tmp_path_factory.mktemp("site")
+    site = make_site(root, demo_channel)
+    for text in (CPU_ENV, GPU_ENV):
+        build_env(parse_spec(text), site)
+    return site, root
+
+
+def cli(site: SiteConfig, *argv: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(site.source), *argv],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_python_script_gets_args_verbatim_in_the_env(built, tmp_path: Path) -> None:
+    site, _ = built
+    script = tmp_path / "show.py"
+    script.write_text(SHOW)
+    result = submit(script, NASTY, env_name="cpuenv", site=site,
+                    options=SubmitOptions(workdir=tmp_path))
+    assert result.job_id and result.partition is None and result.gpus == 0
+    assert result.launcher == "activate" and result.script.is_file()
+    info = wait_for(site_scheduler(site), result.job_id)
+    assert info.state == "COMPLETED" and job_exit_code(info) == 0
+    data = json.loads((tmp_path / f"slurm-{result.job_id}.out").read_text())
+    assert data["argv"] == NASTY
+    assert data["prefix"] == result.prefix == data["conda_prefix"]
+    assert data["job_id"] == result.job_id
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["show.py", f"slurm-{result.job_id}.out"]
+    [record] = list_submissions(site.state_dir, "local")
+    assert (record.env, record.job_id, record.prefix) == ("cpuenv", result.job_id, result.prefix)
+
+
+def test_command_mode_runs_env_binaries(built, tmp_path: Path) -> None:
+    site, _ = built
+    result = submit(["python", "-c", "import sys; print(sys.prefix); sys.exit(3)"], env_name="gpuenv",
+                    site=site, options=SubmitOptions(workdir=tmp_path))
+    info = wait_for(site_scheduler(site), result.job_id or "")
+    assert job_exit_code(info) == 3
+    assert (tmp_path / f"slurm-{result.job_id}.out").read_text().strip() == result.prefix
+    # A CUDA env asks for a GPU; the local site lists no partitions, so the executor decides.
+    assert result.gpus == 1 and "lists no partitions" in result.reason
+
+
+def test_shell_script_runs_with_bash(built, tmp_path: Path) -> None:
+    site, _ = built
+    script = tmp_path / "job.sh"
+    script.write_text('echo "$CONDA_PREFIX|$1"\n')
+    result = submit(script, ["a b"], env_name="cpuenv", site=site,
+                    options=SubmitOptions(workdir=tmp_path, output=str(tmp_path / "o-%j.txt")))
+    wait_for(site_scheduler(site), result.job_id or "")
+    assert (tmp_path / f"o-{result.job_id}.txt").read_text() == f"{result.prefix}|a b\n"
+
+
+def test_missing_env_is_an_error_naming_the_fix(built, tmp_path: Path) -> None:
+    site, _ = built
+    script = tmp_path / "x.py"
+    script.write_text("pass\n")
+    with pytest.raises(NotFound, match="hpcenv env build FILE --name nosuchenv"):
+        submit(script, env_name="nosuchenv", site=site, options=SubmitOptions(workdir=tmp_path))
+    with pytest.raises(InvalidInput, match="no such script"):
+        submit(tmp_path / "missing.py", env_name="cpuenv", site=site)
+
+
+def test_env_file_next_to_script_is_built_when_missing(demo_channel, tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", demo_channel)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "fresh.yml").write_text(CPU_ENV.replace("cpuenv", "fresh"))
+    script = work / "show.py"
+    script.write_text(SHOW)
+    messages: list[str] = []
+    result = submit(script, ["x"], env_name="fresh", site=site,
+                    options=SubmitOptions(workdir=work), progress=messages.append)
+    assert result.env_status == "built" and any("building env fresh" in m for m in messages)
+    wait_for(site_scheduler(site), result.job_id or "")
+    assert json.loads((work / f"slurm-{result.job_id}.out").read_text())["prefix"] == result.prefix
+    again = submit(script, env_name="fresh", site=site, options=SubmitOptions(workdir=work),
+                   dry_run=True)
+    assert again.env_status == "existing" and again.prefix == result.prefix
+
+
+def test_cli_submit_wait_returns_the_jobs_exit_code(built, tmp_path: Path) -> None:
+    site, _ = built
+    script = tmp_path / "show.py"
+    script.write_text(SHOW)
+    env = {**os.environ, "EXIT_WITH": "5"}
+    proc = subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(site.source), "submit",
+                           str(script), "--env", "cpuenv", "--wait", "--", "--flag", "$(id)"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 5, proc.stderr
+    assert "COMPLETED" in proc.stderr or "FAILED" in proc.stderr
+    out = next(tmp_path.glob("slurm-*.out"))
+    assert json.loads(out.read_text())["argv"] == ["--flag", "$(id)"]
+
+
+def test_cli_json_dry_run_and_job_control(built, tmp_path: Path) -> None:
+    site, _ = built
+    script = tmp_path / "catch.py"
+    script.write_text(CATCH)
+    before = len(list_submissions(site.state_dir, "local"))
+
+    dry = cli(site, "submit", str(script), "--env", "cpuenv", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("#!/bin/bash\n#SBATCH --job-name=catch\n")
+    assert "# reason:" in dry.stdout and "dry run: nothing submitted" in dry.stdout
+    assert len(list_submissions(site.state_dir, "local")) == before
+
+    sub = cli(site, "--json", "submit", str(script), "--env", "cpuenv", "--time", "5", cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    data = json.loads(sub.stdout)
+    assert {"job_id", "partition", "constraint", "env", "prefix", "script"} <= set(data)
+    job_id = data["job_id"]
+    assert Path(data["script"]).read_text().count("#SBATCH --time=5") == 1
+
+    out = tmp_path / f"slurm-{job_id}.out"
+    deadline = time.monotonic() + 60
+    while "ready" not in (out.read_text() if out.exists() else ""):
+        assert time.monotonic() < deadline, "job did not start"
+        time.sleep(0.1)
+
+    jobs = cli(site, "--json", "jobs", cwd=tmp_path)
+    mine = {j["job_id"]: j for j in json.loads(jobs.stdout)}
+    assert mine[job_id]["env"] == "cpuenv" and mine[job_id]["state"] == "RUNNING"
+    human = cli(site, "jobs", cwd=tmp_path).stdout
+    assert "cpuenv v1" in human and job_id in human
+
+    sig = cli(site, "cancel", job_id, "--signal", "USR1", cwd=tmp_path)
+    assert sig.returncode == 0, sig.stderr
+    follow = cli(site, "logs", job_id, "-f", cwd=tmp_path, timeout=60)
+    assert follow.returncode == 0
+    assert follow.stdout.splitlines()[-1] == "got SIGUSR1"
+
+    status = json.loads(cli(site, "--json", "status", job_id, cwd=tmp_path).stdout)
+    assert status["state"] == "FAILED" and status["exit_code"] == 42
+    assert status["env"] == "cpuenv" and status["prefix"] == data["prefix"]
+    text = cli(site, "status", job_id, cwd=tmp_path).stdout
+    assert "exit code:  42" in text
+
+    listed = json.loads(cli(site, "--json", "jobs", "--all", cwd=tmp_path).stdout)
+    assert job_id in {j["job_id"] for j in listed}
+
+
+def test_cli_cancel_ends_a_running_job(built, tmp_path: Path) -> None:
+    site, _ = built
+    proc = cli(site, "--json", "submit", "--env", "cpuenv", "--", "sleep", "60", cwd=tmp_path)
+    job_id = json.loads(proc.stdout)["job_id"]
+    assert cli(site, "cancel", job_id, cwd=tmp_path).returncode == 0
+    info = wait_for(site_scheduler(site), job_id)
+    assert info.state == "CANCELLED"
+
+
+def test_cli_errors_are_one_line_with_exit_codes(built, tmp_path: Path) -> None:
+    site, _ = built
+    bad = cli(site, "submit", "--env", "cpuenv", "--time", "1\n#SBATCH --x", "--", "true", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith("hpcenv: error: --time")
+    missing = cli(site, "submit", "--env", "nope", "--", "true", cwd=tmp_path)
+    assert missing.returncode == 1 and "hpcenv env build" in missing.stderr
+    nothing = cli(site, "submit", "--env", "cpuenv", cwd=tmp_path)
+    assert nothing.returncode == 2 and "nothing to run" in nothing.stderr
+
+
+def test_signal_option_renders_batch_signal(built, tmp_path: Path) -> None:
+    site, _ = built
+    result = submit(["true"], env_name="cpuenv", site=site, dry_run=True,
+                    options=SubmitOptions(workdir=tmp_path, signal="USR1@90", time="10"))
+    assert "#SBATCH --signal=B:USR1@90" in result.script_text
+    assert result.job_id is None
+
+
+def test_site_partitions_route_even_on_local_executor(demo_channel, built, tmp_path: Path) -> None:
+    _, root = built
+    routed = make_site(root, demo_channel,
+                       "partitions:\n  - {name: cpu}\n"
+                       "  - {name: gpu-v100, gpu_type: v100, gpus_per_node: 2, driver: '520.61.05'}\n"
+                       "  - {name: gpu-h100, gpu_type: h100, gpus_per_node: 4, max_cuda: '12.8'}\n",
+                       path=tmp_path / "routed.yaml")
+    gpu = submit(["true"], env_name="gpuenv", site=routed, dry_run=True,
+                 options=SubmitOptions(workdir=tmp_path))
+    assert gpu.partition == "gpu-h100" and "#SBATCH --gres=gpu:1" in gpu.script_text
+    cpu = submit(["true"], env_name="cpuenv", site=routed, dry_run=True,
+                 options=SubmitOptions(workdir=tmp_path))
+    assert cpu.partition == "cpu"
+    with pytest.raises(InvalidInput, match="--partition gpu-v100 cannot run this job"):
+        submit(["true"], env_name="gpuenv", site=routed, dry_run=True,
+               options=SubmitOptions(workdir=tmp_path, partition="gpu-v100"))
+
+
+def test_kill_signal_name_validated(built, tmp_path: Path) -> None:
+    site, _ = built
+    bad = cli(site, "cancel", "1", "--signal", "NOPE", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown signal" in bad.stderr
