@@ -542,7 +542,7 @@ class RemoteOptions:
 _LOCAL_GLOBALS_WITH_VALUE = ("--site", "--remote")
 _LOCAL_GLOBAL_FLAGS = ("--json",)
 # Parsed argument names (argparse dests) that may name a local file the remote side needs.
-_FILE_DESTS = ("file", "spec", "from_lock", "lock", "env_file", "env", "script")
+_FILE_DESTS = ("file", "spec", "from_lock", "lock", "env_file", "script")
 
 
 def _strip_local_globals(argv: Sequence[str]) -> list[str]:
@@ -608,12 +608,13 @@ class PathMap:
 
 
 def _upload_inputs(session: RemoteSession, args: argparse.Namespace, argv: list[str],
-                   paths: PathMap = PathMap()) -> None:
+                   paths: PathMap = PathMap()) -> dict[str, str]:
     """Point argv at remote copies of the local files the command names (spec, lock, script).
 
     A file inside a synced directory is already there; any other file is uploaded to the
-    remote workdir.  argv gets absolute remote paths.
+    remote workdir.  argv gets absolute remote paths; returns them by argument name.
     """
+    placed: dict[str, str] = {}
     for dest in _FILE_DESTS:
         value = getattr(args, dest, None)
         if value is None or not isinstance(value, (str, Path)):
@@ -627,6 +628,23 @@ def _upload_inputs(session: RemoteSession, args: argparse.Namespace, argv: list[
             session.info(f"hpcenv: uploading {local} to {session.target}:{remote_path}")
             session.upload(local, remote_path)
         _replace_value(argv, str(value), remote_path)
+        placed[dest] = remote_path
+    return placed
+
+
+def _upload_env_file(session: RemoteSession, args: argparse.Namespace, script: str,
+                     paths: PathMap) -> None:
+    """Put the env file a local submit would find for ``--env NAME`` (next to the script or in
+    the working dir) next to the remote script, where the remote submit looks for it, so a
+    missing env is built on the login node the first time."""
+    from hpcenv.submit import find_env_file
+
+    local = find_env_file(args.env, [Path(args.script).expanduser().resolve().parent, Path.cwd()])
+    if local is None or paths.remote_path(local) is not None:
+        return
+    remote_path = posixpath.join(posixpath.dirname(script), local.name)
+    session.info(f"hpcenv: uploading env file {local} to {session.target}:{remote_path}")
+    session.upload(local, remote_path)
 
 
 def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
@@ -675,12 +693,15 @@ def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv
                  f"{result.unchanged} unchanged")
         roots.append((local, dest))
     paths = PathMap(tuple(roots))
-    _upload_inputs(session, args, remote_argv, paths)
+    placed = _upload_inputs(session, args, remote_argv, paths)
+    if getattr(args, "env", None) and not getattr(args, "env_file", None) and "script" in placed:
+        _upload_env_file(session, args, placed["script"], paths)
     # Run where the user is, when that is inside a synced tree: relative paths keep working.
     cwd = paths.remote_path(Path.cwd()) or workdir
     wait = bool(getattr(args, "wait", False))
     # --wait is done from here by polling, so a dropped connection does not lose the job.
-    submit_argv = [a for a in remote_argv if a != "--wait"] if wait else remote_argv
+    cut = remote_argv.index("--") if "--" in remote_argv else len(remote_argv)
+    submit_argv = [a for a in remote_argv[:cut] if a != "--wait"] + remote_argv[cut:]
     result = session.run(session.hpcenv_line(["--json"] + submit_argv, cwd=cwd),
                          check=False, err=sys.stderr, what="hpcenv submit")
     if result.exit_code != 0:

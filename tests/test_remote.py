@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -35,6 +36,8 @@ from hpcenv.remote import (
     job_exit_code,
 )
 from hpcenv.sync import FileStat, is_excluded, local_manifest, parse_find_manifest, plan_upload, sync_dir
+from conftest_slurm import slurm_cluster  # noqa: F401 - the fixture behind sshd_slurm
+
 if TYPE_CHECKING:
     from tests.ssh.fixtures import SshServer
 
@@ -390,3 +393,71 @@ def test_sync_only_with_submit(sshd: SshServer, ssh_client_home: Path,
     assert "--sync/--exclude only apply" in capsys.readouterr().err
 
 
+
+
+# --- through sshd to the real test cluster -------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _laptop_project(tmp_path: Path) -> Path:
+    project = tmp_path / "laptop-project"
+    (project / "__pycache__").mkdir(parents=True)
+    shutil.copy(EXAMPLES / "train.py", project / "train.py")
+    shutil.copy(EXAMPLES / "llm-finetune.yml", project / "llm-finetune.yml")
+    (project / "__pycache__" / "stale.pyc").write_bytes(b"\0")
+    return project
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_remote_submit_lands_on_the_partition_its_cuda_needs(
+        sshd_slurm: SshServer, ssh_client_home: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("SLURM_CONF", raising=False)  # a laptop shell knows no Slurm
+    monkeypatch.chdir(_laptop_project(tmp_path))
+    _write_remotes(ssh_client_home, sshd_slurm)
+    code = main(["--remote", "testcluster", "--json", "submit", "--sync", ".",
+                 "--exclude", "__pycache__", "train.py", "--env", "llm-finetune", "--wait"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    submitted = json.loads(captured.out)
+    # llm-finetune needs CUDA 12.4: gpu-a100, kept off a100n2 (12.2 driver) by a constraint.
+    assert submitted["partition"] == "gpu-a100" and "cuda12.4" in submitted["constraint"]
+    assert submitted["remote"] == "testcluster"
+    job_id = str(submitted["job_id"])
+
+    assert main(["--remote", "testcluster", "logs", job_id]) == 0
+    log = capsys.readouterr().out
+    assert "SLURMD_NODENAME: a100n1" in log and f"SLURM_JOB_ID: {job_id}" in log
+    assert "done: w=" in log
+    assert main(["--remote", "testcluster", "--json", "status", job_id]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "COMPLETED"
+    synced = Path(sshd_slurm.remote().workdir or "") / "laptop-project"
+    assert (synced / "train.py").is_file() and not (synced / "__pycache__").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_remote_wait_survives_a_dropped_connection(
+        sshd_slurm: SshServer, ssh_client_home: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from hpcenv.cli.context import Context
+    from hpcenv.remote import wait_for_job
+
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    monkeypatch.chdir(_laptop_project(tmp_path))
+    _write_remotes(ssh_client_home, sshd_slurm)
+    # No --sync: the script and the env file a local submit would find are uploaded.
+    assert main(["--remote", "testcluster", "--json", "submit", "train.py",
+                 "--env", "llm-finetune"]) == 0
+    job_id = str(json.loads(capsys.readouterr().out)["job_id"])
+    with session(sshd_slurm) as s:
+        s.connect()
+        assert sshd_slurm.drop_connections() >= 1
+        assert wait_for_job(s, job_id, Context(verbosity=-1), first_poll=0.2) == 0
+        out = io.StringIO()
+        follow = s.hpcenv_line(["logs", "-f", job_id])
+        assert s.follow(follow, out) == 0
+    log = out.getvalue()
+    assert log.count("done: w=") == 1 and "SLURMD_NODENAME: a100n1" in log
