@@ -76,6 +76,10 @@ class RattlerEngine:
                 [self.python, "-m", "hpcenv.engine.rattler_engine", str(write_fd)],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 pass_fds=(write_fd,), text=True)
+        except OSError as exc:
+            os.close(read_fd)
+            raise HpcenvError(f"cannot start the rattler engine with {self.python}: "
+                              f"{exc.strerror}") from None
         finally:
             os.close(write_fd)
         with os.fdopen(read_fd, "r") as reply_pipe:

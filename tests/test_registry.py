@@ -1,0 +1,103 @@
+"""The lab registry: records, versions, current pointer, atomic and concurrent writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from hpcenv.errors import HpcenvError, NotFound
+from hpcenv.registry import EnvRecord, Registry
+
+
+def record(name: str, version: int, key: str = "k" * 64, status: str = "ready") -> EnvRecord:
+    return EnvRecord(name=name, version=version, key=key, spec={"conda": ["python"]},
+                     spec_hash="h", lock_path=f"/r/{name}/{version}.lock.yml",
+                     prefix=f"/e/{name}-{version}", cuda="12.4", cuda_override=None,
+                     channels=["file:///c"], platform="linux-64", status=status,  # type: ignore[arg-type]
+                     creator="alice@login1", created="2024-05-01T10:00:00+00:00")
+
+
+def test_allocate_get_versions_current(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    assert reg.names() == [] and reg.versions("a") == [] and reg.current("a") is None
+    r1 = reg.allocate("a", lambda v: record("a", v, key="1" * 64))
+    r2 = reg.allocate("a", lambda v: record("a", v, key="2" * 64, status="building"))
+    reg.allocate("b", lambda v: record("b", v))
+    assert (r1.version, r2.version) == (1, 2)
+    assert reg.names() == ["a", "b"]
+    assert [r.version for r in reg.versions("a")] == [1, 2]
+    assert reg.get("a", 2) == r2
+    assert reg.find_ready("2" * 64) is None  # still building
+    reg.set_status("a", 2, "ready", size_bytes=10)
+    assert reg.find_ready("2" * 64, "a") == replace(r2, status="ready", size_bytes=10)
+    assert reg.find_ready("2" * 64, "b") is None
+    reg.set_current("a", 2)
+    assert reg.current("a").version == 2
+    assert (tmp_path / "reg" / "a" / "current").read_text() == "2\n"
+    reg.set_current("a", None)
+    assert reg.current_version("a") is None
+    assert json.loads((tmp_path / "reg" / "a" / "1.json").read_text())["creator"] == "alice@login1"
+    assert reg.lock_file("a", 3) == tmp_path / "reg" / "a" / "3.lock.yml"
+
+
+def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    with pytest.raises(NotFound, match="no environment 'x'"):
+        reg.get("x", 1)
+    reg.allocate("x", lambda v: record("x", v))
+    with pytest.raises(NotFound, match=r"has no version 5 \(versions: 1\)"):
+        reg.get("x", 5)
+    with pytest.raises(NotFound):
+        reg.set_current("x", 5)
+    with pytest.raises(HpcenvError, match="does not match allocated"):
+        reg.allocate("x", lambda v: record("x", v + 1))
+    (tmp_path / "x" / "current").write_text("garbage")
+    with pytest.raises(HpcenvError, match="not a version number"):
+        reg.current("x")
+    (tmp_path / "x" / "1.json").write_text("{ torn")
+    with pytest.raises(HpcenvError, match=r"1.json: unreadable registry record"):
+        reg.versions("x")
+
+
+def test_files_are_group_readable_and_leave_no_temp_files(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        reg = Registry(tmp_path, group_writable=True, dir_mode=0o2775)
+        reg.allocate("x", lambda v: record("x", v))
+        reg.set_current("x", 1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x" / "1.json").stat().st_mode) == 0o664
+    assert stat.S_IMODE((tmp_path / "x" / "current").stat().st_mode) == 0o664
+    assert stat.S_IMODE((tmp_path / "x").stat().st_mode) == 0o2775
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()
+                  if not p.name.startswith(".lock")) == ["1.json", "current"]
+
+
+def test_concurrent_allocation_gives_distinct_versions(tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_registry import record
+        from hpcenv.registry import Registry
+        reg = Registry({str(tmp_path)!r})
+        got = [reg.allocate("x", lambda v: record("x", v)).version for _ in range(5)]
+        print(" ".join(map(str, got)))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    versions = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        versions += [int(v) for v in out.split()]
+    assert sorted(versions) == list(range(1, 31))
+    assert [r.version for r in Registry(tmp_path).versions("x")] == list(range(1, 31))
