@@ -1,0 +1,292 @@
+"""Shared pieces of the benchmarks: result records, timing, printing, a throw-away site.
+
+Every figure is printed next to a baseline measured in the same run, so a slow machine moves
+both and the ratio stays meaningful.  Nothing here asserts on timings: targets are printed as
+MET/MISSED; only invariants (e.g. "built exactly once") make ``bench/run.py`` exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from hpcenv.demo.channel import DemoChannel
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = Path(sys.executable)
+# The console script next to the interpreter: the same entry point a user runs.
+HPCENV = PYTHON.parent / "hpcenv"
+CORPUS = Path("/work/shared/corpus/environment-yml/files")
+EXAMPLES = REPO / "examples"
+
+
+# --- records -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure: ``value`` against ``baseline`` (same unit, same run); ratio = value/baseline."""
+
+    name: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    baseline_name: str = ""
+    spread: tuple[float, float] | None = None   # (min, max) over the repetitions
+    runs: int = 1
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+@dataclass(frozen=True)
+class Check:
+    """A yes/no outcome.  ``invariant`` failures fail the run; ``target`` ones are only reported."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+    kind: Literal["invariant", "target", "info"] = "target"
+
+
+@dataclass
+class BenchResult:
+    name: str
+    metrics: list[Metric] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def broken(self) -> bool:
+        return any(c.kind == "invariant" and not c.ok for c in self.checks)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "seconds": round(self.seconds, 3),
+                "metrics": [m.to_dict() for m in self.metrics],
+                "checks": [asdict(c) for c in self.checks], "notes": list(self.notes),
+                "broken": self.broken}
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+def summary(samples: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """Median and (min, max): medians resist the odd slow run on a shared 2-core machine."""
+    return statistics.median(samples), (min(samples), max(samples))
+
+
+def timed_metric(name: str, samples: Sequence[float], unit: str = "ms", *,
+                 baseline: Sequence[float] | float | None = None,
+                 baseline_name: str = "") -> Metric:
+    scale = 1000.0 if unit == "ms" else 1.0
+    med, (lo, hi) = summary(samples)
+    base: float | None
+    if baseline is None or isinstance(baseline, float | int):
+        base = None if baseline is None else float(baseline) * scale
+    else:
+        base = statistics.median(baseline) * scale
+    return Metric(name, med * scale, unit, base, baseline_name, (lo * scale, hi * scale),
+                  len(samples))
+
+
+def time_command(argv: Sequence[str], runs: int, *, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> list[float]:
+    """Wall seconds of ``runs`` executions of ``argv``; a failing run aborts the benchmark."""
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, env=env, cwd=cwd, check=False)
+        samples.append(time.perf_counter() - start)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(map(str, argv))} exited {proc.returncode}: "
+                               f"{proc.stderr.decode(errors='replace')[-500:]}")
+    return samples
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    returncode: int
+    seconds: float
+    maxrss_kib: int     # peak RSS of the child or of any descendant it waited for
+    stdout: str
+    stderr: str
+
+
+def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None) -> ChildRun:
+    """Run ``argv`` and collect its own rusage with ``wait4`` (not the whole bench's children)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        return ChildRun(proc.returncode, seconds, usage.ru_maxrss,
+                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+
+
+# --- demo channel and sites ------------------------------------------------------------------
+
+def demo_channel() -> DemoChannel:
+    """The test suite's cached demo channel (built here when absent or stale)."""
+    from hpcenv.demo.channel import build_demo_channel
+
+    root = os.environ.get("HPCENV_TEST_CACHE") or Path.home() / ".cache" / "hpcenv-test"
+    return build_demo_channel(Path(root).expanduser() / "channel")
+
+
+def write_site(root: Path, channel: DemoChannel) -> Path:
+    """A site config whose envs, package cache and registry all live under ``root``.
+
+    ``conda-forge`` is mirrored to the demo channel so specs that name it still solve offline.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"envs_dirs: [{root}/envs]",
+        f"pkgs_dirs: [{root}/pkgs]",
+        f"registry: {root}/registry",
+        f"state_dir: {root}/state",
+        f"channels: [{channel.path}]",
+        f"mirrors: {{conda-forge: {channel.path}}}",
+        "scheduler: local",
+        f"pip: {{wheel_dir: {channel.wheels}, no_index: true}}",
+    ]
+    path = root / "site.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A temp dir removed afterwards, even though published prefixes are read-only."""
+    from hpcenv.builder import force_rmtree
+
+    path = Path(tempfile.mkdtemp(prefix=f"hpcenv-bench-{prefix}-"))
+    try:
+        yield path
+    finally:
+        force_rmtree(path)
+
+
+# --- building ----------------------------------------------------------------------------------
+
+# Used until `hpcenv env build` exists: the same library call the command makes, in a child.
+_LIBRARY_BUILDER = """
+import json, sys
+from pathlib import Path
+from hpcenv.builder import build_env
+from hpcenv.site import load_site
+from hpcenv.spec import load_spec
+result = build_env(load_spec(sys.argv[2]), load_site(Path(sys.argv[1])))
+print(json.dumps(result.to_dict()), flush=True)
+"""
+
+
+def cli_has_env_build() -> bool:
+    proc = subprocess.run([str(HPCENV), "env", "build", "--help"], capture_output=True,
+                          check=False)
+    return proc.returncode == 0
+
+
+@dataclass(frozen=True)
+class Builder:
+    """How the benchmarks start one ``env build``: the CLI when it exists, else the library."""
+
+    via: Literal["cli", "library"]
+
+    @classmethod
+    def detect(cls) -> Builder:
+        return cls("cli" if cli_has_env_build() else "library")
+
+    def argv(self, site: Path, spec: Path) -> list[str]:
+        if self.via == "cli":
+            return [str(HPCENV), "--site", str(site), "env", "build", str(spec), "--json", "-q"]
+        return [str(PYTHON), "-c", _LIBRARY_BUILDER, str(site), str(spec)]
+
+    def note(self) -> str:
+        if self.via == "cli":
+            return "builds via the console script: hpcenv env build SPEC --json"
+        return ("`hpcenv env build` is not registered yet: builds via hpcenv.builder.build_env "
+                "in a child python (the call the command will make)")
+
+
+def parse_build_output(stdout: str) -> dict:
+    """The ``env build --json`` object (the CLI indents it; the library fallback does not)."""
+    text = stdout.strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return json.loads(text.splitlines()[-1])
+
+
+def build_once(builder: Builder, site: Path, spec: Path) -> tuple[float, dict]:
+    """Wall seconds and JSON result of one build; a failing build aborts the benchmark."""
+    start = time.perf_counter()
+    proc = subprocess.run(builder.argv(site, spec), capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"env build {spec.name} exited {proc.returncode}: {proc.stderr[-800:]}")
+    return seconds, parse_build_output(proc.stdout)
+
+
+# --- output ------------------------------------------------------------------------------------
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+    return f"{value:,.{digits}f} {unit}".strip()
+
+
+def format_result(result: BenchResult) -> str:
+    rows = [("metric", "value (median)", "spread min..max", "baseline", "ratio")]
+    for m in result.metrics:
+        spread = (f"{_fmt(m.spread[0], '')}..{_fmt(m.spread[1], '')} (n={m.runs})"
+                  if m.spread else "-")
+        base = f"{_fmt(m.baseline, m.unit)} {m.baseline_name}".strip() if m.baseline is not None \
+            else "-"
+        ratio = f"{m.ratio:.2f}x" if m.ratio is not None else "-"
+        rows.append((m.name, _fmt(m.value, m.unit), spread, base, ratio))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"== {result.name} ({result.seconds:.1f} s)"]
+    for i, row in enumerate(rows):
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if i == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    for c in result.checks:
+        word = {"invariant": "OK" if c.ok else "BROKEN", "target": "MET" if c.ok else "MISSED",
+                "info": "yes" if c.ok else "no"}[c.kind]
+        lines.append(f"  [{word}] {c.name}" + (f": {c.detail}" if c.detail else ""))
+    lines.extend(f"  note: {n}" for n in result.notes)
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, object]:
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+
+
+def run_timed(fn: Callable[[], BenchResult]) -> BenchResult:
+    start = time.perf_counter()
+    result = fn()
+    result.seconds = time.perf_counter() - start
+    return result
+
