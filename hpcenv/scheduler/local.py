@@ -6,7 +6,7 @@ reads its ``#SBATCH`` lines (``--job-name``, ``--output``, ``--error``, ``--chdi
 ``--cpus-per-task``, ``--ntasks``, ``--time``) and starts a small supervisor process in a new
 session, so the job survives the submitting process.  The supervisor runs ``bash SCRIPT`` in its
 own process group with the SLURM_* variables a job script reads, waits for it and records the
-exit code.  ``cancel`` sends SIGTERM (then SIGKILL after ``KILL_WAIT`` seconds) to the job's
+exit code.  ``cancel`` sends SIGTERM (then SIGKILL after ``kill_wait`` seconds) to the job's
 process group; with a signal it only delivers that signal, as ``scancel --full --signal`` does.
 A ``--time`` limit is enforced the same way and ends the job as TIMEOUT.
 """
@@ -39,8 +39,8 @@ from hpcenv.scheduler.base import (
 )
 
 NODE_NAME = "local"
-KILL_WAIT = 5.0          # seconds between SIGTERM and SIGKILL, like Slurm's KillWait
-_POLL = 0.25             # how often the supervisor looks for cancel requests and time limits
+KILL_WAIT = 5.0          # default seconds between SIGTERM and SIGKILL, like Slurm's KillWait
+_POLL = 0.1              # how often the supervisor looks for exits, cancels and time limits
 
 # #SBATCH options the executor understands, by their long name; short forms map onto them.
 _SHORT = {"-J": "job-name", "-o": "output", "-e": "error", "-D": "chdir", "-c": "cpus-per-task",
@@ -71,6 +71,7 @@ class LocalJob:
     supervisor_pid: int | None = None
     supervisor_start: str | None = None  # /proc start ticks, to tell a reused pid apart
     cancel_requested: float | None = None
+    kill_wait: float = KILL_WAIT
 
 
 def parse_sbatch_options(script: str) -> dict[str, str]:
@@ -135,12 +136,44 @@ def _user() -> str:
 
 
 def _proc_start(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    """Start time of a live ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat);
+    None when the process is gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in {"Z", "X"} else fields[19]
+
+
+def _become_subreaper() -> None:
+    """Orphans of the job become our children (not init's), so the supervisor reaps them at
+    once and a finished job's process group empties without waiting for init."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _reap(child_pid: int) -> int | None:
+    """Reap every exited child; return the job script's exit code (negative: signal) if it was
+    among them."""
+    result = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return result
+        if pid == 0:
+            return result
+        if pid == child_pid:
+            result = os.waitstatus_to_exitcode(status)
+
+
+def _signal_group(pgid: int, *signals: int) -> None:
+    for sig in signals:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -162,8 +195,9 @@ class LocalExecutor:
 
     kind = "local"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, kill_wait: float = KILL_WAIT) -> None:
         self.root = Path(state_dir) / "local-jobs"
+        self.kill_wait = kill_wait
 
     # -- records ------------------------------------------------------------------------------
     def _record_path(self, job_id: str) -> Path:
@@ -258,7 +292,8 @@ class LocalExecutor:
         copy.write_text(text)
         job = LocalJob(job_id=job_id, name=name, state="PENDING", script=str(copy),
                        workdir=str(run_dir), stdout=stdout, stderr=stderr, user=user,
-                       submit_time=time.time(), time_limit=time_limit, env=env)
+                       submit_time=time.time(), time_limit=time_limit, env=env,
+                       kill_wait=self.kill_wait)
         self._save(job)
         log = open(self.root / f"{job_id}.supervisor.log", "ab")
         try:
@@ -313,7 +348,7 @@ class LocalExecutor:
                 job.cancel_requested = time.time()
                 self._save(job)
             pgid = job.pgid
-        # A plain cancel is carried out by the supervisor (TERM, then KILL after KILL_WAIT);
+        # A plain cancel is carried out by the supervisor (TERM, then KILL after kill_wait);
         # a pending job is never started.
         if sig is not None and pgid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -374,30 +409,37 @@ class LocalExecutor:
             job.state, job.start_time, job.pgid = "RUNNING", start, child.pid
             self._save(job)
 
+        _become_subreaper()
         term_sent: float | None = None
         timed_out = False
-        while True:
-            try:
-                rc = child.wait(timeout=_POLL)
+        rc: int | None = None
+        while rc is None:
+            rc = _reap(child.pid)
+            if rc is not None:
                 break
-            except subprocess.TimeoutExpired:
-                pass
             now = time.time()
             if term_sent is None:
                 cancelled = self._load(job_id).cancel_requested is not None
                 if cancelled or (job.time_limit is not None and now - start > job.time_limit):
                     timed_out = not cancelled
                     term_sent = now
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(child.pid, _signal.SIGCONT)
-                        os.killpg(child.pid, _signal.SIGTERM)
-            elif now - term_sent > KILL_WAIT:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, _signal.SIGKILL)
+                    _signal_group(child.pid, _signal.SIGCONT, _signal.SIGTERM)
+            elif now - term_sent > job.kill_wait:
+                _signal_group(child.pid, _signal.SIGKILL)
+            time.sleep(_POLL)
+        child.returncode = rc  # reaped by _reap; keeps Popen from waiting on it again
 
-        # Whatever the script left behind in its group goes with it, as Slurm's proctrack does.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, _signal.SIGKILL)
+        # Whatever the script left behind in its group goes with it, as with Slurm's proctrack;
+        # after a TERM the rest of the group gets until kill_wait to finish its handlers.
+        while term_sent is not None and time.time() - term_sent < job.kill_wait:
+            _reap(child.pid)
+            try:
+                os.killpg(child.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(_POLL / 5)
+        _signal_group(child.pid, _signal.SIGKILL)
+        _reap(child.pid)
         with self._locked(f"job-{job_id}"):
             job = self._load(job_id)
             job.end_time = time.time()
