@@ -32,7 +32,19 @@ hpcenv env build examples/llm-finetune.yml
 
 if has submit; then
     step "hpcenv submit examples/train.py --env llm-finetune --wait"
-    hpcenv submit examples/train.py --env llm-finetune --wait
+    mkdir -p .hpcenv-demo/logs
+    rc=0
+    submitted=$(hpcenv --json submit examples/train.py --env llm-finetune --wait \
+                    --output '.hpcenv-demo/logs/train-%j.out') || rc=$?
+    [ -n "$submitted" ] || exit "$rc"
+    # --json --wait prints the submission record first (then the final status): take its job_id
+    job=$(printf '%s' "$submitted" | "$PY" -c \
+        'import json, sys; print(json.JSONDecoder().raw_decode(sys.stdin.read())[0]["job_id"])')
+    if has logs; then
+        step "hpcenv logs $job"
+        hpcenv logs "$job"
+    fi
+    exit "$rc"
 elif has run; then
     step "no 'submit' yet: hpcenv run -n llm-finetune -- python examples/train.py"
     hpcenv run -n llm-finetune -- python examples/train.py
