@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from hpcenv.site import SiteConfig
 
 ItemKind = Literal["build", "debris", "package"]
 _ARCHIVE_SUFFIXES = (".conda", ".tar.bz2")
@@ -188,23 +190,6 @@ def cache_entries(pkgs_dir: Path) -> dict[str, list[Path]]:
     return entries
 
 
-def _force_rmtree(path: Path) -> None:
-    """Remove ``path`` even though published builds are read-only (dirs without ``w``)."""
-    def onerror(func: Callable[..., object], failed: str, exc_info: object) -> None:
-        parent = os.path.dirname(failed)
-        os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            os.chmod(failed, os.stat(failed).st_mode | stat.S_IRWXU)
-            shutil.rmtree(failed, onerror=onerror)
-        else:
-            os.unlink(failed)
-
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path, onerror=onerror)
-
-
 def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: Iterable[Path],
                      envs_dirs: Iterable[Path], pkgs_dir: Path | None,
                      dry_run: bool = False) -> GcReport:
@@ -213,6 +198,8 @@ def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: It
     ``keep`` are prefixes that stay live whatever else happens (the registry's).  Conda envs in
     ``envs_dirs`` other than the builds being removed are live too.
     """
+    from hpcenv.builder import force_rmtree
+
     report = GcReport(dry_run=dry_run)
     kept = {Path(k).resolve() for k in keep}
     # A build that is also kept (a caller's race with a publish) is never removed.
@@ -243,9 +230,56 @@ def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: It
         if not dry_run:
             try:
                 for path in paths:
-                    _force_rmtree(path)
+                    if path.is_dir() and not path.is_symlink():
+                        force_rmtree(path)
+                    else:
+                        path.unlink(missing_ok=True)
             except OSError as exc:
                 report.errors.append(f"{paths[0]}: not removed ({exc.strerror or exc})")
                 continue
         report.removed.append(item)
+    return report
+
+
+def collect_garbage(site: SiteConfig, *, dry_run: bool = False) -> GcReport:
+    """``hpcenv env gc``: what :func:`plan_and_collect` does, for a site's builds and cache.
+
+    Live builds are those a ``ready`` or ``building`` registry record names (a build between
+    its completion marker and its record turning ``ready`` is not garbage).  Incomplete builds
+    are left to :func:`hpcenv.builder.find_debris`, which skips any whose builder still holds
+    its key lock.  While any build is under way the package cache is left alone: its install
+    may be linking from entries no conda-meta record names yet.
+    """
+    from hpcenv.builder import builds_dir, find_debris, is_complete, key_lock
+    from hpcenv.registry import Registry
+
+    registry = Registry.for_site(site)
+    records = list(registry.records())
+    keep = {os.path.realpath(r.prefix) for r in records if r.status in ("ready", "building")}
+    builds_root = builds_dir(site)
+    builds = []
+    if builds_root.is_dir():
+        builds = [p for p in sorted(builds_root.iterdir()) if not p.name.startswith(".")
+                  and is_complete(p) and os.path.realpath(p) not in keep]
+    debris = find_debris(site, registry=registry)
+    building = []
+    for record in records:
+        if record.status == "building":
+            lock = key_lock(site, record.key, timeout=0)
+            if lock.try_acquire():
+                lock.release()
+            else:
+                building.append(record)
+    pkgs_dir = Path(site.pkgs_dirs[0]) if site.pkgs_dirs and not building else None
+    report = plan_and_collect(builds=builds, debris=[p for p, _ in debris], keep=keep,
+                              envs_dirs=site.envs_dirs, pkgs_dir=pkgs_dir, dry_run=dry_run)
+    if building:
+        names = ", ".join(f"{r.name} v{r.version}" for r in building)
+        report.errors.append(f"package cache not cleaned: a build is under way ({names}); "
+                             "run 'hpcenv env gc' again when it is done")
+    if not dry_run:
+        removed = {os.path.realpath(i.path) for i in report.removed}
+        for path, record in debris:
+            if record is not None and record.status == "building" and os.path.realpath(path) in removed:
+                registry.set_status(record.name, record.version, "failed")
     return report

@@ -1,9 +1,380 @@
-"""CLI commands of this group (filled in by its owner)."""
+"""``hpcenv env build|list|show|history|export|rollback|rm|gc``: built envs and the lab registry.
+
+Handlers only parse, call :mod:`hpcenv.builder`, :mod:`hpcenv.registry`, :mod:`hpcenv.export`
+and :mod:`hpcenv.gc`, and print.  Progress goes to stderr: a spinner with the current step when
+stderr is a terminal, plain lines otherwise (logs, CI, ``--json`` pipelines).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcenv.cli.context import Context
+from hpcenv.errors import HpcenvError, InvalidInput
+
+if TYPE_CHECKING:
+    from hpcenv.registry import EnvRecord, Registry
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    pass
+    p = sub.add_parser(
+        "build", parents=[common], help="build an env once and publish it to the registry",
+        description="Build FILE (or recreate --from-lock LOCK) once per build key, publish it "
+                    "as the current version of NAME, and report 'built' or 'reused'. Concurrent "
+                    "builders of the same key wait for the first one.")
+    p.add_argument("file", metavar="FILE", nargs="?", help="a conda environment.yml file")
+    p.add_argument("--name", help="env name (default: the file's 'name:')")
+    cuda = p.add_mutually_exclusive_group()
+    cuda.add_argument("--cuda", metavar="X.Y", help="solve with __cuda=X.Y (default: inferred)")
+    cuda.add_argument("--no-cuda", action="store_true", help="solve without __cuda (CPU builds)")
+    p.add_argument("--from-lock", metavar="LOCK", type=Path,
+                   help="recreate from a lockfile (hpcenv's, or an @EXPLICIT list) without solving")
+    p.set_defaults(handler=_build)
+
+    p = sub.add_parser("list", parents=[common], help="list the registry's environments",
+                       description="List every environment in the lab registry with its "
+                                   "current version.")
+    p.set_defaults(handler=_list)
+
+    p = sub.add_parser("show", parents=[common], help="show one env version in detail",
+                       description="Show the registry record of NAME's current version "
+                                   "(or --version V).")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--version", type=int, metavar="V")
+    p.set_defaults(handler=_show)
+
+    p = sub.add_parser("history", parents=[common], help="list every version of an env",
+                       description="List every version of NAME, oldest first; '*' marks the "
+                                   "current one.")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=_history)
+
+    p = sub.add_parser("export", parents=[common], help="print an env as environment.yml, lock "
+                                                        "or @EXPLICIT list",
+                       description="Print NAME's current version (or --version V) as "
+                                   "environment.yml (as 'conda env export' writes it), its "
+                                   "lockfile (--lock) or an @EXPLICIT list (--explicit). "
+                                   "Each builds the same env again with 'hpcenv env build'.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--version", type=int, metavar="V")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--no-builds", action="store_true", help="environment.yml without build strings")
+    form.add_argument("--lock", action="store_true", help="the lockfile written at build time")
+    form.add_argument("--explicit", action="store_true", help="an @EXPLICIT url#sha256 list")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE, not stdout")
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("rollback", parents=[common], help="make an earlier version current",
+                       description="Make an earlier ready version of NAME current (default: "
+                                   "the newest one before the current version).")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--to", type=int, metavar="VERSION")
+    p.set_defaults(handler=_rollback)
+
+    p = sub.add_parser("rm", parents=[common], help="retire an env version (or the whole env)",
+                       description="Delete the prefix of NAME --version V (its record and "
+                                   "lockfile stay as history). Without --version, every version "
+                                   "of NAME. The current version is only removed with --force. "
+                                   "Files other versions use are hardlinks and stay.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--version", type=int, metavar="V")
+    p.add_argument("--force", action="store_true", help="also remove the current version")
+    p.set_defaults(handler=_rm)
+
+    p = sub.add_parser("gc", parents=[common], help="free unreferenced builds and cache entries",
+                       description="Remove builds no registry record references, debris of "
+                                   "crashed builds, and package-cache entries no live env uses "
+                                   "(like 'conda clean --all'); report bytes and files freed.")
+    p.add_argument("--dry-run", action="store_true", help="report what would go; delete nothing")
+    p.set_defaults(handler=_gc)
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+class _Progress:
+    """Build progress on stderr: a spinner line on a terminal, plain lines elsewhere.
+
+    "waiting for ..." and warnings are always printed as lines of their own, so they stay
+    visible after the spinner moves on.
+    """
+
+    _FRAMES = "|/-\\"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.tty = sys.stderr.isatty() and ctx.verbosity >= 0
+        self.status = ""
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, message: str) -> None:
+        permanent = message.startswith(("waiting for", "warning:", "removed debris"))
+        if not self.tty:
+            if message.startswith("waiting for") or message.startswith("warning:"):
+                print(f"hpcenv: {message}", file=sys.stderr, flush=True)
+            else:
+                self.ctx.info(message)
+            return
+        with self._lock:
+            if permanent:
+                sys.stderr.write(f"\r\x1b[K{message}\n")
+            else:
+                self.status = message
+            sys.stderr.flush()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._spin, daemon=True)
+            self._thread.start()
+
+    def _spin(self) -> None:
+        frame = 0
+        while not self._stop.wait(0.1):
+            with self._lock:
+                sys.stderr.write(f"\r\x1b[K{self._FRAMES[frame % 4]} {self.status}")
+                sys.stderr.flush()
+            frame += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+def _registry(ctx: Context) -> Registry:
+    from hpcenv.registry import Registry
+
+    return Registry.for_site(ctx.site())
+
+
+def _record(ctx: Context, name: str, version: int | None) -> EnvRecord:
+    from hpcenv.errors import NotFound
+
+    registry = _registry(ctx)
+    if version is not None:
+        return registry.get(name, version)
+    record = registry.current(name)
+    if record is None:
+        if registry.versions(name):
+            raise NotFound(f"environment {name!r} has no current version; pick one with "
+                           f"--version (see 'hpcenv env history {name}')")
+        raise NotFound(f"no environment {name!r} in the registry {registry.root}; "
+                       "see 'hpcenv env list'")
+    return record
+
+
+def _build(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.builder import build_env
+    from hpcenv.spec import load_spec
+
+    if args.file is None and args.from_lock is None:
+        raise InvalidInput("nothing to build: give an environment FILE or --from-lock LOCK")
+    spec = load_spec(args.file) if args.file is not None else None
+    cuda_override = "" if args.no_cuda else args.cuda
+    progress = _Progress(ctx)
+    try:
+        result = build_env(spec, ctx.site(), name=args.name, cuda_override=cuda_override,
+                           from_lock=args.from_lock, on_progress=progress)
+    finally:
+        progress.close()
+    data = result.to_dict()
+    ctx.emit(data, lambda d: (f"{d['status']} {d['name']} version {d['version']} "
+                              f"({'CUDA ' + d['cuda'] if d['cuda'] else 'no CUDA'}) "
+                              f"in {d['seconds']:.2f}s\n  prefix: {d['prefix']}\n"
+                              f"  run:    hpcenv run -n {d['name']} -- python"))
+    return 0
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _list(args: argparse.Namespace, ctx: Context) -> int:
+    registry = _registry(ctx)
+    rows = []
+    for name in registry.names():
+        versions = registry.versions(name)
+        current = registry.current_version(name)
+        record = next((r for r in versions if r.version == current), None)
+        rows.append({
+            "name": name, "current": current, "versions": len(versions),
+            "cuda": record.cuda if record else None,
+            "prefix": record.prefix if record else None,
+            "created": record.created if record else None,
+            "creator": record.creator if record else None,
+            "packages": record.packages if record else None,
+            "size_bytes": record.size_bytes if record else None,
+        })
+
+    def human(data: list[dict[str, Any]]) -> str:
+        if not data:
+            return f"no environments in {registry.root}; build one with 'hpcenv env build FILE'"
+        header = f"{'NAME':<24} {'CURRENT':>7} {'VERSIONS':>8} {'CUDA':<6} {'SIZE':>9}  CREATED BY"
+        lines = [header]
+        for r in data:
+            current = str(r["current"]) if r["current"] is not None else "-"
+            size = _size(r["size_bytes"]) if r["size_bytes"] is not None else "-"
+            lines.append(f"{r['name']:<24} {current:>7} {r['versions']:>8} {r['cuda'] or '-':<6} "
+                         f"{size:>9}  {r['created'] or '-'} {r['creator'] or ''}".rstrip())
+        return "\n".join(lines)
+
+    ctx.emit(rows, human)
+    return 0
+
+
+def _show(args: argparse.Namespace, ctx: Context) -> int:
+    registry = _registry(ctx)
+    record = _record(ctx, args.name, args.version)
+    data = record.to_dict() | {"current": registry.current_version(args.name) == record.version}
+
+    def human(d: dict[str, Any]) -> str:
+        override = {None: "inferred", "": "--no-cuda"}.get(d["cuda_override"], f"--cuda {d['cuda_override']}")
+        lines = [
+            f"{d['name']} version {d['version']}{' (current)' if d['current'] else ''}: {d['status']}",
+            f"  prefix:    {d['prefix']}",
+            f"  cuda:      {d['cuda'] or 'none'} ({override})",
+            f"  key:       {d['key']}",
+            f"  channels:  {', '.join(d['channels']) or '-'}",
+            f"  platform:  {d['platform']}",
+            f"  packages:  {d['packages']}, {d['file_count']} files, {_size(d['size_bytes'])}",
+            f"  lockfile:  {d['lock_path']}",
+            f"  built by:  {d['creator']} at {d['created']}",
+        ]
+        if d.get("source"):
+            lines.append(f"  from file: {d['source']}")
+        if d.get("from_lock"):
+            lines.append(f"  from lock: {d['from_lock']}")
+        spec = d.get("spec") or {}
+        conda = spec.get("conda") or spec.get("dependencies")
+        if isinstance(conda, list) and conda:
+            lines.append(f"  spec:      {', '.join(map(str, conda))}")
+        return "\n".join(lines)
+
+    ctx.emit(data, human)
+    return 0
+
+
+def _history(args: argparse.Namespace, ctx: Context) -> int:
+    registry = _registry(ctx)
+    versions = registry.versions(args.name)
+    if not versions:
+        from hpcenv.errors import NotFound
+
+        raise NotFound(f"no environment {args.name!r} in the registry {registry.root}; "
+                       "see 'hpcenv env list'")
+    current = registry.current_version(args.name)
+    rows = [{"version": r.version, "current": r.version == current, "status": r.status,
+             "cuda": r.cuda, "key": r.key, "created": r.created, "creator": r.creator,
+             "packages": r.packages, "prefix": r.prefix, "lock": r.lock_path,
+             "from_lock": r.from_lock} for r in versions]
+
+    def human(data: list[dict[str, Any]]) -> str:
+        lines = [f"  {'VERSION':>7} {'STATUS':<9} {'CUDA':<6} {'KEY':<12}  CREATED BY"]
+        for r in data:
+            mark = "*" if r["current"] else " "
+            lines.append(f"{mark} {r['version']:>7} {r['status']:<9} {r['cuda'] or '-':<6} "
+                         f"{r['key'][:12]:<12}  {r['created']} {r['creator']}")
+        return "\n".join(lines)
+
+    ctx.emit(rows, human)
+    return 0
+
+
+def _export(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv import export
+
+    record = _record(ctx, args.name, args.version)
+    if args.lock:
+        text = export.export_lock(Path(record.lock_path))
+    else:
+        prefix = Path(record.prefix)
+        if not prefix.is_dir():
+            raise HpcenvError(f"{args.name} version {record.version} is {record.status} and its "
+                              f"prefix is gone; export its lockfile instead (--lock)")
+        if args.explicit:
+            text = export.export_explicit(prefix)
+        else:
+            text = export.export_environment_yml(prefix, name=record.name,
+                                                 channels=record.channels or None,
+                                                 no_builds=args.no_builds)
+    if args.output is not None:
+        args.output.write_text(text)
+        ctx.info(f"wrote {args.output}")
+    elif ctx.json:
+        ctx.emit({"name": record.name, "version": record.version, "format":
+                  "lock" if args.lock else "explicit" if args.explicit else "environment.yml",
+                  "text": text})
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return 0
+
+
+def _rollback(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.builder import rollback
+
+    registry = _registry(ctx)
+    before = registry.current_version(args.name)
+    record = rollback(ctx.site(), args.name, args.to)
+    ctx.emit({"name": record.name, "version": record.version, "previous": before,
+              "prefix": record.prefix},
+             lambda d: f"{d['name']}: current version is now {d['version']} (was {d['previous']})")
+    return 0
+
+
+def _rm(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.builder import remove_version
+
+    registry = _registry(ctx)
+    live = [r for r in registry.versions(args.name) if r.status in ("ready", "building")]
+    if args.version is not None:
+        targets = [args.version]
+    else:
+        if not registry.versions(args.name):
+            from hpcenv.errors import NotFound
+
+            raise NotFound(f"no environment {args.name!r} in the registry {registry.root}; "
+                           "see 'hpcenv env list'")
+        if not args.force:
+            raise HpcenvError(f"removing {args.name} removes all {len(live)} live version(s), "
+                              "the current one included; pass --force, or --version V for one")
+        current = registry.current_version(args.name)
+        # the current version last, so the env stays usable until the very end
+        targets = sorted((r.version for r in live), key=lambda v: v == current)
+    removed = [remove_version(ctx.site(), args.name, v, force=args.force).version for v in targets]
+    after = registry.current_version(args.name)
+    ctx.emit({"name": args.name, "removed": removed, "current": after},
+             lambda d: f"{d['name']}: removed version(s) {', '.join(map(str, d['removed'])) or 'none'}; "
+                       f"current: {d['current'] if d['current'] is not None else 'none'}")
+    return 0
+
+
+def _gc(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.gc import collect_garbage
+
+    report = collect_garbage(ctx.site(), dry_run=args.dry_run)
+    for error in report.errors:
+        ctx.warn(error)
+
+    def human(d: dict[str, Any]) -> str:
+        verb = "would free" if d["dry_run"] else "freed"
+        lines = [f"{'would remove' if d['dry_run'] else 'removed'} {i['kind']:<7} {i['path']} "
+                 f"({_size(i['bytes'])}, {i['files']} files)" for i in d["removed"]]
+        lines.append(f"{verb} {_size(d['bytes_freed'])} in {d['files_freed']} files "
+                     f"({len(d['removed'])} items)")
+        return "\n".join(lines)
+
+    ctx.emit(report.to_dict(), human)
+    return 0
