@@ -6,8 +6,8 @@ its own hpcenv, so envs are built there through its locked builder and jobs go t
 
 Host keys are checked against the system and user ``known_hosts`` files, the files named by
 ``~/.ssh/config`` (``UserKnownHostsFile``/``GlobalKnownHostsFile``) and any extra files given to
-``RemoteSession``; an unknown or changed key is refused, never accepted silently.  Fabric itself would
-auto-add unknown keys, so every connection (and jump host) gets a rejecting policy here.
+``RemoteSession``; an unknown or changed key is refused, never accepted silently.  Fabric itself
+would auto-add unknown keys, so every connection (and jump host) gets a rejecting policy here.
 
 Failures become one-line ``HpcenvError`` messages that say which of these happened and what to do:
 host unreachable, authentication refused, unknown host key, host key mismatch, remote hpcenv
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hpcenv import __version__
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
@@ -87,6 +87,14 @@ class ConnectionLost(HostUnreachable):
     """The connection dropped while a command ran; callers that can resume reconnect."""
 
 
+class TextSink(Protocol):
+    """Where streamed output goes: a text file such as ``sys.stdout``, or any writer."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunResult:
     command: str
@@ -97,7 +105,7 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Reconnect schedule: ``attempts`` tries, sleeping ``first``, ``2*first``, ... up to ``cap``."""
+    """Reconnect schedule: ``attempts`` tries, sleeping ``first``, ``2*first``, ... (``cap``)."""
 
     attempts: int = 6
     first: float = 0.5
@@ -360,7 +368,7 @@ class RemoteSession:
 
     # -- commands ------------------------------------------------------------------------------
     def run(self, command: str, *, check: bool = True, what: str | None = None,
-            out: TextIO | None = None, err: TextIO | None = None) -> RunResult:
+            out: TextSink | None = None, err: TextSink | None = None) -> RunResult:
         """Run a shell command remotely (no pty, no stdin).
 
         With ``out``/``err`` the output streams there as it arrives; it is captured either way.
@@ -460,7 +468,7 @@ class RemoteSession:
                               f"check free space and permissions there") from exc
 
     # -- resumable operations ------------------------------------------------------------------
-    def follow(self, command: str, out: TextIO, err: TextIO | None = None) -> int:
+    def follow(self, command: str, out: TextSink, err: TextSink | None = None) -> int:
         """Stream a command's output; after a dropped connection, reconnect and run it again,
         skipping the output already shown (the command must replay its output from the start,
         as ``hpcenv logs -f`` does).  Returns the command's exit code."""
@@ -477,7 +485,7 @@ class RemoteSession:
 class _SkippingWriter:
     """A text sink that drops what it already wrote in an earlier attempt (by character count)."""
 
-    def __init__(self, target: TextIO) -> None:
+    def __init__(self, target: TextSink) -> None:
         self.target = target
         self.written = 0
         self._seen = 0
@@ -512,8 +520,7 @@ class RemoteOptions:
     def extract(cls, argv: Sequence[str]) -> tuple[list[str], RemoteOptions]:
         """Pull ``--sync DIR`` and ``--exclude PATTERN`` (before any ``--``) out of argv."""
         rest: list[str] = []
-        sync: list[Path] = []
-        exclude: list[str] = []
+        found: dict[str, list[str]] = {"--sync": [], "--exclude": []}
         items = list(argv)
         i = 0
         while i < len(items):
@@ -521,21 +528,19 @@ class RemoteOptions:
             if token == "--":
                 rest.extend(items[i:])
                 break
-            for option, bucket in (("--sync", sync), ("--exclude", exclude)):
-                if token == option or token.startswith(option + "="):
-                    if token == option:
-                        if i + 1 >= len(items):
-                            raise InvalidInput(f"{option} needs a value")
-                        value = items[i + 1]
-                        i += 1
-                    else:
-                        value = token.split("=", 1)[1]
-                    bucket.append(Path(value) if option == "--sync" else value)  # type: ignore[arg-type]
-                    break
-            else:
+            option = token.split("=", 1)[0]
+            if option not in found:
                 rest.append(token)
+            elif "=" in token:
+                found[option].append(token.split("=", 1)[1])
+            elif i + 1 < len(items):
+                found[option].append(items[i + 1])
+                i += 1
+            else:
+                raise InvalidInput(f"{option} needs a value")
             i += 1
-        return rest, cls(sync=tuple(sync), exclude=tuple(exclude))
+        return rest, cls(sync=tuple(Path(p) for p in found["--sync"]),
+                         exclude=tuple(found["--exclude"]))
 
 
 # Global options that stay on this side: where to find remotes, how to print.
@@ -687,10 +692,10 @@ def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv
             raise InvalidInput(f"--sync {directory}: another synced directory is also named "
                                f"{local.name!r} and would land in the same remote place; sync "
                                f"their common parent instead")
-        result = sync_dir(session, local, dest, options.exclude)
+        synced = sync_dir(session, local, dest, options.exclude)
         ctx.info(f"hpcenv: synced {local} -> {session.target}:{dest}: "
-                 f"{len(result.uploaded)} file(s) sent ({result.bytes_sent} bytes), "
-                 f"{result.unchanged} unchanged")
+                 f"{len(synced.uploaded)} file(s) sent ({synced.bytes_sent} bytes), "
+                 f"{synced.unchanged} unchanged")
         roots.append((local, dest))
     paths = PathMap(tuple(roots))
     placed = _upload_inputs(session, args, remote_argv, paths)
@@ -698,6 +703,10 @@ def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv
         _upload_env_file(session, args, placed["script"], paths)
     # Run where the user is, when that is inside a synced tree: relative paths keep working.
     cwd = paths.remote_path(Path.cwd()) or workdir
+    if getattr(args, "dry_run", False):
+        # Nothing to track: show the remote's own rendering of the script and its routing.
+        line = session.hpcenv_line((["--json"] if ctx.json else []) + remote_argv, cwd=cwd)
+        return session.run(line, check=False, out=sys.stdout, err=sys.stderr).exit_code
     wait = bool(getattr(args, "wait", False))
     # --wait is done from here by polling, so a dropped connection does not lose the job.
     cut = remote_argv.index("--") if "--" in remote_argv else len(remote_argv)
@@ -707,13 +716,19 @@ def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv
     if result.exit_code != 0:
         return result.exit_code
     data = _parse_json(result.stdout, session, "submit")
-    if getattr(args, "dry_run", False) or "job_id" not in data:
-        ctx.emit(data, lambda d: d.get("script", "") if isinstance(d, dict) else str(d))
-        return 0
+    if "job_id" not in data:
+        raise RemoteCommandFailed(f"remote '{session.name}': hpcenv submit printed no job_id "
+                                  f"({last_lines(result.stdout, 1)}); check the remote hpcenv "
+                                  f"version", 1)
     job_id = str(data["job_id"])
     data["remote"] = session.name
-    ctx.emit(data, lambda d: f"Submitted job {d['job_id']} on {session.name} "
-                             f"(partition {d.get('partition') or '?'})")
+
+    def human(d: dict[str, Any]) -> str:
+        constraint = f", constraint {d['constraint']}" if d.get("constraint") else ""
+        return (f"Submitted job {d['job_id']} on {session.name} (partition "
+                f"{d.get('partition') or '(default)'}{constraint}, env {d.get('env')})")
+
+    ctx.emit(data, human)
     if not wait:
         return 0
     return wait_for_job(session, job_id, ctx)

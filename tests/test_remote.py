@@ -35,7 +35,14 @@ from hpcenv.remote import (
     _strip_local_globals,
     job_exit_code,
 )
-from hpcenv.sync import FileStat, is_excluded, local_manifest, parse_find_manifest, plan_upload, sync_dir
+from hpcenv.sync import (
+    FileStat,
+    is_excluded,
+    local_manifest,
+    parse_find_manifest,
+    plan_upload,
+    sync_dir,
+)
 from conftest_slurm import slurm_cluster  # noqa: F401 - the fixture behind sshd_slurm
 
 if TYPE_CHECKING:
