@@ -313,7 +313,9 @@ def _python_package(root: Path) -> _Package:
     for alias in ("python3", "python"):
         (root / "bin" / alias).symlink_to(exe.name)
     _copy(base / "lib" / soname, root / "lib" / soname)
-    (root / "lib" / sysconfig.get_config_var("LDLIBRARY")).symlink_to(soname)
+    ldlibrary = sysconfig.get_config_var("LDLIBRARY")
+    if ldlibrary and ldlibrary != soname:
+        (root / "lib" / ldlibrary).symlink_to(soname)
     if (base / "lib" / "libpython3.so").is_file():
         _copy(base / "lib" / "libpython3.so", root / "lib" / "libpython3.so")
     for src in _stdlib_files(stdlib):
@@ -387,8 +389,6 @@ def _pip_package(root: Path) -> _Package:
     return pkg
 
 
-# --- CUDA metapackages and the demo library ---------------------------------------------------
-
 def _host_pip() -> Distribution | None:
     """pip of the interpreter being packaged, else of the running (virtual) environment."""
     from importlib import metadata
@@ -399,6 +399,8 @@ def _host_pip() -> Distribution | None:
         return dist
     return None
 
+
+# --- CUDA metapackages and the demo library ---------------------------------------------------
 
 def _cuda_version_package(root: Path, cuda: str) -> _Package:
     root.mkdir(parents=True)
