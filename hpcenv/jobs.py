@@ -36,7 +36,7 @@ class SubmissionRecord:
     """What hpcenv submitted: the env, the routing decision and where the output goes."""
 
     job_id: str
-    scheduler: str                   # the backend's kind: slurm, local, ...
+    scheduler: str                   # job_namespace(): slurm or local
     env: str
     env_version: int | None
     prefix: str
@@ -58,11 +58,19 @@ class SubmissionRecord:
         return asdict(self)
 
 
+def job_namespace(scheduler: Scheduler | str) -> str:
+    """Whose job ids these are: ``local`` or ``slurm``.  The Slurm CLI and pyslurm backends
+    share one id space, so a record written through one is found through the other."""
+    kind = scheduler if isinstance(scheduler, str) else scheduler.kind
+    return "local" if kind == "local" else "slurm"
+
+
 def submissions_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "submissions"
 
 
 def _record_path(state_dir: Path, scheduler: str, job_id: str) -> Path:
+    scheduler = job_namespace(scheduler)
     if not job_id or not all(c.isalnum() or c in "_.+-" for c in job_id):
         raise InvalidInput(f"job id {job_id!r}: expected something like 1234 or 1234_5")
     return submissions_dir(state_dir) / f"{scheduler}-{job_id}.json"
@@ -101,6 +109,7 @@ def load_submission(state_dir: Path, scheduler: str, job_id: str) -> SubmissionR
 
 def list_submissions(state_dir: Path, scheduler: str) -> list[SubmissionRecord]:
     directory = submissions_dir(state_dir)
+    scheduler = job_namespace(scheduler)
     if not directory.is_dir():
         return []
     out = []

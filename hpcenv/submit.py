@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.jobs import SubmissionRecord, save_submission
+from hpcenv.jobs import SubmissionRecord, job_namespace, save_submission
 from hpcenv.routing import RouteRequest, RoutingDecision, route
 from hpcenv.templates import JobScript, Launcher, SbatchOptions, job_name_from, render_job_script
 
@@ -305,7 +305,7 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
 
     job_id = scheduler.submit(script, workdir=workdir)
     save_submission(site.state_dir, SubmissionRecord(
-        job_id=job_id, scheduler=scheduler.kind, env=record.name, env_version=record.version,
+        job_id=job_id, scheduler=job_namespace(scheduler), env=record.name, env_version=record.version,
         prefix=str(prefix), partition=decision.partition, constraint=decision.constraint,
         gpus=decision.gpus, reason=decision.reason, script=str(script), workdir=str(workdir),
         job_name=job_name, output=output, error=options.error, command=list(job.command),

@@ -283,13 +283,27 @@ def test_conda_run_wrapper_forwards_signals_to_the_program(sig: signal.Signals, 
     assert (tmp_path / "log").read_text().splitlines() == [sig.name, "done"]
 
 
-def test_conda_run_wrapper_outlives_a_killed_conda(prefix: Path, fake_conda: Path,
-                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_conda_run_wrapper_outlives_a_killed_conda(sig: signal.Signals, prefix: Path,
+                                                   fake_conda: Path, tmp_path: Path) -> None:
     # A signal to every process (scancel --full, the time limit) kills conda first; the batch
-    # shell must still wait for the program's graceful exit, or Slurm would kill it with the job.
+    # shell must still wait for the program's graceful exit (or Slurm would kill it with the
+    # job) and end with the program's exit status, not conda's.
     env = {**os.environ, "PATH": f"{fake_conda.parent}:{os.environ['PATH']}"}
     proc, _ = _start(_catch_job(prefix, tmp_path, "conda-run", fake_conda), tmp_path, env)
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    os.killpg(proc.pid, sig)
+    assert proc.wait(timeout=30) == 42
     log = (tmp_path / "log").read_text().splitlines()
-    assert log[0] == "SIGTERM" and log[-1] == "done"
+    assert log[0] == sig.name and log[-1] == "done"
+
+
+def test_default_sigint_handling_survives_the_background_start(prefix: Path, fake_conda: Path,
+                                                               tmp_path: Path) -> None:
+    # bash starts background commands with SIGINT ignored; the program must not inherit that.
+    prog = tmp_path / "h.py"
+    prog.write_text("import signal, sys\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    env = {**os.environ, "PATH": f"{fake_conda.parent}:{os.environ['PATH']}"}
+    script = write(tmp_path, render_job_script(job(prefix, [sys.executable, str(prog)], "conda-run",
+                                                   fake_conda)))
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "True", proc.stderr

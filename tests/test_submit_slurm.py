@@ -1,0 +1,221 @@
+"""hpcenv submit on the real test Slurm cluster (tests/cluster/up): routing by CUDA, the env's
+prefix inside the job, argument safety, and signals under both launchers.
+
+conda-run uses a fake ``conda`` (there is no conda binary here): it activates and stays the
+program's parent without forwarding signals, as ``conda run`` does, so a signal that reaches the
+program proves the job script's own forwarding.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest_slurm import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
+
+from hpcenv.errors import HpcenvError, InvalidInput
+from hpcenv.jobs import job_exit_code, list_submissions, wait_for
+from hpcenv.site import SiteConfig, load_site
+from hpcenv.submit import SubmitOptions, site_scheduler, submit
+
+pytestmark = pytest.mark.slurm
+
+ENVS = {
+    "cpu-env": "dependencies:\n  - python=3.11\n  - hpcdemo-tools\n",
+    "cuda118-env": "dependencies:\n  - python=3.11\n  - cuda-version=11.8\n  - hpcdemo-kernels\n",
+    "cuda124-env": "dependencies:\n  - python=3.11\n  - cuda-version=12.4\n  - hpcdemo-kernels\n",
+    "cuda128-env": "dependencies:\n  - python=3.11\n  - cuda-version=12.8\n  - hpcdemo-kernels\n",
+}
+
+# The test cluster's partitions (tests/cluster/nodes.tsv), oldest GPUs first.
+PARTITIONS = """\
+partitions:
+  - {name: cpu}
+  - {name: gpu-v100, gpu_type: v100, gpus_per_node: 2, driver: "520.61.05"}
+  - {name: gpu-a100, gpu_type: a100, gpus_per_node: 2, node_feature: "cuda{cuda}"}
+  - {name: gpu-h100, gpu_type: h100, gpus_per_node: 4, max_cuda: "12.8"}
+"""
+
+SHOW = """\
+import json, os, sys
+print(json.dumps({"argv": sys.argv[1:], "prefix": sys.prefix,
+                  "conda_prefix": os.environ.get("CONDA_PREFIX"),
+                  "node": os.environ.get("SLURMD_NODENAME"),
+                  "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+"""
+
+CATCH = """\
+import os, signal, sys, time
+def handler(sig, frame):
+    print("got", signal.Signals(sig).name, flush=True)
+    time.sleep(0.5)
+    sys.exit(42)
+signal.signal(signal.SIGUSR1, handler)
+signal.signal(signal.SIGTERM, handler)
+print("ready", flush=True)
+for _ in range(1200):
+    time.sleep(0.1)
+sys.exit(1)
+"""
+
+FAKE_CONDA = """\
+#!/bin/bash
+[[ $1 == run && $2 == -p && $4 == --no-capture-output ]] || { echo "fake conda: bad args: $*" >&2; exit 99; }
+export CONDA_PREFIX=$3 PATH=$3/bin:$PATH
+shift 4
+"$@"
+"""
+
+
+def write_site(path: Path, root: Path, demo_channel, extra: str = "") -> SiteConfig:
+    path.write_text(
+        f"envs_dirs: [{root}/envs]\npkgs_dirs: [{root}/pkgs]\nregistry: {root}/registry\n"
+        f"state_dir: {root}/state\nchannels: [conda-forge]\n"
+        f"mirrors: {{conda-forge: {demo_channel.path}}}\n"
+        f"pip: {{wheel_dir: {demo_channel.wheels}, no_index: true}}\n"
+        f"scheduler: slurm\nslurm: {{time: '5'}}\ncuda_compat: strict\n{PARTITIONS}{extra}")
+    return load_site(path)
+
+
+@pytest.fixture(scope="module")
+def site(slurm_cluster: SlurmCluster, demo_channel,  # noqa: F811
+         tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
+    from hpcenv.builder import build_env
+    from hpcenv.spec import parse_spec
+
+    root = tmp_path_factory.mktemp("slurm-site")
+    site = write_site(root / "site.yaml", root, demo_channel)
+    for name, text in ENVS.items():
+        build_env(parse_spec(text), site, name=name)
+    return site
+
+
+@pytest.fixture(scope="module")
+def conda_site(site: SiteConfig, demo_channel, tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
+    """The same envs, launched through (fake) conda run."""
+    root = Path(site.registry).parent
+    fake = tmp_path_factory.mktemp("fakeconda") / "conda"
+    fake.write_text(FAKE_CONDA)
+    fake.chmod(0o755)
+    return write_site(root / "conda-site.yaml", root, demo_channel,
+                      f"launcher: conda-run\nconda_exe: {fake}\n")
+
+
+def run_show(site: SiteConfig, env: str, workdir: Path, **opts: object) -> tuple[dict, object]:
+    script = workdir / "show.py"
+    script.write_text(SHOW)
+    result = submit(script, ["$(touch pwned)", "a\nb"], env_name=env, site=site,
+                    options=SubmitOptions(workdir=workdir, **opts))  # type: ignore[arg-type]
+    info = wait_for(site_scheduler(site), result.job_id or "", first=0.2, most=1.0)
+    out = workdir / f"slurm-{result.job_id}.out"
+    assert info.state == "COMPLETED", out.read_text() if out.exists() else info
+    data = json.loads(out.read_text())
+    assert data["argv"] == ["$(touch pwned)", "a\nb"]
+    assert data["prefix"] == data["conda_prefix"] == result.prefix
+    assert not (workdir / "pwned").exists()
+    return data, result
+
+
+@pytest.mark.parametrize(("env", "partition", "nodes", "constraint"), [
+    ("cpu-env", "cpu", {"cpu1", "cpu2"}, None),
+    ("cuda118-env", "gpu-v100", {"v100n1"}, None),
+    ("cuda124-env", "gpu-a100", {"a100n1"}, "cuda12.4"),
+    ("cuda128-env", "gpu-h100", {"h100n1"}, None),
+])
+def test_env_lands_where_its_cuda_runs(site: SiteConfig, tmp_path: Path, env: str, partition: str,
+                                       nodes: set[str], constraint: str | None) -> None:
+    data, result = run_show(site, env, tmp_path)
+    assert (result.partition, result.constraint) == (partition, constraint)
+    assert data["node"] in nodes
+    assert (data["gpus"] is None) == (partition == "cpu")
+
+
+def test_cuda124_with_both_a100_gpus_busy_still_never_uses_a100n2(site: SiteConfig,
+                                                                   tmp_path: Path) -> None:
+    # Two jobs that each take every GPU of a node: the second must wait for a100n1 rather than
+    # run on the idle a100n2, whose driver (CUDA 12.2) is too old.
+    first = submit(["sleep", "2"], env_name="cuda124-env", site=site,
+                   options=SubmitOptions(workdir=tmp_path, gpus=2, gpu_type="a100"))
+    data, second = run_show(site, "cuda124-env", tmp_path, gpus=2, gpu_type="a100")
+    assert data["node"] == "a100n1"
+    assert wait_for(site_scheduler(site), first.job_id or "").node == "a100n1"
+
+
+def test_explicit_incompatible_partition_is_refused_before_slurm(site: SiteConfig, tmp_path: Path) -> None:
+    before = len(list_submissions(site.state_dir, "slurm"))
+    with pytest.raises(InvalidInput, match="gpu-v100 cannot run this job"):
+        submit(["true"], env_name="cuda124-env", site=site,
+               options=SubmitOptions(workdir=tmp_path, partition="gpu-v100"))
+    with pytest.raises(InvalidInput) as err:
+        submit(["true"], env_name="cuda128-env", site=site,
+               options=SubmitOptions(workdir=tmp_path, gpu_type="a100"))
+    assert "needs CUDA 12.8; best available is 12.4 on gpu-a100" in str(err.value)
+    assert "a100n2 CUDA 12.2" in str(err.value)  # the live node table
+    assert len(list_submissions(site.state_dir, "slurm")) == before
+
+
+def test_slurm_rejection_is_one_line_and_not_recorded(site: SiteConfig, tmp_path: Path) -> None:
+    before = len(list_submissions(site.state_dir, "slurm"))
+    with pytest.raises(HpcenvError) as err:
+        submit(["true"], env_name="cpu-env", site=site,
+               options=SubmitOptions(workdir=tmp_path, sbatch_args=("--constraint=nosuchfeature",)))
+    assert "\n" not in str(err.value)
+    assert len(list_submissions(site.state_dir, "slurm")) == before
+    submit(["true"], env_name="cpu-env", site=site, options=SubmitOptions(workdir=tmp_path))
+    assert len(list_submissions(site.state_dir, "slurm")) == before + 1  # records do get written
+
+
+def _start_catch(site: SiteConfig, env: str, workdir: Path) -> str:
+    script = workdir / "catch.py"
+    script.write_text(CATCH)
+    result = submit(script, env_name=env, site=site, options=SubmitOptions(workdir=workdir))
+    out = workdir / f"slurm-{result.job_id}.out"
+    deadline = time.monotonic() + 60
+    while "ready" not in (out.read_text() if out.exists() else ""):
+        assert time.monotonic() < deadline, f"job {result.job_id} did not start"
+        time.sleep(0.2)
+    return result.job_id or ""
+
+
+@pytest.mark.parametrize("launcher", ["activate", "conda-run"])
+@pytest.mark.parametrize("how", ["--batch", "--full"])
+def test_scancel_signal_reaches_the_program(site: SiteConfig, conda_site: SiteConfig,
+                                            tmp_path: Path, launcher: str, how: str) -> None:
+    chosen = conda_site if launcher == "conda-run" else site
+    job_id = _start_catch(chosen, "cuda118-env", tmp_path)
+    script = Path(json.loads(Path(chosen.state_dir, "submissions", f"slurm-{job_id}.json")
+                             .read_text())["script"]).read_text()
+    assert ("conda run -p" in script) == (launcher == "conda-run")
+    subprocess.run(["scancel", how, "--signal=USR1", job_id], check=True, timeout=30)
+    info = wait_for(site_scheduler(chosen), job_id, first=0.2, most=1.0)
+    out = (tmp_path / f"slurm-{job_id}.out").read_text().splitlines()
+    assert out[1] == "got SIGUSR1"
+    assert job_exit_code(info) == 42
+
+
+def test_cli_submit_wait_status_logs(site: SiteConfig, slurm_cluster: SlurmCluster,  # noqa: F811
+                                     tmp_path: Path) -> None:
+    script = tmp_path / "show.py"
+    script.write_text(SHOW + "sys.exit(3)\n")
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(site.source), *argv],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env=slurm_cluster.env)
+
+    dry = cli("submit", str(script), "--env", "cuda124-env", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "#SBATCH --constraint=cuda12.4" in dry.stdout and "# partition: gpu-a100" in dry.stdout
+
+    waited = cli("submit", str(script), "--env", "cuda124-env", "--wait", "--", "--x", "$(id)")
+    assert waited.returncode == 3, waited.stderr
+    job_id = waited.stderr.split("submitted job ", 1)[1].split()[0]
+    status = json.loads(cli("--json", "status", job_id).stdout)
+    assert status["state"] == "FAILED" and status["exit_code"] == 3
+    assert status["partition"] == "gpu-a100" and status["env"] == "cuda124-env"
+    logs = cli("logs", job_id)
+    assert json.loads(logs.stdout)["argv"] == ["--x", "$(id)"]
