@@ -256,6 +256,13 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:,.{digits}f} {unit}".strip()
 
 
+def _fmt_ratio(ratio: float | None) -> str:
+    if ratio is None:
+        return "-"
+    # Tiny ratios read better as "1/N" than as 0.00x.
+    return f"{ratio:.2f}x" if ratio >= 0.01 else f"1/{1 / ratio:,.0f}"
+
+
 def format_result(result: BenchResult) -> str:
     rows = [("metric", "value (median)", "spread min..max", "baseline", "ratio")]
     for m in result.metrics:
@@ -263,8 +270,7 @@ def format_result(result: BenchResult) -> str:
                   if m.spread else "-")
         base = f"{_fmt(m.baseline, m.unit)} {m.baseline_name}".strip() if m.baseline is not None \
             else "-"
-        ratio = f"{m.ratio:.2f}x" if m.ratio is not None else "-"
-        rows.append((m.name, _fmt(m.value, m.unit), spread, base, ratio))
+        rows.append((m.name, _fmt(m.value, m.unit), spread, base, _fmt_ratio(m.ratio)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"== {result.name} ({result.seconds:.1f} s)"]
     for i, row in enumerate(rows):
