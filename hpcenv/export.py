@@ -10,12 +10,21 @@ env was built with when the caller knows them (the registry does), in priority o
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
 
-from hpcenv.errors import HpcenvError, NotFound
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from hpcenv.engine.base import Engine
+    from hpcenv.site import SiteConfig
+
+_ARCHIVE_SUFFIXES = (".conda", ".tar.bz2")
 
 
 @dataclass(frozen=True)
@@ -157,3 +166,116 @@ def export_lock(lock_path: Path) -> str:
         return Path(lock_path).read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise NotFound(f"lockfile {lock_path} is missing; rebuild the env to write a new one") from exc
+
+
+# --- @EXPLICIT lists back into lockfiles --------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExplicitEntry:
+    """One ``URL#checksum`` line of an ``@EXPLICIT`` list."""
+
+    url: str
+    checksum: str | None     # md5 (32 hex) or sha256 (64 hex), "sha256:"/"md5:" prefix dropped
+    name: str
+    version: str
+    build: str
+    channel: str             # the URL without ``/SUBDIR/FILE``
+    subdir: str
+    line: int
+
+
+def is_explicit_list(path: Path) -> bool:
+    """Whether ``path`` is an ``@EXPLICIT`` list (rather than a rattler lockfile)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return any(line.strip() == "@EXPLICIT" for line in fh)
+    except OSError:
+        return False
+
+
+def read_explicit(path: Path) -> list[ExplicitEntry]:
+    """The package lines of an ``@EXPLICIT`` list (InvalidInput naming file:line if malformed)."""
+    entries = []
+    started = False
+    for number, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line == "@EXPLICIT":
+            started = True
+            continue
+        if not started:
+            raise InvalidInput(f"{path}:{number}: text before the '@EXPLICIT' line; an explicit "
+                               "list has only comments before it")
+        url, _, checksum = line.partition("#")
+        checksum = checksum.split(":", 1)[-1].strip().lower() or None
+        parts = url.rsplit("/", 2)
+        filename = parts[-1]
+        stem = next((filename[: -len(x)] for x in _ARCHIVE_SUFFIXES if filename.endswith(x)), None)
+        pieces = stem.rsplit("-", 2) if stem else []
+        if len(parts) != 3 or len(pieces) != 3 or not all(pieces):
+            raise InvalidInput(f"{path}:{number}: {url!r} is not CHANNEL/SUBDIR/NAME-VERSION-BUILD"
+                               ".conda (or .tar.bz2); regenerate the list with 'hpcenv env export "
+                               "NAME --explicit'")
+        if checksum is not None and len(checksum) not in (32, 64):
+            raise InvalidInput(f"{path}:{number}: checksum {checksum!r} is neither an md5 nor a "
+                               "sha256")
+        entries.append(ExplicitEntry(url=url, checksum=checksum, name=pieces[0],
+                                     version=pieces[1], build=pieces[2], channel=parts[0],
+                                     subdir=parts[1], line=number))
+    if not entries:
+        raise InvalidInput(f"{path}: no packages after '@EXPLICIT'")
+    return entries
+
+
+def lock_from_explicit(path: Path, site: SiteConfig, *, cuda_override: str | None = None,
+                       engine: Engine | None = None) -> Path:
+    """A lockfile with exactly the packages of the ``@EXPLICIT`` list ``path``.
+
+    An explicit list carries only URLs, but a lockfile (and an install) needs each package's
+    metadata, which lives in the channel's repodata: so the packages are solved pinned to
+    ``name ==version build`` against the list's channels, and the result must be exactly the
+    listed URLs with the listed checksums, or this fails naming the line.  ``__cuda`` is the
+    listed ``cuda-version`` unless ``cuda_override`` says otherwise.  The lockfile is kept under
+    the site's ``state_dir`` by content, so building the same list again needs no solve.
+    """
+    from hpcenv.engine.base import current_platform, get_engine
+
+    path = Path(path)
+    entries = read_explicit(path)
+    cuda_version = next((e.version for e in entries if e.name == "cuda-version"), "")
+    cuda = cuda_version if cuda_override is None else cuda_override
+    digest = hashlib.sha256(path.read_bytes() + f"\0cuda={cuda}".encode()).hexdigest()
+    out = Path(site.state_dir) / "explicit-locks" / f"{digest[:24]}.lock.yml"
+    if out.is_file():
+        return out
+    for entry in entries:
+        if entry.url.startswith("file://") and not Path(unquote(urlparse(entry.url).path)).is_file():
+            raise HpcenvError(f"{path}:{entry.line}: {entry.url} does not exist; the channel "
+                              "changed since the list was made (rebuild from the env file)")
+    subdirs = sorted({e.subdir for e in entries if e.subdir != "noarch"})
+    platform = subdirs[0] if subdirs else current_platform()
+    channels = list(dict.fromkeys(e.channel for e in entries))
+    engine = engine or get_engine(site)
+    # Pinned specs: channel priority cannot change the choice, and strict priority would
+    # refuse a package pinned from a lower-priority channel.
+    packages = engine.solve([f"{e.name} =={e.version} {e.build}" for e in entries],
+                            channels=channels, platform=platform, cuda=cuda,
+                            channel_priority="flexible")
+    by_name = {p.name: p for p in packages}
+    for entry in entries:
+        got = by_name.pop(entry.name, None)
+        if got is None or got.url != entry.url:
+            raise HpcenvError(f"{path}:{entry.line}: {entry.url} is not in its channel's index "
+                              f"(found {got.url if got else 'nothing'}); is the channel reachable?")
+        expected = got.sha256 if entry.checksum and len(entry.checksum) == 64 else got.md5
+        if entry.checksum and expected and entry.checksum != expected.lower():
+            raise HpcenvError(f"{path}:{entry.line}: checksum mismatch for {entry.url} (list "
+                              f"{entry.checksum}, channel {expected}); the package changed "
+                              "since the list was made")
+    if by_name:
+        raise HpcenvError(f"{path}: incomplete explicit list: the packages need "
+                          f"{', '.join(sorted(by_name))} too; export the list again")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    engine.write_lock(out, "default", packages, channels, platform)
+    return out

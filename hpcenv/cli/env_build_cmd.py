@@ -178,10 +178,19 @@ def _build(args: argparse.Namespace, ctx: Context) -> int:
         raise InvalidInput("nothing to build: give an environment FILE or --from-lock LOCK")
     spec = load_spec(args.file) if args.file is not None else None
     cuda_override = "" if args.no_cuda else args.cuda
+    from_lock = args.from_lock
     progress = _Progress(ctx)
     try:
+        if from_lock is not None:
+            from hpcenv.export import is_explicit_list, lock_from_explicit
+
+            if not from_lock.is_file():
+                raise InvalidInput(f"--from-lock {from_lock}: no such file")
+            if is_explicit_list(from_lock):
+                progress(f"reading @EXPLICIT list {from_lock}")
+                from_lock = lock_from_explicit(from_lock, ctx.site(), cuda_override=cuda_override)
         result = build_env(spec, ctx.site(), name=args.name, cuda_override=cuda_override,
-                           from_lock=args.from_lock, on_progress=progress)
+                           from_lock=from_lock, on_progress=progress)
     finally:
         progress.close()
     data = result.to_dict()
