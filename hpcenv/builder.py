@@ -134,8 +134,7 @@ def key_lock(site: SiteConfig, key: str, *, on_wait: Callable[[LockHolder | None
     """The build lock of ``key`` with the site's lock settings."""
     return BuildLock(locks_dir(site) / f"{key}.lock", method=site.locks.method,
                      timeout=site.locks.timeout if timeout is None else timeout,
-                     stale_after=site.locks.stale_after, on_wait=on_wait,
-                     mode=0o664 if site.permissions.group else 0o644)
+                     stale_after=site.locks.stale_after, on_wait=on_wait)
 
 
 def is_complete(prefix: Path | str) -> bool:

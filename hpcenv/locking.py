@@ -140,14 +140,15 @@ class BuildLock:
     """An exclusive lock on ``path`` shared by every process that can see the filesystem.
 
     ``on_wait(holder)`` is called when the lock is busy, and again whenever the holder changes
-    (``holder`` is None if the holder has not published its record yet).  Usable as a context
-    manager; not reentrant.
+    (``holder`` is None if the holder has not published its record yet).  ``mode`` is the lock
+    file's mode: 0666 by default, because every user who may build must be able to open it for
+    locking (it holds no data).  Usable as a context manager; not reentrant.
     """
 
     def __init__(self, path: Path | str, *, timeout: float = 3600.0, method: LockMethod = "flock",
                  on_wait: Callable[[LockHolder | None], None] | None = None,
                  stale_after: float | None = None, poll_interval: float = 0.1,
-                 mode: int = 0o664) -> None:
+                 mode: int = 0o666) -> None:
         if method not in ("flock", "mkdir"):
             raise HpcenvError(f"unknown lock method {method!r}: use 'flock' or 'mkdir'")
         self.path = Path(path)
@@ -242,7 +243,7 @@ class BuildLock:
         except filelock.Timeout:
             return False
         self._me = current_holder()
-        _atomic_write_json(self.holder_path, self._me.to_dict(), self.mode)
+        _atomic_write_json(self.holder_path, self._me.to_dict())
         return True
 
     # --- mkdir --------------------------------------------------------------------------------
@@ -253,9 +254,10 @@ class BuildLock:
         staging = Path(tempfile.mkdtemp(prefix=f".{lockdir.name}.", suffix=".new",
                                         dir=lockdir.parent))
         try:
-            # Waiters of other users read the holder record; mkdtemp made the dir 0700.
-            os.chmod(staging, 0o775 if self.mode & 0o020 else 0o755)
-            _atomic_write_json(staging / "holder.json", me.to_dict(), self.mode)
+            # Other users read the holder record and may have to break the lock: mkdtemp made
+            # the dir 0700, give it the lock file's permissions (plus search).
+            os.chmod(staging, 0o755 | (self.mode & 0o022))
+            _atomic_write_json(staging / "holder.json", me.to_dict())
             for _ in range(2):  # second round after breaking a stale lock
                 try:
                     os.rename(staging, lockdir)
@@ -319,9 +321,10 @@ class BuildLock:
 _UNSEEN = object()
 
 
-def _atomic_write_json(path: Path, data: dict[str, Any], mode: int) -> None:
+def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    """Holder records: readable by every waiter, only ever replaced by rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh)
         fh.flush()

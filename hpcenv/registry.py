@@ -159,7 +159,7 @@ class Registry:
         """Serialise version allocation and ``current`` changes of one name."""
         self._ensure_dir(self.root / name)
         with BuildLock(self.root / name / ".lock", method=self.lock_method,
-                       timeout=self.lock_timeout, mode=self.file_mode):
+                       timeout=self.lock_timeout):
             yield
 
     def allocate(self, name: str, make: Callable[[int], EnvRecord]) -> EnvRecord:

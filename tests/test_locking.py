@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -143,6 +144,17 @@ def test_probe_lock_support(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     ok, detail = probe_lock_support(tmp_path / "missing")
     assert not ok and "cannot create a probe file" in detail
+
+
+def test_lock_file_usable_by_every_builder(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        lock = BuildLock(tmp_path / "k.lock")
+        with lock:
+            assert stat.S_IMODE(lock.path.stat().st_mode) == 0o666
+            assert stat.S_IMODE(lock.holder_path.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
 
 
 def test_unknown_method_rejected(tmp_path: Path) -> None:
