@@ -571,16 +571,22 @@ def _strip_local_globals(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _same_arg(token: str, value: str) -> bool:
+    # argparse may have turned the value into a Path ("./x.yml" -> "x.yml"): compare as paths.
+    return token == value or (bool(token) and not token.startswith("-")
+                              and Path(token) == Path(value))
+
+
 def _replace_value(argv: list[str], value: str, new: str) -> None:
     """Rewrite the first argv token equal to ``value`` (or ``--opt=value``) to ``new``."""
     for i, token in enumerate(argv):
         if token == "--":
             # A SCRIPT given after "--" is still a path to rewrite; keep looking.
             continue
-        if token == value:
+        if _same_arg(token, value):
             argv[i] = new
             return
-        if token.startswith("--") and "=" in token and token.split("=", 1)[1] == value:
+        if token.startswith("--") and "=" in token and _same_arg(token.split("=", 1)[1], value):
             argv[i] = token.split("=", 1)[0] + "=" + new
             return
 

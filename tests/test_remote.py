@@ -468,3 +468,31 @@ def test_remote_wait_survives_a_dropped_connection(
         assert s.follow(follow, out) == 0
     log = out.getvalue()
     assert log.count("done: w=") == 1 and "SLURMD_NODENAME: a100n1" in log
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_remote_env_build_once_then_reuse_and_from_lock(
+        sshd_slurm: SshServer, ssh_client_home: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    name = f"remote-build-{os.getpid()}"
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(EXAMPLES / "cuda118.yml", tmp_path / "spec.yml")
+    _write_remotes(ssh_client_home, sshd_slurm)
+    remote = ["--remote", "testcluster", "--json"]
+    assert main([*remote, "env", "build", "./spec.yml", "--name", name]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*remote, "env", "build", "./spec.yml", "--name", name]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert (first["status"], second["status"]) == ("built", "reused")
+    assert first["prefix"] == second["prefix"] and first["cuda"] == "11.8"
+    assert main([*remote, "env", "list"]) == 0
+    assert name in capsys.readouterr().out
+
+    # A lock exported on the cluster, kept on the laptop, recreates the env there (Path option).
+    assert main(["--remote", "testcluster", "env", "export", name, "--lock"]) == 0
+    (tmp_path / "env.lock").write_text(capsys.readouterr().out)
+    assert main([*remote, "env", "build", "--from-lock", "./env.lock",
+                 "--name", f"{name}-locked"]) == 0
+    locked = json.loads(capsys.readouterr().out)
+    assert locked["status"] == "built" and locked["prefix"] != first["prefix"]
