@@ -154,6 +154,13 @@ def test_cli_submit_wait_returns_the_jobs_exit_code(built, tmp_path: Path) -> No
     out = next(tmp_path.glob("slurm-*.out"))
     assert json.loads(out.read_text())["argv"] == ["--flag", "$(id)"]
 
+    as_json = subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(site.source), "--json",
+                              "submit", str(script), "--env", "cpuenv", "--wait"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert as_json.returncode == 5
+    data = json.loads(as_json.stdout)  # exactly one document
+    assert data["exit_code"] == 5 and data["state"] == "FAILED" and data["env"] == "cpuenv"
+
 
 def test_cli_json_dry_run_and_job_control(built, tmp_path: Path) -> None:
     site, _ = built

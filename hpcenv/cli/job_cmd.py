@@ -140,16 +140,25 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
         data["script_text"] = result.script_text
         ctx.emit(data, _dry_run_text)
         return 0
-    if not args.wait or ctx.json:
-        ctx.emit(result.to_dict(), lambda d: f"Submitted job {d['job_id']} to partition "
-                 f"{d['partition'] or '(default)'}{_constraint(d)}: env {d['env']} "
-                 f"v{d['env_version']} ({d['reason']})")
-        if not args.wait:
-            return 0
-    else:
-        ctx.info(f"hpcenv: submitted job {result.job_id} to partition "
-                 f"{result.partition or '(default)'}{_constraint(result.to_dict())}; waiting")
-    return _wait(result.job_id or "", ctx, site)
+    data = result.to_dict()
+    if not args.wait:
+        ctx.emit(data, _submitted_text)
+        return 0
+    ctx.info(f"hpcenv: {_submitted_text(data)}; waiting")
+    info = _wait(result.job_id or "", ctx, site)
+    from hpcenv.jobs import job_exit_code
+
+    code = job_exit_code(info)
+    if ctx.json:
+        # One JSON document: the submission plus how the job ended.
+        ctx.emit({**data, "state": info.state, "exit_code": code, "node": info.node,
+                  "elapsed": info.elapsed})
+    return code
+
+
+def _submitted_text(d: dict[str, Any]) -> str:
+    return (f"submitted job {d['job_id']} to partition {d['partition'] or '(default)'}"
+            f"{_constraint(d)}: env {d['env']} v{d['env_version']} ({d['reason']})")
 
 
 def _constraint(d: dict[str, Any]) -> str:
@@ -165,19 +174,12 @@ def _dry_run_text(d: dict[str, Any]) -> str:
             f"# script:    {d['script']}")
 
 
-def _wait(job_id: str, ctx: Context, site: Any) -> int:
-    from hpcenv.jobs import job_exit_code, live_status, wait_for
+def _wait(job_id: str, ctx: Context, site: Any) -> Any:
+    from hpcenv.jobs import live_status, wait_for
     from hpcenv.submit import site_scheduler
 
-    scheduler = site_scheduler(site)
     with live_status(sys.stderr, enabled=ctx.verbosity >= 0) as show:
-        info = wait_for(scheduler, job_id, on_poll=show)
-    code = job_exit_code(info)
-    if ctx.json:
-        from hpcenv.jobs import JobView, load_submission
-
-        ctx.emit(JobView(info, load_submission(site.state_dir, scheduler.kind, job_id)).to_dict())
-    return code
+        return wait_for(site_scheduler(site), job_id, on_poll=show)
 
 
 def _scheduler(ctx: Context) -> Any:
