@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -254,3 +255,39 @@ def test_debris_without_live_lock_is_cleaned(site) -> None:
     assert not Path(dead.prefix).exists()
     assert reg.get("kern", 1).status == "failed"
     assert clean_debris(site) == []
+
+
+def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> None:
+    import grp
+
+    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    site = make_site(tmp_path / "site", demo_channel,
+                     permissions=f'{{group: {group.gr_name}, dir_mode: "2775", '
+                                 'env_name_pattern: "{team}-{project}"}')
+    with pytest.raises(InvalidInput, match="naming policy"):
+        build_env(spec(KERNELS_CPU), site)
+    prefix = build_env(spec(KERNELS_CPU), site, name="ml-kern").prefix
+    for path in [prefix, prefix / "conda-meta", prefix / "lib" / "python3.11"]:
+        st = path.stat()
+        assert st.st_gid == group.gr_gid
+        assert st.st_mode & stat.S_ISGID, f"{path} lacks setgid"
+    assert (prefix / "conda-meta" / "history").stat().st_gid == group.gr_gid
+    assert stat.S_IMODE(builds_dir(site).stat().st_mode) == 0o2775
+
+
+def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the test tmp dir")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        site = make_site(tmp_path / "site", demo_channel)
+        site = dataclasses.replace(site, pkgs_dirs=(Path(other) / "pkgs",))
+        result = build_env(spec(KERNELS_CPU), site)
+        assert any("different filesystems" in w for w in result.warnings)
+        cached = next(Path(other, "pkgs").glob("python-3.11*/lib/python3.11/os.py"))
+        assert (result.prefix / "lib/python3.11/os.py").stat().st_ino != cached.stat().st_ino
+        from hpcenv.builder import force_rmtree
+
+        force_rmtree(Path(other) / "pkgs")
