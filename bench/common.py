@@ -102,8 +102,8 @@ def timed_metric(name: str, samples: Sequence[float], unit: str = "ms", *,
         base = None if baseline is None else float(baseline) * scale
     else:
         base = statistics.median(baseline) * scale
-    return Metric(name, med * scale, unit, base, baseline_name, (lo * scale, hi * scale),
-                  len(samples))
+    spread = (lo * scale, hi * scale) if len(samples) > 1 else None
+    return Metric(name, med * scale, unit, base, baseline_name, spread, len(samples))
 
 
 def time_command(argv: Sequence[str], runs: int, *, env: dict[str, str] | None = None,
