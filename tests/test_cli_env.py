@@ -1,0 +1,278 @@
+"""``hpcenv env build|list|show|history|export|rollback|rm|gc`` and ``run -n`` through the real
+console script, on real envs built from the demo channel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HPCENV = str(Path(sys.executable).with_name("hpcenv"))
+
+CUDA_SPEC = """\
+name: kern
+dependencies:
+  - python=3.11
+  - hpcdemo-kernels
+  - cuda-version=12.4
+  - pip:
+    - hpcdemo_extra
+variables:
+  KERN_MODE: fast
+"""
+
+CPU_SPEC = """\
+name: kern
+dependencies:
+  - python=3.11
+  - hpcdemo-kernels
+"""
+
+
+def write_site(root: Path, demo_channel) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "site.yaml"
+    path.write_text("\n".join([
+        f"envs_dirs: [{root}/envs]",
+        f"pkgs_dirs: [{root}/pkgs]",
+        f"registry: {root}/registry",
+        f"state_dir: {root}/state",
+        "channels: [conda-forge]",
+        f"mirrors: {{conda-forge: {demo_channel.path}}}",
+        "scheduler: local",
+        f"pip: {{wheel_dir: {demo_channel.wheels}, no_index: true}}",
+    ]) + "\n")
+    return path
+
+
+class Cli:
+    def __init__(self, site: Path) -> None:
+        self.site = site
+        self.root = site.parent
+
+    def argv(self, *args: str) -> list[str]:
+        return [HPCENV, "--site", str(self.site), *args]
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=300)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"hpcenv {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> object:
+        return json.loads(self(*args, "--json").stdout)
+
+    def spec(self, text: str, name: str = "environment.yml") -> Path:
+        path = self.root / name
+        path.write_text(text)
+        return path
+
+
+def package_set(prefix: str | Path) -> set[tuple[str, str, str]]:
+    out = set()
+    for path in (Path(prefix) / "conda-meta").glob("*.json"):
+        rec = json.loads(path.read_text())
+        out.add((rec["name"], rec["version"], rec["build"]))
+    return out
+
+
+def pip_set(prefix: str | Path) -> set[str]:
+    return {p.name for p in Path(prefix).glob("lib/python*/site-packages/*.dist-info")}
+
+
+@pytest.fixture
+def cli(tmp_path: Path, demo_channel) -> Cli:
+    return Cli(write_site(tmp_path / "site", demo_channel))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, demo_channel) -> tuple[Cli, dict]:
+    """One CUDA env, built once for the read-only tests of this module."""
+    cli = Cli(write_site(tmp_path_factory.mktemp("cli") / "site", demo_channel))
+    result = cli.json("env", "build", str(cli.spec(CUDA_SPEC)))
+    return cli, result
+
+
+def test_build_json_then_reused(built: tuple[Cli, dict]) -> None:
+    cli, first = built
+    assert first["status"] == "built"
+    assert (first["name"], first["version"], first["cuda"]) == ("kern", 1, "12.4")
+    assert set(first) >= {"name", "version", "key", "prefix", "status", "cuda"}
+    assert any(b.startswith("cuda124") for n, _, b in package_set(first["prefix"]) if n == "hpcdemo-kernels")
+    started = time.monotonic()
+    again = cli.json("env", "build", str(cli.root / "environment.yml"))
+    elapsed = time.monotonic() - started
+    print(f"\nsecond 'env build' (reused) wall time: {elapsed:.3f}s")
+    assert again["status"] == "reused"
+    assert (again["prefix"], again["version"], again["key"]) == (first["prefix"], 1, first["key"])
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_tty(cli: Cli) -> None:
+    proc = cli("env", "build", str(cli.spec(CPU_SPEC)))
+    assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
+    assert "installing" in proc.stderr
+    assert proc.stdout.startswith("built kern version 1 (no CUDA)")
+
+
+def test_list_show_history(built: tuple[Cli, dict]) -> None:
+    cli, first = built
+    (row,) = cli.json("env", "list")
+    assert (row["name"], row["current"], row["cuda"], row["prefix"]) == ("kern", 1, "12.4", first["prefix"])
+    shown = cli.json("env", "show", "kern")
+    assert shown["prefix"] == first["prefix"] and shown["current"] is True
+    assert shown["status"] == "ready" and shown["packages"] == len(package_set(first["prefix"]))
+    text = cli("env", "show", "kern").stdout
+    assert "kern version 1 (current): ready" in text and "12.4 (inferred)" in text
+    (entry,) = cli.json("env", "history", "kern")
+    assert entry["current"] and entry["key"] == first["key"]
+    assert cli("env", "history", "kern").stdout.splitlines()[1].startswith("*")
+    missing = cli("env", "show", "nope", check=False)
+    assert missing.returncode == 1 and "hpcenv env list" in missing.stderr
+
+
+def test_run_by_name_sees_activation_and_passes_exit_code(built: tuple[Cli, dict]) -> None:
+    cli, first = built
+    code = "import os, sys; print(os.environ['CONDA_PREFIX'], os.environ['KERN_MODE']); sys.exit(7)"
+    proc = cli("run", "-n", "kern", "--", "python", "-c", code, check=False)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout.split() == [first["prefix"], "fast"]
+    missing = cli("run", "-n", "nope", "--", "python", check=False)
+    assert missing.returncode == 1 and "no environment named 'nope'" in missing.stderr
+
+
+# conda env export writes `name=version=build`; the rattler engine hands spec strings to
+# rattler.solve, which parses them strictly and rejects that form (conda and rattler's lenient
+# MatchSpec accept it). Fix in hpcenv/engine/rattler_engine.py: parse each spec with
+# rattler.MatchSpec(s) (lenient) before solving. strict=True: this fails loudly once fixed.
+_ENGINE_STRICT_SPECS = pytest.mark.xfail(
+    strict=True, reason="engine parses specs strictly; rejects conda's name=version=build")
+
+
+@pytest.mark.parametrize("form", [pytest.param("yml", marks=_ENGINE_STRICT_SPECS), "no-builds",
+                                  "lock", "explicit"])
+def test_export_builds_the_same_env_again(built: tuple[Cli, dict], form: str) -> None:
+    cli, first = built
+    flag = {"yml": [], "no-builds": ["--no-builds"], "lock": ["--lock"], "explicit": ["--explicit"]}[form]
+    exported = cli.root / f"export-{form}.txt"
+    cli("env", "export", "kern", *flag, "-o", str(exported))
+    name = f"again-{form}"
+    if form in ("lock", "explicit"):
+        result = cli.json("env", "build", "--from-lock", str(exported), "--name", name)
+    else:
+        result = cli.json("env", "build", str(exported), "--name", name)
+    assert result["status"] == "built"
+    assert package_set(result["prefix"]) == package_set(first["prefix"])
+    if form in ("yml", "no-builds"):  # the pip section and variables travel in environment.yml
+        assert pip_set(result["prefix"]) == pip_set(first["prefix"])
+        assert json.loads((Path(result["prefix"]) / "conda-meta" / "state").read_text()) == \
+            {"env_vars": {"KERN_MODE": "fast"}}
+
+
+def test_explicit_list_with_a_vanished_package_names_the_line(cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"@EXPLICIT\n{(tmp_path / 'linux-64' / 'gone-1.0-0.conda').as_uri()}#{'0' * 64}\n")
+    proc = cli("env", "build", "--from-lock", str(bad), "--name", "x", check=False)
+    assert proc.returncode == 1
+    assert f"{bad}:2:" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_rollback_rm_and_gc(cli: Cli) -> None:
+    v1 = cli.json("env", "build", str(cli.spec(CUDA_SPEC)))
+    v2 = cli.json("env", "build", str(cli.spec(CPU_SPEC, "cpu.yml")))
+    assert (v1["version"], v2["version"], v2["cuda"]) == (1, 2, None)
+
+    back = cli.json("env", "rollback", "kern")
+    assert (back["version"], back["previous"]) == (1, 2)
+    assert cli.json("env", "show", "kern")["version"] == 1
+    assert os.path.realpath(cli.root / "envs" / "kern") == v1["prefix"]
+    cli("env", "rollback", "kern", "--to", "2")
+    assert cli.json("env", "show", "kern")["version"] == 2
+
+    refused = cli("env", "rm", "kern", "--version", "2", check=False)
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert Path(v2["prefix"]).is_dir()
+
+    dry = cli.json("env", "gc", "--dry-run")
+    assert dry["removed"] == []  # both versions are live
+
+    removed = cli.json("env", "rm", "kern", "--version", "1")
+    assert removed["removed"] == [1] and removed["current"] == 2
+    assert not Path(v1["prefix"]).exists()
+    history = cli.json("env", "history", "kern")
+    assert [(h["version"], h["status"]) for h in history] == [(1, "retired"), (2, "ready")]
+
+    cache = cli.root / "pkgs"
+    cuda_entry = next(p.name for p in cache.iterdir()
+                      if p.is_dir() and p.name.startswith("hpcdemo-kernels-") and "cuda124" in p.name)
+    dry = cli.json("env", "gc", "--dry-run")
+    assert cuda_entry in {Path(i["path"]).name for i in dry["removed"]}
+    assert (cache / cuda_entry).is_dir()
+    report = cli.json("env", "gc")
+    assert report["bytes_freed"] == dry["bytes_freed"] > 0
+    assert report["files_freed"] == dry["files_freed"]
+    assert not (cache / cuda_entry).exists()
+    assert "freed" in cli("env", "gc").stdout
+    # what gc left behind still runs
+    proc = cli("run", "-n", "kern", "--", "python", "-c", "import hpcdemo_kernels", check=False)
+    assert proc.returncode == 0, proc.stderr
+
+    whole = cli("env", "rm", "kern", check=False)
+    assert whole.returncode == 1 and "--force" in whole.stderr
+    gone = cli.json("env", "rm", "kern", "--force")
+    assert gone["removed"] == [2] and gone["current"] is None
+    assert not (cli.root / "envs" / "kern").exists()
+
+
+def test_16_concurrent_cli_builds_build_once(cli: Cli) -> None:
+    spec = cli.spec(CPU_SPEC)
+    procs = [subprocess.Popen(cli.argv("env", "build", str(spec), "--json"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(16)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    statuses = sorted(r["status"] for r in results)
+    assert statuses == ["built"] + ["reused"] * 15
+    assert len({r["prefix"] for r in results}) == 1
+    assert len({r["version"] for r in results}) == 1
+    assert len(cli.json("env", "history", "kern")) == 1
+
+
+def test_waiting_builder_says_who_holds_the_lock(cli: Cli) -> None:
+    from hpcenv.builder import key_lock, plan_build
+    from hpcenv.site import load_site
+    from hpcenv.spec import load_spec
+
+    spec_path = cli.spec(CPU_SPEC)
+    site = load_site(cli.site)
+    plan = plan_build(load_spec(spec_path), site)
+    lock = key_lock(site, plan.key)
+    lock.acquire()
+    try:
+        proc = subprocess.Popen(cli.argv("env", "build", str(spec_path), "--json"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith(f"hpcenv: waiting for ") and f"pid {os.getpid()} since " in line
+        assert proc.poll() is None
+    finally:
+        lock.release()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    result = json.loads(out)
+    assert result["status"] == "built" and result["waited"] is True
+
+
+def test_usage_errors(cli: Cli, tmp_path: Path) -> None:
+    nothing = cli("env", "build", check=False)
+    assert nothing.returncode == 2 and "--from-lock" in nothing.stderr
+    both = cli("env", "build", "x.yml", "--cuda", "12.4", "--no-cuda", check=False)
+    assert both.returncode == 2
+    no_file = cli("env", "build", "--from-lock", str(tmp_path / "missing.lock"), "--name", "x", check=False)
+    assert no_file.returncode == 2 and "no such file" in no_file.stderr
