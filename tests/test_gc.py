@@ -143,3 +143,48 @@ def test_readonly_prefix_is_removable_and_stats_are_sane(site: dict[str, Path]) 
     assert not os.stat(old).st_mode & stat.S_IWUSR
     plan_and_collect(builds=[old], debris=[], keep=[], envs_dirs=[], pkgs_dir=None)
     assert not old.exists()
+
+
+def test_collect_garbage_on_a_site(demo_channel, tmp_path: Path) -> None:
+    """Builder-made site: a complete build whose record failed is garbage, so is debris; the
+    current build and the packages it uses stay."""
+    from dataclasses import replace
+
+    from hpcenv.builder import MARKER, build_env, builds_dir
+    from hpcenv.gc import collect_garbage
+    from hpcenv.registry import Registry
+    from hpcenv.site import load_site
+    from hpcenv.spec import parse_spec
+
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "site.yaml").write_text("\n".join([
+        f"envs_dirs: [{root}/envs]", f"pkgs_dirs: [{root}/pkgs]", f"registry: {root}/registry",
+        f"state_dir: {root}/state", "channels: [conda-forge]",
+        f"mirrors: {{conda-forge: {demo_channel.path}}}", "scheduler: local"]) + "\n")
+    site = load_site(root / "site.yaml")
+    cpu = build_env(parse_spec("name: k\ndependencies: [python=3.11, hpcdemo-kernels]\n"), site,
+                    cuda_override="")
+    cuda = build_env(parse_spec("name: k\ndependencies: [python=3.11, hpcdemo-kernels]\n"), site,
+                     cuda_override="12.4")
+    registry = Registry.for_site(site)
+    # A crash between the completion marker and the record update leaves exactly this behind.
+    registry.update(replace(cpu.record, status="failed"))
+    debris = builds_dir(site) / "k-9-deadbeefdead"
+    (debris / "conda-meta").mkdir(parents=True)
+    assert (cpu.prefix / MARKER).is_file()
+
+    dry = collect_garbage(site, dry_run=True)
+    kinds = {(i.kind, i.path.name) for i in dry.removed}
+    assert ("build", cpu.prefix.name) in kinds and ("debris", debris.name) in kinds
+    assert any(k == "package" and "-cpu_" in n for k, n in kinds)
+    assert cpu.prefix.is_dir() and debris.is_dir()
+
+    report = collect_garbage(site)
+    assert report.to_dict() | {"dry_run": True} == dry.to_dict()
+    assert not cpu.prefix.exists() and not debris.exists()
+    assert cuda.prefix.is_dir() and not report.errors
+    out = subprocess.run([cuda.prefix / "bin" / "python", "-c", "import hpcdemo_kernels"],
+                         capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert collect_garbage(site).removed == []
