@@ -26,6 +26,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from hpcenv.drivers import CudaCompat, cuda_satisfies, driver_supports, max_cuda_for_driver
 from hpcenv.errors import InvalidInput
 from hpcenv.scheduler.base import NodeState, PartitionState
 from hpcenv.site import Partition
@@ -123,10 +124,8 @@ def _start_now(nodes: Sequence[NodeState], gpus: int, wanted_nodes: int) -> bool
     return sum(1 for n in nodes if n.available and n.gpus_free >= gpus) >= max(wanted_nodes, 1)
 
 
-def _judge_gpu(p: Partition, req: RouteRequest, compat: str,
+def _judge_gpu(p: Partition, req: RouteRequest, compat: CudaCompat,
                live: PartitionState | None) -> PartitionVerdict:
-    from hpcenv.drivers import cuda_satisfies, driver_supports, max_cuda_for_driver
-
     gpus = req.gpus_wanted
     cuda = req.cuda
     nodes = live.nodes if live is not None else ()
@@ -146,11 +145,11 @@ def _judge_gpu(p: Partition, req: RouteRequest, compat: str,
     if p.driver:
         best = max_cuda_for_driver(p.driver)
         support = f"driver {p.driver} (CUDA {best})"
-        cuda_ok = cuda is None or driver_supports(p.driver, cuda, compat)  # type: ignore[arg-type]
+        cuda_ok = cuda is None or driver_supports(p.driver, cuda, compat)
     elif p.max_cuda:
         best = p.max_cuda
         support = f"CUDA {best}"
-        cuda_ok = cuda is None or cuda_satisfies(best, cuda, compat)  # type: ignore[arg-type]
+        cuda_ok = cuda is None or cuda_satisfies(best, cuda, compat)
     elif p.node_feature:
         regex = feature_regex(p.node_feature)
         per_node = [(n, m.group(1), f) for n in nodes for f in n.features if (m := regex.match(f))]
@@ -163,7 +162,7 @@ def _judge_gpu(p: Partition, req: RouteRequest, compat: str,
         best = max((c for _, c, _ in per_node), key=cuda_key)
         support = "nodes: " + ", ".join(f"{n.name} CUDA {c}" for n, c, _ in per_node)
         fits = [(n, f) for n, c, f in per_node
-                if cuda is None or cuda_satisfies(c, cuda, compat)]  # type: ignore[arg-type]
+                if cuda is None or cuda_satisfies(c, cuda, compat)]
         if not fits:
             return verdict(support, best, False, f"no node's driver supports CUDA {cuda}")
         admitted = tuple(dict.fromkeys(n for n, _ in fits))
@@ -211,7 +210,7 @@ def _live_map(live: Sequence[PartitionState] | None) -> Mapping[str, PartitionSt
     return None if live is None else {p.name: p for p in live}
 
 
-def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: str = "strict",
+def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: CudaCompat = "strict",
           live: Sequence[PartitionState] | None = None) -> RoutingDecision:
     """Choose the partition for a job; InvalidInput (exit 2) when none fits or an explicit one
     cannot run it.  ``live`` is the scheduler's ``partitions()`` (None when it was not asked)."""
@@ -240,13 +239,10 @@ def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: str = "
             v = _judge_cpu(p, p_live)
             if gpu_job:
                 v = _refuse(v, "no GPUs")
-            elif req.gpu_type:
-                v = _refuse(v, f"no GPUs of type {req.gpu_type}")
         elif not gpu_job:
             v = _judge_gpu(p, req, compat, p_live)
-            if v.eligible:
-                v = _refuse(v, "GPU partition: a CPU job goes to a CPU partition (or pass --partition)",
-                            keep_eligible_if_explicit=p.name == explicit)
+            if v.eligible and p.name != explicit:
+                v = _refuse(v, "GPU partition: a CPU job goes to a CPU partition (or pass --partition)")
         else:
             v = _judge_gpu(p, req, compat, p_live)
         verdicts.append(v)
@@ -263,26 +259,21 @@ def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: str = "
                                    "partition)", tuple(verdicts))
         raise InvalidInput(f"no partition can run this job ({what}); {_hint(req, verdicts)}\n"
                            + format_table(verdicts))
-    if gpu_job:
-        now = [v for v in eligible if v.can_start_now]
-        chosen = now[0] if now else eligible[0]
-        if chosen is eligible[0]:
-            reason = f"{chosen.name}: first eligible partition in site order"
-        else:
-            skipped = ", ".join(v.name for v in eligible[:eligible.index(chosen)])
-            reason = (f"{chosen.name}: first eligible partition with {gpus} free GPU(s) now "
-                      f"({skipped} preferred by the site but busy)")
+    now = [v for v in eligible if v.can_start_now]
+    chosen = now[0] if now else eligible[0]
+    if chosen is eligible[0]:
+        reason = f"{chosen.name}: first eligible partition in site order"
     else:
-        chosen = eligible[0]
-        reason = f"{chosen.name}: first CPU partition in site order"
+        skipped = ", ".join(v.name for v in eligible[:eligible.index(chosen)])
+        room = f"{gpus} free GPU(s)" if gpu_job else "a usable node"
+        reason = (f"{chosen.name}: first eligible partition with {room} now "
+                  f"({skipped} preferred by the site but busy or down)")
     reason = f"{reason}; {what}; {chosen.why}"
     return RoutingDecision(chosen.name, chosen.constraint, gpus, req.gpu_type if gpu_job else None,
                            reason, tuple(verdicts))
 
 
-def _refuse(v: PartitionVerdict, why: str, *, keep_eligible_if_explicit: bool = False) -> PartitionVerdict:
-    if keep_eligible_if_explicit:
-        return v
+def _refuse(v: PartitionVerdict, why: str) -> PartitionVerdict:
     return replace(v, eligible=False, why=why, constraint=None, nodes=(), can_start_now=False)
 
 
@@ -315,11 +306,10 @@ def _describe(req: RouteRequest, gpus: int) -> str:
 
 
 def _hint(req: RouteRequest, verdicts: Sequence[PartitionVerdict]) -> str:
-    gpu = [v for v in verdicts if v.best_cuda is not None or v.gpu_type is not None]
     if req.gpu_type and not any(v.gpu_type == req.gpu_type for v in verdicts):
         types = sorted({v.gpu_type for v in verdicts if v.gpu_type})
         return f"no partition has GPU type {req.gpu_type} (types: {', '.join(types) or 'none'})"
-    with_cuda = [v for v in gpu if v.best_cuda is not None
+    with_cuda = [v for v in verdicts if v.best_cuda is not None
                  and (not req.gpu_type or v.gpu_type == req.gpu_type)]
     if req.cuda and with_cuda:
         best = max(with_cuda, key=lambda v: cuda_key(v.best_cuda or "0"))

@@ -42,7 +42,14 @@ def live(v100_used: int = 0, a100n1_used: int = 0, a100n2_used: int = 0, h100_us
 def test_cpu_env_goes_to_cpu_partition() -> None:
     d = route(RouteRequest(cuda=None), SITE, live=live())
     assert (d.partition, d.constraint, d.gpus) == ("cpu", None, 0)
-    assert "CPU" in d.reason
+    assert "CPU env" in d.reason and "site order" in d.reason
+
+
+def test_cpu_job_skips_a_cpu_partition_whose_nodes_are_all_down() -> None:
+    site = (Partition(name="cpu-old"), *SITE)
+    state = [PartitionState("cpu-old", (node("old1", "cpu-old", state="down"),)), *live()]
+    d = route(RouteRequest(cuda=None), site, live=state)
+    assert d.partition == "cpu" and "cpu-old preferred by the site but busy or down" in d.reason
 
 
 def test_cpu_env_with_gpus_goes_to_a_gpu_partition() -> None:

@@ -56,7 +56,7 @@ def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentP
                     "The partition is chosen by the env's CUDA unless --partition is given. "
                     "Arguments for SCRIPT that look like options go after '--'.")
     p.add_argument("words", nargs="*", metavar="SCRIPT [ARGS...]", help=argparse.SUPPRESS)
-    p.add_argument("--env", "-n", dest="env", metavar="NAME", help="registered env to run in")
+    p.add_argument("--env", metavar="NAME", help="registered env to run in")
     p.add_argument("--env-file", metavar="FILE", help="environment file: build (or reuse) the env "
                    "from it first; NAME defaults to its name:")
     r = p.add_argument_group("resources (as sbatch; defaults from the site config)")
@@ -116,7 +116,7 @@ def _split_at_double_dash(parser: argparse.ArgumentParser) -> None:
             ns.script, ns.program_args, ns.program_cmd = None, [], tail
         return ns, extra
 
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
 
 
 def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
