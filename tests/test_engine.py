@@ -156,3 +156,16 @@ def test_conda_missing_executable_is_clear() -> None:
     with pytest.raises(HpcenvError, match="conda executable '/no/such/conda' not found"):
         CondaCliEngine("/no/such/conda").solve(["x"], channels=["c"], platform="linux-64",
                                                cuda="")
+
+
+def test_conda_export_spec_forms_are_accepted(engine: RattlerEngine, demo_channel) -> None:
+    """``conda env export`` writes ``name=version=build``; the solve must take it."""
+    exact = engine.solve(SPECS, channels=[demo_channel.url], platform=current_platform(),
+                         cuda="12.4")
+    pinned = [f"{p.name}={p.version}={p.build}" for p in exact]
+    again = engine.solve(pinned, channels=[demo_channel.url], platform=current_platform(),
+                         cuda="12.4")
+    assert {p.sha256 for p in again} == {p.sha256 for p in exact}
+    with pytest.raises(InvalidInput, match="invalid match spec 'python >>= 3'"):
+        engine.solve(["python >>= 3"], channels=[demo_channel.url], platform=current_platform(),
+                     cuda="")

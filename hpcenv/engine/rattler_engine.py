@@ -12,6 +12,7 @@ writing into a prefix the next builder is about to clean.
 
 Mapping of the engine protocol onto rattler:
 
+* specs are parsed leniently with ``MatchSpec(s)`` (conda's ``name=version=build`` is accepted);
 * channel priority ``strict`` -> ``ChannelPriority.Strict``; ``flexible`` -> ``Disabled`` (rattler
   has no conda-style "flexible": packages from every channel compete on version/build);
 * ``cuda`` -> ``VirtualPackageOverrides(cuda=Override.string(...))``; ``""`` removes ``__cuda``;
@@ -162,14 +163,29 @@ def _virtual_packages(cuda: str | None) -> list[Any]:
     return VirtualPackage.detect(VirtualPackageOverrides(cuda=Override.string(cuda)))
 
 
+def _match_specs(specs: list[str]) -> list[Any]:
+    """Parse leniently, as conda does: ``solve()`` parses strings strictly and rejects
+    ``name=version=build``, the form ``conda env export`` writes."""
+    from rattler import MatchSpec
+
+    parsed = []
+    for spec in specs:
+        try:
+            parsed.append(MatchSpec(spec))
+        except Exception as exc:  # noqa: BLE001 - rattler raises its own parse error types
+            raise _Invalid(f"invalid match spec {spec!r}: {_one_line('parse', exc)}") from None
+    return parsed
+
+
 async def _solve(req: dict[str, Any]) -> dict[str, Any]:
     from rattler import ChannelPriority, Gateway, solve
 
+    specs = _match_specs(req["specs"])
     platform = req["platform"]
     gateway = Gateway(cache_dir=req["cache_dir"]) if req.get("cache_dir") else Gateway()
     priority = (ChannelPriority.Strict if req["channel_priority"] == "strict"
                 else ChannelPriority.Disabled)
-    records = await solve(sources=req["channels"], specs=req["specs"], gateway=gateway,
+    records = await solve(sources=req["channels"], specs=specs, gateway=gateway,
                           platforms=[platform, "noarch"],
                           virtual_packages=_virtual_packages(req["cuda"]),
                           channel_priority=priority)
@@ -273,8 +289,8 @@ def _one_line(op: str, exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = "; ".join(lines[:12]) or type(exc).__name__
     verb = {"solve": "cannot solve environment", "install": "install failed",
-            "write_lock": "cannot write lockfile", "read_lock": "cannot read lockfile"}.get(op, op)
-    return f"{verb}: {text}"
+            "write_lock": "cannot write lockfile", "read_lock": "cannot read lockfile"}.get(op)
+    return f"{verb}: {text}" if verb else text
 
 
 if __name__ == "__main__":
