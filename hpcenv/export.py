@@ -207,8 +207,8 @@ def read_explicit(path: Path) -> list[ExplicitEntry]:
         if not started:
             raise InvalidInput(f"{path}:{number}: text before the '@EXPLICIT' line; an explicit "
                                "list has only comments before it")
-        url, _, checksum = line.partition("#")
-        checksum = checksum.split(":", 1)[-1].strip().lower() or None
+        url, _, raw_checksum = line.partition("#")
+        checksum = raw_checksum.split(":", 1)[-1].strip().lower() or None
         parts = url.rsplit("/", 2)
         filename = parts[-1]
         stem = next((filename[: -len(x)] for x in _ARCHIVE_SUFFIXES if filename.endswith(x)), None)

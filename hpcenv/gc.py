@@ -209,7 +209,8 @@ def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: It
     live = kept | (conda_envs_in(envs_dirs) - doomed)
     counter = _LinkCounter()
     plan: list[tuple[ItemKind, list[Path], list]] = []
-    for kind, paths in (("build", builds), ("debris", debris)):
+    groups: tuple[tuple[ItemKind, list[Path]], ...] = (("build", builds), ("debris", debris))
+    for kind, paths in groups:
         for path in paths:
             files = counter.files_of([path])
             counter.add(files)
@@ -255,12 +256,12 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False) -> GcReport:
 
     registry = Registry.for_site(site)
     records = list(registry.records())
-    keep = {os.path.realpath(r.prefix) for r in records if r.status in ("ready", "building")}
+    keep = {Path(os.path.realpath(r.prefix)) for r in records if r.status in ("ready", "building")}
     builds_root = builds_dir(site)
     builds = []
     if builds_root.is_dir():
         builds = [p for p in sorted(builds_root.iterdir()) if not p.name.startswith(".")
-                  and is_complete(p) and os.path.realpath(p) not in keep]
+                  and is_complete(p) and Path(os.path.realpath(p)) not in keep]
     debris = find_debris(site, registry=registry)
     building = []
     for record in records:
@@ -279,7 +280,8 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False) -> GcReport:
                              "run 'hpcenv env gc' again when it is done")
     if not dry_run:
         removed = {os.path.realpath(i.path) for i in report.removed}
-        for path, record in debris:
-            if record is not None and record.status == "building" and os.path.realpath(path) in removed:
-                registry.set_status(record.name, record.version, "failed")
+        for path, debris_record in debris:
+            if (debris_record is not None and debris_record.status == "building"
+                    and os.path.realpath(path) in removed):
+                registry.set_status(debris_record.name, debris_record.version, "failed")
     return report

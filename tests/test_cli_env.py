@@ -276,3 +276,27 @@ def test_usage_errors(cli: Cli, tmp_path: Path) -> None:
     assert both.returncode == 2
     no_file = cli("env", "build", "--from-lock", str(tmp_path / "missing.lock"), "--name", "x", check=False)
     assert no_file.returncode == 2 and "no such file" in no_file.stderr
+
+
+def test_progress_is_a_spinner_when_stderr_is_a_tty(cli: Cli) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cli.argv("env", "build", str(cli.spec(CPU_SPEC))),
+                            stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    out, _ = proc.communicate(timeout=300)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    err = b"".join(chunks).decode()
+    assert proc.returncode == 0 and out.startswith("built kern")
+    assert "\r\x1b[K" in err and "installing" in err
+    assert err.endswith("\r\x1b[K")  # the status line is cleared at the end
