@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from common import (EXAMPLES, BenchResult, Builder, Check, build_once, demo_channel, scratch,
-                    timed_metric, write_site)
+from common import (EXAMPLES, BenchResult, Builder, Check, build_once, demo_channel,
+                    import_times, scratch, timed_metric, write_site)
 
 SPEC = EXAMPLES / "llm-finetune.yml"
 COLD_RUNS = 3       # each in a fresh site: empty envs dir and empty package cache
@@ -25,6 +25,7 @@ def run() -> BenchResult:
     channel = demo_channel()
     builder = Builder.detect()
     cold, reused, statuses, same_prefix = [], [], [], []
+    loaded: set[str] = set()
     for i in range(COLD_RUNS):
         with scratch(f"reuse{i}") as root:
             site = write_site(root / "site", channel)
@@ -36,6 +37,10 @@ def run() -> BenchResult:
                 reused.append(seconds)
                 statuses.append(again["status"])
                 same_prefix.append(again["prefix"] == first["prefix"])
+            # The fast path must not load the engine: -X importtime lists every import.
+            argv = builder.argv(site, SPEC)
+            loaded |= {e.name.split(".")[0]
+                       for e in import_times(argv[1:] if builder.via == "library" else argv)}
 
     lib_cold, lib_reused, lib_statuses = _library_runs(channel)
     result.metrics += [
@@ -52,6 +57,8 @@ def run() -> BenchResult:
               statuses == expected and all(same_prefix)
               and lib_statuses == ["built"] + ["reused"] * LIBRARY_REUSE_RUNS,
               f"statuses {sorted(set(statuses + lib_statuses))}", kind="invariant"),
+        Check("reused build does not import rattler", "rattler" not in loaded,
+              "the registry fast path reads a few files; rattler costs ~110 ms to import"),
         Check(f"reused build via {builder.via} < {TARGET_S:.0f} s",
               max(reused) < TARGET_S, f"slowest of {len(reused)}: {max(reused) * 1000:.0f} ms"),
     ]

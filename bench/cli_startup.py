@@ -7,10 +7,9 @@ and jinja2 are imported lazily, so the help path never loads them.
 from __future__ import annotations
 
 import statistics
-import subprocess
-from dataclasses import dataclass
 
-from common import HPCENV, PYTHON, BenchResult, Check, Metric, time_command, timed_metric
+from common import (HPCENV, PYTHON, BenchResult, Check, Imported, Metric, import_times,
+                    time_command, timed_metric)
 
 RUNS = 15
 IMPORTTIME_RUNS = 5
@@ -18,31 +17,6 @@ IMPORT_BUDGET_MS = 100.0
 # Libraries that must stay out of the help path (fabric drags in paramiko and cryptography).
 HEAVY = ("rattler", "fabric", "paramiko", "invoke", "cryptography", "jinja2")
 TOP = 8
-
-
-@dataclass(frozen=True)
-class Imported:
-    name: str
-    self_us: int
-    cumulative_us: int
-    depth: int          # 0: imported by running code rather than by another import
-
-
-def import_times(argv: list[str]) -> list[Imported]:
-    """``python -X importtime`` entries of one run of ``argv`` (a script or ``-c`` and args)."""
-    proc = subprocess.run([str(PYTHON), "-X", "importtime", *argv], capture_output=True,
-                          text=True, check=True)
-    out = []
-    for line in proc.stderr.splitlines():
-        if not line.startswith("import time:") or "imported package" in line:
-            continue
-        # "import time:   self |  cumulative | <2 spaces per nesting level>name"
-        self_us, cumulative_us, name = line.removeprefix("import time:").split("|", 2)
-        bare = name[1:] if name.startswith(" ") else name
-        stripped = bare.lstrip(" ")
-        out.append(Imported(stripped, int(self_us), int(cumulative_us),
-                            (len(bare) - len(stripped)) // 2))
-    return out
 
 
 def total_ms(entries: list[Imported]) -> float:

@@ -129,18 +129,58 @@ class ChildRun:
     stderr: str
 
 
+# Linux carries the forking process's RSS high-water mark across exec into the child's
+# ru_maxrss, so a child forked by this (large) process would never report less than we use.  A
+# bare interpreter (-I -S: ~8 MiB, below any python's own peak) spawns and reaps the command and
+# writes its rusage to a file instead.
+_RUSAGE_PROBE = """
+import json, os, sys, time
+start = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_pid, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - start
+with open(sys.argv[1], "w") as out:
+    json.dump([os.waitstatus_to_exitcode(status), seconds, usage.ru_maxrss], out)
+"""
+
+
 def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None) -> ChildRun:
-    """Run ``argv`` and collect its own rusage with ``wait4`` (not the whole bench's children)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
-        out.seek(0)
-        err.seek(0)
-        return ChildRun(proc.returncode, seconds, usage.ru_maxrss,
-                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+    """Run ``argv`` and report its own wall time and peak RSS (see ``_RUSAGE_PROBE``)."""
+    with tempfile.TemporaryDirectory(prefix="hpcenv-bench-rusage-") as tmp:
+        report = Path(tmp) / "rusage.json"
+        proc = subprocess.run([str(PYTHON), "-I", "-S", "-c", _RUSAGE_PROBE, str(report),
+                               *map(str, argv)], capture_output=True, env=env, check=False)
+        if proc.returncode != 0 or not report.exists():
+            raise RuntimeError(f"rusage probe for {argv[0]} failed: "
+                               f"{proc.stderr.decode(errors='replace')[-500:]}")
+        returncode, seconds, maxrss = json.loads(report.read_text())
+    return ChildRun(returncode, seconds, maxrss, proc.stdout.decode(errors="replace"),
+                    proc.stderr.decode(errors="replace"))
+
+
+@dataclass(frozen=True)
+class Imported:
+    name: str
+    self_us: int
+    cumulative_us: int
+    depth: int          # 0: imported by running code rather than by another import
+
+
+def import_times(argv: list[str]) -> list[Imported]:
+    """``python -X importtime`` entries of one run of ``argv`` (a script or ``-c`` and args)."""
+    proc = subprocess.run([str(PYTHON), "-X", "importtime", *argv], capture_output=True,
+                          text=True, check=True)
+    out = []
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "imported package" in line:
+            continue
+        # "import time:   self |  cumulative | <2 spaces per nesting level>name"
+        self_us, cumulative_us, name = line.removeprefix("import time:").split("|", 2)
+        bare = name[1:] if name.startswith(" ") else name
+        stripped = bare.lstrip(" ")
+        out.append(Imported(stripped, int(self_us), int(cumulative_us),
+                            (len(bare) - len(stripped)) // 2))
+    return out
 
 
 # --- demo channel and sites ------------------------------------------------------------------
