@@ -145,16 +145,7 @@ def test_run_by_name_sees_activation_and_passes_exit_code(built: tuple[Cli, dict
     assert missing.returncode == 1 and "no environment named 'nope'" in missing.stderr
 
 
-# conda env export writes `name=version=build`; the rattler engine hands spec strings to
-# rattler.solve, which parses them strictly and rejects that form (conda and rattler's lenient
-# MatchSpec accept it). Fix in hpcenv/engine/rattler_engine.py: parse each spec with
-# rattler.MatchSpec(s) (lenient) before solving. strict=True: this fails loudly once fixed.
-_ENGINE_STRICT_SPECS = pytest.mark.xfail(
-    strict=True, reason="engine parses specs strictly; rejects conda's name=version=build")
-
-
-@pytest.mark.parametrize("form", [pytest.param("yml", marks=_ENGINE_STRICT_SPECS), "no-builds",
-                                  "lock", "explicit"])
+@pytest.mark.parametrize("form", ["yml", "no-builds", "lock", "explicit"])
 def test_export_builds_the_same_env_again(built: tuple[Cli, dict], form: str) -> None:
     cli, first = built
     flag = {"yml": [], "no-builds": ["--no-builds"], "lock": ["--lock"], "explicit": ["--explicit"]}[form]

@@ -65,13 +65,8 @@ def test_channels_default_to_those_of_the_packages(env: Path, demo_channel) -> N
 
 def test_exported_yml_solves_to_the_same_package_set(env: Path, demo_channel, tmp_path: Path) -> None:
     spec = parse_spec(export_environment_yml(env, channels=[str(demo_channel.path)]))
-    from rattler import MatchSpec
-
-    # conda's `name=version=build` form; rattler.solve parses strings strictly and rejects it,
-    # so parse leniently first, as conda does.
-    specs = [str(MatchSpec(s)) for s in spec.conda]
     engine = RattlerEngine(repodata_cache=tmp_path / "repodata")
-    packages = engine.solve(specs, channels=list(spec.channels),
+    packages = engine.solve(list(spec.conda), channels=list(spec.channels),
                             platform=current_platform(), cuda="12.4")
     assert {(p.name, p.version, p.build) for p in packages} == package_set(env)
 
