@@ -658,18 +658,27 @@ def find_debris(site: SiteConfig, *, registry: Registry | None = None,
         if path.name.startswith(".") or is_complete(path):
             continue
         record = by_prefix.get(os.path.realpath(path))
-        if record is not None and record.status == "building" and record.key != held_key:
-            lock = key_lock(site, record.key, timeout=0)
-            if not lock.try_acquire():
-                continue  # a live builder
-            lock.release()
+        if record is not None and record.status == "building" and _builder_alive(site, record,
+                                                                                  held_key):
+            continue
         found.append((path, record))
     return found
 
 
+def _builder_alive(site: SiteConfig, record: EnvRecord, held_key: str | None) -> bool:
+    if record.key == held_key:
+        return False  # the caller holds this key's lock: whoever wrote the record is gone
+    lock = key_lock(site, record.key, timeout=0)
+    if not lock.try_acquire():
+        return True
+    lock.release()
+    return False
+
+
 def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
                  held_key: str | None = None) -> list[Path]:
-    """Remove :func:`find_debris` prefixes, marking ``building`` records ``failed``."""
+    """Remove :func:`find_debris` prefixes and mark dead builders' ``building`` records
+    ``failed`` (also those that never got as far as creating a prefix)."""
     registry = registry or Registry.for_site(site)
     removed = []
     for path, record in find_debris(site, registry=registry, held_key=held_key):
@@ -677,4 +686,9 @@ def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
             registry.set_status(record.name, record.version, "failed")
         force_rmtree(path)
         removed.append(path)
+    # A builder killed between allocating its version and creating its prefix left only a record.
+    for record in registry.records():
+        if (record.status == "building" and not os.path.lexists(record.prefix)
+                and not _builder_alive(site, record, held_key)):
+            registry.set_status(record.name, record.version, "failed")
     return removed

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import stat
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -249,11 +249,14 @@ def test_debris_without_live_lock_is_cleaned(site) -> None:
         channels=[], platform=plan.platform, status="building", creator="x@y",
         created="2024-01-01T00:00:00+00:00"))
     Path(dead.prefix, "conda-meta").mkdir(parents=True)
+    no_prefix = reg.allocate("kern", lambda v: replace(dead, version=v, key="1" * 64,
+                                                       prefix=str(builds_dir(site) / "never")))
     assert [p for p, _ in find_debris(site)] == [Path(dead.prefix)]
     res = build_env(spec(KERNELS_CPU), site)
-    assert res.record.version == 2
+    assert res.record.version == 3
     assert not Path(dead.prefix).exists()
-    assert reg.get("kern", 1).status == "failed"
+    assert reg.get("kern", dead.version).status == "failed"
+    assert reg.get("kern", no_prefix.version).status == "failed"
     assert clean_debris(site) == []
 
 
@@ -283,7 +286,7 @@ def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:
 
     with tempfile.TemporaryDirectory(dir=shm) as other:
         site = make_site(tmp_path / "site", demo_channel)
-        site = dataclasses.replace(site, pkgs_dirs=(Path(other) / "pkgs",))
+        site = replace(site, pkgs_dirs=(Path(other) / "pkgs",))
         result = build_env(spec(KERNELS_CPU), site)
         assert any("different filesystems" in w for w in result.warnings)
         cached = next(Path(other, "pkgs").glob("python-3.11*/lib/python3.11/os.py"))
