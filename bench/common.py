@@ -95,6 +95,7 @@ def summary(samples: Sequence[float]) -> tuple[float, tuple[float, float]]:
 def timed_metric(name: str, samples: Sequence[float], unit: str = "ms", *,
                  baseline: Sequence[float] | float | None = None,
                  baseline_name: str = "") -> Metric:
+    """A timing metric from samples in seconds, shown in ``unit`` ("ms" or "s")."""
     scale = 1000.0 if unit == "ms" else 1.0
     med, (lo, hi) = summary(samples)
     base: float | None
@@ -106,13 +107,12 @@ def timed_metric(name: str, samples: Sequence[float], unit: str = "ms", *,
     return Metric(name, med * scale, unit, base, baseline_name, spread, len(samples))
 
 
-def time_command(argv: Sequence[str], runs: int, *, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> list[float]:
+def time_command(argv: Sequence[str], runs: int) -> list[float]:
     """Wall seconds of ``runs`` executions of ``argv``; a failing run aborts the benchmark."""
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, env=env, cwd=cwd, check=False)
+        proc = subprocess.run(argv, capture_output=True, check=False)
         samples.append(time.perf_counter() - start)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(map(str, argv))} exited {proc.returncode}: "
@@ -144,12 +144,12 @@ with open(sys.argv[1], "w") as out:
 """
 
 
-def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None) -> ChildRun:
+def run_child(argv: Sequence[str]) -> ChildRun:
     """Run ``argv`` and report its own wall time and peak RSS (see ``_RUSAGE_PROBE``)."""
     with tempfile.TemporaryDirectory(prefix="hpcenv-bench-rusage-") as tmp:
         report = Path(tmp) / "rusage.json"
         proc = subprocess.run([str(PYTHON), "-I", "-S", "-c", _RUSAGE_PROBE, str(report),
-                               *map(str, argv)], capture_output=True, env=env, check=False)
+                               *map(str, argv)], capture_output=True, check=False)
         if proc.returncode != 0 or not report.exists():
             raise RuntimeError(f"rusage probe for {argv[0]} failed: "
                                f"{proc.stderr.decode(errors='replace')[-500:]}")
