@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from hpcenv.scheduler.base import JobInfo, Scheduler
+
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
 
 
@@ -35,12 +37,12 @@ class SlurmCluster:
         """Environment for a subprocess that talks to this cluster (e.g. the hpcenv CLI)."""
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
-    def wait(self, scheduler: object, job_id: str, timeout: float = 60.0) -> object:
+    def wait(self, scheduler: Scheduler, job_id: str, timeout: float = 60.0) -> JobInfo:
         """Poll ``scheduler.status(job_id)`` until the job finished; return its JobInfo."""
         deadline = time.monotonic() + timeout
         delay = 0.2
         while True:
-            info = scheduler.status(job_id)  # type: ignore[attr-defined]
+            info = scheduler.status(job_id)
             if info.finished:
                 return info
             if time.monotonic() > deadline:

@@ -51,7 +51,9 @@ class JobInfo:
         return self.state in FINISHED_STATES
 
     def to_dict(self) -> dict[str, object]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        data["finished"] = self.finished
+        return data
 
 
 @dataclass(frozen=True)

@@ -135,8 +135,17 @@ def _first_error_line(stderr: str) -> str:
     return line
 
 
-def _controller_down(message: str) -> bool:
-    return "Unable to contact slurm controller" in message or "Could not establish a configuration source" in message
+def _controller_down(stderr: str) -> bool:
+    return ("Unable to contact slurm controller" in stderr
+            or "Could not establish a configuration source" in stderr)
+
+
+def _failure(tool: str, proc: subprocess.CompletedProcess[str]) -> HpcenvError:
+    message = _first_error_line(proc.stderr)
+    if _controller_down(proc.stderr):
+        return HpcenvError(f"cannot reach the Slurm controller ({tool}: {message}); "
+                           "check that slurmctld runs and SLURM_CONF points at its config")
+    return HpcenvError(f"{tool} failed: {message}")
 
 
 class SlurmCLI:
@@ -162,11 +171,7 @@ class SlurmCLI:
             raise HpcenvError(f"'{' '.join(argv)}' did not answer within {self.timeout:.0f} s: "
                               "is the Slurm controller (slurmctld) up?") from None
         if check and proc.returncode != 0:
-            message = _first_error_line(proc.stderr)
-            if _controller_down(message) or _controller_down(proc.stderr):
-                raise HpcenvError(f"cannot reach the Slurm controller ({argv[0]}: {message}); "
-                                  "check that slurmctld runs and SLURM_CONF points at its config")
-            raise HpcenvError(f"{argv[0]} failed: {message}")
+            raise _failure(argv[0], proc)
         return proc
 
     def _json(self, argv: Sequence[str]) -> dict[str, Any]:
@@ -199,7 +204,7 @@ class SlurmCLI:
                          cwd=Path(workdir), check=False)
         if proc.returncode != 0:
             message = _first_error_line(proc.stderr)
-            if _controller_down(message) or _controller_down(proc.stderr):
+            if _controller_down(proc.stderr):
                 raise HpcenvError(f"cannot reach the Slurm controller to submit {script_path} "
                                   f"({message}); check that slurmctld runs and SLURM_CONF is right")
             raise HpcenvError(f"Slurm rejected the job {script_path}: {message}")
@@ -214,9 +219,8 @@ class SlurmCLI:
         proc = self._run(["scontrol", "show", "job", "-o", job_id], check=False)
         if proc.returncode == 0 and proc.stdout.strip():
             return self._from_scontrol(parse_scontrol_line(proc.stdout.splitlines()[0]))
-        message = _first_error_line(proc.stderr)
-        if "Invalid job id" not in message:
-            self._run(["scontrol", "show", "job", "-o", job_id])  # raises with Slurm's reason
+        if "Invalid job id" not in proc.stderr:
+            raise _failure("scontrol", proc)
         info = self.completed_job(job_id)
         if info is None:
             raise NotFound(f"Slurm job {job_id} is unknown: not in the queue and not in the job "
