@@ -58,6 +58,16 @@ def slurm_cli_user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
+def test_script_chdir_is_relative_to_the_submit_dir(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    script = write_job(tmp_path, "cd", ["-p cpu", "--chdir=sub", "-o out-%j"],
+                       'echo "$PWD $SLURM_SUBMIT_DIR"')
+    info = slurm_cluster.wait(slurm, slurm.submit(script, workdir=tmp_path))
+    assert info.stdout == tmp_path / "sub" / f"out-{info.job_id}"
+    assert info.stdout.read_text().split() == [str(tmp_path / "sub"), str(tmp_path)]
+
+
 def test_failing_job_reports_its_exit_code(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
                                            tmp_path: Path) -> None:
     job_id = slurm.submit(write_job(tmp_path, "fail", ["-p cpu"], "exit 3"), workdir=tmp_path)

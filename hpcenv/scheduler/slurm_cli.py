@@ -200,7 +200,9 @@ class SlurmCLI:
 
     def submit(self, script_path: Path, *, workdir: Path) -> str:
         script_path = Path(script_path)
-        proc = self._run(["sbatch", "--parsable", f"--chdir={workdir}", str(script_path)],
+        # The submit directory is sbatch's cwd, not --chdir: an option on the command line
+        # would override the script's own #SBATCH --chdir.
+        proc = self._run(["sbatch", "--parsable", str(Path(script_path).absolute())],
                          cwd=Path(workdir), check=False)
         if proc.returncode != 0:
             message = _first_error_line(proc.stderr)
