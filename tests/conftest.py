@@ -3,6 +3,9 @@
 Sections (add new fixtures under a heading of their own):
 - test cache: a directory that survives between sessions, for expensive artefacts
 - demo channel: the real offline conda channel (``hpcenv.demo.channel``)
+
+Service fixtures live in their own plugin modules: ``conftest_slurm`` (the real test Slurm
+cluster) and ``conftest_ssh`` (a key-only sshd on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+pytest_plugins = ["conftest_slurm", "conftest_ssh"]
 
 if TYPE_CHECKING:
     from hpcenv.demo.channel import DemoChannel

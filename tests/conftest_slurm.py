@@ -1,8 +1,7 @@
 """The ``slurm_cluster`` session fixture: the real test Slurm cluster of ``tests/cluster/up``.
 
-Register it for the whole suite with ``pytest_plugins = ["conftest_slurm"]`` in
-``tests/conftest.py`` (pytest puts ``tests/`` on ``sys.path``), or import the fixture into a test
-module: ``from conftest_slurm import slurm_cluster``.
+Registered for the whole suite by ``pytest_plugins`` in ``tests/conftest.py`` (pytest puts
+``tests/`` on ``sys.path``).
 
 The fixture runs ``tests/cluster/up`` (a no-op when the cluster is already up, ~5 s to start it,
 ~15 s on a machine without Slurm installed), points ``SLURM_CONF`` at it for the session, and

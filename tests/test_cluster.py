@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_slurm import CLUSTER_DIR, SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
+from conftest_slurm import CLUSTER_DIR, SlurmCluster
 
 pytestmark = pytest.mark.slurm
 

@@ -43,12 +43,9 @@ from hpcenv.sync import (
     plan_upload,
     sync_dir,
 )
-from conftest_slurm import slurm_cluster  # noqa: F401 - the fixture behind sshd_slurm
 
 if TYPE_CHECKING:
-    from tests.ssh.fixtures import SshServer
-
-pytest_plugins = ["tests.ssh.fixtures"]
+    from conftest_ssh import SshServer
 
 
 # --- pure helpers ------------------------------------------------------------------------------

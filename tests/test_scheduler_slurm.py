@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_slurm import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
+from conftest_slurm import SlurmCluster
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.scheduler import get_scheduler

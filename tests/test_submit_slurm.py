@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_slurm import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
+from conftest_slurm import SlurmCluster
 
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.jobs import job_exit_code, list_submissions, wait_for

@@ -1,6 +1,6 @@
 """Fixtures for the remote (SSH) tests: a real key-only sshd on 127.0.0.1 started by tests/ssh/up.
 
-Register with ``pytest_plugins = ["tests.ssh.fixtures"]`` (or import the fixtures in conftest).
+Registered for the whole suite by ``pytest_plugins`` in ``tests/conftest.py``.
 
 - ``sshd``: a session-wide sshd whose sessions see ``HPCENV_SITE`` (a per-session local site
   config) and ``XDG_DATA_HOME`` under the test's temp dir, so the "login node" hpcenv never
@@ -28,7 +28,7 @@ import pytest
 
 from hpcenv.site import Remote
 
-HERE = Path(__file__).resolve().parent
+SSH_DIR = Path(__file__).resolve().parent / "ssh"  # the up/down scripts
 
 
 def local_hpcenv_command() -> str:
@@ -94,7 +94,7 @@ def _parse_env(text: str) -> dict[str, str]:
 
 
 def start_sshd(root: Path, setenv: Mapping[str, str] | None = None) -> SshServer:
-    args = [str(HERE / "up"), "--root", str(root)]
+    args = [str(SSH_DIR / "up"), "--root", str(root)]
     for key, value in (setenv or {}).items():
         args += ["--setenv", f"{key}={value}"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -109,7 +109,7 @@ def start_sshd(root: Path, setenv: Mapping[str, str] | None = None) -> SshServer
 
 
 def stop_sshd(server: SshServer) -> None:
-    subprocess.run([str(HERE / "down"), "--root", str(server.root)], capture_output=True,
+    subprocess.run([str(SSH_DIR / "down"), "--root", str(server.root)], capture_output=True,
                    timeout=60, check=False)
 
 
