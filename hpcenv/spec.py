@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcenv.errors import InvalidInput, where
+from hpcenv.yamlio import YNode, load_yaml_text, read_text_file
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME_RULE = ("use 1-64 characters from letters, digits, '.', '_' and '-', starting with a "
@@ -234,153 +235,128 @@ class EnvSpec:
 def load_spec(path: Path | str) -> EnvSpec:
     """Read and parse an environment file; InvalidInput (``file:line: ...``) on any problem."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such environment file; check the path") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"{path}: is a directory; give the environment.yml file") from None
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise InvalidInput(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
-    return parse_spec(text, source=path)
+    return parse_spec(read_text_file(path, "environment file"), source=path)
 
 
 def parse_spec(text: str, source: Path | None = None) -> EnvSpec:
     """Parse environment-file text; ``source`` is only used in messages and provenance."""
-    import yaml
-
     label = str(source) if source is not None else "<environment.yml>"
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
-        line = mark.line + 1 if mark is not None else None
-        raise InvalidInput(f"{where(label, line)}: invalid YAML: {problem}; fix the syntax "
-                           "(indentation, quotes, colons)") from None
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{label}: invalid YAML: {' '.join(str(exc).split())}") from None
-    return _Builder(label, yaml).build(root, text, source)
+    root = load_yaml_text(text, label)
+    return _Builder(label).build(root, text, source)
+
+
+def _kind(node: YNode) -> str:
+    if node.is_mapping:
+        return "a mapping"
+    if node.is_sequence:
+        return "a list"
+    return "empty" if node.is_null else repr(node.text)
 
 
 class _Builder:
-    """Walks the composed YAML nodes, so every error can name its line and key."""
+    """Walks the YAML tree of one file, so every error can name its line and key."""
 
-    def __init__(self, label: str, yaml: Any) -> None:
+    def __init__(self, label: str) -> None:
         self.label = label
-        self.yaml = yaml
 
-    def fail(self, node: Any, message: str) -> InvalidInput:
-        return InvalidInput(f"{where(self.label, node.start_mark.line + 1)}: {message}")
+    def fail(self, line: int, message: str) -> InvalidInput:
+        return InvalidInput(f"{where(self.label, line)}: {message}")
 
-    def is_null(self, node: Any) -> bool:
-        return isinstance(node, self.yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+    def scalar(self, node: YNode, what: str) -> str:
+        # The source text, not YAML's reading of it: `python=3.10` and `name: 1.10` stay as is.
+        if node.text is None or node.is_null:
+            raise self.fail(node.line, f"{what} must be a single value, not {_kind(node)}")
+        return node.text.strip()
 
-    def scalar(self, node: Any, what: str) -> str:
-        if not isinstance(node, self.yaml.ScalarNode) or self.is_null(node):
-            raise self.fail(node, f"{what} must be a single value, not {self.kind(node)}")
-        return str(node.value).strip()
-
-    def kind(self, node: Any) -> str:
-        if isinstance(node, self.yaml.MappingNode):
-            return "a mapping"
-        if isinstance(node, self.yaml.SequenceNode):
-            return "a list"
-        return "empty" if self.is_null(node) else f"{node.value!r}"
-
-    def sequence(self, node: Any | None, key: str) -> list[Any]:
-        if node is None or self.is_null(node):
+    def sequence(self, node: YNode | None, key: str) -> list[YNode]:
+        if node is None or node.is_null:
             return []
-        if not isinstance(node, self.yaml.SequenceNode):
-            raise self.fail(node, f"'{key}' must be a list ('- item' lines), not {self.kind(node)}")
-        return list(node.value)
+        if not node.is_sequence:
+            raise self.fail(node.line, f"'{key}' must be a list ('- item' lines), "
+                            f"not {_kind(node)}")
+        items: list[YNode] = node.value
+        return items
 
-    def build(self, root: Any, text: str, source: Path | None) -> EnvSpec:
+    def build(self, root: YNode | None, text: str, source: Path | None) -> EnvSpec:
         if root is None:
             raise InvalidInput(f"{self.label}: empty environment file; it needs at least "
                                "'dependencies:'")
-        if not isinstance(root, self.yaml.MappingNode):
-            raise self.fail(root, "top level must be a mapping with keys like 'name:', "
-                            f"'channels:' and 'dependencies:', not {self.kind(root)}")
-        sections: dict[str, Any] = {}
-        for key_node, value_node in root.value:
-            key = self.scalar(key_node, "a top-level key")
+        if not root.is_mapping:
+            raise self.fail(root.line, "top level must be a mapping with keys like 'name:', "
+                            f"'channels:' and 'dependencies:', not {_kind(root)}")
+        sections: dict[str, YNode] = root.value
+        for key, node in sections.items():
             if key not in _KNOWN_KEYS:
-                raise self.fail(key_node, f"unknown key {key!r}; an environment file has "
+                raise self.fail(node.key_line, f"unknown key {key!r}; an environment file has "
                                 f"{', '.join(_KNOWN_KEYS)}")
-            if key in sections:
-                raise self.fail(key_node, f"duplicate key {key!r}; keep only one")
-            sections[key] = value_node
 
         name: str | None = None
-        if "name" in sections and not self.is_null(sections["name"]):
+        if "name" in sections and not sections["name"].is_null:
             name = self.scalar(sections["name"], "'name'")
             problem = _name_problem(name)
             if problem is not None:
-                raise self.fail(sections["name"], problem)
+                raise self.fail(sections["name"].line, problem)
 
         channels: list[str] = []
         channel_lines: list[int] = []
         for item in self.sequence(sections.get("channels"), "channels"):
             channel = self.scalar(item, "a 'channels' entry")
             if not channel:
-                raise self.fail(item, "empty 'channels' entry; remove it")
+                raise self.fail(item.line, "empty 'channels' entry; remove it")
             channels.append(channel)
-            channel_lines.append(item.start_mark.line + 1)
+            channel_lines.append(item.line)
 
         conda: list[str] = []
         conda_lines: list[int] = []
         pip: list[str] = []
         pip_lines: list[int] = []
         for item in self.sequence(sections.get("dependencies"), "dependencies"):
-            if isinstance(item, self.yaml.MappingNode):
+            if item.is_mapping:
                 for pip_item in self.pip_section(item):
                     pip.append(self.scalar(pip_item, "a 'pip' entry"))
-                    pip_lines.append(pip_item.start_mark.line + 1)
+                    pip_lines.append(pip_item.line)
                 continue
             spec = self.scalar(item, "a 'dependencies' entry")
             if not spec:
-                raise self.fail(item, "empty 'dependencies' entry; remove it")
+                raise self.fail(item.line, "empty 'dependencies' entry; remove it")
             try:
                 parse_match_spec(spec)
             except InvalidInput as exc:
-                raise self.fail(item, f"{exc}; fix the 'dependencies' entry") from None
+                raise self.fail(item.line, f"{exc}; fix the 'dependencies' entry") from None
             conda.append(spec)
-            conda_lines.append(item.start_mark.line + 1)
+            conda_lines.append(item.line)
 
         variables: list[tuple[str, str]] = []
-        if "variables" in sections and not self.is_null(sections["variables"]):
-            node = sections["variables"]
-            if not isinstance(node, self.yaml.MappingNode):
-                raise self.fail(node, f"'variables' must be a mapping (NAME: value), "
-                                f"not {self.kind(node)}")
-            for key_node, value_node in node.value:
-                var = self.scalar(key_node, "a 'variables' name")
-                if any(var == seen for seen, _ in variables):
-                    raise self.fail(key_node, f"duplicate variable {var!r}; keep only one")
-                value = "" if self.is_null(value_node) else self.scalar(
-                    value_node, "a 'variables' value")
+        node = sections.get("variables")
+        if node is not None and not node.is_null:
+            if not node.is_mapping:
+                raise self.fail(node.line, f"'variables' must be a mapping (NAME: value), "
+                                f"not {_kind(node)}")
+            for var, value_node in node.value.items():
+                value = "" if value_node.is_null else self.scalar(value_node,
+                                                                  "a 'variables' value")
                 variables.append((var, value))
+
+        # Checked last so a more specific problem in another section is reported first.
+        if "dependencies" not in sections:
+            # Without it conda creates an empty env: almost always a slip, never what a
+            # shared, built-once environment should be.
+            raise self.fail(root.line, "no 'dependencies:' section; list the packages to "
+                            "install under 'dependencies:'")
 
         return EnvSpec(name=name, channels=tuple(channels), conda=tuple(conda), pip=tuple(pip),
                        variables=tuple(variables), source=source,
-                       channel_lines=tuple(channel_lines), conda_lines=tuple(conda_lines), pip_lines=tuple(pip_lines), text=text)
+                       channel_lines=tuple(channel_lines), conda_lines=tuple(conda_lines),
+                       pip_lines=tuple(pip_lines), text=text)
 
-    def pip_section(self, item: Any) -> list[Any]:
-        entries: list[Any] = []
-        for key_node, value_node in item.value:
-            key = self.scalar(key_node, "a dependency section name")
+    def pip_section(self, item: YNode) -> list[YNode]:
+        entries: list[YNode] = []
+        for key, value_node in item.value.items():
             if key != "pip":
-                raise self.fail(key_node, f"unsupported dependency section {key!r}; only "
-                                "'- pip:' may hold a list inside 'dependencies'")
-            if not self.is_null(value_node) and not isinstance(value_node,
-                                                               self.yaml.SequenceNode):
-                raise self.fail(value_node, f"'pip' must be a list of requirements, "
-                                f"not {self.kind(value_node)}")
+                raise self.fail(value_node.key_line, f"unsupported dependency section {key!r}; "
+                                "only '- pip:' may hold a list inside 'dependencies'")
+            if not value_node.is_null and not value_node.is_sequence:
+                raise self.fail(value_node.line, f"'pip' must be a list of requirements, "
+                                f"not {_kind(value_node)}")
             entries.extend(self.sequence(value_node, "pip"))
         return entries

@@ -1,9 +1,10 @@
 """YAML loading that remembers where every value was written.
 
-Config validation must point admins at ``file:line``; plain ``yaml.safe_load`` forgets lines, so
-this composes the node graph (``yaml.compose``) and wraps every value in a :class:`YNode` carrying
-its line, the line of the key that holds it, and (for scalars) the text exactly as written, so
-``max_cuda: 12.10`` is not silently read as the float ``12.1``.
+Config and spec validation must point users at ``file:line``; plain ``yaml.safe_load`` forgets
+lines, so this composes the node graph (``yaml.compose``) and wraps every value in a
+:class:`YNode` carrying its line, the line of the key that holds it, and (for scalars) the text
+exactly as written, so ``max_cuda: 12.10`` is not silently read as the float ``12.1`` and
+``python=3.10`` stays ``3.10``.  Both site configs and environment files are read through here.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class YNode:
     def is_sequence(self) -> bool:
         return isinstance(self.value, list)
 
+    @property
+    def is_null(self) -> bool:
+        return self.value is None
+
     def plain(self) -> Any:
         """The value as ordinary Python objects, without line information."""
         if isinstance(self.value, dict):
@@ -41,65 +46,128 @@ class YNode:
         return self.value
 
 
+def read_text_file(path: Path, what: str = "file") -> str:
+    """Read ``path`` as UTF-8 (a leading BOM is dropped); InvalidInput says what to fix.
+
+    ``what`` names the file in messages ("environment file", "site config").
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such {what}; check the path") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path}: is a directory; give the path of the {what} "
+                           "itself") from None
+    except PermissionError:
+        raise InvalidInput(f"{path}: permission denied; make the {what} readable "
+                           "(chmod u+r) or use a copy") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise InvalidInput(f"{path}:{line}: not UTF-8 text; save the {what} as UTF-8") from None
+
+
 def load_yaml_text(text: str, source: Path | str) -> YNode | None:
     """Parse one YAML document; ``None`` for an empty document.
 
-    Raises InvalidInput with ``source:line`` on syntax errors, non-string or duplicate keys.
+    Raises InvalidInput with ``source:line`` on syntax errors, several documents, complex or
+    duplicate keys and recursive aliases.  Mapping keys are always their source text (``on:``
+    is the key ``"on"``, not YAML 1.1's ``True``).
     """
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # checks for unprintable characters right away
         root = loader.get_single_node()
         if root is None:
             return None
-        return _convert(loader, root, key_line=root.start_mark.line + 1, source=source)
+        return _Converter(loader, source).convert(root, key_line=root.start_mark.line + 1)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or exc.context or "syntax error"
+        problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
         raise InvalidInput(f"{where(source, line)}: invalid YAML: {problem}; "
                            "fix the syntax (check indentation, quotes and colons)") from None
+    except yaml.reader.ReaderError as exc:
+        # Unprintable characters: PyYAML gives a character offset (and code), not a line.
+        line = text[:exc.position].count("\n") + 1
+        raise InvalidInput(f"{where(source, line)}: invalid YAML: control character "
+                           f"U+{int(exc.character):04X} is not allowed; remove it") from None
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"{source}: invalid YAML: {exc}".replace("\n", " ")) from None
+        raise InvalidInput(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
-def load_yaml_file(path: Path) -> YNode | None:
+def load_yaml_file(path: Path, what: str = "file") -> YNode | None:
     """Read and parse ``path``; unreadable files raise InvalidInput naming the path."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such file; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{path}: cannot read: {exc}") from None
-    return load_yaml_text(text, path)
+    return load_yaml_text(read_text_file(path, what), path)
 
 
-def _convert(loader: Any, node: Any, *, key_line: int, source: Path | str) -> YNode:
-    import yaml
+class _Converter:
+    """Turns composed nodes into YNodes.
 
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        # Resolves `<<: *anchor` merge keys in place, as safe_load would.
-        loader.flatten_mapping(node)
-        items: dict[str, YNode] = {}
-        for key_node, value_node in node.value:
-            kline = key_node.start_mark.line + 1
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise InvalidInput(f"{where(source, kline)}: mapping keys must be plain names, "
-                                   "not lists or mappings")
-            key = loader.construct_object(key_node)
-            if not isinstance(key, str):
-                raise InvalidInput(f"{where(source, kline)}: key {key_node.value!r} must be a "
-                                   f"name; quote it if it is meant as text")
-            if key in items:
-                raise InvalidInput(f"{where(source, kline)}: duplicate key {key!r} (first on line "
-                                   f"{items[key].key_line}); keep only one")
-            items[key] = _convert(loader, value_node, key_line=kline, source=source)
-        return YNode(items, line, key_line)
-    if isinstance(node, yaml.SequenceNode):
-        return YNode([_convert(loader, child, key_line=child.start_mark.line + 1, source=source)
-                      for child in node.value], line, key_line)
-    return YNode(loader.construct_object(node, deep=True), line, key_line, text=node.value)
+    Aliases share their node, so converted values are memoised (a file of nested aliases cannot
+    blow up) and the nodes being converted are tracked (a recursive alias is an error, not a
+    RecursionError).
+    """
+
+    def __init__(self, loader: Any, source: Path | str) -> None:
+        self.loader = loader
+        self.source = source
+        self.done: dict[tuple[int, int], YNode] = {}
+        self.active: set[int] = set()
+
+    def convert(self, node: Any, *, key_line: int) -> YNode:
+        memo = (id(node), key_line)
+        if memo in self.done:
+            return self.done[memo]
+        line = node.start_mark.line + 1
+        if id(node) in self.active:
+            raise InvalidInput(f"{where(self.source, line)}: recursive YAML alias; an anchor "
+                               "cannot contain itself")
+        self.active.add(id(node))
+        try:
+            result = self._convert(node, line, key_line)
+        finally:
+            self.active.discard(id(node))
+        self.done[memo] = result
+        return result
+
+    def _convert(self, node: Any, line: int, key_line: int) -> YNode:
+        import yaml
+
+        if isinstance(node, yaml.MappingNode):
+            # Resolves `<<: *anchor` merge keys in place, as safe_load would.
+            self.loader.flatten_mapping(node)
+            items: dict[str, YNode] = {}
+            for key_node, value_node in node.value:
+                kline = key_node.start_mark.line + 1
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise InvalidInput(f"{where(self.source, kline)}: mapping keys must be plain "
+                                       "names, not lists or mappings")
+                key = key_node.value
+                if not key.strip():
+                    raise InvalidInput(f"{where(self.source, kline)}: empty key; write a name "
+                                       "before the ':'")
+                if key in items:
+                    raise InvalidInput(f"{where(self.source, kline)}: duplicate key {key!r} "
+                                       f"(first on line {items[key].key_line}); keep only one")
+                items[key] = self.convert(value_node, key_line=kline)
+            return YNode(items, line, key_line)
+        if isinstance(node, yaml.SequenceNode):
+            return YNode([self.convert(child, key_line=child.start_mark.line + 1)
+                          for child in node.value], line, key_line)
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except ValueError:
+            self.loader.recursive_objects.pop(node, None)
+            # Text YAML 1.1 resolves to an impossible timestamp (2024-13-45): keep it as text
+            # and let the validator of that key say what it expects.
+            value = node.value
+        return YNode(value, line, key_line, text=node.value)

@@ -130,6 +130,13 @@ def test_empty_sections_and_missing_keys() -> None:
     assert spec.pip == ()
 
 
+def test_yaml_11_look_alikes_stay_text() -> None:
+    # conda reads YAML 1.2: `ON:` is a variable name and 2024-13-45 is no date to reject.
+    spec = parse_spec("dependencies:\n  - 2024-13-45\n  - yes\nvariables:\n  ON: 1\n  NO: off\n")
+    assert spec.conda == ("2024-13-45", "yes")
+    assert spec.variables == (("ON", "1"), ("NO", "off"))
+
+
 def test_load_spec_reads_utf8_without_final_newline(tmp_path: Path) -> None:
     path = tmp_path / "env.yml"
     path.write_bytes("# \u00a9 2024\nname: x\ndependencies:\n  - numpy".encode())
@@ -155,12 +162,16 @@ def test_load_spec_reads_utf8_without_final_newline(tmp_path: Path) -> None:
     ("name: x\nvariables: [A]\n", 2, "'variables' must be a mapping"),
     ("name: x\ndependecies:\n  - a\n", 2, "unknown key 'dependecies'"),
     ("name: x\nname: y\n", 2, "duplicate key 'name'"),
-    ("name: x\nvariables:\n  A: 1\n  A: 2\n", 4, "duplicate variable 'A'"),
+    ("name: x\nvariables:\n  A: 1\n  A: 2\n", 4, "duplicate key 'A' (first on line 3)"),
     ("name: x\ndependencies: [a]\n---\nname: y\n", 3, "invalid YAML"),
     ("name: [x]\n", 1, "'name' must be a single value"),
     ("name: ../evil\n", 1, "invalid environment name"),
     ("dependencies:\n  - '>=1.0'\n", 2, "invalid conda spec"),
     ("dependencies:\n  - ''\n", 2, "empty 'dependencies' entry"),
+    ("# my env\nname: x\nchannels: [conda-forge]\n", 2, "no 'dependencies:' section"),
+    ("dependencies: &d\n  - *d\n", 1, "recursive YAML alias"),
+    ("dependencies:\n  - numpy\x07\n", 2, "control character U+0007"),
+    ("dependencies:\n  - numpy\n? [a]\n: b\n", 3, "mapping keys must be plain names"),
 ])
 def test_bad_specs_name_file_line_and_key(text: str, line: int, fragment: str) -> None:
     with pytest.raises(InvalidInput) as info:
