@@ -13,11 +13,9 @@ from hpcenv.errors import InvalidInput
 from hpcenv.resources import data_dir
 from hpcenv.site import (
     SYSTEM_SITE,
-    Check,
     Permissions,
     SiteConfig,
     check_env_name,
-    check_site,
     condarc_dict,
     condarc_text,
     effective_channels,
@@ -27,6 +25,7 @@ from hpcenv.site import (
     site_candidates,
     site_to_dict,
 )
+from hpcenv.site_check import Check, check_site
 
 SHIPPED = data_dir("site_configs")
 

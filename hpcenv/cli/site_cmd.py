@@ -102,7 +102,7 @@ def _format_show(data: dict[str, Any]) -> str:
 def check_handler(args: argparse.Namespace, ctx: Context) -> int:
     from dataclasses import asdict
 
-    from hpcenv.site import check_site
+    from hpcenv.site_check import check_site
 
     site = ctx.site()
     checks = check_site(site)

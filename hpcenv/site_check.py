@@ -1,0 +1,269 @@
+"""``hpcenv site check``: probe this machine against a loaded site config.
+
+Loading and validating the config is :mod:`hpcenv.site`'s job; this module looks at the world:
+are the dirs writable, do envs and pkgs share a filesystem, do local channels exist, is
+``conda_exe`` there, does the group exist, do locks work on the shared filesystem, and does
+Slurm agree with the configured partitions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from hpcenv.errors import HpcenvError
+from hpcenv.site import SiteConfig, effective_channels
+
+if TYPE_CHECKING:
+    from hpcenv.scheduler.base import PartitionState
+
+CheckStatus = Literal["pass", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: CheckStatus
+    detail: str
+
+
+def check_site(site: SiteConfig, *,
+               live: Sequence[PartitionState] | None = None) -> list[Check]:
+    """Probe the machine against the config: dirs, filesystems, channels, executables, group.
+
+    Nothing is left behind: the only writes are the lock probe's temporary files
+    (``hpcenv.locking.probe_lock_support``), one per envs dir.  With ``scheduler: slurm`` the
+    partitions are compared with what Slurm reports (``live``, else queried with sinfo).
+    """
+    checks: list[Check] = []
+    for i, path in enumerate(site.envs_dirs):
+        checks.append(_dir_check(f"envs_dirs[{i}]", path, must_write=i == 0))
+    for i, path in enumerate(site.pkgs_dirs):
+        checks.append(_dir_check(f"pkgs_dirs[{i}]", path, must_write=i == 0))
+    checks.append(_dir_check("registry", site.registry, must_write=True))
+    checks.append(_dir_check("state_dir", site.state_dir, must_write=True))
+    checks.append(_same_fs_check(site.envs_dirs[0], site.pkgs_dirs[0]))
+    checks.extend(_channel_checks(site))
+    checks.extend(_partition_checks(site))
+    checks.append(_conda_check(site))
+    if site.scheduler == "slurm":
+        import shutil
+
+        sbatch = shutil.which("sbatch")
+        checks.append(Check("scheduler", "pass", f"slurm: sbatch at {sbatch}") if sbatch else
+                      Check("scheduler", "warn", "slurm, but sbatch is not on PATH here: this "
+                            "host cannot submit (use --remote from a laptop)"))
+        if live is None and sbatch:
+            live, failure = _query_slurm()
+            if failure:
+                checks.append(failure)
+        if live is not None:
+            checks.extend(_live_partition_checks(site, live))
+    if site.permissions.group is not None:
+        checks.append(_group_check(site.permissions.group))
+    if site.templates_dir is not None:
+        checks.append(_exists_check("templates_dir", site.templates_dir))
+    if site.pip.wheel_dir is not None:
+        checks.append(_exists_check("pip.wheel_dir", site.pip.wheel_dir))
+    for name, remote in site.remotes.items():
+        if remote.identity_file is not None and not remote.identity_file.is_file():
+            checks.append(Check(f"remotes.{name}", "warn",
+                                f"identity_file {remote.identity_file} does not exist"))
+    checks.extend(_lock_checks(site))
+    return checks
+
+
+def _existing_ancestor(path: Path) -> Path:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def _dir_check(name: str, path: Path, *, must_write: bool) -> Check:
+    bad: CheckStatus = "fail" if must_write else "warn"
+    if path.is_dir():
+        if os.access(path, os.W_OK | os.X_OK):
+            return Check(name, "pass", f"{path} exists and is writable")
+        if must_write:
+            return Check(name, "fail", f"{path} is not writable by you; ask an admin to add you "
+                         "to the owning group or fix its mode")
+        return Check(name, "pass", f"{path} exists (read-only for you)")
+    if path.exists():
+        return Check(name, bad, f"{path} exists but is not a directory")
+    ancestor = _existing_ancestor(path)
+    if ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK):
+        return Check(name, "pass", f"{path} will be created (under writable {ancestor})")
+    return Check(name, bad, f"{path} cannot be created: {ancestor} is not a writable directory")
+
+
+def _same_fs_check(envs: Path, pkgs: Path) -> Check:
+    try:
+        dev_envs = _existing_ancestor(envs).stat().st_dev
+        dev_pkgs = _existing_ancestor(pkgs).stat().st_dev
+    except OSError as exc:
+        return Check("hardlinks", "warn", f"cannot stat envs/pkgs dirs: {exc}")
+    if dev_envs == dev_pkgs:
+        return Check("hardlinks", "pass", f"{envs} and {pkgs} are on one filesystem")
+    return Check("hardlinks", "warn", f"{envs} and {pkgs} are on different filesystems: packages "
+                 "will be copied into every env instead of hardlinked")
+
+
+def _file_url_path(url: str) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(url).path))
+
+
+def _channel_checks(site: SiteConfig) -> list[Check]:
+    checks = []
+    remote = []
+    urls = list(effective_channels(site)) + [u for n, u in site.mirrors.items()
+                                            if n not in site.channels]
+    for url in urls:
+        if not url.startswith("file://"):
+            remote.append(url)
+            continue
+        path = _file_url_path(url)
+        if not path.is_dir():
+            checks.append(Check(f"channel {url}", "fail", f"{path} does not exist"))
+        elif not any(path.glob("*/repodata.json")):
+            checks.append(Check(f"channel {url}", "warn", f"{path} has no <subdir>/repodata.json "
+                                "yet; index it (e.g. conda index) before building"))
+        else:
+            subdirs = sorted(p.parent.name for p in path.glob("*/repodata.json"))
+            checks.append(Check(f"channel {url}", "pass", f"local channel ({', '.join(subdirs)})"))
+    if remote:
+        checks.append(Check("channels", "pass", f"{', '.join(remote)}: remote, not probed"))
+    return checks
+
+
+def _partition_checks(site: SiteConfig) -> list[Check]:
+    if not site.partitions:
+        status: CheckStatus = "warn" if site.scheduler == "slurm" else "pass"
+        return [Check("partitions", status, "none listed: jobs go to Slurm's default partition"
+                      if site.scheduler == "slurm" else "none listed (local scheduler)")]
+    try:
+        from hpcenv import drivers
+    except ImportError:
+        drivers = None  # type: ignore[assignment]
+    checks = []
+    for p in site.partitions:
+        if not p.is_gpu:
+            checks.append(Check(f"partition {p.name}", "pass", "CPU"))
+            continue
+        what = f"{p.gpus_per_node}x {p.gpu_type or 'GPU'}"
+        if p.driver is not None and drivers is not None:
+            try:
+                what += f", driver {p.driver} (CUDA <= {drivers.max_cuda_for_driver(p.driver)})"
+            except Exception as exc:  # drivers rejects drivers older than its table
+                checks.append(Check(f"partition {p.name}", "warn", f"driver {p.driver}: {exc}"))
+                continue
+        elif p.driver is not None:
+            what += f", driver {p.driver}"
+        elif p.max_cuda is not None:
+            what += f", CUDA <= {p.max_cuda}"
+        else:
+            what += f", per-node driver from node feature {p.node_feature!r}"
+        checks.append(Check(f"partition {p.name}", "pass", what))
+    return checks
+
+
+def _query_slurm() -> tuple[list[PartitionState] | None, Check | None]:
+    from hpcenv.scheduler import get_scheduler
+
+    try:
+        return get_scheduler("slurm-cli", timeout=20.0).partitions(), None
+    except HpcenvError as exc:
+        return None, Check("slurm", "warn", f"cannot ask Slurm for its partitions: {exc}")
+
+
+def _live_partition_checks(site: SiteConfig, live: Sequence[PartitionState]) -> list[Check]:
+    """Compare the configured partitions with Slurm's view of them."""
+    states = {p.name: p for p in live}
+    checks = []
+    for p in site.partitions:
+        name = f"slurm partition {p.name}"
+        state = states.get(p.name)
+        if state is None:
+            checks.append(Check(name, "fail", f"Slurm has no partition {p.name!r} (it has: "
+                                f"{', '.join(states) or 'none'}); fix partitions in the site"))
+            continue
+        problems = []
+        if p.is_gpu and state.gpus_total == 0:
+            problems.append("Slurm reports no GPUs (gres) on its nodes")
+        if p.gpu_type and state.gpu_types and p.gpu_type not in state.gpu_types:
+            problems.append(f"gpu_type {p.gpu_type} but its nodes have "
+                            f"{', '.join(state.gpu_types)}")
+        if p.node_feature is not None:
+            feature = re.compile(re.escape(p.node_feature).replace(re.escape("{cuda}"),
+                                                                   r"\d+(\.\d+)?"))
+            bare = [n.name for n in state.nodes
+                    if not any(feature.fullmatch(f) for f in n.features)]
+            if bare:
+                problems.append(f"nodes {', '.join(bare)} have no feature matching "
+                                f"{p.node_feature!r}: CUDA jobs will never run there")
+        if problems:
+            checks.append(Check(name, "warn", "; ".join(problems)))
+        else:
+            count = len(state.nodes)
+            checks.append(Check(name, "pass", f"{count} node{'s' * (count != 1)}, "
+                                f"state {state.state}"))
+    return checks
+
+
+def _conda_check(site: SiteConfig) -> Check:
+    import shutil
+
+    needed = site.engine == "conda" or site.launcher == "conda-run"
+    if site.conda_exe is None:
+        return Check("conda_exe", "pass", "not set: hpcenv builds with rattler and activates "
+                     "envs itself")
+    found = shutil.which(site.conda_exe)
+    if found:
+        return Check("conda_exe", "pass", f"{found}")
+    why = f"{site.conda_exe} is not an executable file or a command on PATH"
+    if needed:
+        return Check("conda_exe", "fail", f"{why}, and engine/launcher need it")
+    return Check("conda_exe", "warn", f"{why}; launcher auto will use hpcenv's activation")
+
+
+def _group_check(group: str) -> Check:
+    import grp
+
+    try:
+        info = grp.getgrnam(group)
+    except KeyError:
+        return Check("permissions.group", "fail", f"group {group!r} does not exist on this host")
+    if info.gr_gid in os.getgroups() or info.gr_gid == os.getegid() or os.geteuid() == 0:
+        return Check("permissions.group", "pass", f"group {group} (gid {info.gr_gid})")
+    return Check("permissions.group", "warn", f"you are not in group {group}: shared envs you "
+                 "build will not be group-owned")
+
+
+def _exists_check(name: str, path: Path) -> Check:
+    if path.is_dir():
+        return Check(name, "pass", str(path))
+    return Check(name, "fail", f"{path} is not a directory")
+
+
+def _lock_checks(site: SiteConfig) -> list[Check]:
+    from hpcenv.locking import probe_lock_support
+
+    checks = []
+    for i, path in enumerate(site.envs_dirs):
+        # Before the first build the dir may not exist; its nearest ancestor is on the same
+        # filesystem in all but mount-point edge cases.
+        ok, detail = probe_lock_support(_existing_ancestor(path))
+        status: CheckStatus = "pass"
+        if not ok:
+            # mkdir locks need no flock, so a site that chose them only needs to know.
+            status = "fail" if site.locks.method == "flock" else "pass"
+            if site.locks.method == "mkdir":
+                detail += " (locks.method is mkdir: flock not needed)"
+        checks.append(Check(f"locks envs_dirs[{i}]", status, detail))
+    return checks
