@@ -160,6 +160,9 @@ def load_site(path: Path | None = None, *, environ: Mapping[str, str] | None = N
     for origin, candidate, required in site_candidates(path, env):
         if candidate.is_file():
             return parse_site_file(candidate, origin=origin, environ=env)
+        if required and candidate.is_dir():
+            raise InvalidInput(f"site config {candidate} (from {origin}) is a directory; "
+                               "give the path of a site YAML file")
         if required:
             raise InvalidInput(f"site config {candidate} (from {origin}) does not exist; "
                                "fix the path or point it at a site YAML file")
@@ -170,7 +173,13 @@ def parse_site_file(path: Path, *, origin: str = "file", environ: Mapping[str, s
                     embedded: bool = False) -> SiteConfig:
     """Validate one site file; keys it omits take the built-in defaults."""
     env = os.environ if environ is None else environ
-    root = load_yaml_file(path)
+    root = load_yaml_file(path, "site config")
+    if root is None:
+        # A truncated or touched file would otherwise silently shadow the files after it in
+        # the lookup order (a user's empty site.yaml hiding /etc/hpcenv/site.yaml).
+        raise InvalidInput(f"{path}: empty site config; add settings (see "
+                           "site_configs/example-cluster.yaml), write '{}' to take every "
+                           "default, or delete the file")
     reader = _Reader(path, env)
     return reader.site(root, source=None if embedded else path, origin=origin)
 
@@ -196,7 +205,7 @@ def load_remotes(site: SiteConfig, path: Path | None = None,
     user_file = path if path is not None else remotes_path(env)
     merged = dict(site.remotes)
     if user_file.is_file():
-        root = load_yaml_file(user_file)
+        root = load_yaml_file(user_file, "remotes file")
         if root is not None:
             merged.update(_Reader(user_file, env).remotes(root, "remotes"))
     return MappingProxyType(merged)
@@ -491,8 +500,8 @@ class _Reader:
 
     # -- sections
 
-    def site(self, root: YNode | None, *, source: Path | None, origin: str) -> SiteConfig:
-        items = {} if root is None else self.mapping(root, "", _TOP_KEYS)
+    def site(self, root: YNode, *, source: Path | None, origin: str) -> SiteConfig:
+        items = self.mapping(root, "", _TOP_KEYS)
         values: dict[str, Any] = {}
         for key, node in items.items():
             self.record(key, node)

@@ -327,12 +327,12 @@ class _Builder:
             conda_lines.append(item.line)
 
         variables: list[tuple[str, str]] = []
-        node = sections.get("variables")
-        if node is not None and not node.is_null:
-            if not node.is_mapping:
-                raise self.fail(node.line, f"'variables' must be a mapping (NAME: value), "
-                                f"not {_kind(node)}")
-            for var, value_node in node.value.items():
+        variables_node = sections.get("variables")
+        if variables_node is not None and not variables_node.is_null:
+            if not variables_node.is_mapping:
+                raise self.fail(variables_node.line, "'variables' must be a mapping "
+                                f"(NAME: value), not {_kind(variables_node)}")
+            for var, value_node in variables_node.value.items():
                 value = "" if value_node.is_null else self.scalar(value_node,
                                                                   "a 'variables' value")
                 variables.append((var, value))

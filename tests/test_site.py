@@ -203,10 +203,19 @@ def test_scalars_keep_their_spelling(tmp_path: Path, env: dict[str, str]) -> Non
     assert site.permissions.dir_mode == 0o2775
 
 
-def test_empty_file_means_all_defaults(tmp_path: Path, env: dict[str, str]) -> None:
-    site = load_text(tmp_path, "# nothing but a comment\n", env)
+def test_explicit_empty_mapping_means_all_defaults(tmp_path: Path, env: dict[str, str]) -> None:
+    site = load_text(tmp_path, "# every default\n{}\n", env)
     assert site.channels == ("conda-forge",) and site.locks.method == "flock"
     assert set(site.provenance.values()) == {"default"}
+
+
+def test_empty_file_is_an_error_not_a_silent_default(tmp_path: Path,
+                                                    env: dict[str, str]) -> None:
+    path = write(tmp_path / "site.yaml", "# nothing but a comment\n")
+    with pytest.raises(InvalidInput) as info:
+        load_site(path, environ=env)
+    assert str(info.value).startswith(f"{path}: empty site config; ")
+    assert "'{}'" in str(info.value)
 
 
 def test_provenance_records_file_and_line(tmp_path: Path, env: dict[str, str]) -> None:
