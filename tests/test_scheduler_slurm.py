@@ -125,25 +125,27 @@ def wait_for_file(path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def test_cancel_with_signal_reaches_the_scripts_child(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
-                                                      tmp_path: Path) -> None:
-    # The program runs as a foreground child of the batch shell (no exec): a signal sent to the
-    # batch shell alone would wait for the child to exit.  cancel() must reach the child.
-    job_id = slurm.submit(write_job(tmp_path, "sig", ["-p cpu", "-o out-%j"], SIGNAL_CHILD),
+def test_cancel_with_signal_reaches_only_the_batch_shell(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
+                                                         tmp_path: Path) -> None:
+    # cancel(signal=) is scancel --batch: the batch shell gets the signal, its children do not
+    # (hpcenv's job scripts exec the program or forward to it, so it arrives exactly once).
+    # Here the shell's trap forwards TERM: the child must see TERM only, never USR1.
+    body = ("trap 'echo shell-got-usr1; kill -TERM $child' USR1\n"
+            + SIGNAL_CHILD.replace("python3 - <<'EOF'", "python3 - <<'EOF' &", 1)
+            + "child=$!\nwait $child\nwait $child\n")
+    job_id = slurm.submit(write_job(tmp_path, "sig", ["-p cpu", "-o out-%j"], body),
                           workdir=tmp_path)
     wait_for_file(tmp_path / "ready")
     slurm.cancel(job_id, signal="USR1")
     info = slurm_cluster.wait(slurm, job_id)
-    assert (tmp_path / "got-signal").read_text() == "SIGUSR1"
-    # --full signals the batch shell too; bash without a trap for USR1 dies of it, so the job
-    # ends by that signal (job scripts should exec the program or trap what they expect).
-    assert (info.state, info.signal) == ("FAILED", 10)
-    assert "script continues" not in info.stdout.read_text()
+    assert (tmp_path / "got-signal").read_text() == "SIGTERM"
+    assert (info.state, info.exit_code) == ("COMPLETED", 0)
+    assert "shell-got-usr1" in info.stdout.read_text()
 
 
 def test_plain_scancel_signal_misses_a_batch_script(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811
                                                     tmp_path: Path) -> None:
-    # Why cancel() passes --full: on 22.05 `scancel --signal=TERM` without --full/--batch signals
+    # Why cancel() passes --batch: on 22.05 `scancel --signal=TERM` without --full/--batch signals
     # job steps only, and a batch script run without srun has none, so nothing arrives.
     job_id = slurm.submit(write_job(tmp_path, "sig", ["-p cpu", "-o out-%j"], SIGNAL_CHILD),
                           workdir=tmp_path)
@@ -234,9 +236,10 @@ def test_nodes_and_partitions_report_features_and_gpus(slurm: SlurmCLI, slurm_cl
     assert parts["cpu"].default and not parts["gpu-a100"].default
     assert parts["gpu-a100"].features == ("cuda12.2", "cuda12.4")
     assert (parts["gpu-v100"].gpu_types, parts["gpu-v100"].gpus_total) == (("v100",), 2)
-    assert parts["gpu-h100"].gpus_free == 4
+    assert 0 <= parts["gpu-h100"].gpus_free <= parts["gpu-h100"].gpus_total == 4
 
-    # Free GPUs come from the nodes' allocated GRES while a job holds some.
+    # Free GPUs come from the nodes' allocated GRES while a job holds some.  The cluster is
+    # shared with other tests: while ours holds 3 of the 4, at most 1 can be free.
     job_id = slurm.submit(write_job(tmp_path, "hold", ["-p gpu-h100", "--gpus=3"], "sleep 60"),
                           workdir=tmp_path)
     try:
@@ -245,7 +248,7 @@ def test_nodes_and_partitions_report_features_and_gpus(slurm: SlurmCLI, slurm_cl
             assert time.monotonic() < deadline
             time.sleep(0.2)
         h100 = {p.name: p for p in slurm.partitions()}["gpu-h100"]
-        assert (h100.gpus_total, h100.gpus_free) == (4, 1)
+        assert h100.gpus_total == 4 and h100.gpus_free <= 1
     finally:
         slurm.cancel(job_id)
 

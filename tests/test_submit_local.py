@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hpcenv.errors import InvalidInput, NotFound
-from hpcenv.jobs import job_exit_code, list_submissions, wait_for
+from hpcenv.jobs import job_exit_code, list_submissions, load_submission, wait_for
 from hpcenv.site import SiteConfig, load_site
 from hpcenv.submit import SubmitOptions, site_scheduler, submit
 
@@ -37,6 +37,30 @@ print("ready", os.getpid(), flush=True)
 for _ in range(600):
     time.sleep(0.1)
 sys.exit(1)
+"""
+
+# Counts the signals it gets; exits 40 + that count once no second one came for 2 s.
+COUNT = """\
+import signal, sys, time
+got = []
+signal.signal(signal.SIGUSR1, lambda sig, frame: got.append(sig))
+print("ready", flush=True)
+for _ in range(600):
+    if got:
+        break
+    time.sleep(0.1)
+time.sleep(2)
+sys.exit(40 + len(got))
+"""
+
+# conda run as far as the job script can tell: activates, stays the program's parent and
+# forwards no signal.
+FAKE_CONDA = """\
+#!/bin/bash
+[[ $1 == run && $2 == -p && $4 == --no-capture-output ]] || { echo "fake conda: bad args: $*" >&2; exit 99; }
+export CONDA_PREFIX=$3 PATH=$3/bin:$PATH
+shift 4
+"$@"
 """
 
 CPU_ENV = "name: cpuenv\ndependencies:\n  - python=3.11\n  - hpcdemo-tools\n"
@@ -259,3 +283,32 @@ def test_kill_signal_name_validated(built, tmp_path: Path) -> None:
     site, _ = built
     bad = cli(site, "cancel", "1", "--signal", "NOPE", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown signal" in bad.stderr
+
+
+@pytest.mark.parametrize("launcher", ["activate", "conda-run"])
+def test_cancel_signal_reaches_the_program_exactly_once(demo_channel, built, tmp_path: Path,
+                                                       launcher: str) -> None:
+    # Same semantics as on Slurm (scancel --batch): the batch shell gets the signal and is (or
+    # forwards to) the program; nothing else in the job is signalled, so it arrives once.
+    site, root = built
+    if launcher == "conda-run":
+        fake = tmp_path / "conda"
+        fake.write_text(FAKE_CONDA)
+        fake.chmod(0o755)
+        site = make_site(root, demo_channel, f"launcher: conda-run\nconda_exe: {fake}\n",
+                         path=tmp_path / "conda-site.yaml")
+    script = tmp_path / "count.py"
+    script.write_text(COUNT)
+    job_id = json.loads(cli(site, "--json", "submit", str(script), "--env", "cpuenv",
+                            cwd=tmp_path).stdout)["job_id"]
+    out = tmp_path / f"slurm-{job_id}.out"
+    deadline = time.monotonic() + 60
+    while "ready" not in (out.read_text() if out.exists() else ""):
+        assert time.monotonic() < deadline, "job did not start"
+        time.sleep(0.1)
+    assert ("conda run -p" in Path(load_submission(site.state_dir, "local", job_id).script)
+            .read_text()) == (launcher == "conda-run")
+    sent = cli(site, "cancel", job_id, "--signal", "USR1", cwd=tmp_path)
+    assert (sent.returncode, sent.stdout) == (0, f"sent USR1 to job {job_id}\n"), sent.stderr
+    info = wait_for(site_scheduler(site), job_id)
+    assert (info.state, job_exit_code(info)) == ("FAILED", 41), out.read_text()

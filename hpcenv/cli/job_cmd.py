@@ -39,9 +39,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     logs.set_defaults(handler=logs_handler)
 
-    cancel = sub.add_parser("cancel", parents=[common], help="cancel a job or send it a signal",
-                            description="Cancel a job, or with --signal only deliver that signal "
-                                        "to it (e.g. USR1 to ask for a checkpoint).")
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a job or send its program a signal",
+                            description="Cancel a job (TERM to all its processes, KILL after "
+                                        "the grace period), or with --signal only deliver that "
+                                        "signal to its program, once (e.g. USR1 to ask for a "
+                                        "checkpoint); the job goes on unless the program ends.")
     cancel.add_argument("job_id", metavar="JOB")
     cancel.add_argument("-s", "--signal", metavar="SIG", help="signal name or number (TERM, USR1, 10)")
     cancel.set_defaults(handler=cancel_handler)

@@ -139,7 +139,9 @@ class Scheduler(Protocol):
         ...
 
     def cancel(self, job_id: str, signal: str | int | None = None) -> None:
-        """Cancel a job, or with ``signal`` only send it that signal (to every process of it)."""
+        """Cancel a job (TERM to every process of it, KILL after a grace period), or with
+        ``signal`` only send that signal to the job's batch shell, as ``scancel --batch
+        --signal`` does: hpcenv's job scripts make that shell the program or forward to it."""
         ...
 
     def partitions(self) -> list[PartitionState]:

@@ -7,7 +7,8 @@ reads its ``#SBATCH`` lines (``--job-name``, ``--output``, ``--error``, ``--chdi
 session, so the job survives the submitting process.  The supervisor runs ``bash SCRIPT`` in its
 own process group with the SLURM_* variables a job script reads, waits for it and records the
 exit code.  ``cancel`` sends SIGTERM (then SIGKILL after ``kill_wait`` seconds) to the job's
-process group; with a signal it only delivers that signal, as ``scancel --full --signal`` does.
+process group; with a signal it only delivers that signal to the batch shell (the script's bash),
+as ``scancel --batch --signal`` does.
 A ``--time`` limit is enforced the same way and ends the job as TIMEOUT.
 """
 
@@ -349,10 +350,11 @@ class LocalExecutor:
                 self._save(job)
             pgid = job.pgid
         # A plain cancel is carried out by the supervisor (TERM, then KILL after kill_wait);
-        # a pending job is never started.
+        # a pending job is never started.  A signal goes to the batch shell alone (its pid is
+        # the group's id), as with the Slurm backends.
         if sig is not None and pgid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, sig)
+                os.kill(pgid, sig)
 
     def nodes(self) -> list[NodeState]:
         return [NodeState(name=NODE_NAME, partitions=("local",), features=(), state="idle",

@@ -183,8 +183,9 @@ class PyslurmScheduler:
             if signal is None:
                 job.cancel()
             else:
-                # steps="all" is scancel --full: the batch script and its children get it too.
-                job.send_signal(signal_number(signal), steps="all")
+                # steps="batch" is scancel --batch, as in the CLI backend: the batch shell is
+                # (or forwards to) the program, which thus gets the signal exactly once.
+                job.send_signal(signal_number(signal), steps="batch")
         except ps.RPCError as exc:
             raise _rpc_error(f"could not cancel job {job_id}", exc) from None
 

@@ -10,7 +10,10 @@ Written for Slurm 22.05 and later.  Quirks of 22.05 this module works around:
   and is the only record of a purged job.  That file is ``Key=value`` text, so a job name with a
   space garbles its record (sacct then prints an empty state): such jobs come back ``UNKNOWN``.
 * ``scancel`` exits 0 for unknown ids, and ``scancel --signal`` without ``--full`` or ``--batch``
-  never reaches a batch script that has no job steps: ``cancel`` signals with ``--full``.
+  never reaches a batch script that has no job steps.  ``cancel`` signals with ``--batch``: the
+  batch shell is the program under the activate launcher (it ``exec``\ s it) and forwards to it
+  under conda-run, so the program gets the signal exactly once.  ``--full`` would signal every
+  process of the job, and the conda-run program would get it twice (directly and forwarded).
 
 Every call has a timeout; Slurm's own error text becomes a one-line ``HpcenvError``.
 """
@@ -272,8 +275,9 @@ class SlurmCLI:
             return
         argv = ["scancel"]
         if signal is not None:
-            # Without --full, 22.05 signals only job steps; a batch script's programs get nothing.
-            argv += ["--full", f"--signal={signal_name(signal)}"]
+            # The batch shell only: same target as the --signal=B:SIG@T hpcenv renders for the
+            # time limit (see the module doc for why not --full).
+            argv += ["--batch", f"--signal={signal_name(signal)}"]
         self._run([*argv, info.job_id])
 
     def nodes(self) -> list[NodeState]:
