@@ -158,15 +158,33 @@ def load_site(path: Path | None = None, *, environ: Mapping[str, str] | None = N
     """
     env = os.environ if environ is None else environ
     for origin, candidate, required in site_candidates(path, env):
-        if candidate.is_file():
+        problem = _site_file_problem(candidate)
+        if problem is None:
             return parse_site_file(candidate, origin=origin, environ=env)
-        if required and candidate.is_dir():
-            raise InvalidInput(f"site config {candidate} (from {origin}) is a directory; "
-                               "give the path of a site YAML file")
-        if required:
-            raise InvalidInput(f"site config {candidate} (from {origin}) does not exist; "
-                               "fix the path or point it at a site YAML file")
+        message, missing = problem
+        # Only a missing optional file moves on down the lookup order: one that exists but
+        # cannot be read must not silently hand users the next (usually per-user) config.
+        if required or not missing:
+            raise InvalidInput(f"site config {candidate} (from {origin}) {message}")
     return parse_site_file(embedded_site_path(), origin="embedded", environ=env, embedded=True)
+
+
+def _site_file_problem(path: Path) -> tuple[str, bool] | None:
+    """``None`` for a regular file, else (why it cannot be used and the fix, is it missing)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist; fix the path or point it at a site YAML file", True
+    except OSError as exc:
+        return (f"cannot be reached ({exc.strerror}); check the permissions of the "
+                "directories above it"), False
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory; give the path of a YAML file", False
+    return "is not a regular file; give the path of a YAML file", False
 
 
 def parse_site_file(path: Path, *, origin: str = "file", environ: Mapping[str, str] | None = None,
@@ -204,7 +222,10 @@ def load_remotes(site: SiteConfig, path: Path | None = None,
     env = os.environ if environ is None else environ
     user_file = path if path is not None else remotes_path(env)
     merged = dict(site.remotes)
-    if user_file.is_file():
+    problem = _site_file_problem(user_file)
+    if problem is not None and not problem[1]:
+        raise InvalidInput(f"remotes file {user_file} {problem[0]}")
+    if problem is None:
         root = load_yaml_file(user_file, "remotes file")
         if root is not None:
             merged.update(_Reader(user_file, env).remotes(root, "remotes"))

@@ -59,8 +59,8 @@ def read_text_file(path: Path, what: str = "file") -> str:
         raise InvalidInput(f"{path}: is a directory; give the path of the {what} "
                            "itself") from None
     except PermissionError:
-        raise InvalidInput(f"{path}: permission denied; make the {what} readable "
-                           "(chmod u+r) or use a copy") from None
+        raise InvalidInput(f"{path}: permission denied; make the {what} (and the directories "
+                           "above it) readable for you, or use a copy") from None
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     try:

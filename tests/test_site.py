@@ -203,6 +203,20 @@ def test_scalars_keep_their_spelling(tmp_path: Path, env: dict[str, str]) -> Non
     assert site.permissions.dir_mode == 0o2775
 
 
+def test_site_paths_that_are_not_files(tmp_path: Path, env: dict[str, str]) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    with pytest.raises(InvalidInput, match=r"conf \(from --site\) is a directory; give the"):
+        load_site(folder, environ=env)
+    with pytest.raises(InvalidInput, match=r"/dev/null \(from --site\) is not a regular file"):
+        load_site(Path("/dev/null"), environ=env)
+    # An optional location that exists but is not a file is an error too, never skipped:
+    # skipping would hand users the next config in the lookup order without a word.
+    (Path(env["HOME"]) / ".config" / "hpcenv" / "site.yaml").mkdir(parents=True)
+    with pytest.raises(InvalidInput, match=r"site.yaml \(from user config\) is a directory"):
+        load_site(environ=env)
+
+
 def test_explicit_empty_mapping_means_all_defaults(tmp_path: Path, env: dict[str, str]) -> None:
     site = load_text(tmp_path, "# every default\n{}\n", env)
     assert site.channels == ("conda-forge",) and site.locks.method == "flock"

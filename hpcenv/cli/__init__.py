@@ -60,36 +60,72 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    remote_options = None
-    if any(a == "--remote" or a.startswith("--remote=") for a in argv):
-        # --sync/--exclude exist only over --remote: take them out before the local parser sees
-        # them.  hpcenv.remote imports fabric lazily, so this stays cheap.
-        from hpcenv.remote import RemoteOptions
-
-        argv, remote_options = RemoteOptions.extract(argv)
-    args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help(sys.stderr)
-        return 2
-    ctx = Context.from_args(args)
+    # Until the arguments are parsed, -v is read from the raw words so that an error in parsing
+    # itself still honours it.
+    verbosity = 1 if any(a in ("-v", "--verbose") or a.startswith("-vv") for a in argv) else 0
     try:
+        parser = build_parser()
+        remote_options = None
+        if any(a == "--remote" or a.startswith("--remote=") for a in argv):
+            # --sync/--exclude exist only over --remote: take them out before the local parser
+            # sees them.  hpcenv.remote imports fabric lazily, so this stays cheap.
+            from hpcenv.remote import RemoteOptions
+
+            argv, remote_options = RemoteOptions.extract(argv)
+        args = parser.parse_args(argv)
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            # `hpcenv` or `hpcenv env` alone: the usage of the deepest command named.
+            _chosen_parser(parser, args).print_help(sys.stderr)
+            return 2
+        ctx = Context.from_args(args)
+        verbosity = ctx.verbosity
         if ctx.remote:
             from hpcenv.remote import run_remote_cli
 
             return run_remote_cli(args, argv, ctx, remote_options)
         return int(handler(args, ctx) or 0)
     except HpcenvError as exc:
-        if ctx.verbosity > 0:
-            import traceback
-
-            traceback.print_exc()
-        print(f"hpcenv: error: {exc}", file=sys.stderr)
+        _print_traceback(verbosity)
+        print(f"hpcenv: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("hpcenv: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        # The reader went away (`hpcenv ... | head`): point stdout at /dev/null so the
+        # interpreter's final flush does not complain a second time.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        # A bug, not bad input: one line by default, the whole story with -v.
+        _print_traceback(verbosity)
+        detail = _one_line(exc)
+        print(f"hpcenv: internal error: {type(exc).__name__}{': ' + detail if detail else ''}"
+              f" ({'please report this' if verbosity > 0 else 'rerun with -v for the traceback'}"
+              ")", file=sys.stderr)
+        return 1
+
+
+def _chosen_parser(parser: argparse.ArgumentParser,
+                   args: argparse.Namespace) -> argparse.ArgumentParser:
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen is None:
+            return parser
+        parser = subs[0].choices[chosen]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _print_traceback(verbosity: int) -> None:
+    if verbosity > 0:
+        import traceback
+
+        traceback.print_exc()

@@ -1,0 +1,378 @@
+"""Global CLI behaviour through the installed console script: version, help on every command,
+global options on either side of the command, exit codes and one-line errors, interrupts,
+and a light import path for ``hpcenv --help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcenv import __version__
+from hpcenv.cli import build_parser, main
+
+HPCENV = Path(sys.executable).with_name("hpcenv")
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("rattler", "fabric", "jinja2", "paramiko", "invoke")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    clean = {k: v for k, v in os.environ.items()
+             if k != "HPCENV_SITE" and not k.startswith("XDG_")}
+    clean["HOME"] = str(home)
+    return clean
+
+
+def hpcenv(*args: str, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HPCENV), *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=60)
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "environment.yml"
+    path.write_text("name: demo\nchannels: [conda-forge]\ndependencies:\n"
+                    "  - python=3.11\n  - pytorch-cuda=12.1\n")
+    return path
+
+
+# --------------------------------------------------------------------------- version and help
+
+def test_version_through_the_console_script() -> None:
+    result = hpcenv("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"hpcenv {__version__}"
+
+
+def test_python_dash_m_help(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "hpcenv", "--help"], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: hpcenv")
+    for option in ("--site PATH", "--json", "--verbose", "--quiet", "--version"):
+        assert option in result.stdout
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+              ) -> Iterator[tuple[str, ...]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name)
+                yield from _commands(sub, (*path, name))
+
+
+COMMANDS = list(_commands(build_parser()))
+
+
+def test_the_walk_finds_every_command_group() -> None:
+    assert {c[0] for c in COMMANDS} >= {"site", "env", "run", "submit", "jobs", "status",
+                                        "logs", "cancel"}
+    assert ("env", "inspect") in COMMANDS and ("site", "condarc") in COMMANDS
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command: tuple[str, ...],
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: hpcenv {' '.join(command)}")
+    # The global options are accepted after every command, so its help lists them.
+    assert "--json" in out and "--site PATH" in out
+    # A description or the sub-command list, not just a bare usage line.
+    assert len(out.splitlines()) > 4
+
+
+def test_sub_command_help_through_the_console_script() -> None:
+    result = hpcenv("env", "inspect", "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: hpcenv env inspect")
+
+
+# --------------------------------------------------------------------------- global options
+
+def test_global_options_before_and_after_the_command(spec_file: Path,
+                                                     env: dict[str, str]) -> None:
+    before = hpcenv("--json", "env", "inspect", str(spec_file), env=env)
+    after = hpcenv("env", "inspect", str(spec_file), "--json", env=env)
+    assert before.returncode == after.returncode == 0
+    assert json.loads(before.stdout) == json.loads(after.stdout)
+    assert json.loads(before.stdout)["cuda"] == "12.1"
+    # Without --json the same command prints text, not JSON.
+    human = hpcenv("env", "inspect", str(spec_file), env=env)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(human.stdout)
+
+
+def test_site_option_before_and_after_the_command(tmp_path: Path, env: dict[str, str]) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("channels: [bioconda]\n")
+    for args in (("--site", str(site), "--json", "site", "show"),
+                 ("site", "show", "--json", "--site", str(site))):
+        result = hpcenv(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        assert data["config"]["channels"] == ["bioconda"]
+        assert data["provenance"]["channels"] == f"{site}:1"
+
+
+def test_quiet_and_verbose_are_accepted_on_either_side(spec_file: Path,
+                                                       env: dict[str, str]) -> None:
+    for args in (("-q", "env", "inspect", str(spec_file)),
+                 ("env", "inspect", str(spec_file), "--quiet"),
+                 ("-v", "env", "inspect", str(spec_file)),
+                 ("env", "inspect", "--verbose", str(spec_file))):
+        result = hpcenv(*args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "demo" in result.stdout
+
+
+# --------------------------------------------------------------------------- usage errors
+
+@pytest.mark.parametrize("args", [
+    ("bogus",),
+    ("env", "bogus"),
+    ("--no-such-option", "site", "show"),
+    ("site", "show", "--no-such-option"),
+    ("env", "inspect"),
+    ("env", "inspect", "a.yml", "b.yml"),
+    ("--site",),
+    ("cancel",),
+], ids=" ".join)
+def test_usage_errors_exit_2_with_one_line(args: tuple[str, ...], env: dict[str, str]) -> None:
+    result = hpcenv(*args, env=env)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hpcenv: error: ")
+    assert "--help" in lines[0]
+
+
+def test_no_command_prints_usage_and_exits_2(env: dict[str, str]) -> None:
+    result = hpcenv(env=env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("usage: hpcenv")
+    assert "COMMAND" in result.stderr
+
+
+def test_group_without_action_prints_its_usage_and_exits_2(env: dict[str, str]) -> None:
+    result = hpcenv("env", env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: hpcenv env")
+
+
+# --------------------------------------------------------------------------- failures
+
+# Runs the real main() with the `env inspect` handler replaced, standing in for a bug or a
+# long-running command.  The handler is looked up when the parser is built, inside main().
+_PATCHED = """\
+import sys, time
+import hpcenv.cli.env_spec_cmd as cmd
+from hpcenv.cli import main
+
+def handler(args, ctx):
+    if "{mode}" == "bug":
+        raise RuntimeError("boom\\nsecond line")
+    print("ready", flush=True)
+    time.sleep(60)
+    return 0
+
+cmd._inspect = handler
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _patched(mode: str, *args: str, tmp_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _PATCHED.format(mode=mode), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+
+
+def test_unexpected_exception_is_one_line_exit_1(tmp_path: Path) -> None:
+    proc = _patched("bug", "env", "inspect", "x.yml", tmp_path=tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert out == ""
+    assert err.splitlines() == ["hpcenv: internal error: RuntimeError: boom second line "
+                                "(rerun with -v for the traceback)"]
+
+
+def test_unexpected_exception_with_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    proc = _patched("bug", "-v", "env", "inspect", "x.yml", tmp_path=tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in err
+    assert ", in handler" in err and "RuntimeError: boom\nsecond line" in err
+    assert err.splitlines()[-1].startswith("hpcenv: internal error: RuntimeError: boom")
+
+
+def test_keyboard_interrupt_exits_130(tmp_path: Path) -> None:
+    proc = _patched("wait", "env", "inspect", "x.yml", tmp_path=tmp_path)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip() == "hpcenv: interrupted"
+
+
+def test_bad_input_error_has_traceback_only_with_verbose(tmp_path: Path,
+                                                         env: dict[str, str]) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("dependencies:\n  - numpy\n - scipy\n")
+    quiet = hpcenv("env", "inspect", str(bad), env=env)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    loud = hpcenv("env", "inspect", str(bad), "-v", env=env)
+    assert loud.returncode == 2 and "Traceback" in loud.stderr
+    assert loud.stderr.splitlines()[-1] == quiet.stderr.strip()
+
+
+def test_closed_stdout_is_not_a_traceback(spec_file: Path, env: dict[str, str]) -> None:
+    # `hpcenv ... | head -0`: the reader is gone before hpcenv writes.
+    proc = subprocess.Popen([str(HPCENV), "--json", "env", "inspect", str(spec_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert proc.returncode in (0, 1)
+
+
+# --------------------------------------------------------------------------- import cost
+
+def test_help_path_imports_no_heavy_library(tmp_path: Path) -> None:
+    code = ("import json, sys, hpcenv.cli; hpcenv.cli.build_parser(); "
+            "print(json.dumps(sorted(sys.modules)))")
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    loaded = {m.split(".")[0] for m in json.loads(result.stdout)}
+    # -X importtime lists every module imported, including any a module dropped again.
+    timed = {line.split("|")[-1].strip().split(".")[0]
+             for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "hpcenv" in timed
+    for name in HEAVY:
+        assert name not in loaded and name not in timed, name
+
+
+# --------------------------------------------------------------------------- bad input
+
+# (file name, content or None for a directory, command, line or None, fragments of the fix)
+BAD_INPUT = [
+    ("bad.yml", "name: x\ndependencies:\n  - numpy\n - scipy\n", "inspect", 4,
+     ("invalid YAML", "fix the syntax")),
+    ("site.yaml", "channels: [a\nengine: rattler\n", "site", 2, ("invalid YAML",)),
+    ("site.yaml", "# notes\nenvs_dir: [/x]\n", "site", 2,
+     ("unknown key 'envs_dir'", "did you mean 'envs_dirs'?")),
+    ("site.yaml", "slurm:\n  cpus_per_task: many\n", "site", 2,
+     ("slurm.cpus_per_task: expected a whole number", "write a number")),
+    ("site.yaml", "partitions:\n  - {name: a}\n  - {name: a}\n", "site", 3,
+     ("duplicate partition 'a' (first on line 2)", "list each partition once")),
+    ("site.yaml", "partitions:\n  - {name: g, gpus_per_node: 1, max_cuda: '12'}\n", "site", 2,
+     ("max_cuda: '12' is not a CUDA version", "MAJOR.MINOR")),
+    ("site.yaml", "partitions:\n  - {name: g, gpus_per_node: 1, driver: latest}\n", "site", 2,
+     ("'latest' is not a driver version", "nvidia-smi")),
+    ("env.yml", "name: ../escape\ndependencies: [numpy]\n", "inspect", 1,
+     ("invalid environment name '../escape'", "e.g. 'cv-resnet50-exp1'")),
+    ("env.yml", "name: x\nchannels: [conda-forge]\n", "inspect", 1,
+     ("no 'dependencies:' section", "list the packages")),
+    ("env.yml", "", "inspect", None, ("empty environment file", "needs at least")),
+    ("env.yml", "dependencies: [numpy]\nvariables: [A]\n", "inspect", 2,
+     ("'variables' must be a mapping",)),
+    ("site.yaml", "", "site", None, ("empty site config", "or delete the file")),
+    ("env.yml", None, "inspect", None, ("is a directory", "give the path")),
+    ("site.yaml", None, "site", None, ("is a directory", "give the path")),
+    ("env.yml", b"name: x\n# caf\xe9\ndependencies: [a]\n", "inspect", 2,
+     ("not UTF-8 text", "save the environment file as UTF-8")),
+]
+
+
+def _command(kind: str, path: Path) -> tuple[str, ...]:
+    return ("env", "inspect", str(path)) if kind == "inspect" else \
+        ("--site", str(path), "site", "show")
+
+
+@pytest.mark.parametrize(("name", "content", "kind", "line", "fragments"), BAD_INPUT,
+                         ids=[f"{b[2]}-{b[4][0][:30]}" for b in BAD_INPUT])
+def test_bad_input_exits_2_with_one_line_naming_file_line_and_fix(
+        tmp_path: Path, env: dict[str, str], name: str, content: str | bytes | None, kind: str,
+        line: int | None, fragments: tuple[str, ...]) -> None:
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    result = hpcenv(*_command(kind, path), env=env)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    where = f"{path}:{line}: " if line is not None else str(path)
+    assert lines[0].startswith("hpcenv: error: ")
+    assert where in lines[0], lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("kind", ["inspect", "site"])
+def test_missing_file_exits_2(tmp_path: Path, env: dict[str, str], kind: str) -> None:
+    path = tmp_path / "absent.yml"
+    result = hpcenv(*_command(kind, path), env=env)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert str(path) in result.stderr
+    assert ("check the path" if kind == "inspect" else "fix the path") in result.stderr
+
+
+def _as_other_user() -> list[str]:
+    """A prefix that runs a command as a user the test's files are not readable by.
+
+    Root reads every file whatever its mode, so as root the command runs as nobody.
+    """
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.parametrize(("kind", "what"), [("inspect", "environment file"),
+                                            ("site", "site config")])
+def test_unreadable_file_exits_2(kind: str, what: str, env: dict[str, str]) -> None:
+    import tempfile
+
+    # Outside pytest's tmp dir, whose 0700 parent would hide the file from the other user.
+    with tempfile.TemporaryDirectory(prefix="hpcenv-unreadable-") as tmp:
+        os.chmod(tmp, 0o755)
+        path = Path(tmp) / "private.yml"
+        path.write_text("name: x\ndependencies: [numpy]\n")
+        path.chmod(0)
+        env = {**env, "HOME": tmp}
+        result = subprocess.run([*_as_other_user(), str(HPCENV), *_command(kind, path)],
+                                capture_output=True, text=True, env=env, cwd=tmp, timeout=60)
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [
+        f"hpcenv: error: {path}: permission denied; make the {what} (and the directories "
+        "above it) readable for you, or use a copy"]
