@@ -223,9 +223,8 @@ def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: CudaCom
     live_by_name = _live_map(live)
     if not partitions:
         # Nothing described: the scheduler decides (local executor, or a site that lists none).
-        why = "the site config lists no partitions"
-        reason = f"partition {explicit} as requested ({why}; CUDA not checked)" if explicit else \
-            f"scheduler's default partition ({why})"
+        reason = ("requested with --partition; CUDA not checked: the site config lists no "
+                  "partitions" if explicit else "the site config lists no partitions")
         if explicit and live_by_name is not None and explicit not in live_by_name:
             raise InvalidInput(f"--partition {explicit}: the scheduler has no such partition "
                                f"(it has: {', '.join(live_by_name) or 'none'})")
@@ -254,19 +253,18 @@ def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: CudaCom
     eligible = [v for v in verdicts if v.eligible]
     if not eligible:
         if not gpu_job:
-            return RoutingDecision(None, None, 0, None,
-                                   "scheduler's default partition (the site config lists no CPU "
-                                   "partition)", tuple(verdicts))
+            return RoutingDecision(None, None, 0, None, "the site config lists no CPU partition",
+                                   tuple(verdicts))
         raise InvalidInput(f"no partition can run this job ({what}); {_hint(req, verdicts)}\n"
                            + format_table(verdicts))
     now = [v for v in eligible if v.can_start_now]
     chosen = now[0] if now else eligible[0]
     if chosen is eligible[0]:
-        reason = f"{chosen.name}: first eligible partition in site order"
+        reason = "first eligible partition in site order"
     else:
         skipped = ", ".join(v.name for v in eligible[:eligible.index(chosen)])
-        room = f"{gpus} free GPU(s)" if gpu_job else "a usable node"
-        reason = (f"{chosen.name}: first eligible partition with {room} now "
+        room = f"{_gpus_text(gpus)} free" if gpu_job else "a usable node"
+        reason = (f"first eligible partition with {room} now "
                   f"({skipped} preferred by the site but busy or down)")
     reason = f"{reason}; {what}; {chosen.why}"
     return RoutingDecision(chosen.name, chosen.constraint, gpus, req.gpu_type if gpu_job else None,
@@ -294,15 +292,19 @@ def _explicit(name: str, req: RouteRequest, gpus: int, verdicts: list[PartitionV
         raise InvalidInput(f"--partition {name} cannot run this job ({what}): {v.why}{extra}\n"
                            + format_table(verdicts))
     return RoutingDecision(name, v.constraint, gpus, req.gpu_type if gpus else None,
-                           f"{name}: requested with --partition; {what}; {v.why}", tuple(verdicts))
+                           f"requested with --partition; {what}; {v.why}", tuple(verdicts))
 
 
 def _describe(req: RouteRequest, gpus: int) -> str:
     parts = [f"env needs CUDA {req.cuda}" if req.cuda else
              ("env needs a GPU" if req.needs_gpu_env else "CPU env")]
     if gpus:
-        parts.append(f"{gpus} GPU(s){' of type ' + req.gpu_type if req.gpu_type else ''} per node")
+        parts.append(f"{_gpus_text(gpus)}{' of type ' + req.gpu_type if req.gpu_type else ''} per node")
     return ", ".join(parts)
+
+
+def _gpus_text(n: int) -> str:
+    return f"{n} GPU" if n == 1 else f"{n} GPUs"
 
 
 def _hint(req: RouteRequest, verdicts: Sequence[PartitionVerdict]) -> str:

@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.jobs import SubmissionRecord, job_namespace, save_submission
 from hpcenv.routing import RouteRequest, RoutingDecision, route
-from hpcenv.templates import JobScript, Launcher, SbatchOptions, job_name_from, render_job_script
+from hpcenv.templates import (
+    JobScript,
+    Launcher,
+    SbatchOptions,
+    job_name_from,
+    render_job_script,
+    sbatch_lines,
+)
 
 if TYPE_CHECKING:
     from hpcenv.registry import EnvRecord
@@ -260,6 +267,17 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     workdir = (options.workdir or Path.cwd()).resolve()
     if not workdir.is_dir():
         raise InvalidInput(f"--workdir {workdir}: no such directory")
+    job_name = options.job_name or job_name_from(program.args, program.script)
+    output = options.output or str(workdir / ("slurm-%A_%a.out" if options.array else "slurm-%j.out"))
+    sbatch = SbatchOptions(
+        job_name=job_name, time=options.time, mem=options.mem,
+        cpus_per_task=options.cpus_per_task,
+        nodes=str(options.nodes) if options.nodes is not None else None,
+        ntasks_per_node=options.ntasks_per_node, account=options.account, qos=options.qos,
+        array=options.array, dependency=options.dependency, output=output, error=options.error,
+        signal=options.signal, extra_args=options.sbatch_args)
+    sbatch_lines(sbatch)  # bad options fail now, not after a long env build
+    launcher = choose_launcher(site, options.launcher)
     search = [program.script.parent, workdir] if program.script else [workdir]
     env_file = options.env_file.expanduser().resolve() if options.env_file else None
     record, env_status = ensure_env(site, env_name, env_file=env_file, search_dirs=search,
@@ -272,17 +290,8 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     decision = route(request, site.partitions, compat=site.cuda_compat,
                      live=_live_state(scheduler, site, say))
 
-    launcher = choose_launcher(site, options.launcher)
-    job_name = options.job_name or job_name_from(program.args, program.script)
-    output = options.output or str(workdir / ("slurm-%A_%a.out" if options.array else "slurm-%j.out"))
-    sbatch = SbatchOptions(
-        job_name=job_name, partition=decision.partition, constraint=decision.constraint,
-        gpus=decision.gpus, gpu_type=decision.gpu_type, time=options.time, mem=options.mem,
-        cpus_per_task=options.cpus_per_task,
-        nodes=str(options.nodes) if options.nodes is not None else None,
-        ntasks_per_node=options.ntasks_per_node, account=options.account, qos=options.qos,
-        array=options.array, dependency=options.dependency, output=output, error=options.error,
-        signal=options.signal, extra_args=options.sbatch_args)
+    sbatch = replace(sbatch, partition=decision.partition, constraint=decision.constraint,
+                     gpus=decision.gpus, gpu_type=decision.gpu_type)
     activation = ""
     if launcher == "activate":
         from hpcenv.activation import activation_script

@@ -130,7 +130,7 @@ def sbatch_signal(value: str) -> str:
 
 def sbatch_lines(opts: SbatchOptions) -> list[str]:
     """Validated ``--option=value`` strings for the ``#SBATCH`` header, in a stable order."""
-    lines = [f"--job-name={_check('--job-name', opts.job_name, _JOB_NAME, 'use letters, digits and ._+@:,- (at most 128)')}"]
+    lines = [f"--job-name={check_job_name(opts.job_name)}"]
     if opts.partition:
         lines.append(f"--partition={_check('--partition', opts.partition, re.compile(r'^[A-Za-z0-9_.-]+(?:,[A-Za-z0-9_.-]+)*$'), 'not a partition name')}")
     if opts.constraint:
@@ -169,6 +169,18 @@ def sbatch_lines(opts: SbatchOptions) -> list[str]:
     for arg in opts.extra_args:
         lines.append(extra_arg(arg))
     return lines
+
+
+def check_job_name(name: str) -> str:
+    """A job name Slurm keeps intact.  Spaces are refused rather than replaced: the job would
+    be listed under a name the user never typed, and a space garbles the job's record in the
+    job completion log (``sacct -c``), so its status is lost once it leaves the queue."""
+    safe = re.sub(r"[^A-Za-z0-9_.+@:,-]", "_", name)[:128]
+    hint = f"; e.g. --job-name {safe}" if safe.strip("_") else ""
+    if " " in name:
+        return _check("--job-name", name, _JOB_NAME,
+                      f"spaces are not allowed (Slurm's job completion log cannot record them){hint}")
+    return _check("--job-name", name, _JOB_NAME, f"use letters, digits and ._+@:,- (at most 128){hint}")
 
 
 def extra_arg(arg: str) -> str:

@@ -251,6 +251,30 @@ def test_cli_errors_are_one_line_with_exit_codes(built, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "hpcenv env build" in missing.stderr
     nothing = cli(site, "submit", "--env", "cpuenv", cwd=tmp_path)
     assert nothing.returncode == 2 and "nothing to run" in nothing.stderr
+    before = len(list_submissions(site.state_dir, "local"))
+    spaced = cli(site, "submit", "--env", "cpuenv", "--job-name", "my run", "--", "true", cwd=tmp_path)
+    assert (spaced.returncode, spaced.stdout) == (2, "")
+    assert spaced.stderr == ("hpcenv: error: --job-name 'my run': spaces are not allowed (Slurm's "
+                             "job completion log cannot record them); e.g. --job-name my_run\n")
+    # Checked before anything is built: an env file that would need a build stays unbuilt.
+    (tmp_path / "fresh.yml").write_text("name: fresh\ndependencies:\n  - python=3.11\n")
+    early = cli(site, "submit", "--env-file", "fresh.yml", "--job-name", "a b", "--", "true",
+                cwd=tmp_path)
+    assert early.returncode == 2 and "building" not in early.stderr
+    assert len(list_submissions(site.state_dir, "local")) == before
+
+
+def test_submit_messages_read_cleanly(built, tmp_path: Path) -> None:
+    site, _ = built
+    sub = cli(site, "submit", "--env", "cpuenv", "--", "true", cwd=tmp_path)
+    job_id = sub.stdout.split()[2]
+    assert sub.stdout == (f"submitted job {job_id} to the scheduler's default partition, env cpuenv "
+                          "v1: the site config lists no partitions\n")
+    dry = cli(site, "submit", "--env", "cpuenv", "--dry-run", "--", "true", cwd=tmp_path).stdout
+    tail = dry.split("# --- dry run: nothing submitted ---\n", 1)[1].splitlines()
+    assert tail[:3] == ["# partition: the scheduler default", "# nodes:     any in the partition",
+                        "# reason:    the site config lists no partitions"]
+    assert tail[4] == "# launcher:  activate: hpcenv's activation inlined, then exec of the program"
 
 
 def test_signal_option_renders_batch_signal(built, tmp_path: Path) -> None:

@@ -147,6 +147,18 @@ def test_bad_sbatch_values_are_rejected(field: str, value: str, flag: str) -> No
     assert message.startswith(flag) and "\n" not in message
 
 
+@pytest.mark.parametrize(("name", "hint"), [
+    ("my job", "spaces are not allowed (Slurm's job completion log cannot record them); "
+               "e.g. --job-name my_job"),
+    ("a$b", "e.g. --job-name a_b"),
+    ("x" * 129, "at most 128"),
+])
+def test_job_name_errors_say_what_would_work(name: str, hint: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        sbatch_lines(SbatchOptions(job_name=name))
+    assert hint in str(err.value) and str(err.value).startswith("--job-name")
+
+
 @pytest.mark.parametrize("arg", ["exclusive", "--mail-user=a b", "--comment=$(id)", "--x\n--y",
                                  "--wrap=rm -rf", "--wrap=id"])
 def test_bad_sbatch_args_are_rejected(arg: str) -> None:
@@ -178,6 +190,9 @@ def test_render_conda_run_script(prefix: Path) -> None:
     for sig in ("TERM", "INT", "HUP", "USR1", "USR2"):
         assert f"trap 'hpcenv_forward {sig}' {sig}" in text
     assert "export CONDA_PREFIX" not in text  # conda run activates, not hpcenv
+    # Why -p PREFIX and not -n NAME (the wording) is said in the script itself.
+    assert ("# `conda run -p PREFIX`, not `-n demo`: the job runs the very build it was routed "
+            "for\n# (demo version 1), even if the name is rebuilt") in text
 
 
 def test_conda_run_needs_conda_exe(prefix: Path) -> None:

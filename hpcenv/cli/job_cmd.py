@@ -158,21 +158,40 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
     return code
 
 
+def _where(d: dict[str, Any]) -> str:
+    if not d["partition"]:
+        return "the scheduler's default partition"
+    constraint = f" with --constraint={d['constraint']}" if d.get("constraint") else ""
+    return f"partition {d['partition']}{constraint}"
+
+
 def _submitted_text(d: dict[str, Any]) -> str:
-    return (f"submitted job {d['job_id']} to partition {d['partition'] or '(default)'}"
-            f"{_constraint(d)}: env {d['env']} v{d['env_version']} ({d['reason']})")
+    return f"submitted job {d['job_id']} to {_where(d)}, env {d['env']} v{d['env_version']}: {d['reason']}"
 
 
-def _constraint(d: dict[str, Any]) -> str:
-    return f" (constraint {d['constraint']})" if d.get("constraint") else ""
+def _launcher_text(d: dict[str, Any]) -> str:
+    if d["launcher"] == "conda-run":
+        return ("conda-run: conda run -p PREFIX, not -n NAME, so the job runs this very build "
+                f"(v{d['env_version']}) even if {d['env']} is rebuilt while it waits")
+    return "activate: hpcenv's activation inlined, then exec of the program"
+
+
+def _nodes_text(d: dict[str, Any]) -> str:
+    if not d.get("constraint"):
+        return "any in the partition"
+    verdicts = (d.get("routing") or {}).get("partitions") or []
+    nodes = next((v["nodes"] for v in verdicts if v["partition"] == d["partition"]), [])
+    return f"--constraint={d['constraint']}" + (f" ({', '.join(nodes)})" if nodes else "")
 
 
 def _dry_run_text(d: dict[str, Any]) -> str:
     return (f"{d['script_text']}"
             f"# --- dry run: nothing submitted ---\n"
-            f"# partition: {d['partition'] or '(scheduler default)'}{_constraint(d)}\n"
+            f"# partition: {d['partition'] or 'the scheduler default'}\n"
+            f"# nodes:     {_nodes_text(d)}\n"
             f"# reason:    {d['reason']}\n"
             f"# env:       {d['env']} v{d['env_version']} at {d['prefix']}\n"
+            f"# launcher:  {_launcher_text(d)}\n"
             f"# script:    {d['script']}")
 
 
