@@ -20,6 +20,8 @@ import argparse
 import base64
 import hashlib
 import json
+import logging
+import os
 import posixpath
 import re
 import shlex
@@ -32,15 +34,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hpcenv import __version__
-from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.scheduler.base import FINISHED_STATES
-from hpcenv.sync import sync_dir
+from hpcenv.errors import HpcenvError, InvalidInput
+from hpcenv.sync import remote_manifest, sync_dir
 
 if TYPE_CHECKING:
     import fabric
     import paramiko
 
     from hpcenv.cli.context import Context
+    from hpcenv.scheduler.base import JobInfo
     from hpcenv.site import Remote
 
 
@@ -166,6 +168,15 @@ def _reject_policy() -> paramiko.MissingHostKeyPolicy:
     return RejectUnknown()
 
 
+def _quiet_paramiko() -> None:
+    """Keep paramiko's transport thread from printing tracebacks on stderr (through logging's
+    last-resort handler) when a handshake fails: the failure reaches the user as one classified
+    line instead.  Handlers an application configured on the root logger still get the records."""
+    logger = logging.getLogger("paramiko")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+
+
 def _close_chain(conn: fabric.Connection) -> None:
     """Close a connection and its jump hosts (fabric closes neither a half-open client nor
     the gateway)."""
@@ -191,6 +202,7 @@ class RemoteSession:
     connect_timeout: float = 10.0
     backoff: Backoff = field(default_factory=Backoff)
     info: Callable[[str], None] = lambda message: None
+    debug: Callable[[str], None] = lambda message: None
     _conn: fabric.Connection | None = field(default=None, init=False, repr=False)
     _workdir: str | None = field(default=None, init=False, repr=False)
     _version: str | None = field(default=None, init=False, repr=False)
@@ -251,6 +263,7 @@ class RemoteSession:
     def _new_connection(self) -> fabric.Connection:
         import fabric
 
+        _quiet_paramiko()
         connect_kwargs: dict[str, Any] = {}
         keys = self._key_files()
         if keys:
@@ -455,14 +468,17 @@ class RemoteSession:
         return self._workdir
 
     def upload(self, local: Path, remote_path: str) -> None:
-        """Upload one file (parent created), keeping its mtime."""
+        """Upload one file (parent created), keeping its mtime.  The file appears complete or not
+        at all: it is written under a temporary name and renamed into place."""
         self.run(f"mkdir -p {shlex.quote(posixpath.dirname(remote_path))}",
                  what=f"creating {posixpath.dirname(remote_path)}")
+        partial = f"{remote_path}.part-{os.getpid()}"
         try:
             sftp = self.sftp()
-            sftp.put(str(local), remote_path)
+            sftp.put(str(local), partial)
             mtime = int(local.stat().st_mtime)
-            sftp.utime(remote_path, (mtime, mtime))
+            sftp.utime(partial, (mtime, mtime))
+            sftp.posix_rename(partial, remote_path)
         except OSError as exc:
             raise HpcenvError(f"uploading {local} to {self.target}:{remote_path} failed: {exc}; "
                               f"check free space and permissions there") from exc
@@ -472,11 +488,15 @@ class RemoteSession:
         """Stream a command's output; after a dropped connection, reconnect and run it again,
         skipping the output already shown (the command must replay its output from the start,
         as ``hpcenv logs -f`` does).  Returns the command's exit code."""
+        # Both streams replay (hpcenv logs copies the job's stderr file to stderr).
         sink = _SkippingWriter(out)
+        err_sink = _SkippingWriter(err) if err is not None else None
         while True:
             sink.rewind()
+            if err_sink is not None:
+                err_sink.rewind()
             try:
-                return self.run(command, check=False, out=sink, err=err).exit_code
+                return self.run(command, check=False, out=sink, err=err_sink).exit_code
             except ConnectionLost:
                 self.info(f"hpcenv: connection to {self.target} dropped; reconnecting")
                 self.reconnect()
@@ -597,7 +617,7 @@ def load_remote(name: str, ctx: Context) -> Remote:
     remotes = load_remotes(ctx.site())
     if name not in remotes:
         known = ", ".join(sorted(remotes)) or "none"
-        raise NotFound(f"unknown remote {name!r} (known: {known}); add it under 'remotes:' in "
+        raise InvalidInput(f"unknown remote {name!r} (known: {known}); add it under 'remotes:' in "
                        f"the site config or in ~/.config/hpcenv/remotes.yaml")
     return remotes[name]
 
@@ -618,14 +638,61 @@ class PathMap:
         return None
 
 
+def _inputs_dir(session: RemoteSession, files: Sequence[Path]) -> str:
+    """The remote directory for uploaded ``files``, named after their names and contents.
+
+    A queued job reads its script when it starts, so a later command must never overwrite it:
+    other contents get another directory, while the same contents map to the same one and are
+    not sent again.
+    """
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return posixpath.join(session.workdir(), "inputs", digest.hexdigest()[:16])
+
+
+def _place(session: RemoteSession, files: Sequence[Path]) -> str:
+    """Upload ``files`` (distinct names) together into their inputs dir; return the dir."""
+    remote_dir = _inputs_dir(session, files)
+    present = remote_manifest(session, remote_dir)
+    for local in files:
+        # Uploads are atomic, so a file of the right size in a content-named dir is complete.
+        stat = present.get(local.name)
+        if stat is not None and stat.size == local.stat().st_size:
+            session.debug(f"hpcenv: {local} is already on {session.target} ({remote_dir})")
+            continue
+        remote_path = posixpath.join(remote_dir, local.name)
+        session.info(f"hpcenv: uploading {local} to {session.target}:{remote_path}")
+        session.upload(local, remote_path)
+    return remote_dir
+
+
+def _env_file_for(args: argparse.Namespace) -> Path | None:
+    """The env file a local ``submit --env NAME`` would find (next to the script or in the
+    working dir), when no ``--env-file`` is given: the remote submit builds a missing env from
+    it the first time, as a local one would."""
+    from hpcenv.submit import find_env_file
+
+    if not getattr(args, "env", None) or getattr(args, "env_file", None) \
+            or not isinstance(getattr(args, "script", None), (str, Path)):
+        return None
+    script = Path(args.script).expanduser()
+    if not script.is_file():
+        return None
+    return find_env_file(args.env, [script.resolve().parent, Path.cwd()])
+
+
 def _upload_inputs(session: RemoteSession, args: argparse.Namespace, argv: list[str],
-                   paths: PathMap = PathMap()) -> dict[str, str]:
+                   paths: PathMap = PathMap()) -> None:
     """Point argv at remote copies of the local files the command names (spec, lock, script).
 
-    A file inside a synced directory is already there; any other file is uploaded to the
-    remote workdir.  argv gets absolute remote paths; returns them by argument name.
+    A file inside a synced directory is already there; any other file is uploaded into a
+    content-named dir under the remote workdir (with the env file a local submit would find
+    placed next to the script, where the remote submit looks for it).  argv gets absolute
+    remote paths.
     """
-    placed: dict[str, str] = {}
+    env_file = _env_file_for(args)
     for dest in _FILE_DESTS:
         value = getattr(args, dest, None)
         if value is None or not isinstance(value, (str, Path)):
@@ -635,27 +702,16 @@ def _upload_inputs(session: RemoteSession, args: argparse.Namespace, argv: list[
             continue
         remote_path = paths.remote_path(local)
         if remote_path is None:
-            remote_path = posixpath.join(session.workdir(), local.name)
-            session.info(f"hpcenv: uploading {local} to {session.target}:{remote_path}")
-            session.upload(local, remote_path)
+            group = [local]
+            if dest == "script" and env_file is not None and env_file.name != local.name:
+                group.append(env_file)
+            remote_path = posixpath.join(_place(session, group), local.name)
+        elif dest == "script" and env_file is not None and paths.remote_path(env_file) is None:
+            # The script was synced but its env file lies outside every synced tree.
+            target = posixpath.join(posixpath.dirname(remote_path), env_file.name)
+            session.info(f"hpcenv: uploading env file {env_file} to {session.target}:{target}")
+            session.upload(env_file, target)
         _replace_value(argv, str(value), remote_path)
-        placed[dest] = remote_path
-    return placed
-
-
-def _upload_env_file(session: RemoteSession, args: argparse.Namespace, script: str,
-                     paths: PathMap) -> None:
-    """Put the env file a local submit would find for ``--env NAME`` (next to the script or in
-    the working dir) next to the remote script, where the remote submit looks for it, so a
-    missing env is built on the login node the first time."""
-    from hpcenv.submit import find_env_file
-
-    local = find_env_file(args.env, [Path(args.script).expanduser().resolve().parent, Path.cwd()])
-    if local is None or paths.remote_path(local) is not None:
-        return
-    remote_path = posixpath.join(posixpath.dirname(script), local.name)
-    session.info(f"hpcenv: uploading env file {local} to {session.target}:{remote_path}")
-    session.upload(local, remote_path)
 
 
 def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
@@ -672,7 +728,7 @@ def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
     if options.sync and command != "submit":
         raise InvalidInput("--sync/--exclude only apply to 'hpcenv --remote NAME submit'")
     remote = load_remote(ctx.remote, ctx)
-    session = RemoteSession(ctx.remote, remote, info=ctx.info)
+    session = RemoteSession(ctx.remote, remote, info=ctx.info, debug=ctx.debug)
     with session:
         session.check_version()
         ctx.debug(f"hpcenv: {session.target} runs {session._version}")
@@ -704,9 +760,7 @@ def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv
                  f"{synced.unchanged} unchanged")
         roots.append((local, dest))
     paths = PathMap(tuple(roots))
-    placed = _upload_inputs(session, args, remote_argv, paths)
-    if getattr(args, "env", None) and not getattr(args, "env_file", None) and "script" in placed:
-        _upload_env_file(session, args, placed["script"], paths)
+    _upload_inputs(session, args, remote_argv, paths)
     # Run where the user is, when that is inside a synced tree: relative paths keep working.
     cwd = paths.remote_path(Path.cwd()) or workdir
     if getattr(args, "dry_run", False):
@@ -730,14 +784,26 @@ def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv
     data["remote"] = session.name
 
     def human(d: dict[str, Any]) -> str:
-        constraint = f", constraint {d['constraint']}" if d.get("constraint") else ""
-        return (f"Submitted job {d['job_id']} on {session.name} (partition "
-                f"{d.get('partition') or '(default)'}{constraint}, env {d.get('env')})")
+        constraint = f" (constraint {d['constraint']})" if d.get("constraint") else ""
+        version = f" v{d['env_version']}" if d.get("env_version") is not None else ""
+        reason = f" ({d['reason']})" if d.get("reason") else ""
+        return (f"submitted job {d['job_id']} on {session.name} to partition "
+                f"{d.get('partition') or '(default)'}{constraint}: env {d.get('env')}{version}"
+                f"{reason}")
 
-    ctx.emit(data, human)
     if not wait:
+        ctx.emit(data, human)
         return 0
-    return wait_for_job(session, job_id, ctx)
+    # As a local --wait: the submission on stderr now, one result (JSON) when the job ended.
+    ctx.info(f"hpcenv: {human(data)}; waiting")
+    info = wait_for_job(session, job_id, ctx)
+    from hpcenv.jobs import job_exit_code
+
+    code = job_exit_code(info)
+    if ctx.json:
+        ctx.emit({**data, "state": info.state, "exit_code": code, "node": info.node,
+                  "elapsed": info.elapsed})
+    return code
 
 
 def _parse_json(text: str, session: RemoteSession, what: str) -> dict[str, Any]:
@@ -753,40 +819,48 @@ def _parse_json(text: str, session: RemoteSession, what: str) -> dict[str, Any]:
     return data
 
 
-def job_exit_code(status: dict[str, Any]) -> int:
-    """The job's exit code from a status record, shell style: 128+N when signal N killed it."""
-    raw, sig = status.get("exit_code"), status.get("signal")
-    if isinstance(sig, int) and sig > 0:
-        return 128 + sig
-    if isinstance(raw, int):
-        return raw
-    if isinstance(raw, str) and raw.split(":", 1)[0].isdigit():
-        return int(raw.split(":", 1)[0])
-    return 0 if str(status.get("state", "")).upper() == "COMPLETED" else 1
+def job_info(status: dict[str, Any]) -> JobInfo:
+    """A ``JobInfo`` from the remote's ``hpcenv --json status`` record (paths stay remote)."""
+    from hpcenv.scheduler.base import JobInfo
+
+    def number(key: str) -> Any:
+        value = status.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    return JobInfo(
+        job_id=str(status.get("job_id", "")), name=str(status.get("name") or ""),
+        state=str(status.get("state") or "UNKNOWN").upper(), reason=status.get("reason"),
+        exit_code=number("exit_code"), signal=number("signal"), node=status.get("node"),
+        elapsed=number("elapsed"), partition=status.get("partition"),
+        constraint=status.get("constraint"))
 
 
 def wait_for_job(session: RemoteSession, job_id: str, ctx: Context, *,
-                 first_poll: float = 1.0, max_poll: float = 10.0) -> int:
+                 first_poll: float = 1.0, max_poll: float = 10.0) -> JobInfo:
     """Poll the remote ``hpcenv status JOB`` until the job ends; survive connection drops.
 
-    Jobs may run for days, so there is no overall limit (as with ``sbatch --wait``); only the
-    reconnects are bounded, by the session's backoff.
+    Shows the same live status line as a local ``--wait``.  Jobs may run for days, so there is no
+    overall limit (as with ``sbatch --wait``); only the reconnects are bounded, by the session's
+    backoff.  The poll delay doubles up to ``max_poll`` and starts over when the state changes.
     """
+    from hpcenv.jobs import live_status
+
     line = session.hpcenv_line(["--json", "status", job_id])
     last_state = None
     delay = first_poll
-    while True:
-        try:
-            result = session.run(line, what=f"hpcenv status {job_id}")
-        except ConnectionLost:
-            session.reconnect()
-            continue
-        status = _parse_json(result.stdout, session, "status")
-        state = str(status.get("state", "")).upper().split(" ")[0]
-        if state != last_state:
-            ctx.info(f"hpcenv: job {job_id} on {session.name}: {state or 'UNKNOWN'}")
-            last_state = state
-        if state in FINISHED_STATES:
-            return job_exit_code(status)
-        time.sleep(delay)
-        delay = min(delay * 2, max_poll)
+    with live_status(sys.stderr, enabled=ctx.verbosity >= 0) as show:
+        while True:
+            try:
+                result = session.run(line, what=f"hpcenv status {job_id}")
+            except ConnectionLost:
+                session.info(f"hpcenv: connection to {session.target} dropped; reconnecting")
+                session.reconnect()
+                continue
+            info = job_info(_parse_json(result.stdout, session, "status"))
+            show(info)
+            if info.finished:
+                return info
+            if info.state != last_state:
+                delay, last_state = first_poll, info.state
+            time.sleep(delay)
+            delay = min(delay * 2, max_poll)

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,7 @@ from hpcenv.remote import (
     UnknownHostKey,
     _SkippingWriter,
     _strip_local_globals,
-    job_exit_code,
+    job_info,
 )
 from hpcenv.sync import (
     FileStat,
@@ -104,11 +105,18 @@ def test_skipping_writer_replays_only_new_text() -> None:
     assert out.getvalue() == "line1\nline2\nline3\n"
 
 
-def test_job_exit_code_from_status_records() -> None:
-    assert job_exit_code({"state": "FAILED", "exit_code": "3:0"}) == 3
-    assert job_exit_code({"state": "COMPLETED", "exit_code": 0}) == 0
-    assert job_exit_code({"state": "CANCELLED"}) == 1
-    assert job_exit_code({"state": "CANCELLED", "exit_code": None, "signal": 15}) == 143
+def test_job_info_from_remote_status_records() -> None:
+    from hpcenv.jobs import job_exit_code, status_line
+
+    failed = job_info({"job_id": "7", "name": "train", "state": "FAILED", "exit_code": 3,
+                       "signal": None, "node": "cpu1", "elapsed": 2.0, "partition": "cpu",
+                       "stdout": "/remote/slurm-7.out", "finished": True})
+    assert failed.finished and job_exit_code(failed) == 3
+    assert status_line(failed) == "job 7 FAILED on cpu1 [cpu] 0:00:02 exit 3"
+    killed = job_info({"job_id": "8", "name": "x", "state": "CANCELLED", "signal": 15})
+    assert job_exit_code(killed) == 143
+    pending = job_info({"job_id": "9", "name": "x", "state": "PENDING", "elapsed": "bogus"})
+    assert not pending.finished and pending.elapsed is None
 
 
 # --- a real sshd -------------------------------------------------------------------------------
@@ -287,7 +295,8 @@ def test_sync_sends_only_changed_files(sshd: SshServer, ssh_client_home: Path,
 def test_follow_resumes_after_the_connection_drops(sshd: SshServer,
                                                    ssh_client_home: Path) -> None:
     lines = 40
-    command = f"for i in $(seq 1 {lines}); do echo line$i; sleep 0.05; done"
+    # Both streams replay after a reconnect (as hpcenv logs -f copies a job's stderr file).
+    command = f"for i in $(seq 1 {lines}); do echo line$i; echo err$i >&2; sleep 0.05; done"
     dropped = threading.Event()
 
     class DropAfterTen(io.StringIO):
@@ -298,13 +307,14 @@ def test_follow_resumes_after_the_connection_drops(sshd: SshServer,
                 assert sshd.drop_connections() >= 1
             return n
 
-    out = DropAfterTen()
+    out, err = DropAfterTen(), io.StringIO()
     with session(sshd) as s:
         first_transport = s.connection.transport
-        code = s.follow(command, out)
+        code = s.follow(command, out, err)
         assert s.connection.transport is not first_transport  # it really reconnected
     assert dropped.is_set() and code == 0
     assert out.getvalue() == "".join(f"line{i}\n" for i in range(1, lines + 1))
+    assert err.getvalue() == "".join(f"err{i}\n" for i in range(1, lines + 1))
 
 
 @pytest.mark.ssh
@@ -357,7 +367,32 @@ def test_cli_uploads_a_local_spec_for_env_inspect(sshd: SshServer, ssh_client_ho
     assert main(["--remote", "testcluster", "env", "inspect", str(spec), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["name"] == "laptop-only" and shown["cuda"] == "12.1"
-    assert (Path(sshd.remote().workdir or "") / "laptop-only.yml").read_text() == spec.read_text()
+    uploaded = list((Path(sshd.remote().workdir or "") / "inputs").glob("*/laptop-only.yml"))
+    assert [p.read_text() for p in uploaded] == [spec.read_text()]
+
+
+@pytest.mark.ssh
+def test_uploads_never_overwrite_and_are_sent_once(sshd: SshServer, ssh_client_home: Path,
+                                                   tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # Two projects, each with its own spec.yml: a queued job of one must keep reading its file.
+    specs = []
+    for name in ("proj-a", "proj-b"):
+        (tmp_path / name).mkdir()
+        spec = tmp_path / name / "spec.yml"
+        spec.write_text(f"name: {name}\nchannels: [conda-forge]\ndependencies: [python=3.11]\n")
+        specs.append(spec)
+    _write_remotes(ssh_client_home, sshd)
+    for spec in specs:
+        assert main(["--remote", "testcluster", "--json", "env", "inspect", str(spec)]) == 0
+        assert json.loads(capsys.readouterr().out)["name"] == spec.parent.name
+    assert main(["--remote", "testcluster", "--json", "env", "inspect", str(specs[0])]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["name"] == "proj-a"
+    assert "uploading" not in captured.err  # the same contents are already there
+    remote = sorted(p.read_text() for p in
+                    (Path(sshd.remote().workdir or "") / "inputs").glob("*/spec.yml"))
+    assert remote == sorted(spec.read_text() for spec in specs)
 
 
 @pytest.mark.ssh
@@ -368,7 +403,7 @@ def test_cli_errors_are_one_line(sshd: SshServer, ssh_client_home: Path,
     err = capsys.readouterr().err
     assert err.startswith("hpcenv: error: remote 'testcluster': hpcenv not found")
     assert err.count("\n") == 1
-    assert main(["--remote", "nosuch", "site", "show"]) == 1
+    assert main(["--remote", "nosuch", "site", "show"]) == 2
     assert "unknown remote 'nosuch' (known: testcluster)" in capsys.readouterr().err
 
 
@@ -378,6 +413,33 @@ def test_remote_exit_code_and_stderr_pass_through(sshd: SshServer, ssh_client_ho
     _write_remotes(ssh_client_home, sshd)
     assert main(["--remote", "testcluster", "env", "inspect", "/no/such/spec.yml"]) == 2
     assert "/no/such/spec.yml" in capsys.readouterr().err
+
+
+@pytest.mark.ssh
+def test_a_port_that_is_no_ssh_server_fails_in_one_line(sshd: SshServer, ssh_client_home: Path,
+                                                       ) -> None:
+    # A user's shell, not pytest: nothing may add paramiko's transport traceback to the line.
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def hang_up() -> None:
+            conn, _ = listener.accept()
+            conn.close()
+
+        server = threading.Thread(target=hang_up, daemon=True)
+        server.start()
+        _write_remotes(ssh_client_home, sshd, port=port)
+        proc = subprocess.run([sys.executable, "-m", "hpcenv", "--remote", "testcluster", "env",
+                               "list"], capture_output=True, text=True, timeout=60)
+        server.join(timeout=10)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"hpcenv: error: remote 'testcluster': SSH connection to "
+                                  f"{sshd.user}@127.0.0.1:{port} failed")
+    assert proc.stderr.count("\n") == 1, proc.stderr
 
 
 def test_help_does_not_import_fabric() -> None:
@@ -459,7 +521,8 @@ def test_remote_wait_survives_a_dropped_connection(
     with session(sshd_slurm) as s:
         s.connect()
         assert sshd_slurm.drop_connections() >= 1
-        assert wait_for_job(s, job_id, Context(verbosity=-1), first_poll=0.2) == 0
+        info = wait_for_job(s, job_id, Context(verbosity=-1), first_poll=0.2)
+        assert (info.state, info.exit_code) == ("COMPLETED", 0)
         out = io.StringIO()
         follow = s.hpcenv_line(["logs", "-f", job_id])
         assert s.follow(follow, out) == 0
@@ -493,3 +556,65 @@ def test_remote_env_build_once_then_reuse_and_from_lock(
                  "--name", f"{name}-locked"]) == 0
     locked = json.loads(capsys.readouterr().out)
     assert locked["status"] == "built" and locked["prefix"] != first["prefix"]
+
+
+def _logins(server: SshServer) -> int:
+    """SSH logins the server accepted so far (sshd logs one line per authenticated connection)."""
+    return (server.root / "sshd.log").read_text().count("Accepted publickey")
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_laptop_submit_builds_once_and_each_command_is_one_connection(
+        sshd_slurm: SshServer, ssh_client_home: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's "done when", as a user types it: no --sync, no --env-file, no SLURM_CONF;
+    an env the cluster has never seen, so the login node builds it from the uploaded file."""
+    env = f"laptop-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "examples").mkdir()
+    shutil.copy(EXAMPLES / "train.py", tmp_path / "examples" / "train.py")
+    spec = (EXAMPLES / "llm-finetune.yml").read_text().replace("name: llm-finetune",
+                                                               f"name: {env}")
+    assert f"name: {env}" in spec
+    (tmp_path / "examples" / f"{env}.yml").write_text(spec)
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    monkeypatch.chdir(tmp_path)
+    _write_remotes(ssh_client_home, sshd_slurm)
+    remote = ["--remote", "testcluster"]
+
+    def one_connection(args: list[str]) -> tuple[int, str, str]:
+        before = _logins(sshd_slurm)
+        code = main([*remote, *args])
+        captured = capsys.readouterr()
+        assert _logins(sshd_slurm) - before == 1, (args, captured.err)
+        return code, captured.out, captured.err
+
+    code, out, err = one_connection(["submit", "examples/train.py", "--env", env, "--wait"])
+    assert code == 0, err
+    assert f"building env {env}" in err and "COMPLETED on a100n1" in err
+    job_id = err.split("submitted job ", 1)[1].split()[0]
+
+    code, out, err = one_connection(["--json", "submit", "examples/train.py", "--env", env])
+    again = json.loads(out)
+    assert code == 0 and again["env_status"] == "existing" and "uploading" not in err
+
+    code, out, _ = one_connection(["logs", "-f", job_id])
+    assert code == 0 and "SLURMD_NODENAME: a100n1" in out and out.count("done: w=") == 1
+    code, out, _ = one_connection(["status", job_id])
+    assert code == 0 and "COMPLETED" in out and f"{env} v1" in out
+    code, out, _ = one_connection(["jobs", "--all"])
+    assert code == 0 and out.startswith("JOB") and job_id in out
+    code, out, _ = one_connection(["env", "show", env])
+    assert code == 0 and f"{env} version 1" in out
+    code, out, _ = one_connection(["--json", "env", "list"])
+    assert code == 0 and env in {record["name"] for record in json.loads(out)}
+
+    code, out, _ = one_connection(["--json", "submit", "--env", env, "--partition", "cpu",
+                                   "--gpus", "0", "--", "sleep", "120"])
+    sleeper = str(json.loads(out)["job_id"])
+    code, out, _ = one_connection(["cancel", sleeper])
+    assert code == 0 and f"cancelled job {sleeper}" in out
+    code, out, _ = one_connection(["--json", "submit", "--env", env, "--wait", "--partition",
+                                   "cpu", "--gpus", "0", "--", "sh", "-c", "exit 7"])
+    ended = json.loads(out)
+    assert code == 7 and (ended["state"], ended["exit_code"]) == ("FAILED", 7)
