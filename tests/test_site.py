@@ -215,6 +215,10 @@ def test_site_paths_that_are_not_files(tmp_path: Path, env: dict[str, str]) -> N
     (Path(env["HOME"]) / ".config" / "hpcenv" / "site.yaml").mkdir(parents=True)
     with pytest.raises(InvalidInput, match=r"site.yaml \(from user config\) is a directory"):
         load_site(environ=env)
+    (Path(env["HOME"]) / ".config" / "hpcenv" / "remotes.yaml").mkdir()
+    site = load_site(SHIPPED / "local.yaml", environ=env)
+    with pytest.raises(InvalidInput, match=r"remotes file .*remotes.yaml is a directory"):
+        load_remotes(site, environ=env)
 
 
 def test_explicit_empty_mapping_means_all_defaults(tmp_path: Path, env: dict[str, str]) -> None:

@@ -144,6 +144,9 @@ def test_load_spec_reads_utf8_without_final_newline(tmp_path: Path) -> None:
     assert spec.source == path
     assert spec.conda == ("numpy",)
     assert load_spec(str(path)) == spec
+    # Windows editors' byte-order mark is not part of the first key.
+    path.write_bytes(b"\xef\xbb\xbfname: x\r\ndependencies:\r\n  - numpy\r\n")
+    assert load_spec(path) == spec
 
 
 # --- errors ----------------------------------------------------------------------------------
