@@ -21,10 +21,13 @@ takes the key's :class:`~hpcenv.locking.BuildLock`; late arrivals wait (``on_pro
 "waiting for USER@HOST pid N since T") and then find the ready build.  The lock holder:
 
 1. cleans debris: builds without a completion marker whose key lock nobody holds (a crashed
-   builder), marking their records ``failed``;
+   builder), marking their records ``failed``; a crashed builder's complete build (killed
+   between the marker and the registry update) is marked ``ready`` and reused;
 2. allocates a version in the registry (record status ``building``);
-3. solves (or reads ``--from-lock``), writes the lockfile into the registry, installs from it
-   into the build prefix with the site's first ``pkgs_dir`` as package cache (hardlinks);
+3. solves (or reads ``--from-lock``: the locked packages then say which CUDA the env needs),
+   writes the lockfile into the registry, installs from it into the build prefix with the
+   site's first ``pkgs_dir`` as package cache (hardlinks), holding the cache's
+   :class:`~hpcenv.locking.CacheLock` shared so ``env gc`` cannot clean entries mid-install;
 4. writes ``conda-meta/state`` (the spec's ``variables``), runs the ``pip:`` section with the
    env's own ``python -m pip`` and the site's pip settings;
 5. verifies: every ``conda-meta`` record's files exist and the env's python runs from the prefix;
@@ -36,7 +39,10 @@ takes the key's :class:`~hpcenv.locking.BuildLock`; late arrivals wait (``on_pro
    first (the source of truth), then the ``E/NAME`` symlink (a temp symlink renamed over it).
 
 A crash at any step leaves the previous version current and its symlink untouched; the half
-build is cleaned by the next builder (or ``env gc``).  :func:`rollback` and
+build is cleaned by the next builder (or ``env gc``).  A crash between the two publish steps
+leaves ``current`` ahead of the symlink, both pointing at complete builds; the next build of
+either spec (``reused`` checks the symlink too), a rollback or :func:`sync_link` repairs it,
+and ``hpcenv run -n`` follows the registry meanwhile.  :func:`rollback` and
 :func:`remove_version` change ``current`` the same way, under the registry's per-name lock.
 """
 
@@ -61,8 +67,8 @@ from typing import TYPE_CHECKING, Literal
 
 from hpcenv.engine.base import LockedPackage, channel_url, current_platform
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.locking import BuildLock, LockHolder, current_user
-from hpcenv.registry import EnvRecord, Registry
+from hpcenv.locking import BuildLock, CacheLock, LockHolder, current_user
+from hpcenv.registry import EnvRecord, Registry, chgrp, ensure_shared_dir, group_id
 from hpcenv.spec import EnvSpec, validate_env_name
 
 if TYPE_CHECKING:
@@ -70,8 +76,10 @@ if TYPE_CHECKING:
     from hpcenv.site import SiteConfig
 
 MARKER = ".hpcenv-complete"
+CACHE_LOCK = ".hpcenv-cache.lock"
 KEY_SCHEMA = 1
 _CUDA_RE = re.compile(r"^\d+(\.\d+){0,2}$")
+_CUDA_DEP_RE = re.compile(r"^__cuda\s*>=\s*(\d+(?:\.\d+)?)")
 
 Progress = Callable[[str], None]
 
@@ -135,6 +143,14 @@ def key_lock(site: SiteConfig, key: str, *, on_wait: Callable[[LockHolder | None
     return BuildLock(locks_dir(site) / f"{key}.lock", method=site.locks.method,
                      timeout=site.locks.timeout if timeout is None else timeout,
                      stale_after=site.locks.stale_after, on_wait=on_wait)
+
+
+def cache_lock(site: SiteConfig, pkgs_dir: Path, *,
+               on_wait: Callable[[], None] | None = None) -> CacheLock:
+    """The lock that keeps ``env gc`` out of ``pkgs_dir`` while installs link from it."""
+    return CacheLock(Path(pkgs_dir) / CACHE_LOCK, method=site.locks.method,
+                     timeout=site.locks.timeout, stale_after=site.locks.stale_after,
+                     on_wait=on_wait)
 
 
 def is_complete(prefix: Path | str) -> bool:
@@ -206,6 +222,20 @@ def build_key(*, name: str, content: dict[str, object], platform: str, channels:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def cuda_of_packages(packages: Sequence[LockedPackage]) -> str | None:
+    """The CUDA an exact package set is built for: the ``cuda-version`` package's version, else
+    the lowest bound of a ``__cuda >=X.Y`` dependency, else None (a bare ``__cuda`` dependency
+    names no version).  What a ``--from-lock`` build records instead of a solve's ``__cuda``."""
+    from hpcenv.drivers import version_key
+
+    for package in packages:
+        if package.name == "cuda-version":
+            return ".".join(package.version.split(".")[:2])
+    bounds = [m.group(1) for package in packages for dep in package.depends
+              if (m := _CUDA_DEP_RE.match(dep.strip()))]
+    return max(bounds, key=version_key) if bounds else None
+
+
 def plan_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
                cuda_override: str | None = None, from_lock: Path | None = None) -> BuildPlan:
     """Name, key, channels and CUDA of a build; validates the name (InvalidInput)."""
@@ -258,11 +288,14 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
     registry = Registry.for_site(site)
     _check_link_is_ours(site, plan.name)
+    _ensure_dir(locks_dir(site), site)  # before any lock creates it without the lab's group
 
     def reuse(record: EnvRecord, waited: bool) -> BuildResult | None:
         if not is_complete(record.prefix):
             return None
-        if make_current and registry.current_version(plan.name) != record.version:
+        # The link check heals a builder killed between the two publish steps.
+        if make_current and (registry.current_version(plan.name) != record.version
+                             or not link_points_to(site, plan.name, record.prefix)):
             publish(site, registry, record)
         return BuildResult(record, "reused", waited, time.monotonic() - started)
 
@@ -279,13 +312,15 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         say(f"waiting for {who} (building {plan.name}, key {plan.key[:12]})")
 
     with key_lock(site, plan.key, on_wait=on_wait):
+        # Debris first: it also adopts a finished build whose builder died before marking it
+        # ready, which the lookup below then reuses.
+        for path in clean_debris(site, registry=registry, held_key=plan.key):
+            say(f"removed debris of a crashed build: {path}")
         found = registry.find_ready(plan.key, plan.name)
         if found is not None:
             if (result := reuse(found, waited)) is not None:
                 return result
             registry.set_status(found.name, found.version, "failed")  # marker gone: rebuild
-        for path in clean_debris(site, registry=registry, held_key=plan.key):
-            say(f"removed debris of a crashed build: {path}")
         for note in plan.notes:
             say(note)
         engine = engine or _engine_for(site)
@@ -305,50 +340,36 @@ def _engine_for(site: SiteConfig) -> Engine:
 def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, registry: Registry,
                   engine: Engine, from_lock: Path | None,
                   say: Progress) -> tuple[EnvRecord, list[str]]:
+    # Solve (or read the lock) before allocating a version: a spec that cannot be built leaves
+    # nothing behind, not even a failed record.
+    packages, channels, cuda, pinned = _packages_for(spec, plan, engine, from_lock, say)
     creator = f"{current_user()}@{socket.gethostname()}"
     builds = builds_dir(site)
     _ensure_dir(builds, site)
+    recorded = pinned if pinned is not None else spec
     record = registry.allocate(plan.name, lambda version: EnvRecord(
         name=plan.name, version=version, key=plan.key,
-        spec=spec.normalized() if spec is not None else {},
-        spec_hash=spec.content_hash() if spec is not None else "",
+        spec=recorded.normalized() if recorded is not None else {},
+        spec_hash=recorded.content_hash() if recorded is not None else "",
         lock_path=str(registry.lock_file(plan.name, version)),
         prefix=str(builds / f"{plan.name}-{version}-{plan.key[:12]}"),
-        cuda=plan.cuda or None, cuda_override=plan.cuda_override, channels=list(plan.channels),
+        cuda=cuda, cuda_override=plan.cuda_override, channels=list(channels),
         platform=plan.platform, status="building", creator=creator,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         channel_priority=plan.channel_priority, engine=engine.name,
         source=str(spec.source) if spec is not None and spec.source else None,
-        from_lock=str(from_lock) if from_lock is not None else None))
+        from_lock=str(Path(from_lock).resolve()) if from_lock is not None else None))
     prefix = Path(record.prefix)
     warnings: list[str] = []
     try:
-        if from_lock is not None:
-            say(f"reading {from_lock}")
-            packages = engine.read_lock(Path(from_lock), platform=plan.platform)
-            channels = sorted({p.channel.rstrip("/") for p in packages if p.channel})
-            record = replace(record, channels=channels)
-            if spec is None:
-                pinned = EnvSpec(name=plan.name, channels=tuple(channels),
-                                 conda=tuple(p.spec for p in packages), pip=(), variables=(),
-                                 source=None)
-                record = replace(record, spec=pinned.normalized(), spec_hash=pinned.content_hash())
-        else:
-            say(f"solving {len(spec.conda)} specs against {', '.join(plan.channels)}")
-            packages = engine.solve(list(spec.conda), channels=plan.channels,
-                                    platform=plan.platform, cuda=plan.cuda,
-                                    channel_priority=plan.channel_priority)
-        if spec is not None and spec.pip and not any(p.name == "python" for p in packages):
-            line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
-            raise InvalidInput(f"{spec.source or '<environment.yml>'}{line}: a pip: section needs "
-                               "python in the environment; add 'python' (and 'pip') to "
-                               "dependencies")
-        engine.write_lock(Path(record.lock_path), plan.name, packages,
-                          record.channels or plan.channels, plan.platform)
+        engine.write_lock(Path(record.lock_path), plan.name, packages, channels, plan.platform)
         say(f"installing {len(packages)} packages into {prefix}")
         pkgs_dir = Path(site.pkgs_dirs[0])
         _ensure_dir(pkgs_dir, site)
-        engine.install(prefix, packages, pkgs_dir=pkgs_dir)
+        with cache_lock(site, pkgs_dir, on_wait=lambda: say(
+                "waiting for 'hpcenv env gc' to finish with the package cache")).hold(
+                exclusive=False):
+            engine.install(prefix, packages, pkgs_dir=pkgs_dir)
         if spec is not None and spec.variables:
             _write_state(prefix, dict(spec.variables))
         if spec is not None and spec.pip:
@@ -373,6 +394,58 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
     return record, warnings
 
 
+def _culprit_line(spec: EnvSpec, message: str) -> str:
+    """``:LINE`` of the dependency a solver error names ("" when it names none we can tell)."""
+    for index, entry in enumerate(spec.conda):
+        name = re.split(r"[\s=<>!~\[]", entry.split("::")[-1], maxsplit=1)[0]
+        if (f"'{entry}'" in message or re.search(rf"\bfor {re.escape(name)}\b", message)) \
+                and index < len(spec.conda_lines):
+            return f":{spec.conda_lines[index]}"
+    return ""
+
+
+def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lock: Path | None,
+                  say: Progress) -> tuple[list[LockedPackage], tuple[str, ...], str | None,
+                                          EnvSpec | None]:
+    """The exact packages of a build, its channels, the CUDA to record and, for a
+    ``--from-lock`` build without a spec, the pinned spec that stands for it."""
+    pinned = None
+    if from_lock is not None:
+        say(f"reading {from_lock}")
+        packages = engine.read_lock(Path(from_lock), platform=plan.platform)
+        channels = tuple(sorted({p.channel.rstrip("/") for p in packages if p.channel}))
+        locked_cuda = cuda_of_packages(packages)
+        if locked_cuda is not None:
+            say(f"CUDA {locked_cuda} from the locked packages")
+            if plan.cuda_override == "":
+                say(f"warning: --no-cuda ignored: {from_lock} holds CUDA {locked_cuda} builds")
+        # No solve: the packages, not a guess, say what CUDA the env needs (routing reads it).
+        cuda = locked_cuda or plan.cuda or None
+        if spec is None:
+            pinned = EnvSpec(name=plan.name, channels=channels,
+                             conda=tuple(p.spec for p in packages), pip=(), variables=(),
+                             source=None)
+    else:
+        assert spec is not None  # plan_build refuses a build with neither
+        channels, cuda = plan.channels, plan.cuda or None
+        say(f"solving {len(spec.conda)} specs against {', '.join(channels)}")
+        try:
+            packages = engine.solve(list(spec.conda), channels=channels, platform=plan.platform,
+                                    cuda=plan.cuda, channel_priority=plan.channel_priority)
+        except HpcenvError as exc:
+            cuda_note = f", __cuda={plan.cuda}" if plan.cuda else ", no __cuda"
+            raise type(exc)(f"{spec.source or '<environment.yml>'}{_culprit_line(spec, str(exc))}"
+                            f": {exc} (channels searched: "
+                            f"{', '.join(channels)}{cuda_note}); fix the spec or the channels"
+                            ) from None
+    if spec is not None and spec.pip and not any(p.name == "python" for p in packages):
+        line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
+        raise InvalidInput(f"{spec.source or '<environment.yml>'}{line}: a pip: section needs "
+                           "python in the environment; add 'python' (and 'pip') to "
+                           "dependencies")
+    return packages, channels, cuda, pinned
+
+
 def _check_link_is_ours(site: SiteConfig, name: str) -> None:
     link = env_link(site, name)
     if link.exists() and not link.is_symlink():
@@ -381,11 +454,8 @@ def _check_link_is_ours(site: SiteConfig, name: str) -> None:
 
 
 def _ensure_dir(path: Path, site: SiteConfig) -> None:
-    if path.is_dir():
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    if site.permissions.dir_mode is not None:
-        os.chmod(path, site.permissions.dir_mode)
+    if not path.is_dir():
+        ensure_shared_dir(path, dir_mode=site.permissions.dir_mode, gid=_site_gid(site))
 
 
 def _write_state(prefix: Path, env_vars: dict[str, str]) -> None:
@@ -483,7 +553,7 @@ def _fix_modes(prefix: Path, site: SiteConfig) -> None:
             if stat.S_ISLNK(st.st_mode):
                 continue
             if gid is not None and st.st_gid != gid:
-                os.chown(path, -1, gid)
+                chgrp(path, gid)
             mode = stat.S_IMODE(st.st_mode)
             if stat.S_ISDIR(st.st_mode):
                 new = (mode | 0o555 | setgid) & ~0o222
@@ -492,20 +562,11 @@ def _fix_modes(prefix: Path, site: SiteConfig) -> None:
             if new != mode:
                 os.chmod(path, new)
     if gid is not None:
-        os.chown(prefix, -1, gid)
+        chgrp(prefix, gid)
 
 
 def _site_gid(site: SiteConfig) -> int | None:
-    group = site.permissions.group
-    if group is None:
-        return None
-    import grp
-
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise HpcenvError(f"site permissions.group {group!r} does not exist on this host; fix "
-                          "the site config ('hpcenv site check')") from None
+    return group_id(site.permissions.group)
 
 
 def _write_marker(prefix: Path, record: EnvRecord) -> None:
@@ -555,8 +616,18 @@ def publish(site: SiteConfig, registry: Registry, record: EnvRecord) -> None:
         _point_link(site, record.name, Path(record.prefix))
 
 
-def _point_link(site: SiteConfig, name: str, prefix: Path | None) -> None:
+def link_points_to(site: SiteConfig, name: str, prefix: Path | str) -> bool:
+    """Whether ``envs_dir/NAME`` is a symlink resolving to ``prefix``."""
     link = env_link(site, name)
+    return link.is_symlink() and os.path.realpath(link) == os.path.realpath(prefix)
+
+
+def _point_link(site: SiteConfig, name: str, prefix: Path | None) -> None:
+    """Switch ``envs_dir/NAME``; the caller holds the registry's name lock."""
+    link = env_link(site, name)
+    # Under the name lock a temp link is always a killed publisher's leftover.
+    for stale in link.parent.glob(f".{name}.link-*"):
+        stale.unlink(missing_ok=True)
     if prefix is None:
         if link.is_symlink():
             link.unlink()
@@ -614,8 +685,9 @@ def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = F
     ``force`` (then the newest other ready version becomes current, or none).
 
     Each version has its own prefix, so deleting one never removes a file another version uses:
-    files shared through the package cache are hardlinks and only lose one link.  The record and
-    its lockfile stay as history (status ``retired``).
+    files shared through the package cache are hardlinks and only lose one link; a prefix that
+    another live record also names is kept.  The record and its lockfile stay as history
+    (status ``retired``).
     """
     registry = Registry.for_site(site)
     record = registry.get(name, version)
@@ -634,7 +706,13 @@ def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = F
             successor = others[-1] if others else None
             registry.set_current(name, successor.version if successor else None)
             _point_link(site, name, Path(successor.prefix) if successor else None)
-    force_rmtree(Path(record.prefix))
+        # Versions never share a prefix when hpcenv made them, but a registry edited by hand
+        # (or restored from backup) might: a prefix another live record names stays.
+        target = os.path.realpath(record.prefix)
+        shared = [r for r in registry.records() if r.status in ("ready", "building")
+                  and os.path.realpath(r.prefix) == target]
+    if not shared:
+        force_rmtree(Path(record.prefix))
     return record
 
 
@@ -675,12 +753,27 @@ def _builder_alive(site: SiteConfig, record: EnvRecord, held_key: str | None) ->
     return False
 
 
+def _adopt(registry: Registry, record: EnvRecord) -> EnvRecord:
+    prefix = Path(record.prefix)
+    size, count = _usage(prefix)
+    packages = len(list((prefix / "conda-meta").glob("*.json")))
+    return registry.update(replace(record, status="ready", size_bytes=size, file_count=count,
+                                   packages=packages))
+
+
 def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
                  held_key: str | None = None) -> list[Path]:
     """Remove :func:`find_debris` prefixes and mark dead builders' ``building`` records
-    ``failed`` (also those that never got as far as creating a prefix)."""
+    ``failed`` (also those that never got as far as creating a prefix); a dead builder's
+    ``building`` record whose prefix is complete is marked ``ready`` instead."""
     registry = registry or Registry.for_site(site)
     removed = []
+    # A builder killed between its completion marker and marking the record ready left a
+    # verified build: adopt it rather than leave a "building" ghost that gc must keep forever.
+    for record in registry.records():
+        if (record.status == "building" and is_complete(record.prefix)
+                and not _builder_alive(site, record, held_key)):
+            _adopt(registry, record)
     for path, record in find_debris(site, registry=registry, held_key=held_key):
         if record is not None and record.status == "building":
             registry.set_status(record.name, record.version, "failed")

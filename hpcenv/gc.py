@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -242,46 +243,40 @@ def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: It
     return report
 
 
-def collect_garbage(site: SiteConfig, *, dry_run: bool = False) -> GcReport:
+def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
+                    on_wait: Callable[[], None] | None = None) -> GcReport:
     """``hpcenv env gc``: what :func:`plan_and_collect` does, for a site's builds and cache.
 
     Live builds are those a ``ready`` or ``building`` registry record names (a build between
     its completion marker and its record turning ``ready`` is not garbage).  Incomplete builds
     are left to :func:`hpcenv.builder.find_debris`, which skips any whose builder still holds
-    its key lock.  While any build is under way the package cache is left alone: its install
-    may be linking from entries no conda-meta record names yet.
+    its key lock.  The package cache's :class:`~hpcenv.locking.CacheLock` is held exclusive
+    throughout: installs hold it shared, so no install is linking from entries that no
+    ``conda-meta`` record names yet (``on_wait()`` is called if gc has to wait for them).
     """
-    from hpcenv.builder import builds_dir, find_debris, is_complete, key_lock
+    from hpcenv.builder import builds_dir, cache_lock, find_debris, is_complete
     from hpcenv.registry import Registry
 
-    registry = Registry.for_site(site)
-    records = list(registry.records())
-    keep = {Path(os.path.realpath(r.prefix)) for r in records if r.status in ("ready", "building")}
-    builds_root = builds_dir(site)
-    builds = []
-    if builds_root.is_dir():
-        builds = [p for p in sorted(builds_root.iterdir()) if not p.name.startswith(".")
-                  and is_complete(p) and Path(os.path.realpath(p)) not in keep]
-    debris = find_debris(site, registry=registry)
-    building = []
-    for record in records:
-        if record.status == "building":
-            lock = key_lock(site, record.key, timeout=0)
-            if lock.try_acquire():
-                lock.release()
-            else:
-                building.append(record)
-    pkgs_dir = Path(site.pkgs_dirs[0]) if site.pkgs_dirs and not building else None
-    report = plan_and_collect(builds=builds, debris=[p for p, _ in debris], keep=keep,
-                              envs_dirs=site.envs_dirs, pkgs_dir=pkgs_dir, dry_run=dry_run)
-    if building:
-        names = ", ".join(f"{r.name} v{r.version}" for r in building)
-        report.errors.append(f"package cache not cleaned: a build is under way ({names}); "
-                             "run 'hpcenv env gc' again when it is done")
-    if not dry_run:
-        removed = {os.path.realpath(i.path) for i in report.removed}
-        for path, debris_record in debris:
-            if (debris_record is not None and debris_record.status == "building"
-                    and os.path.realpath(path) in removed):
-                registry.set_status(debris_record.name, debris_record.version, "failed")
+    pkgs_dir = Path(site.pkgs_dirs[0]) if site.pkgs_dirs else None
+    guard = (cache_lock(site, pkgs_dir, on_wait=on_wait).hold(exclusive=True)
+             if pkgs_dir is not None and pkgs_dir.is_dir() else nullcontext())
+    with guard:
+        registry = Registry.for_site(site)
+        records = list(registry.records())
+        keep = {Path(os.path.realpath(r.prefix)) for r in records
+                if r.status in ("ready", "building")}
+        builds_root = builds_dir(site)
+        builds = []
+        if builds_root.is_dir():
+            builds = [p for p in sorted(builds_root.iterdir()) if not p.name.startswith(".")
+                      and is_complete(p) and Path(os.path.realpath(p)) not in keep]
+        debris = find_debris(site, registry=registry)
+        report = plan_and_collect(builds=builds, debris=[p for p, _ in debris], keep=keep,
+                                  envs_dirs=site.envs_dirs, pkgs_dir=pkgs_dir, dry_run=dry_run)
+        if not dry_run:
+            removed = {os.path.realpath(i.path) for i in report.removed}
+            for path, debris_record in debris:
+                if (debris_record is not None and debris_record.status == "building"
+                        and os.path.realpath(path) in removed):
+                    registry.set_status(debris_record.name, debris_record.version, "failed")
     return report

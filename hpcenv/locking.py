@@ -39,7 +39,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -319,6 +320,68 @@ class BuildLock:
 
 
 _UNSEEN = object()
+
+
+class CacheLock:
+    """Readers-writer lock of a package cache: installs hold it shared, ``env gc`` exclusive.
+
+    Without it gc could delete a cache entry an install has just extracted but not yet linked
+    (no ``conda-meta`` record names it yet).  ``flock``: ``LOCK_SH``/``LOCK_EX`` on ``path``,
+    so builds of different envs still install in parallel.  ``mkdir`` (no working flock): there
+    is no shared form, so every holder takes the exclusive :class:`BuildLock` and installs from
+    one cache run one at a time.  ``on_wait()`` is called once when the lock is busy.
+    """
+
+    def __init__(self, path: Path | str, *, timeout: float = 3600.0, method: LockMethod = "flock",
+                 stale_after: float | None = None, on_wait: Callable[[], None] | None = None,
+                 poll_interval: float = 0.1) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self.method = method
+        self.stale_after = stale_after
+        self.on_wait = on_wait
+        self.poll_interval = poll_interval
+
+    @contextmanager
+    def hold(self, *, exclusive: bool) -> Iterator[None]:
+        """Hold the lock (shared or exclusive) for the ``with`` block; LockTimeout on timeout."""
+        if self.method == "mkdir":
+            with BuildLock(self.path, method="mkdir", timeout=self.timeout,
+                           stale_after=self.stale_after,
+                           on_wait=(lambda _holder: self.on_wait()) if self.on_wait else None):
+                yield
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
+            os.fchmod(fd, 0o666)  # the umask must not lock other users out of the cache
+        try:
+            self._wait(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, exclusive)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def _wait(self, fd: int, operation: int, exclusive: bool) -> None:
+        deadline = time.monotonic() + self.timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, operation | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if not waited:
+                waited = True
+                if self.on_wait is not None:
+                    self.on_wait()
+            if time.monotonic() >= deadline:
+                other = ("builds installing from the package cache" if exclusive
+                         else "'hpcenv env gc' cleaning the package cache")
+                raise LockTimeout(f"{self.path}: gave up after {self.timeout:g}s waiting for "
+                                  f"{other}; try again later (or raise locks.timeout)")
+            time.sleep(self.poll_interval)
 
 
 def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:

@@ -75,23 +75,65 @@ class EnvRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def group_id(group: str | None) -> int | None:
+    """The gid of the site's ``permissions.group`` (None when the site names none)."""
+    if group is None:
+        return None
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise HpcenvError(f"site permissions.group {group!r} does not exist on this host; fix "
+                          "the site config ('hpcenv site check')") from None
+
+
+def chgrp(path: Path | str, gid: int) -> None:
+    """Give ``path`` the lab group; a one-line error when this user is not in it."""
+    try:
+        os.chown(path, -1, gid, follow_symlinks=False)
+    except PermissionError:
+        raise HpcenvError(f"{path}: cannot give it group id {gid}: you are not a member of the "
+                          "site's permissions.group; ask to be added or fix the site config"
+                          ) from None
+
+
+def ensure_shared_dir(path: Path, *, dir_mode: int | None, gid: int | None) -> None:
+    """Create ``path`` and its missing parents, each with the site's mode and group (setgid
+    dirs then pass the group on to everything created inside)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # another process made it: it set the permissions
+        if gid is not None:
+            chgrp(directory, gid)
+        if dir_mode is not None:
+            os.chmod(directory, dir_mode)  # after chgrp, which clears setgid on some systems
+
+
 class Registry:
     """The registry under ``root`` (see module doc)."""
 
     def __init__(self, root: Path | str, *, lock_method: LockMethod = "flock",
-                 lock_timeout: float = 120.0, group_writable: bool = False,
+                 lock_timeout: float = 120.0, group: str | None = None,
                  dir_mode: int | None = None) -> None:
         self.root = Path(root)
         self.lock_method = lock_method
         self.lock_timeout = lock_timeout
-        self.file_mode = 0o664 if group_writable else 0o644
+        self.group = group
+        self.file_mode = 0o664 if group is not None else 0o644
         self.dir_mode = dir_mode
 
     @classmethod
     def for_site(cls, site: Any) -> Registry:
         """The registry a :class:`hpcenv.site.SiteConfig` names, with its lock and mode settings."""
         return cls(site.registry, lock_method=site.locks.method,
-                   group_writable=site.permissions.group is not None,
+                   group=site.permissions.group,
                    dir_mode=site.permissions.dir_mode)
 
     # --- reading ------------------------------------------------------------------------------
@@ -218,11 +260,8 @@ class Registry:
                               "backup or remove it") from None
 
     def _ensure_dir(self, path: Path) -> None:
-        if path.is_dir():
-            return
-        path.mkdir(parents=True, exist_ok=True)
-        if self.dir_mode is not None:
-            os.chmod(path, self.dir_mode)
+        if not path.is_dir():
+            ensure_shared_dir(path, dir_mode=self.dir_mode, gid=group_id(self.group))
 
     def _write_json(self, path: Path, data: dict[str, Any]) -> None:
         self._write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

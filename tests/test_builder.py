@@ -184,10 +184,38 @@ def test_bad_names_rejected(site) -> None:
         plan_build(spec(KERNELS_CPU), site, cuda_override="twelve")
 
 
-def test_unsolvable_spec_fails_cleanly(site) -> None:
-    with pytest.raises(HpcenvError, match="cannot solve"):
-        build_env(spec("name: x\ndependencies: [no-such-package-xyz]\n"), site)
-    assert Registry(site.registry).current("x") is None
+@pytest.mark.parametrize("dependency", ["doesnotexist", "hpcdemo-tools=9.9", "hpcdemo-kernels >="])
+def test_unsolvable_spec_fails_cleanly(site, tmp_path: Path, dependency: str) -> None:
+    """The user's input is at fault (exit 2); the error names file:line and the channels, and
+    nothing is left behind: no record (not even a failed one), no prefix, no symlink."""
+    env = spec(f"name: x\ndependencies:\n  - python=3.11\n  - {dependency}\n", tmp_path)
+    with pytest.raises(InvalidInput) as caught:
+        build_env(env, site)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'environment.yml'}:4: ")
+    assert f"channels searched: {site.mirrors['conda-forge']}" in message
+    assert "\n" not in message
+    assert Registry(site.registry).versions("x") == []
+    assert not (Path(site.registry) / "x").exists()
+    assert not builds_dir(site).exists() or list(builds_dir(site).iterdir()) == []
+    assert not os.path.lexists(env_link(site, "x"))
+
+
+def test_cuda_of_packages() -> None:
+    from hpcenv.builder import cuda_of_packages
+    from hpcenv.engine.base import LockedPackage
+
+    def pkg(name: str, version: str = "1.0", depends: tuple[str, ...] = ()) -> LockedPackage:
+        return LockedPackage(name=name, version=version, build="0", build_number=0,
+                             subdir="linux-64", url=f"file:///c/{name}", channel="file:///c",
+                             file_name=f"{name}.conda", depends=depends)
+
+    assert cuda_of_packages([pkg("python"), pkg("cuda-version", "12.4")]) == "12.4"
+    assert cuda_of_packages([pkg("cuda-version", "11.8.0")]) == "11.8"
+    assert cuda_of_packages([pkg("lib", depends=("__cuda >=12.2",)),
+                             pkg("other", depends=("__cuda >=11.8", "python"))]) == "12.2"
+    assert cuda_of_packages([pkg("lib", depends=("__cuda",))]) is None
+    assert cuda_of_packages([pkg("python", depends=("__glibc >=2.17",))]) is None
 
 
 def test_from_lock_gives_same_packages(site) -> None:
@@ -195,6 +223,12 @@ def test_from_lock_gives_same_packages(site) -> None:
     again = build_env(None, site, name="copy", from_lock=Path(first.record.lock_path))
     assert again.status == "built"
     assert installed(again.prefix) == installed(first.prefix)
+    # No solve, so the CUDA comes from the locked packages: routing must see a CUDA env.
+    assert again.record.cuda == first.record.cuda == "12.4"
+    assert Registry(site.registry).get("copy", 1).cuda == "12.4"
+    cpu = build_env(spec(KERNELS_CPU), site, name="cpu")
+    cpu_again = build_env(None, site, name="cpu2", from_lock=Path(cpu.record.lock_path))
+    assert cpu.record.cuda is None and cpu_again.record.cuda is None
     assert run_py(again.prefix, "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cuda124"
     assert build_env(None, site, name="copy",
                      from_lock=Path(first.record.lock_path)).status == "reused"
@@ -225,6 +259,26 @@ def test_versions_rollback_and_remove(site) -> None:
     assert reg.current("kern") is None and not link.exists()
     with pytest.raises(NotFound):
         reg.get("kern", 7)
+
+
+def test_rm_never_deletes_a_prefix_another_version_names(site) -> None:
+    v1 = build_env(spec(KERNELS_CPU), site).record
+    v2 = build_env(spec(KERNELS_CUDA), site).record
+    reg = Registry(site.registry)
+    # Rebuilding, reusing and rolling back never make two versions share a prefix ...
+    build_env(spec(KERNELS_CPU), site)
+    rollback(site, "kern", to_version=2)
+    versions = reg.versions("kern")
+    assert [r.version for r in versions] == [1, 2]
+    assert len({os.path.realpath(r.prefix) for r in versions}) == 2
+    # ... but a registry edited by hand (a record restored from backup) can: v3 names v1's.
+    reg.allocate("kern", lambda v: replace(v1, version=v, status="ready"))
+    removed = remove_version(site, "kern", 1)
+    assert removed.status == "retired"
+    assert Path(v1.prefix, MARKER).exists()
+    assert run_py(Path(v1.prefix), "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cpu"
+    remove_version(site, "kern", 3)  # the last record naming it: now it goes
+    assert not Path(v1.prefix).exists() and Path(v2.prefix, MARKER).exists()
 
 
 def test_building_again_after_rollback_makes_it_current(site) -> None:
@@ -275,7 +329,14 @@ def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> No
         assert st.st_gid == group.gr_gid
         assert st.st_mode & stat.S_ISGID, f"{path} lacks setgid"
     assert (prefix / "conda-meta" / "history").stat().st_gid == group.gr_gid
-    assert stat.S_IMODE(builds_dir(site).stat().st_mode) == 0o2775
+    # Every directory hpcenv creates, not only the prefixes: the lab shares all of them.
+    root = tmp_path / "site"
+    for directory in (root / "envs", builds_dir(site), root / "envs" / ".hpcenv" / "locks",
+                      root / "registry", root / "registry" / "ml-kern", root / "pkgs"):
+        st = directory.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o2775, directory
+        assert st.st_gid == group.gr_gid, directory
+    assert (root / "registry" / "ml-kern" / "1.json").stat().st_gid == group.gr_gid
 
 
 def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:

@@ -68,17 +68,25 @@ def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
 
 
 def test_files_are_group_readable_and_leave_no_temp_files(tmp_path: Path) -> None:
+    import grp
+
+    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
     old = os.umask(0o077)
     try:
-        reg = Registry(tmp_path, group_writable=True, dir_mode=0o2775)
+        reg = Registry(tmp_path / "reg", group=group.gr_name, dir_mode=0o2775)
         reg.allocate("x", lambda v: record("x", v))
         reg.set_current("x", 1)
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "x" / "1.json").stat().st_mode) == 0o664
-    assert stat.S_IMODE((tmp_path / "x" / "current").stat().st_mode) == 0o664
-    assert stat.S_IMODE((tmp_path / "x").stat().st_mode) == 0o2775
-    assert sorted(p.name for p in (tmp_path / "x").iterdir()
+    root = tmp_path / "reg"
+    assert stat.S_IMODE((root / "x" / "1.json").stat().st_mode) == 0o664
+    assert stat.S_IMODE((root / "x" / "current").stat().st_mode) == 0o664
+    for directory in (root, root / "x"):  # the registry root too, not only the name dirs
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o2775
+        assert directory.stat().st_gid == group.gr_gid
+    for name in ("1.json", "current"):
+        assert (root / "x" / name).stat().st_gid == group.gr_gid
+    assert sorted(p.name for p in (root / "x").iterdir()
                   if not p.name.startswith(".lock")) == ["1.json", "current"]
 
 

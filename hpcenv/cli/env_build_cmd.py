@@ -373,7 +373,9 @@ def _rm(args: argparse.Namespace, ctx: Context) -> int:
 def _gc(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.gc import collect_garbage
 
-    report = collect_garbage(ctx.site(), dry_run=args.dry_run)
+    report = collect_garbage(ctx.site(), dry_run=args.dry_run, on_wait=lambda: print(
+        "hpcenv: waiting for builds installing from the package cache", file=sys.stderr,
+        flush=True))
     for error in report.errors:
         ctx.warn(error)
 

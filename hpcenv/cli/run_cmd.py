@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from hpcenv.cli.context import Context
 from hpcenv.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from hpcenv.site import SiteConfig
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -36,5 +41,28 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.prefix is not None:
         prefix, name = args.prefix.resolve(), None
     else:
-        prefix, name = find_named_env(ctx.site().envs_dirs, args.name), args.name
+        site = ctx.site()
+        name = args.name
+        prefix = _registered_prefix(site, name) or find_named_env(site.envs_dirs, name)
     exec_in_env(prefix, argv, name=name)
+
+
+def _registered_prefix(site: SiteConfig, name: str) -> Path | None:
+    """The build the registry's ``current`` names, when it is complete.
+
+    The registry, not the ``envs_dir/NAME`` symlink, is the source of truth (jobs submitted
+    now use it too): the two differ only after a publisher died between its two steps.  Names
+    the registry does not know fall through to conda's lookup in ``envs_dirs``.
+    """
+    from hpcenv.builder import is_complete
+    from hpcenv.registry import Registry
+    from hpcenv.spec import validate_env_name
+
+    try:
+        validate_env_name(name)
+    except InvalidInput:
+        return None  # not a name hpcenv builds; conda's lookup judges it
+    record = Registry.for_site(site).current(name)
+    if record is None or not is_complete(record.prefix):
+        return None
+    return Path(record.prefix)

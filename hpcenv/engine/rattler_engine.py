@@ -276,8 +276,10 @@ def _child_main(reply_fd: int) -> None:
             reply = {"error": f"unknown engine op {op!r}"}
     except _Invalid as exc:
         reply = {"error": str(exc), "kind": "invalid"}
-    except Exception as exc:  # noqa: BLE001 - any rattler failure becomes one reported line
-        reply = {"error": _one_line(op, exc)}
+    except Exception as exc:  # noqa: BLE001 - rattler's exception classes are not importable types
+        # Unsatisfiable specs are the user's input (exit 2); channel and I/O errors are not.
+        kind = "invalid" if type(exc).__name__ == "SolverError" else None
+        reply = {"error": _one_line(op, exc)} | ({"kind": kind} if kind else {})
     with os.fdopen(reply_fd, "w") as out:
         json.dump(reply, out)
         out.flush()
@@ -286,7 +288,8 @@ def _child_main(reply_fd: int) -> None:
 
 
 def _one_line(op: str, exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = str(exc).replace("Cannot solve the request because of: ", "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     text = "; ".join(lines[:12]) or type(exc).__name__
     verb = {"solve": "cannot solve environment", "install": "install failed",
             "write_lock": "cannot write lockfile", "read_lock": "cannot read lockfile"}.get(op)
