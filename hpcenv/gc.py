@@ -248,9 +248,9 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
     """``hpcenv env gc``: what :func:`plan_and_collect` does, for a site's builds and cache.
 
     Live builds are those a ``ready`` or ``building`` registry record names (a build between
-    its completion marker and its record turning ``ready`` is not garbage).  Incomplete builds
-    are left to :func:`hpcenv.builder.find_debris`, which skips any whose builder still holds
-    its key lock.  The package cache's :class:`~hpcenv.locking.CacheLock` is held exclusive
+    its completion marker and its record turning ``ready`` is not garbage), except incomplete
+    ones :func:`hpcenv.builder.find_debris` finds abandoned (their builder no longer holds its
+    key lock): those are removed and their records marked ``failed``.  The package cache's :class:`~hpcenv.locking.CacheLock` is held exclusive
     throughout: installs hold it shared, so no install is linking from entries that no
     ``conda-meta`` record names yet (``on_wait()`` is called if gc has to wait for them).
     """
@@ -263,14 +263,17 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
     with guard:
         registry = Registry.for_site(site)
         records = list(registry.records())
+        debris = find_debris(site, registry=registry)
+        # A "building" record is live unless find_debris judged its builder dead.
+        dead = {os.path.realpath(p) for p, _ in debris}
         keep = {Path(os.path.realpath(r.prefix)) for r in records
-                if r.status in ("ready", "building")}
+                if r.status == "ready" or (r.status == "building"
+                                           and os.path.realpath(r.prefix) not in dead)}
         builds_root = builds_dir(site)
         builds = []
         if builds_root.is_dir():
             builds = [p for p in sorted(builds_root.iterdir()) if not p.name.startswith(".")
                       and is_complete(p) and Path(os.path.realpath(p)) not in keep]
-        debris = find_debris(site, registry=registry)
         report = plan_and_collect(builds=builds, debris=[p for p, _ in debris], keep=keep,
                                   envs_dirs=site.envs_dirs, pkgs_dir=pkgs_dir, dry_run=dry_run)
         if not dry_run:

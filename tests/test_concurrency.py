@@ -23,16 +23,34 @@ from test_builder import KERNELS_CPU, KERNELS_CUDA, make_site
 # A builder process: builds SPEC on SITE, prints progress lines then the result as JSON.
 # With HOLD_AFTER_INSTALL set it installs for real, then touches that file and sleeps, so the
 # test can SIGKILL it in the worst place: a full prefix with no completion marker.
+# With KILL_AT set it SIGKILLs itself at that publish step: "before-ready" (marker written,
+# record still "building") or "before-link" (registry current switched, symlink not yet).
 BUILDER = textwrap.dedent("""
-    import json, os, sys, time
+    import json, os, signal, sys, time
     from pathlib import Path
+    import hpcenv.builder
     from hpcenv.builder import build_env
     from hpcenv.engine.rattler_engine import RattlerEngine
+    from hpcenv.registry import Registry
     from hpcenv.site import load_site
     from hpcenv.spec import load_spec
 
     site_path, spec_path = sys.argv[1], sys.argv[2]
     hold = os.environ.get("HOLD_AFTER_INSTALL")
+    kill_at = os.environ.get("KILL_AT")
+
+    def die(*_args, **_kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if kill_at == "before-link":
+        hpcenv.builder._point_link = die
+    elif kill_at == "before-ready":
+        real_update = Registry.update
+        def update(self, record):
+            if record.status == "ready":
+                die()
+            return real_update(self, record)
+        Registry.update = update
 
     class HoldingEngine(RattlerEngine):
         def install(self, prefix, packages, *, pkgs_dir):
@@ -48,13 +66,15 @@ BUILDER = textwrap.dedent("""
 
 
 def start_builder(tmp_path: Path, site_path: Path, spec_path: Path,
-                  hold: Path | None = None) -> subprocess.Popen:
+                  hold: Path | None = None, kill_at: str | None = None) -> subprocess.Popen:
     script = tmp_path / "builder.py"
     if not script.exists():
         script.write_text(BUILDER)
     env = {**os.environ}
     if hold is not None:
         env["HOLD_AFTER_INSTALL"] = str(hold)
+    if kill_at is not None:
+        env["KILL_AT"] = kill_at
     return subprocess.Popen([sys.executable, str(script), str(site_path), str(spec_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -142,6 +162,84 @@ def test_sigkill_during_rattler_install(site, tmp_path: Path) -> None:
     assert snapshot == (sorted(str(p) for p in half.rglob("*")) if half.exists() else [])
     again = build_env(load_spec(tmp_path / "v2.yml"), site)
     assert again.status == "built" and not half.exists()
+
+
+def test_sigkill_after_marker_before_ready_is_adopted(site, tmp_path: Path) -> None:
+    """Killed with a complete, verified build whose record still says "building": the next
+    builder of that spec adopts it (no ghost for gc to keep forever, no second build)."""
+    v1 = build_env(load_spec(write_spec(tmp_path, KERNELS_CPU, "v1.yml")), site).record
+    v2_spec = write_spec(tmp_path, KERNELS_CUDA, "v2.yml")
+    proc = start_builder(tmp_path, site.source, v2_spec, kill_at="before-ready")
+    proc.communicate(timeout=240)
+    assert proc.returncode == -signal.SIGKILL
+    reg = Registry(site.registry)
+    killed = reg.get("kern", 2)
+    assert killed.status == "building" and Path(killed.prefix, MARKER).exists()
+    assert reg.current_version("kern") == 1
+    assert env_link(site, "kern").resolve() == Path(v1.prefix).resolve()
+
+    again = build_env(load_spec(v2_spec), site)
+    assert (again.status, again.record.version) == ("reused", 2)
+    assert again.record.status == "ready" and again.record.packages > 0
+    assert reg.current_version("kern") == 2
+    assert env_link(site, "kern").resolve() == Path(killed.prefix).resolve()
+    assert [r.version for r in reg.versions("kern")] == [1, 2]
+
+
+def test_sigkill_between_registry_and_symlink_is_healed(site, tmp_path: Path) -> None:
+    """Killed after ``current`` moved but before the symlink did: both name complete builds;
+    ``run -n`` follows the registry, and the next build of the spec fixes the symlink."""
+    v1 = build_env(load_spec(write_spec(tmp_path, KERNELS_CPU, "v1.yml")), site).record
+    v2_spec = write_spec(tmp_path, KERNELS_CUDA, "v2.yml")
+    proc = start_builder(tmp_path, site.source, v2_spec, kill_at="before-link")
+    proc.communicate(timeout=240)
+    assert proc.returncode == -signal.SIGKILL
+    reg = Registry(site.registry)
+    v2 = reg.get("kern", 2)
+    assert reg.current_version("kern") == 2 and v2.status == "ready"
+    link = env_link(site, "kern")
+    assert link.resolve() == Path(v1.prefix).resolve()  # the previous version, still whole
+
+    hpcenv = str(Path(sys.executable).with_name("hpcenv"))
+    out = subprocess.run([hpcenv, "--site", str(site.source), "run", "-n", "kern", "--",
+                          "python", "-c", "import sys; print(sys.prefix)"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == v2.prefix
+
+    again = build_env(load_spec(v2_spec), site)
+    assert (again.status, again.record.version) == ("reused", 2)
+    assert link.resolve() == Path(v2.prefix).resolve()
+    assert not list(link.parent.glob(".kern.link-*"))
+
+
+def test_gc_waits_for_an_install_in_progress(tmp_path: Path, demo_channel) -> None:
+    """gc cannot clean the package cache while a build links from it: installs hold the
+    cache lock shared, gc needs it exclusive (and gives up after locks.timeout)."""
+    from hpcenv.gc import collect_garbage
+    from hpcenv.locking import LockTimeout
+
+    site = make_site(tmp_path / "site", demo_channel, locks="{timeout: 1}")
+    flag = tmp_path / "installed"
+    proc = start_builder(tmp_path, site.source, write_spec(tmp_path, KERNELS_CPU), hold=flag)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pkgs = Path(site.pkgs_dirs[0])
+        before = sorted(p.name for p in pkgs.iterdir())
+        waits: list[str] = []
+        with pytest.raises(LockTimeout, match="builds installing from the package cache"):
+            collect_garbage(site, on_wait=lambda: waits.append("waiting"))
+        assert waits == ["waiting"]
+        assert sorted(p.name for p in pkgs.iterdir()) == before
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    report = collect_garbage(site)  # the builder is gone: its lock went with it
+    assert Path(flag.read_text()) in [item.path for item in report.removed]
+    assert not any(p.name.startswith("python-") for p in Path(site.pkgs_dirs[0]).iterdir())
 
 
 def test_late_arrival_waits_with_holder_info_then_builds(site, tmp_path: Path) -> None:
