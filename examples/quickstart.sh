@@ -23,7 +23,8 @@ step "hpcenv env build examples/llm-finetune.yml"
 hpcenv env build examples/llm-finetune.yml
 
 step "hpcenv submit examples/train.py --env llm-finetune --wait"
-job=$(hpcenv --json submit examples/train.py --env llm-finetune --wait |
+job=$(hpcenv --json submit examples/train.py --env llm-finetune --wait \
+          --output .hpcenv-demo/logs/%x-%j.out |
       .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')
 
 step "hpcenv logs $job"
