@@ -158,10 +158,20 @@ def test_export_builds_the_same_env_again(built: tuple[Cli, dict], form: str) ->
         result = cli.json("env", "build", str(exported), "--name", name)
     assert result["status"] == "built"
     assert package_set(result["prefix"]) == package_set(first["prefix"])
+    assert result["cuda"] == first["cuda"] == "12.4"  # a CUDA env stays one for routing
+    if form in ("lock", "explicit"):
+        assert "12.4 (from the locked packages)" in cli("env", "show", name).stdout
     if form in ("yml", "no-builds"):  # the pip section and variables travel in environment.yml
         assert pip_set(result["prefix"]) == pip_set(first["prefix"])
         assert json.loads((Path(result["prefix"]) / "conda-meta" / "state").read_text()) == \
             {"env_vars": {"KERN_MODE": "fast"}}
+    else:  # a lock holds the conda part: the export says so, and FILE + lock rebuilds it all
+        warning = cli("env", "export", "kern", *flag).stderr
+        assert "hpcdemo_extra" in warning and "--from-lock" in warning
+        whole = cli.json("env", "build", str(cli.root / "environment.yml"), "--from-lock",
+                         str(exported), "--name", f"{name}-whole")
+        assert package_set(whole["prefix"]) == package_set(first["prefix"])
+        assert pip_set(whole["prefix"]) == pip_set(first["prefix"])
 
 
 def test_explicit_list_with_a_vanished_package_names_the_line(cli: Cli, tmp_path: Path) -> None:
@@ -258,6 +268,32 @@ def test_waiting_builder_says_who_holds_the_lock(cli: Cli) -> None:
     assert proc.returncode == 0
     result = json.loads(out)
     assert result["status"] == "built" and result["waited"] is True
+
+
+def test_unsolvable_spec_is_one_line_exit_2_and_leaves_nothing(cli: Cli) -> None:
+    spec = cli.spec("name: ghost\ndependencies:\n  - python=3.11\n  - doesnotexist\n")
+    proc = cli("env", "build", str(spec), "--json", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("hpcenv: error:")]
+    assert error.startswith(f"hpcenv: error: {spec}:4: ") and "doesnotexist" in error
+    assert "channels searched: file://" in error and "Traceback" not in proc.stderr
+    assert cli.json("env", "list") == []
+    assert not (cli.root / "registry" / "ghost").exists()
+    assert not os.path.lexists(cli.root / "envs" / "ghost")
+    builds = cli.root / "envs" / ".hpcenv" / "builds"
+    assert not builds.exists() or list(builds.iterdir()) == []
+
+
+def test_json_output_is_pure_json_on_stdout(cli: Cli) -> None:
+    spec = str(cli.spec(CPU_SPEC))
+    for args in (["env", "build", spec], ["env", "build", spec], ["env", "list"],
+                 ["env", "show", "kern"], ["env", "history", "kern"], ["env", "gc", "--dry-run"],
+                 ["env", "export", "kern"], ["env", "rm", "kern", "--force"]):
+        proc = cli(*args, "--json")
+        json.loads(proc.stdout)  # nothing but the JSON document
+        assert not proc.stdout.startswith(("solving", "installing", "hpcenv:"))
+    built = cli("env", "build", spec, "--json")
+    assert "installing" in built.stderr and "installing" not in built.stdout
 
 
 def test_usage_errors(cli: Cli, tmp_path: Path) -> None:

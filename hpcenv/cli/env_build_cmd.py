@@ -249,7 +249,8 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
     data = record.to_dict() | {"current": registry.current_version(args.name) == record.version}
 
     def human(d: dict[str, Any]) -> str:
-        override = {None: "inferred", "": "--no-cuda"}.get(d["cuda_override"], f"--cuda {d['cuda_override']}")
+        override = {None: "from the locked packages" if d.get("from_lock") else "inferred",
+                    "": "--no-cuda"}.get(d["cuda_override"], f"--cuda {d['cuda_override']}")
         lines = [
             f"{d['name']} version {d['version']}{' (current)' if d['current'] else ''}: {d['status']}",
             f"  prefix:    {d['prefix']}",
@@ -305,6 +306,8 @@ def _export(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv import export
 
     record = _record(ctx, args.name, args.version)
+    if args.lock or args.explicit:
+        _warn_conda_only(ctx, record)
     if args.lock:
         text = export.export_lock(Path(record.lock_path))
     else:
@@ -329,6 +332,25 @@ def _export(args: argparse.Namespace, ctx: Context) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
     return 0
+
+
+def _warn_conda_only(ctx: Context, record: EnvRecord) -> None:
+    """A lock or @EXPLICIT list holds the conda packages only: say so when the env has more."""
+    from hpcenv.activation import env_state_vars
+    from hpcenv.export import pip_installed
+
+    prefix = Path(record.prefix)
+    if not (prefix / "conda-meta").is_dir():
+        return
+    extras = []
+    if dists := pip_installed(prefix):
+        extras.append(f"pip packages ({', '.join(d.name for d in dists)})")
+    if env_state_vars(prefix):
+        extras.append("variables")
+    if extras:
+        ctx.warn(f"{record.name} also has {' and '.join(extras)}, which a lockfile does not "
+                 f"hold; rebuild with 'hpcenv env build {record.source or 'FILE'} --from-lock "
+                 "LOCK', or export environment.yml instead")
 
 
 def _rollback(args: argparse.Namespace, ctx: Context) -> int:
