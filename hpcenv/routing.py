@@ -32,6 +32,15 @@ from hpcenv.scheduler.base import NodeState, PartitionState
 from hpcenv.site import Partition
 
 
+class NoPartitionFits(InvalidInput):
+    """No partition can run the job.  The message is one line (what the job needs, what would
+    work); ``table`` lists every partition, its CUDA support and why it was refused."""
+
+    def __init__(self, message: str, table: str) -> None:
+        super().__init__(message)
+        self.table = table
+
+
 @dataclass(frozen=True)
 class RouteRequest:
     """What the job needs: the env's CUDA and the user's resource options."""
@@ -231,20 +240,7 @@ def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: CudaCom
         return RoutingDecision(explicit, None, gpus, req.gpu_type, reason)
 
     gpu_job = gpus > 0
-    verdicts: list[PartitionVerdict] = []
-    for p in partitions:
-        p_live = live_by_name.get(p.name) if live_by_name is not None else None
-        if not _is_gpu(p):
-            v = _judge_cpu(p, p_live)
-            if gpu_job:
-                v = _refuse(v, "no GPUs")
-        elif not gpu_job:
-            v = _judge_gpu(p, req, compat, p_live)
-            if v.eligible and p.name != explicit:
-                v = _refuse(v, "GPU partition: a CPU job goes to a CPU partition (or pass --partition)")
-        else:
-            v = _judge_gpu(p, req, compat, p_live)
-        verdicts.append(v)
+    verdicts = _judge_all(req, partitions, compat, live_by_name, explicit)
 
     what = _describe(req, gpus)
     if explicit is not None:
@@ -255,8 +251,9 @@ def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: CudaCom
         if not gpu_job:
             return RoutingDecision(None, None, 0, None, "the site config lists no CPU partition",
                                    tuple(verdicts))
-        raise InvalidInput(f"no partition can run this job ({what}); {_hint(req, verdicts)}\n"
-                           + format_table(verdicts))
+        raise NoPartitionFits(f"no partition can run this job ({what}); "
+                              + _hint(req, verdicts, partitions, compat, live_by_name),
+                              format_table(verdicts))
     now = [v for v in eligible if v.can_start_now]
     chosen = now[0] if now else eligible[0]
     if chosen is eligible[0]:
@@ -269,6 +266,26 @@ def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: CudaCom
     reason = f"{reason}; {what}; {chosen.why}"
     return RoutingDecision(chosen.name, chosen.constraint, gpus, req.gpu_type if gpu_job else None,
                            reason, tuple(verdicts))
+
+
+def _judge_all(req: RouteRequest, partitions: Sequence[Partition], compat: CudaCompat,
+               live: Mapping[str, PartitionState] | None, explicit: str | None) -> list[PartitionVerdict]:
+    gpu_job = req.gpus_wanted > 0
+    verdicts: list[PartitionVerdict] = []
+    for p in partitions:
+        p_live = live.get(p.name) if live is not None else None
+        if not _is_gpu(p):
+            v = _judge_cpu(p, p_live)
+            if gpu_job:
+                v = _refuse(v, "no GPUs")
+        elif not gpu_job:
+            v = _judge_gpu(p, req, compat, p_live)
+            if v.eligible and p.name != explicit:
+                v = _refuse(v, "GPU partition: a CPU job goes to a CPU partition (or pass --partition)")
+        else:
+            v = _judge_gpu(p, req, compat, p_live)
+        verdicts.append(v)
+    return verdicts
 
 
 def _refuse(v: PartitionVerdict, why: str) -> PartitionVerdict:
@@ -289,8 +306,11 @@ def _explicit(name: str, req: RouteRequest, gpus: int, verdicts: list[PartitionV
     if not v.eligible:
         extra = " (pass --gpus 0 to run this CUDA env without a GPU)" if (
             req.needs_gpu_env and req.gpus is None and v.why == "no GPUs") else ""
-        raise InvalidInput(f"--partition {name} cannot run this job ({what}): {v.why}{extra}\n"
-                           + format_table(verdicts))
+        fitting = [o.name for o in verdicts if o.eligible]
+        if fitting:
+            extra += f"; it would run on {', '.join(fitting)} (--partition auto picks for you)"
+        raise NoPartitionFits(f"--partition {name} cannot run this job ({what}): {v.why}{extra}",
+                              format_table(verdicts))
     return RoutingDecision(name, v.constraint, gpus, req.gpu_type if gpus else None,
                            f"requested with --partition; {what}; {v.why}", tuple(verdicts))
 
@@ -307,19 +327,37 @@ def _gpus_text(n: int) -> str:
     return f"{n} GPU" if n == 1 else f"{n} GPUs"
 
 
-def _hint(req: RouteRequest, verdicts: Sequence[PartitionVerdict]) -> str:
-    if req.gpu_type and not any(v.gpu_type == req.gpu_type for v in verdicts):
-        types = sorted({v.gpu_type for v in verdicts if v.gpu_type})
-        return f"no partition has GPU type {req.gpu_type} (types: {', '.join(types) or 'none'})"
+def _hint(req: RouteRequest, verdicts: Sequence[PartitionVerdict], partitions: Sequence[Partition],
+          compat: CudaCompat, live: Mapping[str, PartitionState] | None) -> str:
+    """What would work instead: the same job without --gpu-type or with fewer GPUs, if that
+    fits somewhere, and the newest CUDA the cluster offers when the env needs more."""
+    def fits(relaxed: RouteRequest) -> list[PartitionVerdict]:
+        return [v for v in _judge_all(relaxed, partitions, compat, live, None) if v.eligible]
+
+    hints: list[str] = []
     with_cuda = [v for v in verdicts if v.best_cuda is not None
                  and (not req.gpu_type or v.gpu_type == req.gpu_type)]
     if req.cuda and with_cuda:
         best = max(with_cuda, key=lambda v: cuda_key(v.best_cuda or "0"))
         if cuda_key(best.best_cuda or "0") < cuda_key(req.cuda):
-            return (f"needs CUDA {req.cuda}; best available is {best.best_cuda} on {best.name} "
-                    f"(rebuild the env for CUDA {best.best_cuda}: hpcenv env build FILE --cuda "
-                    f"{best.best_cuda})")
-    return "see why each partition was refused below"
+            hints.append(f"needs CUDA {req.cuda}; best available is {best.best_cuda} on "
+                         f"{best.name} (an env built for CUDA {best.best_cuda} or older would "
+                         "run there)")
+    if req.gpu_type:
+        if not any(v.gpu_type == req.gpu_type for v in verdicts):
+            types = sorted({v.gpu_type for v in verdicts if v.gpu_type})
+            hints.append(f"no partition has GPU type {req.gpu_type} (types: {', '.join(types) or 'none'})")
+        other = fits(replace(req, gpu_type=None))
+        if other:
+            hints.append(f"without --gpu-type {req.gpu_type} it would run on "
+                         + ", ".join(f"{v.name} ({v.gpu_type})" for v in other))
+    most = max((p.gpus_per_node for p in partitions if p.gpus_per_node), default=0)
+    if most and req.gpus_wanted > most:
+        smaller = fits(replace(req, gpus=most))
+        if smaller:
+            hints.append(f"with --gpus {most} it would run on {smaller[0].name} (at most {most} "
+                         "GPUs per node here; use --nodes for more)")
+    return "; ".join(hints) or "see why each partition was refused below"
 
 
 def format_table(verdicts: Sequence[PartitionVerdict]) -> str:

@@ -40,6 +40,8 @@ from hpcenv.templates import (
     sbatch_lines,
 )
 
+from hpcenv.scheduler.base import SchedulerUnreachable
+
 if TYPE_CHECKING:
     from hpcenv.registry import EnvRecord
     from hpcenv.scheduler.base import PartitionState, Scheduler
@@ -229,6 +231,8 @@ def _live_state(scheduler: Scheduler, site: SiteConfig, say: Progress) -> list[P
         return None
     try:
         return scheduler.partitions()
+    except SchedulerUnreachable:
+        raise  # the submission itself could not get through either
     except HpcenvError as exc:
         say(f"hpcenv: warning: cannot read node state ({exc}); routing on the site config alone")
         return None
@@ -312,7 +316,11 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     if dry_run:
         return result
 
-    job_id = scheduler.submit(script, workdir=workdir)
+    try:
+        job_id = scheduler.submit(script, workdir=workdir)
+    except BaseException:
+        shutil.rmtree(script.parent, ignore_errors=True)  # nothing of a refused job stays
+        raise
     save_submission(site.state_dir, SubmissionRecord(
         job_id=job_id, scheduler=job_namespace(scheduler), env=record.name, env_version=record.version,
         prefix=str(prefix), partition=decision.partition, constraint=decision.constraint,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpcenv.errors import InvalidInput
-from hpcenv.routing import RouteRequest, feature_regex, route
+from hpcenv.routing import NoPartitionFits, RouteRequest, feature_regex, route
 from hpcenv.scheduler.base import NodeState, PartitionState
 from hpcenv.site import Partition
 
@@ -135,11 +135,11 @@ def test_too_many_gpus_per_node() -> None:
 
 
 def test_no_eligible_partition_explains_with_table_and_hint() -> None:
-    with pytest.raises(InvalidInput) as err:
+    with pytest.raises(NoPartitionFits) as err:
         route(RouteRequest(cuda="13.0"), SITE, live=live())
-    message = str(err.value)
-    first, *table = message.splitlines()
-    assert "needs CUDA 13.0; best available is 12.8 on gpu-h100" in first
+    assert "\n" not in str(err.value)  # the CLI prints the table under the one-line error
+    assert "needs CUDA 13.0; best available is 12.8 on gpu-h100" in str(err.value)
+    table = err.value.table.splitlines()
     assert table[0].split()[:2] == ["partition", "gpu"]
     rows = {line.split()[0]: line for line in table[1:]}
     assert set(rows) == {"cpu", "gpu-v100", "gpu-a100", "gpu-h100"}
@@ -149,14 +149,31 @@ def test_no_eligible_partition_explains_with_table_and_hint() -> None:
     assert err.value.exit_code == 2
 
 
-def test_hint_names_best_a100_when_gpu_type_restricts() -> None:
-    with pytest.raises(InvalidInput, match="needs CUDA 12.8; best available is 12.4 on gpu-a100"):
+def test_hint_names_best_a100_and_what_would_work() -> None:
+    with pytest.raises(NoPartitionFits) as err:
         route(RouteRequest(cuda="12.8", gpu_type="a100"), SITE, live=live())
+    assert str(err.value) == (
+        "no partition can run this job (env needs CUDA 12.8, 1 GPU of type a100 per node); "
+        "needs CUDA 12.8; best available is 12.4 on gpu-a100 (an env built for CUDA 12.4 or "
+        "older would run there); without --gpu-type a100 it would run on gpu-h100 (h100)")
 
 
 def test_unknown_gpu_type() -> None:
-    with pytest.raises(InvalidInput, match="no partition has GPU type k80"):
+    with pytest.raises(InvalidInput, match="no partition has GPU type k80.*without --gpu-type "
+                       "k80 it would run on gpu-v100 .v100., gpu-a100 .a100., gpu-h100 .h100."):
         route(RouteRequest(cuda="11.8", gpu_type="k80"), SITE, live=live())
+
+
+def test_too_many_gpus_hint_names_the_most_per_node() -> None:
+    with pytest.raises(NoPartitionFits, match="with --gpus 4 it would run on gpu-h100"):
+        route(RouteRequest(cuda="12.4", gpus=8), SITE, live=live())
+
+
+def test_explicit_refusal_says_where_it_would_run() -> None:
+    with pytest.raises(NoPartitionFits) as err:
+        route(RouteRequest(cuda="12.8", partition="gpu-a100"), SITE, live=live())
+    assert str(err.value).endswith("it would run on gpu-h100 (--partition auto picks for you)")
+    assert "ok: supports CUDA 12.8" in err.value.table
 
 
 def test_explicit_partition_validated() -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from conftest_slurm import SlurmCluster
 
-from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.errors import InvalidInput, NotFound
 from hpcenv.scheduler import get_scheduler
+from hpcenv.scheduler.base import SchedulerUnreachable
 from hpcenv.scheduler.slurm_cli import SlurmCLI
 
 pytestmark = pytest.mark.slurm
@@ -174,15 +175,17 @@ def test_cancel_of_a_pending_job(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  
 def test_bad_partition_is_one_line_error_and_no_job(slurm: SlurmCLI, tmp_path: Path) -> None:
     before = {j.job_id for j in slurm.jobs()}
     script = write_job(tmp_path, "bad", ["-p nosuchpart"], "true")
-    with pytest.raises(HpcenvError) as exc:
+    with pytest.raises(InvalidInput) as exc:
         slurm.submit(script, workdir=tmp_path)
-    assert str(exc.value) == f"Slurm rejected the job {script}: Invalid partition name specified"
+    assert str(exc.value).startswith("Slurm rejected the job: Invalid partition name specified; "
+                                     "check --partition")
     assert {j.job_id for j in slurm.jobs()} == before
 
 
 def test_unavailable_node_configuration_is_rejected(slurm: SlurmCLI, tmp_path: Path) -> None:
     script = write_job(tmp_path, "bad", ["-p gpu-v100", "--gres=gpu:a100:1"], "true")
-    with pytest.raises(HpcenvError, match="Requested node configuration is not available$"):
+    with pytest.raises(InvalidInput, match="Requested node configuration is not available; no "
+                       "node offers what the job asks for"):
         slurm.submit(script, workdir=tmp_path)
 
 
@@ -192,9 +195,12 @@ def test_unreachable_controller(slurm_cluster: SlurmCluster, tmp_path: Path) -> 
     conf.write_text("\n".join("SlurmctldPort=1" if ln.startswith("SlurmctldPort=") else ln
                               for ln in text.splitlines()))
     down = SlurmCLI(env={"SLURM_CONF": str(conf)})
-    with pytest.raises(HpcenvError, match="cannot reach the Slurm controller to submit") as exc:
+    with pytest.raises(SchedulerUnreachable, match="cannot reach the Slurm controller to submit") as exc:
         down.submit(write_job(tmp_path, "x", ["-p cpu"], "true"), workdir=tmp_path)
     assert "\n" not in str(exc.value)
+    # squeue --json exits 0 with an empty list (and an "errors" entry): never "no jobs".
+    with pytest.raises(SchedulerUnreachable, match="no answer from the Slurm controller to 'squeue --json'"):
+        down.jobs()
 
 
 def test_unknown_and_invalid_job_ids(slurm: SlurmCLI) -> None:

@@ -76,13 +76,14 @@ shift 4
 """
 
 
-def write_site(path: Path, root: Path, demo_channel, extra: str = "") -> SiteConfig:
+def write_site(path: Path, root: Path, demo_channel, extra: str = "",
+               partitions: str = PARTITIONS) -> SiteConfig:
     path.write_text(
         f"envs_dirs: [{root}/envs]\npkgs_dirs: [{root}/pkgs]\nregistry: {root}/registry\n"
         f"state_dir: {root}/state\nchannels: [conda-forge]\n"
         f"mirrors: {{conda-forge: {demo_channel.path}}}\n"
         f"pip: {{wheel_dir: {demo_channel.wheels}, no_index: true}}\n"
-        f"scheduler: slurm\nslurm: {{time: '5'}}\ncuda_compat: strict\n{PARTITIONS}{extra}")
+        f"scheduler: slurm\nslurm: {{time: '5'}}\ncuda_compat: strict\n{partitions}{extra}")
     return load_site(path)
 
 
@@ -159,7 +160,7 @@ def test_explicit_incompatible_partition_is_refused_before_slurm(site: SiteConfi
         submit(["true"], env_name="cuda128-env", site=site,
                options=SubmitOptions(workdir=tmp_path, gpu_type="a100"))
     assert "needs CUDA 12.8; best available is 12.4 on gpu-a100" in str(err.value)
-    assert "a100n2 CUDA 12.2" in str(err.value)  # the live node table
+    assert "a100n2 CUDA 12.2" in err.value.table  # type: ignore[attr-defined]  # live node state
     assert len(list_submissions(site.state_dir, "slurm")) == before
 
 
@@ -172,6 +173,66 @@ def test_slurm_rejection_is_one_line_and_not_recorded(site: SiteConfig, tmp_path
     assert len(list_submissions(site.state_dir, "slurm")) == before
     submit(["true"], env_name="cpu-env", site=site, options=SubmitOptions(workdir=tmp_path))
     assert len(list_submissions(site.state_dir, "slurm")) == before + 1  # records do get written
+
+
+def test_cli_slurm_errors_are_one_line_and_nothing_is_recorded(
+        site: SiteConfig, demo_channel, slurm_cluster: SlurmCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    # A site that lists no partitions hands --partition and --gpu-type to Slurm unchecked, so
+    # Slurm itself refuses them.
+    root = Path(site.registry).parent
+    bare = write_site(tmp_path / "bare.yaml", root, demo_channel, partitions="")
+    down_conf = tmp_path / "down.conf"
+    down_conf.write_text("\n".join("SlurmctldPort=1" if ln.startswith("SlurmctldPort=") else ln
+                                   for ln in slurm_cluster.conf.read_text().splitlines()))
+    jobs_dir = Path(site.state_dir, "jobs")
+    before = (len(list_submissions(site.state_dir, "slurm")), set(jobs_dir.iterdir()))
+
+    def cli(site_file: Path, *argv: str, conf: Path = slurm_cluster.conf) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(site_file), "submit",
+                               "--env", "cpu-env", *argv, "--", "true"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120,
+                              env={**slurm_cluster.env, "SLURM_CONF": str(conf)})
+
+    cases = [
+        (cli(bare.source, "--partition", "nosuch"), 2,
+         "hpcenv: error: Slurm rejected the job: Invalid partition name specified; check --partition"),
+        (cli(bare.source, "--gpus", "1", "--gpu-type", "k80"), 2,
+         "hpcenv: error: Slurm rejected the job: Requested node configuration is not available; "),
+        (cli(site.source, conf=down_conf), 1,
+         "hpcenv: error: no answer from the Slurm controller to 'sinfo --json'"),
+    ]
+    for proc, code, start in cases:
+        assert (proc.returncode, proc.stdout) == (code, ""), proc.stderr
+        assert proc.stderr.startswith(start) and proc.stderr.count("\n") == 1, proc.stderr
+    assert (len(list_submissions(site.state_dir, "slurm")), set(jobs_dir.iterdir())) == before
+
+
+def test_cli_routing_errors_show_what_would_work(site: SiteConfig,
+                                                 slurm_cluster: SlurmCluster,  # noqa: F811
+                                                 tmp_path: Path) -> None:
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(site.source), "submit",
+                               *argv, "--", "true"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env=slurm_cluster.env)
+
+    a100 = cli("--env", "cuda128-env", "--gpu-type", "a100")
+    assert (a100.returncode, a100.stdout) == (2, "")
+    first, *table = a100.stderr.splitlines()
+    assert first == ("hpcenv: error: no partition can run this job (env needs CUDA 12.8, 1 GPU of "
+                     "type a100 per node); needs CUDA 12.8; best available is 12.4 on gpu-a100 (an "
+                     "env built for CUDA 12.4 or older would run there); without --gpu-type a100 "
+                     "it would run on gpu-h100 (h100)")
+    assert table[0].split() == ["partition", "gpu", "cuda", "support", "free", "verdict"]
+    rows = {line.split()[0]: line for line in table[1:]}
+    assert "nodes: a100n1 CUDA 12.4, a100n2 CUDA 12.2" in rows["gpu-a100"]  # read from sinfo
+    assert "refused: GPU type h100, not a100" in rows["gpu-h100"]
+
+    unknown = cli("--env", "cuda128-env", "--partition", "gpu-b200")
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert unknown.stderr == ("hpcenv: error: --partition gpu-b200: not in the site config (known: "
+                              "cpu, gpu-v100, gpu-a100, gpu-h100); pick one of those or "
+                              "--partition auto\n")
 
 
 def _start_catch(site: SiteConfig, env: str, workdir: Path) -> str:

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from hpcenv.errors import InvalidInput
+from hpcenv.errors import HpcenvError, InvalidInput
+
+class SchedulerUnreachable(HpcenvError):
+    """The scheduler's controller did not answer: nothing can be submitted or looked up."""
+
 
 # Slurm's job states that end a job; anything else is still queued or running.
 FINISHED_STATES = frozenset({

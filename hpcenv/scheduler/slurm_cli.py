@@ -35,6 +35,7 @@ from hpcenv.scheduler.base import (
     JobInfo,
     NodeState,
     PartitionState,
+    SchedulerUnreachable,
     expand_output_pattern,
     signal_name,
 )
@@ -146,9 +147,19 @@ def _controller_down(stderr: str) -> bool:
 def _failure(tool: str, proc: subprocess.CompletedProcess[str]) -> HpcenvError:
     message = _first_error_line(proc.stderr)
     if _controller_down(proc.stderr):
-        return HpcenvError(f"cannot reach the Slurm controller ({tool}: {message}); "
-                           "check that slurmctld runs and SLURM_CONF points at its config")
+        return SchedulerUnreachable(f"cannot reach the Slurm controller ({tool}: {message}); "
+                                    "check that slurmctld runs and SLURM_CONF points at its config")
     return HpcenvError(f"{tool} failed: {message}")
+
+
+# What to do about sbatch's refusals of what the job asks for (its own text is terse).
+_REJECTION_HINTS = {
+    "Invalid partition name specified":
+        "check --partition (and --sbatch-arg) against 'sinfo -s' and the site config's partitions",
+    "Requested node configuration is not available":
+        "no node offers what the job asks for (partition, GPU type and count, --constraint, "
+        "memory, CPUs); compare with: sinfo -N -o '%N %P %f %G %m %c'",
+}
 
 
 class SlurmCLI:
@@ -186,6 +197,16 @@ class SlurmCLI:
                               "needs Slurm 22.05 or later)") from None
         if not isinstance(data, dict):
             raise HpcenvError(f"'{' '.join(argv)}' printed unexpected JSON")
+        # 22.05 exits 0 with an empty list and an "errors" entry when its RPC failed (e.g. the
+        # controller is down): taken at face value, that reads as "no jobs" or "no nodes".
+        errors = [e for e in data.get("errors") or () if isinstance(e, dict)]
+        if errors:
+            first = errors[0]
+            what = first.get("description") or first.get("error") or "unspecified error"
+            source = f" in {first['source']}" if first.get("source") else ""
+            raise SchedulerUnreachable(f"no answer from the Slurm controller to '{' '.join(argv)}' "
+                                       f"({what}{source}); check that slurmctld runs "
+                                       "('scontrol ping') and SLURM_CONF points at its config")
         return data
 
     @staticmethod
@@ -210,9 +231,13 @@ class SlurmCLI:
         if proc.returncode != 0:
             message = _first_error_line(proc.stderr)
             if _controller_down(proc.stderr):
-                raise HpcenvError(f"cannot reach the Slurm controller to submit {script_path} "
-                                  f"({message}); check that slurmctld runs and SLURM_CONF is right")
-            raise HpcenvError(f"Slurm rejected the job {script_path}: {message}")
+                raise SchedulerUnreachable(f"cannot reach the Slurm controller to submit the job "
+                                           f"({message}); check that slurmctld runs and "
+                                           "SLURM_CONF points at its config")
+            hint = _REJECTION_HINTS.get(message)
+            if hint:  # the job asked for something this cluster does not have: bad input
+                raise InvalidInput(f"Slurm rejected the job: {message}; {hint}")
+            raise HpcenvError(f"Slurm rejected the job: {message}")
         # --parsable prints "ID" or "ID;cluster".
         job_id = proc.stdout.strip().split(";", 1)[0]
         if not _JOB_ID.match(job_id):
