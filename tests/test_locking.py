@@ -160,3 +160,58 @@ def test_lock_file_usable_by_every_builder(tmp_path: Path) -> None:
 def test_unknown_method_rejected(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="unknown lock method"):
         BuildLock(tmp_path / "x", method="fcntl")  # type: ignore[arg-type]
+
+
+def _cache_holder(path: Path, method: str, exclusive: bool, ready: Path) -> subprocess.Popen:
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from hpcenv.locking import CacheLock
+        with CacheLock({str(path)!r}, method={method!r}, timeout=10).hold(exclusive={exclusive}):
+            Path({str(ready)!r}).write_text("held")
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 20
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    return proc
+
+
+def test_cache_lock_shared_holders_coexist_and_exclude_gc(tmp_path: Path) -> None:
+    from hpcenv.locking import CacheLock
+
+    path = tmp_path / ".hpcenv-cache.lock"
+    installer = _cache_holder(path, "flock", False, tmp_path / "ready")
+    try:
+        with CacheLock(path, timeout=0.3).hold(exclusive=False):  # a second install: no wait
+            pass
+        waits: list[int] = []
+        with pytest.raises(LockTimeout, match="builds installing from the package cache"):
+            with CacheLock(path, timeout=0.3, on_wait=lambda: waits.append(1)).hold(exclusive=True):
+                pass
+        assert waits == [1]
+    finally:
+        installer.kill()
+        installer.wait()
+    with CacheLock(path, timeout=5).hold(exclusive=True):  # the holder died: its flock went
+        pass
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666
+
+
+def test_cache_lock_without_flock_is_exclusive(tmp_path: Path) -> None:
+    from hpcenv.locking import CacheLock
+
+    path = tmp_path / ".hpcenv-cache.lock"
+    gc = _cache_holder(path, "mkdir", True, tmp_path / "ready")
+    try:
+        with pytest.raises(LockTimeout):
+            with CacheLock(path, method="mkdir", timeout=0.3).hold(exclusive=False):
+                pass
+    finally:
+        gc.kill()
+        gc.wait()
+    # A dead holder on this host is detected by pid and its lock broken.
+    with CacheLock(path, method="mkdir", timeout=5).hold(exclusive=False):
+        pass
