@@ -497,7 +497,9 @@ class RemoteSession:
                 err_sink.rewind()
             try:
                 return self.run(command, check=False, out=sink, err=err_sink).exit_code
-            except ConnectionLost:
+            except HostUnreachable:
+                # Dropped mid-command (ConnectionLost), or noticed only when the next command
+                # reopened the link and the host was not back yet.
                 self.info(f"hpcenv: connection to {self.target} dropped; reconnecting")
                 self.reconnect()
 
@@ -852,7 +854,7 @@ def wait_for_job(session: RemoteSession, job_id: str, ctx: Context, *,
         while True:
             try:
                 result = session.run(line, what=f"hpcenv status {job_id}")
-            except ConnectionLost:
+            except HostUnreachable:  # see RemoteSession.follow
                 session.info(f"hpcenv: connection to {session.target} dropped; reconnecting")
                 session.reconnect()
                 continue

@@ -73,6 +73,20 @@ class SshServer:
                 pids.append(int(entry.name))
         return pids
 
+    def go_down(self) -> None:
+        """Kill the listener and every open connection, as a host going down does."""
+        for pid in [*self.connection_pids(), self.pid()]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def come_back(self) -> None:
+        """Start the listener again on the same port, with the same keys and config."""
+        server_dir = self.root / "server"
+        subprocess.run(["/usr/sbin/sshd", "-f", str(server_dir / "sshd_config"),
+                        "-E", str(self.root / "sshd.log")], check=True, timeout=30)
+
     def drop_connections(self) -> int:
         """Kill every open connection (the listener keeps running); returns how many."""
         pids = self.connection_pids()

@@ -318,6 +318,82 @@ def test_follow_resumes_after_the_connection_drops(sshd: SshServer,
 
 
 @pytest.mark.ssh
+def test_follow_waits_with_backoff_for_a_host_that_went_down(ssh_client_home: Path,
+                                                            tmp_path: Path) -> None:
+    from conftest_ssh import start_sshd, stop_sshd
+
+    server = start_sshd(tmp_path / "own-sshd")  # private: it goes down and comes back
+    lines = 40
+    command = f"for i in $(seq 1 {lines}); do echo line$i; sleep 0.05; done"
+    went_down = threading.Event()
+
+    class DownAfterTen(io.StringIO):
+        def write(self, text: str) -> int:
+            n = super().write(text)
+            if not went_down.is_set() and "line10\n" in self.getvalue():
+                went_down.set()
+                server.go_down()
+                threading.Timer(1.0, server.come_back).start()
+            return n
+
+    messages: list[str] = []
+    out = DownAfterTen()
+    s = RemoteSession("testcluster", server.remote(), known_hosts=[server.known_hosts],
+                      connect_timeout=5, backoff=Backoff(attempts=10, first=0.2, cap=1.0),
+                      info=messages.append)
+    try:
+        with s:
+            code = s.follow(command, out)
+    finally:
+        stop_sshd(server)
+    assert went_down.is_set() and code == 0
+    assert out.getvalue() == "".join(f"line{i}\n" for i in range(1, lines + 1))
+    # Refused while down: retried on the backoff schedule, not given up at the first failure.
+    assert any("retrying in 0.2s" in m for m in messages), messages
+
+
+@pytest.mark.ssh
+def test_wait_outlasts_a_host_that_goes_down_between_polls(ssh_client_home: Path,
+                                                           tmp_path: Path) -> None:
+    from conftest_ssh import start_sshd, stop_sshd
+
+    from hpcenv.cli.context import Context
+    from hpcenv.remote import wait_for_job
+
+    # The remote hpcenv's status: RUNNING for three polls, then COMPLETED.
+    polls = tmp_path / "polls"
+    status = tmp_path / "hpcenv-status"
+    status.write_text(
+        "#!/bin/sh\n"
+        f"n=$(($(cat {polls} 2>/dev/null || echo 0) + 1)); echo $n > {polls}\n"
+        "if [ $n -ge 4 ]; then state=COMPLETED; else state=RUNNING; fi\n"
+        'echo "{\\"job_id\\": \\"5\\", \\"name\\": \\"t\\", \\"state\\": \\"$state\\", '
+        '\\"exit_code\\": 0}"\n')
+    status.chmod(0o755)
+    server = start_sshd(tmp_path / "own-sshd")
+    messages: list[str] = []
+    s = RemoteSession("testcluster", server.remote(hpcenv_command=str(status)),
+                      known_hosts=[server.known_hosts], connect_timeout=5,
+                      backoff=Backoff(attempts=10, first=0.2, cap=1.0), info=messages.append)
+    result: list[object] = []
+    try:
+        with s:
+            waiter = threading.Thread(target=lambda: result.append(
+                wait_for_job(s, "5", Context(verbosity=-1), first_poll=0.5, max_poll=0.5)))
+            waiter.start()
+            while not polls.exists() and waiter.is_alive():
+                threading.Event().wait(0.01)
+            server.go_down()  # while the waiter sleeps before its second poll
+            threading.Timer(1.0, server.come_back).start()
+            waiter.join(timeout=60)
+    finally:
+        stop_sshd(server)
+    assert result and getattr(result[0], "state", None) == "COMPLETED", messages
+    assert polls.read_text().strip() == "4"
+    assert any("retrying in 0.2s" in m for m in messages), messages
+
+
+@pytest.mark.ssh
 def test_reconnect_gives_up_after_its_backoff(sshd: SshServer, ssh_client_home: Path) -> None:
     import socket
 
