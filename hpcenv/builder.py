@@ -706,6 +706,10 @@ def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = F
             successor = others[-1] if others else None
             registry.set_current(name, successor.version if successor else None)
             _point_link(site, name, Path(successor.prefix) if successor else None)
+        elif link_points_to(site, name, record.prefix):
+            # A publisher died before switching the symlink: repair it before the prefix goes.
+            current_record = registry.current(name)
+            _point_link(site, name, Path(current_record.prefix) if current_record else None)
         # Versions never share a prefix when hpcenv made them, but a registry edited by hand
         # (or restored from backup) might: a prefix another live record names stays.
         target = os.path.realpath(record.prefix)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.builder import MARKER, build_env, builds_dir, env_link, key_lock, plan_build
+from hpcenv.builder import (MARKER, build_env, builds_dir, env_link, key_lock, plan_build,
+                            remove_version)
 from hpcenv.locking import LockHolder, LockTimeout, current_holder
 from hpcenv.registry import Registry
 from hpcenv.spec import load_spec
@@ -186,9 +187,11 @@ def test_sigkill_after_marker_before_ready_is_adopted(site, tmp_path: Path) -> N
     assert [r.version for r in reg.versions("kern")] == [1, 2]
 
 
-def test_sigkill_between_registry_and_symlink_is_healed(site, tmp_path: Path) -> None:
+@pytest.mark.parametrize("repair", ["rebuild", "rm"])
+def test_sigkill_between_registry_and_symlink_is_healed(site, tmp_path: Path, repair: str) -> None:
     """Killed after ``current`` moved but before the symlink did: both name complete builds;
-    ``run -n`` follows the registry, and the next build of the spec fixes the symlink."""
+    ``run -n`` follows the registry; the next build of the spec, or removing the version the
+    symlink still names, fixes the symlink."""
     v1 = build_env(load_spec(write_spec(tmp_path, KERNELS_CPU, "v1.yml")), site).record
     v2_spec = write_spec(tmp_path, KERNELS_CUDA, "v2.yml")
     proc = start_builder(tmp_path, site.source, v2_spec, kill_at="before-link")
@@ -206,8 +209,12 @@ def test_sigkill_between_registry_and_symlink_is_healed(site, tmp_path: Path) ->
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == v2.prefix
 
-    again = build_env(load_spec(v2_spec), site)
-    assert (again.status, again.record.version) == ("reused", 2)
+    if repair == "rebuild":
+        again = build_env(load_spec(v2_spec), site)
+        assert (again.status, again.record.version) == ("reused", 2)
+    else:  # removing the version the stale symlink names repairs the symlink first
+        remove_version(site, "kern", 1)
+        assert not Path(v1.prefix).exists()
     assert link.resolve() == Path(v2.prefix).resolve()
     assert not list(link.parent.glob(".kern.link-*"))
 
