@@ -4,6 +4,11 @@ A laptop runs hpcenv commands on a cluster's login node: one SSH connection per 
 for every step (version check, uploads, the remote ``hpcenv`` call, polling).  The remote side runs
 its own hpcenv, so envs are built there through its locked builder and jobs go to its scheduler.
 
+Files a command names (script, spec, lock) travel to ``WORKDIR/inputs/<hash of names and
+contents>/`` unless they sit in a ``--sync`` tree: a queued job still reads its own script when it
+starts, however many submits follow, and identical inputs are sent once.  ``--wait`` and
+``logs -f`` survive dropped connections: they reconnect on the session's backoff schedule.
+
 Host keys are checked against the system and user ``known_hosts`` files, the files named by
 ``~/.ssh/config`` (``UserKnownHostsFile``/``GlobalKnownHostsFile``) and any extra files given to
 ``RemoteSession``; an unknown or changed key is refused, never accepted silently.  Fabric itself
@@ -721,8 +726,8 @@ def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
     """Run one parsed hpcenv invocation on the remote ``ctx.remote``; return its exit code.
 
     ``argv`` is the command line as given (with ``--sync``/``--exclude`` already taken out into
-    ``options``).  Local files it names are uploaded to the remote workdir, the remote hpcenv runs
-    there with the same arguments, and its output is shown here.
+    ``options``).  Local files it names are uploaded (see the module doc), the remote hpcenv runs
+    in the remote workdir with the same arguments, and its output streams here.
     """
     assert ctx.remote is not None
     options = options or RemoteOptions()
