@@ -91,6 +91,9 @@ class Remote:
     port: int | None = None            # None: whatever ~/.ssh/config says (22 by default)
     user: str | None = None
     identity_file: Path | None = None
+    # A known_hosts file checked in addition to the system and user ones: a lab can ship the
+    # login nodes' host keys next to the site config so first connections need no TOFU prompt.
+    known_hosts: Path | None = None
     proxy_jump: str | None = None
     workdir: str | None = None         # a path on the remote host, kept as written
     hpcenv_command: str = "hpcenv"
@@ -347,7 +350,8 @@ _TOP_KEYS = ("envs_dirs", "pkgs_dirs", "registry", "channels", "channel_priority
              "engine", "conda_exe", "launcher", "scheduler", "slurm", "cuda_compat", "partitions",
              "permissions", "locks", "pip", "templates_dir", "state_dir", "remotes")
 _PARTITION_KEYS = ("name", "gpu_type", "gpus_per_node", "driver", "max_cuda", "node_feature")
-_REMOTE_KEYS = ("host", "port", "user", "identity_file", "proxy_jump", "workdir", "hpcenv_command")
+_REMOTE_KEYS = ("host", "port", "user", "identity_file", "known_hosts", "proxy_jump", "workdir",
+                "hpcenv_command")
 
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*")
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -784,7 +788,7 @@ class _Reader:
                 if opt == "port":
                     kw[opt] = None if value.value is None else self.integer(
                         value, sub, minimum=1, maximum=65535)
-                elif opt == "identity_file":
+                elif opt in ("identity_file", "known_hosts"):
                     kw[opt] = None if value.value is None else self.path(value, sub)
                 elif opt in ("host", "hpcenv_command"):
                     kw[opt] = self.required_string(value, sub)

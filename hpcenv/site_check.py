@@ -70,9 +70,11 @@ def check_site(site: SiteConfig, *,
     if site.pip.wheel_dir is not None:
         checks.append(_exists_check("pip.wheel_dir", site.pip.wheel_dir))
     for name, remote in site.remotes.items():
-        if remote.identity_file is not None and not remote.identity_file.is_file():
-            checks.append(Check(f"remotes.{name}", "warn",
-                                f"identity_file {remote.identity_file} does not exist"))
+        for label, path in (("identity_file", remote.identity_file),
+                            ("known_hosts", remote.known_hosts)):
+            if path is not None and not path.is_file():
+                checks.append(Check(f"remotes.{name}", "warn",
+                                    f"{label} {path} is not a file"))
     checks.extend(_lock_checks(site))
     return checks
 

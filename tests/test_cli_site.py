@@ -148,9 +148,14 @@ def test_site_without_action_prints_usage(env: dict[str, str]) -> None:
 def test_show_includes_user_remotes(tmp_path: Path, env: dict[str, str]) -> None:
     remotes = Path(env["HOME"], ".config/hpcenv/remotes.yaml")
     remotes.parent.mkdir(parents=True)
-    remotes.write_text("laptop-to-lab: {host: 127.0.0.1, port: 2222}\n")
+    remotes.write_text("laptop-to-lab: {host: 127.0.0.1, port: 2222, known_hosts: lab_hosts}\n")
     result = hpcenv("--site", str(EXAMPLE), "site", "show", "--json", env=env)
     data = json.loads(result.stdout)
     assert set(data["config"]["remotes"]) == {"cluster", "laptop-to-lab"}
     assert data["config"]["remotes"]["laptop-to-lab"]["port"] == 2222
+    assert data["config"]["remotes"]["laptop-to-lab"]["known_hosts"] == str(
+        remotes.parent / "lab_hosts")
+    assert data["config"]["remotes"]["cluster"]["known_hosts"] == "/shared/hpcenv/ssh_known_hosts"
     assert data["provenance"]["remotes.laptop-to-lab"] == f"{remotes}:1"
+    human = hpcenv("--site", str(EXAMPLE), "site", "show", env=env).stdout
+    assert f"known_hosts={remotes.parent / 'lab_hosts'}" in human

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def test_example_cluster_config_validates(env: dict[str, str], home: Path) -> No
     remote = site.remotes["cluster"]
     assert remote.host == "login.cluster.example.org" and remote.port == 22
     assert remote.identity_file == home / ".ssh/id_ed25519"
+    assert remote.known_hosts == Path("/shared/hpcenv/ssh_known_hosts")
     assert remote.workdir == "hpcenv-jobs"  # remote paths are not resolved locally
 
 
@@ -415,6 +417,41 @@ def test_load_remotes_merges_user_file_over_site(tmp_path: Path, env: dict[str, 
     assert remotes["mine"].hpcenv_command == "/opt/hpcenv/bin/hpcenv"
 
 
+def test_remote_known_hosts_expands_and_resolves_like_identity_file(
+        tmp_path: Path, env: dict[str, str], home: Path) -> None:
+    site = load_text(tmp_path, """
+        remotes:
+          rel: {host: a.example.org, known_hosts: keys/known_hosts}
+          tilde: {host: b.example.org, known_hosts: ~/.ssh/lab_hosts}
+          var: {host: c.example.org, known_hosts: "${LAB:-/opt/lab}/hosts"}
+          none: {host: d.example.org, known_hosts: null}
+    """, env)
+    remotes = site.remotes
+    # Relative to the file that names it, so a lab ships host keys next to its site config.
+    assert remotes["rel"].known_hosts == tmp_path / "cfg/keys/known_hosts"
+    assert remotes["tilde"].known_hosts == home / ".ssh/lab_hosts"
+    assert remotes["var"].known_hosts == Path("/opt/lab/hosts")
+    assert remotes["none"].known_hosts is None
+    assert site_to_dict(site)["remotes"]["rel"]["known_hosts"] == str(tmp_path / "cfg/keys/known_hosts")
+    write(home / ".config/hpcenv/remotes.yaml", "mine: {host: e.example.org, known_hosts: kh}\n")
+    mine = load_remotes(site, environ=env)["mine"]
+    assert mine.known_hosts == home / ".config/hpcenv/kh"
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("[a, b]", "expected text, got a list"),
+    ("''", "is empty"),
+    ("https://example.org/hosts", "'https://example.org/hosts' is a URL, not a filesystem path"),
+    ("${NO_SUCH_VAR_HPCENV}/hosts", "environment variable NO_SUCH_VAR_HPCENV is not set"),
+])
+def test_remote_known_hosts_bad_values_name_file_and_line(
+        tmp_path: Path, env: dict[str, str], value: str, problem: str) -> None:
+    path = write(tmp_path / "site.yaml", f"remotes:\n  c:\n    host: h\n    known_hosts: {value}\n")
+    with pytest.raises(InvalidInput, match=rf"^{path}:4: remotes\.c\.known_hosts: "
+                                           rf"{re.escape(problem)}"):
+        parse_site_file(path, environ=env)
+
+
 def test_load_remotes_reports_errors_in_the_user_file(tmp_path: Path, env: dict[str, str],
                                                       home: Path) -> None:
     site = load_text(tmp_path, "channels: [conda-forge]\n", env)
@@ -472,8 +509,12 @@ def test_check_reports_failures_and_warnings(tmp_path: Path, env: dict[str, str]
         conda_exe: {tmp_path}/no/conda
         permissions: {{group: no-such-group-hpcenv}}
         templates_dir: {tmp_path}/no-templates
+        remotes:
+          c: {{host: h, known_hosts: {tmp_path}/no-known-hosts}}
     """, env)
     checks = by_name(check_site(site))
+    assert checks["remotes.c"].status == "warn"
+    assert checks["remotes.c"].detail == f"known_hosts {tmp_path}/no-known-hosts is not a file"
     assert checks["registry"].status == "fail" and "cannot be created" in checks["registry"].detail
     assert checks["state_dir"].status == "fail" and "not a directory" in checks["state_dir"].detail
     # /proc is its own filesystem, so pkgs and envs cannot share hardlinks.
