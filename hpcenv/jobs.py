@@ -135,6 +135,10 @@ class JobView:
         data["prefix"] = self.record.prefix if self.record else None
         data["partition"] = self.info.partition or (self.record.partition if self.record else None)
         data["constraint"] = self.info.constraint or (self.record.constraint if self.record else None)
+        # A purged job's scheduler record has no paths: hpcenv's submission record does.
+        stdout, stderr = log_paths(self)
+        data["stdout"] = str(stdout) if stdout else None
+        data["stderr"] = str(stderr) if stderr else data["stdout"]
         return data
 
 
@@ -190,6 +194,10 @@ def wait_for(scheduler: Scheduler, job_id: str, *,
             on_poll(info)
         if info.finished:
             return info
+        if info.state == "PENDING" and info.reason == "DependencyNeverSatisfied":
+            # Slurm keeps such a job pending for ever (unless kill_invalid_depend is set).
+            raise HpcenvError(f"job {job_id} can never start: a job it depends on did not end as "
+                              f"required (DependencyNeverSatisfied); cancel it: hpcenv cancel {job_id}")
         if info.state != last:
             delay, last = first, info.state
         sleep(delay)
@@ -207,11 +215,14 @@ def log_paths(view: JobView) -> tuple[Path | None, Path | None]:
     """Where the job's stdout and stderr go (stderr None when it shares stdout)."""
     info, record = view.info, view.record
     out, err = info.stdout, info.stderr
-    if out is None and record is not None:
+    if out is None and record is not None and not info.tasks:
+        array_id, _, task = info.job_id.partition("_")
+
         def expand(pattern: str) -> Path:
-            path = Path(expand_output_pattern(pattern, job_id=info.job_id.split("_")[0],
-                                              name=record.job_name, user=record.user,
-                                              node=info.node))
+            # A task's own numeric id (%j) is unknown here; hpcenv's array default is %A_%a.
+            path = Path(expand_output_pattern(pattern, job_id=array_id, name=record.job_name,
+                                              user=record.user, node=info.node,
+                                              array_job_id=array_id, array_task_id=task or None))
             return path if path.is_absolute() else Path(record.workdir) / path
 
         out = expand(record.output)
@@ -251,6 +262,9 @@ def show_logs(scheduler: Scheduler, state_dir: Path, job_id: str, *, follow: boo
     out = out if out is not None else sys.stdout.buffer
     err = err if err is not None else sys.stderr.buffer
     view = job_status(scheduler, state_dir, job_id)
+    if view.info.tasks:
+        raise InvalidInput(f"job {job_id} is a job array of {len(view.info.tasks)} tasks, each with "
+                           f"its own output: give one, e.g. hpcenv logs {view.info.tasks[-1]}")
     stdout, stderr = log_paths(view)
     if stdout is None:
         raise HpcenvError(f"job {job_id}: the scheduler does not say where its output went and "

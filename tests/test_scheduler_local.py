@@ -240,3 +240,11 @@ def test_parse_time_limit() -> None:
     assert parse_time_limit("2-3") == 2 * 86400 + 3 * 3600
     assert parse_time_limit("1-0:0:10") == 86410
     assert parse_time_limit("UNLIMITED") is None
+
+
+@pytest.mark.parametrize(("option", "value"), [("--array", "0-2"), ("--dependency", "afterok:1")])
+def test_arrays_and_dependencies_are_refused_not_ignored(executor: LocalExecutor, tmp_path: Path,
+                                                        option: str, value: str) -> None:
+    with pytest.raises(InvalidInput, match=f"local executor does not support {option} "):
+        executor.submit(write_job(tmp_path, "true", f"{option}={value}"), workdir=tmp_path)
+    assert executor.jobs() == []

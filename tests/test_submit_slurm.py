@@ -111,6 +111,22 @@ def conda_site(site: SiteConfig, demo_channel, tmp_path_factory: pytest.TempPath
                       f"launcher: conda-run\nconda_exe: {fake}\n")
 
 
+@pytest.fixture(scope="module")
+def early_cli_job(site: SiteConfig, slurm_cluster: SlurmCluster,  # noqa: F811
+                  tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A job submitted through the CLI as the module starts, with separate stdout and stderr
+    files, so that slurmctld has purged it by the time the module's last test looks at it."""
+    workdir = tmp_path_factory.mktemp("early-cli")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcenv", "--site", str(site.source), "--json", "submit", "--env",
+         "cpu-env", "--job-name", "early", "-o", "out-%x-%j.txt", "-e", "err-%x-%j.txt", "--",
+         "python", "-c", "import sys; print('to stdout'); print('to stderr', file=sys.stderr); "
+         "sys.exit(6)"], cwd=workdir, capture_output=True, text=True, timeout=120,
+        env=slurm_cluster.env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["job_id"], workdir
+
+
 def run_show(site: SiteConfig, env: str, workdir: Path, **opts: object) -> tuple[dict, object]:
     script = workdir / "show.py"
     script.write_text(SHOW)
@@ -133,7 +149,8 @@ def run_show(site: SiteConfig, env: str, workdir: Path, **opts: object) -> tuple
     ("cuda128-env", "gpu-h100", {"h100n1"}, None),
 ])
 def test_env_lands_where_its_cuda_runs(site: SiteConfig, tmp_path: Path, env: str, partition: str,
-                                       nodes: set[str], constraint: str | None) -> None:
+                                       nodes: set[str], constraint: str | None,
+                                       early_cli_job: tuple[str, Path]) -> None:
     data, result = run_show(site, env, tmp_path)
     assert (result.partition, result.constraint) == (partition, constraint)
     assert data["node"] in nodes
@@ -288,3 +305,77 @@ def test_cli_submit_wait_status_logs(site: SiteConfig, slurm_cluster: SlurmClust
     assert status["partition"] == "gpu-a100" and status["env"] == "cuda124-env"
     logs = cli("logs", job_id)
     assert json.loads(logs.stdout)["argv"] == ["--x", "$(id)"]
+
+
+def test_array_tasks_run_in_the_env_with_their_own_output(site: SiteConfig,
+                                                           slurm_cluster: SlurmCluster,  # noqa: F811
+                                                           tmp_path: Path) -> None:
+    script = tmp_path / "task.py"
+    script.write_text("import os, sys\n"
+                      "print(os.environ['SLURM_ARRAY_TASK_ID'], sys.prefix == os.environ['CONDA_PREFIX'])\n"
+                      "sys.exit(int(os.environ['SLURM_ARRAY_TASK_ID']) == 2 and 5)\n")
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(site.source), *argv],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              env=slurm_cluster.env)
+
+    waited = cli("--json", "submit", str(script), "--env", "cpu-env", "--array", "0-2", "--wait")
+    data = json.loads(waited.stdout)
+    job_id = data["job_id"]
+    # The array ends when its last task does, with the worst task's exit code.
+    assert (waited.returncode, data["state"], data["exit_code"]) == (5, "FAILED", 5), waited.stderr
+    for task in range(3):
+        assert (tmp_path / f"slurm-{job_id}_{task}.out").read_text() == f"{task} True\n"
+    status = json.loads(cli("--json", "status", job_id).stdout)
+    assert status["tasks"] == [f"{job_id}_{t}" for t in range(3)]
+    assert status["reason"] == "job array: 2 COMPLETED, 1 FAILED"
+    whole = cli("logs", job_id)
+    assert whole.returncode == 2 and f"give one, e.g. hpcenv logs {job_id}_2" in whole.stderr
+    assert cli("logs", f"{job_id}_1").stdout == "1 True\n"
+
+
+def test_dependency_afterok(site: SiteConfig, tmp_path: Path) -> None:
+    first = submit(["sleep", "2"], env_name="cpu-env", site=site,
+                   options=SubmitOptions(workdir=tmp_path))
+    second = submit(["true"], env_name="cpu-env", site=site,
+                    options=SubmitOptions(workdir=tmp_path, dependency=f"afterok:{first.job_id}"))
+    scheduler = site_scheduler(site)
+    done = wait_for(scheduler, second.job_id or "", first=0.2, most=1.0)
+    assert done.state == "COMPLETED"
+    assert (done.start_time or 0) >= (scheduler.status(first.job_id or "").end_time or 0)
+
+    failed = submit(["false"], env_name="cpu-env", site=site, options=SubmitOptions(workdir=tmp_path))
+    never = submit(["true"], env_name="cpu-env", site=site,
+                   options=SubmitOptions(workdir=tmp_path, dependency=f"afterok:{failed.job_id}"))
+    try:
+        with pytest.raises(HpcenvError, match="can never start.*DependencyNeverSatisfied"):
+            wait_for(scheduler, never.job_id or "", first=0.2, most=1.0)
+    finally:
+        scheduler.cancel(never.job_id or "")
+
+
+def test_status_and_logs_after_the_job_was_purged(site: SiteConfig,
+                                                   slurm_cluster: SlurmCluster,  # noqa: F811
+                                                   early_cli_job: tuple[str, Path]) -> None:
+    # Runs last in the module: the early job has left slurmctld (MinJobAge 30 s plus its purge
+    # cycle, 45-60 s here); the bound below is generous for a loaded machine.
+    job_id, workdir = early_cli_job
+    deadline = time.monotonic() + 150
+    while subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
+                         timeout=60, env=slurm_cluster.env).returncode == 0:
+        assert time.monotonic() < deadline, f"slurmctld kept job {job_id} for over 150 s"
+        time.sleep(2)
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(site.source), *argv],
+                              cwd=workdir, capture_output=True, text=True, timeout=120,
+                              env=slurm_cluster.env)
+
+    status = json.loads(cli("--json", "status", job_id).stdout)
+    assert (status["source"], status["state"], status["exit_code"]) == ("jobcomp", "FAILED", 6)
+    assert (status["name"], status["env"], status["partition"]) == ("early", "cpu-env", "cpu")
+    assert status["stdout"] == str(workdir / f"out-early-{job_id}.txt")  # from hpcenv's record
+    assert status["stderr"] == str(workdir / f"err-early-{job_id}.txt")
+    logs = cli("logs", job_id)
+    assert (logs.returncode, logs.stdout, logs.stderr) == (0, "to stdout\n", "to stderr\n")

@@ -257,6 +257,8 @@ def status_handler(args: argparse.Namespace, ctx: Context) -> int:
                 ("prefix", d["prefix"] or "-"), ("stdout", d["stdout"] or "-")]
         if d.get("stderr") and d["stderr"] != d["stdout"]:
             rows.append(("stderr", d["stderr"]))
+        if d.get("tasks"):
+            rows.append(("tasks", " ".join(d["tasks"])))
         return "\n".join(f"{k + ':':<12}{v}" for k, v in rows)
 
     ctx.emit(view.to_dict(), text)

@@ -49,13 +49,15 @@ class JobInfo:
     comment: str | None = None
     constraint: str | None = None
     source: str = "queue"            # where the record came from: queue, jobcomp, local
+    tasks: tuple[str, ...] = ()      # a job array as a whole: its tasks' ids ("12_0", ...)
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
 
     def to_dict(self) -> dict[str, object]:
-        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        data = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in self.__dict__.items()}
         data["finished"] = self.finished
         return data
 
@@ -178,8 +180,10 @@ def signal_name(sig: str | int) -> str:
 
 
 def expand_output_pattern(pattern: str, *, job_id: str, name: str, user: str | None = None,
-                          node: str | None = None) -> str:
-    """Expand the ``sbatch --output`` placeholders hpcenv's scripts use (%j %x %u %N %A %a %%)."""
+                          node: str | None = None, array_job_id: str | None = None,
+                          array_task_id: str | None = None) -> str:
+    """Expand the ``sbatch --output`` placeholders hpcenv's scripts use (%j %x %u %N %A %a %%).
+    For an array task ``job_id`` is the task's own id, ``array_job_id`` the array's."""
     out: list[str] = []
     i = 0
     while i < len(pattern):
@@ -194,8 +198,8 @@ def expand_output_pattern(pattern: str, *, job_id: str, name: str, user: str | N
             j += 1
         width = int(pattern[i + 1:j]) if j > i + 1 else 0
         letter = pattern[j] if j < len(pattern) else ""
-        values = {"j": job_id, "A": job_id, "x": name, "u": user or "", "N": node or "",
-                  "a": "4294967294", "%": "%"}
+        values = {"j": job_id, "A": array_job_id or job_id, "x": name, "u": user or "",
+                  "N": node or "", "a": array_task_id or "4294967294", "%": "%"}
         if letter in values:
             value = values[letter]
             out.append(value.zfill(width) if letter in "jA" else value)

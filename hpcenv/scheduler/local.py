@@ -256,6 +256,13 @@ class LocalExecutor:
         except OSError as exc:
             raise InvalidInput(f"cannot read job script {script_path}: {exc.strerror}") from None
         opts = parse_sbatch_options(text)
+        # Running these as a plain job would silently do something else than asked.
+        for unsupported, instead in (("array", "loop over the tasks in the script"),
+                                     ("dependency", "submit the job once the other one ended")):
+            if opts.get(unsupported):
+                raise InvalidInput(f"the local executor does not support "
+                                   f"--{unsupported} ({opts[unsupported]}); use a Slurm site or "
+                                   f"{instead}")
         time_limit = parse_time_limit(opts["time"]) if "time" in opts else None
         cpus = opts.get("cpus-per-task", "")
         if cpus and not cpus.isdigit():

@@ -248,7 +248,10 @@ class SlurmCLI:
         job_id = self._check_id(job_id)
         proc = self._run(["scontrol", "show", "job", "-o", job_id], check=False)
         if proc.returncode == 0 and proc.stdout.strip():
-            return self._from_scontrol(parse_scontrol_line(proc.stdout.splitlines()[0]))
+            # An array's id gives one line per task (and one for its not yet started tasks).
+            infos = [self._from_scontrol(parse_scontrol_line(line))
+                     for line in proc.stdout.splitlines() if line.strip()]
+            return infos[0] if len(infos) == 1 and infos[0].job_id == job_id else array_info(job_id, infos)
         if "Invalid job id" not in proc.stderr:
             raise _failure("scontrol", proc)
         info = self.completed_job(job_id)
@@ -331,8 +334,12 @@ class SlurmCLI:
         finished = state not in {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
                                  "REQUEUED", "RESIZING", "STOPPED", "SIGNALING"}
         stdout, stderr, workdir = (_value(f.get(k)) for k in ("StdOut", "StdErr", "WorkDir"))
+        job_id = f.get("JobId", "")
+        task = f.get("ArrayTaskId", "")
+        if f.get("ArrayJobId") and task.isdigit():
+            job_id = f"{f['ArrayJobId']}_{task}"  # how users (and sbatch's %A_%a) name a task
         return JobInfo(
-            job_id=f.get("JobId", ""), name=f.get("JobName", ""), state=state,
+            job_id=job_id, name=f.get("JobName", ""), state=state,
             reason=_value(f.get("Reason")),
             exit_code=code if finished else None, signal=sig if finished else None,
             node=_value(f.get("NodeList")), elapsed=parse_duration(f.get("RunTime")),
@@ -347,6 +354,15 @@ class SlurmCLI:
     @staticmethod
     def _from_squeue(j: Mapping[str, Any]) -> JobInfo:
         job_id = str(j.get("job_id", ""))
+        own_id = job_id
+        array_id, task = j.get("array_job_id"), j.get("array_task_id")
+        if isinstance(array_id, dict):  # 23.02+: {"set": bool, "number": int}
+            array_id = array_id.get("number") if array_id.get("set") else None
+        if isinstance(task, dict):
+            task = task.get("number") if task.get("set") else None
+        is_task = bool(array_id) and isinstance(task, int)
+        if is_task:
+            job_id = f"{array_id}_{task}"
         name = str(j.get("name", ""))
         state = j.get("job_state", "UNKNOWN")
         if isinstance(state, list):  # 23.02+: a list of state flags
@@ -371,7 +387,9 @@ class SlurmCLI:
             pattern = j.get(key) or ""
             if not pattern:
                 return None
-            text = expand_output_pattern(pattern, job_id=job_id, name=name, user=user, node=node)
+            text = expand_output_pattern(pattern, job_id=own_id, name=name, user=user, node=node,
+                                         array_job_id=str(array_id) if is_task else None,
+                                         array_task_id=str(task) if is_task else None)
             cwd = j.get("current_working_directory") or ""
             return Path(cwd, text) if cwd else Path(text)
 
@@ -405,6 +423,38 @@ class SlurmCLI:
             features=tuple(features), state=state, gpu_type=gpu_type, gpus=gpus,
             gpus_allocated=used, cpus=int(n.get("cpus") or 0),
             cpus_allocated=int(n.get("alloc_cpus") or 0))
+
+
+def array_info(array_id: str, tasks: Sequence[JobInfo]) -> JobInfo:
+    """A job array as one job: still running while any task is, else failed (with the worst
+    exit code) if any task failed.  ``--wait`` and ``status ARRAY_ID`` rely on this."""
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    unfinished = [t for t in tasks if not t.finished]
+    bad = [t for t in tasks if t.finished and t.state != "COMPLETED"]
+    if unfinished:
+        state = "RUNNING" if any(t.state == "RUNNING" for t in unfinished) else unfinished[0].state
+    else:
+        state = bad[0].state if bad else "COMPLETED"
+    finished = not unfinished
+    codes = [t.exit_code for t in tasks if t.exit_code is not None]
+    nodes = list(dict.fromkeys(t.node for t in tasks if t.node))
+    elapsed = [t.elapsed for t in tasks if t.elapsed is not None]
+    first = tasks[0]
+    return JobInfo(
+        job_id=array_id, name=first.name, state=state,
+        reason=f"job array: {', '.join(f'{n} {st}' for st, n in sorted(counts.items()))}",
+        exit_code=max(codes) if finished and codes else None,
+        signal=next((t.signal for t in bad if t.signal), None) if finished else None,
+        node=",".join(nodes) or None, elapsed=max(elapsed) if elapsed else None,
+        partition=first.partition, workdir=first.workdir, user=first.user,
+        submit_time=min((t.submit_time for t in tasks if t.submit_time), default=None),
+        start_time=min((t.start_time for t in tasks if t.start_time), default=None),
+        end_time=max((t.end_time or 0 for t in tasks), default=None) if finished else None,
+        comment=first.comment, constraint=first.constraint, source=first.source,
+        tasks=tuple(sorted((t.job_id for t in tasks),
+                           key=lambda i: [int(p) if p.isdigit() else -1 for p in i.split("_")])))
 
 
 def _decode_squeue_exit(value: Any) -> tuple[int | None, int | None]:
