@@ -336,3 +336,59 @@ def test_cancel_signal_reaches_the_program_exactly_once(demo_channel, built, tmp
     assert (sent.returncode, sent.stdout) == (0, f"sent USR1 to job {job_id}\n"), sent.stderr
     info = wait_for(site_scheduler(site), job_id)
     assert (info.state, job_exit_code(info)) == ("FAILED", 41), out.read_text()
+
+
+def test_wait_polls_with_backoff_reset_on_state_change() -> None:
+    from hpcenv.scheduler.base import JobInfo
+
+    states = ["PENDING"] * 4 + ["RUNNING"] * 5 + ["COMPLETED"]
+
+    class Script:  # the scheduler's answers, one per poll
+        kind = "local"
+
+        def status(self, job_id: str) -> JobInfo:
+            return JobInfo(job_id, "x", states.pop(0), exit_code=0)
+
+    slept: list[float] = []
+    info = wait_for(Script(), "1", sleep=slept.append, first=1.0, factor=2.0, most=5.0)  # type: ignore[arg-type]
+    assert info.state == "COMPLETED"
+    assert slept == [1.0, 2.0, 4.0, 5.0, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def _wait_on_a_tty(site: SiteConfig, tmp_path: Path, *argv: str) -> tuple[int, str, str]:
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "hpcenv", "--site", str(site.source), *argv],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    out, _ = proc.communicate(timeout=120)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.returncode, out, b"".join(chunks).decode()
+
+
+def test_wait_shows_a_live_status_line_on_a_tty_only(built, tmp_path: Path) -> None:
+    site, _ = built
+    code, out, err = _wait_on_a_tty(site, tmp_path, "submit", "--env", "cpuenv", "--wait", "--",
+                                    "bash", "-c", "sleep 1; exit 3")
+    assert (code, out) == (3, "")
+    assert "\r\x1b[K" in err and err.endswith("exit 3\r\n")  # rewritten in place, then ended
+    piped = cli(site, "submit", "--env", "cpuenv", "--wait", "--", "bash", "-c", "sleep 1; exit 3",
+                cwd=tmp_path)
+    assert piped.returncode == 3 and "\r" not in piped.stderr and "\x1b" not in piped.stderr
+    last = piped.stderr.splitlines()[-1]
+    assert last.startswith("hpcenv: job ") and " FAILED (NonZeroExitCode) on local " in last
+    assert last.endswith(" exit 3")
+    # --json --wait: exactly one JSON document on stdout, on a TTY too.
+    code, out, err = _wait_on_a_tty(site, tmp_path, "--json", "submit", "--env", "cpuenv",
+                                    "--wait", "--", "true")
+    assert code == 0 and json.loads(out)["state"] == "COMPLETED"
