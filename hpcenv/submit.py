@@ -194,7 +194,7 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
         raise NotFound(f"env {name!r} would be built from {env_file} first; a dry run builds "
                        f"nothing: run 'hpcenv env build {env_file} --name {name}'")
     say(f"hpcenv: building env {name} from {env_file} (once; later submits reuse it)")
-    result = build_env(spec, site, name=name, on_progress=say)
+    result = build_env(spec, site, name=name, on_progress=lambda event: say(str(event)))
     return result.record, result.status
 
 

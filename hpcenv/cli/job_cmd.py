@@ -188,7 +188,7 @@ def _nodes_text(d: dict[str, Any]) -> str:
     if not d.get("constraint"):
         return "any in the partition"
     verdicts = (d.get("routing") or {}).get("partitions") or []
-    nodes = next((v["nodes"] for v in verdicts if v["partition"] == d["partition"]), [])
+    nodes: list[str] = next((v["nodes"] for v in verdicts if v["partition"] == d["partition"]), [])
     return f"--constraint={d['constraint']}" + (f" ({', '.join(nodes)})" if nodes else "")
 
 
