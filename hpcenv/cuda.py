@@ -30,7 +30,7 @@ from typing import Literal
 
 from hpcenv.drivers import version_key
 from hpcenv.errors import InvalidInput
-from hpcenv.spec import EnvSpec, is_pip_option, parse_match_spec
+from hpcenv.spec import EnvSpec, is_pip_option, parse_match_spec, split_pip_option
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,6 @@ _CPU_TOKEN_RE = re.compile(r"(?<![a-z])cpu(?![a-z])")
 _ROCM_RE = re.compile(r"rocm\d")
 _CPU_INDEX_RE = re.compile(r"/cpu(/|$)")
 _PIP_REQ_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?\s*(.*)$")
-_PIP_OPTION_RE = re.compile(r"^(-{1,2}[A-Za-z][A-Za-z-]*)(?:(?:=|\s+)(.*))?$")
 _INDEX_OPTIONS = frozenset({"-i", "--index-url", "--extra-index-url", "-f", "--find-links"})
 _INCLUDE_OPTIONS = frozenset({"-r", "--requirement"})
 _MAX_INCLUDE_DEPTH = 5
@@ -249,12 +248,12 @@ def _pip_entries(spec: EnvSpec) -> Iterator[tuple[str, str, bool]]:
 
 
 def _included(entry: str, base: Path | None, depth: int, seen: set[Path]) -> Iterator[str]:
-    option = _PIP_OPTION_RE.match(entry)
-    if base is None or option is None or option.group(1) not in _INCLUDE_OPTIONS:
+    option = split_pip_option(entry)
+    if base is None or option is None or option[0] not in _INCLUDE_OPTIONS:
         return
-    if not option.group(2) or depth >= _MAX_INCLUDE_DEPTH:
+    if option[1] is None or depth >= _MAX_INCLUDE_DEPTH:
         return
-    path = (base / option.group(2).strip()).resolve()
+    path = (base / option[1]).resolve()
     if path in seen:
         return
     seen.add(path)
@@ -274,10 +273,10 @@ def _pip_signals(spec: EnvSpec) -> Iterator[_Signal]:
     entries = list(_pip_entries(spec))
     index_kinds: set[str] = set()
     for entry, line, included in entries:
-        option = _PIP_OPTION_RE.match(entry) if is_pip_option(entry) else None
-        if option is None or option.group(1) not in _INDEX_OPTIONS or not option.group(2):
+        option = split_pip_option(entry)
+        if option is None or option[0] not in _INDEX_OPTIONS or option[1] is None:
             continue
-        url = option.group(2).lower()
+        url = option[1].lower()
         token = _cuda_token(url)
         if _ROCM_RE.search(url):
             index_kinds.add("rocm")

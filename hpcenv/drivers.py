@@ -12,6 +12,17 @@ Two policies a site can choose (``cuda_compat`` in the site config):
 
 CUDA versions are ``"X.Y"``; a major alone (``"12"``) means "any 12.x" and uses 12.0's
 minimum.  ``"X.Y.Z"`` is read as ``X.Y`` (the GA minimum is per minor release).
+
+Versions the table does not know are read by which side they are on:
+
+- *available* CUDA (a partition's ``max_cuda``, a node feature ``cuda13.1``) is a capability:
+  any well-formed version means "runs everything up to X.Y", compared by number, so a driver
+  newer than this table (or a never-released label such as 12.7 on a node) routes sensibly
+  instead of failing every job;
+- *needed* CUDA (what an env requires) must be a real release: one of the table, or newer than
+  its newest entry.  A version inside the table's range that NVIDIA never shipped (12.7) is an
+  error, and so is a newer-than-table version wherever its minimum driver must be looked up
+  (``min_driver`` under ``strict``, ``driver_supports``): hpcenv cannot know that driver.
 """
 
 from __future__ import annotations
@@ -52,8 +63,11 @@ _GA_MIN_DRIVER: dict[str, str] = {
 # Minor-version compatibility floor per major family; CUDA 10 had none.
 _MINOR_COMPAT_FLOOR: dict[int, str] = {11: "450.80.02", 12: "525.60.13", 13: "580"}
 
-_DRIVER_RE = re.compile(r"^\d+(\.\d+)*$")
-_CUDA_RE = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.\d+)?$")
+_DRIVER_RE = re.compile(r"\d+(\.\d+)*")
+_CUDA_RE = re.compile(r"(\d+)(?:\.(\d+))?(?:\.\d+)?")
+# How admins write versions in site configs: nvidia-smi's "550.54.14" / "570.26" and "12.8".
+_WRITTEN_DRIVER_RE = re.compile(r"\d{2,4}\.\d{1,3}(\.\d{1,3})?")
+_WRITTEN_CUDA_RE = re.compile(r"\d{1,2}\.\d{1,2}")
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -63,7 +77,7 @@ def version_key(version: str) -> tuple[int, ...]:
 
 def _driver_key(driver: str) -> tuple[int, ...]:
     driver = driver.strip()
-    if not _DRIVER_RE.match(driver):
+    if not _DRIVER_RE.fullmatch(driver):
         raise InvalidInput(f"invalid NVIDIA driver version {driver!r}; expected digits and dots "
                            "such as '550.54.14' (see nvidia-smi)")
     key = version_key(driver)
@@ -76,38 +90,75 @@ def known_cuda_versions() -> tuple[str, ...]:
     return tuple(sorted(_GA_MIN_DRIVER, key=version_key))
 
 
+def parse_cuda(cuda: str) -> tuple[int, int]:
+    """``(major, minor)`` of a well-formed CUDA version, known or not: ``"12.4.1"`` -> (12, 4),
+    ``"12"`` -> (12, 0).  InvalidInput for anything that is not digits and dots."""
+    match = _CUDA_RE.fullmatch(str(cuda).strip())
+    if match is None:
+        raise InvalidInput(f"invalid CUDA version {cuda!r}; expected 'X.Y' or a major such as "
+                           "'12'")
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _newest_known() -> tuple[int, int]:
+    return parse_cuda(known_cuda_versions()[-1])
+
+
+def newer_than_table(cuda: str) -> bool:
+    """True for a well-formed version above the newest release this table knows."""
+    return parse_cuda(cuda) > _newest_known()
+
+
 def normalize_cuda(cuda: str) -> str:
     """Table key for a CUDA version: ``"12.4.1"`` -> ``"12.4"``, ``"12"`` -> ``"12.0"``.
 
     Raises InvalidInput for versions NVIDIA never released (``"12.7"``) or that the table does
     not know (``"99.1"``), listing the known ones.
     """
-    match = _CUDA_RE.match(str(cuda).strip())
-    if match is None:
-        raise InvalidInput(f"invalid CUDA version {cuda!r}; expected 'X.Y' or a major such as "
-                           "'12'")
-    major, minor = match.group(1), match.group(2)
-    if minor is None:
+    major, minor = parse_cuda(cuda)
+    if "." not in str(cuda):
         # A major alone means "any X.y": its lowest minor decides the minimum driver.
-        candidates = [v for v in _GA_MIN_DRIVER if v.split(".")[0] == major]
+        candidates = [v for v in _GA_MIN_DRIVER if v.split(".")[0] == str(major)]
         if candidates:
             return min(candidates, key=version_key)
-    else:
-        key = f"{int(major)}.{int(minor)}"
-        if key in _GA_MIN_DRIVER:
-            return key
-    raise InvalidInput(f"unknown CUDA version {cuda!r}; known versions: "
-                       f"{', '.join(known_cuda_versions())}")
+    elif f"{major}.{minor}" in _GA_MIN_DRIVER:
+        return f"{major}.{minor}"
+    known = ", ".join(known_cuda_versions())
+    if newer_than_table(cuda):
+        raise InvalidInput(f"CUDA {cuda!r} is newer than hpcenv's driver table (known versions: "
+                           f"{known}), so the driver it needs is unknown; upgrade hpcenv, or "
+                           "describe GPU partitions by max_cuda or node_feature instead of "
+                           "driver")
+    raise InvalidInput(f"unknown CUDA version {cuda!r}; known versions: {known}")
+
+
+def _needed_key(needed: str) -> tuple[int, int]:
+    """Numeric key of a needed CUDA: a table release, or a version newer than the table."""
+    if newer_than_table(needed):
+        return parse_cuda(needed)
+    return parse_cuda(normalize_cuda(needed))
+
+
+def _check_compat(compat: str) -> None:
+    if compat not in ("strict", "minor"):
+        raise InvalidInput(f"unknown CUDA compat policy {compat!r}; use 'strict' or 'minor'")
 
 
 def min_driver(cuda: str, compat: CudaCompat = "strict") -> str:
-    """Minimum Linux driver that runs a ``cuda`` runtime under the given compat policy."""
+    """Minimum Linux driver that runs a ``cuda`` runtime under the given compat policy.
+
+    Under ``minor`` a release newer than the table still has its family's floor (13.x: 580);
+    under ``strict`` its exact minimum is unknown and InvalidInput says so.
+    """
+    _check_compat(compat)
+    if compat == "minor" and newer_than_table(cuda):
+        floor = _MINOR_COMPAT_FLOOR.get(parse_cuda(cuda)[0])
+        if floor is not None:
+            return floor
     key = normalize_cuda(cuda)
     ga = _GA_MIN_DRIVER[key]
     if compat == "strict":
         return ga
-    if compat != "minor":
-        raise InvalidInput(f"unknown CUDA compat policy {compat!r}; use 'strict' or 'minor'")
     floor = _MINOR_COMPAT_FLOOR.get(int(key.split(".")[0]))
     if floor is None:
         return ga
@@ -134,7 +185,54 @@ def driver_supports(driver: str, cuda: str, compat: CudaCompat = "strict") -> bo
 def cuda_satisfies(available_max_cuda: str, needed: str, compat: CudaCompat = "strict") -> bool:
     """True when nodes whose driver supports up to ``available_max_cuda`` can run ``needed``.
 
-    Such nodes have at least that toolkit's GA minimum driver, so this is ``driver_supports``
-    evaluated at that driver.
+    ``available_max_cuda`` may be any well-formed version (see the module notes): everything up
+    to it runs.  Beyond that, ``minor`` lets a newer minor of the same major run when the nodes'
+    driver (at least the GA minimum of the newest known release <= available) reaches the
+    family's floor.  Raises InvalidInput only for malformed versions and for a ``needed`` that
+    is not a release (see :func:`normalize_cuda`).
     """
-    return driver_supports(min_driver(available_max_cuda, "strict"), needed, compat)
+    _check_compat(compat)
+    have = parse_cuda(available_max_cuda)
+    need = _needed_key(needed)
+    if need <= have:
+        return True
+    if compat == "strict":
+        return False
+    floor = _MINOR_COMPAT_FLOOR.get(need[0])
+    known = [v for v in known_cuda_versions() if parse_cuda(v) <= have]
+    if floor is None or not known:
+        return False
+    return _driver_key(_GA_MIN_DRIVER[known[-1]]) >= _driver_key(floor)
+
+
+# --------------------------------------------------------------------------- site config values
+
+def max_cuda_problem(cuda: str) -> str | None:
+    """Why ``cuda`` cannot be a partition's ``max_cuda`` ("problem; fix"), or None if it can.
+
+    Accepted: ``"X.Y"`` of a release in the table or newer than its newest (a driver newer than
+    hpcenv); refused: other spellings, releases NVIDIA never shipped (12.7) and versions older
+    than the table.
+    """
+    if not _WRITTEN_CUDA_RE.fullmatch(cuda):
+        return f"{cuda!r} is not a CUDA version; write MAJOR.MINOR in quotes, e.g. \"12.8\""
+    known = known_cuda_versions()
+    if cuda in known or newer_than_table(cuda):
+        return None
+    if parse_cuda(cuda) < parse_cuda(known[0]):
+        return (f"CUDA {cuda} is older than every toolkit hpcenv knows ({known[0]}); treat the "
+                "partition as a CPU partition or upgrade its driver")
+    return (f"CUDA {cuda} was never released (known versions: {', '.join(known)}); write the "
+            "newest CUDA release the nodes' driver supports (nvidia-smi shows it)")
+
+
+def driver_problem(driver: str) -> str | None:
+    """Why ``driver`` cannot be a partition's ``driver`` ("problem; fix"), or None if it can."""
+    if not _WRITTEN_DRIVER_RE.fullmatch(driver):
+        return (f"{driver!r} is not a driver version; quote the version nvidia-smi shows, "
+                "e.g. \"550.54.14\"")
+    try:
+        max_cuda_for_driver(driver)
+    except InvalidInput as exc:
+        return str(exc)
+    return None

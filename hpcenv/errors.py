@@ -1,7 +1,8 @@
 """Error types shared by the library and the CLI.
 
 The CLI maps them to exit codes: ``InvalidInput`` (bad config, spec, name or argument) exits 2,
-every other ``HpcenvError`` exits 1.  Messages are one line: what is wrong, where, and how to fix it.
+every other ``HpcenvError`` exits 1.  Messages are one line: what is wrong, where, and how to fix
+it.
 """
 
 from __future__ import annotations

@@ -21,8 +21,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from hpcenv.drivers import CudaCompat, driver_problem, max_cuda_problem
 from hpcenv.errors import InvalidInput, where
-from hpcenv.yamlio import YNode, load_yaml_file
+from hpcenv.yamlio import YNode, closest, load_yaml_file
 
 SITE_ENV = "HPCENV_SITE"
 SYSTEM_SITE = Path("/etc/hpcenv/site.yaml")
@@ -32,12 +33,18 @@ ChannelPriority = Literal["strict", "flexible"]
 Engine = Literal["rattler", "conda"]
 Launcher = Literal["auto", "conda-run", "activate"]
 Scheduler = Literal["slurm", "local"]
-CudaCompat = Literal["strict", "minor"]
 LockMethod = Literal["flock", "mkdir"]
 
 
 @dataclass(frozen=True)
 class Partition:
+    """One Slurm partition as the site describes it.
+
+    A GPU partition has ``gpus_per_node > 0`` and exactly one CUDA source (driver / max_cuda /
+    node_feature); validation refuses GPU fields on a partition without GPUs, so for a loaded
+    site :attr:`is_gpu` is true exactly when any GPU field is set.
+    """
+
     name: str
     gpu_type: str | None = None
     gpus_per_node: int = 0
@@ -47,7 +54,17 @@ class Partition:
 
     @property
     def is_gpu(self) -> bool:
+        """THE definition of a GPU partition, for routing, checks and output alike."""
         return self.gpus_per_node > 0
+
+    def feature_cuda(self, feature: str) -> str | None:
+        """The CUDA version a node feature names under this partition's ``node_feature``
+        pattern (``"cuda{cuda}"``: ``"cuda12.4"`` -> ``"12.4"``), else None."""
+        if self.node_feature is None:
+            return None
+        head, _, tail = self.node_feature.partition("{cuda}")
+        match = re.fullmatch(f"{re.escape(head)}(\\d+(?:\\.\\d+)?){re.escape(tail)}", feature)
+        return match.group(1) if match else None
 
 
 @dataclass(frozen=True)
@@ -355,8 +372,6 @@ _REMOTE_KEYS = ("host", "port", "user", "identity_file", "known_hosts", "proxy_j
 
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*")
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-_DRIVER = re.compile(r"\d{2,4}\.\d{1,3}(\.\d{1,3})?")
-_CUDA = re.compile(r"\d{1,2}\.\d{1,2}")
 # sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS (or UNLIMITED)
 _SLURM_TIME = re.compile(r"\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}(:\d{1,2}){0,2}"
                          r"|UNLIMITED|INFINITE", re.IGNORECASE)
@@ -393,11 +408,12 @@ class _Reader:
     def mapping(self, node: YNode, key: str, allowed: tuple[str, ...]) -> dict[str, YNode]:
         if not node.is_mapping:
             raise self.fail(node, key, f"expected a mapping of {', '.join(allowed[:3])}, ..., "
-                            f"got {_kind(node)}", f"write it as '{key}:' followed by indented keys")
+                            f"got {node.describe()}",
+                            f"write it as '{key}:' followed by indented keys")
         for name, child in node.value.items():
             if name not in allowed:
                 where_ = f" in {key}" if key else ""
-                close = _closest(name, allowed)
+                close = closest(name, allowed)
                 hint = (f"did you mean {close!r}?" if close
                         else f"valid keys: {', '.join(allowed)}")
                 raise InvalidInput(f"{where(self.file, child.key_line)}: unknown key "
@@ -425,7 +441,8 @@ class _Reader:
         if node.value is None and allow_none:
             return None
         if isinstance(node.value, (dict, list)) or node.value is None:
-            raise self.fail(node, key, f"expected text, got {_kind(node)}", "write a single value")
+            raise self.fail(node, key, f"expected text, got {node.describe()}",
+                            "write a single value")
         # Scalars keep their source spelling: `qos: 2024` stays "2024", `time: 1:00:00` is not
         # YAML 1.1's sexagesimal 3600.
         text = node.text if node.text is not None else str(node.value)
@@ -443,7 +460,7 @@ class _Reader:
     def integer(self, node: YNode, key: str, *, minimum: int, maximum: int | None = None) -> int:
         value = node.value
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(node, key, f"expected a whole number, got {_kind(node)}",
+            raise self.fail(node, key, f"expected a whole number, got {node.describe()}",
                             f"write a number like {max(minimum, 1)}")
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
@@ -456,21 +473,21 @@ class _Reader:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise self.fail(node, key, f"expected a positive number of seconds, got "
-                            f"{node.text if node.text is not None else _kind(node)!r}",
+                            f"{node.text if node.text is not None else node.describe()!r}",
                             "write e.g. 3600" + (" (or null)" if allow_none else ""))
         return float(value)
 
     def boolean(self, node: YNode, key: str) -> bool:
         if not isinstance(node.value, bool):
-            raise self.fail(node, key, f"expected true or false, got {_kind(node)}",
+            raise self.fail(node, key, f"expected true or false, got {node.describe()}",
                             "write true or false")
         return node.value
 
     def choice(self, node: YNode, key: str, options: tuple[str, ...]) -> str:
         value = node.value
         if not isinstance(value, str) or value not in options:
-            shown = node.text if node.text is not None else _kind(node)
-            close = _closest(str(shown), options)
+            shown = node.text if node.text is not None else node.describe()
+            close = closest(str(shown), options)
             hint = f" (did you mean {close!r}?)" if close else ""
             raise self.fail(node, key, f"{shown!r} is not one of {' | '.join(options)}{hint}",
                             f"use one of: {', '.join(options)}")
@@ -479,7 +496,7 @@ class _Reader:
     def string_list(self, node: YNode, key: str) -> list[tuple[YNode, str]]:
         items = node.value if node.is_sequence else [node] if isinstance(node.value, str) else None
         if items is None:
-            raise self.fail(node, key, f"expected a list, got {_kind(node)}",
+            raise self.fail(node, key, f"expected a list, got {node.describe()}",
                             f"write '{key}: [a, b]' or one '- item' per line")
         return [(item, self.required_string(item, key)) for item in items]
 
@@ -598,7 +615,7 @@ class _Reader:
         if node.value is None:
             return {}
         if not node.is_mapping:
-            raise self.fail(node, key, f"expected a mapping, got {_kind(node)}",
+            raise self.fail(node, key, f"expected a mapping, got {node.describe()}",
                             f"write '{key}:' followed by indented 'name: value' lines")
         items: dict[str, YNode] = node.value
         return items
@@ -646,7 +663,7 @@ class _Reader:
 
     def _partitions(self, node: YNode, key: str) -> tuple[Partition, ...]:
         if not node.is_sequence:
-            raise self.fail(node, key, f"expected a list, got {_kind(node)}",
+            raise self.fail(node, key, f"expected a list, got {node.describe()}",
                             "write one '- {name: ...}' entry per partition")
         seen: dict[str, int] = {}
         out = []
@@ -679,12 +696,13 @@ class _Reader:
             raise self.fail(items["gpu_type"], f"{key}.gpu_type",
                             f"{kw['gpu_type']!r} is not a GPU type",
                             "use the gres type name, e.g. a100")
-        if kw.get("driver") is not None and not _DRIVER.fullmatch(kw["driver"]):
-            raise self.fail(items["driver"], f"{key}.driver", f"{kw['driver']!r} is not a driver "
-                            "version", "quote the version nvidia-smi shows, e.g. \"550.54.14\"")
-        if kw.get("max_cuda") is not None and not _CUDA.fullmatch(kw["max_cuda"]):
-            raise self.fail(items["max_cuda"], f"{key}.max_cuda", f"{kw['max_cuda']!r} is not a "
-                            "CUDA version", "write MAJOR.MINOR in quotes, e.g. \"12.8\"")
+        # The same rules routing applies later, so a value it would choke on fails here, with
+        # the line, instead of inside every job submission.
+        for opt, problem_of in (("driver", driver_problem), ("max_cuda", max_cuda_problem)):
+            problem = None if kw.get(opt) is None else problem_of(kw[opt])
+            if problem is not None:
+                raise InvalidInput(f"{where(self.file, items[opt].line)}: {key}.{opt}: "
+                                   f"{problem}")
         feature = kw.get("node_feature")
         if feature is not None and (feature.count("{cuda}") != 1 or not _FEATURE.fullmatch(
                 feature.replace("{cuda}", "12.4"))):
@@ -822,28 +840,6 @@ class _Reader:
         "state_dir": path,
         "remotes": remotes,
     }
-
-
-def _closest(word: str, options: tuple[str, ...]) -> str | None:
-    import difflib  # only needed on the error path
-
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
-def _kind(node: YNode) -> str:
-    value = node.value
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"the boolean {node.text}"
-    if isinstance(value, (int, float)):
-        return f"the number {node.text}"
-    return f"the text {node.text!r}"
 
 
 def _expand_home(text: str, env: Mapping[str, str]) -> str:

@@ -9,12 +9,12 @@ Slurm agree with the configured partitions.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from hpcenv import drivers
 from hpcenv.errors import HpcenvError
 from hpcenv.site import SiteConfig, effective_channels
 
@@ -149,29 +149,27 @@ def _partition_checks(site: SiteConfig) -> list[Check]:
         status: CheckStatus = "warn" if site.scheduler == "slurm" else "pass"
         return [Check("partitions", status, "none listed: jobs go to Slurm's default partition"
                       if site.scheduler == "slurm" else "none listed (local scheduler)")]
-    try:
-        from hpcenv import drivers
-    except ImportError:
-        drivers = None  # type: ignore[assignment]
     checks = []
     for p in site.partitions:
         if not p.is_gpu:
             checks.append(Check(f"partition {p.name}", "pass", "CPU"))
             continue
         what = f"{p.gpus_per_node}x {p.gpu_type or 'GPU'}"
-        if p.driver is not None and drivers is not None:
-            try:
-                what += f", driver {p.driver} (CUDA <= {drivers.max_cuda_for_driver(p.driver)})"
-            except Exception as exc:  # drivers rejects drivers older than its table
-                checks.append(Check(f"partition {p.name}", "warn", f"driver {p.driver}: {exc}"))
-                continue
-        elif p.driver is not None:
-            what += f", driver {p.driver}"
+        status: CheckStatus = "pass"
+        if p.driver is not None:
+            # Validation already refused drivers the table cannot place.
+            what += f", driver {p.driver} (CUDA <= {drivers.max_cuda_for_driver(p.driver)})"
         elif p.max_cuda is not None:
             what += f", CUDA <= {p.max_cuda}"
+            if drivers.newer_than_table(p.max_cuda):
+                status = "warn"
+                newest = drivers.known_cuda_versions()[-1]
+                what += (f": newer than hpcenv's driver table (newest {newest}), so jobs "
+                         "are matched by version number only; upgrade hpcenv to know its "
+                         "driver minimum")
         else:
             what += f", per-node driver from node feature {p.node_feature!r}"
-        checks.append(Check(f"partition {p.name}", "pass", what))
+        checks.append(Check(f"partition {p.name}", status, what))
     return checks
 
 
@@ -202,10 +200,8 @@ def _live_partition_checks(site: SiteConfig, live: Sequence[PartitionState]) -> 
             problems.append(f"gpu_type {p.gpu_type} but its nodes have "
                             f"{', '.join(state.gpu_types)}")
         if p.node_feature is not None:
-            feature = re.compile(re.escape(p.node_feature).replace(re.escape("{cuda}"),
-                                                                   r"\d+(\.\d+)?"))
             bare = [n.name for n in state.nodes
-                    if not any(feature.fullmatch(f) for f in n.features)]
+                    if not any(p.feature_cuda(f) is not None for f in n.features)]
             if bare:
                 problems.append(f"nodes {', '.join(bare)} have no feature matching "
                                 f"{p.node_feature!r}: CUDA jobs will never run there")

@@ -29,6 +29,12 @@ _ENV_NAME_RULE = ("use 1-64 characters from letters, digits, '.', '_' and '-', s
 # conda-lock; neither defines the environment's content, so both are accepted and ignored.
 _KNOWN_KEYS = ("name", "channels", "dependencies", "variables", "prefix", "platforms")
 
+# Variable names reach activation scripts (`export NAME=...`) and the process environment, so
+# only portable shell identifiers are accepted: anything else would be shell code or unsettable.
+_VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VARIABLE_NAME_RULE = ("a variable name must match ^[A-Za-z_][A-Za-z0-9_]*$ (letters, digits "
+                       "and '_', not starting with a digit), e.g. OMP_NUM_THREADS")
+
 _OPERATOR_CHARS = "=<>!~"
 # Whitespace around operators and separators carries no meaning in a match spec:
 # "python >= 3.8, < 3.10" is "python>=3.8,<3.10".
@@ -54,6 +60,11 @@ def validate_env_name(name: str) -> str:
     if problem is not None:
         raise InvalidInput(problem)
     return name
+
+
+def is_variable_name(name: str) -> bool:
+    """True for names an env's ``variables:`` may set: ``^[A-Za-z_][A-Za-z0-9_]*$``."""
+    return _VARIABLE_NAME_RE.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,18 @@ def is_pip_option(line: str) -> bool:
     return line.startswith("-")
 
 
+def split_pip_option(line: str) -> tuple[str, str | None] | None:
+    """``("--extra-index-url", "URL")`` for a pip option line (``--opt=value`` too), ``None``
+    for requirements and for option lines hpcenv cannot split."""
+    if not is_pip_option(line):
+        return None
+    option = _PIP_OPTION_RE.match(line.strip())
+    if option is None:
+        return None
+    value = (option.group(2) or "").strip()
+    return option.group(1), value or None
+
+
 def canonical_pip_line(line: str) -> str:
     """Comparable form of one pip line.
 
@@ -159,11 +182,11 @@ def canonical_pip_line(line: str) -> str:
     """
     line = " ".join(line.split())
     if is_pip_option(line):
-        option = _PIP_OPTION_RE.match(line)
+        option = split_pip_option(line)
         if option is None:
             return line
-        flag, value = option.group(1), option.group(2)
-        return flag if not value else f"{flag} {value.strip()}"
+        flag, value = option
+        return flag if value is None else f"{flag} {value}"
     match = _PIP_NAME_RE.match(line)
     if match is None or "://" in line or line.startswith((".", "/")):
         return line
@@ -245,14 +268,6 @@ def parse_spec(text: str, source: Path | None = None) -> EnvSpec:
     return _Builder(label).build(root, text, source)
 
 
-def _kind(node: YNode) -> str:
-    if node.is_mapping:
-        return "a mapping"
-    if node.is_sequence:
-        return "a list"
-    return "empty" if node.is_null else repr(node.text)
-
-
 class _Builder:
     """Walks the YAML tree of one file, so every error can name its line and key."""
 
@@ -265,7 +280,7 @@ class _Builder:
     def scalar(self, node: YNode, what: str) -> str:
         # The source text, not YAML's reading of it: `python=3.10` and `name: 1.10` stay as is.
         if node.text is None or node.is_null:
-            raise self.fail(node.line, f"{what} must be a single value, not {_kind(node)}")
+            raise self.fail(node.line, f"{what} must be a single value, not {node.describe()}")
         return node.text.strip()
 
     def sequence(self, node: YNode | None, key: str) -> list[YNode]:
@@ -273,7 +288,7 @@ class _Builder:
             return []
         if not node.is_sequence:
             raise self.fail(node.line, f"'{key}' must be a list ('- item' lines), "
-                            f"not {_kind(node)}")
+                            f"not {node.describe()}")
         items: list[YNode] = node.value
         return items
 
@@ -283,7 +298,7 @@ class _Builder:
                                "'dependencies:'")
         if not root.is_mapping:
             raise self.fail(root.line, "top level must be a mapping with keys like 'name:', "
-                            f"'channels:' and 'dependencies:', not {_kind(root)}")
+                            f"'channels:' and 'dependencies:', not {root.describe()}")
         sections: dict[str, YNode] = root.value
         for key, node in sections.items():
             if key not in _KNOWN_KEYS:
@@ -331,8 +346,11 @@ class _Builder:
         if variables_node is not None and not variables_node.is_null:
             if not variables_node.is_mapping:
                 raise self.fail(variables_node.line, "'variables' must be a mapping "
-                                f"(NAME: value), not {_kind(variables_node)}")
+                                f"(NAME: value), not {variables_node.describe()}")
             for var, value_node in variables_node.value.items():
+                if not is_variable_name(var):
+                    raise self.fail(value_node.key_line, f"invalid variable name {var!r} in "
+                                    f"'variables': {_VARIABLE_NAME_RULE}")
                 value = "" if value_node.is_null else self.scalar(value_node,
                                                                   "a 'variables' value")
                 variables.append((var, value))
@@ -357,6 +375,6 @@ class _Builder:
                                 "only '- pip:' may hold a list inside 'dependencies'")
             if not value_node.is_null and not value_node.is_sequence:
                 raise self.fail(value_node.line, f"'pip' must be a list of requirements, "
-                                f"not {_kind(value_node)}")
+                                f"not {value_node.describe()}")
             entries.extend(self.sequence(value_node, "pip"))
         return entries

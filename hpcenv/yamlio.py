@@ -37,6 +37,21 @@ class YNode:
     def is_null(self) -> bool:
         return self.value is None
 
+    def describe(self) -> str:
+        """What a value is, for "expected X, got ..." messages: ``the text 'numpy'``."""
+        value = self.value
+        if isinstance(value, dict):
+            return "a mapping"
+        if isinstance(value, list):
+            return "a list"
+        if value is None:
+            return "nothing (null)"
+        if isinstance(value, bool):
+            return f"the boolean {self.text}"
+        if isinstance(value, (int, float)):
+            return f"the number {self.text}"
+        return f"the text {self.text!r}"
+
     def plain(self) -> Any:
         """The value as ordinary Python objects, without line information."""
         if isinstance(self.value, dict):
@@ -44,6 +59,14 @@ class YNode:
         if isinstance(self.value, list):
             return [v.plain() for v in self.value]
         return self.value
+
+
+def closest(word: str, options: tuple[str, ...]) -> str | None:
+    """The option ``word`` was probably meant to be (a misspelt key), if any is close."""
+    import difflib  # only needed on the error path
+
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def read_text_file(path: Path, what: str = "file") -> str:

@@ -137,6 +137,15 @@ def test_bad_name_in_spec(tmp_path: Path) -> None:
     _assert_one_line_error(run(str(path)), f"{path}:1:", "invalid environment name")
 
 
+def test_variable_name_that_is_shell_code_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "vars.yml"
+    marker = tmp_path / "pwned"
+    path.write_text(f"dependencies:\n  - numpy\nvariables:\n  A=1; touch {marker}; B: x\n")
+    _assert_one_line_error(run(str(path)), f"{path}:4: invalid variable name",
+                           "^[A-Za-z_][A-Za-z0-9_]*$")
+    assert not marker.exists()
+
+
 def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yml"
     _assert_one_line_error(run(str(missing)), str(missing), "no such environment file")

@@ -60,7 +60,8 @@ def test_pins_outrank_builds_of_other_packages() -> None:
 
 
 def test_disagreeing_pins_are_ambiguous_and_highest_wins() -> None:
-    req = infer("cudatoolkit-dev=11.7.0", pip="torch==1.12.1+cu116;nvidia-cuda-runtime-cu11==11.8.89")
+    req = infer("cudatoolkit-dev=11.7.0",
+                pip="torch==1.12.1+cu116;nvidia-cuda-runtime-cu11==11.8.89")
     assert (req.cuda, req.ambiguous) == ("11.8", True)
     assert req.candidates == ("11.6", "11.7", "11.8")
 

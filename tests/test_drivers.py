@@ -6,10 +6,13 @@ import pytest
 
 from hpcenv.drivers import (
     cuda_satisfies,
+    driver_problem,
     driver_supports,
     known_cuda_versions,
     max_cuda_for_driver,
+    max_cuda_problem,
     min_driver,
+    newer_than_table,
     normalize_cuda,
 )
 from hpcenv.errors import InvalidInput
@@ -133,3 +136,111 @@ def test_table_is_ordered_and_has_no_12_7() -> None:
     drivers = [min_driver(v) for v in known]
     # A newer toolkit never needs an older driver.
     assert all(max_cuda_for_driver(d) == v for d, v in zip(drivers, known))
+
+
+# --- versions the table does not know -------------------------------------------------------
+
+@pytest.mark.parametrize(("available", "needed", "compat", "ok"), [
+    # Newer than the table on the available side: "everything up to X.Y", by number.
+    ("13.1", "13.0", "strict", True),
+    ("13.1", "12.4", "strict", True),
+    ("14.0", "13.0", "strict", True),
+    ("13.1", "13.1", "strict", True),       # a needed release newer than the table, same number
+    ("13.1", "13.2", "strict", False),
+    ("13.1", "13.2", "minor", True),        # same family above the 13.x floor (580)
+    ("14.0", "14.1", "minor", False),       # family floor unknown: no minor compat assumed
+    ("13.0", "13.5", "minor", True),
+    ("12.9", "13.1", "minor", False),       # never across majors
+    # A never-released label on the available side is a capability too.
+    ("12.7", "12.6", "strict", True),
+    ("12.7", "12.8", "strict", False),
+    ("12.7", "12.8", "minor", True),
+    ("12.10", "12.9", "strict", True),
+    ("12", "12", "strict", True),           # a major alone (node feature cuda12) reads as X.0
+    ("9.2", "10.0", "minor", False),        # older than the table: runs nothing it knows
+    ("9.2", "11.8", "strict", False),
+])
+def test_cuda_satisfies_reads_unknown_available_versions_by_number(
+        available: str, needed: str, compat: str, ok: bool) -> None:
+    assert cuda_satisfies(available, needed, compat) is ok  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("needed", ["12.7", "11.9", "9.0", "10.3"])
+def test_needed_cuda_that_was_never_released_is_an_error_even_against_newer_nodes(
+        needed: str) -> None:
+    with pytest.raises(InvalidInput, match=rf"unknown CUDA version '{needed}'; known versions: "):
+        cuda_satisfies("13.1", needed)
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "12.x", "v12.4", "12.4-beta", "12..4"])
+def test_malformed_versions_are_errors_on_either_side(bad: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid CUDA version"):
+        cuda_satisfies(bad, "12.4")
+    with pytest.raises(InvalidInput, match="invalid CUDA version"):
+        cuda_satisfies("12.4", bad)
+
+
+def test_newer_than_table_needs_a_driver_minimum_only_where_it_is_looked_up() -> None:
+    assert newer_than_table("13.1") and newer_than_table("14") and not newer_than_table("13.0")
+    assert not newer_than_table("12.10")
+    # strict: the exact minimum driver of an unknown release cannot be known.
+    with pytest.raises(InvalidInput, match=r"CUDA '13.1' is newer than hpcenv's driver table"):
+        min_driver("13.1")
+    with pytest.raises(InvalidInput, match="newer than hpcenv's driver table"):
+        driver_supports("590.10", "13.1")
+    # minor: the 13.x family floor applies to every 13.x release.
+    assert min_driver("13.1", "minor") == "580"
+    assert driver_supports("580.65.06", "13.1", "minor")
+    assert not driver_supports("575.51.03", "13.1", "minor")
+    with pytest.raises(InvalidInput, match="newer than hpcenv's driver table"):
+        min_driver("14.0", "minor")  # no floor known for a future family
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("12.8", None),
+    ("13.0", None),
+    ("10.0", None),
+    ("13.1", None),                 # newer than the table: accepted
+    ("14.0", None),
+    ("12.7", "CUDA 12.7 was never released"),
+    ("12.10", "CUDA 12.10 was never released"),
+    ("9.2", "CUDA 9.2 is older than every toolkit hpcenv knows (10.0)"),
+    ("12", "'12' is not a CUDA version"),
+    ("12.4.1", "'12.4.1' is not a CUDA version"),
+    ("twelve", "'twelve' is not a CUDA version"),
+])
+def test_max_cuda_problem(value: str, problem: str | None) -> None:
+    found = max_cuda_problem(value)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem), found
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("550.54.14", None),
+    ("570.26", None),
+    ("999.1", None),                # newer than every GA minimum: supports the newest known
+    ("410.48", None),
+    ("410.47", "NVIDIA driver 410.47 is older than every CUDA toolkit"),
+    ("latest", "'latest' is not a driver version"),
+    ("550", "'550' is not a driver version"),
+    ("550.54.14.1", "'550.54.14.1' is not a driver version"),
+])
+def test_driver_problem(value: str, problem: str | None) -> None:
+    found = driver_problem(value)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem), found
+
+
+def test_cuda_satisfies_agrees_with_the_driver_table_for_every_known_pair() -> None:
+    # Reading the available side by number must not change any verdict the table can give.
+    needed = [*known_cuda_versions(), "10", "11", "12", "13"]
+    for available in known_cuda_versions():
+        driver = min_driver(available, "strict")
+        for cuda in needed:
+            for compat in ("strict", "minor"):
+                assert cuda_satisfies(available, cuda, compat) == driver_supports(
+                    driver, cuda, compat), (available, cuda, compat)

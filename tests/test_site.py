@@ -14,6 +14,7 @@ from hpcenv.errors import InvalidInput
 from hpcenv.resources import data_dir
 from hpcenv.site import (
     SYSTEM_SITE,
+    Partition,
     Permissions,
     SiteConfig,
     check_env_name,
@@ -192,16 +193,16 @@ def test_channels_names_urls_and_paths(tmp_path: Path, env: dict[str, str]) -> N
 
 
 def test_scalars_keep_their_spelling(tmp_path: Path, env: dict[str, str]) -> None:
-    # YAML 1.1 would read 1:00:00 as 3600, 12.10 as 12.1 and 2775 as decimal.
+    # YAML 1.1 would read 1:00:00 as 3600, 13.10 as 13.1 and 2775 as decimal.
     site = load_text(tmp_path, """
         scheduler: slurm
         slurm: {time: 1:00:00, qos: 2024}
         partitions:
-          - {name: g, gpus_per_node: 1, max_cuda: 12.10}
+          - {name: g, gpus_per_node: 1, max_cuda: 13.10}
         permissions: {dir_mode: 2775}
     """, env)
     assert site.slurm.time == "1:00:00" and site.slurm.qos == "2024"
-    assert site.partitions[0].max_cuda == "12.10"
+    assert site.partitions[0].max_cuda == "13.10"  # not the float 13.1
     assert site.permissions.dir_mode == 0o2775
 
 
@@ -288,6 +289,18 @@ ERRORS = [
      "'latest' is not a driver version"),
     ("partitions:\n  - {name: g, gpus_per_node: 2, max_cuda: 'twelve'}\n", 2,
      "'twelve' is not a CUDA version"),
+    ("partitions:\n  - name: g\n    gpus_per_node: 2\n    max_cuda: '12.7'\n", 4,
+     "partitions.g.max_cuda: CUDA 12.7 was never released (known versions: "),
+    ("partitions:\n  - {name: g, gpus_per_node: 2, max_cuda: '8.0'}\n", 2,
+     "partitions.g.max_cuda: CUDA 8.0 is older than every toolkit hpcenv knows"),
+    ("partitions:\n  - {name: g, gpus_per_node: 2, max_cuda: 12}\n", 2,
+     "partitions.g.max_cuda: '12' is not a CUDA version"),
+    ("partitions:\n  - name: g\n    gpus_per_node: 2\n    driver: '390.48'\n", 4,
+     "partitions.g.driver: NVIDIA driver 390.48 is older than every CUDA toolkit"),
+    ("partitions:\n  - {name: g, gpus_per_node: 0, max_cuda: '12.4'}\n", 2,
+     "looks like a GPU partition but gpus_per_node is not > 0"),
+    ("partitions:\n  - {name: g, node_feature: 'cuda{cuda}'}\n", 2,
+     "looks like a GPU partition but gpus_per_node is not > 0"),
     ("partitions:\n  - {name: cpu}\n  - {name: gpu}\n  - {name: cpu}\n", 4,
      "duplicate partition 'cpu' (first on line 2)"),
     ("partitions:\n  - {gpu_type: a100}\n", 2, "has no name"),
@@ -432,7 +445,8 @@ def test_remote_known_hosts_expands_and_resolves_like_identity_file(
     assert remotes["tilde"].known_hosts == home / ".ssh/lab_hosts"
     assert remotes["var"].known_hosts == Path("/opt/lab/hosts")
     assert remotes["none"].known_hosts is None
-    assert site_to_dict(site)["remotes"]["rel"]["known_hosts"] == str(tmp_path / "cfg/keys/known_hosts")
+    shown = site_to_dict(site)["remotes"]["rel"]["known_hosts"]
+    assert shown == str(tmp_path / "cfg/keys/known_hosts")
     write(home / ".config/hpcenv/remotes.yaml", "mine: {host: e.example.org, known_hosts: kh}\n")
     mine = load_remotes(site, environ=env)["mine"]
     assert mine.known_hosts == home / ".config/hpcenv/kh"
@@ -524,6 +538,59 @@ def test_check_reports_failures_and_warnings(tmp_path: Path, env: dict[str, str]
     assert checks["conda_exe"].status == "fail"
     assert checks["permissions.group"].status == "fail"
     assert checks["templates_dir"].status == "fail"
+
+
+def test_cuda_newer_than_the_driver_table_is_accepted_and_check_warns(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    site = load_text(tmp_path, """
+        partitions:
+          - {name: next, gpu_type: b200, gpus_per_node: 8, max_cuda: "13.1"}
+          - {name: far, gpus_per_node: 8, max_cuda: "14.0"}
+          - {name: now, gpus_per_node: 8, max_cuda: "13.0"}
+          - {name: new-driver, gpus_per_node: 8, driver: "590.44.01"}
+    """, env)
+    assert [p.max_cuda for p in site.partitions[:3]] == ["13.1", "14.0", "13.0"]
+    assert all(p.is_gpu for p in site.partitions)
+    checks = by_name(check_site(site))
+    assert checks["partition next"].status == "warn"
+    assert checks["partition next"].detail.startswith("8x b200, CUDA <= 13.1: newer than "
+                                                      "hpcenv's driver table (newest 13.0)")
+    assert checks["partition far"].status == "warn"
+    assert checks["partition now"].status == "pass"
+    assert checks["partition new-driver"].status == "pass"
+    assert "CUDA <= 13.0" in checks["partition new-driver"].detail
+
+
+def test_gpu_fields_imply_gpus_per_node_so_is_gpu_is_the_one_definition(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    # Every partition that carries any GPU field is a GPU partition by Partition.is_gpu, and
+    # every partition without one is not: routing relies on this one definition.
+    site = parse_site_file(SHIPPED / "example-cluster.yaml", environ=env)
+    for p in site.partitions:
+        gpu_fields = any((p.gpu_type, p.driver, p.max_cuda, p.node_feature))
+        assert p.is_gpu == gpu_fields == (p.gpus_per_node > 0), p
+    for field in ("gpu_type: a100", "driver: '550.54.14'", "max_cuda: '12.4'",
+                  "node_feature: 'cuda{cuda}'"):
+        path = write(tmp_path / "site.yaml", f"partitions:\n  - name: p\n    {field}\n")
+        with pytest.raises(InvalidInput, match=rf"^{path}:2: partitions.p: looks like a GPU "
+                                               "partition but gpus_per_node is not > 0"):
+            parse_site_file(path, environ=env)
+
+
+@pytest.mark.parametrize(("pattern", "feature", "cuda"), [
+    ("cuda{cuda}", "cuda12.4", "12.4"),
+    ("cuda{cuda}", "cuda13.1", "13.1"),
+    ("cuda{cuda}", "cuda12", "12"),
+    ("cuda{cuda}", "xcuda12.4", None),
+    ("cuda{cuda}", "cuda12.4a", None),
+    ("cuda{cuda}", "cuda", None),
+    ("drv-{cuda}.max", "drv-12.8.max", "12.8"),
+    ("drv-{cuda}.max", "drv-12.8xmax", None),   # '.' in the pattern is literal
+])
+def test_partition_feature_cuda(pattern: str, feature: str, cuda: str | None) -> None:
+    part = Partition(name="g", gpus_per_node=1, node_feature=pattern)
+    assert part.feature_cuda(feature) == cuda
+    assert Partition(name="c").feature_cuda("cuda12.4") is None
 
 
 def test_check_partitions_describe_gpu_capability(env: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ from hpcenv.spec import (
     MatchSpec,
     canonical_conda_spec,
     canonical_pip_line,
+    is_variable_name,
     load_spec,
     parse_match_spec,
     parse_spec,
+    split_pip_option,
     validate_env_name,
 )
 
@@ -183,6 +186,44 @@ def test_bad_specs_name_file_line_and_key(text: str, line: int, fragment: str) -
     assert message.startswith(f"env.yml:{line}: "), message
     assert fragment in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", [
+    "A=1; touch /tmp/pwned; B",   # would be shell code in `export NAME=...`
+    "MY VAR",
+    "$(id)",
+    "1ST",
+    "A-B",
+    "é",
+    "A\nB",
+])
+def test_variable_names_must_be_shell_identifiers(name: str) -> None:
+    text = f"dependencies:\n  - numpy\nvariables:\n  OK: 1\n  {json.dumps(name)}: x\n"
+    with pytest.raises(InvalidInput) as info:
+        parse_spec(text, source=Path("env.yml"))
+    message = str(info.value)
+    assert message.startswith("env.yml:5: invalid variable name "), message
+    assert "^[A-Za-z_][A-Za-z0-9_]*$" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["A", "_", "_private", "OMP_NUM_THREADS", "cuda_home2"])
+def test_shell_identifier_variable_names_are_kept(name: str) -> None:
+    spec = parse_spec(f"dependencies: [numpy]\nvariables:\n  {name}: v\n")
+    assert spec.variables == ((name, "v"),)
+    assert is_variable_name(name)
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("--extra-index-url https://x.org/s", ("--extra-index-url", "https://x.org/s")),
+    ("--index-url=https://x.org/s", ("--index-url", "https://x.org/s")),
+    ("-r   reqs.txt ", ("-r", "reqs.txt")),
+    ("--pre", ("--pre", None)),
+    ("--no-deps=", ("--no-deps", None)),
+    ("numpy>=1", None),
+    ("-", None),
+])
+def test_split_pip_option(line: str, expected: tuple[str, str | None] | None) -> None:
+    assert split_pip_option(line) == expected
 
 
 def test_empty_file_is_invalid(tmp_path: Path) -> None:
