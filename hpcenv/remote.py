@@ -10,8 +10,9 @@ starts, however many submits follow, and identical inputs are sent once.  ``--wa
 ``logs -f`` survive dropped connections: they reconnect on the session's backoff schedule.
 
 Host keys are checked against the system and user ``known_hosts`` files, the files named by
-``~/.ssh/config`` (``UserKnownHostsFile``/``GlobalKnownHostsFile``) and any extra files given to
-``RemoteSession``; an unknown or changed key is refused, never accepted silently.  Fabric itself
+``~/.ssh/config`` (``UserKnownHostsFile``/``GlobalKnownHostsFile``), the remote's own
+``known_hosts`` file (a lab may ship its login nodes' keys with the site config) and any extra
+files given to ``RemoteSession``; an unknown or changed key is refused, never accepted silently.  Fabric itself
 would auto-add unknown keys, so every connection (and jump host) gets a rejecting policy here.
 
 Failures become one-line ``HpcenvError`` messages that say which of these happened and what to do:
@@ -36,18 +37,19 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from hpcenv import __version__
 from hpcenv.errors import HpcenvError, InvalidInput
-from hpcenv.sync import remote_manifest, sync_dir
+from hpcenv.jobs import POLL_FIRST, POLL_MAX, job_exit_code, live_status, wait_for
+from hpcenv.sync import remote_manifest, sync_dir, upload_error
 
 if TYPE_CHECKING:
     import fabric
     import paramiko
 
     from hpcenv.cli.context import Context
-    from hpcenv.scheduler.base import JobInfo
+    from hpcenv.scheduler.base import JobInfo, Scheduler
     from hpcenv.site import Remote
 
 
@@ -148,9 +150,12 @@ def _split_hostspec(spec: str) -> tuple[str, int]:
     return spec, 22
 
 
-def _major_minor(version: str) -> tuple[int, int] | None:
-    match = re.search(r"(\d+)\.(\d+)", version)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+def _major_minor(text: str) -> tuple[int, ...] | None:
+    """Major and minor of the first dotted version in ``text`` (``hpcenv 0.1.0`` -> ``(0, 1)``)."""
+    from hpcenv.drivers import version_key
+
+    match = re.search(r"\d+\.\d+", text)
+    return version_key(match.group(0)) if match else None
 
 
 class _UnknownKey(Exception):
@@ -189,6 +194,22 @@ def _close_chain(conn: fabric.Connection) -> None:
     conn.client.close()
     if conn.gateway is not None and not isinstance(conn.gateway, str):
         _close_chain(conn.gateway)
+
+
+def _default_user(conn: fabric.Connection, *, explicit: bool) -> None:
+    """Log in as ssh would when neither the remote nor ~/.ssh/config names a user: as the
+    account this process runs under.  Fabric would take $USER/$LOGNAME, which a shell, sudo or
+    a container may have set to someone else."""
+    if not explicit and not conn.ssh_config.get("user"):
+        from hpcenv.fsutil import current_user
+
+        conn.user = current_user()
+
+
+def _set_timeout(conn: fabric.Connection, seconds: float) -> None:
+    """Fabric truncates its ``connect_timeout`` to whole seconds and treats 0 as "none", so 0.5
+    would mean waiting for ever: set the attribute it hands paramiko after construction."""
+    conn.connect_timeout = seconds
 
 
 # --- the session ----------------------------------------------------------------------------------
@@ -249,8 +270,24 @@ class RemoteSession:
             value = conn.ssh_config.get(option)
             if value:
                 files.extend(Path(part) for part in str(value).split())
-        files.extend(Path(p) for p in self.known_hosts)
-        return [f.expanduser() for f in files]
+        return [f.expanduser() for f in files] + self._named_known_hosts()
+
+    def _named_known_hosts(self) -> list[Path]:
+        """The remote's own ``known_hosts`` and the session's extra files.  Unlike the default
+        files these were named on purpose, so a missing one is an error, not skipped: otherwise
+        a typo would surface later as a puzzling "unknown host key"."""
+        named = [(Path(self.remote.known_hosts), f"known_hosts of remote '{self.name}' "
+                                                 f"({self.remote.source})")] \
+            if self.remote.known_hosts else []
+        named += [(Path(p), "known_hosts file given to the session") for p in self.known_hosts]
+        files = []
+        for path, what in named:
+            path = path.expanduser()
+            if not path.is_file():
+                raise HpcenvError(f"remote '{self.name}': {what}: {path} is not a file; fix the "
+                                  f"path or create it (ssh-keyscan -p PORT HOST > {path})")
+            files.append(path)
+        return files
 
     def _secure(self, conn: fabric.Connection) -> None:
         """Replace fabric's auto-accept host-key policy by known_hosts checking, on every hop."""
@@ -269,7 +306,9 @@ class RemoteSession:
         import fabric
 
         _quiet_paramiko()
-        connect_kwargs: dict[str, Any] = {}
+        # The banner wait is the first step of the handshake connect_timeout bounds (paramiko
+        # would give a silent port 15 s).
+        connect_kwargs: dict[str, Any] = {"banner_timeout": self.connect_timeout}
         keys = self._key_files()
         if keys:
             connect_kwargs["key_filename"] = keys
@@ -280,11 +319,15 @@ class RemoteSession:
             for hop in proxy_jump.split(","):
                 gateway = fabric.Connection(hop.strip(), gateway=gateway,
                                             connect_kwargs=dict(connect_kwargs),
-                                            connect_timeout=int(self.connect_timeout))
+                                            connect_timeout=self.connect_timeout)
+                _default_user(gateway, explicit="@" in hop)
+                _set_timeout(gateway, self.connect_timeout)
         conn = fabric.Connection(
             self.remote.host, user=self.remote.user or None, port=self.remote.port or None,
-            connect_kwargs=connect_kwargs, connect_timeout=int(self.connect_timeout),
+            connect_kwargs=connect_kwargs, connect_timeout=self.connect_timeout,
             gateway=gateway, inline_ssh_env=True)
+        _default_user(conn, explicit=bool(self.remote.user))
+        _set_timeout(conn, self.connect_timeout)
         self._secure(conn)
         return conn
 
@@ -347,6 +390,14 @@ class RemoteSession:
             return HostUnreachable(f"remote '{name}': connection to {target}{via} timed out "
                                    f"after {self.connect_timeout:g}s; check the host, port and "
                                    f"your network/VPN")
+        silent = str(exc) == "No existing session" or (
+            "banner" in str(exc) and isinstance(exc.__context__, (TimeoutError, socket.timeout)))
+        if isinstance(exc, paramiko.SSHException) and silent:
+            # paramiko's start_client stops waiting at the timeout without saying so; the next
+            # step then finds no session.
+            return HostUnreachable(f"remote '{name}': SSH connection to {target}{via} failed: "
+                                   f"no SSH handshake within {self.connect_timeout:g}s; check "
+                                   f"the host and port are an SSH server (and not overloaded)")
         if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
             return HostUnreachable(f"remote '{name}': connection to {target}{via} refused "
                                    f"(nothing listening on port {port}); check host and port")
@@ -485,8 +536,7 @@ class RemoteSession:
             sftp.utime(partial, (mtime, mtime))
             sftp.posix_rename(partial, remote_path)
         except OSError as exc:
-            raise HpcenvError(f"uploading {local} to {self.target}:{remote_path} failed: {exc}; "
-                              f"check free space and permissions there") from exc
+            raise upload_error(local, f"{self.target}:{remote_path}", exc) from exc
 
     # -- resumable operations ------------------------------------------------------------------
     def follow(self, command: str, out: TextSink, err: TextSink | None = None) -> int:
@@ -574,7 +624,7 @@ class RemoteOptions:
 _LOCAL_GLOBALS_WITH_VALUE = ("--site", "--remote")
 _LOCAL_GLOBAL_FLAGS = ("--json",)
 # Parsed argument names (argparse dests) that may name a local file the remote side needs.
-_FILE_DESTS = ("file", "spec", "from_lock", "lock", "env_file", "script")
+_FILE_DESTS = ("file", "from_lock", "env_file", "script")
 
 
 def _strip_local_globals(argv: Sequence[str]) -> list[str]:
@@ -604,18 +654,39 @@ def _same_arg(token: str, value: str) -> bool:
                               and Path(token) == Path(value))
 
 
-def _replace_value(argv: list[str], value: str, new: str) -> None:
-    """Rewrite the first argv token equal to ``value`` (or ``--opt=value``) to ``new``."""
+def _rewrite_arg(argv: list[str], dest: str, value: str, new: str) -> None:
+    """Replace, in ``argv``, the argument that gives ``dest`` its ``value`` by ``new``.
+
+    The same text may stand in several places (``submit --job-name train.py train.py``), so the
+    real CLI parser decides which one it is: each token that looks like the value (or the value
+    of an ``--option=value`` token) is swapped for a marker and argv parsed again; the swap that
+    lands in ``dest`` is the one.
+    """
+    import contextlib
+    import io
+
+    from hpcenv.cli import build_parser
+
+    parser = build_parser()
+    marker = "@hpcenv-remote-argument@"
     for i, token in enumerate(argv):
-        if token == "--":
-            # A SCRIPT given after "--" is still a path to rewrite; keep looking.
-            continue
+        option, eq, attached = token.partition("=")
         if _same_arg(token, value):
-            argv[i] = new
+            prefix = ""
+        elif token.startswith("-") and eq and _same_arg(attached, value):
+            prefix = option + eq
+        else:
+            continue
+        trial = [*argv[:i], prefix + marker, *argv[i + 1:]]
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                parsed = parser.parse_args(trial)
+        except SystemExit:
+            continue
+        if str(getattr(parsed, dest, None)) == marker:
+            argv[i] = prefix + new
             return
-        if token.startswith("--") and "=" in token and _same_arg(token.split("=", 1)[1], value):
-            argv[i] = token.split("=", 1)[0] + "=" + new
-            return
+    raise RuntimeError(f"no argument of {shlex.join(argv)!r} gives {dest} the value {value!r}")
 
 
 def load_remote(name: str, ctx: Context) -> Remote:
@@ -718,7 +789,7 @@ def _upload_inputs(session: RemoteSession, args: argparse.Namespace, argv: list[
             target = posixpath.join(posixpath.dirname(remote_path), env_file.name)
             session.info(f"hpcenv: uploading env file {env_file} to {session.target}:{target}")
             session.upload(env_file, target)
-        _replace_value(argv, str(value), remote_path)
+        _rewrite_arg(argv, dest, str(value), remote_path)
 
 
 def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
@@ -737,8 +808,8 @@ def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
     remote = load_remote(ctx.remote, ctx)
     session = RemoteSession(ctx.remote, remote, info=ctx.info, debug=ctx.debug)
     with session:
-        session.check_version()
-        ctx.debug(f"hpcenv: {session.target} runs {session._version}")
+        version = session.check_version()
+        ctx.debug(f"hpcenv: {session.target} runs {version}")
         remote_argv = _strip_local_globals(argv)
         if command == "submit":
             return _remote_submit(session, args, remote_argv, ctx, options)
@@ -804,8 +875,6 @@ def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv
     # As a local --wait: the submission on stderr now, one result (JSON) when the job ended.
     ctx.info(f"hpcenv: {human(data)}; waiting")
     info = wait_for_job(session, job_id, ctx)
-    from hpcenv.jobs import job_exit_code
-
     code = job_exit_code(info)
     if ctx.json:
         ctx.emit({**data, "state": info.state, "exit_code": code, "node": info.node,
@@ -842,20 +911,19 @@ def job_info(status: dict[str, Any]) -> JobInfo:
         constraint=status.get("constraint"))
 
 
-def wait_for_job(session: RemoteSession, job_id: str, ctx: Context, *,
-                 first_poll: float = 1.0, max_poll: float = 10.0) -> JobInfo:
-    """Poll the remote ``hpcenv status JOB`` until the job ends; survive connection drops.
+@dataclass(frozen=True)
+class RemoteJobStatus:
+    """``status(job_id)`` of the remote scheduler, read through the remote ``hpcenv status``;
+    all ``hpcenv.jobs.wait_for`` asks of a scheduler.  A dropped connection is reopened on the
+    session's backoff schedule and the question asked again, so a long wait outlives a login
+    node's reboot; only the reconnects are bounded."""
 
-    Shows the same live status line as a local ``--wait``.  Jobs may run for days, so there is no
-    overall limit (as with ``sbatch --wait``); only the reconnects are bounded, by the session's
-    backoff.  The poll delay doubles up to ``max_poll`` and starts over when the state changes.
-    """
-    from hpcenv.jobs import live_status
+    session: RemoteSession
+    kind: str = "remote"
 
-    line = session.hpcenv_line(["--json", "status", job_id])
-    last_state = None
-    delay = first_poll
-    with live_status(sys.stderr, enabled=ctx.verbosity >= 0) as show:
+    def status(self, job_id: str) -> JobInfo:
+        session = self.session
+        line = session.hpcenv_line(["--json", "status", job_id])
         while True:
             try:
                 result = session.run(line, what=f"hpcenv status {job_id}")
@@ -863,11 +931,15 @@ def wait_for_job(session: RemoteSession, job_id: str, ctx: Context, *,
                 session.info(f"hpcenv: connection to {session.target} dropped; reconnecting")
                 session.reconnect()
                 continue
-            info = job_info(_parse_json(result.stdout, session, "status"))
-            show(info)
-            if info.finished:
-                return info
-            if info.state != last_state:
-                delay, last_state = first_poll, info.state
-            time.sleep(delay)
-            delay = min(delay * 2, max_poll)
+            return job_info(_parse_json(result.stdout, session, "status"))
+
+
+def wait_for_job(session: RemoteSession, job_id: str, ctx: Context, *,
+                 first_poll: float = POLL_FIRST, max_poll: float = POLL_MAX) -> JobInfo:
+    """Wait for a remote job as a local ``--wait`` does (``hpcenv.jobs.wait_for``: backoff
+    polling, the same live status line), polling over the session.  No overall limit, as with
+    ``sbatch --wait``: jobs may run for days."""
+    with live_status(sys.stderr, enabled=ctx.verbosity >= 0) as show:
+        # wait_for only ever calls status(): RemoteJobStatus is all of a scheduler it needs.
+        return wait_for(cast("Scheduler", RemoteJobStatus(session)), job_id, on_poll=show,
+                        first=first_poll, most=max_poll)

@@ -15,7 +15,9 @@ import fnmatch
 import os
 import posixpath
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+import stat
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,28 +65,86 @@ def is_excluded(rel: str, patterns: Sequence[str]) -> bool:
     return False
 
 
-def local_manifest(root: Path, excludes: Sequence[str] = ()) -> dict[str, FileStat]:
-    """Regular files under ``root`` (symlinks followed, broken ones skipped), minus excludes."""
+def local_manifest(root: Path, excludes: Sequence[str] = (),
+                   warn: Callable[[str], None] | None = None) -> dict[str, FileStat]:
+    """Regular files under ``root``, minus excludes.
+
+    Symlinks are followed (a project may link in its data), broken ones skipped.  A symlinked
+    directory that leads back to one of its own ancestors (``loop -> ..``) would repeat the tree
+    for ever: it is skipped, and ``warn`` (default: stderr) is told once which links those were.
+    Any other error reading the tree is an ``HpcenvError`` naming the path.
+    """
     if not root.is_dir():
         raise InvalidInput(f"--sync {root}: not a directory; give a local directory to upload")
     manifest: dict[str, FileStat] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        rel_dir = Path(dirpath).relative_to(root).as_posix()
-        rel_dir = "" if rel_dir == "." else rel_dir
-        # Prune excluded directories so their contents are never even listed.
-        dirnames[:] = sorted(d for d in dirnames
-                             if not is_excluded(posixpath.join(rel_dir, d), excludes))
-        for name in sorted(filenames):
-            rel = posixpath.join(rel_dir, name)
+    loops: list[str] = []
+    # Each entry: a directory to list, its path relative to root, and the (st_dev, st_ino) of
+    # it and its ancestors.  Only ancestors count as a loop: two links to one sibling directory
+    # are both synced, as the job may use either path.
+    stack: list[tuple[Path, str, frozenset[tuple[int, int]]]] = [
+        (root, "", frozenset({_dir_id(root, root)}))]
+    while stack:
+        directory, rel_dir, ancestors = stack.pop()
+        subdirs = []
+        for entry in _list_dir(root, directory):
+            rel = posixpath.join(rel_dir, entry.name)
             if is_excluded(rel, excludes):
                 continue
-            try:
-                st = os.stat(os.path.join(dirpath, name))
-            except FileNotFoundError:
+            st = _stat(root, entry, rel)
+            if st is None:
                 continue
-            if os.path.isfile(os.path.join(dirpath, name)):
+            if stat.S_ISDIR(st.st_mode):
+                ident = (st.st_dev, st.st_ino)
+                if ident in ancestors:
+                    loops.append(f"{rel} -> {os.readlink(entry.path)}" if entry.is_symlink()
+                                 else rel)
+                    continue
+                subdirs.append((Path(entry.path), rel, ancestors | {ident}))
+            elif stat.S_ISREG(st.st_mode):
                 manifest[rel] = FileStat(size=st.st_size, mtime=int(st.st_mtime))
+        stack.extend(reversed(subdirs))
+    if loops:
+        shown = ", ".join(loops[:3]) + (f" and {len(loops) - 3} more" if len(loops) > 3 else "")
+        (warn or _to_stderr)(f"hpcenv: --sync {root}: not following {len(loops)} symlink loop(s) "
+                             f"that lead back to a directory above them: {shown}")
     return manifest
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _read_error(root: Path, path: str, exc: OSError) -> HpcenvError:
+    return HpcenvError(f"--sync {root}: cannot read {path}: {exc.strerror or exc}; fix it or "
+                       f"leave it out with --exclude")
+
+
+def _dir_id(root: Path, directory: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        raise _read_error(root, str(directory), exc) from None
+    return st.st_dev, st.st_ino
+
+
+def _list_dir(root: Path, directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as exc:
+        raise _read_error(root, str(directory), exc) from None
+
+
+def _stat(root: Path, entry: os.DirEntry[str], rel: str) -> os.stat_result | None:
+    """The entry's stat, following symlinks; None for a dangling symlink or a file that vanished
+    while the tree was listed."""
+    try:
+        return entry.stat(follow_symlinks=True)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        # ELOOP from a link to itself, EACCES, EIO, ...: not something to skip silently.
+        raise _read_error(root, str(Path(entry.path)), exc) from None
 
 
 def parse_find_manifest(text: str) -> dict[str, FileStat]:
@@ -111,6 +171,15 @@ def remote_manifest(session: RemoteSession, remote_dir: str) -> dict[str, FileSt
     return parse_find_manifest(result.stdout)
 
 
+def upload_error(local: Path, remote: str, exc: OSError) -> HpcenvError:
+    """Say which side failed: reading the local file, or writing the remote copy."""
+    if exc.filename is not None and Path(exc.filename) == Path(local):
+        return HpcenvError(f"cannot read {local} to upload it: {exc.strerror or exc}; fix its "
+                           f"permissions or leave it out with --exclude")
+    return HpcenvError(f"uploading {local} to {remote} failed: {exc}; check free space and "
+                       f"permissions there")
+
+
 def _parent_dirs(rels: Iterable[str]) -> list[str]:
     return sorted({posixpath.dirname(rel) for rel in rels} - {""})
 
@@ -118,7 +187,7 @@ def _parent_dirs(rels: Iterable[str]) -> list[str]:
 def sync_dir(session: RemoteSession, local_dir: Path, remote_dir: str,
              excludes: Sequence[str] = ()) -> SyncResult:
     """Upload the changed files of ``local_dir`` into ``remote_dir`` (an absolute remote path)."""
-    local = local_manifest(local_dir, excludes)
+    local = local_manifest(local_dir, excludes, warn=session.info)
     remote = remote_manifest(session, remote_dir)
     todo = plan_upload(local, remote)
     sent = 0
@@ -134,8 +203,7 @@ def sync_dir(session: RemoteSession, local_dir: Path, remote_dir: str,
                 sftp.put(str(src), dest)
                 sftp.utime(dest, (local[rel].mtime, local[rel].mtime))
             except OSError as exc:
-                raise HpcenvError(f"uploading {src} to {session.target}:{dest} failed: {exc}; "
-                                  f"check free space and permissions there") from exc
+                raise upload_error(src, f"{session.target}:{dest}", exc) from exc
             sent += local[rel].size
     return SyncResult(local_dir=local_dir, remote_dir=remote_dir, uploaded=tuple(todo),
                       unchanged=len(local) - len(todo), bytes_sent=sent)

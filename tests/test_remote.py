@@ -32,10 +32,12 @@ from hpcenv.remote import (
     RemoteOptions,
     RemoteSession,
     UnknownHostKey,
+    _rewrite_arg,
     _SkippingWriter,
     _strip_local_globals,
     job_info,
 )
+from hpcenv.errors import HpcenvError
 from hpcenv.sync import (
     FileStat,
     is_excluded,
@@ -103,6 +105,64 @@ def test_skipping_writer_replays_only_new_text() -> None:
     sink.write("line1\n")
     sink.write("line2\nline3\n")
     assert out.getvalue() == "line1\nline2\nline3\n"
+
+
+def test_local_manifest_skips_symlink_loops_once_and_keeps_shared_links(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "project"
+    (project / "sub" / "deeper").mkdir(parents=True)
+    (project / "train.py").write_text("print(1)\n")
+    (project / "sub" / "deeper" / "x.txt").write_text("x")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "s.csv").write_text("a,b\n")
+    (project / "sub" / "loop").symlink_to("..")                  # back to project
+    (project / "sub" / "deeper" / "up").symlink_to("../..")     # back to project too
+    (project / "data").symlink_to("../shared")                  # two links to one outside dir:
+    (project / "data2").symlink_to("../shared")                 # both are real paths a job uses
+    (project / "dangling").symlink_to("nowhere")
+    manifest = local_manifest(project)
+    assert sorted(manifest) == ["data/s.csv", "data2/s.csv", "sub/deeper/x.txt", "train.py"]
+    err = capsys.readouterr().err
+    # One line for all loops, naming each link and its target.
+    assert err.count("\n") == 1 and "2 symlink loop(s)" in err
+    assert "sub/loop -> .." in err and "sub/deeper/up -> ../.." in err
+    # Told to a caller's sink instead of stderr when it gives one.
+    told: list[str] = []
+    assert local_manifest(project, ["data2"], warn=told.append) == {
+        k: v for k, v in manifest.items() if not k.startswith("data2/")}
+    assert len(told) == 1 and capsys.readouterr().err == ""
+
+
+def test_local_manifest_turns_read_errors_into_one_line(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "ok.py").write_text("")
+    (project / "self").symlink_to("self")  # ELOOP when followed: no file, no directory
+    with pytest.raises(HpcenvError) as err:
+        local_manifest(project)
+    message = str(err.value)
+    assert str(project / "self") in message and "symbolic links" in message
+    assert "--exclude" in message and "\n" not in message
+    assert sorted(local_manifest(project, ["self"])) == ["ok.py"]
+
+
+def test_script_rewrite_finds_the_argument_the_parser_reads_as_script() -> None:
+    # The job name, the env file and a program argument all read "train.py" too.
+    argv = ["submit", "--job-name", "train.py", "--env-file=train.py", "--env", "x",
+            "./train.py", "train.py", "--", "train.py"]
+    script = list(argv)
+    _rewrite_arg(script, "script", "train.py", "/w/inputs/1/train.py")
+    assert script == ["submit", "--job-name", "train.py", "--env-file=train.py", "--env", "x",
+                      "/w/inputs/1/train.py", "train.py", "--", "train.py"]
+    _rewrite_arg(script, "env_file", "train.py", "/w/inputs/2/train.py")
+    assert script[3] == "--env-file=/w/inputs/2/train.py"
+    assert script.count("train.py") == 3
+    build = ["env", "build", "--name", "spec.yml", "spec.yml"]
+    _rewrite_arg(build, "file", "spec.yml", "/w/spec.yml")
+    assert build == ["env", "build", "--name", "spec.yml", "/w/spec.yml"]
+    lock = ["env", "build", "--from-lock", "./env.lock", "--name", "env.lock"]
+    _rewrite_arg(lock, "from_lock", "env.lock", "/w/env.lock")
+    assert lock == ["env", "build", "--from-lock", "/w/env.lock", "--name", "env.lock"]
 
 
 def test_job_info_from_remote_status_records() -> None:
@@ -185,6 +245,66 @@ def test_user_known_hosts_is_honoured(sshd: SshServer, ssh_client_home: Path) ->
     s = RemoteSession("testcluster", sshd.remote(), connect_timeout=5)
     with s:
         assert s.run("true").exit_code == 0
+
+
+@pytest.mark.ssh
+def test_per_remote_known_hosts_file_is_trusted(sshd: SshServer, ssh_client_home: Path,
+                                                tmp_path: Path) -> None:
+    # The laptop's own known_hosts knows nothing; the lab ships the login node's key.
+    (ssh_client_home / ".ssh" / "known_hosts").write_text("")
+    lab_file = tmp_path / "lab_known_hosts"
+    lab_file.write_text(sshd.known_hosts.read_text())
+    with RemoteSession("testcluster", sshd.remote(known_hosts=lab_file), connect_timeout=5) as s:
+        assert s.run("echo trusted").stdout == "trusted\n"
+    # Without it, the same host is unknown: the file is what made the difference.
+    with RemoteSession("testcluster", sshd.remote(), connect_timeout=5) as s, \
+            pytest.raises(UnknownHostKey):
+        s.connect()
+    assert (ssh_client_home / ".ssh" / "known_hosts").read_text() == ""
+
+
+@pytest.mark.ssh
+def test_a_missing_per_remote_known_hosts_file_is_named(sshd: SshServer, ssh_client_home: Path,
+                                                        tmp_path: Path) -> None:
+    missing = tmp_path / "typo_known_hosts"
+    with RemoteSession("testcluster", sshd.remote(known_hosts=missing, source="site.yaml:12"),
+                       connect_timeout=5) as s, pytest.raises(HpcenvError) as err:
+        s.connect()
+    assert str(missing) in str(err.value) and "site.yaml:12" in str(err.value)
+
+
+@pytest.mark.ssh
+def test_a_fractional_connect_timeout_is_kept(sshd: SshServer, ssh_client_home: Path) -> None:
+    import socket
+
+    s = RemoteSession("testcluster", sshd.remote(), known_hosts=[sshd.known_hosts],
+                      connect_timeout=0.5)
+    with s:
+        assert s.run("echo fast").stdout == "fast\n"
+    # A port that accepts but never speaks SSH: the handshake wait is bounded by the 0.5 s
+    # (fabric alone would make it 0, meaning no limit, and paramiko's banner wait 15 s).
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        mute = RemoteSession("testcluster", sshd.remote(port=silent.getsockname()[1]),
+                             connect_timeout=0.5)
+        with mute, pytest.raises(HostUnreachable) as err:
+            mute.connect()
+    assert "no SSH handshake within 0.5s" in str(err.value)
+
+
+@pytest.mark.ssh
+def test_default_login_user_is_this_account_not_user_env(
+        sshd: SshServer, ssh_client_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As ssh does: the account this process runs as, whatever $USER/$LOGNAME say.
+    import pwd
+
+    monkeypatch.setenv("USER", "not-a-login")
+    monkeypatch.setenv("LOGNAME", "not-a-login")
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert me == sshd.user
+    with session(sshd, user=None) as s:
+        assert s.run("id -un").stdout.strip() == me
 
 
 @pytest.mark.ssh
@@ -409,7 +529,9 @@ def test_reconnect_gives_up_after_its_backoff(sshd: SshServer, ssh_client_home: 
 
 # --- the CLI over --remote ---------------------------------------------------------------------
 
-def _write_remotes(home: Path, sshd: SshServer, **fields: object) -> None:
+def _write_remotes(home: Path, sshd: SshServer, *, trust: bool = True, **fields: object) -> None:
+    """The user's remotes.yaml naming ``sshd`` as testcluster; with ``trust`` its host key goes
+    into the laptop's ~/.ssh/known_hosts."""
     remote = sshd.remote()
     values = {"host": remote.host, "port": remote.port, "user": remote.user or "",
               "identity_file": str(remote.identity_file), "workdir": remote.workdir or "",
@@ -418,7 +540,7 @@ def _write_remotes(home: Path, sshd: SshServer, **fields: object) -> None:
     path = home / ".config" / "hpcenv" / "remotes.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("testcluster:\n" + body)
-    (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts.read_text())
+    (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts.read_text() if trust else "")
 
 
 @pytest.mark.ssh
@@ -430,6 +552,20 @@ def test_cli_runs_the_command_on_the_remote(sshd: SshServer, ssh_client_home: Pa
     # The remote's site config (set by sshd's SetEnv), not this side's embedded default.
     remote_site = os.path.join(str(sshd.root), "login", "site.yaml")
     assert remote_site in json.dumps(shown)
+
+
+@pytest.mark.ssh
+def test_cli_uses_the_remotes_own_known_hosts(sshd: SshServer, ssh_client_home: Path,
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    lab_file = tmp_path / "lab_known_hosts"
+    lab_file.write_text(sshd.known_hosts.read_text())
+    _write_remotes(ssh_client_home, sshd, trust=False)
+    assert main(["--remote", "testcluster", "env", "list"]) == 1
+    assert "unknown host key" in capsys.readouterr().err
+    _write_remotes(ssh_client_home, sshd, trust=False, known_hosts=str(lab_file))
+    assert main(["--remote", "testcluster", "--json", "env", "list"]) == 0, capsys.readouterr().err
+    assert isinstance(json.loads(capsys.readouterr().out), list)
 
 
 @pytest.mark.ssh
