@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import getpass
 import json
 import os
 import secrets
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcenv.errors import HpcenvError
+from hpcenv.fsutil import atomic_write_json, current_user, ensure_shared_dir, process_start_time
 
 LockMethod = Literal["flock", "mkdir"]
 
@@ -96,24 +96,7 @@ def current_holder() -> LockHolder:
     """A holder record for this process, now."""
     return LockHolder(user=current_user(), host=socket.gethostname(), pid=os.getpid(),
                       started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      pid_start=_pid_start(os.getpid()))
-
-
-def current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers): the uid still identifies us
-        return str(os.getuid())
-
-
-def _pid_start(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19])  # field 22 (starttime) counted from field 3
+                      pid_start=process_start_time(os.getpid()))
 
 
 def _pid_alive(pid: int, pid_start: int | None) -> bool:
@@ -124,7 +107,7 @@ def _pid_alive(pid: int, pid_start: int | None) -> bool:
     except PermissionError:
         pass  # another user's live process
     if pid_start is not None:
-        now = _pid_start(pid)
+        now = process_start_time(pid)
         if now is not None and now != pid_start:
             return False  # the pid was reused by a younger process
     return True
@@ -143,13 +126,16 @@ class BuildLock:
     ``on_wait(holder)`` is called when the lock is busy, and again whenever the holder changes
     (``holder`` is None if the holder has not published its record yet).  ``mode`` is the lock
     file's mode: 0666 by default, because every user who may build must be able to open it for
-    locking (it holds no data).  Usable as a context manager; not reentrant.
+    locking (it holds no data).  A missing lock directory is created with ``dir_mode`` and
+    ``group`` (the site's ``permissions``), so the next lab member can create locks in it.
+    Usable as a context manager; not reentrant.
     """
 
     def __init__(self, path: Path | str, *, timeout: float = 3600.0, method: LockMethod = "flock",
                  on_wait: Callable[[LockHolder | None], None] | None = None,
                  stale_after: float | None = None, poll_interval: float = 0.1,
-                 mode: int = 0o666) -> None:
+                 mode: int = 0o666, dir_mode: int | None = None,
+                 group: str | None = None) -> None:
         if method not in ("flock", "mkdir"):
             raise HpcenvError(f"unknown lock method {method!r}: use 'flock' or 'mkdir'")
         self.path = Path(path)
@@ -159,6 +145,8 @@ class BuildLock:
         self.stale_after = stale_after
         self.poll_interval = poll_interval
         self.mode = mode
+        self.dir_mode = dir_mode
+        self.group = group
         self._flock: Any = None
         self._held = False
         self._me: LockHolder | None = None
@@ -184,7 +172,7 @@ class BuildLock:
         """Take the lock if it is free (breaking a stale mkdir lock); never waits."""
         if self._held:
             raise HpcenvError(f"{self.path}: lock already held by this object")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_shared_dir(self.path.parent, mode=self.dir_mode, group=self.group)
         got = self._try_flock() if self.method == "flock" else self._try_mkdir()
         if got:
             self._held = True
@@ -244,7 +232,8 @@ class BuildLock:
         except filelock.Timeout:
             return False
         self._me = current_holder()
-        _atomic_write_json(self.holder_path, self._me.to_dict())
+        # Holder records are only ever replaced by rename, so 0644 lets every waiter read them.
+        atomic_write_json(self.holder_path, self._me.to_dict())
         return True
 
     # --- mkdir --------------------------------------------------------------------------------
@@ -258,7 +247,7 @@ class BuildLock:
             # Other users read the holder record and may have to break the lock: mkdtemp made
             # the dir 0700, give it the lock file's permissions (plus search).
             os.chmod(staging, 0o755 | (self.mode & 0o022))
-            _atomic_write_json(staging / "holder.json", me.to_dict())
+            atomic_write_json(staging / "holder.json", me.to_dict())
             for _ in range(2):  # second round after breaking a stale lock
                 try:
                     os.rename(staging, lockdir)
@@ -334,24 +323,28 @@ class CacheLock:
 
     def __init__(self, path: Path | str, *, timeout: float = 3600.0, method: LockMethod = "flock",
                  stale_after: float | None = None, on_wait: Callable[[], None] | None = None,
-                 poll_interval: float = 0.1) -> None:
+                 poll_interval: float = 0.1, dir_mode: int | None = None,
+                 group: str | None = None) -> None:
         self.path = Path(path)
         self.timeout = timeout
         self.method = method
         self.stale_after = stale_after
         self.on_wait = on_wait
         self.poll_interval = poll_interval
+        self.dir_mode = dir_mode
+        self.group = group
 
     @contextmanager
     def hold(self, *, exclusive: bool) -> Iterator[None]:
         """Hold the lock (shared or exclusive) for the ``with`` block; LockTimeout on timeout."""
         if self.method == "mkdir":
+            on_wait = self.on_wait
             with BuildLock(self.path, method="mkdir", timeout=self.timeout,
-                           stale_after=self.stale_after,
-                           on_wait=(lambda _holder: self.on_wait()) if self.on_wait else None):
+                           stale_after=self.stale_after, dir_mode=self.dir_mode, group=self.group,
+                           on_wait=(lambda _holder: on_wait()) if on_wait else None):
                 yield
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_shared_dir(self.path.parent, mode=self.dir_mode, group=self.group)
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -382,17 +375,6 @@ class CacheLock:
                 raise LockTimeout(f"{self.path}: gave up after {self.timeout:g}s waiting for "
                                   f"{other}; try again later (or raise locks.timeout)")
             time.sleep(self.poll_interval)
-
-
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    """Holder records: readable by every waiter, only ever replaced by rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def filesystem_type(path: Path) -> str:

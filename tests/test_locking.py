@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.locking import (BuildLock, LockHolder, LockTimeout, current_holder,
+from hpcenv.locking import (BuildLock, CacheLock, LockHolder, LockTimeout, current_holder,
                             probe_lock_support)
 
 METHODS = ["flock", "mkdir"]
@@ -155,6 +155,27 @@ def test_lock_file_usable_by_every_builder(tmp_path: Path) -> None:
             assert stat.S_IMODE(lock.holder_path.stat().st_mode) == 0o644
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_missing_lock_dirs_get_the_site_mode_and_group(tmp_path: Path, method: str) -> None:
+    import grp
+
+    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    old = os.umask(0o077)
+    try:
+        with BuildLock(tmp_path / "locks" / "sub" / "k.lock", method=method, dir_mode=0o2775,
+                       group=group.gr_name):
+            pass
+        with CacheLock(tmp_path / "pkgs" / "c.lock", method=method, dir_mode=0o2770,
+                       group=group.gr_name).hold(exclusive=False):
+            pass
+    finally:
+        os.umask(old)
+    for directory, mode in ((tmp_path / "locks", 0o2775), (tmp_path / "locks" / "sub", 0o2775),
+                            (tmp_path / "pkgs", 0o2770)):
+        st = directory.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (mode, group.gr_gid), directory
 
 
 def test_unknown_method_rejected(tmp_path: Path) -> None:
