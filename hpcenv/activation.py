@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -34,6 +35,9 @@ from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 # Variables bash itself sets or changes while it sources the scripts; they are not part of the
 # activation and must keep the caller's values.
 _BASH_ARTIFACTS = ("_", "SHLVL", "PWD", "OLDPWD")
+# What a shell accepts after ``export``; anything else in a name could inject commands into
+# the activation text of a job script.
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class CommandNotFound(HpcenvError):
@@ -57,7 +61,11 @@ def activate_scripts(prefix: Path) -> list[Path]:
 
 
 def env_state_vars(prefix: Path) -> dict[str, str]:
-    """Variables the env defines in ``conda-meta/state`` (empty if none)."""
+    """Variables the env defines in ``conda-meta/state`` (empty if none).
+
+    Names must be shell variable names (``[A-Za-z_][A-Za-z0-9_]*``) and values free of NUL
+    bytes: the file may have been edited by hand, and its names end up in job scripts.
+    """
     state = Path(prefix) / "conda-meta" / "state"
     try:
         data = json.loads(state.read_text(encoding="utf-8"))
@@ -68,7 +76,18 @@ def env_state_vars(prefix: Path) -> dict[str, str]:
     env_vars = data.get("env_vars", {}) if isinstance(data, dict) else {}
     if not isinstance(env_vars, dict):
         raise HpcenvError(f"{state}: 'env_vars' must be a mapping of names to strings")
-    return {str(k): str(v) for k, v in env_vars.items()}
+    out = {}
+    for key, value in env_vars.items():
+        if not isinstance(key, str) or not _VAR_NAME.fullmatch(key):
+            raise HpcenvError(f"{state}: env_vars name {key!r} is not a shell variable name "
+                              "(letters, digits and _, not starting with a digit); fix the "
+                              "name in the file or rebuild the env")
+        text = str(value)
+        if "\0" in text:
+            raise HpcenvError(f"{state}: env_vars value of {key} holds a NUL byte; fix the file "
+                              "or rebuild the env")
+        out[key] = text
+    return out
 
 
 def _shlvl(base_env: Mapping[str, str]) -> int:

@@ -85,6 +85,32 @@ def test_state_env_vars_are_exported(tmp_path: Path) -> None:
     assert env["SPACED"] == "a b"
 
 
+@pytest.mark.parametrize("name", ["X;touch PWNED", "$(touch PWNED)", "1ABC", "A-B", "",
+                                  "A B"])
+def test_state_names_that_are_not_shell_names_are_refused(tmp_path: Path, name: str) -> None:
+    # A hand-edited state file must not inject commands into job scripts.
+    prefix = make_prefix(tmp_path, state={"env_vars": {"OK": "1", name: "v"}})
+    state = prefix / "conda-meta" / "state"
+    with pytest.raises(HpcenvError, match=rf"{state}: env_vars name .* is not a shell variable"):
+        activation_script(prefix)
+    with pytest.raises(HpcenvError, match="is not a shell variable name"):
+        activation_env(prefix, BASE)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_state_values_are_quoted_in_the_bash_form(tmp_path: Path) -> None:
+    hostile = "$(touch PWNED); `touch PWNED`\n'\"; touch PWNED"
+    prefix = make_prefix(tmp_path, state={"env_vars": {"V": hostile, "_U2": "x"}})
+    script = activation_script(prefix)
+    proc = subprocess.run(["/bin/bash", "--noprofile", "--norc", "-c", script + 'printf %s "$V"'],
+                          env=BASE, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert proc.stdout == hostile
+    assert not (tmp_path / "PWNED").exists()
+    nul = make_prefix(tmp_path / "nul", state={"env_vars": {"V": "a\u0000b"}})
+    with pytest.raises(HpcenvError, match="NUL byte"):
+        activation_script(nul)
+
+
 def test_failing_activation_script_is_a_clear_error(tmp_path: Path) -> None:
     prefix = make_prefix(tmp_path, scripts={"bad.sh": "exit 3\n"})
     with pytest.raises(HpcenvError, match="bad.sh"):
