@@ -395,14 +395,18 @@ def test_sync_sends_only_changed_files(sshd: SshServer, ssh_client_home: Path,
     (src / "data" / "a b.csv").write_text("x,y\n1,2\n")
     (src / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0" * 10)
     (src / "notes.tmp").write_text("scratch")
+    (src / "data" / "back").symlink_to("..")  # a loop: skipped, and said once per sync
     dest = str(sshd.root / "work" / "sync-test")
     excludes = ["__pycache__", "*.tmp"]
+    messages: list[str] = []
     with session(sshd) as s:
+        s.info = messages.append
         first = sync_dir(s, src, dest, excludes)
         second = sync_dir(s, src, dest, excludes)
         (src / "train.py").write_text("print('train v2')\n")
         third = sync_dir(s, src, dest, excludes)
     assert first.uploaded == ("data/a b.csv", "train.py")
+    assert len(messages) == 3 and all("data/back -> .." in m for m in messages), messages
     assert second.uploaded == () and second.unchanged == 2
     assert third.uploaded == ("train.py",)
     assert (Path(dest) / "train.py").read_text() == "print('train v2')\n"
@@ -713,6 +717,26 @@ def test_remote_submit_lands_on_the_partition_its_cuda_needs(
     assert json.loads(capsys.readouterr().out)["state"] == "COMPLETED"
     synced = Path(sshd_slurm.remote().workdir or "") / "laptop-project"
     assert (synced / "train.py").is_file() and not (synced / "__pycache__").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_remote_submit_rewrites_the_script_not_a_job_name_that_reads_the_same(
+        sshd_slurm: SshServer, ssh_client_home: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    monkeypatch.chdir(_laptop_project(tmp_path))
+    _write_remotes(ssh_client_home, sshd_slurm)
+    code = main(["--remote", "testcluster", "--json", "submit", "--job-name", "train.py",
+                 "train.py", "--env", "llm-finetune", "--wait"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    job_id = str(json.loads(captured.out)["job_id"])
+    assert main(["--remote", "testcluster", "--json", "status", job_id]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["name"], status["state"]) == ("train.py", "COMPLETED")
+    assert main(["--remote", "testcluster", "logs", job_id]) == 0
+    assert "done: w=" in capsys.readouterr().out  # the uploaded script is what ran
 
 
 @pytest.mark.slurm
