@@ -31,13 +31,14 @@ class Check:
     detail: str
 
 
-def check_site(site: SiteConfig, *,
-               live: Sequence[PartitionState] | None = None) -> list[Check]:
+def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None,
+               umask: int | None = None) -> list[Check]:
     """Probe the machine against the config: dirs, filesystems, channels, executables, group.
 
     Nothing is left behind: the only writes are the lock probe's temporary files
     (``hpcenv.locking.probe_lock_support``), one per envs dir.  With ``scheduler: slurm`` the
     partitions are compared with what Slurm reports (``live``, else queried with sinfo).
+    ``umask`` is the one lab users build under (default: this process's).
     """
     checks: list[Check] = []
     for i, path in enumerate(site.envs_dirs):
@@ -65,6 +66,8 @@ def check_site(site: SiteConfig, *,
             checks.extend(_live_partition_checks(site, live))
     if site.permissions.group is not None:
         checks.append(_group_check(site.permissions.group))
+        checks.append(_shared_cache_check(site.pkgs_dirs[0], site.permissions.group,
+                                          current_umask() if umask is None else umask))
     if site.templates_dir is not None:
         checks.append(_exists_check("templates_dir", site.templates_dir))
     if site.pip.wheel_dir is not None:
@@ -241,6 +244,62 @@ def _group_check(group: str) -> Check:
         return Check("permissions.group", "pass", f"group {group} (gid {info.gr_gid})")
     return Check("permissions.group", "warn", f"you are not in group {group}: shared envs you "
                  "build will not be group-owned")
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # os.umask can only be read by setting it; put it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _shared_cache_check(cache: Path, group: str, umask: int) -> Check:
+    """Can every member of ``group`` write what any of them puts into the package cache?
+
+    rattler creates cache entries and their ``.cache.lock`` files with the builder's umask, so
+    under umask 022 the next user to touch an entry fails on it (shared/notes/rattler.md).
+    """
+    import grp
+    import stat
+
+    name = "pkgs_dirs[0] sharing"
+    try:
+        if cache.is_relative_to(Path.home()):
+            return Check(name, "pass", f"{cache} is under your home: a per-user cache")
+    except RuntimeError:  # no home directory to compare with
+        pass
+    problems = []
+    if umask & 0o020:
+        problems.append(f"your umask {umask:03o} makes the cache entries you create unwritable "
+                        f"for the rest of group {group}")
+    if cache.is_dir():
+        info = cache.stat()
+        if not info.st_mode & stat.S_IWGRP:
+            problems.append(f"{cache} is not group-writable")
+        if not info.st_mode & stat.S_ISGID:
+            problems.append(f"{cache} is not setgid, so new entries do not get group {group}")
+        try:
+            owner = grp.getgrgid(info.st_gid).gr_name
+        except KeyError:
+            owner = str(info.st_gid)
+        if owner != group:
+            problems.append(f"{cache} belongs to group {owner}, not {group}")
+    if not problems:
+        where = cache if cache.is_dir() else f"{cache} (not created yet)"
+        return Check(name, "pass", f"{where}: group {group} can share it under umask "
+                     f"{umask:03o}")
+    return Check(name, "warn", "; ".join(problems) + f": lab users will fail on each other's "
+                 f"cache entries. Fix: every lab user (and job) runs with umask 002 and the "
+                 f"cache dir is group {group}, mode 2775 (chgrp {group} {cache}; chmod 2775 "
+                 f"{cache}), or one service account owns the cache and does all builds")
 
 
 def _exists_check(name: str, path: Path) -> Check:

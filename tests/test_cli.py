@@ -272,6 +272,23 @@ def test_help_path_imports_no_heavy_library(tmp_path: Path) -> None:
         assert name not in loaded and name not in timed, name
 
 
+@pytest.mark.parametrize("words", [("--help",), ("env", "build", "--help"),
+                                   ("submit", "--help"), ("site", "check", "--help")])
+def test_help_through_the_console_script_loads_no_yaml_or_heavy_library(
+        tmp_path: Path, env: dict[str, str], words: tuple[str, ...]) -> None:
+    # The real entry point, not just build_parser: main() must not read a site config (YAML)
+    # or reach the engines before argparse prints the help and exits.
+    result = subprocess.run([str(HPCENV), *words], capture_output=True, text=True, cwd=tmp_path,
+                            env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage: hpcenv" in result.stdout
+    timed = {line.split("|")[-1].strip().split(".")[0]
+             for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "hpcenv" in timed
+    for name in (*HEAVY, "yaml"):
+        assert name not in timed, name
+
+
 # --------------------------------------------------------------------------- bad input
 
 # (file name, content or None for a directory, command, line or None, fragments of the fix)

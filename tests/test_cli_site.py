@@ -123,6 +123,42 @@ def test_check_passes_and_fails(tmp_path: Path, env: dict[str, str]) -> None:
     assert [c["name"] for c in failed] == [f"channel file://{tmp_path}/no-channel"]
 
 
+@pytest.mark.parametrize(("umask", "status"), [(0o022, "warn"), (0o002, "pass")])
+def test_check_reads_the_users_umask_for_the_shared_cache(tmp_path: Path, env: dict[str, str],
+                                                          umask: int, status: str) -> None:
+    import grp
+
+    group = grp.getgrgid(os.getegid()).gr_name
+    cache = tmp_path / "pkgs"
+    cache.mkdir()
+    cache.chmod(0o2775)
+    site = tmp_path / "site.yaml"
+    site.write_text(f"envs_dirs: [{tmp_path}/envs]\npkgs_dirs: [{cache}]\n"
+                    f"permissions: {{group: {group}}}\n")
+    result = subprocess.run([str(HPCENV), "--site", str(site), "site", "check", "--json"],
+                            capture_output=True, text=True, env=env, timeout=60,
+                            preexec_fn=lambda: os.umask(umask))
+    assert result.returncode == 0, result.stderr
+    check = next(c for c in json.loads(result.stdout)["checks"]
+                 if c["name"] == "pkgs_dirs[0] sharing")
+    assert check["status"] == status, check
+    assert ("your umask 022" in check["detail"]) == (umask == 0o022)
+
+
+def test_max_cuda_beyond_and_inside_the_driver_table_through_the_cli(tmp_path: Path, env: dict[str, str]) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("partitions:\n  - name: next\n    gpus_per_node: 4\n    max_cuda: '13.1'\n")
+    result = hpcenv("--site", str(site), "site", "check", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "WARN  partition next" in result.stdout and "newer than hpcenv's driver table" in \
+        result.stdout
+    site.write_text("partitions:\n  - name: gap\n    gpus_per_node: 4\n    max_cuda: '12.7'\n")
+    result = hpcenv("--site", str(site), "site", "show", env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"hpcenv: error: {site}:4: partitions.gap.max_cuda: CUDA "
+                                    "12.7 was never released")
+
+
 def test_condarc_round_trips(tmp_path: Path, env: dict[str, str]) -> None:
     site = tmp_path / "site.yaml"
     site.write_text("envs_dirs: [/shared/envs]\npkgs_dirs: [/shared/pkgs]\n"

@@ -593,6 +593,73 @@ def test_partition_feature_cuda(pattern: str, feature: str, cuda: str | None) ->
     assert Partition(name="c").feature_cuda("cuda12.4") is None
 
 
+def _my_group() -> str:
+    import grp
+
+    return grp.getgrgid(os.getegid()).gr_name
+
+
+def test_check_warns_when_the_shared_cache_would_lock_out_other_users(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    cache = tmp_path / "shared/pkgs"
+    cache.mkdir(parents=True)
+    cache.chmod(0o755)
+    group = _my_group()
+    site = load_text(tmp_path, f"pkgs_dirs: [{cache}]\npermissions: {{group: {group}}}\n", env)
+    check = by_name(check_site(site, umask=0o022))["pkgs_dirs[0] sharing"]
+    assert check.status == "warn"
+    assert check.detail.startswith(f"your umask 022 makes the cache entries you create "
+                                   f"unwritable for the rest of group {group}; {cache} is not "
+                                   f"group-writable; {cache} is not setgid")
+    assert "umask 002" in check.detail and f"chmod 2775 {cache}" in check.detail
+    assert "one service account owns the cache" in check.detail
+
+    # The right umask alone is not enough while the directory itself is not shared.
+    check = by_name(check_site(site, umask=0o002))["pkgs_dirs[0] sharing"]
+    assert check.status == "warn" and check.detail.startswith(f"{cache} is not group-writable")
+
+    cache.chmod(0o2775)
+    check = by_name(check_site(site, umask=0o002))["pkgs_dirs[0] sharing"]
+    assert check.status == "pass", check.detail
+    check = by_name(check_site(site, umask=0o022))["pkgs_dirs[0] sharing"]
+    assert check.status == "warn" and check.detail.startswith("your umask 022")
+
+    # Not created yet: only the umask can be judged.
+    later = load_text(tmp_path, f"pkgs_dirs: [{tmp_path}/later]\npermissions: {{group: "
+                      f"{group}}}\n", env)
+    assert by_name(check_site(later, umask=0o002))["pkgs_dirs[0] sharing"].status == "pass"
+    assert by_name(check_site(later, umask=0o027))["pkgs_dirs[0] sharing"].status == "warn"
+
+
+def test_check_names_a_cache_of_the_wrong_group(tmp_path: Path, env: dict[str, str]) -> None:
+    import grp
+
+    mine = os.getegid()
+    other = next((g for g in grp.getgrall() if g.gr_gid != mine), None)
+    if other is None:
+        pytest.fail("this host has a single group; cannot test a foreign group")
+    cache = tmp_path / "pkgs"
+    cache.mkdir()
+    cache.chmod(0o2775)
+    site = load_text(tmp_path, f"pkgs_dirs: [{cache}]\npermissions: {{group: {other.gr_name}}}\n",
+                     env)
+    check = by_name(check_site(site, umask=0o002))["pkgs_dirs[0] sharing"]
+    assert check.status == "warn"
+    assert f"{cache} belongs to group {_my_group()}, not {other.gr_name}" in check.detail
+
+
+def test_check_skips_cache_sharing_without_a_group_or_for_a_home_cache(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    site = load_text(tmp_path, f"pkgs_dirs: [{tmp_path}/pkgs]\n", env)
+    assert "pkgs_dirs[0] sharing" not in by_name(check_site(site, umask=0o022))
+    home_cache = Path.home() / ".cache/hpcenv-test-never-created/pkgs"
+    site = load_text(tmp_path, f"pkgs_dirs: [{home_cache}]\npermissions: {{group: "
+                     f"{_my_group()}}}\n", env)
+    check = by_name(check_site(site, umask=0o022))["pkgs_dirs[0] sharing"]
+    assert check.status == "pass" and "per-user cache" in check.detail
+    assert not home_cache.parent.exists()
+
+
 def test_check_partitions_describe_gpu_capability(env: dict[str, str]) -> None:
     site = parse_site_file(SHIPPED / "example-cluster.yaml", environ=env)
     checks = by_name(check_site(site))
