@@ -919,7 +919,6 @@ class RemoteJobStatus:
     node's reboot; only the reconnects are bounded."""
 
     session: RemoteSession
-    kind: str = "remote"
 
     def status(self, job_id: str) -> JobInfo:
         session = self.session
