@@ -35,6 +35,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcenv.errors import InvalidInput
+from hpcenv.scheduler.options import (
+    NAME,
+    TOKEN,
+    control_problem,
+    extra_arg_problem,
+    mem_problem,
+    name_problem,
+    time_problem,
+)
 
 Launcher = Literal["conda-run", "activate"]
 
@@ -44,22 +53,12 @@ TEMPLATE_NAME = "job.sh.j2"
 # is sent by Slurm itself to every process before TERM, forwarding it would be redundant.
 FORWARDED_SIGNALS = ("TERM", "INT", "HUP", "USR1", "USR2")
 
-# Characters that can reach an #SBATCH value.  sbatch splits these lines on whitespace and
-# handles quotes and backslashes itself; none of those (nor $, `, ;, #) appear in any legitimate
-# value below, so refusing them removes every way to smuggle in a second option.
-_SAFE = r"[A-Za-z0-9_.,:=+@%/|&!()\[\]*~^-]"
-_TOKEN = re.compile(f"^{_SAFE}+$")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_TIME = re.compile(r"^(?:\d+(?::\d{1,2}){0,2}|\d+-\d{1,2}(?::\d{1,2}){0,2}|UNLIMITED|INFINITE)$",
-                   re.IGNORECASE)
-_MEM = re.compile(r"^\d+(?:[KMGT]B?)?$", re.IGNORECASE)
 _NODES = re.compile(r"^\d+(?:-\d+)?$")
 _ARRAY = re.compile(r"^[0-9][0-9,\-:]*(?:%\d+)?$")
 _DEPENDENCY = re.compile(r"^[A-Za-z_]+(?::[0-9_+:*]+)?(?:[,?][A-Za-z_]+(?::[0-9_+:*]+)?)*$")
 _SIGNAL = re.compile(r"^(?:[RB]:)?(?:SIG)?(?:[A-Z][A-Z0-9]*|\d+)(?:@\d+)?$", re.IGNORECASE)
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_.+@:,-]{1,128}$")
-# Options hpcenv renders itself or that would replace the job script.
-_RESERVED_EXTRA = ("--wrap",)
+_PARTITIONS = re.compile(r"^[A-Za-z0-9_.-]+(?:,[A-Za-z0-9_.-]+)*$")
 
 
 @dataclass(frozen=True)
@@ -102,11 +101,13 @@ class JobScript:
 
 
 def _check(flag: str, value: str, pattern: re.Pattern[str], expected: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise InvalidInput(f"{flag} {value!r}: control characters (newline, tab, ...) are not "
-                           "allowed in Slurm options")
-    if not pattern.match(value):
-        raise InvalidInput(f"{flag} {value!r}: {expected}")
+    problem = control_problem(value) or (None if pattern.match(value) else expected)
+    return _ok(flag, value, problem)
+
+
+def _ok(flag: str, value: str, problem: str | None) -> str:
+    if problem is not None:
+        raise InvalidInput(f"{flag} {value!r}: {problem}")
     return value
 
 
@@ -117,7 +118,7 @@ def _positive(flag: str, value: int) -> str:
 
 
 def _path_value(flag: str, value: str) -> str:
-    return _check(flag, value, _TOKEN, "paths in Slurm options may not contain spaces, quotes, "
+    return _check(flag, value, TOKEN, "paths in Slurm options may not contain spaces, quotes, "
                   "'$', '`', ';', '#' or backslashes; pick a simpler path")
 
 
@@ -132,20 +133,20 @@ def sbatch_lines(opts: SbatchOptions) -> list[str]:
     """Validated ``--option=value`` strings for the ``#SBATCH`` header, in a stable order."""
     lines = [f"--job-name={check_job_name(opts.job_name)}"]
     if opts.partition:
-        lines.append(f"--partition={_check('--partition', opts.partition, re.compile(r'^[A-Za-z0-9_.-]+(?:,[A-Za-z0-9_.-]+)*$'), 'not a partition name')}")
+        lines.append(f"--partition={_check('--partition', opts.partition, _PARTITIONS, 'not a partition name')}")
     if opts.constraint:
-        lines.append(f"--constraint={_check('--constraint', opts.constraint, _TOKEN, 'not a Slurm feature expression')}")
+        lines.append(f"--constraint={_check('--constraint', opts.constraint, TOKEN, 'not a Slurm feature expression')}")
     if opts.gpus:
         count = _positive("--gpus", opts.gpus)
         if opts.gpu_type:
-            _check("--gpu-type", opts.gpu_type, _NAME, "use the GPU type name from the site config")
+            _check("--gpu-type", opts.gpu_type, NAME, "use the GPU type name from the site config")
             lines.append(f"--gres=gpu:{opts.gpu_type}:{count}")
         else:
             lines.append(f"--gres=gpu:{count}")
     if opts.time:
-        lines.append(f"--time={_check('--time', opts.time, _TIME, 'use MINUTES, HH:MM:SS or D-HH:MM:SS')}")
+        lines.append(f"--time={_ok('--time', opts.time, time_problem(opts.time))}")
     if opts.mem:
-        lines.append(f"--mem={_check('--mem', opts.mem, _MEM, 'use a size like 16G or 4000M')}")
+        lines.append(f"--mem={_ok('--mem', opts.mem, mem_problem(opts.mem))}")
     if opts.cpus_per_task is not None:
         lines.append(f"--cpus-per-task={_positive('--cpus-per-task', opts.cpus_per_task)}")
     if opts.nodes:
@@ -153,9 +154,9 @@ def sbatch_lines(opts: SbatchOptions) -> list[str]:
     if opts.ntasks_per_node is not None:
         lines.append(f"--ntasks-per-node={_positive('--ntasks-per-node', opts.ntasks_per_node)}")
     if opts.account:
-        lines.append(f"--account={_check('--account', opts.account, _NAME, 'not an account name')}")
+        lines.append(f"--account={_ok('--account', opts.account, name_problem(opts.account, 'an account name'))}")
     if opts.qos:
-        lines.append(f"--qos={_check('--qos', opts.qos, _NAME, 'not a QOS name')}")
+        lines.append(f"--qos={_ok('--qos', opts.qos, name_problem(opts.qos, 'a QOS name'))}")
     if opts.array:
         lines.append(f"--array={_check('--array', opts.array, _ARRAY, 'use e.g. 0-9, 1,3,5 or 0-99%10')}")
     if opts.dependency:
@@ -185,12 +186,7 @@ def check_job_name(name: str) -> str:
 
 def extra_arg(arg: str) -> str:
     """Validate one ``--sbatch-arg`` value (``--exclusive``, ``--mail-type=END``)."""
-    _check("--sbatch-arg", arg, re.compile(f"^-{_SAFE}+$"),
-           "give one sbatch option starting with '-', without spaces or shell characters "
-           "(e.g. --sbatch-arg=--exclusive)")
-    if arg.split("=", 1)[0] in _RESERVED_EXTRA:
-        raise InvalidInput(f"--sbatch-arg {arg!r}: not allowed, hpcenv writes the job script itself")
-    return arg
+    return _ok("--sbatch-arg", arg, extra_arg_problem(arg))
 
 
 def job_name_from(command: Sequence[str], script: Path | None) -> str:

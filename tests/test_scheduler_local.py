@@ -15,7 +15,7 @@ import pytest
 from hpcenv.errors import InvalidInput, NotFound
 from hpcenv.scheduler import get_scheduler
 from hpcenv.scheduler.base import JobInfo, Scheduler
-from hpcenv.scheduler.local import LocalExecutor, parse_sbatch_options, parse_time_limit
+from hpcenv.scheduler.local import LocalExecutor, parse_sbatch_options
 
 
 @pytest.fixture
@@ -233,13 +233,12 @@ def test_parse_sbatch_options() -> None:
         "time": "1:00", "chdir": "with space"}
 
 
-def test_parse_time_limit() -> None:
-    assert parse_time_limit("30") == 1800
-    assert parse_time_limit("1:30") == 90
-    assert parse_time_limit("1:00:05") == 3605
-    assert parse_time_limit("2-3") == 2 * 86400 + 3 * 3600
-    assert parse_time_limit("1-0:0:10") == 86410
-    assert parse_time_limit("UNLIMITED") is None
+def test_a_bad_time_limit_is_refused_naming_the_script(executor: LocalExecutor,
+                                                      tmp_path: Path) -> None:
+    script = write_job(tmp_path, "true", "--time=1h")
+    with pytest.raises(InvalidInput, match=r"job\.sh: #SBATCH --time '1h': not a Slurm time limit"):
+        executor.submit(script, workdir=tmp_path)
+    assert executor.jobs() == []
 
 
 @pytest.mark.parametrize(("option", "value"), [("--array", "0-2"), ("--dependency", "afterok:1")])

@@ -14,15 +14,26 @@ from typing import Protocol, runtime_checkable
 
 from hpcenv.errors import HpcenvError, InvalidInput
 
+
 class SchedulerUnreachable(HpcenvError):
     """The scheduler's controller did not answer: nothing can be submitted or looked up."""
 
 
-# Slurm's job states that end a job; anything else is still queued or running.
+# Slurm's job states that end a job: the base states after JOB_END in slurm.h plus the flags a
+# job ends with (REVOKED: a federated sibling ran it; SPECIAL_EXIT: held after its epilog asked
+# for it).  Every other name (PENDING, RUNNING, SUSPENDED and flags such as COMPLETING,
+# CONFIGURING, REQUEUED, RESIZING, STOPPED, SIGNALING, STAGE_OUT) is a job not done yet.  This is
+# the only list: every backend decides "finished" with it (JobInfo.finished).
 FINISHED_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
     "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT",
 })
+
+
+def is_finished(state: str, source: str = "queue") -> bool:
+    """Whether a job in ``state`` has ended.  A record from the job completion log is a job that
+    ended even when its state could not be read (``UNKNOWN``): waiting on it would never end."""
+    return source == "jobcomp" or state in FINISHED_STATES
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,7 @@ class JobInfo:
 
     @property
     def finished(self) -> bool:
-        return self.state in FINISHED_STATES
+        return is_finished(self.state, self.source)
 
     def to_dict(self) -> dict[str, object]:
         data = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)

@@ -23,21 +23,22 @@ import signal as _signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.fsutil import atomic_write_json, current_user, process_start_time
 from hpcenv.scheduler.base import (
-    FINISHED_STATES,
     JobInfo,
     NodeState,
     PartitionState,
     expand_output_pattern,
+    is_finished,
     signal_number,
 )
+from hpcenv.scheduler.options import parse_time_limit, time_problem
 
 NODE_NAME = "local"
 KILL_WAIT = 5.0          # default seconds between SIGTERM and SIGKILL, like Slurm's KillWait
@@ -70,7 +71,7 @@ class LocalJob:
     reason: str | None = None
     pgid: int | None = None
     supervisor_pid: int | None = None
-    supervisor_start: str | None = None  # /proc start ticks, to tell a reused pid apart
+    supervisor_start: int | None = None  # /proc start ticks, to tell a reused pid apart
     cancel_requested: float | None = None
     kill_wait: float = KILL_WAIT
 
@@ -106,45 +107,16 @@ def parse_sbatch_options(script: str) -> dict[str, str]:
     return options
 
 
-def parse_time_limit(text: str) -> float | None:
-    """sbatch ``--time`` forms: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``."""
-    text = text.strip()
-    if not text or text.upper() in {"UNLIMITED", "INFINITE"}:
-        return None
-    try:
-        days = 0
-        if "-" in text:
-            d, text = text.split("-", 1)
-            days = int(d)
-            parts = [int(p) for p in text.split(":")]
-            h, m, s = (parts + [0, 0])[:3]
-            return float(days * 86400 + h * 3600 + m * 60 + s)
-        parts = [int(p) for p in text.split(":")]
-    except ValueError:
-        raise InvalidInput(f"invalid #SBATCH --time {text!r}: use e.g. 30, 1:00:00 or 1-12:00:00") from None
-    if len(parts) == 1:
-        return parts[0] * 60.0
-    if len(parts) == 2:
-        return parts[0] * 60.0 + parts[1]
-    h, m, s = parts[:3]
-    return float(h * 3600 + m * 60 + s)
-
-
-def _user() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
-def _proc_start(pid: int) -> str | None:
-    """Start time of a live ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat);
-    None when the process is gone or a zombie."""
+def _supervisor_start(pid: int) -> int | None:
+    """The start time of a live supervisor ``pid`` (see fsutil.process_start_time), None when it
+    is gone.  A zombie counts as gone: a supervisor that died unreaped while the submitting
+    process (its parent) still runs keeps its /proc entry, but will never finish the job."""
+    start = process_start_time(pid)
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in {"Z", "X"} else fields[19]
+    return None if stat[stat.rindex(")") + 2:][:1] in {"Z", "X"} else start
 
 
 def _become_subreaper() -> None:
@@ -175,20 +147,6 @@ def _signal_group(pgid: int, *signals: int) -> None:
     for sig in signals:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class LocalExecutor:
@@ -228,7 +186,7 @@ class LocalExecutor:
         return LocalJob(**data)
 
     def _save(self, job: LocalJob) -> None:
-        _write_json(self._record_path(job.job_id), asdict(job))
+        atomic_write_json(self._record_path(job.job_id), asdict(job), mode=0o600)
 
     def _update(self, job_id: str, **changes: object) -> LocalJob:
         with self._locked(f"job-{job_id}"):
@@ -263,14 +221,19 @@ class LocalExecutor:
                 raise InvalidInput(f"the local executor does not support "
                                    f"--{unsupported} ({opts[unsupported]}); use a Slurm site or "
                                    f"{instead}")
-        time_limit = parse_time_limit(opts["time"]) if "time" in opts else None
+        time_limit = None
+        if "time" in opts:
+            problem = time_problem(opts["time"])
+            if problem is not None:
+                raise InvalidInput(f"{script_path}: #SBATCH --time {opts['time']!r}: {problem}")
+            time_limit = parse_time_limit(opts["time"])
         cpus = opts.get("cpus-per-task", "")
         if cpus and not cpus.isdigit():
             raise InvalidInput(f"{script_path}: #SBATCH --cpus-per-task {cpus!r} is not a number")
 
         job_id = self._next_id()
         name = opts.get("job-name") or script_path.name
-        user = _user()
+        user = current_user()
         submit_dir = Path(workdir).resolve()
         run_dir = Path(submit_dir, opts["chdir"]) if opts.get("chdir") else submit_dir
         if not run_dir.is_dir():
@@ -313,16 +276,16 @@ class LocalExecutor:
                 cwd=run_dir)
         finally:
             log.close()
-        self._update(job_id, supervisor_pid=proc.pid, supervisor_start=_proc_start(proc.pid))
+        self._update(job_id, supervisor_pid=proc.pid, supervisor_start=_supervisor_start(proc.pid))
         return job_id
 
     def status(self, job_id: str) -> JobInfo:
         job = self._load(str(job_id))
-        if job.state not in FINISHED_STATES and not self._supervisor_alive(job):
+        if not is_finished(job.state) and not self._supervisor_alive(job):
             # Re-read under the lock: the supervisor may have finished in between.
             with self._locked(f"job-{job.job_id}"):
                 job = self._load(job.job_id)
-                if job.state not in FINISHED_STATES:
+                if not is_finished(job.state):
                     job.state = "FAILED"
                     job.reason = ("its supervisor process vanished; see "
                                   f"{self.root / (job.job_id + '.supervisor.log')}")
@@ -331,7 +294,7 @@ class LocalExecutor:
         return self._info(job)
 
     def jobs(self, user: str | None = None) -> list[JobInfo]:
-        user = user or _user()
+        user = user or current_user()
         if not self.root.is_dir():
             return []
         ids = sorted(int(p.stem) for p in self.root.glob("*.json") if p.stem.isdigit())
@@ -350,7 +313,7 @@ class LocalExecutor:
         job_id = str(job_id)
         with self._locked(f"job-{job_id}"):
             job = self._load(job_id)
-            if job.state in FINISHED_STATES:
+            if is_finished(job.state):
                 return
             if sig is None and job.cancel_requested is None:
                 job.cancel_requested = time.time()
@@ -375,7 +338,7 @@ class LocalExecutor:
     def _supervisor_alive(job: LocalJob) -> bool:
         if job.supervisor_pid is None:
             return time.time() - job.submit_time < 30  # between record and Popen
-        start = _proc_start(job.supervisor_pid)
+        start = _supervisor_start(job.supervisor_pid)
         return start is not None and start == job.supervisor_start
 
     @staticmethod

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.scheduler.base import FINISHED_STATES, JobInfo, NodeState, PartitionState, signal_number
-from hpcenv.scheduler.slurm_cli import current_user
+from hpcenv.fsutil import current_user
+from hpcenv.scheduler.base import JobInfo, NodeState, PartitionState, is_finished, signal_number
 
 _INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID in Slurm's slurm_errno.h
 
@@ -59,7 +59,7 @@ def _path(value: object) -> Path | None:
 def job_info(job: Any) -> JobInfo:
     """A pyslurm ``Job`` (or ``db.Job``) as a ``JobInfo``."""
     state = str(getattr(job, "state", "UNKNOWN") or "UNKNOWN")
-    finished = state in FINISHED_STATES
+    finished = is_finished(state)
     nodes = getattr(job, "allocated_nodes", None) or getattr(job, "nodelist", None)
     stdout = _path(getattr(job, "standard_output", None))
     stderr = _path(getattr(job, "standard_error", None)) or stdout

@@ -11,7 +11,7 @@ Written for Slurm 22.05 and later.  Quirks of 22.05 this module works around:
   space garbles its record (sacct then prints an empty state): such jobs come back ``UNKNOWN``.
 * ``scancel`` exits 0 for unknown ids, and ``scancel --signal`` without ``--full`` or ``--batch``
   never reaches a batch script that has no job steps.  ``cancel`` signals with ``--batch``: the
-  batch shell is the program under the activate launcher (it ``exec``\ s it) and forwards to it
+  batch shell is the program under the activate launcher (it execs it) and forwards to it
   under conda-run, so the program gets the signal exactly once.  ``--full`` would signal every
   process of the job, and the conda-run program would get it twice (directly and forwarded).
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import subprocess
 import time
@@ -31,14 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.fsutil import current_user
 from hpcenv.scheduler.base import (
     JobInfo,
     NodeState,
     PartitionState,
     SchedulerUnreachable,
     expand_output_pattern,
+    is_finished,
     signal_name,
 )
+from hpcenv.scheduler.options import parse_time_limit
 
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 # `Key=value` pairs of scontrol's one-line output; keys look like `JobId`, `CPUs/Task`,
@@ -49,10 +51,6 @@ _NULL = {"", "(null)", "None", "N/A", "Unknown", "n/a"}
 _SACCT_FIELDS = ("JobIDRaw", "State", "ExitCode", "NodeList", "Elapsed", "Partition", "User",
                  "WorkDir", "Start", "End", "JobName")
 _SEP = "\x1f"  # job names may hold "|", sacct's default delimiter
-
-
-def current_user() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def parse_scontrol_line(line: str) -> dict[str, str]:
@@ -66,18 +64,14 @@ def parse_scontrol_line(line: str) -> dict[str, str]:
 
 
 def parse_duration(text: str | None) -> float | None:
-    """Slurm durations: ``MM:SS``, ``HH:MM:SS``, ``D-HH:MM:SS`` -> seconds."""
-    if not text or text in _NULL or text in {"INVALID", "UNLIMITED"}:
+    """A duration Slurm prints (``MM:SS``, ``HH:MM:SS``, ``D-HH:MM:SS``) in seconds; None when
+    it prints none (``N/A``, ``INVALID``, ``UNLIMITED``) or something hpcenv cannot read."""
+    if not text or text in _NULL or text == "INVALID":
         return None
-    days = 0
-    if "-" in text:
-        d, text = text.split("-", 1)
-        days = int(d)
-    parts = [float(p) for p in text.split(":")]
-    while len(parts) < 3:
-        parts.insert(0, 0.0)
-    h, m, s = parts[-3:]
-    return days * 86400 + h * 3600 + m * 60 + s
+    try:
+        return parse_time_limit(text)
+    except InvalidInput:
+        return None
 
 
 def parse_time(text: str | None) -> float | None:
@@ -331,8 +325,7 @@ class SlurmCLI:
     def _from_scontrol(f: Mapping[str, str]) -> JobInfo:
         state = f.get("JobState", "UNKNOWN")
         code, sig = parse_exit_code(f.get("ExitCode"))
-        finished = state not in {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
-                                 "REQUEUED", "RESIZING", "STOPPED", "SIGNALING"}
+        finished = is_finished(state)
         stdout, stderr, workdir = (_value(f.get(k)) for k in ("StdOut", "StdErr", "WorkDir"))
         job_id = f.get("JobId", "")
         task = f.get("ArrayTaskId", "")
@@ -369,7 +362,7 @@ class SlurmCLI:
             state = state[0] if state else "UNKNOWN"
         node = _value(str(j.get("nodes") or "")) or None
         user = j.get("user_name")
-        finished = state not in {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"}
+        finished = is_finished(str(state))
         code, sig = _decode_squeue_exit(j.get("exit_code"))
 
         def number(key: str) -> float | None:

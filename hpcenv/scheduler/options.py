@@ -1,0 +1,102 @@
+"""Slurm option values: the one copy of their grammar, for every module that reads or writes them.
+
+``hpcenv submit`` renders these into ``#SBATCH`` lines (:mod:`hpcenv.templates`), the site config
+sets defaults for them (:mod:`hpcenv.site`, which reports problems at file:line), the local
+executor reads ``--time`` back out of a script, and the Slurm backend reads durations Slurm
+prints.  A value one of them accepts and another refuses would pass ``site check`` and then fail
+every submission, so all of them call the functions below.
+
+The ``*_problem`` functions return None for a good value, else ``"what is wrong; how to fix"``
+(without the value, which each caller names in its own way: ``--time '1h'`` or
+``site.yaml:12: slurm.time``).
+
+Standard library only: :mod:`hpcenv.site` imports this module.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hpcenv.errors import InvalidInput
+
+# Characters that can reach an #SBATCH value.  sbatch splits these lines on whitespace and
+# handles quotes and backslashes itself; none of those (nor $, `, ;, #) appear in any legitimate
+# value, so refusing them removes every way to smuggle in a second option.
+SAFE_CHARS = r"[A-Za-z0-9_.,:=+@%/|&!()\[\]*~^-]"
+TOKEN = re.compile(f"^{SAFE_CHARS}+$")
+# Account, QOS, GPU type and partition names.
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# sbatch --time: MINUTES, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or no limit.
+TIME = re.compile(r"^(?:\d+(?::\d{1,2}){0,2}|\d+-\d{1,2}(?::\d{1,2}){0,2}|UNLIMITED|INFINITE)$",
+                  re.IGNORECASE)
+# sbatch --mem: a number of megabytes, or with a K/M/G/T unit.
+MEM = re.compile(r"^\d+(?:[KMGT]B?)?$", re.IGNORECASE)
+_EXTRA_ARG = re.compile(f"^-{SAFE_CHARS}+$")
+# sbatch options that would replace the job script hpcenv writes.
+RESERVED_EXTRA = ("--wrap",)
+
+TIME_HELP = "use MINUTES, HH:MM:SS or D-HH:MM:SS (e.g. 30, 2:00:00, 1-00:00)"
+MEM_HELP = "use a size like 16G or 4000M"
+EXTRA_ARG_HELP = ("give one sbatch option starting with '-', without spaces or shell characters "
+                  "(e.g. --exclusive or --mail-type=END)")
+
+
+def control_problem(value: str) -> str | None:
+    """Control characters would end the ``#SBATCH`` line early or hide in it."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "control characters (newline, tab, ...) are not allowed in Slurm options"
+    return None
+
+
+def _problem(value: str, pattern: re.Pattern[str], expected: str) -> str | None:
+    return control_problem(value) or (None if pattern.match(value) else expected)
+
+
+def time_problem(value: str) -> str | None:
+    """Why ``value`` is not an sbatch ``--time``; None if it is."""
+    return _problem(value, TIME, f"not a Slurm time limit; {TIME_HELP}")
+
+
+def mem_problem(value: str) -> str | None:
+    """Why ``value`` is not an sbatch ``--mem``; None if it is."""
+    return _problem(value, MEM, f"not a memory size; {MEM_HELP}")
+
+
+def name_problem(value: str, what: str) -> str | None:
+    """Why ``value`` is not a Slurm account/QOS/partition name (``what`` says which)."""
+    return _problem(value, NAME, f"not {what}; use letters, digits, '.', '_' and '-'")
+
+
+def extra_arg_problem(arg: str) -> str | None:
+    """Why ``arg`` cannot be an extra sbatch option (``--sbatch-arg``, ``slurm.extra_args``):
+    one ``-option[=value]`` word that sbatch reads as exactly one option, never ``--wrap``."""
+    problem = _problem(arg, _EXTRA_ARG, f"not a single sbatch option; {EXTRA_ARG_HELP}")
+    if problem is None and arg.split("=", 1)[0] in RESERVED_EXTRA:
+        problem = "not allowed: it would replace the job script hpcenv writes; remove it"
+    return problem
+
+
+def parse_time_limit(text: str) -> float | None:
+    """An sbatch ``--time`` (see :data:`TIME`) in seconds; None for no limit.
+
+    A lone number is minutes and two fields are MM:SS, as sbatch reads them; after ``D-`` the
+    fields are hours, minutes, seconds.  This also reads the durations Slurm prints (Elapsed,
+    RunTime: ``MM:SS``, ``HH:MM:SS``, ``D-HH:MM:SS``).  InvalidInput for anything else.
+    """
+    text = text.strip()
+    problem = time_problem(text)
+    if problem is not None:
+        raise InvalidInput(f"time {text!r}: {problem}")
+    if text.upper() in {"UNLIMITED", "INFINITE"}:
+        return None
+    days, dash, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if dash:
+        h, m, s = (parts + [0, 0])[:3]
+        return float(int(days) * 86400 + h * 3600 + m * 60 + s)
+    if len(parts) == 1:
+        return parts[0] * 60.0
+    if len(parts) == 2:
+        return parts[0] * 60.0 + parts[1]
+    h, m, s = parts
+    return float(h * 3600 + m * 60 + s)

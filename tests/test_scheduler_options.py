@@ -1,0 +1,74 @@
+"""Slurm option values: one grammar for submit, the site config, the local executor and the
+durations Slurm prints."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcenv.errors import InvalidInput
+from hpcenv.scheduler.options import (
+    extra_arg_problem,
+    mem_problem,
+    name_problem,
+    parse_time_limit,
+    time_problem,
+)
+from hpcenv.scheduler.slurm_cli import parse_duration
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30", 1800), ("1:30", 90), ("1:00:05", 3605), ("2-3", 2 * 86400 + 3 * 3600),
+    ("1-2:30", 86400 + 2 * 3600 + 30 * 60), ("1-0:0:10", 86410), ("00:00:02", 2),
+    ("UNLIMITED", None), ("infinite", None),
+])
+def test_time_limits_read_as_sbatch_does(text: str, seconds: float | None) -> None:
+    assert time_problem(text) is None
+    assert parse_time_limit(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["1h", "1:2:3:4", "-5", "1-", "1.5", "", "1:0a", "1-2-3"])
+def test_bad_time_limits_are_refused(text: str) -> None:
+    assert time_problem(text) is not None
+    with pytest.raises(InvalidInput, match="not a Slurm time limit"):
+        parse_time_limit(text)
+
+
+def test_durations_slurm_prints() -> None:
+    # Elapsed/RunTime are HH:MM:SS or D-HH:MM:SS; Slurm's placeholders mean "no value".
+    assert parse_duration("00:01:05") == 65
+    assert parse_duration("1-00:00:01") == 86401
+    assert parse_duration("INVALID") is None
+    assert parse_duration("N/A") is None
+    assert parse_duration(None) is None
+    assert parse_duration("garbage") is None
+
+
+@pytest.mark.parametrize(("text", "ok"), [("16G", True), ("4000", True), ("4000M", True),
+                                          ("2GB", True), ("1.5G", False), ("16 G", False),
+                                          ("G", False), ("16B", False)])
+def test_memory_sizes(text: str, ok: bool) -> None:
+    assert (mem_problem(text) is None) == ok
+
+
+@pytest.mark.parametrize("arg", ["--exclusive", "--mail-type=END,FAIL", "-x", "--gres=gpu:1"])
+def test_good_extra_args(arg: str) -> None:
+    assert extra_arg_problem(arg) is None
+
+
+@pytest.mark.parametrize(("arg", "why"), [
+    ("exclusive", "not a single sbatch option"),
+    ("--mail-user=a b", "not a single sbatch option"),
+    ("--comment=$(id)", "not a single sbatch option"),
+    ("--x\n--y", "control characters"),
+    ("--wrap=id", "replace the job script"),
+    ("--wrap", "replace the job script"),
+])
+def test_bad_extra_args_say_why(arg: str, why: str) -> None:
+    problem = extra_arg_problem(arg)
+    assert problem is not None and why in problem
+
+
+def test_names() -> None:
+    assert name_problem("proj_1.a-b", "an account name") is None
+    problem = name_problem("a;b", "an account name")
+    assert problem is not None and problem.startswith("not an account name")
