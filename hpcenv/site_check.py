@@ -73,11 +73,11 @@ def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None
     if site.pip.wheel_dir is not None:
         checks.append(_exists_check("pip.wheel_dir", site.pip.wheel_dir))
     for name, remote in site.remotes.items():
-        for label, path in (("identity_file", remote.identity_file),
+        for label, file in (("identity_file", remote.identity_file),
                             ("known_hosts", remote.known_hosts)):
-            if path is not None and not path.is_file():
-                checks.append(Check(f"remotes.{name}", "warn",
-                                    f"{label} {path} is not a file"))
+            if file is not None and not file.is_file():
+                checks.append(Check(f"remotes.{name}.{label}", "warn",
+                                    f"{file} is not a file"))
     checks.extend(_lock_checks(site))
     return checks
 
@@ -158,7 +158,7 @@ def _partition_checks(site: SiteConfig) -> list[Check]:
             checks.append(Check(f"partition {p.name}", "pass", "CPU"))
             continue
         what = f"{p.gpus_per_node}x {p.gpu_type or 'GPU'}"
-        status: CheckStatus = "pass"
+        status = "pass"
         if p.driver is not None:
             # Validation already refused drivers the table cannot place.
             what += f", driver {p.driver} (CUDA <= {drivers.max_cuda_for_driver(p.driver)})"

@@ -527,8 +527,8 @@ def test_check_reports_failures_and_warnings(tmp_path: Path, env: dict[str, str]
           c: {{host: h, known_hosts: {tmp_path}/no-known-hosts}}
     """, env)
     checks = by_name(check_site(site))
-    assert checks["remotes.c"].status == "warn"
-    assert checks["remotes.c"].detail == f"known_hosts {tmp_path}/no-known-hosts is not a file"
+    assert checks["remotes.c.known_hosts"].status == "warn"
+    assert checks["remotes.c.known_hosts"].detail == f"{tmp_path}/no-known-hosts is not a file"
     assert checks["registry"].status == "fail" and "cannot be created" in checks["registry"].detail
     assert checks["state_dir"].status == "fail" and "not a directory" in checks["state_dir"].detail
     # /proc is its own filesystem, so pkgs and envs cannot share hardlinks.
