@@ -17,14 +17,16 @@ build keys on the lockfile's bytes instead of the spec.
 
 **Build once.**  A ready build with the key in the registry is returned as ``reused`` without
 taking any lock (the fast path: no rattler import, a few file reads).  Otherwise the builder
-takes the key's :class:`~hpcenv.locking.BuildLock`; late arrivals wait (``on_progress`` gets
-"waiting for USER@HOST pid N since T") and then find the ready build.  The lock holder:
+takes the key's :class:`~hpcenv.locking.BuildLock`; late arrivals wait (``on_progress`` gets a
+``wait`` :class:`BuildEvent` "waiting for USER@HOST pid N since T") and then find the ready
+build.  The lock holder:
 
 1. cleans debris: builds without a completion marker whose key lock nobody holds (a crashed
    builder), marking their records ``failed``; a crashed builder's complete build (killed
    between the marker and the registry update) is marked ``ready`` and reused;
 2. allocates a version in the registry (record status ``building``);
-3. solves (or reads ``--from-lock``: the locked packages then say which CUDA the env needs),
+3. solves (or reads ``--from-lock``, converting an ``@EXPLICIT`` list to a lockfile first: the
+   locked packages then say which CUDA the env needs),
    writes the lockfile into the registry, installs from it into the build prefix with the
    site's first ``pkgs_dir`` as package cache (hardlinks), holding the cache's
    :class:`~hpcenv.locking.CacheLock` shared so ``env gc`` cannot clean entries mid-install;
@@ -42,8 +44,9 @@ A crash at any step leaves the previous version current and its symlink untouche
 build is cleaned by the next builder (or ``env gc``).  A crash between the two publish steps
 leaves ``current`` ahead of the symlink, both pointing at complete builds; the next build of
 either spec (``reused`` checks the symlink too), a rollback or :func:`sync_link` repairs it,
-and ``hpcenv run -n`` follows the registry meanwhile.  :func:`rollback` and
-:func:`remove_version` change ``current`` the same way, under the registry's per-name lock.
+and ``hpcenv run -n`` follows the registry meanwhile.  :func:`rollback`, :func:`remove_version`
+and :func:`remove_env` change ``current`` the same way (:func:`_switch_current`), under the
+registry's per-name lock.
 """
 
 from __future__ import annotations
@@ -54,7 +57,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -65,10 +67,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from hpcenv.engine.base import LockedPackage, channel_url, current_platform
+from hpcenv.engine.base import ChannelPriority, LockedPackage, channel_url, current_platform
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.locking import BuildLock, CacheLock, LockHolder, current_user
-from hpcenv.registry import EnvRecord, Registry, chgrp, ensure_shared_dir, group_id
+from hpcenv.fsutil import atomic_write_json, chgrp, ensure_shared_dir, group_id, user_at_host
+from hpcenv.locking import BuildLock, CacheLock, LockHolder
+from hpcenv.registry import EnvRecord, Registry
 from hpcenv.spec import EnvSpec, validate_env_name
 
 if TYPE_CHECKING:
@@ -81,7 +84,41 @@ KEY_SCHEMA = 1
 _CUDA_RE = re.compile(r"^\d+(\.\d+){0,2}$")
 _CUDA_DEP_RE = re.compile(r"^__cuda\s*>=\s*(\d+(?:\.\d+)?)")
 
-Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """One progress report of a build: ``step`` (what it is doing now; a spinner may replace
+    it with the next), ``wait`` (blocked on another process) or ``warning`` (the user should
+    read it).  ``str()`` is the text, so callers that only print keep working."""
+
+    kind: Literal["step", "wait", "warning"]
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+Progress = Callable[[BuildEvent], None]
+
+
+@dataclass(frozen=True)
+class _Reporter:
+    """``on_progress`` with one method per event kind."""
+
+    callback: Progress | None
+
+    def step(self, text: str) -> None:
+        if self.callback is not None:
+            self.callback(BuildEvent("step", text))
+
+    def wait(self, text: str) -> None:
+        if self.callback is not None:
+            self.callback(BuildEvent("wait", text))
+
+    def warn(self, text: str) -> None:
+        if self.callback is not None:
+            self.callback(BuildEvent("warning", text))
 
 
 @dataclass(frozen=True)
@@ -113,10 +150,11 @@ class BuildPlan:
     key: str
     platform: str
     channels: tuple[str, ...]
-    channel_priority: str
+    channel_priority: ChannelPriority
     cuda: str            # the __cuda value for the solve; "" = none
     cuda_override: str | None
     notes: tuple[str, ...] = ()
+    gpu_required: bool | None = None   # see resolve_cuda
 
 
 # --- paths ------------------------------------------------------------------------------------
@@ -142,7 +180,8 @@ def key_lock(site: SiteConfig, key: str, *, on_wait: Callable[[LockHolder | None
     """The build lock of ``key`` with the site's lock settings."""
     return BuildLock(locks_dir(site) / f"{key}.lock", method=site.locks.method,
                      timeout=site.locks.timeout if timeout is None else timeout,
-                     stale_after=site.locks.stale_after, on_wait=on_wait)
+                     stale_after=site.locks.stale_after, on_wait=on_wait,
+                     dir_mode=site.permissions.dir_mode, group=site.permissions.group)
 
 
 def cache_lock(site: SiteConfig, pkgs_dir: Path, *,
@@ -150,7 +189,8 @@ def cache_lock(site: SiteConfig, pkgs_dir: Path, *,
     """The lock that keeps ``env gc`` out of ``pkgs_dir`` while installs link from it."""
     return CacheLock(Path(pkgs_dir) / CACHE_LOCK, method=site.locks.method,
                      timeout=site.locks.timeout, stale_after=site.locks.stale_after,
-                     on_wait=on_wait)
+                     on_wait=on_wait, dir_mode=site.permissions.dir_mode,
+                     group=site.permissions.group)
 
 
 def is_complete(prefix: Path | str) -> bool:
@@ -182,16 +222,19 @@ def resolve_channels(spec: EnvSpec | None, site: SiteConfig) -> tuple[str, ...]:
     return tuple(out)
 
 
-def resolve_cuda(spec: EnvSpec | None, cuda_override: str | None) -> tuple[str, tuple[str, ...]]:
-    """The ``__cuda`` value for the solve ("" = none) and notes explaining the choice."""
+def resolve_cuda(spec: EnvSpec | None,
+                 cuda_override: str | None) -> tuple[str, tuple[str, ...], bool | None]:
+    """The ``__cuda`` value for the solve ("" = none), notes explaining the choice, and whether
+    the env needs a GPU (``--cuda``: yes, ``--no-cuda``: no, else :func:`infer_cuda`'s
+    ``gpu_required``, which is also True for GPU specs naming no CUDA, e.g. ROCm)."""
     if cuda_override is not None:
         if cuda_override and not _CUDA_RE.match(cuda_override):
             raise InvalidInput(f"--cuda {cuda_override!r}: give a CUDA version like 12.4 "
                                "(or --no-cuda)")
         return cuda_override, ((f"CUDA {cuda_override} (--cuda)",) if cuda_override
-                               else ("no CUDA (--no-cuda)",))
+                               else ("no CUDA (--no-cuda)",)), bool(cuda_override)
     if spec is None:
-        return "", ()
+        return "", (), None
     from hpcenv.cuda import infer_cuda
 
     req = infer_cuda(spec)
@@ -200,17 +243,17 @@ def resolve_cuda(spec: EnvSpec | None, cuda_override: str | None) -> tuple[str, 
         note = f"CUDA {req.cuda} inferred{evidence}"
         if req.ambiguous and len(req.candidates) > 1:
             note += f" (candidates {', '.join(req.candidates)}; pass --cuda X.Y to choose)"
-        return req.cuda, (note,)
+        return req.cuda, (note,), req.gpu_required
     if req.gpu_required and req.candidates:
         from hpcenv.drivers import version_key
 
         best = max(req.candidates, key=version_key)
         return best, (f"CUDA {best} chosen among {', '.join(req.candidates)}{evidence}; pass "
-                      "--cuda X.Y to choose another",)
+                      "--cuda X.Y to choose another",), True
     if req.gpu_required:
         return "", (f"the spec needs a GPU{evidence} but names no CUDA version: building "
-                    "without __cuda; pass --cuda X.Y for CUDA builds",)
-    return "", ()
+                    "without __cuda; pass --cuda X.Y for CUDA builds",), True
+    return "", (), req.gpu_required
 
 
 def build_key(*, name: str, content: dict[str, object], platform: str, channels: Sequence[str],
@@ -256,19 +299,22 @@ def plan_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = Non
         content: dict[str, object] = {"lock": lock_digest,
                                       "pip": spec.normalized()["pip"] if spec else None,
                                       "variables": spec.normalized()["variables"] if spec else None}
-        cuda, notes = (cuda_override or ""), ()
+        cuda = cuda_override or ""
+        notes: tuple[str, ...] = ()
+        # The locked packages decide (see _packages_for); only --cuda X says more up front.
+        gpu_required: bool | None = True if cuda_override else None
         channels: tuple[str, ...] = ()
     else:
         if spec is None:
             raise InvalidInput("nothing to build: give an environment file or --from-lock LOCK")
         content = spec.normalized()
         channels = resolve_channels(spec, site)
-        cuda, notes = resolve_cuda(spec, cuda_override)
+        cuda, notes, gpu_required = resolve_cuda(spec, cuda_override)
     key = build_key(name=chosen, content=content, platform=platform, channels=channels,
                     channel_priority=site.channel_priority, cuda=cuda)
     return BuildPlan(name=chosen, key=key, platform=platform, channels=channels,
                      channel_priority=site.channel_priority, cuda=cuda,
-                     cuda_override=cuda_override, notes=notes)
+                     cuda_override=cuda_override, notes=notes, gpu_required=gpu_required)
 
 
 # --- build ------------------------------------------------------------------------------------
@@ -279,16 +325,20 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
               make_current: bool = True) -> BuildResult:
     """Build ``spec`` (or recreate ``from_lock``) once, publish it, and return its record.
 
+    ``from_lock``: a lockfile (hpcenv's, conda-lock/pixi) or an ``@EXPLICIT`` list, which is
+    first turned into a lockfile (:func:`hpcenv.export.lock_from_explicit`).
     ``cuda_override``: None = infer from the spec, "" = no ``__cuda``, "12.4" = ``__cuda=12.4``.
     ``make_current``: also make a reused build the current version of ``name`` (a rollback
     is undone by building the newer spec again); pass False to only ensure the build exists.
+    ``on_progress`` receives :class:`BuildEvent` objects.
     """
     started = time.monotonic()
-    say = on_progress or (lambda _msg: None)
+    report = _Reporter(on_progress)
+    if from_lock is not None:
+        from_lock = _lockfile_for(Path(from_lock), site, cuda_override, engine, report)
     plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
     registry = Registry.for_site(site)
     _check_link_is_ours(site, plan.name)
-    _ensure_dir(locks_dir(site), site)  # before any lock creates it without the lab's group
 
     def reuse(record: EnvRecord, waited: bool) -> BuildResult | None:
         if not is_complete(record.prefix):
@@ -309,25 +359,25 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         nonlocal waited
         waited = True
         who = holder.describe() if holder else "another builder"
-        say(f"waiting for {who} (building {plan.name}, key {plan.key[:12]})")
+        report.wait(f"waiting for {who} (building {plan.name}, key {plan.key[:12]})")
 
     with key_lock(site, plan.key, on_wait=on_wait):
         # Debris first: it also adopts a finished build whose builder died before marking it
         # ready, which the lookup below then reuses.
         for path in clean_debris(site, registry=registry, held_key=plan.key):
-            say(f"removed debris of a crashed build: {path}")
+            report.warn(f"removed debris of a crashed build: {path}")
         found = registry.find_ready(plan.key, plan.name)
         if found is not None:
             if (result := reuse(found, waited)) is not None:
                 return result
             registry.set_status(found.name, found.version, "failed")  # marker gone: rebuild
         for note in plan.notes:
-            say(note)
+            report.step(note)
         engine = engine or _engine_for(site)
-        record, warnings = _build_locked(spec, site, plan, registry, engine, from_lock, say)
+        record, warnings = _build_locked(spec, site, plan, registry, engine, from_lock, report)
         if make_current:
             publish(site, registry, record)
-    say(f"built {record.name} version {record.version} in {record.prefix}")
+    report.step(f"built {record.name} version {record.version} in {record.prefix}")
     return BuildResult(record, "built", waited, time.monotonic() - started, tuple(warnings))
 
 
@@ -337,16 +387,34 @@ def _engine_for(site: SiteConfig) -> Engine:
     return get_engine(site)
 
 
+def _lockfile_for(path: Path, site: SiteConfig, cuda_override: str | None,
+                  engine: Engine | None, report: _Reporter) -> Path:
+    """``path`` itself when it is a lockfile; the lockfile made from it when it is an
+    ``@EXPLICIT`` list (cached by content under the site's ``state_dir``)."""
+    from hpcenv.export import is_explicit_list, lock_from_explicit
+
+    if not path.is_file():
+        raise InvalidInput(f"--from-lock {path}: no such file; give a lockfile or an @EXPLICIT "
+                           "list ('hpcenv env export NAME --lock' or '--explicit')")
+    if not is_explicit_list(path):
+        return path
+    report.step(f"reading @EXPLICIT list {path}")
+    return lock_from_explicit(path, site, cuda_override=cuda_override, engine=engine)
+
+
 def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, registry: Registry,
                   engine: Engine, from_lock: Path | None,
-                  say: Progress) -> tuple[EnvRecord, list[str]]:
+                  report: _Reporter) -> tuple[EnvRecord, list[str]]:
     # Solve (or read the lock) before allocating a version: a spec that cannot be built leaves
     # nothing behind, not even a failed record.
-    packages, channels, cuda, pinned = _packages_for(spec, plan, engine, from_lock, say)
-    creator = f"{current_user()}@{socket.gethostname()}"
+    packages, channels, cuda, pinned = _packages_for(spec, plan, engine, from_lock, report)
+    creator = user_at_host()
     builds = builds_dir(site)
-    _ensure_dir(builds, site)
+    ensure_shared_dir(builds, mode=site.permissions.dir_mode, group=site.permissions.group)
     recorded = pinned if pinned is not None else spec
+    # From a lock, packages built for a CUDA prove the env needs a GPU; a lock without any
+    # proves nothing (ROCm, or CPU): keep what the plan knew.
+    gpu_required = True if from_lock is not None and cuda else plan.gpu_required
     record = registry.allocate(plan.name, lambda version: EnvRecord(
         name=plan.name, version=version, key=plan.key,
         spec=recorded.normalized() if recorded is not None else {},
@@ -358,28 +426,33 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         channel_priority=plan.channel_priority, engine=engine.name,
         source=str(spec.source) if spec is not None and spec.source else None,
-        from_lock=str(Path(from_lock).resolve()) if from_lock is not None else None))
+        from_lock=str(Path(from_lock).resolve()) if from_lock is not None else None,
+        gpu_required=gpu_required))
     prefix = Path(record.prefix)
     warnings: list[str] = []
     try:
-        engine.write_lock(Path(record.lock_path), plan.name, packages, channels, plan.platform)
-        say(f"installing {len(packages)} packages into {prefix}")
+        # The engine writes where it likes; the registry stores it with the lab's mode/group.
+        with tempfile.TemporaryDirectory(prefix="hpcenv-lock-") as scratch:
+            written = Path(scratch) / "lock.yml"
+            engine.write_lock(written, plan.name, packages, channels, plan.platform)
+            registry.write_lockfile(record.name, record.version, written.read_text())
+        report.step(f"installing {len(packages)} packages into {prefix}")
         pkgs_dir = Path(site.pkgs_dirs[0])
-        _ensure_dir(pkgs_dir, site)
-        with cache_lock(site, pkgs_dir, on_wait=lambda: say(
+        ensure_shared_dir(pkgs_dir, mode=site.permissions.dir_mode, group=site.permissions.group)
+        with cache_lock(site, pkgs_dir, on_wait=lambda: report.wait(
                 "waiting for 'hpcenv env gc' to finish with the package cache")).hold(
                 exclusive=False):
             engine.install(prefix, packages, pkgs_dir=pkgs_dir)
         if spec is not None and spec.variables:
             _write_state(prefix, dict(spec.variables))
         if spec is not None and spec.pip:
-            say(f"pip: installing {len(spec.pip)} entries with the env's python")
+            report.step(f"pip: installing {len(spec.pip)} entries with the env's python")
             _pip_install(prefix, spec, site)
         _verify(prefix, packages)
         warning = _same_fs_warning(prefix, pkgs_dir)
         if warning:
             warnings.append(warning)
-            say(f"warning: {warning}")
+            report.warn(warning)
         size, count = _usage(prefix)
         _fix_modes(prefix, site)
         _write_marker(prefix, record)
@@ -405,20 +478,20 @@ def _culprit_line(spec: EnvSpec, message: str) -> str:
 
 
 def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lock: Path | None,
-                  say: Progress) -> tuple[list[LockedPackage], tuple[str, ...], str | None,
+                  report: _Reporter) -> tuple[list[LockedPackage], tuple[str, ...], str | None,
                                           EnvSpec | None]:
     """The exact packages of a build, its channels, the CUDA to record and, for a
     ``--from-lock`` build without a spec, the pinned spec that stands for it."""
     pinned = None
     if from_lock is not None:
-        say(f"reading {from_lock}")
+        report.step(f"reading {from_lock}")
         packages = engine.read_lock(Path(from_lock), platform=plan.platform)
         channels = tuple(sorted({p.channel.rstrip("/") for p in packages if p.channel}))
         locked_cuda = cuda_of_packages(packages)
         if locked_cuda is not None:
-            say(f"CUDA {locked_cuda} from the locked packages")
+            report.step(f"CUDA {locked_cuda} from the locked packages")
             if plan.cuda_override == "":
-                say(f"warning: --no-cuda ignored: {from_lock} holds CUDA {locked_cuda} builds")
+                report.warn(f"--no-cuda ignored: {from_lock} holds CUDA {locked_cuda} builds")
         # No solve: the packages, not a guess, say what CUDA the env needs (routing reads it).
         cuda = locked_cuda or plan.cuda or None
         if spec is None:
@@ -428,7 +501,7 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
     else:
         assert spec is not None  # plan_build refuses a build with neither
         channels, cuda = plan.channels, plan.cuda or None
-        say(f"solving {len(spec.conda)} specs against {', '.join(channels)}")
+        report.step(f"solving {len(spec.conda)} specs against {', '.join(channels)}")
         try:
             packages = engine.solve(list(spec.conda), channels=channels, platform=plan.platform,
                                     cuda=plan.cuda, channel_priority=plan.channel_priority)
@@ -453,15 +526,13 @@ def _check_link_is_ours(site: SiteConfig, name: str) -> None:
                           f"some other way?); move it away or build under another --name")
 
 
-def _ensure_dir(path: Path, site: SiteConfig) -> None:
-    if not path.is_dir():
-        ensure_shared_dir(path, dir_mode=site.permissions.dir_mode, gid=_site_gid(site))
-
-
 def _write_state(prefix: Path, env_vars: dict[str, str]) -> None:
     """Spec ``variables`` as conda stores them (``conda env config vars``)."""
+    from hpcenv.activation import env_state_vars
+
     state = prefix / "conda-meta" / "state"
     state.write_text(json.dumps({"env_vars": env_vars}, indent=2) + "\n")
+    env_state_vars(prefix)  # read back as activation will: a name no shell accepts fails here
 
 
 def _pip_install(prefix: Path, spec: EnvSpec, site: SiteConfig) -> None:
@@ -544,7 +615,7 @@ def _usage(prefix: Path) -> tuple[int, int]:
 
 def _fix_modes(prefix: Path, site: SiteConfig) -> None:
     """Readable by all (group/other per site), writable by nobody; group + setgid if configured."""
-    gid = _site_gid(site)
+    gid = group_id(site.permissions.group)
     setgid = stat.S_ISGID if gid is not None else 0
     for root, dirs, files in os.walk(prefix, topdown=False):
         for entry in files + dirs:
@@ -565,18 +636,11 @@ def _fix_modes(prefix: Path, site: SiteConfig) -> None:
         chgrp(prefix, gid)
 
 
-def _site_gid(site: SiteConfig) -> int | None:
-    return group_id(site.permissions.group)
-
-
 def _write_marker(prefix: Path, record: EnvRecord) -> None:
     """The completion marker, then the prefix root made read-only too (the very last step)."""
     data = {"name": record.name, "version": record.version, "key": record.key,
             "completed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    tmp = prefix / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, prefix / MARKER)
+    atomic_write_json(prefix / MARKER, data, mode=0o444)
     mode = stat.S_IMODE(prefix.stat().st_mode)
     os.chmod(prefix, (mode | 0o555) & ~0o222)
 
@@ -612,8 +676,15 @@ def force_rmtree(path: Path) -> None:
 def publish(site: SiteConfig, registry: Registry, record: EnvRecord) -> None:
     """Make ``record`` the current version: registry first, then the ``envs_dir/NAME`` symlink."""
     with registry.name_lock(record.name):
-        registry.set_current(record.name, record.version)
-        _point_link(site, record.name, Path(record.prefix))
+        _switch_current(site, registry, record.name, record)
+
+
+def _switch_current(site: SiteConfig, registry: Registry, name: str,
+                    record: EnvRecord | None) -> None:
+    """Make ``record`` (None: nothing) current: the registry's ``current`` first (the source of
+    truth), then the ``envs_dir/NAME`` symlink.  The caller holds the registry's name lock."""
+    registry.set_current(name, record.version if record is not None else None)
+    _point_link(site, name, Path(record.prefix) if record is not None else None)
 
 
 def link_points_to(site: SiteConfig, name: str, prefix: Path | str) -> bool:
@@ -675,8 +746,7 @@ def rollback(site: SiteConfig, name: str, to_version: int | None = None) -> EnvR
                 raise HpcenvError(f"{name} version {to_version} is {record.status}, not a "
                                   "ready build; pick another with 'hpcenv env history "
                                   f"{name}' or rebuild it with --from-lock {record.lock_path}")
-        registry.set_current(name, record.version)
-        _point_link(site, name, Path(record.prefix))
+        _switch_current(site, registry, name, record)
     return record
 
 
@@ -703,9 +773,7 @@ def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = F
         if version == current:
             others = [r for r in registry.versions(name) if r.version != version
                       and r.status == "ready" and is_complete(r.prefix)]
-            successor = others[-1] if others else None
-            registry.set_current(name, successor.version if successor else None)
-            _point_link(site, name, Path(successor.prefix) if successor else None)
+            _switch_current(site, registry, name, others[-1] if others else None)
         elif link_points_to(site, name, record.prefix):
             # A publisher died before switching the symlink: repair it before the prefix goes.
             current_record = registry.current(name)
@@ -718,6 +786,24 @@ def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = F
     if not shared:
         force_rmtree(Path(record.prefix))
     return record
+
+
+def remove_env(site: SiteConfig, name: str, *, force: bool = False) -> list[EnvRecord]:
+    """Retire every live (ready or building) version of ``name`` with :func:`remove_version`,
+    the current one last so the env stays usable until the very end.  Refused without
+    ``force``, because it removes the current version too.  Returns the retired records."""
+    registry = Registry.for_site(site)
+    versions = registry.versions(name)
+    if not versions:
+        raise NotFound(f"no environment {name!r} in the registry {registry.root}; "
+                       "see 'hpcenv env list'")
+    live = [r.version for r in versions if r.status in ("ready", "building")]
+    if not force:
+        raise HpcenvError(f"removing {name} removes all {len(live)} live version(s), the "
+                          "current one included; pass --force, or --version V for one")
+    current = registry.current_version(name)
+    return [remove_version(site, name, v, force=True)
+            for v in sorted(live, key=lambda v: v == current)]
 
 
 # --- debris -----------------------------------------------------------------------------------
@@ -778,9 +864,9 @@ def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
         if (record.status == "building" and is_complete(record.prefix)
                 and not _builder_alive(site, record, held_key)):
             _adopt(registry, record)
-    for path, record in find_debris(site, registry=registry, held_key=held_key):
-        if record is not None and record.status == "building":
-            registry.set_status(record.name, record.version, "failed")
+    for path, owner in find_debris(site, registry=registry, held_key=held_key):
+        if owner is not None and owner.status == "building":
+            registry.set_status(owner.name, owner.version, "failed")
         force_rmtree(path)
         removed.append(path)
     # A builder killed between allocating its version and creating its prefix left only a record.

@@ -15,16 +15,16 @@ import json
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlparse
 
+from hpcenv.engine.base import ARCHIVE_SUFFIXES
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from hpcenv.engine.base import Engine
+    from hpcenv.registry import EnvRecord
     from hpcenv.site import SiteConfig
-
-_ARCHIVE_SUFFIXES = (".conda", ".tar.bz2")
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,45 @@ def export_lock(lock_path: Path) -> str:
         raise NotFound(f"lockfile {lock_path} is missing; rebuild the env to write a new one") from exc
 
 
+ExportFormat = Literal["environment.yml", "lock", "explicit"]
+
+
+def export_record(record: EnvRecord, form: ExportFormat = "environment.yml", *,
+                  no_builds: bool = False) -> str:
+    """A registry version as ``form``: environment.yml and ``@EXPLICIT`` lists are read from
+    its prefix (which must still exist), the lockfile from the registry."""
+    if form == "lock":
+        return export_lock(Path(record.lock_path))
+    prefix = Path(record.prefix)
+    if not prefix.is_dir():
+        raise HpcenvError(f"{record.name} version {record.version} is {record.status} and its "
+                          "prefix is gone; export its lockfile instead (--lock)")
+    if form == "explicit":
+        return export_explicit(prefix)
+    return export_environment_yml(prefix, name=record.name, channels=record.channels or None,
+                                  no_builds=no_builds)
+
+
+def lock_omissions(record: EnvRecord) -> str | None:
+    """What a lockfile or ``@EXPLICIT`` list of ``record`` leaves out (pip packages, variables)
+    and how to rebuild it all; None when it holds everything."""
+    from hpcenv.activation import env_state_vars
+
+    prefix = Path(record.prefix)
+    if not (prefix / "conda-meta").is_dir():
+        return None
+    extras = []
+    if dists := pip_installed(prefix):
+        extras.append(f"pip packages ({', '.join(d.name for d in dists)})")
+    if env_state_vars(prefix):
+        extras.append("variables")
+    if not extras:
+        return None
+    return (f"{record.name} also has {' and '.join(extras)}, which a lockfile does not hold; "
+            f"rebuild with 'hpcenv env build {record.source or 'FILE'} --from-lock LOCK', or "
+            "export environment.yml instead")
+
+
 # --- @EXPLICIT lists back into lockfiles --------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -211,7 +250,7 @@ def read_explicit(path: Path) -> list[ExplicitEntry]:
         checksum = raw_checksum.split(":", 1)[-1].strip().lower() or None
         parts = url.rsplit("/", 2)
         filename = parts[-1]
-        stem = next((filename[: -len(x)] for x in _ARCHIVE_SUFFIXES if filename.endswith(x)), None)
+        stem = next((filename[: -len(x)] for x in ARCHIVE_SUFFIXES if filename.endswith(x)), None)
         pieces = stem.rsplit("-", 2) if stem else []
         if len(parts) != 3 or len(pieces) != 3 or not all(pieces):
             raise InvalidInput(f"{path}:{number}: {url!r} is not CHANNEL/SUBDIR/NAME-VERSION-BUILD"

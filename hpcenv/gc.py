@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from hpcenv.engine.base import ARCHIVE_SUFFIXES
+
 if TYPE_CHECKING:
     from hpcenv.site import SiteConfig
 
 ItemKind = Literal["build", "debris", "package"]
-_ARCHIVE_SUFFIXES = (".conda", ".tar.bz2")
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def used_package_names(prefixes: Iterable[Path]) -> set[str]:
                 if source:
                     names.add(Path(source).name)
             fn = record.get("fn") or ""
-            for suffix in _ARCHIVE_SUFFIXES:
+            for suffix in ARCHIVE_SUFFIXES:
                 if fn.endswith(suffix):
                     names.add(fn[: -len(suffix)])
     return names
@@ -184,7 +185,7 @@ def cache_entries(pkgs_dir: Path) -> dict[str, list[Path]]:
             if (child / "info").is_dir():
                 entries.setdefault(name, []).append(child)
             continue
-        for suffix in (".lock", *_ARCHIVE_SUFFIXES):
+        for suffix in (".lock", *ARCHIVE_SUFFIXES):
             if name.endswith(suffix):
                 entries.setdefault(name[: -len(suffix)], []).append(child)
                 break

@@ -25,16 +25,19 @@ every change of ``current`` (see :mod:`hpcenv.builder`).
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from hpcenv.errors import HpcenvError, NotFound
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
 from hpcenv.locking import BuildLock, LockMethod
+from hpcenv.spec import validate_env_name
+
+if TYPE_CHECKING:
+    from hpcenv.site import SiteConfig
 
 Status = Literal["building", "ready", "retired", "failed"]
 STATUSES: tuple[Status, ...] = ("building", "ready", "retired", "failed")
@@ -65,6 +68,11 @@ class EnvRecord:
     packages: int = 0
     source: str | None = None     # the environment file it was built from
     from_lock: str | None = None  # the lockfile it was recreated from
+    # Whether the env needs a GPU: the spec's inference at build time (True for a from-lock
+    # build whose packages name a CUDA).  Routing reads it for GPU envs that name no CUDA
+    # version (ROCm, "cupy" without cuda-version...); None = unknown (records written before
+    # the field existed, or a spec that does not say).
+    gpu_required: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,77 +83,86 @@ class EnvRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def group_id(group: str | None) -> int | None:
-    """The gid of the site's ``permissions.group`` (None when the site names none)."""
-    if group is None:
-        return None
-    import grp
+@dataclass(frozen=True)
+class EnvSummary:
+    """One line of ``env list``: an environment and its current version (None fields: no
+    current version)."""
 
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise HpcenvError(f"site permissions.group {group!r} does not exist on this host; fix "
-                          "the site config ('hpcenv site check')") from None
+    name: str
+    current: int | None
+    versions: int
+    cuda: str | None
+    prefix: str | None
+    created: str | None
+    creator: str | None
+    packages: int | None
+    size_bytes: int | None
 
-
-def chgrp(path: Path | str, gid: int) -> None:
-    """Give ``path`` the lab group; a one-line error when this user is not in it."""
-    try:
-        os.chown(path, -1, gid, follow_symlinks=False)
-    except PermissionError:
-        raise HpcenvError(f"{path}: cannot give it group id {gid}: you are not a member of the "
-                          "site's permissions.group; ask to be added or fix the site config"
-                          ) from None
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def ensure_shared_dir(path: Path, *, dir_mode: int | None, gid: int | None) -> None:
-    """Create ``path`` and its missing parents, each with the site's mode and group (setgid
-    dirs then pass the group on to everything created inside)."""
-    missing = []
-    while not path.is_dir():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir()
-        except FileExistsError:
-            continue  # another process made it: it set the permissions
-        if gid is not None:
-            chgrp(directory, gid)
-        if dir_mode is not None:
-            os.chmod(directory, dir_mode)  # after chgrp, which clears setgid on some systems
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of ``env history``: a version of an environment."""
+
+    version: int
+    current: bool
+    status: Status
+    cuda: str | None
+    key: str
+    created: str
+    creator: str
+    packages: int
+    prefix: str
+    lock: str
+    from_lock: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Registry:
-    """The registry under ``root`` (see module doc)."""
+    """The registry under ``root`` (see module doc).
+
+    Every method taking an env name validates it first (:func:`hpcenv.spec.validate_env_name`,
+    InvalidInput): names become paths under ``root``, so ``../x`` must never reach the
+    filesystem.
+    """
 
     def __init__(self, root: Path | str, *, lock_method: LockMethod = "flock",
-                 lock_timeout: float = 120.0, group: str | None = None,
-                 dir_mode: int | None = None) -> None:
+                 lock_timeout: float = 3600.0, lock_stale_after: float | None = None,
+                 group: str | None = None, dir_mode: int | None = None) -> None:
         self.root = Path(root)
         self.lock_method = lock_method
         self.lock_timeout = lock_timeout
+        self.lock_stale_after = lock_stale_after
         self.group = group
         self.file_mode = 0o664 if group is not None else 0o644
         self.dir_mode = dir_mode
 
     @classmethod
-    def for_site(cls, site: Any) -> Registry:
-        """The registry a :class:`hpcenv.site.SiteConfig` names, with its lock and mode settings."""
-        return cls(site.registry, lock_method=site.locks.method,
-                   group=site.permissions.group,
+    def for_site(cls, site: SiteConfig) -> Registry:
+        """The registry ``site`` names, with its lock settings (the per-name lock is only held
+        for a few file writes, but a waiter behind a slow shared filesystem or a build holding
+        it across a publish gets the same patience as a build lock) and permissions."""
+        return cls(site.registry, lock_method=site.locks.method, lock_timeout=site.locks.timeout,
+                   lock_stale_after=site.locks.stale_after, group=site.permissions.group,
                    dir_mode=site.permissions.dir_mode)
 
     # --- reading ------------------------------------------------------------------------------
 
     def names(self) -> list[str]:
+        """Names with at least one record (directories that are no valid env name, e.g. made
+        by hand, are not environments and are skipped)."""
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and any(self._record_files(p.name)))
+                      if p.is_dir() and _is_env_name(p.name) and any(self._record_files(p.name)))
 
     def versions(self, name: str) -> list[EnvRecord]:
         """Every record of ``name``, oldest first."""
+        validate_env_name(name)
         records = []
         for path in self._record_files(name):
             record = self._load(path)
@@ -154,6 +171,7 @@ class Registry:
         return sorted(records, key=lambda r: r.version)
 
     def get(self, name: str, version: int) -> EnvRecord:
+        validate_env_name(name)
         path = self._record_path(name, version)
         record = self._load(path)
         if record is None:
@@ -166,6 +184,7 @@ class Registry:
         return record
 
     def current_version(self, name: str) -> int | None:
+        validate_env_name(name)
         try:
             text = (self.root / name / "current").read_text().strip()
         except FileNotFoundError:
@@ -180,6 +199,48 @@ class Registry:
         version = self.current_version(name)
         return None if version is None else self.get(name, version)
 
+    def resolve(self, name: str, version: int | None = None) -> EnvRecord:
+        """Version ``version`` of ``name``, or its current version; NotFound says which is
+        missing and where to look."""
+        if version is not None:
+            return self.get(name, version)
+        record = self.current(name)
+        if record is None:
+            if self.versions(name):
+                raise NotFound(f"environment {name!r} has no current version; pick one with "
+                               f"--version (see 'hpcenv env history {name}')")
+            raise NotFound(f"no environment {name!r} in the registry {self.root}; "
+                           "see 'hpcenv env list'")
+        return record
+
+    def summaries(self) -> list[EnvSummary]:
+        """Every environment with its current version, by name."""
+        out = []
+        for name in self.names():
+            versions = self.versions(name)
+            current = self.current_version(name)
+            record = next((r for r in versions if r.version == current), None)
+            out.append(EnvSummary(
+                name=name, current=current, versions=len(versions),
+                cuda=record.cuda if record else None, prefix=record.prefix if record else None,
+                created=record.created if record else None,
+                creator=record.creator if record else None,
+                packages=record.packages if record else None,
+                size_bytes=record.size_bytes if record else None))
+        return out
+
+    def history(self, name: str) -> list[HistoryEntry]:
+        """Every version of ``name``, oldest first; NotFound when it has none."""
+        versions = self.versions(name)
+        if not versions:
+            raise NotFound(f"no environment {name!r} in the registry {self.root}; "
+                           "see 'hpcenv env list'")
+        current = self.current_version(name)
+        return [HistoryEntry(version=r.version, current=r.version == current, status=r.status,
+                             cuda=r.cuda, key=r.key, created=r.created, creator=r.creator,
+                             packages=r.packages, prefix=r.prefix, lock=r.lock_path,
+                             from_lock=r.from_lock) for r in versions]
+
     def find_ready(self, key: str, name: str | None = None) -> EnvRecord | None:
         """The newest ``ready`` record built with ``key`` (only under ``name`` when given)."""
         names = [name] if name is not None else self.names()
@@ -192,16 +253,18 @@ class Registry:
 
     def lock_file(self, name: str, version: int) -> Path:
         """Where the lockfile of ``name`` version ``version`` lives."""
-        return self.root / name / f"{version}.lock.yml"
+        validate_env_name(name)
+        return self.root / name / f"{int(version)}.lock.yml"
 
     # --- writing ------------------------------------------------------------------------------
 
     @contextmanager
     def name_lock(self, name: str) -> Iterator[None]:
         """Serialise version allocation and ``current`` changes of one name."""
+        validate_env_name(name)
         self._ensure_dir(self.root / name)
         with BuildLock(self.root / name / ".lock", method=self.lock_method,
-                       timeout=self.lock_timeout):
+                       timeout=self.lock_timeout, stale_after=self.lock_stale_after):
             yield
 
     def allocate(self, name: str, make: Callable[[int], EnvRecord]) -> EnvRecord:
@@ -226,6 +289,13 @@ class Registry:
         if status not in STATUSES:
             raise HpcenvError(f"unknown record status {status!r}")
         return self.update(replace(self.get(name, version), status=status, **changes))
+
+    def write_lockfile(self, name: str, version: int, text: str) -> Path:
+        """Store the lockfile of an allocated version with the registry's mode and group."""
+        self.get(name, version)
+        path = self.lock_file(name, version)
+        self._write_text(path, text)
+        return path
 
     def set_current(self, name: str, version: int | None) -> None:
         """Point ``name`` at ``version`` (None: no current version).  Caller holds name_lock."""
@@ -260,23 +330,19 @@ class Registry:
                               "backup or remove it") from None
 
     def _ensure_dir(self, path: Path) -> None:
-        if not path.is_dir():
-            ensure_shared_dir(path, dir_mode=self.dir_mode, gid=group_id(self.group))
+        ensure_shared_dir(path, mode=self.dir_mode, group=self.group)
 
     def _write_json(self, path: Path, data: dict[str, Any]) -> None:
         self._write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def _write_text(self, path: Path, text: str) -> None:
         self._ensure_dir(path.parent)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, self.file_mode)  # the umask may have masked group/other bits
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text, mode=self.file_mode, group=self.group)
+
+
+def _is_env_name(name: str) -> bool:
+    try:
+        validate_env_name(name)
+    except InvalidInput:
+        return False
+    return True

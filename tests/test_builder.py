@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.builder import (MARKER, build_env, builds_dir, clean_debris, env_link, find_debris,
-                            plan_build, remove_version, rollback)
+from hpcenv.builder import (MARKER, BuildEvent, build_env, builds_dir, clean_debris, env_link,
+                            find_debris, plan_build, remove_version, rollback)
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.registry import Registry
 from hpcenv.site import load_site
@@ -84,7 +84,7 @@ def site(tmp_path: Path, demo_channel):
 
 
 def test_build_then_reuse(site, tmp_path: Path) -> None:
-    progress: list[str] = []
+    progress: list[BuildEvent] = []
     first = build_env(spec(KERNELS_CPU), site, on_progress=progress.append)
     assert first.status == "built"
     rec = first.record
@@ -98,7 +98,10 @@ def test_build_then_reuse(site, tmp_path: Path) -> None:
     assert subprocess.run([str(env_link(site, "kern") / "bin" / "hpcdemo-info")],
                           capture_output=True, check=False).returncode == 0
     assert Path(rec.lock_path).is_file() and rec.packages >= 4 and rec.file_count > 100
-    assert any("installing" in line for line in progress)
+    steps = [e.text for e in progress if e.kind == "step"]
+    assert any(text.startswith("installing ") for text in steps)
+    assert steps[-1] == f"built kern version 1 in {rec.prefix}"
+    assert not [e for e in progress if e.kind != "step"]  # nothing to wait for or warn about
 
     second = build_env(spec(KERNELS_CPU), site)
     assert second.status == "reused"
@@ -323,7 +326,12 @@ def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> No
                                  'env_name_pattern: "{team}-{project}"}')
     with pytest.raises(InvalidInput, match="naming policy"):
         build_env(spec(KERNELS_CPU), site)
-    prefix = build_env(spec(KERNELS_CPU), site, name="ml-kern").prefix
+    old_umask = os.umask(0o077)  # a private umask must not lock the lab out
+    try:
+        result = build_env(spec(KERNELS_CPU), site, name="ml-kern")
+    finally:
+        os.umask(old_umask)
+    prefix = result.prefix
     for path in [prefix, prefix / "conda-meta", prefix / "lib" / "python3.11"]:
         st = path.stat()
         assert st.st_gid == group.gr_gid
@@ -336,7 +344,16 @@ def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> No
         st = directory.stat()
         assert stat.S_IMODE(st.st_mode) == 0o2775, directory
         assert st.st_gid == group.gr_gid, directory
-    assert (root / "registry" / "ml-kern" / "1.json").stat().st_gid == group.gr_gid
+    # Registry files, the lockfile included, are group-writable with the lab group.
+    for path in (root / "registry" / "ml-kern" / "1.json", Path(result.record.lock_path),
+                 root / "registry" / "ml-kern" / "current"):
+        st = path.stat()
+        assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (group.gr_gid, 0o664), path
+    # Build-lock files: any lab member must be able to open them for locking.
+    lock_files = list((root / "envs" / ".hpcenv" / "locks").glob("*.lock"))
+    assert lock_files
+    for path in lock_files:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o066 == 0o066, path
 
 
 def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:
@@ -355,3 +372,38 @@ def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:
         from hpcenv.builder import force_rmtree
 
         force_rmtree(Path(other) / "pkgs")
+
+
+def test_record_says_whether_the_env_needs_a_gpu(site, tmp_path: Path) -> None:
+    cuda = build_env(spec(KERNELS_CUDA), site, name="gpu").record
+    cpu = build_env(spec(KERNELS_CPU), site, name="cpu").record
+    assert (cuda.cuda, cuda.gpu_required) == ("12.4", True)
+    assert (cpu.cuda, cpu.gpu_required) == (None, False)
+    # From a lock: the locked packages' CUDA decides, whatever the (absent) spec says.
+    assert build_env(None, site, name="gpu2",
+                     from_lock=Path(cuda.lock_path)).record.gpu_required is True
+    assert build_env(None, site, name="cpu2",
+                     from_lock=Path(cpu.lock_path)).record.gpu_required is None
+    # Records written before the field existed still load.
+    reg = Registry(site.registry)
+    path = reg.root / "cpu" / "1.json"
+    data = json.loads(path.read_text())
+    del data["gpu_required"]
+    path.write_text(json.dumps(data))
+    assert reg.get("cpu", 1).gpu_required is None
+
+
+def test_from_lock_accepts_an_explicit_list(site, tmp_path: Path) -> None:
+    from hpcenv.export import export_explicit
+
+    first = build_env(spec(KERNELS_CUDA), site)
+    explicit = tmp_path / "explicit.txt"
+    explicit.write_text(export_explicit(first.prefix))
+    progress: list[BuildEvent] = []
+    again = build_env(None, site, name="copy", from_lock=explicit, on_progress=progress.append)
+    assert again.status == "built"
+    assert installed(again.prefix) == installed(first.prefix)
+    assert again.record.cuda == "12.4"
+    assert BuildEvent("step", f"reading @EXPLICIT list {explicit}") in progress
+    with pytest.raises(InvalidInput, match=r"--from-lock .*missing.txt: no such file"):
+        build_env(None, site, name="copy", from_lock=tmp_path / "missing.txt")

@@ -305,6 +305,30 @@ def test_usage_errors(cli: Cli, tmp_path: Path) -> None:
     assert no_file.returncode == 2 and "no such file" in no_file.stderr
 
 
+@pytest.mark.parametrize("args", [["env", "show", "../../etc"], ["env", "history", "../x"],
+                                  ["env", "export", "a/b"], ["env", "rm", "..", "--force"],
+                                  ["env", "rollback", "../../etc"]])
+def test_env_names_outside_the_registry_are_bad_input(cli: Cli, args: list[str]) -> None:
+    (cli.root / "etc").mkdir(exist_ok=True)
+    proc = cli(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("hpcenv: error: invalid environment name ")
+    assert "starting with a letter or digit" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_export_to_a_file_is_atomic(built: tuple[Cli, dict], tmp_path: Path) -> None:
+    cli, _ = built
+    out = tmp_path / "env.yml"
+    out.write_text("old\n")
+    cli("env", "export", "kern", "-o", str(out))
+    assert out.read_text().startswith("name: kern\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["env.yml"]  # no temp files left
+    bad = cli("env", "export", "kern", "-o", str(tmp_path / "missing" / "env.yml"), check=False)
+    assert bad.returncode == 1
+    assert bad.stderr == (f"hpcenv: error: -o {tmp_path / 'missing' / 'env.yml'}: cannot write "
+                          "it (No such file or directory); pick a writable path\n")
+
+
 def test_progress_is_a_spinner_when_stderr_is_a_tty(cli: Cli) -> None:
     import pty
 

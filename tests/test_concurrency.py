@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.builder import (MARKER, build_env, builds_dir, env_link, key_lock, plan_build,
-                            remove_version)
+from hpcenv.builder import (MARKER, BuildEvent, build_env, builds_dir, env_link, key_lock,
+                            plan_build, remove_version)
 from hpcenv.locking import LockHolder, LockTimeout, current_holder
 from hpcenv.registry import Registry
 from hpcenv.spec import load_spec
@@ -132,11 +132,11 @@ def test_sigkill_mid_build_keeps_current_version(site, tmp_path: Path) -> None:
     assert reg.get("kern", 2).status == "building"
     assert reg.find_ready(reg.get("kern", 2).key) is None
 
-    progress: list[str] = []
+    progress: list[BuildEvent] = []
     again = build_env(load_spec(v2_spec), site, on_progress=progress.append)
     assert again.status == "built" and again.record.version == 3
     assert not half_built.exists()
-    assert any(f"removed debris of a crashed build: {half_built}" in m for m in progress)
+    assert BuildEvent("warning", f"removed debris of a crashed build: {half_built}") in progress
     assert reg.get("kern", 2).status == "failed"
     assert reg.current_version("kern") == 3
     assert Path(v1.prefix, MARKER).exists()
@@ -261,11 +261,12 @@ def test_late_arrival_waits_with_holder_info_then_builds(site, tmp_path: Path) -
     """)
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    progress: list[str] = []
+    progress: list[BuildEvent] = []
     result = build_env(spec, site, on_progress=progress.append)
     holder.wait()
     assert result.status == "built" and result.waited
-    waits = [m for m in progress if m.startswith("waiting for ")]
+    waits = [e.text for e in progress if e.kind == "wait"]
+    assert waits[0].startswith("waiting for ")
     assert waits and f"pid {holder.pid} since " in waits[0]
     assert "@" in waits[0].split()[2]
 

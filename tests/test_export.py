@@ -13,7 +13,7 @@ import pytest
 from hpcenv.engine.base import current_platform
 from hpcenv.engine.rattler_engine import RattlerEngine
 from hpcenv.export import export_environment_yml, export_explicit, export_lock, installed_packages, pip_installed
-from hpcenv.errors import NotFound
+from hpcenv.errors import HpcenvError, NotFound
 from hpcenv.spec import parse_spec
 
 SPECS = ["python", "hpcdemo-kernels", "hpcdemo-tools"]
@@ -101,3 +101,29 @@ def test_export_lock_and_missing_lock(tmp_path: Path) -> None:
 def test_not_an_env(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="conda-meta"):
         export_environment_yml(tmp_path)
+
+
+def test_export_record_and_lock_omissions(env: Path, tmp_path: Path) -> None:
+    from hpcenv.export import export_record, lock_omissions
+    from hpcenv.registry import EnvRecord
+
+    lock = tmp_path / "1.lock.yml"
+    lock.write_text("version: 6\n")
+    record = EnvRecord(name="demo", version=1, key="k", spec={}, spec_hash="", lock_path=str(lock),
+                       prefix=str(env), cuda="12.4", cuda_override=None, channels=[],
+                       platform=current_platform(), status="ready", creator="u@h",
+                       created="2024-05-01T10:00:00+00:00", source="/x/environment.yml")
+    assert export_record(record, "lock") == "version: 6\n"
+    assert export_record(record, "explicit") == export_explicit(env)
+    assert export_record(record, no_builds=True) == export_environment_yml(
+        env, name="demo", no_builds=True)
+    assert lock_omissions(record) == (
+        "demo also has pip packages (hpcdemo_extra) and variables, which a lockfile does not "
+        "hold; rebuild with 'hpcenv env build /x/environment.yml --from-lock LOCK', or export "
+        "environment.yml instead")
+    gone = EnvRecord(**{**record.to_dict(), "prefix": str(tmp_path / "gone"), "status": "retired"})
+    assert lock_omissions(gone) is None
+    assert export_record(gone, "lock") == "version: 6\n"
+    with pytest.raises(HpcenvError, match=r"demo version 1 is retired and its prefix is gone; "
+                                          r"export its lockfile instead \(--lock\)"):
+        export_record(gone, "explicit")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.errors import HpcenvError, NotFound
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.registry import EnvRecord, Registry
 
 
@@ -109,3 +109,73 @@ def test_concurrent_allocation_gives_distinct_versions(tmp_path: Path) -> None:
         versions += [int(v) for v in out.split()]
     assert sorted(versions) == list(range(1, 31))
     assert [r.version for r in Registry(tmp_path).versions("x")] == list(range(1, 31))
+
+
+@pytest.mark.parametrize("name", ["../../etc", "..", "a/b", ".hidden", ""])
+def test_names_are_validated_before_touching_the_filesystem(tmp_path: Path, name: str) -> None:
+    reg = Registry(tmp_path / "reg")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "1.json").write_text(json.dumps(record("x", 1).to_dict()))
+    for call in (lambda: reg.get(name, 1), lambda: reg.versions(name),
+                 lambda: reg.current_version(name), lambda: reg.resolve(name),
+                 lambda: reg.history(name), lambda: reg.lock_file(name, 1)):
+        with pytest.raises(InvalidInput, match="invalid environment name"):
+            call()
+    with pytest.raises(InvalidInput):
+        with reg.name_lock(name):
+            pass
+    assert not (tmp_path / "reg").exists()  # nothing was created on the way
+
+
+def test_resolve_summaries_history(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    with pytest.raises(NotFound, match="no environment 'a' in the registry"):
+        reg.resolve("a")
+    with pytest.raises(NotFound, match="no environment 'a'"):
+        reg.history("a")
+    reg.allocate("a", lambda v: record("a", v, key="1" * 64))
+    reg.allocate("a", lambda v: record("a", v, key="2" * 64, status="retired"))
+    with pytest.raises(NotFound, match="has no current version; pick one with --version"):
+        reg.resolve("a")
+    assert reg.resolve("a", 2).status == "retired"
+    reg.set_current("a", 1)
+    assert reg.resolve("a").version == 1
+    (tmp_path / "reg" / "not an env").mkdir()  # made by hand: ignored, not an error
+    (tmp_path / "reg" / "not an env" / "1.json").write_text("{}")
+    summaries = reg.summaries()
+    assert [s.to_dict() for s in summaries] == [{
+        "name": "a", "current": 1, "versions": 2, "cuda": "12.4", "prefix": "/e/a-1",
+        "created": "2024-05-01T10:00:00+00:00", "creator": "alice@login1", "packages": 0,
+        "size_bytes": 0}]
+    history = reg.history("a")
+    assert [(h.version, h.current, h.status, h.lock) for h in history] == [
+        (1, True, "ready", "/r/a/1.lock.yml"), (2, False, "retired", "/r/a/2.lock.yml")]
+
+
+def test_lockfile_is_stored_with_the_registry_mode(tmp_path: Path) -> None:
+    import grp
+
+    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    reg = Registry(tmp_path / "reg", group=group.gr_name, dir_mode=0o2775)
+    with pytest.raises(NotFound):
+        reg.write_lockfile("x", 1, "version: 6\n")  # not allocated: nothing written
+    reg.allocate("x", lambda v: record("x", v))
+    old = os.umask(0o077)
+    try:
+        path = reg.write_lockfile("x", 1, "version: 6\n")
+    finally:
+        os.umask(old)
+    assert path == reg.lock_file("x", 1) and path.read_text() == "version: 6\n"
+    st = path.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o664, group.gr_gid)
+
+
+def test_for_site_uses_the_site_lock_settings(tmp_path: Path) -> None:
+    from hpcenv.site import load_site
+
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(f"registry: {tmp_path}/reg\nlocks: {{method: mkdir, timeout: 7, "
+                         "stale_after: 60}\npermissions: {dir_mode: '2770'}\n")
+    reg = Registry.for_site(load_site(site_file))
+    assert (reg.root, reg.lock_method, reg.lock_timeout, reg.lock_stale_after, reg.dir_mode) == (
+        tmp_path / "reg", "mkdir", 7.0, 60.0, 0o2770)

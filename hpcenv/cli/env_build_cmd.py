@@ -17,7 +17,8 @@ from hpcenv.cli.context import Context
 from hpcenv.errors import HpcenvError, InvalidInput
 
 if TYPE_CHECKING:
-    from hpcenv.registry import EnvRecord, Registry
+    from hpcenv.builder import BuildEvent
+    from hpcenv.registry import Registry
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -98,8 +99,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 class _Progress:
     """Build progress on stderr: a spinner line on a terminal, plain lines elsewhere.
 
-    "waiting for ..." and warnings are always printed as lines of their own, so they stay
-    visible after the spinner moves on.
+    Waits and warnings are always printed as lines of their own, so they stay visible after
+    the spinner moves on; steps are the spinner's text (or ``-v``-style info lines).
     """
 
     _FRAMES = "|/-\\"
@@ -112,19 +113,19 @@ class _Progress:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def __call__(self, message: str) -> None:
-        permanent = message.startswith(("waiting for", "warning:", "removed debris"))
+    def __call__(self, event: BuildEvent) -> None:
+        line = f"warning: {event.text}" if event.kind == "warning" else event.text
         if not self.tty:
-            if message.startswith("waiting for") or message.startswith("warning:"):
-                print(f"hpcenv: {message}", file=sys.stderr, flush=True)
+            if event.kind == "step":
+                self.ctx.info(line)
             else:
-                self.ctx.info(message)
+                print(f"hpcenv: {line}", file=sys.stderr, flush=True)
             return
         with self._lock:
-            if permanent:
-                sys.stderr.write(f"\r\x1b[K{message}\n")
+            if event.kind == "step":
+                self.status = line
             else:
-                self.status = message
+                sys.stderr.write(f"\r\x1b[K{line}\n")
             sys.stderr.flush()
         if self._thread is None:
             self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -154,22 +155,6 @@ def _registry(ctx: Context) -> Registry:
     return Registry.for_site(ctx.site())
 
 
-def _record(ctx: Context, name: str, version: int | None) -> EnvRecord:
-    from hpcenv.errors import NotFound
-
-    registry = _registry(ctx)
-    if version is not None:
-        return registry.get(name, version)
-    record = registry.current(name)
-    if record is None:
-        if registry.versions(name):
-            raise NotFound(f"environment {name!r} has no current version; pick one with "
-                           f"--version (see 'hpcenv env history {name}')")
-        raise NotFound(f"no environment {name!r} in the registry {registry.root}; "
-                       "see 'hpcenv env list'")
-    return record
-
-
 def _build(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.builder import build_env
     from hpcenv.spec import load_spec
@@ -177,20 +162,11 @@ def _build(args: argparse.Namespace, ctx: Context) -> int:
     if args.file is None and args.from_lock is None:
         raise InvalidInput("nothing to build: give an environment FILE or --from-lock LOCK")
     spec = load_spec(args.file) if args.file is not None else None
-    cuda_override = "" if args.no_cuda else args.cuda
-    from_lock = args.from_lock
     progress = _Progress(ctx)
     try:
-        if from_lock is not None:
-            from hpcenv.export import is_explicit_list, lock_from_explicit
-
-            if not from_lock.is_file():
-                raise InvalidInput(f"--from-lock {from_lock}: no such file")
-            if is_explicit_list(from_lock):
-                progress(f"reading @EXPLICIT list {from_lock}")
-                from_lock = lock_from_explicit(from_lock, ctx.site(), cuda_override=cuda_override)
-        result = build_env(spec, ctx.site(), name=args.name, cuda_override=cuda_override,
-                           from_lock=from_lock, on_progress=progress)
+        result = build_env(spec, ctx.site(), name=args.name,
+                           cuda_override="" if args.no_cuda else args.cuda,
+                           from_lock=args.from_lock, on_progress=progress)
     finally:
         progress.close()
     data = result.to_dict()
@@ -212,20 +188,7 @@ def _size(n: int) -> str:
 
 def _list(args: argparse.Namespace, ctx: Context) -> int:
     registry = _registry(ctx)
-    rows = []
-    for name in registry.names():
-        versions = registry.versions(name)
-        current = registry.current_version(name)
-        record = next((r for r in versions if r.version == current), None)
-        rows.append({
-            "name": name, "current": current, "versions": len(versions),
-            "cuda": record.cuda if record else None,
-            "prefix": record.prefix if record else None,
-            "created": record.created if record else None,
-            "creator": record.creator if record else None,
-            "packages": record.packages if record else None,
-            "size_bytes": record.size_bytes if record else None,
-        })
+    rows = [summary.to_dict() for summary in registry.summaries()]
 
     def human(data: list[dict[str, Any]]) -> str:
         if not data:
@@ -245,7 +208,7 @@ def _list(args: argparse.Namespace, ctx: Context) -> int:
 
 def _show(args: argparse.Namespace, ctx: Context) -> int:
     registry = _registry(ctx)
-    record = _record(ctx, args.name, args.version)
+    record = registry.resolve(args.name, args.version)
     data = record.to_dict() | {"current": registry.current_version(args.name) == record.version}
 
     def human(d: dict[str, Any]) -> str:
@@ -277,18 +240,7 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _history(args: argparse.Namespace, ctx: Context) -> int:
-    registry = _registry(ctx)
-    versions = registry.versions(args.name)
-    if not versions:
-        from hpcenv.errors import NotFound
-
-        raise NotFound(f"no environment {args.name!r} in the registry {registry.root}; "
-                       "see 'hpcenv env list'")
-    current = registry.current_version(args.name)
-    rows = [{"version": r.version, "current": r.version == current, "status": r.status,
-             "cuda": r.cuda, "key": r.key, "created": r.created, "creator": r.creator,
-             "packages": r.packages, "prefix": r.prefix, "lock": r.lock_path,
-             "from_lock": r.from_lock} for r in versions]
+    rows = [entry.to_dict() for entry in _registry(ctx).history(args.name)]
 
     def human(data: list[dict[str, Any]]) -> str:
         lines = [f"  {'VERSION':>7} {'STATUS':<9} {'CUDA':<6} {'KEY':<12}  CREATED BY"]
@@ -303,54 +255,28 @@ def _history(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _export(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv import export
+    from hpcenv.export import ExportFormat, export_record, lock_omissions
 
-    record = _record(ctx, args.name, args.version)
-    if args.lock or args.explicit:
-        _warn_conda_only(ctx, record)
-    if args.lock:
-        text = export.export_lock(Path(record.lock_path))
-    else:
-        prefix = Path(record.prefix)
-        if not prefix.is_dir():
-            raise HpcenvError(f"{args.name} version {record.version} is {record.status} and its "
-                              f"prefix is gone; export its lockfile instead (--lock)")
-        if args.explicit:
-            text = export.export_explicit(prefix)
-        else:
-            text = export.export_environment_yml(prefix, name=record.name,
-                                                 channels=record.channels or None,
-                                                 no_builds=args.no_builds)
+    record = _registry(ctx).resolve(args.name, args.version)
+    form: ExportFormat = "lock" if args.lock else "explicit" if args.explicit else "environment.yml"
+    if form != "environment.yml" and (omitted := lock_omissions(record)):
+        ctx.warn(omitted)
+    text = export_record(record, form, no_builds=args.no_builds)
     if args.output is not None:
-        args.output.write_text(text)
+        from hpcenv.fsutil import atomic_write_text
+
+        try:
+            atomic_write_text(args.output, text)
+        except OSError as exc:
+            raise HpcenvError(f"-o {args.output}: cannot write it ({exc.strerror}); pick a "
+                              "writable path") from None
         ctx.info(f"wrote {args.output}")
     elif ctx.json:
-        ctx.emit({"name": record.name, "version": record.version, "format":
-                  "lock" if args.lock else "explicit" if args.explicit else "environment.yml",
-                  "text": text})
+        ctx.emit({"name": record.name, "version": record.version, "format": form, "text": text})
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
     return 0
-
-
-def _warn_conda_only(ctx: Context, record: EnvRecord) -> None:
-    """A lock or @EXPLICIT list holds the conda packages only: say so when the env has more."""
-    from hpcenv.activation import env_state_vars
-    from hpcenv.export import pip_installed
-
-    prefix = Path(record.prefix)
-    if not (prefix / "conda-meta").is_dir():
-        return
-    extras = []
-    if dists := pip_installed(prefix):
-        extras.append(f"pip packages ({', '.join(d.name for d in dists)})")
-    if env_state_vars(prefix):
-        extras.append("variables")
-    if extras:
-        ctx.warn(f"{record.name} also has {' and '.join(extras)}, which a lockfile does not "
-                 f"hold; rebuild with 'hpcenv env build {record.source or 'FILE'} --from-lock "
-                 "LOCK', or export environment.yml instead")
 
 
 def _rollback(args: argparse.Namespace, ctx: Context) -> int:
@@ -366,26 +292,14 @@ def _rollback(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rm(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.builder import remove_version
+    from hpcenv.builder import remove_env, remove_version
 
-    registry = _registry(ctx)
-    live = [r for r in registry.versions(args.name) if r.status in ("ready", "building")]
     if args.version is not None:
-        targets = [args.version]
+        records = [remove_version(ctx.site(), args.name, args.version, force=args.force)]
     else:
-        if not registry.versions(args.name):
-            from hpcenv.errors import NotFound
-
-            raise NotFound(f"no environment {args.name!r} in the registry {registry.root}; "
-                           "see 'hpcenv env list'")
-        if not args.force:
-            raise HpcenvError(f"removing {args.name} removes all {len(live)} live version(s), "
-                              "the current one included; pass --force, or --version V for one")
-        current = registry.current_version(args.name)
-        # the current version last, so the env stays usable until the very end
-        targets = sorted((r.version for r in live), key=lambda v: v == current)
-    removed = [remove_version(ctx.site(), args.name, v, force=args.force).version for v in targets]
-    after = registry.current_version(args.name)
+        records = remove_env(ctx.site(), args.name, force=args.force)
+    removed = [r.version for r in records]
+    after = _registry(ctx).current_version(args.name)
     ctx.emit({"name": args.name, "removed": removed, "current": after},
              lambda d: f"{d['name']}: removed version(s) {', '.join(map(str, d['removed'])) or 'none'}; "
                        f"current: {d['current'] if d['current'] is not None else 'none'}")

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcenv.errors import HpcenvError
+from hpcenv.fsutil import atomic_write_json
 
 if TYPE_CHECKING:
     from importlib.metadata import Distribution
@@ -147,10 +148,8 @@ def _ensure(dest: Path, level: int) -> tuple[DemoChannel, float | None]:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         seconds = round(time.monotonic() - started, 2)
-        _atomic_write(stamp, json.dumps({
-            "key": key, "python": result.python_version, "seconds": seconds,
-            "compression_level": level,
-        }, indent=2) + "\n")
+        atomic_write_json(stamp, {"key": key, "python": result.python_version,
+                                  "seconds": seconds, "compression_level": level})
     return result, seconds
 
 
@@ -194,12 +193,6 @@ def _locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --- the build -------------------------------------------------------------------------------

@@ -23,9 +23,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from hpcenv.site import SiteConfig
 
 ChannelPriority = Literal["strict", "flexible"]
+# File name endings of conda package archives (in channels and package caches).
+ARCHIVE_SUFFIXES = (".conda", ".tar.bz2")
 
 
 @dataclass(frozen=True)
@@ -127,14 +132,12 @@ def channel_url(channel: str) -> str:
     return channel
 
 
-def get_engine(site: Any) -> Engine:
+def get_engine(site: SiteConfig) -> Engine:
     """The engine a site config asks for (``engine: rattler`` or ``engine: conda``)."""
-    kind = getattr(site, "engine", "rattler")
-    if kind == "conda":
+    if site.engine == "conda":
         from hpcenv.engine.conda_cli import CondaCliEngine
 
-        return CondaCliEngine(exe=getattr(site, "conda_exe", None) or "conda")
+        return CondaCliEngine(exe=site.conda_exe or "conda")
     from hpcenv.engine.rattler_engine import RattlerEngine
 
-    state_dir = getattr(site, "state_dir", None)
-    return RattlerEngine(repodata_cache=Path(state_dir) / "rattler-cache" if state_dir else None)
+    return RattlerEngine(repodata_cache=Path(site.state_dir) / "rattler-cache")

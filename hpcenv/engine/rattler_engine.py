@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -210,12 +211,14 @@ def _write_lock(req: dict[str, Any]) -> dict[str, Any]:
     lock.set_channels(env_name, [LockChannel(c) for c in req["channels"]])
     for pkg in req["packages"]:
         lock.add_conda_package(env_name, platform, _to_record(pkg))
-    path = Path(req["path"])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    lock.to_path(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    from hpcenv.fsutil import atomic_write_text
+
+    # rattler only writes to a path, and not atomically: let it write into scratch, then
+    # replace the target with hpcenv's one atomic writer.
+    with tempfile.TemporaryDirectory(prefix="hpcenv-lock-") as scratch:
+        written = Path(scratch) / "lock.yml"
+        lock.to_path(written)
+        atomic_write_text(req["path"], written.read_text(encoding="utf-8"))
     return {}
 
 
