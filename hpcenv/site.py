@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from hpcenv.drivers import CudaCompat, driver_problem, max_cuda_problem
 from hpcenv.errors import InvalidInput, where
+from hpcenv.scheduler.options import extra_arg_problem, mem_problem, name_problem, time_problem
 from hpcenv.yamlio import YNode, closest, load_yaml_file
 
 SITE_ENV = "HPCENV_SITE"
@@ -372,10 +373,6 @@ _REMOTE_KEYS = ("host", "port", "user", "identity_file", "known_hosts", "proxy_j
 
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*")
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-# sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS (or UNLIMITED)
-_SLURM_TIME = re.compile(r"\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}(:\d{1,2}){0,2}"
-                         r"|UNLIMITED|INFINITE", re.IGNORECASE)
-_SLURM_MEM = re.compile(r"\d+[KMGT]?B?", re.IGNORECASE)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
 _FEATURE = re.compile(r"[A-Za-z0-9._-]+")
 # host names, IPv6 literals, user names and ProxyJump chains ("user@gw:22,gw2"): no spaces or
@@ -644,20 +641,23 @@ class _Reader:
             if name == "cpus_per_task":
                 kw[name] = None if child.value is None else self.integer(child, full, minimum=1)
             elif name == "extra_args":
-                args = tuple(text for _, text in self.string_list(child, full))
-                for arg in args:
-                    if not arg.startswith("-"):
-                        raise self.fail(child, full, f"{arg!r} is not an sbatch option",
-                                        "write options like '--exclusive' or '--gres=gpu:1'")
-                kw[name] = args
+                # Checked as submit checks --sbatch-arg: a value it refuses would pass
+                # 'site check' here and then fail every submission.
+                entries = self.string_list(child, full)
+                for item, arg in entries:
+                    problem = extra_arg_problem(arg)
+                    if problem is not None:
+                        raise InvalidInput(f"{where(self.file, item.line)}: {full}: {arg!r} is "
+                                           f"not an sbatch option hpcenv can pass on: {problem}")
+                kw[name] = tuple(arg for _, arg in entries)
             else:
                 text = self.string(child, full)
-                pattern = {"time": _SLURM_TIME, "mem": _SLURM_MEM}.get(name, _SLURM_NAME)
-                if text is not None and not pattern.fullmatch(text):
-                    example = {"time": "'2:00:00' or '1-00:00'", "mem": "'16G'"}.get(name,
-                                                                                     "a name")
-                    raise self.fail(child, full, f"{text!r} is not a valid sbatch value",
-                                    f"write {example}")
+                problem = None if text is None else (
+                    time_problem(text) if name == "time" else mem_problem(text) if name == "mem"
+                    else name_problem(text, "an account name" if name == "account" else "a QOS name"))
+                if problem is not None:
+                    raise InvalidInput(f"{where(self.file, child.line)}: {full}: {text!r} is not a "
+                                       f"valid sbatch value: {problem}")
                 kw[name] = text
         return SlurmDefaults(**kw)
 

@@ -236,7 +236,7 @@ def test_parse_sbatch_options() -> None:
 def test_a_bad_time_limit_is_refused_naming_the_script(executor: LocalExecutor,
                                                       tmp_path: Path) -> None:
     script = write_job(tmp_path, "true", "--time=1h")
-    with pytest.raises(InvalidInput, match=r"job\.sh: #SBATCH --time '1h': not a Slurm time limit"):
+    with pytest.raises(InvalidInput, match=r"job\.sh: #SBATCH --time '1h': expected a Slurm time limit"):
         executor.submit(script, workdir=tmp_path)
     assert executor.jobs() == []
 

@@ -3,6 +3,8 @@ durations Slurm prints."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hpcenv.errors import InvalidInput
@@ -29,7 +31,7 @@ def test_time_limits_read_as_sbatch_does(text: str, seconds: float | None) -> No
 @pytest.mark.parametrize("text", ["1h", "1:2:3:4", "-5", "1-", "1.5", "", "1:0a", "1-2-3"])
 def test_bad_time_limits_are_refused(text: str) -> None:
     assert time_problem(text) is not None
-    with pytest.raises(InvalidInput, match="not a Slurm time limit"):
+    with pytest.raises(InvalidInput, match="expected a Slurm time limit"):
         parse_time_limit(text)
 
 
@@ -56,9 +58,9 @@ def test_good_extra_args(arg: str) -> None:
 
 
 @pytest.mark.parametrize(("arg", "why"), [
-    ("exclusive", "not a single sbatch option"),
-    ("--mail-user=a b", "not a single sbatch option"),
-    ("--comment=$(id)", "not a single sbatch option"),
+    ("exclusive", "expected one sbatch option"),
+    ("--mail-user=a b", "expected one sbatch option"),
+    ("--comment=$(id)", "expected one sbatch option"),
     ("--x\n--y", "control characters"),
     ("--wrap=id", "replace the job script"),
     ("--wrap", "replace the job script"),
@@ -71,4 +73,36 @@ def test_bad_extra_args_say_why(arg: str, why: str) -> None:
 def test_names() -> None:
     assert name_problem("proj_1.a-b", "an account name") is None
     problem = name_problem("a;b", "an account name")
-    assert problem is not None and problem.startswith("not an account name")
+    assert problem is not None and problem.startswith("expected an account name")
+
+
+@pytest.mark.parametrize(("slurm", "line", "fragment"), [
+    ("  extra_args:\n    - --exclusive\n    - --wrap=id\n", 4,
+     "slurm.extra_args: '--wrap=id' is not an sbatch option hpcenv can pass on: not allowed"),
+    ("  extra_args: ['--mail-user=a b']\n", 2, "expected one sbatch option"),
+    ("  time: 1h\n", 2, "slurm.time: '1h' is not a valid sbatch value: expected a Slurm time"),
+    ("  mem: 1.5G\n", 2, "slurm.mem: '1.5G' is not a valid sbatch value: expected a memory size"),
+    ("  account: 'a b'\n", 2, "expected an account name"),
+])
+def test_site_defaults_are_checked_by_the_same_rules(tmp_path: Path, slurm: str, line: int,
+                                                     fragment: str) -> None:
+    # What submit would refuse must fail when the site config is read, at its line.
+    from hpcenv.site import load_site
+
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("slurm:\n" + slurm)
+    with pytest.raises(InvalidInput) as err:
+        load_site(cfg)
+    assert str(err.value).startswith(f"{cfg}:{line}: ") and fragment in str(err.value)
+
+
+def test_good_site_defaults_render(tmp_path: Path) -> None:
+    from hpcenv.site import load_site
+    from hpcenv.templates import SbatchOptions, sbatch_lines
+
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("slurm:\n  time: 1-00:00\n  mem: 16G\n  extra_args: [--exclusive]\n")
+    site = load_site(cfg)
+    lines = sbatch_lines(SbatchOptions(job_name="x", time=site.slurm.time, mem=site.slurm.mem,
+                                       extra_args=site.slurm.extra_args))
+    assert "--time=1-00:00" in lines and "--mem=16G" in lines and "--exclusive" in lines

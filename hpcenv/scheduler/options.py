@@ -6,9 +6,9 @@ executor reads ``--time`` back out of a script, and the Slurm backend reads dura
 prints.  A value one of them accepts and another refuses would pass ``site check`` and then fail
 every submission, so all of them call the functions below.
 
-The ``*_problem`` functions return None for a good value, else ``"what is wrong; how to fix"``
-(without the value, which each caller names in its own way: ``--time '1h'`` or
-``site.yaml:12: slurm.time``).
+The ``*_problem`` functions return None for a good value, else what was expected and how to
+write it, phrased to follow the value, which each caller names in its own way (``--time '1h':
+...`` or ``site.yaml:12: slurm.time: '1h' is not a valid sbatch value: ...``).
 
 Standard library only: :mod:`hpcenv.site` imports this module.
 """
@@ -37,8 +37,8 @@ RESERVED_EXTRA = ("--wrap",)
 
 TIME_HELP = "use MINUTES, HH:MM:SS or D-HH:MM:SS (e.g. 30, 2:00:00, 1-00:00)"
 MEM_HELP = "use a size like 16G or 4000M"
-EXTRA_ARG_HELP = ("give one sbatch option starting with '-', without spaces or shell characters "
-                  "(e.g. --exclusive or --mail-type=END)")
+EXTRA_ARG_HELP = ("expected one sbatch option starting with '-', without spaces or shell "
+                  "characters (e.g. --exclusive or --mail-type=END)")
 
 
 def control_problem(value: str) -> str | None:
@@ -54,23 +54,23 @@ def _problem(value: str, pattern: re.Pattern[str], expected: str) -> str | None:
 
 def time_problem(value: str) -> str | None:
     """Why ``value`` is not an sbatch ``--time``; None if it is."""
-    return _problem(value, TIME, f"not a Slurm time limit; {TIME_HELP}")
+    return _problem(value, TIME, f"expected a Slurm time limit; {TIME_HELP}")
 
 
 def mem_problem(value: str) -> str | None:
     """Why ``value`` is not an sbatch ``--mem``; None if it is."""
-    return _problem(value, MEM, f"not a memory size; {MEM_HELP}")
+    return _problem(value, MEM, f"expected a memory size; {MEM_HELP}")
 
 
 def name_problem(value: str, what: str) -> str | None:
     """Why ``value`` is not a Slurm account/QOS/partition name (``what`` says which)."""
-    return _problem(value, NAME, f"not {what}; use letters, digits, '.', '_' and '-'")
+    return _problem(value, NAME, f"expected {what}: letters, digits, '.', '_' and '-'")
 
 
 def extra_arg_problem(arg: str) -> str | None:
     """Why ``arg`` cannot be an extra sbatch option (``--sbatch-arg``, ``slurm.extra_args``):
     one ``-option[=value]`` word that sbatch reads as exactly one option, never ``--wrap``."""
-    problem = _problem(arg, _EXTRA_ARG, f"not a single sbatch option; {EXTRA_ARG_HELP}")
+    problem = _problem(arg, _EXTRA_ARG, EXTRA_ARG_HELP)
     if problem is None and arg.split("=", 1)[0] in RESERVED_EXTRA:
         problem = "not allowed: it would replace the job script hpcenv writes; remove it"
     return problem
