@@ -652,9 +652,10 @@ class _Reader:
                 kw[name] = tuple(arg for _, arg in entries)
             else:
                 text = self.string(child, full)
+                what = "an account name" if name == "account" else "a QOS name"
                 problem = None if text is None else (
                     time_problem(text) if name == "time" else mem_problem(text) if name == "mem"
-                    else name_problem(text, "an account name" if name == "account" else "a QOS name"))
+                    else name_problem(text, what))
                 if problem is not None:
                     raise InvalidInput(f"{where(self.file, child.line)}: {full}: {text!r} is not a "
                                        f"valid sbatch value: {problem}")
