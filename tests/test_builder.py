@@ -407,3 +407,22 @@ def test_from_lock_accepts_an_explicit_list(site, tmp_path: Path) -> None:
     assert BuildEvent("step", f"reading @EXPLICIT list {explicit}") in progress
     with pytest.raises(InvalidInput, match=r"--from-lock .*missing.txt: no such file"):
         build_env(None, site, name="copy", from_lock=tmp_path / "missing.txt")
+
+
+def test_remove_env_retires_every_version_current_last(site) -> None:
+    from hpcenv.builder import remove_env
+
+    v1 = build_env(spec(KERNELS_CUDA), site).record
+    v2 = build_env(spec(KERNELS_CPU), site).record
+    rollback(site, "kern", 1)
+    with pytest.raises(HpcenvError, match=r"removes all 2 live version\(s\).*pass --force"):
+        remove_env(site, "kern")
+    assert Path(v1.prefix).is_dir() and Path(v2.prefix).is_dir()
+    with pytest.raises(NotFound, match="no environment 'other'"):
+        remove_env(site, "other", force=True)
+    removed = remove_env(site, "kern", force=True)
+    assert [(r.version, r.status) for r in removed] == [(2, "retired"), (1, "retired")]
+    reg = Registry(site.registry)
+    assert reg.current_version("kern") is None
+    assert not env_link(site, "kern").is_symlink()
+    assert not Path(v1.prefix).exists() and not Path(v2.prefix).exists()
