@@ -9,9 +9,17 @@ from __future__ import annotations
 
 
 class HpcenvError(Exception):
-    """A failure the user can act on; its message is shown without a traceback."""
+    """A failure the user can act on; its message is shown without a traceback.
+
+    ``details`` is optional supporting text (e.g. a table of partitions and why each was
+    refused) that the CLI prints indented below the one-line message.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, details: str | None = None) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class InvalidInput(HpcenvError):

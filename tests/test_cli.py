@@ -393,3 +393,28 @@ def test_unreadable_file_exits_2(kind: str, what: str, env: dict[str, str]) -> N
     assert result.stderr.splitlines() == [
         f"hpcenv: error: {path}: permission denied; make the {what} (and the directories "
         "above it) readable for you, or use a copy"]
+
+
+
+def test_error_details_are_printed_indented_below_the_one_line_message(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from hpcenv import cli
+    from hpcenv.errors import InvalidInput
+
+    def failing(_args: object, _ctx: object) -> int:
+        raise InvalidInput("needs CUDA 12.8;\nbest is 12.4",
+                           details="PARTITION  CUDA\ngpu-a100   12.4\n")
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands.choices["site"].set_defaults(handler=failing)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+
+    assert cli.main(["site"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "hpcenv: error: needs CUDA 12.8; best is 12.4",
+        "  PARTITION  CUDA",
+        "  gpu-a100   12.4",
+    ]

@@ -89,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HpcenvError as exc:
         _print_traceback(verbosity)
         print(f"hpcenv: error: {_one_line(exc)}", file=sys.stderr)
+        if exc.details:
+            import textwrap
+
+            print(textwrap.indent(exc.details.rstrip("\n"), "  "), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("hpcenv: interrupted", file=sys.stderr)
