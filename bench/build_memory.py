@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import statistics
 
-from common import (EXAMPLES, HPCENV, PYTHON, BenchResult, Builder, ChildRun, Metric,
-                    demo_channel, run_child, scratch, write_site)
+from common import (BUILD_NOTE, EXAMPLES, HPCENV, PYTHON, BenchResult, ChildRun, Metric,
+                    build_argv, demo_channel, run_child, scratch, write_site)
 
 SPEC = EXAMPLES / "llm-finetune.yml"          # conda part, then pip in the env's python
 SPEC_NO_PIP = EXAMPLES / "cpu-analysis.yml"   # conda part only: the engine child's peak
@@ -32,7 +32,6 @@ def _peak(name: str, runs: list[ChildRun], baseline: float | None = None,
 
 def run() -> BenchResult:
     result = BenchResult("build_memory")
-    builder = Builder.detect()
     channel = demo_channel()
     bare = _peak("python -c pass", [run_child([str(PYTHON), "-c", "pass"])
                                     for _ in range(BASELINE_RUNS)])
@@ -43,10 +42,10 @@ def run() -> BenchResult:
     for i in range(BUILD_RUNS):
         with scratch(f"mem{i}") as root:
             site = write_site(root / "site", channel)
-            cold.append(run_child(builder.argv(site, SPEC)))
-            reused.append(run_child(builder.argv(site, SPEC)))
+            cold.append(run_child(build_argv(site, SPEC)))
+            reused.append(run_child(build_argv(site, SPEC)))
         with scratch(f"mem-nopip{i}") as root:
-            no_pip.append(run_child(builder.argv(write_site(root / "site", channel), SPEC_NO_PIP)))
+            no_pip.append(run_child(build_argv(write_site(root / "site", channel), SPEC_NO_PIP)))
     result.metrics += [
         bare,
         rattler,
@@ -57,6 +56,6 @@ def run() -> BenchResult:
         _peak(f"env build {SPEC_NO_PIP.name}, cold", no_pip, rattler.value, "import rattler"),
         _peak(f"env build {SPEC.name}, reused", reused, rattler.value, "import rattler"),
     ]
-    result.notes += [builder.note(), "peak RSS of the largest process in the build's tree "
+    result.notes += [BUILD_NOTE, "peak RSS of the largest process in the build's tree "
                      "(wait4 ru_maxrss), each cold build in a fresh site"]
     return result

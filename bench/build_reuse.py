@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from common import (EXAMPLES, BenchResult, Builder, Check, build_once, demo_channel,
-                    import_times, scratch, timed_metric, write_site)
+from common import (BUILD_NOTE, EXAMPLES, BenchResult, Check, build_argv, build_once,
+                    demo_channel, import_times, scratch, timed_metric, write_site)
 
 SPEC = EXAMPLES / "llm-finetune.yml"
 COLD_RUNS = 3       # each in a fresh site: empty envs dir and empty package cache
@@ -23,29 +23,26 @@ TARGET_S = 1.0
 def run() -> BenchResult:
     result = BenchResult("build_reuse")
     channel = demo_channel()
-    builder = Builder.detect()
     cold, reused, statuses, same_prefix = [], [], [], []
     loaded: set[str] = set()
     for i in range(COLD_RUNS):
         with scratch(f"reuse{i}") as root:
             site = write_site(root / "site", channel)
-            seconds, first = build_once(builder, site, SPEC)
+            seconds, first = build_once(site, SPEC)
             cold.append(seconds)
             statuses.append(first["status"])
             for _ in range(REUSE_RUNS):
-                seconds, again = build_once(builder, site, SPEC)
+                seconds, again = build_once(site, SPEC)
                 reused.append(seconds)
                 statuses.append(again["status"])
                 same_prefix.append(again["prefix"] == first["prefix"])
             # The fast path must not load the engine: -X importtime lists every import.
-            argv = builder.argv(site, SPEC)
-            loaded |= {e.name.split(".")[0]
-                       for e in import_times(argv[1:] if builder.via == "library" else argv)}
+            loaded |= {e.name.split(".")[0] for e in import_times(build_argv(site, SPEC))}
 
     lib_cold, lib_reused, lib_statuses = _library_runs(channel)
     result.metrics += [
-        timed_metric(f"cold build ({builder.via})", cold, "s"),
-        timed_metric(f"second build, reused ({builder.via})", reused, "s", baseline=cold,
+        timed_metric("cold build (cli)", cold, "s"),
+        timed_metric("second build, reused (cli)", reused, "s", baseline=cold,
                      baseline_name="cold"),
         timed_metric("library build_env cold", [lib_cold], "s"),
         timed_metric("library build_env reused", lib_reused, "ms", baseline=lib_cold,
@@ -59,10 +56,10 @@ def run() -> BenchResult:
               f"statuses {sorted(set(statuses + lib_statuses))}", kind="invariant"),
         Check("reused build does not import rattler", "rattler" not in loaded,
               "the registry fast path reads a few files; rattler costs ~110 ms to import"),
-        Check(f"reused build via {builder.via} < {TARGET_S:.0f} s",
+        Check(f"reused build via cli < {TARGET_S:.0f} s",
               max(reused) < TARGET_S, f"slowest of {len(reused)}: {max(reused) * 1000:.0f} ms"),
     ]
-    result.notes += [builder.note(), f"spec: {SPEC.relative_to(EXAMPLES.parent)}"]
+    result.notes += [BUILD_NOTE, f"spec: {SPEC.relative_to(EXAMPLES.parent)}"]
     return result
 
 

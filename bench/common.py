@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = Path(sys.executable)
 # The console script next to the interpreter: the same entry point a user runs.
 HPCENV = PYTHON.parent / "hpcenv"
-CORPUS = Path("/work/shared/corpus/environment-yml/files")
+# The corpus lives in shared/ beside the checkout, as for tests/test_corpus.py.
+CORPUS = Path(os.environ.get("HPCENV_CORPUS")
+              or REPO.parent / "shared" / "corpus" / "environment-yml") / "files"
 EXAMPLES = REPO / "examples"
 
 
@@ -228,59 +230,24 @@ def scratch(prefix: str) -> Iterator[Path]:
 
 # --- building ----------------------------------------------------------------------------------
 
-# Used until `hpcenv env build` exists: the same library call the command makes, in a child.
-_LIBRARY_BUILDER = """
-import json, sys
-from pathlib import Path
-from hpcenv.builder import build_env
-from hpcenv.site import load_site
-from hpcenv.spec import load_spec
-result = build_env(load_spec(sys.argv[2]), load_site(Path(sys.argv[1])))
-print(json.dumps(result.to_dict()), flush=True)
-"""
+def build_argv(site: Path, spec: Path) -> list[str]:
+    """The ``env build`` command the benchmarks run: the console script a user runs.  A missing
+    or broken command fails the benchmark; nothing else is timed in its place."""
+    return [str(HPCENV), "--site", str(site), "env", "build", str(spec), "--json", "-q"]
 
 
-def cli_has_env_build() -> bool:
-    proc = subprocess.run([str(HPCENV), "env", "build", "--help"], capture_output=True,
-                          check=False)
-    return proc.returncode == 0
-
-
-@dataclass(frozen=True)
-class Builder:
-    """How the benchmarks start one ``env build``: the CLI when it exists, else the library."""
-
-    via: Literal["cli", "library"]
-
-    @classmethod
-    def detect(cls) -> Builder:
-        return cls("cli" if cli_has_env_build() else "library")
-
-    def argv(self, site: Path, spec: Path) -> list[str]:
-        if self.via == "cli":
-            return [str(HPCENV), "--site", str(site), "env", "build", str(spec), "--json", "-q"]
-        return [str(PYTHON), "-c", _LIBRARY_BUILDER, str(site), str(spec)]
-
-    def note(self) -> str:
-        if self.via == "cli":
-            return "builds via the console script: hpcenv env build SPEC --json"
-        return ("`hpcenv env build` is not registered yet: builds via hpcenv.builder.build_env "
-                "in a child python (the call the command will make)")
+BUILD_NOTE = "builds via the console script: hpcenv env build SPEC --json"
 
 
 def parse_build_output(stdout: str) -> dict:
-    """The ``env build --json`` object (the CLI indents it; the library fallback does not)."""
-    text = stdout.strip()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return json.loads(text.splitlines()[-1])
+    """The ``env build --json`` object."""
+    return json.loads(stdout)
 
 
-def build_once(builder: Builder, site: Path, spec: Path) -> tuple[float, dict]:
+def build_once(site: Path, spec: Path) -> tuple[float, dict]:
     """Wall seconds and JSON result of one build; a failing build aborts the benchmark."""
     start = time.perf_counter()
-    proc = subprocess.run(builder.argv(site, spec), capture_output=True, text=True, check=False)
+    proc = subprocess.run(build_argv(site, spec), capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"env build {spec.name} exited {proc.returncode}: {proc.stderr[-800:]}")

@@ -15,8 +15,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from common import (EXAMPLES, HPCENV, BenchResult, Builder, Check, build_once, demo_channel,
-                    parse_build_output, scratch, timed_metric, write_site)
+from common import (BUILD_NOTE, EXAMPLES, HPCENV, BenchResult, Check, build_argv, build_once,
+                    demo_channel, parse_build_output, scratch, timed_metric, write_site)
 
 SPEC = EXAMPLES / "cpu-analysis.yml"
 BUILDERS = 16
@@ -49,14 +49,13 @@ def _stampede(argv: list[str]) -> tuple[list[Outcome], float]:
 
 def run() -> BenchResult:
     result = BenchResult("concurrent_build")
-    builder = Builder.detect()
     channel = demo_channel()
     with scratch("single") as root:
-        single, _ = build_once(builder, write_site(root / "site", channel), SPEC)
+        single, _ = build_once(write_site(root / "site", channel), SPEC)
 
     with scratch("stampede") as root:
         site = write_site(root / "site", channel)
-        outputs, wall = _stampede(builder.argv(site, SPEC))
+        outputs, wall = _stampede(build_argv(site, SPEC))
     _, startup = _stampede([str(HPCENV), "--version"])
 
     failed = [o.stderr for o in outputs if o.returncode != 0]
@@ -86,6 +85,6 @@ def run() -> BenchResult:
         Check("builders that waited for the lock", True,
               f"{sum(1 for r in results if r.get('waited'))} of {len(results)}", kind="info"),
     ]
-    result.notes += [builder.note(), f"spec: {SPEC.name}; each side in a fresh site "
+    result.notes += [BUILD_NOTE, f"spec: {SPEC.name}; each side in a fresh site "
                      "(empty envs dir and package cache)"]
     return result

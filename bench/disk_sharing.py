@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (EXAMPLES, BenchResult, Builder, Check, Metric, build_once, demo_channel,
+from common import (BUILD_NOTE, EXAMPLES, BenchResult, Check, Metric, build_once, demo_channel,
                     scratch, write_site)
 
 SPEC_A = EXAMPLES / "llm-finetune.yml"    # CUDA kernels variant, pip section
@@ -45,11 +45,10 @@ def disk_bytes(entries: Iterable[Entry]) -> int:
 
 def run() -> BenchResult:
     result = BenchResult("disk_sharing")
-    builder = Builder.detect()
     with scratch("disk") as root:
         site = write_site(root / "site", demo_channel())
-        _, a = build_once(builder, site, SPEC_A)
-        _, b = build_once(builder, site, SPEC_B)
+        _, a = build_once(site, SPEC_A)
+        _, b = build_once(site, SPEC_B)
         prefix_a, prefix_b = Path(a["prefix"]), Path(b["prefix"])
         pkgs = root / "site" / "pkgs"
         env_a, env_b, cache = list(walk(prefix_a)), list(walk(prefix_b)), list(walk(pkgs))
@@ -82,6 +81,6 @@ def run() -> BenchResult:
         Check("two envs cost < 1.5x the larger one", union < 1.5 * larger,
               f"{union / larger:.2f}x"),
     ]
-    result.notes += [builder.note(),
+    result.notes += [BUILD_NOTE,
                      f"A = {SPEC_A.name}, B = {SPEC_B.name}; MiB of allocated blocks"]
     return result
