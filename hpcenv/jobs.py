@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal as _signal
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.fsutil import atomic_write_json
 from hpcenv.scheduler.base import JobInfo, Scheduler, expand_output_pattern, signal_number
 
 # Polling for --wait and logs -f: quick at first (short jobs end in about a second on an idle
@@ -77,18 +75,11 @@ def _record_path(state_dir: Path, scheduler: str, job_id: str) -> Path:
 
 
 def save_submission(state_dir: Path, record: SubmissionRecord) -> Path:
-    """Write the record atomically (temp file + rename): a reader never sees half of it."""
+    """Write the record atomically and durably: a reader (or a crash) never leaves half of it.
+    Private to the user (0600): it holds the job's command line."""
     path = _record_path(state_dir, record.scheduler, record.job_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record.to_dict(), fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_json(path, record.to_dict(), mode=0o600)
     return path
 
 
@@ -254,13 +245,12 @@ class _Tail:
         return len(data)
 
 
-def show_logs(scheduler: Scheduler, state_dir: Path, job_id: str, *, follow: bool = False,
-              out: IO[bytes] | None = None, err: IO[bytes] | None = None,
+def show_logs(scheduler: Scheduler, state_dir: Path, job_id: str, *, out: IO[bytes],
+              err: IO[bytes], follow: bool = False, note: Callable[[str], None] | None = None,
               sleep: Callable[[float], None] = time.sleep) -> JobView:
     """Copy the job's stdout/stderr files to ``out``/``err``; with ``follow``, keep copying what
-    is appended until the job has finished (then one last read)."""
-    out = out if out is not None else sys.stdout.buffer
-    err = err if err is not None else sys.stderr.buffer
+    is appended until the job has finished (then one last read).  ``note`` hears about a job
+    that has written nothing yet."""
     view = job_status(scheduler, state_dir, job_id)
     if view.info.tasks:
         raise InvalidInput(f"job {job_id} is a job array of {len(view.info.tasks)} tasks, each with "
@@ -273,9 +263,8 @@ def show_logs(scheduler: Scheduler, state_dir: Path, job_id: str, *, follow: boo
     for tail in tails:
         tail.pump()
     if not follow:
-        if not stdout.exists() and not view.info.finished:
-            print(f"hpcenv: job {job_id} is {view.info.state}; no output yet ({stdout})",
-                  file=sys.stderr)
+        if not stdout.exists() and not view.info.finished and note is not None:
+            note(f"hpcenv: job {job_id} is {view.info.state}; no output yet ({stdout})")
         return view
     delay = POLL_FIRST
     while not view.info.finished:

@@ -13,6 +13,11 @@ Rules (issue 4):
   ``cuda_compat``.  A partition's driver is known from ``driver`` or ``max_cuda`` in the site
   config, or per node from a Slurm feature (``node_feature: "cuda{cuda}"``); in the last case the
   decision carries a ``--constraint`` naming exactly the node features whose CUDA suffices.
+  A CUDA newer than hpcenv's driver table on the nodes' side (a feature ``cuda13.1``) is read
+  by number (:mod:`hpcenv.drivers`).  What one partition's description does not let hpcenv
+  judge (a ``driver`` for an env CUDA newer than the table) refuses that partition with the
+  reason in its verdict: it never fails the routing of every job.
+* A partition is a GPU partition exactly when :attr:`hpcenv.site.Partition.is_gpu` says so.
 * ``--gpu-type`` filters, site order is the preference, free GPUs decide between them: the first
   eligible partition (site order) that can start the job right now wins; when none can, the first
   eligible one does and the job queues there.  Site order alone would make free GPUs irrelevant,
@@ -26,7 +31,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from hpcenv.drivers import CudaCompat, cuda_satisfies, driver_supports, max_cuda_for_driver
+from hpcenv.drivers import (
+    CudaCompat,
+    cuda_satisfies,
+    driver_supports,
+    max_cuda_for_driver,
+    newer_than_table,
+    normalize_cuda,
+    parse_cuda,
+)
 from hpcenv.errors import InvalidInput
 from hpcenv.scheduler.base import NodeState, PartitionState
 from hpcenv.site import Partition
@@ -34,11 +47,15 @@ from hpcenv.site import Partition
 
 class NoPartitionFits(InvalidInput):
     """No partition can run the job.  The message is one line (what the job needs, what would
-    work); ``table`` lists every partition, its CUDA support and why it was refused."""
+    work); ``verdicts`` say for every partition its CUDA support and why it was refused."""
 
-    def __init__(self, message: str, table: str) -> None:
+    def __init__(self, message: str, verdicts: Sequence[PartitionVerdict]) -> None:
         super().__init__(message)
-        self.table = table
+        self.verdicts = tuple(verdicts)
+
+    @property
+    def table(self) -> str:
+        return format_table(self.verdicts)
 
 
 @dataclass(frozen=True)
@@ -96,33 +113,25 @@ class RoutingDecision:
     reason: str
     verdicts: tuple[PartitionVerdict, ...] = field(default=())
 
-    def table(self) -> str:
-        return format_table(self.verdicts)
-
     def to_dict(self) -> dict[str, object]:
         return {"partition": self.partition, "constraint": self.constraint, "gpus": self.gpus,
                 "gpu_type": self.gpu_type, "reason": self.reason,
                 "partitions": [v.to_dict() for v in self.verdicts]}
 
 
-def cuda_key(version: str) -> tuple[int, ...]:
-    """``"12.4"`` -> ``(12, 4)``; used to compare CUDA versions for hints."""
+def _cuda_order(version: str) -> tuple[int, int]:
+    """Sort key of a CUDA version the nodes offer (any well-formed version, see drivers)."""
+    return parse_cuda(version)
+
+
+def check_needed_cuda(cuda: str) -> None:
+    """The env's CUDA must be a real release (or newer than hpcenv's table): a bad one is the
+    env's fault (exit 2), not a reason to refuse every partition."""
     try:
-        return tuple(int(part) for part in version.split("."))
-    except ValueError:
-        raise InvalidInput(f"CUDA version {version!r} is not of the form MAJOR[.MINOR]") from None
-
-
-def feature_regex(pattern: str) -> re.Pattern[str]:
-    """Regex for a site ``node_feature`` pattern: ``"cuda{cuda}"`` matches ``cuda12.4``."""
-    if "{cuda}" not in pattern:
-        raise InvalidInput(f"node_feature {pattern!r} must contain '{{cuda}}', e.g. 'cuda{{cuda}}'")
-    head, _, tail = pattern.partition("{cuda}")
-    return re.compile(f"^{re.escape(head)}(\\d+(?:\\.\\d+)?){re.escape(tail)}$")
-
-
-def _is_gpu(p: Partition) -> bool:
-    return bool(p.is_gpu or p.gpu_type or p.driver or p.max_cuda or p.node_feature)
+        if not newer_than_table(cuda):
+            normalize_cuda(cuda)
+    except InvalidInput as exc:
+        raise InvalidInput(f"the env's CUDA requirement: {exc}") from None
 
 
 def _usable_nodes(live: PartitionState | None) -> tuple[NodeState, ...]:
@@ -154,24 +163,38 @@ def _judge_gpu(p: Partition, req: RouteRequest, compat: CudaCompat,
     if p.driver:
         best = max_cuda_for_driver(p.driver)
         support = f"driver {p.driver} (CUDA {best})"
-        cuda_ok = cuda is None or driver_supports(p.driver, cuda, compat)
+        try:
+            cuda_ok = cuda is None or driver_supports(p.driver, cuda, compat)
+        except InvalidInput as exc:
+            # e.g. an env CUDA newer than hpcenv's driver table: its minimum driver is unknown.
+            return verdict(support, best, False, f"cannot tell whether driver {p.driver} runs "
+                           f"CUDA {cuda}: {exc}")
     elif p.max_cuda:
         best = p.max_cuda
         support = f"CUDA {best}"
         cuda_ok = cuda is None or cuda_satisfies(best, cuda, compat)
     elif p.node_feature:
-        regex = feature_regex(p.node_feature)
-        per_node = [(n, m.group(1), f) for n in nodes for f in n.features if (m := regex.match(f))]
+        per_node = [(n, c, f) for n in nodes for f in n.features
+                    if (c := p.feature_cuda(f)) is not None]
         if live is None:
             return verdict(f"per node ({p.node_feature})", None, False,
                            "node features unknown: the scheduler could not be asked")
         if not per_node:
             return verdict(f"per node ({p.node_feature})", None, False,
                            f"no node carries a feature matching {p.node_feature!r}")
-        best = max((c for _, c, _ in per_node), key=cuda_key)
+        best = max((c for _, c, _ in per_node), key=_cuda_order)
         support = "nodes: " + ", ".join(f"{n.name} CUDA {c}" for n, c, _ in per_node)
-        fits = [(n, f) for n, c, f in per_node
-                if cuda is None or cuda_satisfies(c, cuda, compat)]
+        fits: list[tuple[NodeState, str]] = []
+        skipped: list[str] = []
+        for n, c, f in per_node:
+            try:
+                if cuda is None or cuda_satisfies(c, cuda, compat):
+                    fits.append((n, f))
+            except InvalidInput as exc:
+                # One odd feature must not stop the jobs every other node can run.
+                skipped.append(f"{n.name} feature {f} skipped: {exc}")
+        if skipped:
+            support += " (" + "; ".join(skipped) + ")"
         if not fits:
             return verdict(support, best, False, f"no node's driver supports CUDA {cuda}")
         admitted = tuple(dict.fromkeys(n for n, _ in fits))
@@ -224,7 +247,7 @@ def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: CudaCom
     """Choose the partition for a job; InvalidInput (exit 2) when none fits or an explicit one
     cannot run it.  ``live`` is the scheduler's ``partitions()`` (None when it was not asked)."""
     if req.cuda is not None:
-        cuda_key(req.cuda)  # validate early: a bad version must not read as "no partition fits"
+        check_needed_cuda(req.cuda)  # early: a bad version must not read as "no partition fits"
     gpus = req.gpus_wanted
     if gpus < 0:
         raise InvalidInput(f"--gpus {gpus}: must be 0 or more")
@@ -253,7 +276,7 @@ def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: CudaCom
                                    tuple(verdicts))
         raise NoPartitionFits(f"no partition can run this job ({what}); "
                               + _hint(req, verdicts, partitions, compat, live_by_name),
-                              format_table(verdicts))
+                              verdicts)
     now = [v for v in eligible if v.can_start_now]
     chosen = now[0] if now else eligible[0]
     if chosen is eligible[0]:
@@ -274,7 +297,7 @@ def _judge_all(req: RouteRequest, partitions: Sequence[Partition], compat: CudaC
     verdicts: list[PartitionVerdict] = []
     for p in partitions:
         p_live = live.get(p.name) if live is not None else None
-        if not _is_gpu(p):
+        if not p.is_gpu:
             v = _judge_cpu(p, p_live)
             if gpu_job:
                 v = _refuse(v, "no GPUs")
@@ -310,14 +333,15 @@ def _explicit(name: str, req: RouteRequest, gpus: int, verdicts: list[PartitionV
         if fitting:
             extra += f"; it would run on {', '.join(fitting)} (--partition auto picks for you)"
         raise NoPartitionFits(f"--partition {name} cannot run this job ({what}): {v.why}{extra}",
-                              format_table(verdicts))
+                              verdicts)
     return RoutingDecision(name, v.constraint, gpus, req.gpu_type if gpus else None,
                            f"requested with --partition; {what}; {v.why}", tuple(verdicts))
 
 
 def _describe(req: RouteRequest, gpus: int) -> str:
     parts = [f"env needs CUDA {req.cuda}" if req.cuda else
-             ("env needs a GPU" if req.needs_gpu_env else "CPU env")]
+             ("env needs a GPU but names no CUDA version (any GPU partition; --gpu-type "
+              "picks the kind)" if req.needs_gpu_env else "CPU env")]
     if gpus:
         parts.append(f"{_gpus_text(gpus)}{' of type ' + req.gpu_type if req.gpu_type else ''} per node")
     return ", ".join(parts)
@@ -338,8 +362,8 @@ def _hint(req: RouteRequest, verdicts: Sequence[PartitionVerdict], partitions: S
     with_cuda = [v for v in verdicts if v.best_cuda is not None
                  and (not req.gpu_type or v.gpu_type == req.gpu_type)]
     if req.cuda and with_cuda:
-        best = max(with_cuda, key=lambda v: cuda_key(v.best_cuda or "0"))
-        if cuda_key(best.best_cuda or "0") < cuda_key(req.cuda):
+        best = max(with_cuda, key=lambda v: _cuda_order(v.best_cuda or "0"))
+        if _cuda_order(best.best_cuda or "0") < _cuda_order(req.cuda):
             hints.append(f"needs CUDA {req.cuda}; best available is {best.best_cuda} on "
                          f"{best.name} (an env built for CUDA {best.best_cuda} or older would "
                          "run there)")
@@ -362,14 +386,12 @@ def _hint(req: RouteRequest, verdicts: Sequence[PartitionVerdict], partitions: S
 
 def format_table(verdicts: Sequence[PartitionVerdict]) -> str:
     """Plain-text table of partitions, their CUDA support, free GPUs and verdicts."""
-    header = ("partition", "gpu", "cuda support", "free", "verdict")
-    rows = [(v.name, v.gpu_type or "-", v.cuda_support,
-             "?" if v.free_gpus is None else str(v.free_gpus),
-             ("ok: " if v.eligible else "refused: ") + v.why
-             + (f" [--constraint {v.constraint}]" if v.eligible and v.constraint else ""))
-            for v in verdicts]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-    lines = []
-    for r in [header, *rows]:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
-    return "\n".join(lines)
+    from hpcenv.cli.format import text_table
+
+    return text_table(
+        ("partition", "gpu", "cuda support", "free", "verdict"),
+        [(v.name, v.gpu_type or "-", v.cuda_support,
+          "?" if v.free_gpus is None else str(v.free_gpus),
+          ("ok: " if v.eligible else "refused: ") + v.why
+          + (f" [--constraint {v.constraint}]" if v.eligible and v.constraint else ""))
+         for v in verdicts])

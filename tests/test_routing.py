@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpcenv.errors import InvalidInput
-from hpcenv.routing import NoPartitionFits, RouteRequest, feature_regex, route
+from hpcenv.routing import NoPartitionFits, RouteRequest, route
 from hpcenv.scheduler.base import NodeState, PartitionState
 from hpcenv.site import Partition
 
@@ -229,17 +229,76 @@ def test_env_not_needing_gpu_despite_cuda() -> None:
     assert d.partition == "cpu"
 
 
-def test_feature_regex() -> None:
-    rx = feature_regex("drv-cuda{cuda}-x")
-    assert rx.match("drv-cuda12.4-x").group(1) == "12.4"  # type: ignore[union-attr]
-    assert rx.match("cuda12.4") is None
-    with pytest.raises(InvalidInput):
-        feature_regex("cuda")
+def test_gpu_env_without_a_cuda_version_goes_to_a_gpu_partition() -> None:
+    # e.g. a ROCm build: the registry records gpu_required but no CUDA.
+    d = route(RouteRequest(cuda=None, gpu_required=True), SITE, live=live())
+    assert (d.partition, d.gpus) == ("gpu-v100", 1)
+    assert "env needs a GPU but names no CUDA version" in d.reason
+    d = route(RouteRequest(cuda=None, gpu_required=True, gpu_type="h100"), SITE, live=live())
+    assert (d.partition, d.gpu_type) == ("gpu-h100", "h100")
+    with pytest.raises(InvalidInput, match="no GPUs .pass --gpus 0"):
+        route(RouteRequest(cuda=None, gpu_required=True, partition="cpu"), SITE, live=live())
 
 
-def test_bad_cuda_version_is_invalid_input() -> None:
-    with pytest.raises(InvalidInput, match="MAJOR"):
-        route(RouteRequest(cuda="twelve"), SITE, live=live())
+def test_node_feature_pattern_with_text_around_the_version() -> None:
+    site = (Partition(name="g", gpu_type="a100", gpus_per_node=2, node_feature="drv-cuda{cuda}-x"),)
+    state = [PartitionState("g", (node("n1", "g", ("drv-cuda12.4-x", "cuda12.8"), 2),
+                                  node("n2", "g", ("drv-cuda12.2-x",), 2)))]
+    d = route(RouteRequest(cuda="12.4"), site, live=state)
+    # "cuda12.8" does not follow the site's pattern: it says nothing about n1's driver.
+    assert (d.partition, d.constraint) == ("g", "drv-cuda12.4-x")
+    assert d.verdicts[0].nodes == ("n1",)
+
+
+@pytest.mark.parametrize(("cuda", "why"), [
+    ("twelve", "the env's CUDA requirement: invalid CUDA version 'twelve'"),
+    ("12.7", "the env's CUDA requirement: unknown CUDA version '12.7'"),
+])
+def test_bad_env_cuda_is_the_envs_fault_not_every_partitions(cuda: str, why: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        route(RouteRequest(cuda=cuda), SITE, live=live())
+    assert not isinstance(err.value, NoPartitionFits) and why in str(err.value)
+
+
+# A node whose driver is newer than hpcenv's driver table (CUDA 13.1): routing must go on for
+# every job, reading the newer version by number.
+NEWER = (
+    Partition(name="cpu"),
+    Partition(name="gpu-v100", gpu_type="v100", gpus_per_node=2, driver="520.61.05"),
+    Partition(name="gpu-a100", gpu_type="a100", gpus_per_node=2, node_feature="cuda{cuda}"),
+    Partition(name="gpu-b200", gpu_type="b200", gpus_per_node=8, max_cuda="13.1"),
+)
+
+
+def newer_live() -> list[PartitionState]:
+    return [
+        PartitionState("cpu", (node("cpu1", "cpu"),)),
+        PartitionState("gpu-v100", (node("v100n1", "gpu-v100", ("cuda11.8",), 2, gpu_type="v100"),)),
+        PartitionState("gpu-a100", (
+            node("a100n1", "gpu-a100", ("cuda12.4",), 2, gpu_type="a100"),
+            node("a100n3", "gpu-a100", ("cuda13.1",), 2, gpu_type="a100"))),
+        PartitionState("gpu-b200", (node("b200n1", "gpu-b200", ("cuda13.1",), 8, gpu_type="b200"),)),
+    ]
+
+
+def test_a_node_newer_than_the_driver_table_does_not_break_routing() -> None:
+    d = route(RouteRequest(cuda="12.4"), NEWER, live=newer_live())
+    assert (d.partition, d.constraint) == ("gpu-a100", "cuda12.4|cuda13.1")
+    a100 = next(v for v in d.verdicts if v.name == "gpu-a100")
+    assert a100.nodes == ("a100n1", "a100n3") and a100.best_cuda == "13.1"
+    assert route(RouteRequest(cuda=None), NEWER, live=newer_live()).partition == "cpu"
+
+
+def test_an_env_newer_than_the_driver_table_runs_where_the_nodes_say_so() -> None:
+    d = route(RouteRequest(cuda="13.1"), NEWER, live=newer_live())
+    assert (d.partition, d.constraint) == ("gpu-a100", "cuda13.1")
+    by_name = {v.name: v for v in d.verdicts}
+    # A driver partition cannot be judged for a CUDA newer than the table: refused, with why.
+    assert not by_name["gpu-v100"].eligible
+    assert "cannot tell whether driver 520.61.05 runs CUDA 13.1" in by_name["gpu-v100"].why
+    assert by_name["gpu-b200"].eligible
+    d = route(RouteRequest(cuda="13.1", gpu_type="b200"), NEWER, live=newer_live())
+    assert d.partition == "gpu-b200" and d.constraint is None
 
 
 def test_decision_to_dict_is_json_ready() -> None:

@@ -7,10 +7,15 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcenv.cli.context import Context
+from hpcenv.cli.format import text_table
 from hpcenv.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from hpcenv.scheduler.base import JobInfo, Scheduler
+    from hpcenv.site import SiteConfig
 
 SUBMIT_USAGE = ("hpcenv submit SCRIPT [ARGS...] --env NAME [options] [-- MORE ARGS...]\n"
                 "       hpcenv submit --env NAME [options] -- CMD [ARGS...]")
@@ -203,7 +208,7 @@ def _dry_run_text(d: dict[str, Any]) -> str:
             f"# script:    {d['script']}")
 
 
-def _wait(job_id: str, ctx: Context, site: Any) -> Any:
+def _wait(job_id: str, ctx: Context, site: SiteConfig) -> JobInfo:
     from hpcenv.jobs import live_status, wait_for
     from hpcenv.submit import site_scheduler
 
@@ -211,7 +216,7 @@ def _wait(job_id: str, ctx: Context, site: Any) -> Any:
         return wait_for(site_scheduler(site), job_id, on_poll=show)
 
 
-def _scheduler(ctx: Context) -> Any:
+def _scheduler(ctx: Context) -> Scheduler:
     from hpcenv.submit import site_scheduler
 
     return site_scheduler(ctx.site())
@@ -225,14 +230,11 @@ def jobs_handler(args: argparse.Namespace, ctx: Context) -> int:
     def table(rows: list[dict[str, Any]]) -> str:
         if not rows:
             return "no jobs"
-        header = ("JOB", "NAME", "STATE", "PARTITION", "ENV", "NODE", "ELAPSED")
-        lines = [header] + [
-            (r["job_id"], r["name"], r["state"], r["partition"] or "-",
-             f"{r['env']} v{r['env_version']}" if r["env"] else "-", r["node"] or "-",
-             format_elapsed(r["elapsed"])) for r in rows]
-        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-        return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
-                         for line in lines)
+        return text_table(
+            ("JOB", "NAME", "STATE", "PARTITION", "ENV", "NODE", "ELAPSED"),
+            [(r["job_id"], r["name"], r["state"], r["partition"] or "-",
+              f"{r['env']} v{r['env_version']}" if r["env"] else "-", r["node"] or "-",
+              format_elapsed(r["elapsed"])) for r in rows])
 
     ctx.emit([v.to_dict() for v in views], table)
     return 0
@@ -268,7 +270,8 @@ def status_handler(args: argparse.Namespace, ctx: Context) -> int:
 def logs_handler(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.jobs import show_logs
 
-    show_logs(_scheduler(ctx), ctx.site().state_dir, args.job_id, follow=args.follow)
+    show_logs(_scheduler(ctx), ctx.site().state_dir, args.job_id, out=sys.stdout.buffer,
+              err=sys.stderr.buffer, follow=args.follow, note=ctx.info)
     return 0
 
 
