@@ -19,6 +19,7 @@ Steps, in order; nothing is submitted (or recorded) unless every step before suc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.fsutil import current_user
 from hpcenv.jobs import SubmissionRecord, job_namespace, save_submission
 from hpcenv.routing import RouteRequest, RoutingDecision, route
 from hpcenv.templates import (
@@ -251,6 +253,39 @@ def _with_site_defaults(options: SubmitOptions, site: SiteConfig) -> SubmitOptio
     )
 
 
+def _make_log_dirs(workdir: Path, patterns: Sequence[tuple[str, str | None]],
+                   created: list[Path]) -> None:
+    """Create the missing directories of ``--output``/``--error`` paths, adding each to
+    ``created`` (outermost first) so a refused job can take them back.  sbatch does not create
+    them, and a job whose output file cannot be opened fails without a line of output anywhere.
+    A directory part with a ``%`` pattern is only known once the job runs and is left alone;
+    an existing one must be writable."""
+    for flag, pattern in patterns:
+        if not pattern:
+            continue
+        parent = (workdir / pattern).parent  # relative to the submit dir, as for sbatch
+        if "%" in str(parent):
+            continue
+        missing: list[Path] = []
+        walk = parent
+        while not walk.exists():
+            missing.append(walk)
+            walk = walk.parent
+        if not walk.is_dir():
+            raise InvalidInput(f"{flag} {pattern}: {walk} is not a directory; pick another path")
+        if not missing and not os.access(parent, os.W_OK | os.X_OK):
+            raise InvalidInput(f"{flag} {pattern}: cannot write in {parent}; pick another path")
+        for directory in reversed(missing):
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue  # made meanwhile (e.g. --output and --error in the same new dir)
+            except OSError as exc:
+                raise InvalidInput(f"{flag} {pattern}: cannot create {directory} "
+                                   f"({exc.strerror}); pick another path") from None
+            created.append(directory)
+
+
 def _job_dir(site: SiteConfig, job_name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(site.state_dir) / "jobs" / f"{stamp}-{job_name}-{secrets.token_hex(3)}"
@@ -289,7 +324,12 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     prefix = Path(record.prefix)
 
     scheduler = scheduler or site_scheduler(site)
-    request = RouteRequest(cuda=record.cuda or None, gpus=options.gpus, gpu_type=options.gpu_type,
+    # gpu_required only adds what the CUDA version cannot say: a GPU env naming no CUDA (ROCm,
+    # an unversioned GPU build) still needs a GPU partition.  Without it, a recorded CUDA
+    # decides, as for records written before the field existed.
+    request = RouteRequest(cuda=record.cuda or None,
+                           gpu_required=True if record.gpu_required else None,
+                           gpus=options.gpus, gpu_type=options.gpu_type,
                            partition=options.partition, nodes=options.nodes or 1)
     decision = route(request, site.partitions, compat=site.cuda_compat,
                      live=_live_state(scheduler, site, say))
@@ -316,24 +356,21 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     if dry_run:
         return result
 
+    created: list[Path] = []
     try:
+        _make_log_dirs(workdir, (("--output", output), ("--error", options.error)), created)
         job_id = scheduler.submit(script, workdir=workdir)
     except BaseException:
-        shutil.rmtree(script.parent, ignore_errors=True)  # nothing of a refused job stays
+        # Nothing of a refused job stays: neither its job dir nor log dirs made for it.
+        shutil.rmtree(script.parent, ignore_errors=True)
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
     save_submission(site.state_dir, SubmissionRecord(
         job_id=job_id, scheduler=job_namespace(scheduler), env=record.name, env_version=record.version,
         prefix=str(prefix), partition=decision.partition, constraint=decision.constraint,
         gpus=decision.gpus, reason=decision.reason, script=str(script), workdir=str(workdir),
         job_name=job_name, output=output, error=options.error, command=list(job.command),
-        launcher=launcher, submitted=time.time(), user=_user()))
+        launcher=launcher, submitted=time.time(), user=current_user()))
     return replace(result, job_id=job_id)
-
-
-def _user() -> str | None:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return None

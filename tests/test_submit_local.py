@@ -303,6 +303,47 @@ def test_site_partitions_route_even_on_local_executor(demo_channel, built, tmp_p
                options=SubmitOptions(workdir=tmp_path, partition="gpu-v100"))
 
 
+def test_gpu_env_naming_no_cuda_is_routed_to_a_gpu_partition(demo_channel, built,
+                                                            tmp_path: Path) -> None:
+    # A ROCm wheel index makes the spec a GPU spec with no CUDA version: the registry records
+    # gpu_required, and submit must not send it to the CPU partition.
+    from hpcenv.builder import build_env
+    from hpcenv.spec import parse_spec
+
+    _, root = built
+    routed = make_site(root, demo_channel,
+                       "partitions:\n  - {name: cpu}\n"
+                       "  - {name: gpu-mi250, gpu_type: mi250, gpus_per_node: 4, max_cuda: '12.8'}\n",
+                       path=tmp_path / "routed.yaml")
+    record = build_env(parse_spec(
+        "name: rocmenv\ndependencies:\n  - python=3.11\n  - hpcdemo-tools\n  - pip:\n"
+        "    - --extra-index-url file:///opt/wheels/rocm6.0\n"), routed).record
+    assert (record.cuda or None, record.gpu_required) == (None, True)
+    result = submit(["true"], env_name="rocmenv", site=routed, dry_run=True,
+                    options=SubmitOptions(workdir=tmp_path))
+    assert (result.partition, result.gpus) == ("gpu-mi250", 1)
+    assert "#SBATCH --gres=gpu:1" in result.script_text
+    assert "names no CUDA version" in result.reason
+
+
+def test_output_directories_are_made_at_submit_or_refused(built, tmp_path: Path) -> None:
+    site, _ = built
+    result = submit(["echo", "hi"], env_name="cpuenv", site=site,
+                    options=SubmitOptions(workdir=tmp_path, output="logs/a/%j.out",
+                                          error=str(tmp_path / "errs" / "%j.err")))
+    assert (tmp_path / "logs" / "a").is_dir() and (tmp_path / "errs").is_dir()
+    wait_for(site_scheduler(site), result.job_id or "")
+    assert (tmp_path / "logs" / "a" / f"{result.job_id}.out").read_text() == "hi\n"
+
+    (tmp_path / "plain").write_text("a file, not a directory")
+    jobs_dir = Path(site.state_dir) / "jobs"
+    before = sorted(jobs_dir.iterdir()), len(list_submissions(site.state_dir, "local"))
+    with pytest.raises(InvalidInput, match=r"^--output plain/x/%j.out: .*plain is not a directory"):
+        submit(["true"], env_name="cpuenv", site=site,
+               options=SubmitOptions(workdir=tmp_path, output="plain/x/%j.out"))
+    assert (sorted(jobs_dir.iterdir()), len(list_submissions(site.state_dir, "local"))) == before
+
+
 def test_kill_signal_name_validated(built, tmp_path: Path) -> None:
     site, _ = built
     bad = cli(site, "cancel", "1", "--signal", "NOPE", cwd=tmp_path)

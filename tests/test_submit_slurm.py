@@ -127,6 +127,23 @@ def early_cli_job(site: SiteConfig, slurm_cluster: SlurmCluster,  # noqa: F811
     return json.loads(proc.stdout)["job_id"], workdir
 
 
+@pytest.fixture(scope="module")
+def early_array_job(site: SiteConfig, slurm_cluster: SlurmCluster,  # noqa: F811
+                    tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """An array submitted as the module starts (purged by its last test), its output in a
+    directory that does not exist yet: sbatch would not create it, submit must."""
+    workdir = tmp_path_factory.mktemp("early-array")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcenv", "--site", str(site.source), "--json", "submit", "--env",
+         "cpu-env", "--array", "0-2", "-o", "logs/new/%A_%a.txt", "--", "python", "-c",
+         "import os, sys; t = os.environ['SLURM_ARRAY_TASK_ID']; print('task', t); "
+         "sys.exit(3 if t == '1' else 0)"], cwd=workdir, capture_output=True, text=True,
+        timeout=120, env=slurm_cluster.env)
+    assert proc.returncode == 0, proc.stderr
+    assert (workdir / "logs" / "new").is_dir()
+    return json.loads(proc.stdout)["job_id"], workdir
+
+
 def run_show(site: SiteConfig, env: str, workdir: Path, **opts: object) -> tuple[dict, object]:
     script = workdir / "show.py"
     script.write_text(SHOW)
@@ -185,9 +202,11 @@ def test_slurm_rejection_is_one_line_and_not_recorded(site: SiteConfig, tmp_path
     before = len(list_submissions(site.state_dir, "slurm"))
     with pytest.raises(HpcenvError) as err:
         submit(["true"], env_name="cpu-env", site=site,
-               options=SubmitOptions(workdir=tmp_path, sbatch_args=("--constraint=nosuchfeature",)))
+               options=SubmitOptions(workdir=tmp_path, sbatch_args=("--constraint=nosuchfeature",),
+                                     output="made/for/it/%j.out"))
     assert "\n" not in str(err.value)
     assert len(list_submissions(site.state_dir, "slurm")) == before
+    assert not (tmp_path / "made").exists()  # the log dir made for the refused job went too
     submit(["true"], env_name="cpu-env", site=site, options=SubmitOptions(workdir=tmp_path))
     assert len(list_submissions(site.state_dir, "slurm")) == before + 1  # records do get written
 
@@ -357,7 +376,8 @@ def test_dependency_afterok(site: SiteConfig, tmp_path: Path) -> None:
 
 def test_status_and_logs_after_the_job_was_purged(site: SiteConfig,
                                                    slurm_cluster: SlurmCluster,  # noqa: F811
-                                                   early_cli_job: tuple[str, Path]) -> None:
+                                                   early_cli_job: tuple[str, Path],
+                                                   early_array_job: tuple[str, Path]) -> None:
     # Runs last in the module: the early job has left slurmctld (MinJobAge 30 s plus its purge
     # cycle, 45-60 s here); the bound below is generous for a loaded machine.
     job_id, workdir = early_cli_job
@@ -379,3 +399,18 @@ def test_status_and_logs_after_the_job_was_purged(site: SiteConfig,
     assert status["stderr"] == str(workdir / f"err-early-{job_id}.txt")
     logs = cli("logs", job_id)
     assert (logs.returncode, logs.stdout, logs.stderr) == (0, "to stdout\n", "to stderr\n")
+
+    # The array too, although sacct -c knows nothing of arrays: the completion file does.
+    array_id, array_dir = early_array_job
+    while subprocess.run(["scontrol", "show", "job", array_id], capture_output=True,
+                         timeout=60, env=slurm_cluster.env).returncode == 0:
+        assert time.monotonic() < deadline, f"slurmctld kept job {array_id} for over 150 s"
+        time.sleep(2)
+    whole = json.loads(cli("--json", "status", array_id).stdout)
+    assert (whole["source"], whole["state"], whole["exit_code"]) == ("jobcomp", "FAILED", 3)
+    assert whole["tasks"] == [f"{array_id}_{t}" for t in range(3)]
+    assert whole["reason"] == "job array: 2 COMPLETED, 1 FAILED"
+    task = json.loads(cli("--json", "status", f"{array_id}_1").stdout)
+    assert (task["state"], task["exit_code"], task["env"]) == ("FAILED", 3, "cpu-env")
+    assert task["stdout"] == str(array_dir / "logs" / "new" / f"{array_id}_1.txt")
+    assert cli("logs", f"{array_id}_2").stdout == "task 2\n"

@@ -9,6 +9,9 @@ Written for Slurm 22.05 and later.  Quirks of 22.05 this module works around:
 * Without slurmdbd, ``sacct -c`` reads the job completion file (``JobCompType=jobcomp/filetxt``)
   and is the only record of a purged job.  That file is ``Key=value`` text, so a job name with a
   space garbles its record (sacct then prints an empty state): such jobs come back ``UNKNOWN``.
+  ``sacct -c`` knows nothing of arrays ("Unknown type ArrayJobId"), but the file names each
+  task's ``ArrayJobId``/``ArrayTaskId``: for a purged array (``status 12``, ``status 12_3``)
+  hpcenv reads the file itself, from ``JobCompLoc`` (readable wherever ``sacct -c`` works).
 * ``scancel`` exits 0 for unknown ids, and ``scancel --signal`` without ``--full`` or ``--batch``
   never reaches a batch script that has no job steps.  ``cancel`` signals with ``--batch``: the
   batch shell is the program under the activate launcher (it execs it) and forwards to it
@@ -165,6 +168,7 @@ class SlurmCLI:
     def __init__(self, *, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> None:
         self.timeout = timeout
         self._env = {**os.environ, **env} if env else None
+        self._jobcomp: tuple[Path | None] | None = None  # (JobCompLoc,) once asked
 
     # -- plumbing -------------------------------------------------------------------------------
     def _run(self, argv: Sequence[str], *, cwd: Path | None = None,
@@ -255,8 +259,15 @@ class SlurmCLI:
         return info
 
     def completed_job(self, job_id: str) -> JobInfo | None:
-        """The job's record in the job completion log (``sacct -c``), or None."""
+        """The job's record in the job completion log (``sacct -c``), or None.  A job array
+        (or one task of it, ``12_3``) comes from the file itself: see the module doc."""
         job_id = self._check_id(job_id)
+        array_id, _, task = job_id.partition("_")
+        tasks = self._array_tasks(array_id)
+        if task:
+            return next((t for t in tasks if t.job_id == job_id), None)
+        if tasks:
+            return array_info(job_id, tasks)
         proc = self._run(["sacct", "-c", "-j", job_id, "-n", "-P", f"--delimiter={_SEP}",
                           "-o", ",".join(_SACCT_FIELDS)], check=False)
         if proc.returncode != 0:
@@ -282,6 +293,54 @@ class SlurmCLI:
                 start_time=parse_time(row["Start"]), end_time=parse_time(row["End"]),
                 user=_user_name(row["User"]), source="jobcomp")
         return None
+
+    def _jobcomp_file(self) -> Path | None:
+        """The job completion file when Slurm writes one (jobcomp/filetxt), else None."""
+        if self._jobcomp is None:
+            proc = self._run(["scontrol", "show", "config"], check=False)
+            config: dict[str, str] = {}
+            for line in proc.stdout.splitlines():
+                key, eq, value = line.partition("=")
+                if eq:
+                    config[key.strip()] = value.strip()
+            loc = config.get("JobCompLoc", "")
+            usable = config.get("JobCompType") == "jobcomp/filetxt" and loc.startswith("/")
+            self._jobcomp = (Path(loc) if usable else None,)
+        return self._jobcomp[0]
+
+    def _array_tasks(self, array_id: str) -> list[JobInfo]:
+        """The tasks of array ``array_id`` in the job completion file (none if it has none)."""
+        path = self._jobcomp_file()
+        if path is None:
+            return []
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            return []
+        tasks: dict[str, JobInfo] = {}
+        needle = f" ArrayJobId={array_id} "
+        for line in text.splitlines():
+            if needle not in line:
+                continue
+            f = parse_scontrol_line(line)
+            if f.get("ArrayJobId") == array_id and f.get("ArrayTaskId", "").isdigit():
+                info = self._from_jobcomp(f)
+                tasks[info.job_id] = info  # a requeued task is logged again: the last one counts
+        return list(tasks.values())
+
+    @staticmethod
+    def _from_jobcomp(f: Mapping[str, str]) -> JobInfo:
+        state = (f.get("JobState") or "UNKNOWN").split(" ", 1)[0]
+        code, sig = parse_exit_code(f.get("ExitCode"))
+        start, end = parse_time(f.get("StartTime")), parse_time(f.get("EndTime"))
+        workdir = _value(f.get("WorkDir"))
+        return JobInfo(
+            job_id=f"{f['ArrayJobId']}_{f['ArrayTaskId']}", name=f.get("Name", ""), state=state,
+            exit_code=code, signal=sig, node=_value(f.get("NodeList")),
+            elapsed=max(end - start, 0.0) if start is not None and end is not None else None,
+            partition=_value(f.get("Partition")), workdir=Path(workdir) if workdir else None,
+            submit_time=parse_time(f.get("SubmitTime")), start_time=start, end_time=end,
+            user=_user_name(f.get("UserId")), source="jobcomp")
 
     def jobs(self, user: str | None = None) -> list[JobInfo]:
         """Jobs slurmctld still holds for ``user`` (default: you): queued, running and finished
