@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.fsutil import atomic_write_json, current_user, process_start_time
+from hpcenv.fsutil import atomic_write_json, atomic_write_text, current_user, process_start_time
 from hpcenv.scheduler.base import (
     JobInfo,
     NodeState,
@@ -203,7 +203,8 @@ class LocalExecutor:
                 last = int(counter.read_text().strip() or 0)
             except FileNotFoundError:
                 last = 0
-            counter.write_text(f"{last + 1}\n")
+            # Atomic: a counter left empty by a crash would hand out used ids again.
+            atomic_write_text(counter, f"{last + 1}\n", mode=0o600)
             return str(last + 1)
 
     # -- the protocol ---------------------------------------------------------------------------
