@@ -47,15 +47,16 @@ from hpcenv.site import Partition
 
 class NoPartitionFits(InvalidInput):
     """No partition can run the job.  The message is one line (what the job needs, what would
-    work); ``verdicts`` say for every partition its CUDA support and why it was refused."""
+    work); ``verdicts`` say for every partition its CUDA support and why it was refused, and
+    ``details`` (printed by the CLI under the message) is their table."""
 
     def __init__(self, message: str, verdicts: Sequence[PartitionVerdict]) -> None:
-        super().__init__(message)
+        super().__init__(message, details=format_table(verdicts))
         self.verdicts = tuple(verdicts)
 
     @property
     def table(self) -> str:
-        return format_table(self.verdicts)
+        return self.details or ""
 
 
 @dataclass(frozen=True)

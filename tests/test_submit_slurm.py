@@ -222,6 +222,7 @@ def test_cli_slurm_errors_are_one_line_and_nothing_is_recorded(
     down_conf.write_text("\n".join("SlurmctldPort=1" if ln.startswith("SlurmctldPort=") else ln
                                    for ln in slurm_cluster.conf.read_text().splitlines()))
     jobs_dir = Path(site.state_dir, "jobs")
+    jobs_dir.mkdir(parents=True, exist_ok=True)  # (when this test runs alone)
     before = (len(list_submissions(site.state_dir, "slurm")), set(jobs_dir.iterdir()))
 
     def cli(site_file: Path, *argv: str, conf: Path = slurm_cluster.conf) -> subprocess.CompletedProcess[str]:

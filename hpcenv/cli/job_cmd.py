@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,7 +127,6 @@ def _split_at_double_dash(parser: argparse.ArgumentParser) -> None:
 
 
 def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.routing import NoPartitionFits
     from hpcenv.submit import SubmitOptions, submit
 
     if args.script is None and not args.program_cmd:
@@ -142,14 +140,8 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
         env_file=Path(args.env_file) if args.env_file else None, launcher=args.launcher)
     target = args.script if args.script is not None else args.program_cmd
     site = ctx.site()
-    try:
-        result = submit(target, args.program_args, env_name=args.env, site=site, options=options,
-                        dry_run=args.dry_run, progress=ctx.info)
-    except NoPartitionFits as exc:
-        # The one-line error, then the partition table it refers to.
-        print(f"hpcenv: error: {exc}", file=sys.stderr)
-        print(textwrap.indent(exc.table, "  "), file=sys.stderr)
-        return exc.exit_code
+    result = submit(target, args.program_args, env_name=args.env, site=site, options=options,
+                    dry_run=args.dry_run, progress=ctx.info)
     if args.dry_run:
         data = result.to_dict()
         data["script_text"] = result.script_text
