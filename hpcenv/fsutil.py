@@ -139,13 +139,15 @@ def user_at_host() -> str:
 def process_start_time(pid: int) -> int | None:
     """The kernel start time of ``pid`` (clock ticks since boot, ``/proc/PID/stat`` field 22);
     None when the process is gone or there is no /proc.  A pid whose start time changed was
-    reused by another process."""
+    reused by another process.  A zombie counts as gone: a lock holder or job supervisor that
+    died unreaped while its parent still runs keeps its /proc entry but will do no more work."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     try:
-        return int(stat[stat.rindex(")") + 2:].split()[19])
+        fields = stat[stat.rindex(")") + 2:].split()
+        return None if fields[0] in {"Z", "X"} else int(fields[19])
     except (ValueError, IndexError):
         return None

@@ -9,6 +9,7 @@ import pwd
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,16 @@ def test_process_start_time_tells_processes_apart() -> None:
         child.kill()
         child.wait()
     assert fsutil.process_start_time(child.pid) is None
+
+
+def test_a_zombie_counts_as_gone() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # Not reaped yet: the child is a zombie whose /proc entry stays until wait().
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "child never exited"
+            time.sleep(0.01)
+        assert fsutil.process_start_time(child.pid) is None
+    finally:
+        child.wait()

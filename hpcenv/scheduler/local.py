@@ -107,18 +107,6 @@ def parse_sbatch_options(script: str) -> dict[str, str]:
     return options
 
 
-def _supervisor_start(pid: int) -> int | None:
-    """The start time of a live supervisor ``pid`` (see fsutil.process_start_time), None when it
-    is gone.  A zombie counts as gone: a supervisor that died unreaped while the submitting
-    process (its parent) still runs keeps its /proc entry, but will never finish the job."""
-    start = process_start_time(pid)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return None if stat[stat.rindex(")") + 2:][:1] in {"Z", "X"} else start
-
-
 def _become_subreaper() -> None:
     """Orphans of the job become our children (not init's), so the supervisor reaps them at
     once and a finished job's process group empties without waiting for init."""
@@ -277,7 +265,7 @@ class LocalExecutor:
                 cwd=run_dir)
         finally:
             log.close()
-        self._update(job_id, supervisor_pid=proc.pid, supervisor_start=_supervisor_start(proc.pid))
+        self._update(job_id, supervisor_pid=proc.pid, supervisor_start=process_start_time(proc.pid))
         return job_id
 
     def status(self, job_id: str) -> JobInfo:
@@ -339,7 +327,7 @@ class LocalExecutor:
     def _supervisor_alive(job: LocalJob) -> bool:
         if job.supervisor_pid is None:
             return time.time() - job.submit_time < 30  # between record and Popen
-        start = _supervisor_start(job.supervisor_pid)
+        start = process_start_time(job.supervisor_pid)
         return start is not None and start == job.supervisor_start
 
     @staticmethod
