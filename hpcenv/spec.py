@@ -43,6 +43,38 @@ _SPEC_NAME_RE = re.compile(r"[A-Za-z0-9_*][A-Za-z0-9_.*+-]*")
 _PIP_NAME_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(.*)$", re.DOTALL)
 _PIP_OPTION_RE = re.compile(r"^(-{1,2}[A-Za-z][A-Za-z-]*)(?:(?:=|\s+)(.*))?$", re.DOTALL)
 
+# What conda's own version parser accepts, plus `=<` (written in real files, see the corpus).
+# conda reads a '-' inside a version as '_' (`1.0-1`), so it is allowed after the first character.
+_VERSION_TERM_RE = re.compile(r"(?:==|!=|>=|<=|~=|=<|>|<|=)?[A-Za-z0-9_.*+!][A-Za-z0-9_.*+!-]*")
+_VERSION_RULE = ("write an operator (==, !=, >=, <=, >, <, ~=, =) and a version, "
+                 "e.g. 'python>=3.10,<3.12' or 'python=3.11'")
+_BUILD_RE = re.compile(r"[A-Za-z0-9_.*+!-]+")
+_BRACKET_KEYS = ("version", "build", "channel", "subdir", "build_number", "md5", "sha256",
+                 "url", "fn", "license", "features", "track_features")
+# A list item indented one level too deep is folded into the previous plain scalar by YAML:
+# "- python=3.11\n    - pip" reads as the single spec "python=3.11 - pip".
+_BRACKET_ITEM_RE = re.compile(r"""\s*([A-Za-z_]+)\s*=\s*('[^']*'|"[^"]*"|[^,'"]*?)\s*(?:,|$)""")
+_RUN_TOGETHER_RE = re.compile(r"\s-(?:\s|$)")
+
+# Options pip accepts in a requirements file (pip's req_file SUPPORTED_OPTIONS), with whether
+# they need a value.
+_PIP_OPTIONS: dict[str, bool] = {
+    "-i": True, "--index-url": True, "--extra-index-url": True, "--no-index": False,
+    "-c": True, "--constraint": True, "-r": True, "--requirement": True,
+    "-e": True, "--editable": True, "-f": True, "--find-links": True,
+    "--no-binary": True, "--only-binary": True, "--prefer-binary": False,
+    "--require-hashes": False, "--pre": False, "--trusted-host": True, "--use-feature": True,
+}
+# Options pip allows after a requirement on the same line.
+_PIP_REQUIREMENT_OPTIONS = ("--hash", "--global-option", "--config-settings")
+_PIP_REQ_RE = re.compile(
+    r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
+    r"(?:\s*\[\s*[A-Za-z0-9._-]+(?:\s*,\s*[A-Za-z0-9._-]+)*\s*\])?"
+    r"(?P<rest>.*)", re.DOTALL)
+# `=` is not PEP 440, but real files use it (`dm-tree=0.1.8`, see the corpus) and old pips
+# took it; rejecting it here would refuse files that build.
+_PIP_VERSION_TERM_RE = re.compile(r"(?:===|==|!=|>=|<=|~=|>|<|=)\s*[A-Za-z0-9_.*+!-]+")
+
 
 def _name_problem(name: str) -> str | None:
     if ".." in name or not _ENV_NAME_RE.fullmatch(name):
@@ -101,29 +133,41 @@ def _split_build(constraint: str) -> tuple[str, str | None]:
 
 
 def parse_match_spec(text: str) -> MatchSpec:
-    """Parse a conda match spec as written in environment files.
+    """Parse and check a conda match spec as written in environment files.
 
     Handles ``name``, ``name=1.0``, ``name==1.0``, ``name >=1.0,<2``, ``name=1.0=build``,
-    ``name 1.0 build``, ``name=*=*cuda*``, ``name >= 0.3=*cuda*``, ``channel::name...`` (the
-    channel may be a label path such as ``nvidia/label/cuda-11.7.1``) and the bracket form
-    ``name[version='>=1.0',build=*cuda*]``.  Raises InvalidInput naming the spec.
+    ``name 1.0 build``, ``name >=1.0 build``, ``name=*=*cuda*``, ``name >= 0.3=*cuda*``,
+    ``channel::name...`` (the channel may be a label path such as
+    ``nvidia/label/cuda-11.7.1``) and the bracket form ``name[version='>=1.0',build=*cuda*]``.
+    Operators, version and build characters are checked so that typos (``python>=>3.11``)
+    are caught when the file is read, not by the solver.  Raises InvalidInput naming the spec.
     """
     spec = squeeze_spec(text)
     channel: str | None = None
     if "::" in spec:
         channel, spec = spec.split("::", 1)
-        if not channel:
-            raise InvalidInput(f"invalid conda spec {text!r}: empty channel before '::'")
+        if not channel or " " in channel:
+            raise InvalidInput(f"invalid conda spec {text!r}: bad channel {channel!r} "
+                               "before '::'")
     match = _SPEC_NAME_RE.match(spec)
     if match is None:
         raise InvalidInput(f"invalid conda spec {text!r}: it must start with a package name")
     name, rest = match.group(0), spec[match.end():]
+    bracket: dict[str, str] = {}
+    if rest.endswith("]") and "[" in rest:
+        cut = rest.index("[")
+        rest, bracket = rest[:cut], _parse_brackets(text, rest[cut:])
+    elif "[" in rest:
+        raise InvalidInput(f"invalid conda spec {text!r}: unclosed '['")
     version: str | None = None
     build: str | None = None
-    if rest.startswith("["):
-        version, build = _parse_brackets(text, rest)
-    elif rest and rest[0] in _OPERATOR_CHARS:
-        version, build = _split_build(rest)
+    if rest and rest[0] in _OPERATOR_CHARS:
+        constraint, _, build = rest.partition(" ")
+        version, build_part = _split_build(constraint)
+        if build_part is not None:
+            if build:
+                raise InvalidInput(f"invalid conda spec {text!r}: two build strings")
+            build = build_part
     elif rest.startswith(" "):
         parts = rest.split()
         if len(parts) > 2:
@@ -132,19 +176,43 @@ def parse_match_spec(text: str) -> MatchSpec:
         build = parts[1] if len(parts) == 2 else None
     elif rest:
         raise InvalidInput(f"invalid conda spec {text!r}: unexpected {rest!r} after the name")
-    return MatchSpec(name=name, version=version or None, build=build, channel=channel)
+    version = bracket.get("version", version) or None
+    build = bracket.get("build", build) or None
+    if version is not None:
+        _check_version(text, version)
+    if build is not None and not _BUILD_RE.fullmatch(build):
+        raise InvalidInput(f"invalid conda spec {text!r}: bad build string {build!r}; use "
+                           "letters, digits and '_.*+!-' (e.g. '*cuda*')")
+    return MatchSpec(name=name, version=version, build=build,
+                     channel=bracket.get("channel", channel))
 
 
-def _parse_brackets(text: str, rest: str) -> tuple[str | None, str | None]:
-    if not rest.endswith("]"):
-        raise InvalidInput(f"invalid conda spec {text!r}: unclosed '['")
+def _check_version(text: str, version: str) -> None:
+    if version.count("(") != version.count(")"):
+        raise InvalidInput(f"invalid conda spec {text!r}: unbalanced parentheses in "
+                           f"{version!r}")
+    for term in re.split(r"[,|]", version.replace("(", "").replace(")", "")):
+        if not _VERSION_TERM_RE.fullmatch(term):
+            raise InvalidInput(f"invalid conda spec {text!r}: bad version constraint "
+                               f"{term or version!r}; {_VERSION_RULE}")
+
+
+def _parse_brackets(text: str, rest: str) -> dict[str, str]:
+    """``[version='>=1.0,<2',build=*cuda*]`` as a dict; commas inside quotes are kept."""
+    body, pos = rest[1:-1], 0
     fields: dict[str, str] = {}
-    for item in rest[1:-1].split(","):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInput(f"invalid conda spec {text!r}: expected key=value inside [...]")
-        fields[key.strip()] = value.strip().strip("'\"")
-    return fields.get("version"), fields.get("build")
+    while pos < len(body) or not fields:
+        item = _BRACKET_ITEM_RE.match(body, pos)
+        if item is None or item.end() == pos:
+            raise InvalidInput(f"invalid conda spec {text!r}: expected key=value pairs inside "
+                               "[...], e.g. [version='>=1.0',build=*cuda*]")
+        key, value = item.group(1), item.group(2).strip("'\"")
+        if key not in _BRACKET_KEYS:
+            raise InvalidInput(f"invalid conda spec {text!r}: unknown key {key!r} inside [...] "
+                               f"(known: {', '.join(_BRACKET_KEYS)})")
+        fields[key] = value
+        pos = item.end()
+    return fields
 
 
 def canonical_conda_spec(text: str) -> str:
@@ -194,6 +262,48 @@ def canonical_pip_line(line: str) -> str:
     if rest and not (rest[0] in "[=<>!~;@ ,"):
         return line
     return re.sub(r"[-_.]+", "-", name).lower() + _SQUEEZE_RE.sub(r"\1", rest)
+
+
+def pip_line_problem(line: str) -> str | None:
+    """Why ``line`` is no pip requirement-file line, or ``None`` if it looks like one.
+
+    A light check, meant to catch typos before a build: a recognised option, a URL or path,
+    or a PEP 508 name with extras, version constraints, ``@ URL`` and markers.
+    """
+    line = " ".join(line.split())
+    if is_pip_option(line):
+        option = split_pip_option(line)
+        flag, value = option if option is not None else (line[:2], line[2:] or None)
+        if flag not in _PIP_OPTIONS:
+            return (f"unknown pip option {flag!r}; a requirements file accepts "
+                    f"{', '.join(o for o in _PIP_OPTIONS if o.startswith('--'))}")
+        if _PIP_OPTIONS[flag] and value is None:
+            return f"pip option {flag!r} needs a value (e.g. '{flag} ...')"
+        return None
+    if "://" in line or line.startswith((".", "/", "~")) or "/" in line.split(" ")[0] \
+            or "\\" in line:
+        return None
+    match = _PIP_REQ_RE.fullmatch(line)
+    if match is None:
+        return f"invalid pip requirement {line!r}: it must start with a package name"
+    rest = match.group("rest").partition(";")[0]
+    for option in _PIP_REQUIREMENT_OPTIONS:
+        rest = rest.partition(f" {option}")[0]
+    rest = rest.strip()
+    if rest.startswith("@"):
+        if len(rest) > 1:
+            return None
+        return f"invalid pip requirement {line!r}: a URL must follow '@'"
+    if rest.startswith("(") and rest.endswith(")"):
+        rest = rest[1:-1]
+    if rest and rest[0] not in "=<>!~":
+        return (f"invalid pip requirement {line!r}: unexpected {rest!r} after the package "
+                "name; write 'name', 'name==1.0' or 'name>=1.0,<2'")
+    if rest and not all(_PIP_VERSION_TERM_RE.fullmatch(term.strip())
+                        for term in rest.split(",")):
+        return (f"invalid pip requirement {line!r}: bad version constraint {rest!r}; write e.g. "
+                "'requests>=2.31,<3' or 'requests==2.31.0'")
+    return None
 
 
 @dataclass(frozen=True)
@@ -283,6 +393,21 @@ class _Builder:
             raise self.fail(node.line, f"{what} must be a single value, not {node.describe()}")
         return node.text.strip()
 
+    def entry(self, node: YNode, what: str, text: str) -> str:
+        """A dependency or pip entry, refused when it holds two list items run together."""
+        value = self.scalar(node, what)
+        if _RUN_TOGETHER_RE.search(value):
+            message = f"{value!r} looks like two list items run together; "
+            lines = text.splitlines()[node.line:node.end_line]
+            folded = [node.line + 1 + i for i, line in enumerate(lines)
+                      if line.lstrip().startswith("-")]
+            if folded:
+                message += f"check the indentation of line {folded[0]}"
+            else:
+                message += "put each item on its own '- ' line"
+            raise self.fail(node.line, message)
+        return value
+
     def sequence(self, node: YNode | None, key: str) -> list[YNode]:
         if node is None or node.is_null:
             return []
@@ -328,10 +453,14 @@ class _Builder:
         for item in self.sequence(sections.get("dependencies"), "dependencies"):
             if item.is_mapping:
                 for pip_item in self.pip_section(item):
-                    pip.append(self.scalar(pip_item, "a 'pip' entry"))
+                    line = self.entry(pip_item, "a 'pip' entry", text)
+                    problem = pip_line_problem(line)
+                    if problem is not None:
+                        raise self.fail(pip_item.line, f"{problem}; fix the 'pip' entry")
+                    pip.append(line)
                     pip_lines.append(pip_item.line)
                 continue
-            spec = self.scalar(item, "a 'dependencies' entry")
+            spec = self.entry(item, "a 'dependencies' entry", text)
             if not spec:
                 raise self.fail(item.line, "empty 'dependencies' entry; remove it")
             try:

@@ -24,6 +24,7 @@ class YNode:
     line: int                 # 1-based line where the value starts
     key_line: int             # line of the mapping key holding it (== line for list items/root)
     text: str | None = None   # scalars only: the source text, before YAML type resolution
+    end_line: int = 0         # scalars only: last line of the value (a plain scalar may fold)
 
     @property
     def is_mapping(self) -> bool:
@@ -193,4 +194,6 @@ class _Converter:
             # Text YAML 1.1 resolves to an impossible timestamp (2024-13-45): keep it as text
             # and let the validator of that key say what it expects.
             value = node.value
-        return YNode(value, line, key_line, text=node.value)
+        # end_mark sits after the value; at column 0 that is the start of the next line.
+        end = node.end_mark.line + (1 if node.end_mark.column > 0 else 0)
+        return YNode(value, line, key_line, text=node.value, end_line=max(end, line))

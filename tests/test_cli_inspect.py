@@ -162,3 +162,20 @@ def test_help() -> None:
     result = run("--help")
     assert result.returncode == 0
     assert "FILE" in result.stdout and "--json" in result.stdout
+
+
+def test_list_items_run_together_by_indentation_exit_2(tmp_path: Path) -> None:
+    # YAML folds the over-indented line into the item above: one spec "python=3.11 - pip".
+    path = tmp_path / "indent.yml"
+    path.write_text("dependencies:\n  - python=3.11\n    - pip\n")
+    _assert_one_line_error(run(str(path)), f"{path}:2: 'python=3.11 - pip' looks like two "
+                           "list items run together; check the indentation of line 3")
+
+
+def test_bad_match_spec_and_pip_requirement_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "ops.yml"
+    path.write_text("dependencies:\n  - numpy\n  - python>=>3.11\n")
+    _assert_one_line_error(run(str(path)), f"{path}:3: invalid conda spec 'python>=>3.11'",
+                           "bad version constraint '>=>3.11'")
+    path.write_text("dependencies:\n  - pip\n  - pip:\n    - requests=>2\n")
+    _assert_one_line_error(run(str(path)), f"{path}:4: invalid pip requirement 'requests=>2'")

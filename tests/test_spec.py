@@ -17,6 +17,7 @@ from hpcenv.spec import (
     load_spec,
     parse_match_spec,
     parse_spec,
+    pip_line_problem,
     split_pip_option,
     validate_env_name,
 )
@@ -66,12 +67,24 @@ variables:
     ("pytorch[version='>=1.8', build=*cuda*]", MatchSpec("pytorch", ">=1.8", "*cuda*")),
     ("nvcc_linux-64=11.0", MatchSpec("nvcc_linux-64", "=11.0")),
     ("pytorch-mutex=1.0=cuda", MatchSpec("pytorch-mutex", "=1.0", "cuda")),
+    ("numpy[version='>=1.0,<2', build=*cuda*]", MatchSpec("numpy", ">=1.0,<2", "*cuda*")),
+    ("numpy>=1.8 py37*", MatchSpec("numpy", ">=1.8", "py37*")),
+    ("numpy>=1[build=py*]", MatchSpec("numpy", ">=1", "py*")),
+    ("python>3.9|<2", MatchSpec("python", ">3.9|<2")),
+    ("openssl=1.0.2-k", MatchSpec("openssl", "=1.0.2-k")),
 ])
 def test_parse_match_spec(text: str, expected: MatchSpec) -> None:
     assert parse_match_spec(text) == expected
 
 
-@pytest.mark.parametrize("text", [">=1.0", "::numpy", "a b c d", "foo$bar", "x[version=1"])
+@pytest.mark.parametrize("text", [
+    ">=1.0", "::numpy", "a b c d", "foo$bar", "x[version=1",
+    # Operators and version characters are checked, not left to the solver.
+    "python>=>3.11", "python=>3.9", "python>=3.8,", "python==3.8,,<4", "numpy>=1.0 a b",
+    "numpy=1.0=b=c", "numpy 1.0=x", "python>=(3.8", "numpy>=1.0@x",
+    # Brackets hold known key=value pairs.
+    "numpy[]", "numpy[foo=1]", "numpy[version]",
+])
 def test_parse_match_spec_rejects_garbage(text: str) -> None:
     with pytest.raises(InvalidInput, match="invalid conda spec"):
         parse_match_spec(text)
@@ -87,6 +100,34 @@ def test_canonical_forms_ignore_spacing_but_keep_meaning() -> None:
     assert canonical_pip_line("--extra-index-url  https://x.example/s") == \
         canonical_pip_line("--extra-index-url=https://x.example/s")
     assert canonical_pip_line("git+https://h.example/A_B.git") == "git+https://h.example/A_B.git"
+
+
+@pytest.mark.parametrize("line", [
+    "numpy", "Foo_Bar.baz", "requests[security, socks] >= 2.31 , <3", "dm-tree=0.1.8",
+    "torch==2.1.0+cu118", "pkg (>=1.0)", "pkg===1.0", "numpy>=1.0 ; sys_platform == 'linux'",
+    "pkg==1.0 --hash=sha256:abc", "foo @ https://h.example/foo-1.0.whl",
+    "git+https://h.example/x.git@main#egg=x", "./libs/pointops", "submodules/simple-knn",
+    "-e .", "-e.", "--editable=.[dev]", "-r ./requirements.txt", "-rreq.txt", "--pre",
+    "--no-index", "--extra-index-url  https://h.example/simple", "-f /wheels",
+])
+def test_pip_lines_that_pip_reads_are_accepted(line: str) -> None:
+    assert pip_line_problem(line) is None
+
+
+@pytest.mark.parametrize(("line", "fragment"), [
+    ("numpy=>1.0", "bad version constraint '=>1.0'"),
+    ("numpy>=1.0,", "bad version constraint"),
+    ("name with space", "unexpected 'with space' after the package name"),
+    ("foo @", "a URL must follow '@'"),
+    ("$pkg", "it must start with a package name"),
+    ("--extra-index", "unknown pip option '--extra-index'"),
+    ("-x foo", "unknown pip option '-x'"),
+    ("-r", "pip option '-r' needs a value"),
+    ("--index-url", "pip option '--index-url' needs a value"),
+])
+def test_pip_line_problems_say_what_is_wrong(line: str, fragment: str) -> None:
+    problem = pip_line_problem(line)
+    assert problem is not None and fragment in problem, problem
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -173,6 +214,23 @@ def test_load_spec_reads_utf8_without_final_newline(tmp_path: Path) -> None:
     ("name: [x]\n", 1, "'name' must be a single value"),
     ("name: ../evil\n", 1, "invalid environment name"),
     ("dependencies:\n  - '>=1.0'\n", 2, "invalid conda spec"),
+    ("dependencies:\n  - numpy\n  - python>=>3.11\n", 3,
+     "invalid conda spec 'python>=>3.11': bad version constraint '>=>3.11'"),
+    ("dependencies:\n  - pip\n  - pip:\n    - requests\n    - numpy=>1\n", 5,
+     "invalid pip requirement 'numpy=>1'"),
+    ("dependencies:\n  - pip:\n    - --extra-index https://h.example\n", 3,
+     "unknown pip option '--extra-index'"),
+    # A list item indented too deep folds into the item above it.
+    ("dependencies:\n  - python=3.11\n    - pip\n", 2,
+     "'python=3.11 - pip' looks like two list items run together; check the indentation of "
+     "line 3"),
+    ("dependencies:\n  - numpy\n  - python=3.11\n\n     - pip\n", 3,
+     "check the indentation of line 5"),
+    ("dependencies:\n  - pip:\n    - requests\n      - tqdm\n", 3,
+     "'requests - tqdm' looks like two list items run together; check the indentation of "
+     "line 4"),
+    ("dependencies:\n  - 'numpy - scipy'\n", 2,
+     "looks like two list items run together; put each item on its own '- ' line"),
     ("dependencies:\n  - ''\n", 2, "empty 'dependencies' entry"),
     ("# my env\nname: x\nchannels: [conda-forge]\n", 2, "no 'dependencies:' section"),
     ("dependencies: &d\n  - *d\n", 1, "recursive YAML alias"),
