@@ -162,6 +162,43 @@ def test_usage_errors_exit_2_with_one_line(args: tuple[str, ...], env: dict[str,
     assert "--help" in lines[0]
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (("env", "build", "F", "--cdua", "12.4"),
+     "unknown option --cdua (did you mean --cuda?) (see 'hpcenv env build --help')"),
+    (("env", "list", "--jsno"),
+     "unknown option --jsno (did you mean --json?) (see 'hpcenv env list --help')"),
+    (("--json", "status", "1", "--zzz=3"), "unknown option --zzz (see 'hpcenv status --help')"),
+    (("env", "inspect", "a.yml", "b.yml"),
+     "unexpected argument b.yml (see 'hpcenv env inspect --help')"),
+    # Before SCRIPT an unknown option is a typo of submit's own ...
+    (("submit", "--evn", "x", "train.py"),
+     "unknown option --evn (did you mean --env?) (see 'hpcenv submit --help')"),
+    # ... after it, most likely the script's: say how to pass it, and guess only at slips.
+    (("submit", "train.py", "--env", "x", "--steps", "3"),
+     "unknown option --steps; put the script's own options after '--': "
+     "hpcenv submit train.py --env x -- --steps 3 (see 'hpcenv submit --help')"),
+    (("submit", "train.py", "--steps", "3", "--env", "x", "--", "--lr", "1"),
+     "unknown option --steps; put the script's own options after '--': "
+     "hpcenv submit train.py --env x -- --steps 3 --lr 1 (see 'hpcenv submit --help')"),
+    (("submit", "train.py", "--tiem", "5", "--env", "x"),
+     "unknown option --tiem (did you mean --time?); put the script's own options after '--': "
+     "hpcenv submit train.py --env x -- --tiem 5 (see 'hpcenv submit --help')"),
+], ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_unknown_options_name_the_sub_command_and_a_fix(
+        args: tuple[str, ...], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"hpcenv: error: {message}\n"
+
+
+def test_script_options_after_double_dash_still_reach_the_script() -> None:
+    args = build_parser().parse_args(["submit", "train.py", "--env", "x", "--", "--steps", "3"])
+    assert (args.script, args.program_args, args.env) == ("train.py", ["--steps", "3"], "x")
+
+
 def test_no_command_prints_usage_and_exits_2(env: dict[str, str]) -> None:
     result = hpcenv(env=env)
     assert result.returncode == 2

@@ -9,6 +9,7 @@ light: ``hpcenv --help`` must not load py-rattler, fabric or jinja2.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"hpcenv: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        # argparse reports words no sub-command took from the top parser, naming `hpcenv
+        # --help`; the sub-command that was chosen is where the user has to look.
+        words = list(sys.argv[1:] if args is None else args)
+        parsed, extra = self.parse_known_args(words, namespace)
+        if extra:
+            _chosen_parser(self, parsed).error(_unknown_message(self, parsed, words, extra))
+        return parsed
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -122,6 +133,65 @@ def _chosen_parser(parser: argparse.ArgumentParser,
         if chosen is None:
             return parser
         parser = subs[0].choices[chosen]
+
+
+def _unknown_message(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                     words: list[str], extra: list[str]) -> str:
+    """What to say about the words no parser took: ``unknown option --cdua (did you mean
+    --cuda?)``, and for ``submit`` options after SCRIPT, how to pass them to the script."""
+    from hpcenv.yamlio import closest
+
+    chosen = _chosen_parser(parser, args)
+    options = [w for w in extra if w.startswith("-") and w != "-"]
+    if not options:
+        return f"unexpected argument{'s' if len(extra) > 1 else ''} {shlex.join(extra)}"
+    known = tuple(o for a in chosen._actions for o in a.option_strings if o.startswith("--"))
+    script = getattr(args, "script", None)
+    # After SCRIPT most unknown options are the script's own (--steps, --seed): a guess then
+    # has to be a one-letter slip, or `--steps` would be "corrected" to --site.
+    for_script = (chosen.prog.endswith(" submit") and script is not None
+                  and _after(words, script, options[0]))
+    parts = []
+    for option in options:
+        flag = option.partition("=")[0]
+        guess = closest(flag, known) if flag.startswith("--") else None
+        if guess and for_script and not _one_edit(flag, guess):
+            guess = None
+        parts.append(f"{flag} (did you mean {guess}?)" if guess else flag)
+    message = f"unknown option{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
+    if for_script:
+        message += (f"; put the script's own options after '--': hpcenv "
+                    f"{shlex.join(_moved_after_double_dash(words, extra))}")
+    return message
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """True when ``b`` is ``a`` with one letter added, dropped, changed or two swapped."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    a_rest, b_rest = a[start:], b[start:]
+    return (a_rest[1:] == b_rest[1:] or a_rest[1:] == b_rest or a_rest == b_rest[1:]
+            or (a_rest[:2] == b_rest[1::-1] and a_rest[2:] == b_rest[2:]))
+
+
+def _after(words: list[str], first: str, second: str) -> bool:
+    """True when ``second`` is written after ``first`` (and before any ``--``)."""
+    head = words[:words.index("--")] if "--" in words else words
+    return first in head and second in head and head.index(second) > head.index(first)
+
+
+def _moved_after_double_dash(words: list[str], extra: list[str]) -> list[str]:
+    """``words`` with ``extra`` taken out (in order) and put first after ``--``."""
+    head, tail = (words, []) if "--" not in words else (words[:words.index("--")],
+                                                        words[words.index("--") + 1:])
+    kept, pending = [], list(extra)
+    for word in head:
+        if pending and word == pending[0]:
+            pending.pop(0)
+        else:
+            kept.append(word)
+    return [*kept, "--", *extra, *tail]
 
 
 def _one_line(exc: BaseException) -> str:
