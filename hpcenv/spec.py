@@ -287,8 +287,8 @@ def pip_line_problem(line: str) -> str | None:
     if match is None:
         return f"invalid pip requirement {line!r}: it must start with a package name"
     rest = match.group("rest").partition(";")[0]
-    for option in _PIP_REQUIREMENT_OPTIONS:
-        rest = rest.partition(f" {option}")[0]
+    for flag in _PIP_REQUIREMENT_OPTIONS:
+        rest = rest.partition(f" {flag}")[0]
     rest = rest.strip()
     if rest.startswith("@"):
         if len(rest) > 1:
