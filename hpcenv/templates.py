@@ -42,6 +42,7 @@ from hpcenv.scheduler.options import (
     extra_arg_problem,
     mem_problem,
     name_problem,
+    signal_spec_problem,
     time_problem,
 )
 
@@ -56,7 +57,6 @@ FORWARDED_SIGNALS = ("TERM", "INT", "HUP", "USR1", "USR2")
 _NODES = re.compile(r"^\d+(?:-\d+)?$")
 _ARRAY = re.compile(r"^[0-9][0-9,\-:]*(?:%\d+)?$")
 _DEPENDENCY = re.compile(r"^[A-Za-z_]+(?::[0-9_+:*]+)?(?:[,?][A-Za-z_]+(?::[0-9_+:*]+)?)*$")
-_SIGNAL = re.compile(r"^(?:[RB]:)?(?:SIG)?(?:[A-Z][A-Z0-9]*|\d+)(?:@\d+)?$", re.IGNORECASE)
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_.+@:,-]{1,128}$")
 _PARTITIONS = re.compile(r"^[A-Za-z0-9_.-]+(?:,[A-Za-z0-9_.-]+)*$")
 
@@ -117,6 +117,16 @@ def _positive(flag: str, value: int) -> str:
     return str(value)
 
 
+def _nodes_problem(value: str) -> str | None:
+    """``N`` or ``MIN-MAX``, each at least 1 (Slurm reads ``--nodes=0`` as "no nodes")."""
+    if control_problem(value) is not None or not _NODES.match(value):
+        return "use N or MIN-MAX, e.g. 2 or 2-4"
+    low, _, high = value.partition("-")
+    if int(low) < 1 or (high and int(high) < int(low)):
+        return "a job needs at least 1 node: use N or MIN-MAX with 1 <= MIN <= MAX"
+    return None
+
+
 def _path_value(flag: str, value: str) -> str:
     return _check(flag, value, TOKEN, "paths in Slurm options may not contain spaces, quotes, "
                   "'$', '`', ';', '#' or backslashes; pick a simpler path")
@@ -125,8 +135,8 @@ def _path_value(flag: str, value: str) -> str:
 def sbatch_signal(value: str) -> str:
     """``USR1@120`` -> ``B:USR1@120``: hpcenv's programs run in the batch step (no srun), and
     Slurm only signals the batch shell when asked with ``B:``."""
-    _check("--signal", value, _SIGNAL, "use SIG[@SECONDS], e.g. USR1@120 or TERM@60")
-    return value if value[:2].upper() in ("B:", "R:") else f"B:{value}"
+    _ok("--signal", value, signal_spec_problem(value))
+    return value if ":" in value else f"B:{value}"
 
 
 def sbatch_lines(opts: SbatchOptions) -> list[str]:
@@ -149,8 +159,8 @@ def sbatch_lines(opts: SbatchOptions) -> list[str]:
         lines.append(f"--mem={_ok('--mem', opts.mem, mem_problem(opts.mem))}")
     if opts.cpus_per_task is not None:
         lines.append(f"--cpus-per-task={_positive('--cpus-per-task', opts.cpus_per_task)}")
-    if opts.nodes:
-        lines.append(f"--nodes={_check('--nodes', str(opts.nodes), _NODES, 'use N or MIN-MAX')}")
+    if opts.nodes is not None:
+        lines.append(f"--nodes={_ok('--nodes', str(opts.nodes), _nodes_problem(str(opts.nodes)))}")
     if opts.ntasks_per_node is not None:
         lines.append(f"--ntasks-per-node={_positive('--ntasks-per-node', opts.ntasks_per_node)}")
     if opts.account:

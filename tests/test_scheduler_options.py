@@ -13,6 +13,7 @@ from hpcenv.scheduler.options import (
     mem_problem,
     name_problem,
     parse_time_limit,
+    signal_spec_problem,
     time_problem,
 )
 from hpcenv.scheduler.slurm_cli import parse_duration
@@ -106,3 +107,18 @@ def test_good_site_defaults_render(tmp_path: Path) -> None:
     lines = sbatch_lines(SbatchOptions(job_name="x", time=site.slurm.time, mem=site.slurm.mem,
                                        extra_args=site.slurm.extra_args))
     assert "--time=1-00:00" in lines and "--mem=16G" in lines and "--exclusive" in lines
+
+
+def test_signal_specs_use_the_cancel_validator() -> None:
+    from hpcenv.scheduler.base import signal_name, signal_number
+
+    assert signal_spec_problem("USR1@120") is None and signal_spec_problem("B:10") is None
+    # sbatch and scancel refuse PIPE by name: both paths refuse it before anything is built.
+    for bad in ("PIPE", "BANANA@5"):
+        assert "unknown signal" in (signal_spec_problem(bad) or "")
+        with pytest.raises(InvalidInput, match="unknown signal"):
+            signal_number(bad.split("@")[0])
+    assert signal_spec_problem("USR1@99999") is not None
+    assert signal_spec_problem("USR1@6\n0") is not None
+    # A number Slurm has no name for is passed on as a number.
+    assert (signal_name(13), signal_name("sigusr1"), signal_number(13)) == ("13", "USR1", 13)

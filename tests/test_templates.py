@@ -121,6 +121,14 @@ def test_gres_without_type_and_no_gres_for_cpu_jobs() -> None:
 def test_signal_keeps_explicit_batch_or_r_prefix() -> None:
     assert "--signal=B:TERM@60" in sbatch_lines(SbatchOptions(job_name="x", signal="B:TERM@60"))
     assert "--signal=R:USR2" in sbatch_lines(SbatchOptions(job_name="x", signal="R:USR2"))
+    # Names sbatch knows, any case, with SIG; numbers; the 16-bit limit on the seconds.
+    for value in ("usr1@90", "SIGTERM", "13@60", "RB:XCPU", "USR2@65535"):
+        assert sbatch_lines(SbatchOptions(job_name="x", signal=value))[-1].startswith("--signal=")
+
+
+def test_node_counts_start_at_one() -> None:
+    assert "--nodes=1-4" in sbatch_lines(SbatchOptions(job_name="x", nodes="1-4"))
+    assert "--nodes=2" in sbatch_lines(SbatchOptions(job_name="x", nodes="2"))
 
 
 @pytest.mark.parametrize(("field", "value", "flag"), [
@@ -138,6 +146,13 @@ def test_signal_keeps_explicit_batch_or_r_prefix() -> None:
     ("constraint", "cuda12.4'", "--constraint"),
     ("signal", "USR1@60;id", "--signal"),
     ("gpu_type", "a100:2", "--gpu-type"),
+    ("signal", "FOO@60", "--signal"),
+    ("signal", "WINCH", "--signal"),
+    ("signal", "USR1@65536", "--signal"),
+    ("signal", "X:USR1", "--signal"),
+    ("nodes", "0", "--nodes"),
+    ("nodes", "0-2", "--nodes"),
+    ("nodes", "3-2", "--nodes"),
 ])
 def test_bad_sbatch_values_are_rejected(field: str, value: str, flag: str) -> None:
     opts: dict[str, object] = {"job_name": "x", "gpus": 1, field: value}

@@ -100,3 +100,31 @@ def parse_time_limit(text: str) -> float | None:
         return parts[0] * 60.0 + parts[1]
     h, m, s = parts
     return float(h * 3600 + m * 60 + s)
+
+
+# sbatch --signal: [R|B|RB:]SIG[@SECONDS]; SECONDS is at most 65535 (a 16-bit field in Slurm).
+_SIGNAL_SPEC = re.compile(r"^(?:([RB]{1,2}):)?([^@:]+)(?:@(\d+))?$", re.IGNORECASE)
+SIGNAL_HELP = "use SIG[@SECONDS], e.g. USR1@120 or TERM@60"
+MAX_SIGNAL_SECONDS = 65535
+
+
+def signal_spec_problem(value: str) -> str | None:
+    """Why ``value`` is not an sbatch ``--signal``; None if it is.  The signal itself is checked
+    by :func:`hpcenv.scheduler.base.signal_number`, the validator ``cancel --signal`` uses."""
+    from hpcenv.scheduler.base import signal_number
+
+    if (problem := control_problem(value)) is not None:
+        return problem
+    match = _SIGNAL_SPEC.match(value)
+    if match is None:
+        return f"expected a signal; {SIGNAL_HELP}"
+    flags, sig, seconds = match.groups()
+    if flags and len(set(flags.upper())) != len(flags):
+        return f"expected a signal; {SIGNAL_HELP}"
+    try:
+        signal_number(sig)
+    except InvalidInput as exc:
+        return str(exc)
+    if seconds is not None and int(seconds) > MAX_SIGNAL_SECONDS:
+        return f"at most {MAX_SIGNAL_SECONDS} seconds before the time limit; {SIGNAL_HELP}"
+    return None
