@@ -196,9 +196,17 @@ def wait_for(scheduler: Scheduler, job_id: str, *,
 
 
 def cancel_job(scheduler: Scheduler, job_id: str, signal: str | int | None = None) -> None:
-    """Cancel the job, or with ``signal`` only send it that signal (validated first)."""
+    """Cancel the job, or with ``signal`` only send it that signal (validated first).
+
+    A job that already ended is an error (exit 1) naming its state: "cancelled job 25" for a job
+    that had completed would tell the user something that did not happen.  NotFound for ids the
+    scheduler does not know."""
     if signal is not None:
         signal_number(signal)
+    info = scheduler.status(job_id)
+    if info.finished:
+        nothing = "no signal sent" if signal is not None else "nothing to cancel"
+        raise HpcenvError(f"job {job_id} already ended ({info.state}); {nothing}")
     scheduler.cancel(job_id, signal)
 
 

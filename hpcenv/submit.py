@@ -7,10 +7,10 @@ Steps, in order; nothing is submitted (or recorded) unless every step before suc
 2. The env: the registry's current version of ``--env NAME``.  When NAME is not registered and an
    environment file for it is found, it is built through the locked builder first (on this login
    node, before submission).  Files looked at: ``--env-file FILE`` (always built or reused, so the
-   job runs that spec), else ``NAME.yml``/``NAME.yaml`` next to the script or in the working
-   directory, else ``environment.yml`` there if its ``name:`` is NAME.  Anything else is an error
-   telling the user to ``hpcenv env build FILE``: guessing which spec a name means would build the
-   wrong env.
+   job runs that spec; it becomes the current version only if the env has no usable one), else
+   ``NAME.yml``/``NAME.yaml`` next to the script or in the working directory, else
+   ``environment.yml`` there if its ``name:`` is NAME.  Anything else is an error telling the user
+   to ``hpcenv env build FILE``: guessing which spec a name means would build the wrong env.
 3. Routing (:mod:`hpcenv.routing`) on the env record's CUDA with the scheduler's live node state.
 4. Rendering (:mod:`hpcenv.templates`) into a job directory under the site's ``state_dir``; the
    script is kept there, so what ran can be read (and resubmitted) later.
@@ -95,6 +95,7 @@ class SubmitResult:
     script_text: str = field(repr=False, default="")
     routing: RoutingDecision | None = field(repr=False, default=None)
     dry_run: bool = False
+    warnings: tuple[str, ...] = ()        # e.g. options the local executor ignores
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "partition": self.partition, "constraint": self.constraint,
@@ -102,6 +103,7 @@ class SubmitResult:
                 "script": str(self.script), "reason": self.reason, "gpus": self.gpus,
                 "launcher": self.launcher, "scheduler": self.scheduler,
                 "env_status": self.env_status, "dry_run": self.dry_run,
+                "warnings": list(self.warnings),
                 "routing": self.routing.to_dict() if self.routing else None}
 
 
@@ -167,9 +169,13 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
                build: bool = True) -> tuple[EnvRecord, str]:
     """The env record to run in, and how it was obtained: existing, built or reused.
 
-    ``build=False`` (a dry run) never builds: a missing env is then an error.
+    With an environment file the job runs the build of that file, reused when it exists.  That
+    build becomes the env's current version only when the env has no usable one yet: a submit
+    must not undo a rollback (or replace the version other users run) behind their back.
+    ``build=False`` (a dry run) never builds: it uses the file's existing build, and refuses
+    only when there is none.
     """
-    from hpcenv.builder import build_env, is_complete
+    from hpcenv.builder import build_env, is_complete, plan_build
     from hpcenv.registry import Registry
     from hpcenv.spec import load_spec, validate_env_name
 
@@ -181,22 +187,34 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
     if name is None:
         raise InvalidInput("no env given: pass --env NAME (a registered env) or --env-file FILE")
     validate_env_name(name)
+    registry = Registry.for_site(site)
+    current = registry.current(name)
+    usable = current is not None and current.status == "ready" and is_complete(current.prefix)
     if spec is None:
-        record = Registry.for_site(site).current(name)
-        if record is not None and record.status == "ready" and is_complete(record.prefix):
-            return record, "existing"
+        if current is not None and usable:
+            return current, "existing"
         env_file = find_env_file(name, search_dirs)
         if env_file is None:
-            state = "is not in the registry" if record is None else \
-                f"has no usable current version (v{record.version} is {record.status})"
+            state = "is not in the registry" if current is None else \
+                f"has no usable current version (v{current.version} is {current.status})"
             raise NotFound(f"env {name!r} {state} ({site.registry}); build it first with "
                            f"'hpcenv env build FILE --name {name}' or pass --env-file FILE")
         spec = load_spec(env_file)
+    plan = plan_build(spec, site, name=name)
+    found = registry.find_ready(plan.key, plan.name)
+    if found is not None and not is_complete(found.prefix):
+        found = None  # its files are gone: build_env rebuilds it
     if not build:
-        raise NotFound(f"env {name!r} would be built from {env_file} first; a dry run builds "
-                       f"nothing: run 'hpcenv env build {env_file} --name {name}'")
-    say(f"hpcenv: building env {name} from {env_file} (once; later submits reuse it)")
-    result = build_env(spec, site, name=name, on_progress=lambda event: say(str(event)))
+        if found is None:
+            raise NotFound(f"env {name!r} would be built from {env_file} first; a dry run builds "
+                           f"nothing: run 'hpcenv env build {env_file} --name {name}'")
+        return found, "reused"
+    if found is not None:
+        say(f"hpcenv: reusing env {name} v{found.version}, built from {env_file}")
+    else:
+        say(f"hpcenv: building env {name} from {env_file} (once; later submits reuse it)")
+    result = build_env(spec, site, name=name, on_progress=lambda event: say(str(event)),
+                       make_current=not usable)
     return result.record, result.status
 
 
@@ -251,6 +269,44 @@ def _with_site_defaults(options: SubmitOptions, site: SiteConfig) -> SubmitOptio
         cpus_per_task=options.cpus_per_task if options.cpus_per_task is not None else d.cpus_per_task,
         sbatch_args=(*d.extra_args, *options.sbatch_args),
     )
+
+
+def _local_executor_warnings(options: SubmitOptions, site: SiteConfig) -> tuple[str, ...]:
+    """What the local executor cannot honour.  Every job runs on this machine, so a partition
+    the site config does not list is refused as on Slurm (where ``sinfo`` would refuse it);
+    the rest is accepted, so the same command works on the cluster, but said once."""
+    partition = options.partition if options.partition not in (None, "", "auto") else None
+    if partition is not None and not site.partitions and partition != "local":
+        where = f" ({site.source})" if site.source else ""
+        raise InvalidInput(f"--partition {partition}: the local executor has no partitions and "
+                           f"the site config{where} lists none; drop --partition")
+    ignored: dict[str, str] = {}
+    if partition is not None and site.partitions:
+        ignored[f"--partition {partition}"] = "partitions"
+    if options.gpus:
+        ignored[f"--gpus {options.gpus}"] = "GPU allocation"
+    if options.gpu_type:
+        ignored[f"--gpu-type {options.gpu_type}"] = "GPU allocation"
+    if options.nodes is not None and options.nodes > 1:
+        ignored[f"--nodes {options.nodes}"] = "multi-node jobs"
+    if options.signal:
+        ignored[f"--signal {options.signal}"] = "signals before the time limit"
+    if not ignored:
+        return ()
+    lacks = " or ".join(dict.fromkeys(ignored.values()))
+    return (f"the local executor runs every job on this machine and has no {lacks}: "
+            f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored",)
+
+
+def _check_gpu_options(options: SubmitOptions) -> None:
+    """What ``sbatch_lines`` cannot check before routing decided the GPUs."""
+    from hpcenv.scheduler.options import name_problem
+
+    if options.gpus is not None and options.gpus < 0:
+        raise InvalidInput(f"--gpus {options.gpus}: must be 0 or more (0 runs the job without "
+                           "GPUs, even in a CUDA env)")
+    if options.gpu_type is not None and (problem := name_problem(options.gpu_type, "a GPU type")):
+        raise InvalidInput(f"--gpu-type {options.gpu_type!r}: {problem}")
 
 
 def _make_log_dirs(workdir: Path, patterns: Sequence[tuple[str, str | None]],
@@ -316,6 +372,9 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
         array=options.array, dependency=options.dependency, output=output, error=options.error,
         signal=options.signal, extra_args=options.sbatch_args)
     sbatch_lines(sbatch)  # bad options fail now, not after a long env build
+    _check_gpu_options(options)
+    scheduler = scheduler or site_scheduler(site)
+    warnings = _local_executor_warnings(options, site) if scheduler.kind == "local" else ()
     launcher = choose_launcher(site, options.launcher)
     search = [program.script.parent, workdir] if program.script else [workdir]
     env_file = options.env_file.expanduser().resolve() if options.env_file else None
@@ -323,7 +382,6 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
                                     progress=say, build=not dry_run)
     prefix = Path(record.prefix)
 
-    scheduler = scheduler or site_scheduler(site)
     # gpu_required only adds what the CUDA version cannot say: a GPU env naming no CUDA (ROCm,
     # an unversioned GPU build) still needs a GPU partition.  Without it, a recorded CUDA
     # decides, as for records written before the field existed.
@@ -352,7 +410,8 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
         job_id=None, partition=decision.partition, constraint=decision.constraint,
         env=record.name, env_version=record.version, prefix=str(prefix), script=script,
         reason=decision.reason, gpus=decision.gpus, launcher=launcher, scheduler=scheduler.kind,
-        env_status=env_status, script_text=text, routing=decision, dry_run=dry_run)
+        env_status=env_status, script_text=text, routing=decision, dry_run=dry_run,
+        warnings=warnings)
     if dry_run:
         return result
 

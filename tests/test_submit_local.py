@@ -268,13 +268,102 @@ def test_submit_messages_read_cleanly(built, tmp_path: Path) -> None:
     site, _ = built
     sub = cli(site, "submit", "--env", "cpuenv", "--", "true", cwd=tmp_path)
     job_id = sub.stdout.split()[2]
-    assert sub.stdout == (f"submitted job {job_id} to the scheduler's default partition, env cpuenv "
-                          "v1: the site config lists no partitions\n")
-    dry = cli(site, "submit", "--env", "cpuenv", "--dry-run", "--", "true", cwd=tmp_path).stdout
-    tail = dry.split("# --- dry run: nothing submitted ---\n", 1)[1].splitlines()
-    assert tail[:3] == ["# partition: the scheduler default", "# nodes:     any in the partition",
-                        "# reason:    the site config lists no partitions"]
-    assert tail[4] == "# launcher:  activate: hpcenv's activation inlined, then exec of the program"
+    assert sub.stdout == f"submitted job {job_id} to the local executor, env cpuenv v1\n"
+    assert sub.stderr == ""
+    for env in ("cpuenv", "gpuenv"):
+        dry = cli(site, "submit", "--env", env, "--dry-run", "--", "true", cwd=tmp_path)
+        tail = dry.stdout.split("# --- dry run: nothing submitted ---\n", 1)[1].splitlines()
+        assert tail[:3] == ["# partition: none (the local executor has none)",
+                            "# nodes:     this machine (the local executor)",
+                            "# reason:    the site config lists no partitions"]
+        assert tail[4] == "# launcher:  activate: hpcenv's activation inlined, then exec of the program"
+        assert dry.stderr == ""
+
+
+def test_env_file_runs_its_own_build_and_leaves_current_alone(demo_channel, tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", demo_channel)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "old.yml").write_text("name: lab\ndependencies:\n  - python=3.11\n")
+    (work / "new.yml").write_text(CPU_ENV.replace("cpuenv", "lab"))
+    (work / "unbuilt.yml").write_text(CPU_ENV.replace("cpuenv", "lab") + "  - cuda-version=12.4\n")
+    for spec in ("old.yml", "new.yml"):
+        assert cli(site, "env", "build", spec, cwd=work).returncode == 0
+    assert cli(site, "env", "rollback", "lab", cwd=work).returncode == 0  # v1 current again
+
+    dry = cli(site, "submit", "--env-file", "new.yml", "--dry-run", "--", "true", cwd=work)
+    assert dry.returncode == 0, dry.stderr
+    assert "# env:       lab v2 at " in dry.stdout
+    missing = cli(site, "submit", "--env-file", "unbuilt.yml", "--dry-run", "--", "true", cwd=work)
+    assert missing.returncode == 1 and "would be built from" in missing.stderr
+
+    run = cli(site, "--json", "submit", "--env-file", "new.yml", "--wait", "--output", "out.txt",
+              "--", "python", "-c", "import sys; print(sys.prefix)", cwd=work)
+    assert run.returncode == 0, run.stderr
+    assert "hpcenv: reusing env lab v2, built from" in run.stderr and "building" not in run.stderr
+    v2 = json.loads(run.stdout)["prefix"]
+    assert "lab-2-" in v2 and (work / "out.txt").read_text().strip() == v2
+    shown = json.loads(cli(site, "--json", "env", "show", "lab", cwd=work).stdout)
+    assert shown["version"] == 1
+
+    # A spec never built is built for the job, still without becoming current.
+    built = cli(site, "--json", "submit", "--env-file", "unbuilt.yml", "--", "true", cwd=work)
+    assert built.returncode == 0 and "building env lab from" in built.stderr
+    assert json.loads(built.stdout)["env_version"] == 3
+    assert json.loads(cli(site, "--json", "env", "show", "lab", cwd=work).stdout)["version"] == 1
+
+
+def test_bad_signal_and_counts_fail_before_anything_else(built, tmp_path: Path) -> None:
+    site, _ = built
+    (tmp_path / "fresh.yml").write_text("name: fresh2\ndependencies:\n  - python=3.11\n")
+    before = len(list_submissions(site.state_dir, "local"))
+    for option, message in ((("--signal", "FOO@60"), "--signal 'FOO@60': unknown signal 'FOO'"),
+                            (("--signal", "PIPE"), "unknown signal 'PIPE'"),
+                            (("--signal", "USR1@70000"), "at most 65535 seconds"),
+                            (("--nodes", "0"), "--nodes '0': a job needs at least 1 node"),
+                            (("--gpus", "-1"), "--gpus -1: must be 0 or more"),
+                            (("--ntasks-per-node", "0"), "--ntasks-per-node 0: must be")):
+        bad = cli(site, "submit", "--env-file", "fresh.yml", *option, "--", "true", cwd=tmp_path)
+        assert (bad.returncode, bad.stdout) == (2, ""), option
+        assert bad.stderr.startswith(f"hpcenv: error: {option[0]} ") and message in bad.stderr
+        assert bad.stderr.count("\n") == 1
+    assert len(list_submissions(site.state_dir, "local")) == before
+    assert not (Path(site.envs_dirs[0]) / "fresh2").exists()
+    # cancel --signal goes through the same validator.
+    assert "unknown signal 'PIPE'" in cli(site, "cancel", "1", "--signal", "PIPE", cwd=tmp_path).stderr
+
+
+def test_cancel_of_an_ended_job_says_so(built, tmp_path: Path) -> None:
+    site, _ = built
+    job_id = json.loads(cli(site, "--json", "submit", "--env", "cpuenv", "--wait", "--", "true",
+                            cwd=tmp_path).stdout)["job_id"]
+    for extra, nothing in (((), "nothing to cancel"), (("--signal", "USR1"), "no signal sent")):
+        proc = cli(site, "cancel", job_id, *extra, cwd=tmp_path)
+        assert (proc.returncode, proc.stdout) == (1, "")
+        assert proc.stderr == f"hpcenv: error: job {job_id} already ended (COMPLETED); {nothing}\n"
+
+
+def test_local_executor_says_which_options_it_ignores(demo_channel, built, tmp_path: Path) -> None:
+    site, root = built
+    proc = cli(site, "submit", "--env", "gpuenv", "--gpus", "2", "--gpu-type", "a100", "--dry-run",
+               "--", "true", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert proc.stderr == ("hpcenv: warning: the local executor runs every job on this machine and "
+                           "has no GPU allocation: --gpus 2, --gpu-type a100 are ignored\n")
+    plain = cli(site, "submit", "--env", "gpuenv", "--dry-run", "--", "true", cwd=tmp_path)
+    assert plain.returncode == 0 and plain.stderr == ""
+    unknown = cli(site, "submit", "--env", "cpuenv", "--partition", "gpu-a10", "--", "true",
+                  cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("hpcenv: error: --partition gpu-a10: the local executor has "
+                                     "no partitions")
+    # With partitions in the site config, --partition is checked against them, then ignored.
+    routed = make_site(root, demo_channel, "partitions:\n  - {name: cpu}\n",
+                       path=tmp_path / "routed.yaml")
+    result = submit(["true"], env_name="cpuenv", site=routed, dry_run=True,
+                    options=SubmitOptions(workdir=tmp_path, partition="cpu"))
+    assert result.warnings == ("the local executor runs every job on this machine and has no "
+                               "partitions: --partition cpu is ignored",)
 
 
 def test_signal_option_renders_batch_signal(built, tmp_path: Path) -> None:

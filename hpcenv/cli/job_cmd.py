@@ -48,7 +48,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                             description="Cancel a job (TERM to all its processes, KILL after "
                                         "the grace period), or with --signal only deliver that "
                                         "signal to its program, once (e.g. USR1 to ask for a "
-                                        "checkpoint); the job goes on unless the program ends.")
+                                        "checkpoint); the job goes on unless the program ends. "
+                                        "A job that already ended is left alone: exit 1, "
+                                        "naming its final state.")
     cancel.add_argument("job_id", metavar="JOB")
     cancel.add_argument("-s", "--signal", metavar="SIG", help="signal name or number (TERM, USR1, 10)")
     cancel.set_defaults(handler=cancel_handler)
@@ -142,6 +144,8 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
     site = ctx.site()
     result = submit(target, args.program_args, env_name=args.env, site=site, options=options,
                     dry_run=args.dry_run, progress=ctx.info)
+    for warning in result.warnings:
+        ctx.warn(warning)
     if args.dry_run:
         data = result.to_dict()
         data["script_text"] = result.script_text
@@ -163,15 +167,27 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
     return code
 
 
+def _local(d: dict[str, Any]) -> bool:
+    return d["scheduler"] == "local"
+
+
 def _where(d: dict[str, Any]) -> str:
+    if _local(d):
+        routed = f" (routed to partition {d['partition']})" if d["partition"] else ""
+        return f"the local executor{routed}"
     if not d["partition"]:
-        return "the scheduler's default partition"
+        return "the cluster's default partition"
     constraint = f" with --constraint={d['constraint']}" if d.get("constraint") else ""
     return f"partition {d['partition']}{constraint}"
 
 
+def _why(d: dict[str, Any]) -> str:
+    # On the local executor without partitions there is no choice to explain.
+    return "" if _local(d) and not d["partition"] else f": {d['reason']}"
+
+
 def _submitted_text(d: dict[str, Any]) -> str:
-    return f"submitted job {d['job_id']} to {_where(d)}, env {d['env']} v{d['env_version']}: {d['reason']}"
+    return f"submitted job {d['job_id']} to {_where(d)}, env {d['env']} v{d['env_version']}{_why(d)}"
 
 
 def _launcher_text(d: dict[str, Any]) -> str:
@@ -182,6 +198,8 @@ def _launcher_text(d: dict[str, Any]) -> str:
 
 
 def _nodes_text(d: dict[str, Any]) -> str:
+    if _local(d):
+        return "this machine (the local executor)"
     if not d.get("constraint"):
         return "any in the partition"
     verdicts = (d.get("routing") or {}).get("partitions") or []
@@ -189,10 +207,14 @@ def _nodes_text(d: dict[str, Any]) -> str:
     return f"--constraint={d['constraint']}" + (f" ({', '.join(nodes)})" if nodes else "")
 
 
+def _no_partition(d: dict[str, Any]) -> str:
+    return "none (the local executor has none)" if _local(d) else "the cluster's default"
+
+
 def _dry_run_text(d: dict[str, Any]) -> str:
     return (f"{d['script_text']}"
             f"# --- dry run: nothing submitted ---\n"
-            f"# partition: {d['partition'] or 'the scheduler default'}\n"
+            f"# partition: {d['partition'] or _no_partition(d)}\n"
             f"# nodes:     {_nodes_text(d)}\n"
             f"# reason:    {d['reason']}\n"
             f"# env:       {d['env']} v{d['env_version']} at {d['prefix']}\n"
