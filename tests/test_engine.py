@@ -90,6 +90,10 @@ def test_engine_child_failure_is_reported(tmp_path: Path) -> None:
     with pytest.raises(HpcenvError, match=r"rattler engine \(solve\) died with exit code 3: boom"):
         RattlerEngine(python=str(crashing)).solve(["x"], channels=["/c"], platform="linux-64",
                                                   cuda="")
+    # A child dying before it reads a large request is the same failure, not a BrokenPipeError.
+    with pytest.raises(HpcenvError, match=r"died with exit code 3: boom"):
+        RattlerEngine(python=str(crashing)).solve(["x" * 1_000_000], channels=["/c"],
+                                                  platform="linux-64", cuda="")
 
 
 def test_channel_url() -> None:
@@ -169,3 +173,48 @@ def test_conda_export_spec_forms_are_accepted(engine: RattlerEngine, demo_channe
     with pytest.raises(InvalidInput, match="invalid match spec 'python >>= 3'"):
         engine.solve(["python >>= 3"], channels=[demo_channel.url], platform=current_platform(),
                      cuda="")
+
+
+def test_unreachable_channel_is_one_line_with_the_chain_kept_as_cause(
+        engine: RattlerEngine, tmp_path: Path) -> None:
+    from hpcenv.engine.base import ChannelUnreachable, EngineErrorChain
+
+    with pytest.raises(ChannelUnreachable) as caught:
+        engine.solve(["python"], channels=["http://127.0.0.1:9/ch"],
+                     platform=current_platform(), cuda="")
+    message = str(caught.value)
+    assert message.startswith("cannot fetch repodata for channel http://127.0.0.1:9/ch: "
+                              "connection refused")
+    assert message.endswith("use local channels or site mirrors (see 'hpcenv site show')")
+    assert "Caused by" not in message and "\n" not in message
+    assert isinstance(caught.value.__cause__, EngineErrorChain)
+    assert "Caused by" in str(caught.value.__cause__)  # the whole story, for -v tracebacks
+
+
+def test_local_channel_without_index_is_bad_input(engine: RattlerEngine, tmp_path: Path) -> None:
+    from hpcenv.engine.base import ChannelMissing
+
+    (tmp_path / "ch" / "linux-64").mkdir(parents=True)
+    with pytest.raises(ChannelMissing) as caught:
+        engine.solve(["python"], channels=[str(tmp_path / "ch")], platform=current_platform(),
+                     cuda="")
+    assert str(caught.value) == (f"channel {(tmp_path / 'ch').as_uri()} has no "
+                                 "noarch/repodata.json: build or index it first")
+    assert caught.value.exit_code == 2
+    with pytest.raises(ChannelMissing, match="does not exist"):
+        engine.solve(["python"], channels=[str(tmp_path / "gone")],
+                     platform=current_platform(), cuda="")
+
+
+def test_channel_errors_name_the_channel_as_written() -> None:
+    from hpcenv.engine.rattler_engine import _classify
+
+    chain = ("error sending request for url (https://mirror.invalid/conda-forge/noarch/"
+             "repodata_shards.msgpack.zst)\nCaused by: client error (Connect)\nCaused by: dns "
+             "error\nCaused by: failed to lookup address information")
+    kind, message = _classify(Exception(chain), ["conda-forge"])
+    assert kind == "unreachable"
+    assert message.startswith("cannot fetch repodata for channel conda-forge "
+                              "(https://mirror.invalid/conda-forge): network unreachable (offline?")
+    assert _classify(Exception("Cannot solve the request because of: nothing provides x"),
+                     ["conda-forge"]) is None

@@ -25,12 +25,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from hpcenv.errors import HpcenvError, InvalidInput
+
 if TYPE_CHECKING:
     from hpcenv.site import SiteConfig
 
 ChannelPriority = Literal["strict", "flexible"]
 # File name endings of conda package archives (in channels and package caches).
 ARCHIVE_SUFFIXES = (".conda", ".tar.bz2")
+
+
+class ChannelUnreachable(HpcenvError):
+    """A channel (or a package URL) could not be fetched: network down, host unknown,
+    connection refused.  Not the spec's fault, so callers do not blame the spec."""
+
+
+class ChannelMissing(InvalidInput):
+    """A local (``file://``) channel or one of its subdirs does not exist or is not indexed."""
+
+
+CHANNEL_ERRORS = (ChannelUnreachable, ChannelMissing)
+
+
+class EngineErrorChain(Exception):
+    """The engine's full error text ("Caused by: ..." chain), kept as the ``__cause__`` of a
+    classified one-line error so it shows only in a traceback (``-v``)."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,8 +32,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hpcenv.engine.base import ChannelPriority, LockedPackage, channel_url
+from hpcenv.engine.base import (
+    ChannelMissing,
+    ChannelPriority,
+    ChannelUnreachable,
+    EngineErrorChain,
+    LockedPackage,
+    channel_url,
+)
 from hpcenv.errors import HpcenvError, InvalidInput
+
+_REQUEST_RE = re.compile(r"error sending request for url \((\S+?)\)")
+_SUBDIR_RE = re.compile(r"could not find subdir '([^']+)' in channel '([^']+)'")
 
 
 class RattlerEngine:
@@ -86,8 +97,11 @@ class RattlerEngine:
             os.close(write_fd)
         with os.fdopen(read_fd, "r") as reply_pipe:
             assert proc.stdin is not None and proc.stderr is not None
-            proc.stdin.write(json.dumps(request))
-            proc.stdin.close()
+            try:
+                proc.stdin.write(json.dumps(request))
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the child died before reading: its exit code and stderr say why
             # The child writes the reply before its stderr closes; read the reply first so a large
             # reply cannot block the child while we wait on stderr.
             raw = reply_pipe.read()
@@ -102,7 +116,10 @@ class RattlerEngine:
             tail = " / ".join(stderr.strip().splitlines()[-3:]) or "no output"
             raise HpcenvError(f"rattler engine ({request['op']}) died with exit code {code}: {tail}")
         if "error" in reply:
-            error = InvalidInput if reply.get("kind") == "invalid" else HpcenvError
+            error = {"invalid": InvalidInput, "unreachable": ChannelUnreachable,
+                     "missing": ChannelMissing}.get(reply.get("kind", ""), HpcenvError)
+            if reply.get("chain"):
+                raise error(reply["error"]) from EngineErrorChain(reply["chain"])
             raise error(reply["error"])
         return reply
 
@@ -280,14 +297,68 @@ def _child_main(reply_fd: int) -> None:
     except _Invalid as exc:
         reply = {"error": str(exc), "kind": "invalid"}
     except Exception as exc:  # noqa: BLE001 - rattler's exception classes are not importable types
-        # Unsatisfiable specs are the user's input (exit 2); channel and I/O errors are not.
-        kind = "invalid" if type(exc).__name__ == "SolverError" else None
-        reply = {"error": _one_line(op, exc)} | ({"kind": kind} if kind else {})
+        classified = _classify(exc, request.get("channels") or [])
+        if classified is not None:
+            kind, message = classified
+            reply = {"error": message, "kind": kind, "chain": str(exc)}
+        else:
+            # Unsatisfiable specs are the user's input (exit 2); channel and I/O errors are not.
+            kind = "invalid" if type(exc).__name__ == "SolverError" else None
+            reply = {"error": _one_line(op, exc)} | ({"kind": kind} if kind else {})
     with os.fdopen(reply_fd, "w") as out:
         json.dump(reply, out)
         out.flush()
     sys.stderr.flush()
     os._exit(0)  # quirk #3: skip interpreter teardown, where rattler sometimes crashes
+
+
+_MIRRORS_HINT = "use local channels or site mirrors (see 'hpcenv site show')"
+
+
+def _classify(exc: Exception, channels: list[str]) -> tuple[str, str] | None:
+    """("unreachable" | "missing", one-line message) for channel failures, whose raw text is a
+    chain of 4-5 "Caused by:" lines; None for anything else."""
+    text = str(exc)
+    if m := _SUBDIR_RE.search(text):
+        subdir, channel = m.group(1), m.group(2).rstrip("/")
+        if channel.startswith("file://"):
+            root = Path(channel[len("file://"):])
+            if not root.is_dir():
+                return "missing", (f"channel {channel} does not exist (no directory {root}); fix "
+                                   "the channel path in the spec or the site config")
+            return "missing", (f"channel {channel} has no {subdir}/repodata.json: build or "
+                               "index it first")
+        return "unreachable", (f"channel {channel} has no {subdir} subdir (is it a conda "
+                               f"channel?); {_MIRRORS_HINT}")
+    m = _REQUEST_RE.search(text)
+    if m is None:
+        return None
+    url = m.group(1)
+    lowered = text.lower()
+    if "dns error" in lowered or "failed to lookup address" in lowered:
+        reason = "network unreachable (offline?: the host name does not resolve)"
+    elif "connection refused" in lowered:
+        reason = "connection refused (no server at that address?)"
+    elif "timed out" in lowered or "timeout" in lowered:
+        reason = "network unreachable (offline?: the connection timed out)"
+    else:
+        reason = "network unreachable (offline?)"
+    if "repodata" not in url:
+        return "unreachable", f"cannot download {url}: {reason}; {_MIRRORS_HINT}"
+    channel = _channel_of(url, channels)
+    return "unreachable", (f"cannot fetch repodata for channel {channel}: {reason}; "
+                           f"{_MIRRORS_HINT}")
+
+
+def _channel_of(url: str, channels: list[str]) -> str:
+    """``NAME (URL)`` of the requested channel that ``url`` (a repodata URL) belongs to."""
+    base = url.rsplit("/", 2)[0]   # drop SUBDIR/FILE
+    for channel in channels:
+        if base == channel.rstrip("/"):
+            return base
+        if "://" not in channel and base.rstrip("/").endswith("/" + channel.strip("/")):
+            return f"{channel} ({base})"
+    return base
 
 
 def _one_line(op: str, exc: Exception) -> str:
