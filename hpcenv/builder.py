@@ -67,7 +67,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from hpcenv.engine.base import ChannelPriority, LockedPackage, channel_url, current_platform
+from hpcenv.engine.base import (
+    CHANNEL_ERRORS,
+    ChannelPriority,
+    LockedPackage,
+    channel_url,
+    current_platform,
+)
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import atomic_write_json, chgrp, ensure_shared_dir, group_id, user_at_host
 from hpcenv.locking import BuildLock, CacheLock, LockHolder
@@ -83,6 +89,7 @@ CACHE_LOCK = ".hpcenv-cache.lock"
 KEY_SCHEMA = 1
 _CUDA_RE = re.compile(r"^\d+(\.\d+){0,2}$")
 _CUDA_DEP_RE = re.compile(r"^__cuda\s*>=\s*(\d+(?:\.\d+)?)")
+_CUDA_DEP_NAME_RE = re.compile(r"^__cuda(?![\w.-])")
 
 
 
@@ -128,10 +135,24 @@ class BuildResult:
     waited: bool = False                  # waited for another builder's lock
     seconds: float = 0.0
     warnings: tuple[str, ...] = field(default=())
+    # Whether this call moved the name's ``current`` to this version, and what was current
+    # before (None: nothing): a reuse of an older spec silently undoing a rollback would be a
+    # surprise, so callers report it.
+    made_current: bool = False
+    previous_current: int | None = None
 
     @property
     def prefix(self) -> Path:
         return Path(self.record.prefix)
+
+    @property
+    def current_note(self) -> str | None:
+        """"current version is now V (was P)" when this call moved ``current`` off another
+        version; None otherwise."""
+        if not self.made_current or self.previous_current in (None, self.record.version):
+            return None
+        return (f"current version is now {self.record.version} "
+                f"(was {self.previous_current})")
 
     def to_dict(self) -> dict[str, object]:
         """The ``env build --json`` object."""
@@ -139,7 +160,8 @@ class BuildResult:
         return {"name": r.name, "version": r.version, "key": r.key, "prefix": r.prefix,
                 "status": self.status, "cuda": r.cuda, "cuda_override": r.cuda_override,
                 "lock": r.lock_path, "waited": self.waited, "seconds": round(self.seconds, 3),
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "made_current": self.made_current,
+                "previous_current": self.previous_current}
 
 
 @dataclass(frozen=True)
@@ -216,7 +238,7 @@ def resolve_channels(spec: EnvSpec | None, site: SiteConfig) -> tuple[str, ...]:
         if url not in out:
             out.append(url)
     if not out:
-        where = spec.source if spec is not None and spec.source else "the spec"
+        where = spec.source if spec is not None and spec.source else "<environment.yml>"
         raise InvalidInput(f"{where}: no channels to solve from; add 'channels:' to the file or "
                            "to the site config")
     return tuple(out)
@@ -266,11 +288,19 @@ def build_key(*, name: str, content: dict[str, object], platform: str, channels:
 
 
 def cuda_of_packages(packages: Sequence[LockedPackage]) -> str | None:
-    """The CUDA an exact package set is built for: the ``cuda-version`` package's version, else
-    the lowest bound of a ``__cuda >=X.Y`` dependency, else None (a bare ``__cuda`` dependency
-    names no version).  What a ``--from-lock`` build records instead of a solve's ``__cuda``."""
+    """The CUDA an exact package set is built for, or None when no package needs ``__cuda``.
+
+    Only a dependency on ``__cuda`` makes a package a CUDA build (conda-forge's CUDA variants
+    have one; their CPU builds do not): a ``cuda-version`` package alone only constrains
+    ``__cuda`` where there is one, so a CPU build of a spec pinning ``cuda-version`` needs no
+    GPU.  Given a CUDA build, the version is the ``cuda-version`` package's, else the highest
+    ``__cuda >=X.Y`` bound, else None (a bare ``__cuda`` names no version).  What a
+    ``--from-lock`` build records instead of a solve's ``__cuda``."""
     from hpcenv.drivers import version_key
 
+    if not any(_CUDA_DEP_NAME_RE.match(dep.strip()) for package in packages
+               for dep in package.depends):
+        return None
     for package in packages:
         if package.name == "cuda-version":
             return ".".join(package.version.split(".")[:2])
@@ -282,10 +312,18 @@ def cuda_of_packages(packages: Sequence[LockedPackage]) -> str | None:
 def plan_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
                cuda_override: str | None = None, from_lock: Path | None = None) -> BuildPlan:
     """Name, key, channels and CUDA of a build; validates the name (InvalidInput)."""
-    chosen = name or (spec.name if spec is not None else None)
+    if name is not None:
+        try:
+            validate_env_name(name)
+        except InvalidInput as exc:
+            raise InvalidInput(f"--name {name!r}: {exc}") from None
+    chosen = name if name is not None else (spec.name if spec is not None else None)
     if not chosen:
-        where = spec.source if spec is not None and spec.source else "the spec"
-        raise InvalidInput(f"{where}: no 'name:' in the file; pass --name NAME")
+        if spec is None:
+            raise InvalidInput(f"--from-lock {from_lock}: a lockfile names no env; pass "
+                               "--name NAME")
+        raise InvalidInput(f"{spec.source or '<environment.yml>'}: no 'name:' in the file; "
+                           "pass --name NAME")
     validate_env_name(chosen)
     from hpcenv.site import check_env_name
 
@@ -328,14 +366,17 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     ``from_lock``: a lockfile (hpcenv's, conda-lock/pixi) or an ``@EXPLICIT`` list, which is
     first turned into a lockfile (:func:`hpcenv.export.lock_from_explicit`).
     ``cuda_override``: None = infer from the spec, "" = no ``__cuda``, "12.4" = ``__cuda=12.4``.
-    ``make_current``: also make a reused build the current version of ``name`` (a rollback
-    is undone by building the newer spec again); pass False to only ensure the build exists.
+    ``make_current``: make the built or reused version the current version of ``name``
+    (building a spec means "I want this"; the result's ``made_current``/``previous_current``
+    say whether that moved ``current``, e.g. undid a rollback).  False only ensures the build
+    exists and never moves an existing ``current`` (``submit`` of a shared env); a name's first
+    ready build still becomes current then, as there is nothing to move.
     ``on_progress`` receives :class:`BuildEvent` objects.
     """
     started = time.monotonic()
     report = _Reporter(on_progress)
     if from_lock is not None:
-        from_lock = _lockfile_for(Path(from_lock), site, cuda_override, engine, report)
+        from_lock = _lockfile_for(Path(from_lock), site, cuda_override, engine, report, name)
     plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
     registry = Registry.for_site(site)
     _check_link_is_ours(site, plan.name)
@@ -343,11 +384,15 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     def reuse(record: EnvRecord, waited: bool) -> BuildResult | None:
         if not is_complete(record.prefix):
             return None
+        previous = registry.current_version(plan.name)
+        moved = False
         # The link check heals a builder killed between the two publish steps.
-        if make_current and (registry.current_version(plan.name) != record.version
-                             or not link_points_to(site, plan.name, record.prefix)):
-            publish(site, registry, record)
-        return BuildResult(record, "reused", waited, time.monotonic() - started)
+        if (make_current or previous is None) and (
+                previous != record.version or not link_points_to(site, plan.name, record.prefix)):
+            previous = publish(site, registry, record, only_if_none=not make_current)
+            moved = previous != record.version and (make_current or previous is None)
+        return BuildResult(record, "reused", waited, time.monotonic() - started,
+                           made_current=moved, previous_current=previous)
 
     found = registry.find_ready(plan.key, plan.name)
     if found is not None and (result := reuse(found, False)) is not None:
@@ -375,10 +420,10 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
             report.step(note)
         engine = engine or _engine_for(site)
         record, warnings = _build_locked(spec, site, plan, registry, engine, from_lock, report)
-        if make_current:
-            publish(site, registry, record)
-    report.step(f"built {record.name} version {record.version} in {record.prefix}")
-    return BuildResult(record, "built", waited, time.monotonic() - started, tuple(warnings))
+        previous = publish(site, registry, record, only_if_none=not make_current)
+    return BuildResult(record, "built", waited, time.monotonic() - started, tuple(warnings),
+                       made_current=make_current or previous is None,
+                       previous_current=previous)
 
 
 def _engine_for(site: SiteConfig) -> Engine:
@@ -388,14 +433,15 @@ def _engine_for(site: SiteConfig) -> Engine:
 
 
 def _lockfile_for(path: Path, site: SiteConfig, cuda_override: str | None,
-                  engine: Engine | None, report: _Reporter) -> Path:
+                  engine: Engine | None, report: _Reporter, name: str | None) -> Path:
     """``path`` itself when it is a lockfile; the lockfile made from it when it is an
     ``@EXPLICIT`` list (cached by content under the site's ``state_dir``)."""
     from hpcenv.export import is_explicit_list, lock_from_explicit
 
     if not path.is_file():
         raise InvalidInput(f"--from-lock {path}: no such file; give a lockfile or an @EXPLICIT "
-                           "list ('hpcenv env export NAME --lock' or '--explicit')")
+                           f"list ('hpcenv env export {name or 'NAME'} --lock' or "
+                           "'--explicit')")
     if not is_explicit_list(path):
         return path
     report.step(f"reading @EXPLICIT list {path}")
@@ -505,6 +551,8 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
         try:
             packages = engine.solve(list(spec.conda), channels=channels, platform=plan.platform,
                                     cuda=plan.cuda, channel_priority=plan.channel_priority)
+        except CHANNEL_ERRORS:
+            raise  # about a channel, not the spec: the engine's line says what to do
         except HpcenvError as exc:
             cuda_note = f", __cuda={plan.cuda}" if plan.cuda else ", no __cuda"
             raise type(exc)(f"{spec.source or '<environment.yml>'}{_culprit_line(spec, str(exc))}"
@@ -673,10 +721,17 @@ def force_rmtree(path: Path) -> None:
 
 # --- publishing, rollback, removal ------------------------------------------------------------
 
-def publish(site: SiteConfig, registry: Registry, record: EnvRecord) -> None:
-    """Make ``record`` the current version: registry first, then the ``envs_dir/NAME`` symlink."""
+def publish(site: SiteConfig, registry: Registry, record: EnvRecord, *,
+            only_if_none: bool = False) -> int | None:
+    """Make ``record`` the current version: registry first, then the ``envs_dir/NAME`` symlink.
+    Returns the version current before (None: none).  ``only_if_none``: change nothing when
+    another version is current (decided under the name lock, so two publishers cannot race)."""
     with registry.name_lock(record.name):
+        previous = registry.current_version(record.name)
+        if only_if_none and previous is not None:
+            return previous
         _switch_current(site, registry, record.name, record)
+    return previous
 
 
 def _switch_current(site: SiteConfig, registry: Registry, name: str,
@@ -728,12 +783,13 @@ def sync_link(site: SiteConfig, name: str) -> Path | None:
 def rollback(site: SiteConfig, name: str, to_version: int | None = None) -> EnvRecord:
     """Make an earlier ready version current (default: the newest ready one before current)."""
     registry = Registry.for_site(site)
+    _require_env(registry, name)
     with registry.name_lock(name):
         current = registry.current_version(name)
         if to_version is None:
             if current is None:
                 raise NotFound(f"environment {name!r} has no current version to roll back from; "
-                               "see 'hpcenv env history NAME'")
+                               f"pick one with --to VERSION (see 'hpcenv env history {name}')")
             older = [r for r in registry.versions(name) if r.version < current
                      and r.status == "ready" and is_complete(r.prefix)]
             if not older:
@@ -750,9 +806,24 @@ def rollback(site: SiteConfig, name: str, to_version: int | None = None) -> EnvR
     return record
 
 
+def _require_env(registry: Registry, name: str) -> list[EnvRecord]:
+    """Every record of ``name``; NotFound naming the registry when it has none."""
+    versions = registry.versions(name)
+    if not versions:
+        raise NotFound(f"no environment {name!r} in the registry {registry.root}; "
+                       "see 'hpcenv env list'")
+    return versions
+
+
+def _usable(record: EnvRecord) -> bool:
+    return record.status == "ready" and is_complete(record.prefix)
+
+
 def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = False) -> EnvRecord:
     """Retire ``version`` of ``name`` and delete its prefix; refuses the current one unless
-    ``force`` (then the newest other ready version becomes current, or none).
+    ``force`` (then the newest other ready version becomes current, or none), and a version
+    whose builder is still at work.  A ``failed`` version, or a ``building`` one whose builder
+    died (Ctrl-C, a killed job), is retired like any other.
 
     Each version has its own prefix, so deleting one never removes a file another version uses:
     files shared through the package cache are hardlinks and only lose one link; a prefix that
@@ -761,49 +832,80 @@ def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = F
     """
     registry = Registry.for_site(site)
     record = registry.get(name, version)
-    with key_lock(site, record.key), registry.name_lock(name):
-        record = registry.get(name, version)
-        if record.status == "building":
-            raise HpcenvError(f"{name} version {version} is still being built; wait for it")
-        current = registry.current_version(name)
-        if version == current and not force:
-            raise HpcenvError(f"{name} version {version} is the current version; roll back "
-                              f"first ('hpcenv env rollback {name}') or pass --force")
-        record = registry.set_status(name, version, "retired")
-        if version == current:
-            others = [r for r in registry.versions(name) if r.version != version
-                      and r.status == "ready" and is_complete(r.prefix)]
-            _switch_current(site, registry, name, others[-1] if others else None)
-        elif link_points_to(site, name, record.prefix):
-            # A publisher died before switching the symlink: repair it before the prefix goes.
-            current_record = registry.current(name)
-            _point_link(site, name, Path(current_record.prefix) if current_record else None)
-        # Versions never share a prefix when hpcenv made them, but a registry edited by hand
-        # (or restored from backup) might: a prefix another live record names stays.
-        target = os.path.realpath(record.prefix)
-        shared = [r for r in registry.records() if r.status in ("ready", "building")
-                  and os.path.realpath(r.prefix) == target]
+    lock = key_lock(site, record.key, timeout=0)
+    if not lock.try_acquire():
+        if registry.get(name, version).status == "building":
+            raise HpcenvError(f"{name} version {version} is still being built; wait for it "
+                              f"('hpcenv env history {name}' shows when it is ready)")
+        lock = key_lock(site, record.key)  # a builder of another version of this key: wait
+        lock.acquire()
+    try:
+        with registry.name_lock(name):
+            record, shared = _retire_locked(site, registry, name, version, force)
+    finally:
+        lock.release()
     if not shared:
         force_rmtree(Path(record.prefix))
     return record
 
 
-def remove_env(site: SiteConfig, name: str, *, force: bool = False) -> list[EnvRecord]:
-    """Retire every live (ready or building) version of ``name`` with :func:`remove_version`,
-    the current one last so the env stays usable until the very end.  Refused without
-    ``force``, because it removes the current version too.  Returns the retired records."""
-    registry = Registry.for_site(site)
-    versions = registry.versions(name)
-    if not versions:
-        raise NotFound(f"no environment {name!r} in the registry {registry.root}; "
-                       "see 'hpcenv env list'")
-    live = [r.version for r in versions if r.status in ("ready", "building")]
-    if not force:
-        raise HpcenvError(f"removing {name} removes all {len(live)} live version(s), the "
-                          "current one included; pass --force, or --version V for one")
+def _retire_locked(site: SiteConfig, registry: Registry, name: str, version: int,
+                   force: bool) -> tuple[EnvRecord, bool]:
+    """The part of :func:`remove_version` under the key and name locks: the retired record
+    and whether another live record names its prefix (which then stays)."""
+    record = registry.get(name, version)
     current = registry.current_version(name)
-    return [remove_version(site, name, v, force=True)
-            for v in sorted(live, key=lambda v: v == current)]
+    if version == current and not force:
+        ready = [r.version for r in registry.versions(name)
+                 if r.version != version and _usable(r)]
+        if ready:
+            older = [v for v in ready if v < version]
+            to = older[-1] if older else ready[-1]
+            raise HpcenvError(f"{name} version {version} is the current version; make another "
+                              f"current first ('hpcenv env rollback {name} --to {to}') or pass "
+                              "--force")
+        raise HpcenvError(f"{name} version {version} is the current version and no other "
+                          f"version is ready; pass --force to remove it ({name} then has no "
+                          "current version)")
+    record = registry.set_status(name, version, "retired")
+    if version == current:
+        others = [r for r in registry.versions(name) if r.version != version and _usable(r)]
+        _switch_current(site, registry, name, others[-1] if others else None)
+    elif link_points_to(site, name, record.prefix):
+        # A publisher died before switching the symlink: repair it before the prefix goes.
+        current_record = registry.current(name)
+        _point_link(site, name, Path(current_record.prefix) if current_record else None)
+    # Versions never share a prefix when hpcenv made them, but a registry edited by hand
+    # (or restored from backup) might: a prefix another live record names stays.
+    target = os.path.realpath(record.prefix)
+    shared = any(r.status in ("ready", "building") and os.path.realpath(r.prefix) == target
+                 for r in registry.records())
+    return record, shared
+
+
+def remove_env(site: SiteConfig, name: str, *, force: bool = False) -> list[EnvRecord]:
+    """Retire every version of ``name`` that is not retired yet with :func:`remove_version`,
+    the current one last so the env stays usable until the very end.  Ready versions are only
+    removed with ``force``; failed ones and those a dead builder left ``building`` need none.
+    Refused while a builder of ``name`` is at work.  Returns the retired records."""
+    registry = Registry.for_site(site)
+    left = [r for r in _require_env(registry, name) if r.status != "retired"]
+    if not left:
+        raise NotFound(f"environment {name!r} has no version left to remove (all are retired; "
+                       f"see 'hpcenv env history {name}')")
+    busy = [r.version for r in left if r.status == "building" and builder_alive(site, r, None)]
+    if busy:
+        raise HpcenvError(f"{name} version {busy[0]} is still being built; wait for it, then "
+                          f"run 'hpcenv env rm {name}' again")
+    ready = [r.version for r in left if r.status == "ready"]
+    current = registry.current_version(name)
+    if ready and not force:
+        which = ", ".join(map(str, ready))
+        also = f", the current version {current} included" if current in ready else ""
+        raise HpcenvError(f"removing {name} removes its ready version(s) {which}{also}; pass "
+                          "--force, or --version V for one")
+    return [remove_version(site, name, r.version, force=True)
+            for r in sorted(left, key=lambda r: r.version == current)]
 
 
 # --- debris -----------------------------------------------------------------------------------
@@ -826,14 +928,16 @@ def find_debris(site: SiteConfig, *, registry: Registry | None = None,
         if path.name.startswith(".") or is_complete(path):
             continue
         record = by_prefix.get(os.path.realpath(path))
-        if record is not None and record.status == "building" and _builder_alive(site, record,
+        if record is not None and record.status == "building" and builder_alive(site, record,
                                                                                   held_key):
             continue
         found.append((path, record))
     return found
 
 
-def _builder_alive(site: SiteConfig, record: EnvRecord, held_key: str | None) -> bool:
+def builder_alive(site: SiteConfig, record: EnvRecord, held_key: str | None = None) -> bool:
+    """Whether a live process holds the key lock of ``record`` (a ``building`` record whose
+    builder is gone is a crashed build); ``held_key`` is the caller's own lock."""
     if record.key == held_key:
         return False  # the caller holds this key's lock: whoever wrote the record is gone
     lock = key_lock(site, record.key, timeout=0)
@@ -862,7 +966,7 @@ def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
     # verified build: adopt it rather than leave a "building" ghost that gc must keep forever.
     for record in registry.records():
         if (record.status == "building" and is_complete(record.prefix)
-                and not _builder_alive(site, record, held_key)):
+                and not builder_alive(site, record, held_key)):
             _adopt(registry, record)
     for path, owner in find_debris(site, registry=registry, held_key=held_key):
         if owner is not None and owner.status == "building":
@@ -872,6 +976,6 @@ def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
     # A builder killed between allocating its version and creating its prefix left only a record.
     for record in registry.records():
         if (record.status == "building" and not os.path.lexists(record.prefix)
-                and not _builder_alive(site, record, held_key)):
+                and not builder_alive(site, record, held_key)):
             registry.set_status(record.name, record.version, "failed")
     return removed

@@ -134,18 +134,23 @@ def export_environment_yml(prefix: Path, *, name: str | None = None,
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
-def export_explicit(prefix: Path) -> str:
+def export_explicit(prefix: Path, *, name: str | None = None) -> str:
     """An ``@EXPLICIT`` list (``URL#sha256``) that recreates the conda part without a solve.
+
+    The header says how to build it again; a list has no ``name:``, so the command names
+    ``name`` (default: the prefix's directory name).
 
     pip-installed distributions cannot be expressed in this format; they are listed as comments
     so nothing is dropped silently.
     """
+    import shlex
+
     prefix = Path(prefix)
     packages = installed_packages(prefix)
     subdirs = sorted({p.subdir for p in packages if p.subdir and p.subdir != "noarch"})
     lines = [
         "# This file may be used to create an environment using:",
-        "# $ hpcenv env build --from-lock <this file>",
+        f"# $ hpcenv env build --from-lock <this file> --name {shlex.quote(name or prefix.name)}",
         f"# platform: {subdirs[0] if subdirs else 'noarch'}",
         "@EXPLICIT",
     ]
@@ -182,7 +187,7 @@ def export_record(record: EnvRecord, form: ExportFormat = "environment.yml", *,
         raise HpcenvError(f"{record.name} version {record.version} is {record.status} and its "
                           "prefix is gone; export its lockfile instead (--lock)")
     if form == "explicit":
-        return export_explicit(prefix)
+        return export_explicit(prefix, name=record.name)
     return export_environment_yml(prefix, name=record.name, channels=record.channels or None,
                                   no_builds=no_builds)
 

@@ -44,11 +44,22 @@ class GcItem:
     files: int   # non-directory entries removed
 
 
+@dataclass(frozen=True)
+class RetiredRecord:
+    """A registry record of a build that never finished (failed, or its builder died), which
+    gc retires so the name stops showing up as an environment."""
+
+    name: str
+    version: int
+    status: str   # what it was: "failed" or "building"
+
+
 @dataclass
 class GcReport:
     dry_run: bool
     removed: list[GcItem] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    retired: list[RetiredRecord] = field(default_factory=list)
 
     @property
     def bytes_freed(self) -> int:
@@ -65,6 +76,8 @@ class GcReport:
             "removed": [{"kind": i.kind, "path": str(i.path), "bytes": i.bytes, "files": i.files}
                         for i in self.removed],
             "errors": list(self.errors),
+            "retired": [{"name": r.name, "version": r.version, "was": r.status}
+                        for r in self.retired],
         }
 
 
@@ -251,11 +264,13 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
     Live builds are those a ``ready`` or ``building`` registry record names (a build between
     its completion marker and its record turning ``ready`` is not garbage), except incomplete
     ones :func:`hpcenv.builder.find_debris` finds abandoned (their builder no longer holds its
-    key lock): those are removed and their records marked ``failed``.  The package cache's :class:`~hpcenv.locking.CacheLock` is held exclusive
+    key lock): those are removed.  Records of builds that never finished (``failed``, or
+    ``building`` with a dead builder and no complete prefix) are retired: they are history, not
+    environments.  The package cache's :class:`~hpcenv.locking.CacheLock` is held exclusive
     throughout: installs hold it shared, so no install is linking from entries that no
     ``conda-meta`` record names yet (``on_wait()`` is called if gc has to wait for them).
     """
-    from hpcenv.builder import builds_dir, cache_lock, find_debris, is_complete
+    from hpcenv.builder import builder_alive, builds_dir, cache_lock, find_debris, is_complete
     from hpcenv.registry import Registry
 
     pkgs_dir = Path(site.pkgs_dirs[0]) if site.pkgs_dirs else None
@@ -277,10 +292,16 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
                       and is_complete(p) and Path(os.path.realpath(p)) not in keep]
         report = plan_and_collect(builds=builds, debris=[p for p, _ in debris], keep=keep,
                                   envs_dirs=site.envs_dirs, pkgs_dir=pkgs_dir, dry_run=dry_run)
-        if not dry_run:
-            removed = {os.path.realpath(i.path) for i in report.removed}
-            for path, debris_record in debris:
-                if (debris_record is not None and debris_record.status == "building"
-                        and os.path.realpath(path) in removed):
-                    registry.set_status(debris_record.name, debris_record.version, "failed")
+        removed = {os.path.realpath(i.path) for i in report.removed}
+        for record in records:
+            unfinished = record.status == "failed" or (
+                record.status == "building" and not is_complete(record.prefix)
+                and not builder_alive(site, record))
+            # A debris prefix gc could not remove keeps its record as the pointer to it.
+            if not unfinished or (os.path.lexists(record.prefix)
+                                  and os.path.realpath(record.prefix) not in removed):
+                continue
+            if not dry_run:
+                registry.set_status(record.name, record.version, "retired")
+            report.retired.append(RetiredRecord(record.name, record.version, record.status))
     return report

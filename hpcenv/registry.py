@@ -214,10 +214,14 @@ class Registry:
         return record
 
     def summaries(self) -> list[EnvSummary]:
-        """Every environment with its current version, by name."""
+        """Every environment with its current version, by name: the names with at least one
+        ``ready`` version (a name whose builds all failed, or were all removed, is history
+        only; see :meth:`unfinished`)."""
         out = []
         for name in self.names():
             versions = self.versions(name)
+            if not any(r.status == "ready" for r in versions):
+                continue
             current = self.current_version(name)
             record = next((r for r in versions if r.version == current), None)
             out.append(EnvSummary(
@@ -227,6 +231,19 @@ class Registry:
                 creator=record.creator if record else None,
                 packages=record.packages if record else None,
                 size_bytes=record.size_bytes if record else None))
+        return out
+
+    def unfinished(self) -> dict[str, list[EnvRecord]]:
+        """Names with no ``ready`` version but some ``failed`` or ``building`` ones (a build
+        failed, was interrupted, or is under way), with those records."""
+        out = {}
+        for name in self.names():
+            versions = self.versions(name)
+            if any(r.status == "ready" for r in versions):
+                continue
+            pending = [r for r in versions if r.status in ("failed", "building")]
+            if pending:
+                out[name] = pending
         return out
 
     def history(self, name: str) -> list[HistoryEntry]:

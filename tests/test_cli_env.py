@@ -351,3 +351,100 @@ def test_progress_is_a_spinner_when_stderr_is_a_tty(cli: Cli) -> None:
     assert proc.returncode == 0 and out.startswith("built kern")
     assert "\r\x1b[K" in err and "installing" in err
     assert err.endswith("\r\x1b[K")  # the status line is cleared at the end
+
+
+def test_walkthrough_current_moves_are_reported_once_each(cli: Cli) -> None:
+    """A reuse that moves 'current' (here: undoing a rollback) says so; the build summary is
+    printed once, not also as a progress line."""
+    v1 = cli("env", "build", str(cli.spec(CPU_SPEC)))
+    assert (v1.stdout + v1.stderr).count("built kern version 1") == 1
+    cli("env", "build", str(cli.spec(CUDA_SPEC, "cuda.yml")))
+    cli("env", "rollback", "kern")
+    moved = cli("env", "build", str(cli.root / "cuda.yml"))
+    assert moved.stdout.splitlines()[0].startswith("reused kern version 2 (CUDA 12.4) in ")
+    assert moved.stdout.splitlines()[0].endswith("; current version is now 2 (was 1)")
+    back = cli("env", "build", str(cli.root / "environment.yml"), "--json")
+    assert json.loads(back.stdout)["previous_current"] == 2
+    assert "kern: current version is now 1 (was 2)" in back.stderr
+    same = cli("env", "build", str(cli.root / "environment.yml"))
+    assert "current version is now" not in same.stdout + same.stderr
+
+
+def test_walkthrough_failed_builds_leave_no_ghosts(cli: Cli) -> None:
+    bad = cli.spec("name: pipfail\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n"
+                   "    - not-a-real-wheel\n", "bad.yml")
+    assert cli("env", "build", str(bad), check=False).returncode == 1
+    cli("env", "build", str(cli.spec(CPU_SPEC)))
+    listed = cli("env", "list").stdout.splitlines()
+    assert [line.split()[0] for line in listed[1:-1]] == ["kern"]
+    assert listed[-1] == ("pipfail: no ready version (v1 failed); see 'hpcenv env history "
+                          "pipfail', clear with 'hpcenv env rm pipfail'")
+    assert [row["name"] for row in cli.json("env", "list")] == ["kern"]
+    gone = cli("env", "rm", "pipfail")
+    assert gone.stdout.strip() == "pipfail: removed version(s) 1; current: none"
+    assert "pipfail" not in cli("env", "list").stdout
+    cli("env", "rm", "kern", "--force")
+    assert cli("env", "list").stdout.startswith("no environments in ")
+    # Only the sole version, current: nothing to roll back to, so no rollback advice.
+    cli("env", "build", str(cli.spec(CPU_SPEC)))
+    only = cli("env", "rm", "kern", "--version", "2", check=False)
+    assert only.returncode == 1 and "rollback" not in only.stderr and "--force" in only.stderr
+
+
+def test_walkthrough_cpu_lock_of_a_cuda_pinning_spec_stays_cpu(cli: Cli) -> None:
+    """--no-cuda of a spec pinning cuda-version: its lock holds cuda-version but no CUDA
+    build, so a rebuild from it needs no GPU."""
+    built = cli.json("env", "build", str(cli.spec(CUDA_SPEC.replace("  - pip:\n    - hpcdemo_extra\n", ""))),
+                     "--no-cuda")
+    assert built["cuda"] is None
+    assert any(n == "cuda-version" for n, _, _ in package_set(built["prefix"]))
+    lock = cli.root / "cpu.lock.yml"
+    cli("env", "export", "kern", "--lock", "-o", str(lock))
+    again = cli("env", "build", "--from-lock", str(lock), "--name", "kern-copy")
+    assert "CUDA" not in again.stderr and again.stdout.startswith("built kern-copy version 1 (no CUDA)")
+    shown = cli.json("env", "show", "kern-copy")
+    assert shown["cuda"] is None and shown["gpu_required"] is not True
+
+
+def test_walkthrough_explicit_header_command_works(cli: Cli) -> None:
+    import shlex
+
+    cli("env", "build", str(cli.spec(CPU_SPEC)))
+    listing = cli.root / "kern.explicit.txt"
+    cli("env", "export", "kern", "--explicit", "-o", str(listing))
+    (command,) = [line[len("# $ "):] for line in listing.read_text().splitlines()
+                  if line.startswith("# $ ")]
+    argv = shlex.split(command.replace("<this file>", shlex.quote(str(listing))))
+    assert argv[:2] == ["hpcenv", "env"] and argv[-2:] == ["--name", "kern"]
+    result = json.loads(cli(*argv[1:], "--json").stdout)
+    assert result["name"] == "kern" and result["status"] == "built"
+
+
+def test_walkthrough_bad_names_and_unknown_envs(cli: Cli) -> None:
+    empty = cli("env", "build", str(cli.spec(CPU_SPEC)), "--name", "", check=False)
+    assert empty.returncode == 2
+    assert empty.stderr.startswith("hpcenv: error: --name '': invalid environment name ''")
+    nope = cli("env", "rollback", "nope", check=False)
+    assert nope.returncode == 1
+    assert nope.stderr == (f"hpcenv: error: no environment 'nope' in the registry "
+                           f"{cli.root / 'registry'}; see 'hpcenv env list'\n")
+
+
+def test_walkthrough_unreachable_and_unindexed_channels(cli: Cli, tmp_path: Path) -> None:
+    spec = cli.spec("name: off\nchannels: [nodefaults, http://127.0.0.1:9/ch]\n"
+                    "dependencies: [python]\n", "off.yml")
+    proc = cli("env", "build", str(spec), check=False)
+    assert proc.returncode == 1
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("hpcenv:")]
+    assert error.startswith("hpcenv: error: cannot fetch repodata for channel "
+                            "http://127.0.0.1:9/ch: ")
+    assert proc.stderr.endswith(f"{error}\n") and "Caused by" not in proc.stderr
+    assert "fix the spec" not in proc.stderr
+    assert "Caused by" in cli("env", "build", str(spec), "-v", check=False).stderr
+    (tmp_path / "raw" / "linux-64").mkdir(parents=True)
+    spec = cli.spec(f"name: raw\nchannels: [nodefaults, {tmp_path / 'raw'}]\n"
+                    "dependencies: [python]\n", "raw.yml")
+    proc = cli("env", "build", str(spec), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.endswith(f"\nhpcenv: error: channel {(tmp_path / 'raw').as_uri()} has "
+                                "no noarch/repodata.json: build or index it first\n")

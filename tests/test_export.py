@@ -114,7 +114,10 @@ def test_export_record_and_lock_omissions(env: Path, tmp_path: Path) -> None:
                        platform=current_platform(), status="ready", creator="u@h",
                        created="2024-05-01T10:00:00+00:00", source="/x/environment.yml")
     assert export_record(record, "lock") == "version: 6\n"
-    assert export_record(record, "explicit") == export_explicit(env)
+    assert export_record(record, "explicit") == export_explicit(env, name="demo")
+    # The header's command names the env: a list has no 'name:' to fall back on.
+    assert "# $ hpcenv env build --from-lock <this file> --name demo\n" in \
+        export_record(record, "explicit")
     assert export_record(record, no_builds=True) == export_environment_yml(
         env, name="demo", no_builds=True)
     assert lock_omissions(record) == (

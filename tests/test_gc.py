@@ -188,3 +188,49 @@ def test_collect_garbage_on_a_site(demo_channel, tmp_path: Path) -> None:
                          capture_output=True)
     assert out.returncode == 0, out.stderr
     assert collect_garbage(site).removed == []
+
+
+def test_gc_retires_records_of_builds_that_never_finished(demo_channel, tmp_path: Path) -> None:
+    """A failed record, and a 'building' one whose builder died before making its prefix, are
+    retired by gc (with any debris): the name then leaves 'env list'."""
+    from hpcenv.builder import build_env, builds_dir
+    from hpcenv.gc import collect_garbage
+    from hpcenv.registry import EnvRecord, Registry
+    from hpcenv.site import load_site
+    from hpcenv.spec import parse_spec
+
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "site.yaml").write_text("\n".join([
+        f"envs_dirs: [{root}/envs]", f"pkgs_dirs: [{root}/pkgs]", f"registry: {root}/registry",
+        f"state_dir: {root}/state", "channels: [conda-forge]",
+        f"mirrors: {{conda-forge: {demo_channel.path}}}", "scheduler: local"]) + "\n")
+    site = load_site(root / "site.yaml")
+    good = build_env(parse_spec("name: k\ndependencies: [python=3.11]\n"), site)
+    registry = Registry.for_site(site)
+
+    def record(name: str, status: str, prefix: str) -> EnvRecord:
+        return registry.allocate(name, lambda v: EnvRecord(
+            name=name, version=v, key=f"{v}{name}".ljust(64, "0"), spec={}, spec_hash="",
+            lock_path="", prefix=prefix, cuda=None, cuda_override=None, channels=[],
+            platform="linux-64", status=status, creator="x@y",
+            created="2024-01-01T00:00:00+00:00"))
+
+    failed = record("pipfail", "failed", str(builds_dir(site) / "pipfail-1-000000000000"))
+    killed = record("intr", "building", str(builds_dir(site) / "never-made"))
+    debris = record("intr", "building", str(builds_dir(site) / "intr-2-000000000000"))
+    Path(debris.prefix, "conda-meta").mkdir(parents=True)
+    assert set(registry.unfinished()) == {"pipfail", "intr"}
+
+    dry = collect_garbage(site, dry_run=True)
+    assert {(r.name, r.version, r.status) for r in dry.retired} == \
+        {("pipfail", 1, "failed"), ("intr", 1, "building"), ("intr", 2, "building")}
+    assert set(registry.unfinished()) == {"pipfail", "intr"}
+    report = collect_garbage(site)
+    assert report.to_dict()["retired"] == dry.to_dict()["retired"]
+    assert registry.unfinished() == {} and [s.name for s in registry.summaries()] == ["k"]
+    assert {r.status for r in registry.versions("intr")} == {"retired"}
+    assert registry.get("pipfail", failed.version).status == "retired"
+    assert not Path(debris.prefix).exists() and killed.version == 1
+    assert good.prefix.is_dir() and registry.current_version("k") == 1
+    assert collect_garbage(site).retired == []

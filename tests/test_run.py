@@ -65,7 +65,7 @@ def test_missing_command_exits_127(prefix: Path) -> None:
 def test_no_command_is_bad_usage(prefix: Path) -> None:
     proc = run("-p", str(prefix), "--")
     assert proc.returncode == 2
-    assert "no command given" in proc.stderr
+    assert f"no command given; usage: hpcenv run -p {prefix} -- CMD" in proc.stderr
 
 
 def test_not_an_env(tmp_path: Path) -> None:

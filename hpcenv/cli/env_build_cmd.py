@@ -170,9 +170,14 @@ def _build(args: argparse.Namespace, ctx: Context) -> int:
     finally:
         progress.close()
     data = result.to_dict()
+    note = result.current_note
+    if note is not None and ctx.json:
+        # --json keeps stdout pure JSON; the move of 'current' must still be seen.
+        print(f"hpcenv: {data['name']}: {note}", file=sys.stderr, flush=True)
     ctx.emit(data, lambda d: (f"{d['status']} {d['name']} version {d['version']} "
                               f"({'CUDA ' + d['cuda'] if d['cuda'] else 'no CUDA'}) "
-                              f"in {d['seconds']:.2f}s\n  prefix: {d['prefix']}\n"
+                              f"in {d['seconds']:.2f}s{'; ' + note if note else ''}\n"
+                              f"  prefix: {d['prefix']}\n"
                               f"  run:    hpcenv run -n {d['name']} -- python"))
     return 0
 
@@ -189,17 +194,25 @@ def _size(n: int) -> str:
 def _list(args: argparse.Namespace, ctx: Context) -> int:
     registry = _registry(ctx)
     rows = [summary.to_dict() for summary in registry.summaries()]
+    unfinished = registry.unfinished()
 
     def human(data: list[dict[str, Any]]) -> str:
-        if not data:
+        lines = []
+        if data:
+            lines.append(f"{'NAME':<24} {'CURRENT':>7} {'VERSIONS':>8} {'CUDA':<6} {'SIZE':>9}  "
+                         "CREATED BY")
+        elif not unfinished:
             return f"no environments in {registry.root}; build one with 'hpcenv env build FILE'"
-        header = f"{'NAME':<24} {'CURRENT':>7} {'VERSIONS':>8} {'CUDA':<6} {'SIZE':>9}  CREATED BY"
-        lines = [header]
         for r in data:
             current = str(r["current"]) if r["current"] is not None else "-"
             size = _size(r["size_bytes"]) if r["size_bytes"] is not None else "-"
             lines.append(f"{r['name']:<24} {current:>7} {r['versions']:>8} {r['cuda'] or '-':<6} "
                          f"{size:>9}  {r['created'] or '-'} {r['creator'] or ''}".rstrip())
+        # Names whose builds never finished are no environments: one hint line each.
+        for name, records in unfinished.items():
+            states = ", ".join(f"v{r.version} {r.status}" for r in records)
+            lines.append(f"{name}: no ready version ({states}); see 'hpcenv env history {name}', "
+                         f"clear with 'hpcenv env rm {name}'")
         return "\n".join(lines)
 
     ctx.emit(rows, human)
@@ -319,6 +332,8 @@ def _gc(args: argparse.Namespace, ctx: Context) -> int:
         verb = "would free" if d["dry_run"] else "freed"
         lines = [f"{'would remove' if d['dry_run'] else 'removed'} {i['kind']:<7} {i['path']} "
                  f"({_size(i['bytes'])}, {i['files']} files)" for i in d["removed"]]
+        lines += [f"{'would retire' if d['dry_run'] else 'retired'} record  {r['name']} version "
+                  f"{r['version']} ({r['was']}: the build never finished)" for r in d["retired"]]
         lines.append(f"{verb} {_size(d['bytes_freed'])} in {d['files_freed']} files "
                      f"({len(d['removed'])} items)")
         return "\n".join(lines)

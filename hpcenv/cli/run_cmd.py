@@ -37,7 +37,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        raise InvalidInput("no command given; usage: hpcenv run -n NAME -- CMD [ARGS...]")
+        which = f"-p {args.prefix}" if args.prefix is not None else f"-n {args.name}"
+        raise InvalidInput(f"no command given; usage: hpcenv run {which} -- CMD [ARGS...]")
     if args.prefix is not None:
         prefix, name = args.prefix.resolve(), None
     else:
