@@ -299,8 +299,7 @@ def _child_main(reply_fd: int) -> None:
     except Exception as exc:  # noqa: BLE001 - rattler's exception classes are not importable types
         classified = _classify(exc, request.get("channels") or [])
         if classified is not None:
-            kind, message = classified
-            reply = {"error": message, "kind": kind, "chain": str(exc)}
+            reply = {"error": classified[1], "kind": classified[0], "chain": str(exc)}
         else:
             # Unsatisfiable specs are the user's input (exit 2); channel and I/O errors are not.
             kind = "invalid" if type(exc).__name__ == "SolverError" else None
