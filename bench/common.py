@@ -196,24 +196,11 @@ def demo_channel() -> DemoChannel:
 
 
 def write_site(root: Path, channel: DemoChannel) -> Path:
-    """A site config whose envs, package cache and registry all live under ``root``.
+    """The demo site under ``root``, listing the demo channel by path (conda-forge mirrored to
+    it, so specs that name conda-forge still solve offline)."""
+    from hpcenv.demo.site import write_demo_site
 
-    ``conda-forge`` is mirrored to the demo channel so specs that name it still solve offline.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    lines = [
-        f"envs_dirs: [{root}/envs]",
-        f"pkgs_dirs: [{root}/pkgs]",
-        f"registry: {root}/registry",
-        f"state_dir: {root}/state",
-        f"channels: [{channel.path}]",
-        f"mirrors: {{conda-forge: {channel.path}}}",
-        "scheduler: local",
-        f"pip: {{wheel_dir: {channel.wheels}, no_index: true}}",
-    ]
-    path = root / "site.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_demo_site(root, channel, channels=f"[{channel.path}]")
 
 
 @contextmanager

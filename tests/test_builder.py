@@ -13,29 +13,11 @@ import pytest
 
 from hpcenv.builder import (MARKER, BuildEvent, build_env, builds_dir, clean_debris, env_link,
                             find_debris, plan_build, remove_version, rollback)
+from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.registry import Registry
 from hpcenv.site import load_site
 from hpcenv.spec import parse_spec
-
-
-def make_site(root: Path, demo_channel, **extra: str):
-    """A site whose envs, cache and registry live under ``root``; conda-forge is the demo channel."""
-    root.mkdir(parents=True, exist_ok=True)
-    lines = [
-        f"envs_dirs: [{root}/envs]",
-        f"pkgs_dirs: [{root}/pkgs]",
-        f"registry: {root}/registry",
-        f"state_dir: {root}/state",
-        "channels: [conda-forge]",
-        f"mirrors: {{conda-forge: {demo_channel.path}}}",
-        "scheduler: local",
-        f"pip: {{wheel_dir: {demo_channel.wheels}, no_index: true}}",
-        *[f"{k}: {v}" for k, v in extra.items()],
-    ]
-    path = root / "site.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return load_site(path)
 
 
 def spec(text: str, tmp_path: Path | None = None):
@@ -80,7 +62,7 @@ def installed(prefix: Path) -> set[tuple[str, str, str]]:
 
 @pytest.fixture
 def site(tmp_path: Path, demo_channel):
-    return make_site(tmp_path / "site", demo_channel)
+    return load_site(write_demo_site(tmp_path / "site", demo_channel))
 
 
 def test_build_then_reuse(site, tmp_path: Path) -> None:
@@ -328,9 +310,10 @@ def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> No
     import grp
 
     group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
-    site = make_site(tmp_path / "site", demo_channel,
-                     permissions=f'{{group: {group.gr_name}, dir_mode: "2775", '
-                                 'env_name_pattern: "{team}-{project}"}')
+    site = load_site(write_demo_site(
+        tmp_path / "site", demo_channel,
+        permissions=f'{{group: {group.gr_name}, dir_mode: "2775", '
+                    'env_name_pattern: "{team}-{project}"}'))
     with pytest.raises(InvalidInput, match="naming policy"):
         build_env(spec(KERNELS_CPU), site)
     old_umask = os.umask(0o077)  # a private umask must not lock the lab out
@@ -370,7 +353,7 @@ def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory(dir=shm) as other:
-        site = make_site(tmp_path / "site", demo_channel)
+        site = load_site(write_demo_site(tmp_path / "site", demo_channel))
         site = replace(site, pkgs_dirs=(Path(other) / "pkgs",))
         result = build_env(spec(KERNELS_CPU), site)
         assert any("different filesystems" in w for w in result.warnings)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from hpcenv.demo.site import write_demo_site
+
 HPCENV = str(Path(sys.executable).with_name("hpcenv"))
 
 CUDA_SPEC = """\
@@ -32,22 +34,6 @@ dependencies:
   - python=3.11
   - hpcdemo-kernels
 """
-
-
-def write_site(root: Path, demo_channel) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "site.yaml"
-    path.write_text("\n".join([
-        f"envs_dirs: [{root}/envs]",
-        f"pkgs_dirs: [{root}/pkgs]",
-        f"registry: {root}/registry",
-        f"state_dir: {root}/state",
-        "channels: [conda-forge]",
-        f"mirrors: {{conda-forge: {demo_channel.path}}}",
-        "scheduler: local",
-        f"pip: {{wheel_dir: {demo_channel.wheels}, no_index: true}}",
-    ]) + "\n")
-    return path
 
 
 class Cli:
@@ -87,13 +73,13 @@ def pip_set(prefix: str | Path) -> set[str]:
 
 @pytest.fixture
 def cli(tmp_path: Path, demo_channel) -> Cli:
-    return Cli(write_site(tmp_path / "site", demo_channel))
+    return Cli(write_demo_site(tmp_path / "site", demo_channel))
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, demo_channel) -> tuple[Cli, dict]:
     """One CUDA env, built once for the read-only tests of this module."""
-    cli = Cli(write_site(tmp_path_factory.mktemp("cli") / "site", demo_channel))
+    cli = Cli(write_demo_site(tmp_path_factory.mktemp("cli") / "site", demo_channel))
     result = cli.json("env", "build", str(cli.spec(CUDA_SPEC)))
     return cli, result
 

@@ -15,11 +15,13 @@ import pytest
 
 from hpcenv.builder import (MARKER, BuildEvent, build_env, builds_dir, env_link, key_lock,
                             plan_build, remove_version)
+from hpcenv.demo.site import write_demo_site
 from hpcenv.locking import LockHolder, LockTimeout, current_holder
 from hpcenv.registry import Registry
+from hpcenv.site import load_site
 from hpcenv.spec import load_spec
 
-from test_builder import KERNELS_CPU, KERNELS_CUDA, make_site
+from test_builder import KERNELS_CPU, KERNELS_CUDA
 
 # A builder process: builds SPEC on SITE, prints progress lines then the result as JSON.
 # With HOLD_AFTER_INSTALL set it installs for real, then touches that file and sleeps, so the
@@ -88,7 +90,7 @@ def result_of(proc: subprocess.Popen, timeout: float = 240) -> dict:
 
 @pytest.fixture
 def site(tmp_path: Path, demo_channel):
-    return make_site(tmp_path / "site", demo_channel)
+    return load_site(write_demo_site(tmp_path / "site", demo_channel))
 
 
 def write_spec(tmp_path: Path, text: str, name: str = "environment.yml") -> Path:
@@ -225,7 +227,7 @@ def test_gc_waits_for_an_install_in_progress(tmp_path: Path, demo_channel) -> No
     from hpcenv.gc import collect_garbage
     from hpcenv.locking import LockTimeout
 
-    site = make_site(tmp_path / "site", demo_channel, locks="{timeout: 1}")
+    site = load_site(write_demo_site(tmp_path / "site", demo_channel, locks="{timeout: 1}"))
     flag = tmp_path / "installed"
     proc = start_builder(tmp_path, site.source, write_spec(tmp_path, KERNELS_CPU), hold=flag)
     try:
@@ -272,7 +274,7 @@ def test_late_arrival_waits_with_holder_info_then_builds(site, tmp_path: Path) -
 
 
 def test_lock_timeout_names_holder(tmp_path: Path, demo_channel) -> None:
-    site = make_site(tmp_path / "site", demo_channel, locks="{timeout: 0.5}")
+    site = load_site(write_demo_site(tmp_path / "site", demo_channel, locks="{timeout: 0.5}"))
     spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
     lock = key_lock(site, plan_build(spec, site).key)
     assert lock.try_acquire()
@@ -284,7 +286,8 @@ def test_lock_timeout_names_holder(tmp_path: Path, demo_channel) -> None:
 
 
 def test_stale_mkdir_lock_of_dead_builder_is_broken(tmp_path: Path, demo_channel) -> None:
-    site = make_site(tmp_path / "site", demo_channel, locks="{method: mkdir, timeout: 30}")
+    site = load_site(write_demo_site(tmp_path / "site", demo_channel,
+                                     locks="{method: mkdir, timeout: 30}"))
     spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
     lock = key_lock(site, plan_build(spec, site).key)
     me = current_holder()

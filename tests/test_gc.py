@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcenv.demo.site import write_demo_site
 from hpcenv.engine.base import current_platform
 from hpcenv.engine.rattler_engine import RattlerEngine
 from hpcenv.gc import cache_entries, plan_and_collect, used_package_names
@@ -156,13 +157,7 @@ def test_collect_garbage_on_a_site(demo_channel, tmp_path: Path) -> None:
     from hpcenv.site import load_site
     from hpcenv.spec import parse_spec
 
-    root = tmp_path / "site"
-    root.mkdir()
-    (root / "site.yaml").write_text("\n".join([
-        f"envs_dirs: [{root}/envs]", f"pkgs_dirs: [{root}/pkgs]", f"registry: {root}/registry",
-        f"state_dir: {root}/state", "channels: [conda-forge]",
-        f"mirrors: {{conda-forge: {demo_channel.path}}}", "scheduler: local"]) + "\n")
-    site = load_site(root / "site.yaml")
+    site = load_site(write_demo_site(tmp_path / "site", demo_channel))
     cpu = build_env(parse_spec("name: k\ndependencies: [python=3.11, hpcdemo-kernels]\n"), site,
                     cuda_override="")
     cuda = build_env(parse_spec("name: k\ndependencies: [python=3.11, hpcdemo-kernels]\n"), site,
@@ -199,13 +194,7 @@ def test_gc_retires_records_of_builds_that_never_finished(demo_channel, tmp_path
     from hpcenv.site import load_site
     from hpcenv.spec import parse_spec
 
-    root = tmp_path / "site"
-    root.mkdir()
-    (root / "site.yaml").write_text("\n".join([
-        f"envs_dirs: [{root}/envs]", f"pkgs_dirs: [{root}/pkgs]", f"registry: {root}/registry",
-        f"state_dir: {root}/state", "channels: [conda-forge]",
-        f"mirrors: {{conda-forge: {demo_channel.path}}}", "scheduler: local"]) + "\n")
-    site = load_site(root / "site.yaml")
+    site = load_site(write_demo_site(tmp_path / "site", demo_channel))
     good = build_env(parse_spec("name: k\ndependencies: [python=3.11]\n"), site)
     registry = Registry.for_site(site)
 

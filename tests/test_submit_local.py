@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import InvalidInput, NotFound
 from hpcenv.jobs import job_exit_code, list_submissions, load_submission, wait_for
 from hpcenv.site import SiteConfig, load_site
@@ -67,18 +68,6 @@ CPU_ENV = "name: cpuenv\ndependencies:\n  - python=3.11\n  - hpcdemo-tools\n"
 GPU_ENV = "name: gpuenv\ndependencies:\n  - python=3.11\n  - cuda-version=12.4\n  - hpcdemo-kernels\n"
 
 
-def make_site(root: Path, demo_channel, extra: str = "", path: Path | None = None) -> SiteConfig:
-    """A local-executor site keeping its data under ``root`` (config file: ``path``)."""
-    root.mkdir(parents=True, exist_ok=True)
-    path = path or root / "site.yaml"
-    path.write_text(
-        f"envs_dirs: [{root}/envs]\npkgs_dirs: [{root}/pkgs]\nregistry: {root}/registry\n"
-        f"state_dir: {root}/state\nchannels: [conda-forge]\n"
-        f"mirrors: {{conda-forge: {demo_channel.path}}}\nscheduler: local\n"
-        f"pip: {{wheel_dir: {demo_channel.wheels}, no_index: true}}\n{extra}")
-    return load_site(path)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, demo_channel) -> tuple[SiteConfig, Path]:
     """A local-executor site with cpuenv and gpuenv built once for the module."""
@@ -86,7 +75,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, demo_channel) -> tuple[SiteC
     from hpcenv.spec import parse_spec
 
     root = tmp_path_factory.mktemp("site")
-    site = make_site(root, demo_channel)
+    site = load_site(write_demo_site(root, demo_channel))
     for text in (CPU_ENV, GPU_ENV):
         build_env(parse_spec(text), site)
     return site, root
@@ -148,7 +137,7 @@ def test_missing_env_is_an_error_naming_the_fix(built, tmp_path: Path) -> None:
 
 
 def test_env_file_next_to_script_is_built_when_missing(demo_channel, tmp_path: Path) -> None:
-    site = make_site(tmp_path / "site", demo_channel)
+    site = load_site(write_demo_site(tmp_path / "site", demo_channel))
     work = tmp_path / "work"
     work.mkdir()
     (work / "fresh.yml").write_text(CPU_ENV.replace("cpuenv", "fresh"))
@@ -281,7 +270,7 @@ def test_submit_messages_read_cleanly(built, tmp_path: Path) -> None:
 
 
 def test_env_file_runs_its_own_build_and_leaves_current_alone(demo_channel, tmp_path: Path) -> None:
-    site = make_site(tmp_path / "site", demo_channel)
+    site = load_site(write_demo_site(tmp_path / "site", demo_channel))
     work = tmp_path / "work"
     work.mkdir()
     (work / "old.yml").write_text("name: lab\ndependencies:\n  - python=3.11\n")
@@ -358,8 +347,8 @@ def test_local_executor_says_which_options_it_ignores(demo_channel, built, tmp_p
     assert unknown.stderr.startswith("hpcenv: error: --partition gpu-a10: the local executor has "
                                      "no partitions")
     # With partitions in the site config, --partition is checked against them, then ignored.
-    routed = make_site(root, demo_channel, "partitions:\n  - {name: cpu}\n",
-                       path=tmp_path / "routed.yaml")
+    routed = load_site(write_demo_site(root, demo_channel, path=tmp_path / "routed.yaml",
+                                       extra="partitions:\n  - {name: cpu}\n"))
     result = submit(["true"], env_name="cpuenv", site=routed, dry_run=True,
                     options=SubmitOptions(workdir=tmp_path, partition="cpu"))
     assert result.warnings == ("the local executor runs every job on this machine and has no "
@@ -376,11 +365,11 @@ def test_signal_option_renders_batch_signal(built, tmp_path: Path) -> None:
 
 def test_site_partitions_route_even_on_local_executor(demo_channel, built, tmp_path: Path) -> None:
     _, root = built
-    routed = make_site(root, demo_channel,
-                       "partitions:\n  - {name: cpu}\n"
-                       "  - {name: gpu-v100, gpu_type: v100, gpus_per_node: 2, driver: '520.61.05'}\n"
-                       "  - {name: gpu-h100, gpu_type: h100, gpus_per_node: 4, max_cuda: '12.8'}\n",
-                       path=tmp_path / "routed.yaml")
+    routed = load_site(write_demo_site(
+        root, demo_channel, path=tmp_path / "routed.yaml",
+        extra="partitions:\n  - {name: cpu}\n"
+              "  - {name: gpu-v100, gpu_type: v100, gpus_per_node: 2, driver: '520.61.05'}\n"
+              "  - {name: gpu-h100, gpu_type: h100, gpus_per_node: 4, max_cuda: '12.8'}\n"))
     gpu = submit(["true"], env_name="gpuenv", site=routed, dry_run=True,
                  options=SubmitOptions(workdir=tmp_path))
     assert gpu.partition == "gpu-h100" and "#SBATCH --gres=gpu:1" in gpu.script_text
@@ -400,10 +389,10 @@ def test_gpu_env_naming_no_cuda_is_routed_to_a_gpu_partition(demo_channel, built
     from hpcenv.spec import parse_spec
 
     _, root = built
-    routed = make_site(root, demo_channel,
-                       "partitions:\n  - {name: cpu}\n"
-                       "  - {name: gpu-mi250, gpu_type: mi250, gpus_per_node: 4, max_cuda: '12.8'}\n",
-                       path=tmp_path / "routed.yaml")
+    routed = load_site(write_demo_site(
+        root, demo_channel, path=tmp_path / "routed.yaml",
+        extra="partitions:\n  - {name: cpu}\n"
+              "  - {name: gpu-mi250, gpu_type: mi250, gpus_per_node: 4, max_cuda: '12.8'}\n"))
     record = build_env(parse_spec(
         "name: rocmenv\ndependencies:\n  - python=3.11\n  - hpcdemo-tools\n  - pip:\n"
         "    - --extra-index-url file:///opt/wheels/rocm6.0\n"), routed).record
@@ -449,8 +438,8 @@ def test_cancel_signal_reaches_the_program_exactly_once(demo_channel, built, tmp
         fake = tmp_path / "conda"
         fake.write_text(FAKE_CONDA)
         fake.chmod(0o755)
-        site = make_site(root, demo_channel, f"launcher: conda-run\nconda_exe: {fake}\n",
-                         path=tmp_path / "conda-site.yaml")
+        site = load_site(write_demo_site(root, demo_channel, path=tmp_path / "conda-site.yaml",
+                                         launcher="conda-run", conda_exe=str(fake)))
     script = tmp_path / "count.py"
     script.write_text(COUNT)
     job_id = json.loads(cli(site, "--json", "submit", str(script), "--env", "cpuenv",

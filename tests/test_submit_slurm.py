@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest_slurm import SlurmCluster
 
+from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.jobs import job_exit_code, list_submissions, wait_for
 from hpcenv.site import SiteConfig, load_site
@@ -78,13 +79,10 @@ shift 4
 
 def write_site(path: Path, root: Path, demo_channel, extra: str = "",
                partitions: str = PARTITIONS) -> SiteConfig:
-    path.write_text(
-        f"envs_dirs: [{root}/envs]\npkgs_dirs: [{root}/pkgs]\nregistry: {root}/registry\n"
-        f"state_dir: {root}/state\nchannels: [conda-forge]\n"
-        f"mirrors: {{conda-forge: {demo_channel.path}}}\n"
-        f"pip: {{wheel_dir: {demo_channel.wheels}, no_index: true}}\n"
-        f"scheduler: slurm\nslurm: {{time: '5'}}\ncuda_compat: strict\n{partitions}{extra}")
-    return load_site(path)
+    """The demo site on the test cluster: Slurm scheduler, its partitions, strict CUDA."""
+    return load_site(write_demo_site(root, demo_channel, path=path, extra=partitions + extra,
+                                     scheduler="slurm", slurm="{time: '5'}",
+                                     cuda_compat="strict"))
 
 
 @pytest.fixture(scope="module")
