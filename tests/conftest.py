@@ -3,6 +3,8 @@
 Sections (add new fixtures under a heading of their own):
 - test cache: a directory that survives between sessions, for expensive artefacts
 - demo channel: the real offline conda channel (``hpcenv.demo.channel``)
+- job programs: a fake ``conda`` and a signal-counting program, shared by the launcher tests
+  (plain names: ``from conftest import ...``)
 
 Service fixtures live in their own plugin modules: ``conftest_slurm`` (the real test Slurm
 cluster) and ``conftest_ssh`` (a key-only sshd on 127.0.0.1).
@@ -41,3 +43,48 @@ def demo_channel(test_cache_dir: Path) -> DemoChannel:
     from hpcenv.demo.channel import build_demo_channel
 
     return build_demo_channel(test_cache_dir / "channel")
+
+
+# --- job programs ----------------------------------------------------------------------------
+
+# ``conda run -p PREFIX --no-capture-output CMD...`` as far as a job script can tell: activates,
+# then stays the program's parent and forwards no signal (a signal kills this shell, not its
+# child), so a signal that reaches the program proves the job script's own forwarding.  There
+# is no conda binary on these machines.
+FAKE_CONDA = """\
+#!/bin/bash
+[[ $1 == run && $2 == -p && $4 == --no-capture-output ]] || { echo "fake conda: bad args: $*" >&2; exit 99; }
+export CONDA_PREFIX=$3 PATH=$3/bin:$PATH
+shift 4
+"$@"
+"""
+
+
+def write_fake_conda(directory: Path) -> Path:
+    """``directory/conda``, executable: the fake above."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "conda"
+    path.write_text(FAKE_CONDA)
+    path.chmod(0o755)
+    return path
+
+
+# Prints "ready", then "got NAME" for each SIGUSR1/SIGTERM; exits 40 + the count once no
+# further one came for 2 s (a duplicate, e.g. forwarded by the launcher on top of a direct
+# delivery, comes within ms).
+COUNT_SIGNALS = """\
+import signal, sys, time
+got = []
+def handler(sig, frame):
+    got.append(signal.Signals(sig).name)
+    print("got", got[-1], flush=True)
+signal.signal(signal.SIGUSR1, handler)
+signal.signal(signal.SIGTERM, handler)
+print("ready", flush=True)
+for _ in range(1200):
+    if got:
+        break
+    time.sleep(0.1)
+time.sleep(2)
+sys.exit(40 + len(got))
+"""

@@ -17,6 +17,8 @@ from hpcenv.jobs import job_exit_code, list_submissions, load_submission, wait_f
 from hpcenv.site import SiteConfig, load_site
 from hpcenv.submit import SubmitOptions, site_scheduler, submit
 
+from conftest import COUNT_SIGNALS, write_fake_conda
+
 NASTY = ["$(touch pwned)", "`touch pwned2`", "line1\nline2", "'; touch pwned3 #", "", "*",
          "${HOME}", "--lr=0.1"]
 
@@ -38,30 +40,6 @@ print("ready", os.getpid(), flush=True)
 for _ in range(600):
     time.sleep(0.1)
 sys.exit(1)
-"""
-
-# Counts the signals it gets; exits 40 + that count once no second one came for 2 s.
-COUNT = """\
-import signal, sys, time
-got = []
-signal.signal(signal.SIGUSR1, lambda sig, frame: got.append(sig))
-print("ready", flush=True)
-for _ in range(600):
-    if got:
-        break
-    time.sleep(0.1)
-time.sleep(2)
-sys.exit(40 + len(got))
-"""
-
-# conda run as far as the job script can tell: activates, stays the program's parent and
-# forwards no signal.
-FAKE_CONDA = """\
-#!/bin/bash
-[[ $1 == run && $2 == -p && $4 == --no-capture-output ]] || { echo "fake conda: bad args: $*" >&2; exit 99; }
-export CONDA_PREFIX=$3 PATH=$3/bin:$PATH
-shift 4
-"$@"
 """
 
 CPU_ENV = "name: cpuenv\ndependencies:\n  - python=3.11\n  - hpcdemo-tools\n"
@@ -435,13 +413,11 @@ def test_cancel_signal_reaches_the_program_exactly_once(demo_channel, built, tmp
     # forwards to) the program; nothing else in the job is signalled, so it arrives once.
     site, root = built
     if launcher == "conda-run":
-        fake = tmp_path / "conda"
-        fake.write_text(FAKE_CONDA)
-        fake.chmod(0o755)
+        fake = write_fake_conda(tmp_path)
         site = load_site(write_demo_site(root, demo_channel, path=tmp_path / "conda-site.yaml",
                                          launcher="conda-run", conda_exe=str(fake)))
     script = tmp_path / "count.py"
-    script.write_text(COUNT)
+    script.write_text(COUNT_SIGNALS)
     job_id = json.loads(cli(site, "--json", "submit", str(script), "--env", "cpuenv",
                             cwd=tmp_path).stdout)["job_id"]
     out = tmp_path / f"slurm-{job_id}.out"

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import COUNT_SIGNALS, write_fake_conda
 from conftest_slurm import SlurmCluster
 
 from hpcenv.demo.site import write_demo_site
@@ -49,33 +50,6 @@ print(json.dumps({"argv": sys.argv[1:], "prefix": sys.prefix,
                   "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}))
 """
 
-# Counts the signals it gets; exits 40 + that count once no second one came for 2 s (a
-# duplicate, e.g. forwarded by the launcher on top of a direct delivery, comes within ms).
-CATCH = """\
-import signal, sys, time
-got = []
-def handler(sig, frame):
-    got.append(signal.Signals(sig).name)
-    print("got", got[-1], flush=True)
-signal.signal(signal.SIGUSR1, handler)
-signal.signal(signal.SIGTERM, handler)
-print("ready", flush=True)
-for _ in range(1200):
-    if got:
-        break
-    time.sleep(0.1)
-time.sleep(2)
-sys.exit(40 + len(got))
-"""
-
-FAKE_CONDA = """\
-#!/bin/bash
-[[ $1 == run && $2 == -p && $4 == --no-capture-output ]] || { echo "fake conda: bad args: $*" >&2; exit 99; }
-export CONDA_PREFIX=$3 PATH=$3/bin:$PATH
-shift 4
-"$@"
-"""
-
 
 def write_site(path: Path, root: Path, demo_channel, extra: str = "",
                partitions: str = PARTITIONS) -> SiteConfig:
@@ -102,9 +76,7 @@ def site(slurm_cluster: SlurmCluster, demo_channel,  # noqa: F811
 def conda_site(site: SiteConfig, demo_channel, tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
     """The same envs, launched through (fake) conda run."""
     root = Path(site.registry).parent
-    fake = tmp_path_factory.mktemp("fakeconda") / "conda"
-    fake.write_text(FAKE_CONDA)
-    fake.chmod(0o755)
+    fake = write_fake_conda(tmp_path_factory.mktemp("fakeconda"))
     return write_site(root / "conda-site.yaml", root, demo_channel,
                       f"launcher: conda-run\nconda_exe: {fake}\n")
 
@@ -272,7 +244,7 @@ def test_cli_routing_errors_show_what_would_work(site: SiteConfig,
 
 def _start_catch(site: SiteConfig, env: str, workdir: Path) -> str:
     script = workdir / "catch.py"
-    script.write_text(CATCH)
+    script.write_text(COUNT_SIGNALS)
     result = submit(script, env_name=env, site=site, options=SubmitOptions(workdir=workdir))
     out = workdir / f"slurm-{result.job_id}.out"
     deadline = time.monotonic() + 60

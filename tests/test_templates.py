@@ -23,6 +23,8 @@ from hpcenv.activation import activation_script
 from hpcenv.errors import InvalidInput
 from hpcenv.templates import JobScript, SbatchOptions, render_job_script, sbatch_lines
 
+from conftest import write_fake_conda
+
 NASTY = ["$(touch pwned)", "`touch pwned2`", "a\nb", "'; touch pwned3 #", "  spaced  ", "", "*",
          "\\n", "${HOME}", "ünïcode", "--flag=x y"]
 
@@ -53,17 +55,6 @@ while True:
     time.sleep(0.05)
 """
 
-FAKE_CONDA = """\
-#!/bin/bash
-# Fake `conda run -p PREFIX --no-capture-output CMD...`: activates, then stays the program's
-# parent and forwards nothing (a signal kills this shell, not its child), like conda run.
-[[ $1 == run && $2 == -p && $4 == --no-capture-output ]] || { echo "fake conda: bad args: $*" >&2; exit 99; }
-export CONDA_PREFIX=$3 PATH=$3/bin:$PATH
-shift 4
-"$@"
-"""
-
-
 @pytest.fixture
 def prefix(tmp_path: Path) -> Path:
     p = tmp_path / "envs" / "demo"
@@ -74,11 +65,7 @@ def prefix(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fake_conda(tmp_path: Path) -> Path:
-    path = tmp_path / "fakebin" / "conda"
-    path.parent.mkdir()
-    path.write_text(FAKE_CONDA)
-    path.chmod(0o755)
-    return path
+    return write_fake_conda(tmp_path / "fakebin")
 
 
 def job(prefix: Path, command: list[str], launcher: str = "activate", conda: Path | None = None,
