@@ -596,28 +596,38 @@ class RemoteOptions:
     @classmethod
     def extract(cls, argv: Sequence[str]) -> tuple[list[str], RemoteOptions]:
         """Pull ``--sync DIR`` and ``--exclude PATTERN`` (before any ``--``) out of argv."""
-        rest: list[str] = []
-        found: dict[str, list[str]] = {"--sync": [], "--exclude": []}
-        items = list(argv)
-        i = 0
-        while i < len(items):
-            token = items[i]
-            if token == "--":
-                rest.extend(items[i:])
-                break
-            option = token.split("=", 1)[0]
-            if option not in found:
-                rest.append(token)
-            elif "=" in token:
-                found[option].append(token.split("=", 1)[1])
-            elif i + 1 < len(items):
-                found[option].append(items[i + 1])
-                i += 1
-            else:
-                raise InvalidInput(f"{option} needs a value")
-            i += 1
+        rest, found = _take_options(argv, ("--sync", "--exclude"))
         return rest, cls(sync=tuple(Path(p) for p in found["--sync"]),
                          exclude=tuple(found["--exclude"]))
+
+
+def _take_options(argv: Sequence[str], with_value: Sequence[str],
+                  flags: Sequence[str] = ()) -> tuple[list[str], dict[str, list[str]]]:
+    """Split ``argv`` into the words left and the values of the options named (a flag's value
+    is ``""``).  Only words before a ``--`` count: what follows is the job program's."""
+    rest: list[str] = []
+    found: dict[str, list[str]] = {name: [] for name in (*with_value, *flags)}
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        if token == "--":
+            rest.extend(items[i:])
+            break
+        option, has_value, value = token.partition("=")
+        if token in flags:
+            found[token].append("")
+        elif option not in with_value:
+            rest.append(token)
+        elif has_value:
+            found[option].append(value)
+        elif i + 1 < len(items):
+            found[option].append(items[i + 1])
+            i += 1
+        else:
+            raise InvalidInput(f"{option} needs a value")
+        i += 1
+    return rest, found
 
 
 # Global options that stay on this side: where to find remotes, how to print.
@@ -628,24 +638,7 @@ _FILE_DESTS = ("file", "from_lock", "env_file", "script")
 
 
 def _strip_local_globals(argv: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    items = list(argv)
-    i = 0
-    while i < len(items):
-        token = items[i]
-        if token == "--":
-            out.extend(items[i:])
-            break
-        if token in _LOCAL_GLOBALS_WITH_VALUE:
-            i += 2
-            continue
-        if any(token.startswith(opt + "=") for opt in _LOCAL_GLOBALS_WITH_VALUE) \
-                or token in _LOCAL_GLOBAL_FLAGS:
-            i += 1
-            continue
-        out.append(token)
-        i += 1
-    return out
+    return _take_options(argv, _LOCAL_GLOBALS_WITH_VALUE, _LOCAL_GLOBAL_FLAGS)[0]
 
 
 def _same_arg(token: str, value: str) -> bool:

@@ -37,7 +37,7 @@ from hpcenv.remote import (
     _strip_local_globals,
     job_info,
 )
-from hpcenv.errors import HpcenvError
+from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.sync import (
     FileStat,
     is_excluded,
@@ -81,6 +81,8 @@ def test_remote_options_are_taken_out_before_double_dash() -> None:
     rest, options = RemoteOptions.extract(argv)
     assert rest == ["--remote", "c", "submit", "train.py", "--", "--sync", "kept"]
     assert options == RemoteOptions(sync=(Path("data"),), exclude=("*.pyc",))
+    with pytest.raises(InvalidInput, match="^--sync needs a value$"):
+        RemoteOptions.extract(["submit", "train.py", "--sync"])
 
 
 def test_path_map_places_files_inside_synced_trees(tmp_path: Path) -> None:
