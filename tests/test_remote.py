@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -417,28 +418,35 @@ def test_sync_sends_only_changed_files(sshd: SshServer, ssh_client_home: Path,
     assert local_manifest(src, excludes) == local_manifest(Path(dest))
 
 
+class OnceAt(io.StringIO):
+    """An output stream that calls ``action`` once, as soon as ``marker`` has been written:
+    something happening to the connection in the middle of a command's output."""
+
+    def __init__(self, marker: str, action: Callable[[], object]) -> None:
+        super().__init__()
+        self.marker, self.action, self.fired = marker, action, False
+
+    def write(self, text: str) -> int:
+        n = super().write(text)
+        if not self.fired and self.marker in self.getvalue():
+            self.fired = True
+            self.action()
+        return n
+
+
 @pytest.mark.ssh
 def test_follow_resumes_after_the_connection_drops(sshd: SshServer,
                                                    ssh_client_home: Path) -> None:
     lines = 40
     # Both streams replay after a reconnect (as hpcenv logs -f copies a job's stderr file).
     command = f"for i in $(seq 1 {lines}); do echo line$i; echo err$i >&2; sleep 0.05; done"
-    dropped = threading.Event()
-
-    class DropAfterTen(io.StringIO):
-        def write(self, text: str) -> int:
-            n = super().write(text)
-            if not dropped.is_set() and "line10\n" in self.getvalue():
-                dropped.set()
-                assert sshd.drop_connections() >= 1
-            return n
-
-    out, err = DropAfterTen(), io.StringIO()
+    dropped: list[int] = []
+    out, err = OnceAt("line10\n", lambda: dropped.append(sshd.drop_connections())), io.StringIO()
     with session(sshd) as s:
         first_transport = s.connection.transport
         code = s.follow(command, out, err)
         assert s.connection.transport is not first_transport  # it really reconnected
-    assert dropped.is_set() and code == 0
+    assert out.fired and dropped[0] >= 1 and code == 0
     assert out.getvalue() == "".join(f"line{i}\n" for i in range(1, lines + 1))
     assert err.getvalue() == "".join(f"err{i}\n" for i in range(1, lines + 1))
 
@@ -451,19 +459,13 @@ def test_follow_waits_with_backoff_for_a_host_that_went_down(ssh_client_home: Pa
     server = start_sshd(tmp_path / "own-sshd")  # private: it goes down and comes back
     lines = 40
     command = f"for i in $(seq 1 {lines}); do echo line$i; sleep 0.05; done"
-    went_down = threading.Event()
 
-    class DownAfterTen(io.StringIO):
-        def write(self, text: str) -> int:
-            n = super().write(text)
-            if not went_down.is_set() and "line10\n" in self.getvalue():
-                went_down.set()
-                server.go_down()
-                threading.Timer(1.0, server.come_back).start()
-            return n
+    def go_down() -> None:
+        server.go_down()
+        threading.Timer(1.0, server.come_back).start()
 
     messages: list[str] = []
-    out = DownAfterTen()
+    out = OnceAt("line10\n", go_down)
     s = RemoteSession("testcluster", server.remote(), known_hosts=[server.known_hosts],
                       connect_timeout=5, backoff=Backoff(attempts=10, first=0.2, cap=1.0),
                       info=messages.append)
@@ -472,7 +474,7 @@ def test_follow_waits_with_backoff_for_a_host_that_went_down(ssh_client_home: Pa
             code = s.follow(command, out)
     finally:
         stop_sshd(server)
-    assert went_down.is_set() and code == 0
+    assert out.fired and code == 0
     assert out.getvalue() == "".join(f"line{i}\n" for i in range(1, lines + 1))
     # Refused while down: retried on the backoff schedule, not given up at the first failure.
     assert any("retrying in 0.2s" in m for m in messages), messages
