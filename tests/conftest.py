@@ -3,8 +3,9 @@
 Sections (add new fixtures under a heading of their own):
 - test cache: a directory that survives between sessions, for expensive artefacts
 - demo channel: the real offline conda channel (``hpcenv.demo.channel``)
-- job programs: a fake ``conda`` and a signal-counting program, shared by the launcher tests
-  (plain names: ``from conftest import ...``)
+- job programs: a fake ``conda`` and signal-catching programs, shared by the launcher and
+  scheduler tests (plain names: ``from conftest import ...``)
+- terminal: running a command with stderr on a pseudo-terminal
 
 Service fixtures live in their own plugin modules: ``conftest_slurm`` (the real test Slurm
 cluster) and ``conftest_ssh`` (a key-only sshd on 127.0.0.1).
@@ -13,6 +14,9 @@ cluster) and ``conftest_ssh`` (a key-only sshd on 127.0.0.1).
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,3 +92,50 @@ for _ in range(1200):
 time.sleep(2)
 sys.exit(40 + len(got))
 """
+
+# A job body whose child python records the first SIGTERM/SIGUSR1 it gets in ./got-signal and
+# exits 0; it writes ./ready once its handlers are in place.
+SIGNAL_CHILD = """\
+python3 - <<'EOF'
+import signal, sys, time, pathlib
+def handler(sig, frame):
+    pathlib.Path("got-signal").write_text(signal.Signals(sig).name)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, handler)
+signal.signal(signal.SIGUSR1, handler)
+pathlib.Path("ready").write_text("")
+time.sleep(120)
+EOF
+"""
+
+
+def wait_for_file(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.1)
+
+
+# --- terminal --------------------------------------------------------------------------------
+
+def run_with_tty_stderr(argv: Sequence[str], *, cwd: Path | None = None,
+                        timeout: float = 300) -> tuple[int, str, str]:
+    """Run ``argv`` with stdout piped and stderr on a pseudo-terminal, as at a user's terminal;
+    return the exit code, stdout and everything the terminal received."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    out, _ = proc.communicate(timeout=timeout)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.returncode, out, b"".join(chunks).decode()

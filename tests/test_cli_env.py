@@ -14,6 +14,8 @@ import pytest
 
 from hpcenv.demo.site import write_demo_site
 
+from conftest import run_with_tty_stderr
+
 HPCENV = str(Path(sys.executable).with_name("hpcenv"))
 
 CUDA_SPEC = """\
@@ -316,25 +318,8 @@ def test_export_to_a_file_is_atomic(built: tuple[Cli, dict], tmp_path: Path) -> 
 
 
 def test_progress_is_a_spinner_when_stderr_is_a_tty(cli: Cli) -> None:
-    import pty
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(cli.argv("env", "build", str(cli.spec(CPU_SPEC))),
-                            stdout=subprocess.PIPE, stderr=slave, text=True)
-    os.close(slave)
-    out, _ = proc.communicate(timeout=300)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child side is closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    err = b"".join(chunks).decode()
-    assert proc.returncode == 0 and out.startswith("built kern")
+    code, out, err = run_with_tty_stderr(cli.argv("env", "build", str(cli.spec(CPU_SPEC))))
+    assert code == 0 and out.startswith("built kern")
     assert "\r\x1b[K" in err and "installing" in err
     assert err.endswith("\r\x1b[K")  # the status line is cleared at the end
 

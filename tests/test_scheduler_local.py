@@ -17,6 +17,8 @@ from hpcenv.scheduler import get_scheduler
 from hpcenv.scheduler.base import JobInfo, Scheduler
 from hpcenv.scheduler.local import LocalExecutor, parse_sbatch_options
 
+from conftest import SIGNAL_CHILD, wait_for_file
+
 
 @pytest.fixture
 def executor(tmp_path: Path) -> LocalExecutor:
@@ -36,13 +38,6 @@ def wait(executor: LocalExecutor, job_id: str, timeout: float = 30.0) -> JobInfo
         if info.finished:
             return info
         assert time.monotonic() < deadline, f"job {job_id} still {info.state} after {timeout} s"
-        time.sleep(0.05)
-
-
-def wait_for_file(path: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.05)
 
 
@@ -127,20 +122,6 @@ def test_job_survives_the_submitting_process(tmp_path: Path) -> None:
     assert executor.status(job_id).state in {"PENDING", "RUNNING"}  # submitter already gone
     info = wait(executor, job_id)
     assert (info.state, info.stdout.read_text()) == ("COMPLETED", f"done {job_id}\n")
-
-
-SIGNAL_CHILD = """\
-python3 - <<'EOF'
-import signal, sys, time, pathlib
-def handler(sig, frame):
-    pathlib.Path("got-signal").write_text(signal.Signals(sig).name)
-    sys.exit(0)
-signal.signal(signal.SIGTERM, handler)
-signal.signal(signal.SIGUSR1, handler)
-pathlib.Path("ready").write_text("")
-time.sleep(60)
-EOF
-"""
 
 
 def test_cancel_terminates_the_whole_process_group(executor: LocalExecutor, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SIGNAL_CHILD, wait_for_file
 from conftest_slurm import SlurmCluster
 
 from hpcenv.errors import InvalidInput, NotFound
@@ -102,28 +103,6 @@ def test_cpu_job_sees_no_gpus(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # n
                        'echo "cvd=${CUDA_VISIBLE_DEVICES-unset}"')
     info = slurm_cluster.wait(slurm, slurm.submit(script, workdir=tmp_path))
     assert info.stdout.read_text().strip() == "cvd=unset"
-
-
-SIGNAL_CHILD = """\
-python3 - <<'EOF'
-import signal, sys, time, pathlib
-def handler(sig, frame):
-    pathlib.Path("got-signal").write_text(signal.Signals(sig).name)
-    sys.exit(0)
-signal.signal(signal.SIGTERM, handler)
-signal.signal(signal.SIGUSR1, handler)
-pathlib.Path("ready").write_text("")
-time.sleep(120)
-EOF
-echo "script continues after child rc=$?"
-"""
-
-
-def wait_for_file(path: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
-        time.sleep(0.1)
 
 
 def test_cancel_with_signal_reaches_only_the_batch_shell(slurm: SlurmCLI, slurm_cluster: SlurmCluster,  # noqa: F811

@@ -17,7 +17,7 @@ from hpcenv.jobs import job_exit_code, list_submissions, load_submission, wait_f
 from hpcenv.site import SiteConfig, load_site
 from hpcenv.submit import SubmitOptions, site_scheduler, submit
 
-from conftest import COUNT_SIGNALS, write_fake_conda
+from conftest import COUNT_SIGNALS, run_with_tty_stderr, write_fake_conda
 
 NASTY = ["$(touch pwned)", "`touch pwned2`", "line1\nline2", "'; touch pwned3 #", "", "*",
          "${HOME}", "--lr=0.1"]
@@ -451,24 +451,8 @@ def test_wait_polls_with_backoff_reset_on_state_change() -> None:
 
 
 def _wait_on_a_tty(site: SiteConfig, tmp_path: Path, *argv: str) -> tuple[int, str, str]:
-    import pty
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "hpcenv", "--site", str(site.source), *argv],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave, text=True)
-    os.close(slave)
-    out, _ = proc.communicate(timeout=120)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child side is closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    return proc.returncode, out, b"".join(chunks).decode()
+    return run_with_tty_stderr([sys.executable, "-m", "hpcenv", "--site", str(site.source), *argv],
+                               cwd=tmp_path, timeout=120)
 
 
 def test_wait_shows_a_live_status_line_on_a_tty_only(built, tmp_path: Path) -> None:
