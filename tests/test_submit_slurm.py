@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import COUNT_SIGNALS, write_fake_conda
@@ -363,7 +364,12 @@ def test_status_and_logs_after_the_job_was_purged(site: SiteConfig,
                               cwd=workdir, capture_output=True, text=True, timeout=120,
                               env=slurm_cluster.env)
 
-    status = json.loads(cli("--json", "status", job_id).stdout)
+    def status_json(job: str) -> dict[str, Any]:
+        proc = cli("--json", "status", job)
+        assert proc.returncode == 0, f"hpcenv status {job}: exit {proc.returncode}: {proc.stderr}"
+        return json.loads(proc.stdout)
+
+    status = status_json(job_id)
     assert (status["source"], status["state"], status["exit_code"]) == ("jobcomp", "FAILED", 6)
     assert (status["name"], status["env"], status["partition"]) == ("early", "cpu-env", "cpu")
     assert status["stdout"] == str(workdir / f"out-early-{job_id}.txt")  # from hpcenv's record
@@ -377,11 +383,11 @@ def test_status_and_logs_after_the_job_was_purged(site: SiteConfig,
                          timeout=60, env=slurm_cluster.env).returncode == 0:
         assert time.monotonic() < deadline, f"slurmctld kept job {array_id} for over 150 s"
         time.sleep(2)
-    whole = json.loads(cli("--json", "status", array_id).stdout)
+    whole = status_json(array_id)
     assert (whole["source"], whole["state"], whole["exit_code"]) == ("jobcomp", "FAILED", 3)
     assert whole["tasks"] == [f"{array_id}_{t}" for t in range(3)]
     assert whole["reason"] == "job array: 2 COMPLETED, 1 FAILED"
-    task = json.loads(cli("--json", "status", f"{array_id}_1").stdout)
+    task = status_json(f"{array_id}_1")
     assert (task["state"], task["exit_code"], task["env"]) == ("FAILED", 3, "cpu-env")
     assert task["stdout"] == str(array_dir / "logs" / "new" / f"{array_id}_1.txt")
     assert cli("logs", f"{array_id}_2").stdout == "task 2\n"
