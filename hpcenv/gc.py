@@ -213,7 +213,7 @@ def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: It
     ``keep`` are prefixes that stay live whatever else happens (the registry's).  Conda envs in
     ``envs_dirs`` other than the builds being removed are live too.
     """
-    from hpcenv.builder import force_rmtree
+    from hpcenv.debris import force_rmtree
 
     report = GcReport(dry_run=dry_run)
     kept = {Path(k).resolve() for k in keep}
@@ -270,7 +270,8 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
     throughout: installs hold it shared, so no install is linking from entries that no
     ``conda-meta`` record names yet (``on_wait()`` is called if gc has to wait for them).
     """
-    from hpcenv.builder import builder_alive, builds_dir, cache_lock, find_debris, is_complete
+    from hpcenv.debris import builder_alive, find_debris
+    from hpcenv.layout import builds_dir, cache_lock, is_complete
     from hpcenv.registry import Registry
 
     pkgs_dir = Path(site.pkgs_dirs[0]) if site.pkgs_dirs else None

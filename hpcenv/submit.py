@@ -175,7 +175,9 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
     ``build=False`` (a dry run) never builds: it uses the file's existing build, and refuses
     only when there is none.
     """
-    from hpcenv.builder import build_env, is_complete, plan_build
+    from hpcenv.builder import build_env
+    from hpcenv.buildplan import plan_build
+    from hpcenv.layout import is_complete
     from hpcenv.registry import Registry
     from hpcenv.spec import load_spec, validate_env_name
 

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.builder import (MARKER, BuildEvent, build_env, builds_dir, clean_debris, env_link,
-                            find_debris, plan_build, remove_version, rollback)
+from hpcenv.builder import BuildEvent, build_env
+from hpcenv.buildplan import plan_build
+from hpcenv.debris import clean_debris, find_debris
+from hpcenv.layout import MARKER, builds_dir, env_link
+from hpcenv.lifecycle import remove_version, rollback
 from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.registry import Registry
@@ -189,7 +192,7 @@ def test_unsolvable_spec_fails_cleanly(site, tmp_path: Path, dependency: str) ->
 
 
 def test_cuda_of_packages() -> None:
-    from hpcenv.builder import cuda_of_packages
+    from hpcenv.buildplan import cuda_of_packages
     from hpcenv.engine.base import LockedPackage
 
     def pkg(name: str, version: str = "1.0", depends: tuple[str, ...] = ()) -> LockedPackage:
@@ -359,7 +362,7 @@ def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:
         assert any("different filesystems" in w for w in result.warnings)
         cached = next(Path(other, "pkgs").glob("python-3.11*/lib/python3.11/os.py"))
         assert (result.prefix / "lib/python3.11/os.py").stat().st_ino != cached.stat().st_ino
-        from hpcenv.builder import force_rmtree
+        from hpcenv.debris import force_rmtree
 
         force_rmtree(Path(other) / "pkgs")
 
@@ -400,7 +403,7 @@ def test_from_lock_accepts_an_explicit_list(site, tmp_path: Path) -> None:
 
 
 def test_remove_env_retires_every_version_current_last(site) -> None:
-    from hpcenv.builder import remove_env
+    from hpcenv.lifecycle import remove_env
 
     v1 = build_env(spec(KERNELS_CUDA), site).record
     v2 = build_env(spec(KERNELS_CPU), site).record
@@ -456,7 +459,7 @@ def _dead_building_record(site, name: str):
 def test_failed_and_interrupted_builds_are_removable(site, tmp_path: Path) -> None:
     """A failed build (pip) or one whose builder died (Ctrl-C, kill) is no environment: env rm
     retires it without --force, and the name leaves 'env list'."""
-    from hpcenv.builder import remove_env
+    from hpcenv.lifecycle import remove_env
 
     bad = spec("name: bad\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n"
                "    - not-a-real-wheel\n", tmp_path)

@@ -234,7 +234,8 @@ def test_16_concurrent_cli_builds_build_once(cli: Cli) -> None:
 
 
 def test_waiting_builder_says_who_holds_the_lock(cli: Cli) -> None:
-    from hpcenv.builder import key_lock, plan_build
+    from hpcenv.buildplan import plan_build
+    from hpcenv.layout import key_lock
     from hpcenv.site import load_site
     from hpcenv.spec import load_spec
 

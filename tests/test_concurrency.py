@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.builder import (MARKER, BuildEvent, build_env, builds_dir, env_link, key_lock,
-                            plan_build, remove_version)
+from hpcenv.builder import BuildEvent, build_env
+from hpcenv.buildplan import plan_build
+from hpcenv.layout import MARKER, builds_dir, env_link, key_lock
+from hpcenv.lifecycle import remove_version
 from hpcenv.demo.site import write_demo_site
 from hpcenv.locking import LockHolder, LockTimeout, current_holder
 from hpcenv.registry import Registry
@@ -31,7 +33,7 @@ from test_builder import KERNELS_CPU, KERNELS_CUDA
 BUILDER = textwrap.dedent("""
     import json, os, signal, sys, time
     from pathlib import Path
-    import hpcenv.builder
+    import hpcenv.lifecycle
     from hpcenv.builder import build_env
     from hpcenv.engine.rattler_engine import RattlerEngine
     from hpcenv.registry import Registry
@@ -46,7 +48,7 @@ BUILDER = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     if kill_at == "before-link":
-        hpcenv.builder._point_link = die
+        hpcenv.lifecycle._point_link = die
     elif kill_at == "before-ready":
         real_update = Registry.update
         def update(self, record):

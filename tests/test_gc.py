@@ -151,7 +151,8 @@ def test_collect_garbage_on_a_site(demo_channel, tmp_path: Path) -> None:
     current build and the packages it uses stay."""
     from dataclasses import replace
 
-    from hpcenv.builder import MARKER, build_env, builds_dir
+    from hpcenv.builder import build_env
+    from hpcenv.layout import MARKER, builds_dir
     from hpcenv.gc import collect_garbage
     from hpcenv.registry import Registry
     from hpcenv.site import load_site
@@ -188,7 +189,8 @@ def test_collect_garbage_on_a_site(demo_channel, tmp_path: Path) -> None:
 def test_gc_retires_records_of_builds_that_never_finished(demo_channel, tmp_path: Path) -> None:
     """A failed record, and a 'building' one whose builder died before making its prefix, are
     retired by gc (with any debris): the name then leaves 'env list'."""
-    from hpcenv.builder import build_env, builds_dir
+    from hpcenv.builder import build_env
+    from hpcenv.layout import builds_dir
     from hpcenv.gc import collect_garbage
     from hpcenv.registry import EnvRecord, Registry
     from hpcenv.site import load_site

@@ -293,7 +293,7 @@ def _export(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rollback(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.builder import rollback
+    from hpcenv.lifecycle import rollback
 
     registry = _registry(ctx)
     before = registry.current_version(args.name)
@@ -305,7 +305,7 @@ def _rollback(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rm(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.builder import remove_env, remove_version
+    from hpcenv.lifecycle import remove_env, remove_version
 
     if args.version is not None:
         records = [remove_version(ctx.site(), args.name, args.version, force=args.force)]

@@ -55,7 +55,7 @@ def _registered_prefix(site: SiteConfig, name: str) -> Path | None:
     now use it too): the two differ only after a publisher died between its two steps.  Names
     the registry does not know fall through to conda's lookup in ``envs_dirs``.
     """
-    from hpcenv.builder import is_complete
+    from hpcenv.layout import is_complete
     from hpcenv.registry import Registry
     from hpcenv.spec import validate_env_name
 

@@ -1,0 +1,179 @@
+"""Planning a build: its name, key, channels and CUDA, computed without touching anything.
+
+**Key.**  sha256 of the env name, the normalised spec (:meth:`EnvSpec.normalized`), the platform,
+the resolved channel URLs, the channel priority and the ``__cuda`` value the solve uses.  The
+``__cuda`` value is always explicit (inferred from the spec, or ``--cuda X.Y``, or none with
+``--no-cuda``), never detected, so the same spec resolves the same way on a GPU login node and a
+GPU-less one; ``--cuda 12.4`` on a spec that infers 12.4 is the same build.  A ``--from-lock``
+build keys on the lockfile's bytes instead of the spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpcenv.engine.base import ChannelPriority, LockedPackage, channel_url, current_platform
+from hpcenv.errors import InvalidInput
+from hpcenv.spec import EnvSpec, validate_env_name
+
+if TYPE_CHECKING:
+    from hpcenv.site import SiteConfig
+
+KEY_SCHEMA = 1
+_CUDA_RE = re.compile(r"^\d+(\.\d+){0,2}$")
+_CUDA_DEP_RE = re.compile(r"^__cuda\s*>=\s*(\d+(?:\.\d+)?)")
+_CUDA_DEP_NAME_RE = re.compile(r"^__cuda(?![\w.-])")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build would be, computed without touching anything."""
+
+    name: str
+    key: str
+    platform: str
+    channels: tuple[str, ...]
+    channel_priority: ChannelPriority
+    cuda: str            # the __cuda value for the solve; "" = none
+    cuda_override: str | None
+    notes: tuple[str, ...] = ()
+    gpu_required: bool | None = None   # see resolve_cuda
+
+
+def resolve_channels(spec: EnvSpec | None, site: SiteConfig) -> tuple[str, ...]:
+    """Channels as conda uses them: the spec's, then the site's (unless the spec says
+    ``nodefaults``), each mapped through the site's ``mirrors`` and made a URL; duplicates dropped."""
+    from hpcenv.site import resolve_channel
+
+    listed = list(spec.channels) if spec is not None else []
+    if "nodefaults" not in listed:
+        listed += list(site.channels)
+    out: list[str] = []
+    for channel in listed:
+        if channel == "nodefaults":
+            continue
+        url = channel_url(resolve_channel(site, channel))
+        if url not in out:
+            out.append(url)
+    if not out:
+        where = spec.source if spec is not None and spec.source else "<environment.yml>"
+        raise InvalidInput(f"{where}: no channels to solve from; add 'channels:' to the file or "
+                           "to the site config")
+    return tuple(out)
+
+
+def resolve_cuda(spec: EnvSpec | None,
+                 cuda_override: str | None) -> tuple[str, tuple[str, ...], bool | None]:
+    """The ``__cuda`` value for the solve ("" = none), notes explaining the choice, and whether
+    the env needs a GPU (``--cuda``: yes, ``--no-cuda``: no, else :func:`infer_cuda`'s
+    ``gpu_required``, which is also True for GPU specs naming no CUDA, e.g. ROCm)."""
+    if cuda_override is not None:
+        if cuda_override and not _CUDA_RE.match(cuda_override):
+            raise InvalidInput(f"--cuda {cuda_override!r}: give a CUDA version like 12.4 "
+                               "(or --no-cuda)")
+        return cuda_override, ((f"CUDA {cuda_override} (--cuda)",) if cuda_override
+                               else ("no CUDA (--no-cuda)",)), bool(cuda_override)
+    if spec is None:
+        return "", (), None
+    from hpcenv.cuda import infer_cuda
+
+    req = infer_cuda(spec)
+    evidence = f" from {'; '.join(req.evidence[:2])}" if req.evidence else ""
+    if req.cuda:
+        note = f"CUDA {req.cuda} inferred{evidence}"
+        if req.ambiguous and len(req.candidates) > 1:
+            note += f" (candidates {', '.join(req.candidates)}; pass --cuda X.Y to choose)"
+        return req.cuda, (note,), req.gpu_required
+    if req.gpu_required and req.candidates:
+        from hpcenv.drivers import version_key
+
+        best = max(req.candidates, key=version_key)
+        return best, (f"CUDA {best} chosen among {', '.join(req.candidates)}{evidence}; pass "
+                      "--cuda X.Y to choose another",), True
+    if req.gpu_required:
+        return "", (f"the spec needs a GPU{evidence} but names no CUDA version: building "
+                    "without __cuda; pass --cuda X.Y for CUDA builds",), True
+    return "", (), req.gpu_required
+
+
+def build_key(*, name: str, content: dict[str, object], platform: str, channels: Sequence[str],
+              channel_priority: str, cuda: str) -> str:
+    blob = json.dumps({"schema": KEY_SCHEMA, "name": name, "content": content,
+                       "platform": platform, "channels": list(channels),
+                       "channel_priority": channel_priority, "cuda": cuda},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cuda_of_packages(packages: Sequence[LockedPackage]) -> str | None:
+    """The CUDA an exact package set is built for, or None when no package needs ``__cuda``.
+
+    Only a dependency on ``__cuda`` makes a package a CUDA build (conda-forge's CUDA variants
+    have one; their CPU builds do not): a ``cuda-version`` package alone only constrains
+    ``__cuda`` where there is one, so a CPU build of a spec pinning ``cuda-version`` needs no
+    GPU.  Given a CUDA build, the version is the ``cuda-version`` package's, else the highest
+    ``__cuda >=X.Y`` bound, else None (a bare ``__cuda`` names no version).  What a
+    ``--from-lock`` build records instead of a solve's ``__cuda``."""
+    from hpcenv.drivers import version_key
+
+    if not any(_CUDA_DEP_NAME_RE.match(dep.strip()) for package in packages
+               for dep in package.depends):
+        return None
+    for package in packages:
+        if package.name == "cuda-version":
+            return ".".join(package.version.split(".")[:2])
+    bounds = [m.group(1) for package in packages for dep in package.depends
+              if (m := _CUDA_DEP_RE.match(dep.strip()))]
+    return max(bounds, key=version_key) if bounds else None
+
+
+def plan_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
+               cuda_override: str | None = None, from_lock: Path | None = None) -> BuildPlan:
+    """Name, key, channels and CUDA of a build; validates the name (InvalidInput)."""
+    if name is not None:
+        try:
+            validate_env_name(name)
+        except InvalidInput as exc:
+            raise InvalidInput(f"--name {name!r}: {exc}") from None
+    chosen = name if name is not None else (spec.name if spec is not None else None)
+    if not chosen:
+        if spec is None:
+            raise InvalidInput(f"--from-lock {from_lock}: a lockfile names no env; pass "
+                               "--name NAME")
+        raise InvalidInput(f"{spec.source or '<environment.yml>'}: no 'name:' in the file; "
+                           "pass --name NAME")
+    validate_env_name(chosen)
+    from hpcenv.site import check_env_name
+
+    check_env_name(site, chosen)
+    platform = current_platform()
+    if from_lock is not None:
+        try:
+            lock_digest = hashlib.sha256(Path(from_lock).read_bytes()).hexdigest()
+        except OSError as exc:
+            raise InvalidInput(f"{from_lock}: cannot read lockfile ({exc.strerror})") from None
+        content: dict[str, object] = {"lock": lock_digest,
+                                      "pip": spec.normalized()["pip"] if spec else None,
+                                      "variables": spec.normalized()["variables"] if spec else None}
+        cuda = cuda_override or ""
+        notes: tuple[str, ...] = ()
+        # The locked packages decide (see _packages_for); only --cuda X says more up front.
+        gpu_required: bool | None = True if cuda_override else None
+        channels: tuple[str, ...] = ()
+    else:
+        if spec is None:
+            raise InvalidInput("nothing to build: give an environment file or --from-lock LOCK")
+        content = spec.normalized()
+        channels = resolve_channels(spec, site)
+        cuda, notes, gpu_required = resolve_cuda(spec, cuda_override)
+    key = build_key(name=chosen, content=content, platform=platform, channels=channels,
+                    channel_priority=site.channel_priority, cuda=cuda)
+    return BuildPlan(name=chosen, key=key, platform=platform, channels=channels,
+                     channel_priority=site.channel_priority, cuda=cuda,
+                     cuda_override=cuda_override, notes=notes, gpu_required=gpu_required)

@@ -1,0 +1,120 @@
+"""Crash debris: what a killed builder leaves behind, and how it is found and cleaned.
+
+A build prefix without a completion marker whose key lock nobody holds is debris (a crashed
+builder); its record is marked ``failed`` and the prefix removed.  A crashed builder's complete
+build (killed between the marker and the registry update) is adopted: marked ``ready``.  The
+builder cleans debris under its key lock before building; ``env gc`` cleans it too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpcenv.layout import builds_dir, is_complete, key_lock, prefix_usage
+from hpcenv.registry import EnvRecord, Registry
+
+if TYPE_CHECKING:
+    from hpcenv.site import SiteConfig
+
+
+def force_rmtree(path: Path) -> None:
+    """Remove a (possibly read-only) build prefix; missing is fine."""
+    path = Path(path)
+    if path.is_symlink():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+
+    def make_writable_and_retry(func: Callable[[str], object], failed: str, _info: object) -> None:
+        parent = os.path.dirname(failed)
+        os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | 0o700)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            os.chmod(failed, stat.S_IMODE(os.lstat(failed).st_mode) | 0o700)
+        func(failed)
+
+    # Unlock directories first: rmtree cannot even list a dir we made read-only for ourselves.
+    for root, dirs, _files in os.walk(path):
+        for d in dirs:
+            full = os.path.join(root, d)
+            if not os.path.islink(full):
+                os.chmod(full, stat.S_IMODE(os.lstat(full).st_mode) | 0o700)
+    os.chmod(path, stat.S_IMODE(path.stat().st_mode) | 0o700)
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+def find_debris(site: SiteConfig, *, registry: Registry | None = None,
+                held_key: str | None = None) -> list[tuple[Path, EnvRecord | None]]:
+    """Build prefixes that are not finished builds and that no live builder is working on.
+
+    A prefix without completion marker is debris when its registry record is ``failed`` or
+    ``retired``, when it has no record, or when its record is ``building`` but the key lock is
+    free (or is ``held_key``, the lock the caller holds).
+    """
+    registry = registry or Registry.for_site(site)
+    builds = builds_dir(site)
+    if not builds.is_dir():
+        return []
+    by_prefix = {os.path.realpath(r.prefix): r for r in registry.records()}
+    found = []
+    for path in sorted(builds.iterdir()):
+        if path.name.startswith(".") or is_complete(path):
+            continue
+        record = by_prefix.get(os.path.realpath(path))
+        if record is not None and record.status == "building" and builder_alive(site, record,
+                                                                                  held_key):
+            continue
+        found.append((path, record))
+    return found
+
+
+def builder_alive(site: SiteConfig, record: EnvRecord, held_key: str | None = None) -> bool:
+    """Whether a live process holds the key lock of ``record`` (a ``building`` record whose
+    builder is gone is a crashed build); ``held_key`` is the caller's own lock."""
+    if record.key == held_key:
+        return False  # the caller holds this key's lock: whoever wrote the record is gone
+    lock = key_lock(site, record.key, timeout=0)
+    if not lock.try_acquire():
+        return True
+    lock.release()
+    return False
+
+
+def _adopt(registry: Registry, record: EnvRecord) -> EnvRecord:
+    prefix = Path(record.prefix)
+    size, count = prefix_usage(prefix)
+    packages = len(list((prefix / "conda-meta").glob("*.json")))
+    return registry.update(replace(record, status="ready", size_bytes=size, file_count=count,
+                                   packages=packages))
+
+
+def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
+                 held_key: str | None = None) -> list[Path]:
+    """Remove :func:`find_debris` prefixes and mark dead builders' ``building`` records
+    ``failed`` (also those that never got as far as creating a prefix); a dead builder's
+    ``building`` record whose prefix is complete is marked ``ready`` instead."""
+    registry = registry or Registry.for_site(site)
+    removed = []
+    # A builder killed between its completion marker and marking the record ready left a
+    # verified build: adopt it rather than leave a "building" ghost that gc must keep forever.
+    for record in registry.records():
+        if (record.status == "building" and is_complete(record.prefix)
+                and not builder_alive(site, record, held_key)):
+            _adopt(registry, record)
+    for path, owner in find_debris(site, registry=registry, held_key=held_key):
+        if owner is not None and owner.status == "building":
+            registry.set_status(owner.name, owner.version, "failed")
+        force_rmtree(path)
+        removed.append(path)
+    # A builder killed between allocating its version and creating its prefix left only a record.
+    for record in registry.records():
+        if (record.status == "building" and not os.path.lexists(record.prefix)
+                and not builder_alive(site, record, held_key)):
+            registry.set_status(record.name, record.version, "failed")
+    return removed

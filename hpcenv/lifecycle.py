@@ -1,0 +1,220 @@
+"""An env's lifecycle after its build: publish, rollback, removal.
+
+Publishing makes a ready build current: registry ``current`` first (the source of truth), then
+the ``envs_dir/NAME`` symlink (a temp symlink renamed over it).  A crash between the two steps
+leaves ``current`` ahead of the symlink, both pointing at complete builds; the next build of
+either spec (``reused`` checks the symlink too), a rollback or :func:`sync_link` repairs it,
+and ``hpcenv run -n`` follows the registry meanwhile.  :func:`rollback`, :func:`remove_version`
+and :func:`remove_env` change ``current`` the same way (:func:`_switch_current`), under the
+registry's per-name lock.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpcenv.debris import builder_alive, force_rmtree
+from hpcenv.errors import HpcenvError, NotFound
+from hpcenv.layout import env_link, is_complete, key_lock
+from hpcenv.registry import EnvRecord, Registry
+
+if TYPE_CHECKING:
+    from hpcenv.site import SiteConfig
+
+
+def publish(site: SiteConfig, registry: Registry, record: EnvRecord, *,
+            only_if_none: bool = False) -> int | None:
+    """Make ``record`` the current version: registry first, then the ``envs_dir/NAME`` symlink.
+    Returns the version current before (None: none).  ``only_if_none``: change nothing when
+    another version is current (decided under the name lock, so two publishers cannot race)."""
+    with registry.name_lock(record.name):
+        previous = registry.current_version(record.name)
+        if only_if_none and previous is not None:
+            return previous
+        _switch_current(site, registry, record.name, record)
+    return previous
+
+
+def _switch_current(site: SiteConfig, registry: Registry, name: str,
+                    record: EnvRecord | None) -> None:
+    """Make ``record`` (None: nothing) current: the registry's ``current`` first (the source of
+    truth), then the ``envs_dir/NAME`` symlink.  The caller holds the registry's name lock."""
+    registry.set_current(name, record.version if record is not None else None)
+    _point_link(site, name, Path(record.prefix) if record is not None else None)
+
+
+def link_points_to(site: SiteConfig, name: str, prefix: Path | str) -> bool:
+    """Whether ``envs_dir/NAME`` is a symlink resolving to ``prefix``."""
+    link = env_link(site, name)
+    return link.is_symlink() and os.path.realpath(link) == os.path.realpath(prefix)
+
+
+def _point_link(site: SiteConfig, name: str, prefix: Path | None) -> None:
+    """Switch ``envs_dir/NAME``; the caller holds the registry's name lock."""
+    link = env_link(site, name)
+    # Under the name lock a temp link is always a killed publisher's leftover.
+    for stale in link.parent.glob(f".{name}.link-*"):
+        stale.unlink(missing_ok=True)
+    if prefix is None:
+        if link.is_symlink():
+            link.unlink()
+        return
+    check_link_is_ours(site, name)
+    target = os.path.relpath(prefix, link.parent)
+    tmp = link.with_name(f".{name}.link-{os.getpid()}-{secrets.token_hex(4)}")
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sync_link(site: SiteConfig, name: str) -> Path | None:
+    """Rewrite ``envs_dir/NAME`` from the registry's current version (repairs a crash between the
+    two publish steps); returns the prefix it points at."""
+    registry = Registry.for_site(site)
+    with registry.name_lock(name):
+        current = registry.current(name)
+        prefix = Path(current.prefix) if current is not None else None
+        _point_link(site, name, prefix)
+    return prefix
+
+
+def rollback(site: SiteConfig, name: str, to_version: int | None = None) -> EnvRecord:
+    """Make an earlier ready version current (default: the newest ready one before current)."""
+    registry = Registry.for_site(site)
+    _require_env(registry, name)
+    with registry.name_lock(name):
+        current = registry.current_version(name)
+        if to_version is None:
+            if current is None:
+                raise NotFound(f"environment {name!r} has no current version to roll back from; "
+                               f"pick one with --to VERSION (see 'hpcenv env history {name}')")
+            older = [r for r in registry.versions(name) if r.version < current
+                     and r.status == "ready" and is_complete(r.prefix)]
+            if not older:
+                raise HpcenvError(f"{name}: no ready version older than {current} to roll back "
+                                  f"to; see 'hpcenv env history {name}'")
+            record = older[-1]
+        else:
+            record = registry.get(name, to_version)
+            if record.status != "ready" or not is_complete(record.prefix):
+                raise HpcenvError(f"{name} version {to_version} is {record.status}, not a "
+                                  "ready build; pick another with 'hpcenv env history "
+                                  f"{name}' or rebuild it with --from-lock {record.lock_path}")
+        _switch_current(site, registry, name, record)
+    return record
+
+
+def _require_env(registry: Registry, name: str) -> list[EnvRecord]:
+    """Every record of ``name``; NotFound naming the registry when it has none."""
+    versions = registry.versions(name)
+    if not versions:
+        raise NotFound(f"no environment {name!r} in the registry {registry.root}; "
+                       "see 'hpcenv env list'")
+    return versions
+
+
+def _usable(record: EnvRecord) -> bool:
+    return record.status == "ready" and is_complete(record.prefix)
+
+
+def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = False) -> EnvRecord:
+    """Retire ``version`` of ``name`` and delete its prefix; refuses the current one unless
+    ``force`` (then the newest other ready version becomes current, or none), and a version
+    whose builder is still at work.  A ``failed`` version, or a ``building`` one whose builder
+    died (Ctrl-C, a killed job), is retired like any other.
+
+    Each version has its own prefix, so deleting one never removes a file another version uses:
+    files shared through the package cache are hardlinks and only lose one link; a prefix that
+    another live record also names is kept.  The record and its lockfile stay as history
+    (status ``retired``).
+    """
+    registry = Registry.for_site(site)
+    record = registry.get(name, version)
+    lock = key_lock(site, record.key, timeout=0)
+    if not lock.try_acquire():
+        if registry.get(name, version).status == "building":
+            raise HpcenvError(f"{name} version {version} is still being built; wait for it "
+                              f"('hpcenv env history {name}' shows when it is ready)")
+        lock = key_lock(site, record.key)  # a builder of another version of this key: wait
+        lock.acquire()
+    try:
+        with registry.name_lock(name):
+            record, shared = _retire_locked(site, registry, name, version, force)
+    finally:
+        lock.release()
+    if not shared:
+        force_rmtree(Path(record.prefix))
+    return record
+
+
+def _retire_locked(site: SiteConfig, registry: Registry, name: str, version: int,
+                   force: bool) -> tuple[EnvRecord, bool]:
+    """The part of :func:`remove_version` under the key and name locks: the retired record
+    and whether another live record names its prefix (which then stays)."""
+    record = registry.get(name, version)
+    current = registry.current_version(name)
+    if version == current and not force:
+        ready = [r.version for r in registry.versions(name)
+                 if r.version != version and _usable(r)]
+        if ready:
+            older = [v for v in ready if v < version]
+            to = older[-1] if older else ready[-1]
+            raise HpcenvError(f"{name} version {version} is the current version; make another "
+                              f"current first ('hpcenv env rollback {name} --to {to}') or pass "
+                              "--force")
+        raise HpcenvError(f"{name} version {version} is the current version and no other "
+                          f"version is ready; pass --force to remove it ({name} then has no "
+                          "current version)")
+    record = registry.set_status(name, version, "retired")
+    if version == current:
+        others = [r for r in registry.versions(name) if r.version != version and _usable(r)]
+        _switch_current(site, registry, name, others[-1] if others else None)
+    elif link_points_to(site, name, record.prefix):
+        # A publisher died before switching the symlink: repair it before the prefix goes.
+        current_record = registry.current(name)
+        _point_link(site, name, Path(current_record.prefix) if current_record else None)
+    # Versions never share a prefix when hpcenv made them, but a registry edited by hand
+    # (or restored from backup) might: a prefix another live record names stays.
+    target = os.path.realpath(record.prefix)
+    shared = any(r.status in ("ready", "building") and os.path.realpath(r.prefix) == target
+                 for r in registry.records())
+    return record, shared
+
+
+def remove_env(site: SiteConfig, name: str, *, force: bool = False) -> list[EnvRecord]:
+    """Retire every version of ``name`` that is not retired yet with :func:`remove_version`,
+    the current one last so the env stays usable until the very end.  Ready versions are only
+    removed with ``force``; failed ones and those a dead builder left ``building`` need none.
+    Refused while a builder of ``name`` is at work.  Returns the retired records."""
+    registry = Registry.for_site(site)
+    left = [r for r in _require_env(registry, name) if r.status != "retired"]
+    if not left:
+        raise NotFound(f"environment {name!r} has no version left to remove (all are retired; "
+                       f"see 'hpcenv env history {name}')")
+    busy = [r.version for r in left if r.status == "building" and builder_alive(site, r, None)]
+    if busy:
+        raise HpcenvError(f"{name} version {busy[0]} is still being built; wait for it, then "
+                          f"run 'hpcenv env rm {name}' again")
+    ready = [r.version for r in left if r.status == "ready"]
+    current = registry.current_version(name)
+    if ready and not force:
+        which = ", ".join(map(str, ready))
+        also = f", the current version {current} included" if current in ready else ""
+        raise HpcenvError(f"removing {name} removes its ready version(s) {which}{also}; pass "
+                          "--force, or --version V for one")
+    return [remove_version(site, name, r.version, force=True)
+            for r in sorted(left, key=lambda r: r.version == current)]
+
+
+def check_link_is_ours(site: SiteConfig, name: str) -> None:
+    """Refuse an ``envs_dir/NAME`` that hpcenv did not make: publishing would replace it."""
+    link = env_link(site, name)
+    if link.exists() and not link.is_symlink():
+        raise HpcenvError(f"{link} exists and is not an hpcenv-managed symlink (a conda env made "
+                          f"some other way?); move it away or build under another --name")
