@@ -21,23 +21,19 @@ from typing import TYPE_CHECKING
 import pytest
 
 from hpcenv.cli import main
-from hpcenv.remote import (
+from hpcenv.remote.cli import RemoteOptions, _rewrite_arg, _strip_local_globals
+from hpcenv.remote.errors import (
     AuthRefused,
-    Backoff,
     HostKeyMismatch,
     HostUnreachable,
     IncompatibleVersion,
     RemoteCommandFailed,
     RemoteHpcenvMissing,
-    PathMap,
-    RemoteOptions,
-    RemoteSession,
     UnknownHostKey,
-    _rewrite_arg,
-    _SkippingWriter,
-    _strip_local_globals,
-    job_info,
 )
+from hpcenv.remote.jobs import job_info
+from hpcenv.remote.session import Backoff, RemoteSession, _SkippingWriter
+from hpcenv.remote.uploads import PathMap
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.sync import (
     FileStat,
@@ -486,7 +482,7 @@ def test_wait_outlasts_a_host_that_goes_down_between_polls(ssh_client_home: Path
     from conftest_ssh import start_sshd, stop_sshd
 
     from hpcenv.cli.context import Context
-    from hpcenv.remote import wait_for_job
+    from hpcenv.remote.jobs import wait_for_job
 
     # The remote hpcenv's status: RUNNING for three polls, then COMPLETED.
     polls = tmp_path / "polls"
@@ -664,7 +660,7 @@ def test_a_port_that_is_no_ssh_server_fails_in_one_line(sshd: SshServer, ssh_cli
 
 def test_help_does_not_import_fabric() -> None:
     code = ("import sys; from hpcenv.cli import build_parser; build_parser(); "
-            "import hpcenv.remote, hpcenv.sync; print('fabric' in sys.modules, "
+            "import hpcenv.remote.cli, hpcenv.sync; print('fabric' in sys.modules, "
             "'paramiko' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
@@ -749,7 +745,7 @@ def test_remote_wait_survives_a_dropped_connection(
         sshd_slurm: SshServer, ssh_client_home: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from hpcenv.cli.context import Context
-    from hpcenv.remote import wait_for_job
+    from hpcenv.remote.jobs import wait_for_job
 
     monkeypatch.delenv("SLURM_CONF", raising=False)
     monkeypatch.chdir(_laptop_project(tmp_path))

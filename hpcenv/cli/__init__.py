@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(a == "--remote" or a.startswith("--remote=") for a in argv):
             # --sync/--exclude exist only over --remote: take them out before the local parser
             # sees them.  hpcenv.remote imports fabric lazily, so this stays cheap.
-            from hpcenv.remote import RemoteOptions
+            from hpcenv.remote.cli import RemoteOptions
 
             argv, remote_options = RemoteOptions.extract(argv)
         args = parser.parse_args(argv)
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = Context.from_args(args)
         verbosity = ctx.verbosity
         if ctx.remote:
-            from hpcenv.remote import run_remote_cli
+            from hpcenv.remote.cli import run_remote_cli
 
             return run_remote_cli(args, argv, ctx, remote_options)
         return int(handler(args, ctx) or 0)
