@@ -263,7 +263,7 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
 
     Live builds are those a ``ready`` or ``building`` registry record names (a build between
     its completion marker and its record turning ``ready`` is not garbage), except incomplete
-    ones :func:`hpcenv.builder.find_debris` finds abandoned (their builder no longer holds its
+    ones :func:`hpcenv.debris.find_debris` finds abandoned (their builder no longer holds its
     key lock): those are removed.  Records of builds that never finished (``failed``, or
     ``building`` with a dead builder and no complete prefix) are retired: they are history, not
     environments.  The package cache's :class:`~hpcenv.locking.CacheLock` is held exclusive

@@ -19,7 +19,7 @@ debris), ``retired`` (removed with ``env rm``; record and lockfile kept as histo
 
 The registry's ``current`` file is the source of truth for "the env NAME"; the
 ``envs_dir/NAME`` symlink that plain conda users activate is derived from it and rewritten after
-every change of ``current`` (see :mod:`hpcenv.builder`).
+every change of ``current`` (see :mod:`hpcenv.lifecycle`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class EnvRecord:
 
     name: str
     version: int
-    key: str                      # build key (see hpcenv.builder.build_key)
+    key: str                      # build key (see hpcenv.buildplan.build_key)
     spec: dict[str, Any]          # EnvSpec.normalized() (or the pinned spec of a --from-lock build)
     spec_hash: str                # EnvSpec.content_hash()
     lock_path: str

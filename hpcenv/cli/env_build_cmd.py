@@ -1,7 +1,7 @@
 """``hpcenv env build|list|show|history|export|rollback|rm|gc``: built envs and the lab registry.
 
-Handlers only parse, call :mod:`hpcenv.builder`, :mod:`hpcenv.registry`, :mod:`hpcenv.export`
-and :mod:`hpcenv.gc`, and print.  Progress goes to stderr: a spinner with the current step when
+Handlers only parse, call :mod:`hpcenv.builder`, :mod:`hpcenv.lifecycle`, :mod:`hpcenv.registry`,
+:mod:`hpcenv.export` and :mod:`hpcenv.gc`, and print.  Progress goes to stderr: a spinner with the current step when
 stderr is a terminal, plain lines otherwise (logs, CI, ``--json`` pipelines).
 """
 
