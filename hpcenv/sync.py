@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from hpcenv.errors import HpcenvError, InvalidInput
 
 if TYPE_CHECKING:
-    from hpcenv.remote import RemoteSession
+    from hpcenv.remote.session import RemoteSession
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         remote_options = None
         if any(a == "--remote" or a.startswith("--remote=") for a in argv):
             # --sync/--exclude exist only over --remote: take them out before the local parser
-            # sees them.  hpcenv.remote imports fabric lazily, so this stays cheap.
+            # sees them.  hpcenv.remote.cli imports fabric lazily, so this stays cheap.
             from hpcenv.remote.cli import RemoteOptions
 
             argv, remote_options = RemoteOptions.extract(argv)
