@@ -20,7 +20,8 @@ from typing import IO, Any
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import atomic_write_json
-from hpcenv.scheduler.base import JobInfo, Scheduler, expand_output_pattern, signal_number
+from hpcenv.scheduler.base import (JobInfo, JobStatusSource, Scheduler, expand_output_pattern,
+                                   signal_number)
 
 # Polling for --wait and logs -f: quick at first (short jobs end in about a second on an idle
 # cluster), then backing off so a day-long job costs a query every POLL_MAX seconds.
@@ -168,7 +169,7 @@ def job_exit_code(info: JobInfo) -> int:
     return 0 if info.state == "COMPLETED" else 1
 
 
-def wait_for(scheduler: Scheduler, job_id: str, *,
+def wait_for(scheduler: JobStatusSource, job_id: str, *,
              on_poll: Callable[[JobInfo], None] | None = None,
              sleep: Callable[[float], None] = time.sleep,
              first: float = POLL_FIRST, factor: float = POLL_FACTOR, most: float = POLL_MAX) -> JobInfo:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from hpcenv.jobs import POLL_FIRST, POLL_MAX, live_status, wait_for
 from hpcenv.remote.errors import HostUnreachable, RemoteCommandFailed, last_lines
@@ -16,7 +16,7 @@ from hpcenv.remote.errors import HostUnreachable, RemoteCommandFailed, last_line
 if TYPE_CHECKING:
     from hpcenv.cli.context import Context
     from hpcenv.remote.session import RemoteSession
-    from hpcenv.scheduler.base import JobInfo, Scheduler
+    from hpcenv.scheduler.base import JobInfo
 
 
 def parse_json(text: str, session: RemoteSession, what: str) -> dict[str, Any]:
@@ -77,6 +77,5 @@ def wait_for_job(session: RemoteSession, job_id: str, ctx: Context, *,
     polling, the same live status line), polling over the session.  No overall limit, as with
     ``sbatch --wait``: jobs may run for days."""
     with live_status(sys.stderr, enabled=ctx.verbosity >= 0) as show:
-        # wait_for only ever calls status(): RemoteJobStatus is all of a scheduler it needs.
-        return wait_for(cast("Scheduler", RemoteJobStatus(session)), job_id, on_poll=show,
+        return wait_for(RemoteJobStatus(session), job_id, on_poll=show,
                         first=first_poll, most=max_poll)

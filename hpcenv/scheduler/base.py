@@ -137,6 +137,15 @@ class PartitionState:
                 "nodes": [n.to_dict() for n in self.nodes]}
 
 
+class JobStatusSource(Protocol):
+    """What waiting for a job needs: its state on demand (a Scheduler, or a remote login
+    node's ``hpcenv status``)."""
+
+    def status(self, job_id: str) -> JobInfo:
+        """The job's state now; raises NotFound for an unknown id."""
+        ...
+
+
 @runtime_checkable
 class Scheduler(Protocol):
     """What hpcenv needs from a batch system."""
