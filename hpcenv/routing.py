@@ -43,6 +43,7 @@ from hpcenv.drivers import (
 from hpcenv.errors import InvalidInput
 from hpcenv.scheduler.base import NodeState, PartitionState
 from hpcenv.site import Partition
+from hpcenv.text_table import text_table
 
 
 class NoPartitionFits(InvalidInput):
@@ -387,8 +388,6 @@ def _hint(req: RouteRequest, verdicts: Sequence[PartitionVerdict], partitions: S
 
 def format_table(verdicts: Sequence[PartitionVerdict]) -> str:
     """Plain-text table of partitions, their CUDA support, free GPUs and verdicts."""
-    from hpcenv.cli.format import text_table
-
     return text_table(
         ("partition", "gpu", "cuda support", "free", "verdict"),
         [(v.name, v.gpu_type or "-", v.cuda_support,

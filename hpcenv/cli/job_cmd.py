@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcenv.cli.context import Context
-from hpcenv.cli.format import text_table
+from hpcenv.text_table import text_table
 from hpcenv.errors import InvalidInput
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Plain-text tables for the CLI's human output (``--json`` prints the data instead)."""
+"""Plain-text tables: the CLI's human output and the partition table of routing errors."""
 
 from __future__ import annotations
 
