@@ -6,6 +6,7 @@ Sections (add new fixtures under a heading of their own):
 - job programs: a fake ``conda`` and signal-catching programs, shared by the launcher and
   scheduler tests (plain names: ``from conftest import ...``)
 - terminal: running a command with stderr on a pseudo-terminal
+- console script: running the venv's ``hpcenv`` with no user or site config leaking in
 
 Service fixtures live in their own plugin modules: ``conftest_slurm`` (the real test Slurm
 cluster) and ``conftest_ssh`` (a key-only sshd on 127.0.0.1).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,3 +141,25 @@ def run_with_tty_stderr(argv: Sequence[str], *, cwd: Path | None = None,
         chunks.append(data)
     os.close(master)
     return proc.returncode, out, b"".join(chunks).decode()
+
+
+# --- console script --------------------------------------------------------------------------
+
+HPCENV = Path(sys.executable).with_name("hpcenv")  # the console script of the venv under test
+
+
+def isolated_environ(home: Path) -> dict[str, str]:
+    """This process's environment with HOME at ``home`` and no ``HPCENV_SITE`` or ``XDG_*``, so
+    no user or site config of the machine running the tests is picked up."""
+    home.mkdir(parents=True, exist_ok=True)
+    clean = {k: v for k, v in os.environ.items()
+             if k != "HPCENV_SITE" and not k.startswith("XDG_")}
+    clean["HOME"] = str(home)
+    return clean
+
+
+def hpcenv(*args: str, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the console script with ``args``; output captured as text."""
+    return subprocess.run([str(HPCENV), *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=60)

@@ -14,29 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import HPCENV, hpcenv, isolated_environ
 
 from hpcenv import __version__
 from hpcenv.cli import build_parser, main
 
-HPCENV = Path(sys.executable).with_name("hpcenv")
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("rattler", "fabric", "jinja2", "paramiko", "invoke")
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    clean = {k: v for k, v in os.environ.items()
-             if k != "HPCENV_SITE" and not k.startswith("XDG_")}
-    clean["HOME"] = str(home)
-    return clean
-
-
-def hpcenv(*args: str, env: dict[str, str] | None = None,
-           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(HPCENV), *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=60)
+    return isolated_environ(tmp_path / "home")
 
 
 @pytest.fixture

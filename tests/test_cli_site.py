@@ -5,31 +5,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import HPCENV, hpcenv, isolated_environ
 import yaml
 
 from hpcenv.resources import data_dir
 
-HPCENV = Path(sys.executable).with_name("hpcenv")
 EXAMPLE = data_dir("site_configs") / "example-cluster.yaml"
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    clean = {k: v for k, v in os.environ.items()
-             if k != "HPCENV_SITE" and not k.startswith("XDG_")}
-    clean["HOME"] = str(home)
-    return clean
-
-
-def hpcenv(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(HPCENV), *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+    return isolated_environ(tmp_path / "home")
 
 
 # One config per error class: unknown key, wrong type, bad enum, bad partition, duplicate
