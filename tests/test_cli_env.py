@@ -249,7 +249,7 @@ def test_waiting_builder_says_who_holds_the_lock(cli: Cli) -> None:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stderr is not None
         line = proc.stderr.readline()
-        assert line.startswith(f"hpcenv: waiting for ") and f"pid {os.getpid()} since " in line
+        assert line.startswith("hpcenv: waiting for ") and f"pid {os.getpid()} since " in line
         assert proc.poll() is None
     finally:
         lock.release()

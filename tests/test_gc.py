@@ -77,7 +77,7 @@ def test_dry_run_reports_the_same_and_deletes_nothing(site: dict[str, Path]) -> 
 
 def test_bytes_count_only_inodes_whose_last_link_goes(site: dict[str, Path]) -> None:
     """`old` shares python with `keep`: removing it frees only the CPU kernels' inodes."""
-    envs, pkgs = site["envs"], site["pkgs"]
+    envs = site["envs"]
     report = plan_and_collect(builds=[envs / "old"], debris=[], keep=[envs / "keep"],
                               envs_dirs=[envs], pkgs_dir=None, dry_run=True)
     (item,) = report.removed
