@@ -10,8 +10,20 @@ from __future__ import annotations
 
 import statistics
 
-from common import (BUILD_NOTE, EXAMPLES, HPCENV, PYTHON, BenchResult, ChildRun, Metric,
-                    build_argv, demo_channel, run_child, scratch, write_site)
+from common import (
+    BUILD_NOTE,
+    EXAMPLES,
+    HPCENV,
+    PYTHON,
+    BenchResult,
+    ChildRun,
+    Metric,
+    build_argv,
+    demo_channel,
+    run_child,
+    scratch,
+    write_site,
+)
 
 SPEC = EXAMPLES / "llm-finetune.yml"          # conda part, then pip in the env's python
 SPEC_NO_PIP = EXAMPLES / "cpu-analysis.yml"   # conda part only: the engine child's peak

@@ -10,8 +10,19 @@ from __future__ import annotations
 
 import time
 
-from common import (BUILD_NOTE, EXAMPLES, BenchResult, Check, build_argv, build_once,
-                    demo_channel, import_times, scratch, timed_metric, write_site)
+from common import (
+    BUILD_NOTE,
+    EXAMPLES,
+    BenchResult,
+    Check,
+    build_argv,
+    build_once,
+    demo_channel,
+    import_times,
+    scratch,
+    timed_metric,
+    write_site,
+)
 
 SPEC = EXAMPLES / "llm-finetune.yml"
 COLD_RUNS = 3       # each in a fresh site: empty envs dir and empty package cache
@@ -65,9 +76,9 @@ def run() -> BenchResult:
 
 def _library_runs(channel: object) -> tuple[float, list[float], list[str]]:
     """One cold and many reused ``build_env`` calls in this process."""
-    from hpcenv.builder import build_env
-    from hpcenv.site import load_site
-    from hpcenv.spec import load_spec
+    from hpcenv.build.builder import build_env
+    from hpcenv.site.config import load_site
+    from hpcenv.spec.environment import load_spec
 
     spec = load_spec(SPEC)
     with scratch("reuse-lib") as root:

@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import statistics
 
-from common import (HPCENV, PYTHON, BenchResult, Check, Imported, Metric, import_times,
-                    time_command, timed_metric)
+from common import (
+    HPCENV,
+    PYTHON,
+    BenchResult,
+    Check,
+    Imported,
+    Metric,
+    import_times,
+    time_command,
+    timed_metric,
+)
 
 RUNS = 15
 IMPORTTIME_RUNS = 5

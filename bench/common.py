@@ -206,7 +206,7 @@ def write_site(root: Path, channel: DemoChannel) -> Path:
 @contextmanager
 def scratch(prefix: str) -> Iterator[Path]:
     """A temp dir removed afterwards, even though published prefixes are read-only."""
-    from hpcenv.debris import force_rmtree
+    from hpcenv.store.debris import force_rmtree
 
     path = Path(tempfile.mkdtemp(prefix=f"hpcenv-bench-{prefix}-"))
     try:

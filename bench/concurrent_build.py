@@ -15,8 +15,20 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from common import (BUILD_NOTE, EXAMPLES, HPCENV, BenchResult, Check, build_argv, build_once,
-                    demo_channel, parse_build_output, scratch, timed_metric, write_site)
+from common import (
+    BUILD_NOTE,
+    EXAMPLES,
+    HPCENV,
+    BenchResult,
+    Check,
+    build_argv,
+    build_once,
+    demo_channel,
+    parse_build_output,
+    scratch,
+    timed_metric,
+    write_site,
+)
 
 SPEC = EXAMPLES / "cpu-analysis.yml"
 BUILDERS = 16

@@ -14,8 +14,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (BUILD_NOTE, EXAMPLES, BenchResult, Check, Metric, build_once, demo_channel,
-                    scratch, write_site)
+from common import (
+    BUILD_NOTE,
+    EXAMPLES,
+    BenchResult,
+    Check,
+    Metric,
+    build_once,
+    demo_channel,
+    scratch,
+    write_site,
+)
 
 SPEC_A = EXAMPLES / "llm-finetune.yml"    # CUDA kernels variant, pip section
 SPEC_B = EXAMPLES / "cpu-analysis.yml"    # CPU kernels variant; same python and tools

@@ -16,9 +16,9 @@ PASSES = 15     # whole-corpus passes; the corpus is ~44 small files, so a pass 
 
 
 def _hpcenv_pass(texts: list[tuple[Path, str]]) -> tuple[float, int]:
-    from hpcenv.cuda import infer_cuda
     from hpcenv.errors import HpcenvError
-    from hpcenv.spec import parse_spec
+    from hpcenv.spec.cuda import infer_cuda
+    from hpcenv.spec.environment import parse_spec
 
     failures = 0
     start = time.perf_counter()

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from hpcenv.site import Remote
+from hpcenv.site.config import Remote
 
 SSH_DIR = Path(__file__).resolve().parent / "ssh"  # the up/down scripts
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.activation import (
+from hpcenv.errors import HpcenvError, NotFound
+from hpcenv.store.activation import (
     CommandNotExecutable,
     CommandNotFound,
     activation_env,
     activation_script,
     resolve_command,
 )
-from hpcenv.errors import HpcenvError, NotFound
 
 BASE = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/home/u", "LANG": "C.UTF-8"}
 
@@ -162,7 +162,7 @@ def test_exec_in_env_replaces_the_process(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from hpcenv.activation import exec_in_env\n"
+        "from hpcenv.store.activation import exec_in_env\n"
         f"exec_in_env(Path({str(prefix)!r}), ['sh', '-c', 'echo $$ $FROM_SCRIPT; exit 5'])\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -174,7 +174,7 @@ def test_exec_in_env_replaces_the_process(tmp_path: Path) -> None:
 
 
 def test_find_named_env_searches_envs_dirs_in_order_and_resolves_symlinks(tmp_path: Path) -> None:
-    from hpcenv.activation import find_named_env
+    from hpcenv.store.activation import find_named_env
 
     first, second = tmp_path / "a", tmp_path / "b"
     build = make_prefix(tmp_path / "builds")

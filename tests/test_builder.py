@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.builder import BuildEvent, build_env
-from hpcenv.buildplan import plan_build
-from hpcenv.debris import clean_debris, find_debris
-from hpcenv.layout import MARKER, builds_dir, env_link
-from hpcenv.lifecycle import remove_version, rollback
+from hpcenv.build.builder import BuildEvent, build_env
+from hpcenv.build.plan import plan_build
 from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.registry import Registry
-from hpcenv.site import load_site
-from hpcenv.spec import parse_spec
+from hpcenv.site.config import load_site
+from hpcenv.spec.environment import parse_spec
+from hpcenv.store.debris import clean_debris, find_debris
+from hpcenv.store.layout import MARKER, builds_dir, env_link
+from hpcenv.store.lifecycle import remove_version, rollback
+from hpcenv.store.registry import Registry
 
 
 def spec(text: str, tmp_path: Path | None = None):
@@ -192,7 +192,7 @@ def test_unsolvable_spec_fails_cleanly(site, tmp_path: Path, dependency: str) ->
 
 
 def test_cuda_of_packages() -> None:
-    from hpcenv.buildplan import cuda_of_packages
+    from hpcenv.build.plan import cuda_of_packages
     from hpcenv.engine.base import LockedPackage
 
     def pkg(name: str, version: str = "1.0", depends: tuple[str, ...] = ()) -> LockedPackage:
@@ -290,7 +290,7 @@ def test_building_again_after_rollback_makes_it_current(site) -> None:
 def test_debris_without_live_lock_is_cleaned(site) -> None:
     reg = Registry(site.registry)
     plan = plan_build(spec(KERNELS_CPU), site)
-    from hpcenv.registry import EnvRecord
+    from hpcenv.store.registry import EnvRecord
 
     dead = reg.allocate("kern", lambda v: EnvRecord(
         name="kern", version=v, key="0" * 64, spec={}, spec_hash="", lock_path="",
@@ -362,7 +362,7 @@ def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:
         assert any("different filesystems" in w for w in result.warnings)
         cached = next(Path(other, "pkgs").glob("python-3.11*/lib/python3.11/os.py"))
         assert (result.prefix / "lib/python3.11/os.py").stat().st_ino != cached.stat().st_ino
-        from hpcenv.debris import force_rmtree
+        from hpcenv.store.debris import force_rmtree
 
         force_rmtree(Path(other) / "pkgs")
 
@@ -387,7 +387,7 @@ def test_record_says_whether_the_env_needs_a_gpu(site, tmp_path: Path) -> None:
 
 
 def test_from_lock_accepts_an_explicit_list(site, tmp_path: Path) -> None:
-    from hpcenv.export import export_explicit
+    from hpcenv.build.export import export_explicit
 
     first = build_env(spec(KERNELS_CUDA), site)
     explicit = tmp_path / "explicit.txt"
@@ -403,7 +403,7 @@ def test_from_lock_accepts_an_explicit_list(site, tmp_path: Path) -> None:
 
 
 def test_remove_env_retires_every_version_current_last(site) -> None:
-    from hpcenv.lifecycle import remove_env
+    from hpcenv.store.lifecycle import remove_env
 
     v1 = build_env(spec(KERNELS_CUDA), site).record
     v2 = build_env(spec(KERNELS_CPU), site).record
@@ -446,7 +446,7 @@ def test_a_reuse_that_moves_current_says_so(site) -> None:
 
 
 def _dead_building_record(site, name: str):
-    from hpcenv.registry import EnvRecord
+    from hpcenv.store.registry import EnvRecord
 
     reg = Registry(site.registry)
     return reg.allocate(name, lambda v: EnvRecord(
@@ -459,7 +459,7 @@ def _dead_building_record(site, name: str):
 def test_failed_and_interrupted_builds_are_removable(site, tmp_path: Path) -> None:
     """A failed build (pip) or one whose builder died (Ctrl-C, kill) is no environment: env rm
     retires it without --force, and the name leaves 'env list'."""
-    from hpcenv.lifecycle import remove_env
+    from hpcenv.store.lifecycle import remove_env
 
     bad = spec("name: bad\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n"
                "    - not-a-real-wheel\n", tmp_path)

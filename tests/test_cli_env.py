@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_with_tty_stderr
 
 from hpcenv.demo.site import write_demo_site
-
-from conftest import run_with_tty_stderr
 
 HPCENV = str(Path(sys.executable).with_name("hpcenv"))
 
@@ -234,10 +233,10 @@ def test_16_concurrent_cli_builds_build_once(cli: Cli) -> None:
 
 
 def test_waiting_builder_says_who_holds_the_lock(cli: Cli) -> None:
-    from hpcenv.buildplan import plan_build
-    from hpcenv.layout import key_lock
-    from hpcenv.site import load_site
-    from hpcenv.spec import load_spec
+    from hpcenv.build.plan import plan_build
+    from hpcenv.site.config import load_site
+    from hpcenv.spec.environment import load_spec
+    from hpcenv.store.layout import key_lock
 
     spec_path = cli.spec(CPU_SPEC)
     site = load_site(cli.site)

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import HPCENV, hpcenv, isolated_environ
 import yaml
+from conftest import HPCENV, hpcenv, isolated_environ
 
 from hpcenv.resources import data_dir
 

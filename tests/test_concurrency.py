@@ -12,18 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-from hpcenv.builder import BuildEvent, build_env
-from hpcenv.buildplan import plan_build
-from hpcenv.layout import MARKER, builds_dir, env_link, key_lock
-from hpcenv.lifecycle import remove_version
-from hpcenv.demo.site import write_demo_site
-from hpcenv.locking import LockHolder, LockTimeout, current_holder
-from hpcenv.registry import Registry
-from hpcenv.site import load_site
-from hpcenv.spec import load_spec
-
 from test_builder import KERNELS_CPU, KERNELS_CUDA
+
+from hpcenv.build.builder import BuildEvent, build_env
+from hpcenv.build.plan import plan_build
+from hpcenv.demo.site import write_demo_site
+from hpcenv.site.config import load_site
+from hpcenv.spec.environment import load_spec
+from hpcenv.store.layout import MARKER, builds_dir, env_link, key_lock
+from hpcenv.store.lifecycle import remove_version
+from hpcenv.store.locking import LockHolder, LockTimeout, current_holder
+from hpcenv.store.registry import Registry
 
 # A builder process: builds SPEC on SITE, prints progress lines then the result as JSON.
 # With HOLD_AFTER_INSTALL set it installs for real, then touches that file and sleeps, so the
@@ -33,12 +32,12 @@ from test_builder import KERNELS_CPU, KERNELS_CUDA
 BUILDER = textwrap.dedent("""
     import json, os, signal, sys, time
     from pathlib import Path
-    import hpcenv.lifecycle
-    from hpcenv.builder import build_env
+    import hpcenv.store.lifecycle
+    from hpcenv.build.builder import build_env
     from hpcenv.engine.rattler_engine import RattlerEngine
-    from hpcenv.registry import Registry
-    from hpcenv.site import load_site
-    from hpcenv.spec import load_spec
+    from hpcenv.store.registry import Registry
+    from hpcenv.site.config import load_site
+    from hpcenv.spec.environment import load_spec
 
     site_path, spec_path = sys.argv[1], sys.argv[2]
     hold = os.environ.get("HOLD_AFTER_INSTALL")
@@ -48,7 +47,7 @@ BUILDER = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     if kill_at == "before-link":
-        hpcenv.lifecycle._point_link = die
+        hpcenv.store.lifecycle._point_link = die
     elif kill_at == "before-ready":
         real_update = Registry.update
         def update(self, record):
@@ -226,8 +225,8 @@ def test_sigkill_between_registry_and_symlink_is_healed(site, tmp_path: Path, re
 def test_gc_waits_for_an_install_in_progress(tmp_path: Path, demo_channel) -> None:
     """gc cannot clean the package cache while a build links from it: installs hold the
     cache lock shared, gc needs it exclusive (and gives up after locks.timeout)."""
-    from hpcenv.gc import collect_garbage
-    from hpcenv.locking import LockTimeout
+    from hpcenv.store.gc import collect_garbage
+    from hpcenv.store.locking import LockTimeout
 
     site = load_site(write_demo_site(tmp_path / "site", demo_channel, locks="{timeout: 1}"))
     flag = tmp_path / "installed"
@@ -258,7 +257,7 @@ def test_late_arrival_waits_with_holder_info_then_builds(site, tmp_path: Path) -
     lock_path = key_lock(site, plan_build(spec, site).key).path
     code = textwrap.dedent(f"""
         import sys, time
-        from hpcenv.locking import BuildLock
+        from hpcenv.store.locking import BuildLock
         with BuildLock({str(lock_path)!r}, timeout=10):
             print("held", flush=True)
             time.sleep(1.5)

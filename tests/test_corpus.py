@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from hpcenv.cuda import infer_cuda
-from hpcenv.spec import EnvSpec, is_pip_option, load_spec
+from hpcenv.spec.cuda import infer_cuda
+from hpcenv.spec.environment import EnvSpec, is_pip_option, load_spec
 
 CORPUS = Path(os.environ.get("HPCENV_CORPUS") or
               Path(__file__).resolve().parents[2] / "shared" / "corpus" / "environment-yml")

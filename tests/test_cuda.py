@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.cuda import CudaRequirement, infer_cuda
-from hpcenv.spec import EnvSpec, load_spec, parse_spec
+from hpcenv.spec.cuda import CudaRequirement, infer_cuda
+from hpcenv.spec.environment import EnvSpec, load_spec, parse_spec
 
 
 def infer(deps: str, channels: str = "", pip: str = "", name: str = "env") -> CudaRequirement:

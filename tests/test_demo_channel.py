@@ -274,7 +274,7 @@ EXAMPLE_ENVS = {
 
 
 def test_example_site_points_at_the_demo_build() -> None:
-    from hpcenv.site import load_site
+    from hpcenv.site.config import load_site
 
     site = load_site(EXAMPLES / "site.yaml")
     demo = EXAMPLES.parent / ".hpcenv-demo"
@@ -286,8 +286,8 @@ def test_example_site_points_at_the_demo_build() -> None:
 
 def test_example_envs_solve_to_the_build_their_cuda_needs(
         demo_channel: DemoChannel, tmp_path: Path) -> None:
-    from hpcenv.cuda import infer_cuda
-    from hpcenv.spec import load_spec
+    from hpcenv.spec.cuda import infer_cuda
+    from hpcenv.spec.environment import load_spec
 
     specs = {name: load_spec(EXAMPLES / name) for name in EXAMPLE_ENVS}
     assert specs["llm-finetune.yml"].pip == ("hpcdemo_extra",)

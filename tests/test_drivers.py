@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpcenv.drivers import (
+from hpcenv.errors import InvalidInput
+from hpcenv.spec.drivers import (
     cuda_satisfies,
     driver_problem,
     driver_supports,
@@ -15,7 +16,6 @@ from hpcenv.drivers import (
     newer_than_table,
     normalize_cuda,
 )
-from hpcenv.errors import InvalidInput
 
 
 @pytest.mark.parametrize(("cuda", "driver"), [

@@ -10,6 +10,7 @@ import pytest
 
 from hpcenv.engine.base import LockedPackage, channel_url, current_platform
 from hpcenv.engine.conda_cli import CondaCliEngine, explicit_text, parse_dry_run
+from hpcenv.engine.lockfile import read_lock, write_lock
 from hpcenv.engine.rattler_engine import RattlerEngine
 from hpcenv.errors import HpcenvError, InvalidInput
 
@@ -59,19 +60,19 @@ def test_lock_roundtrip_and_install(engine: RattlerEngine, demo_channel, tmp_pat
     pkgs = engine.solve(SPECS, channels=[demo_channel.url], platform=current_platform(),
                         cuda="12.4")
     lock = tmp_path / "env.lock.yml"
-    engine.write_lock(lock, "demo", pkgs, [demo_channel.url], current_platform())
+    write_lock(lock, "demo", pkgs, [demo_channel.url], current_platform())
     text = lock.read_text()
     assert "environments:" in text and "demo:" in text and "sha256:" in text
-    back = engine.read_lock(lock)
+    back = read_lock(lock)
     assert {(p.name, p.version, p.build, p.sha256) for p in back} == \
         {(p.name, p.version, p.build, p.sha256) for p in pkgs}
-    assert engine.read_lock(lock, "demo", current_platform()) == back
+    assert read_lock(lock, "demo", current_platform()) == back
     with pytest.raises(InvalidInput, match="no environment 'other'"):
-        engine.read_lock(lock, "other")
+        read_lock(lock, "other")
     with pytest.raises(InvalidInput, match="no packages for platform osx-arm64"):
-        engine.read_lock(lock, platform="osx-arm64")
+        read_lock(lock, platform="osx-arm64")
     with pytest.raises(InvalidInput, match="lockfile not found"):
-        engine.read_lock(tmp_path / "missing.yml")
+        read_lock(tmp_path / "missing.yml")
 
     prefix = tmp_path / "env"
     engine.install(prefix, back, pkgs_dir=tmp_path / "pkgs")

@@ -10,11 +10,17 @@ from urllib.parse import urlparse
 
 import pytest
 
+from hpcenv.build.export import (
+    export_environment_yml,
+    export_explicit,
+    export_lock,
+    installed_packages,
+    pip_installed,
+)
 from hpcenv.engine.base import current_platform
 from hpcenv.engine.rattler_engine import RattlerEngine
-from hpcenv.export import export_environment_yml, export_explicit, export_lock, installed_packages, pip_installed
 from hpcenv.errors import HpcenvError, NotFound
-from hpcenv.spec import parse_spec
+from hpcenv.spec.environment import parse_spec
 
 SPECS = ["python", "hpcdemo-kernels", "hpcdemo-tools"]
 
@@ -104,8 +110,8 @@ def test_not_an_env(tmp_path: Path) -> None:
 
 
 def test_export_record_and_lock_omissions(env: Path, tmp_path: Path) -> None:
-    from hpcenv.export import export_record, lock_omissions
-    from hpcenv.registry import EnvRecord
+    from hpcenv.build.export import export_record, lock_omissions
+    from hpcenv.store.registry import EnvRecord
 
     lock = tmp_path / "1.lock.yml"
     lock.write_text("version: 6\n")

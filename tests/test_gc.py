@@ -12,7 +12,7 @@ import pytest
 from hpcenv.demo.site import write_demo_site
 from hpcenv.engine.base import current_platform
 from hpcenv.engine.rattler_engine import RattlerEngine
-from hpcenv.gc import cache_entries, plan_and_collect, used_package_names
+from hpcenv.store.gc import cache_entries, plan_and_collect, used_package_names
 
 
 def make_readonly(prefix: Path) -> None:
@@ -151,12 +151,12 @@ def test_collect_garbage_on_a_site(demo_channel, tmp_path: Path) -> None:
     current build and the packages it uses stay."""
     from dataclasses import replace
 
-    from hpcenv.builder import build_env
-    from hpcenv.layout import MARKER, builds_dir
-    from hpcenv.gc import collect_garbage
-    from hpcenv.registry import Registry
-    from hpcenv.site import load_site
-    from hpcenv.spec import parse_spec
+    from hpcenv.build.builder import build_env
+    from hpcenv.site.config import load_site
+    from hpcenv.spec.environment import parse_spec
+    from hpcenv.store.gc import collect_garbage
+    from hpcenv.store.layout import MARKER, builds_dir
+    from hpcenv.store.registry import Registry
 
     site = load_site(write_demo_site(tmp_path / "site", demo_channel))
     cpu = build_env(parse_spec("name: k\ndependencies: [python=3.11, hpcdemo-kernels]\n"), site,
@@ -189,12 +189,12 @@ def test_collect_garbage_on_a_site(demo_channel, tmp_path: Path) -> None:
 def test_gc_retires_records_of_builds_that_never_finished(demo_channel, tmp_path: Path) -> None:
     """A failed record, and a 'building' one whose builder died before making its prefix, are
     retired by gc (with any debris): the name then leaves 'env list'."""
-    from hpcenv.builder import build_env
-    from hpcenv.layout import builds_dir
-    from hpcenv.gc import collect_garbage
-    from hpcenv.registry import EnvRecord, Registry
-    from hpcenv.site import load_site
-    from hpcenv.spec import parse_spec
+    from hpcenv.build.builder import build_env
+    from hpcenv.site.config import load_site
+    from hpcenv.spec.environment import parse_spec
+    from hpcenv.store.gc import collect_garbage
+    from hpcenv.store.layout import builds_dir
+    from hpcenv.store.registry import EnvRecord, Registry
 
     site = load_site(write_demo_site(tmp_path / "site", demo_channel))
     good = build_env(parse_spec("name: k\ndependencies: [python=3.11]\n"), site)

@@ -15,8 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from hpcenv.locking import (BuildLock, CacheLock, LockHolder, LockTimeout, current_holder,
-                            probe_lock_support)
+from hpcenv.store.locking import (
+    BuildLock,
+    CacheLock,
+    LockHolder,
+    LockTimeout,
+    current_holder,
+    probe_lock_support,
+)
 
 METHODS = ["flock", "mkdir"]
 
@@ -26,7 +32,7 @@ def _holder_process(path: Path, method: str, ready: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from hpcenv.locking import BuildLock
+        from hpcenv.store.locking import BuildLock
         lock = BuildLock({str(path)!r}, method={method!r}, timeout=10)
         lock.acquire()
         Path({str(ready)!r}).write_text("held")
@@ -187,7 +193,7 @@ def _cache_holder(path: Path, method: str, exclusive: bool, ready: Path) -> subp
     code = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from hpcenv.locking import CacheLock
+        from hpcenv.store.locking import CacheLock
         with CacheLock({str(path)!r}, method={method!r}, timeout=10).hold(exclusive={exclusive}):
             Path({str(ready)!r}).write_text("held")
             time.sleep(60)
@@ -201,7 +207,7 @@ def _cache_holder(path: Path, method: str, exclusive: bool, ready: Path) -> subp
 
 
 def test_cache_lock_shared_holders_coexist_and_exclude_gc(tmp_path: Path) -> None:
-    from hpcenv.locking import CacheLock
+    from hpcenv.store.locking import CacheLock
 
     path = tmp_path / ".hpcenv-cache.lock"
     installer = _cache_holder(path, "flock", False, tmp_path / "ready")
@@ -222,7 +228,7 @@ def test_cache_lock_shared_holders_coexist_and_exclude_gc(tmp_path: Path) -> Non
 
 
 def test_cache_lock_without_flock_is_exclusive(tmp_path: Path) -> None:
-    from hpcenv.locking import CacheLock
+    from hpcenv.store.locking import CacheLock
 
     path = tmp_path / ".hpcenv-cache.lock"
     gc = _cache_holder(path, "mkdir", True, tmp_path / "ready")

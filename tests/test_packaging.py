@@ -68,7 +68,7 @@ _PROBE = """\
 import importlib.util, json, sys
 import hpcenv
 from hpcenv.resources import data_dir
-from hpcenv.site import embedded_site_path
+from hpcenv.site.config import embedded_site_path
 print(json.dumps({
     "package": hpcenv.__file__,
     "templates": str(data_dir("slurm_templates")),

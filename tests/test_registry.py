@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.registry import EnvRecord, Registry
+from hpcenv.store.registry import EnvRecord, Registry
 
 
 def record(name: str, version: int, key: str = "k" * 64, status: str = "ready") -> EnvRecord:
@@ -95,7 +95,7 @@ def test_concurrent_allocation_gives_distinct_versions(tmp_path: Path) -> None:
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_registry import record
-        from hpcenv.registry import Registry
+        from hpcenv.store.registry import Registry
         reg = Registry({str(tmp_path)!r})
         got = [reg.allocate("x", lambda v: record("x", v)).version for _ in range(5)]
         print(" ".join(map(str, got)))
@@ -171,7 +171,7 @@ def test_lockfile_is_stored_with_the_registry_mode(tmp_path: Path) -> None:
 
 
 def test_for_site_uses_the_site_lock_settings(tmp_path: Path) -> None:
-    from hpcenv.site import load_site
+    from hpcenv.site.config import load_site
 
     site_file = tmp_path / "site.yaml"
     site_file.write_text(f"registry: {tmp_path}/reg\nlocks: {{method: mkdir, timeout: 7, "

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from hpcenv.cli import main
-from hpcenv.remote.cli import RemoteOptions, _rewrite_arg, _strip_local_globals
+from hpcenv.cli import build_parser, main
+from hpcenv.cli.remote import RemoteOptions, _rewrite_arg, _strip_local_globals
+from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.remote.errors import (
     AuthRefused,
     HostKeyMismatch,
@@ -33,9 +34,7 @@ from hpcenv.remote.errors import (
 )
 from hpcenv.remote.jobs import job_info
 from hpcenv.remote.session import Backoff, RemoteSession, _SkippingWriter
-from hpcenv.remote.uploads import PathMap
-from hpcenv.errors import HpcenvError, InvalidInput
-from hpcenv.sync import (
+from hpcenv.remote.sync import (
     FileStat,
     is_excluded,
     local_manifest,
@@ -43,6 +42,7 @@ from hpcenv.sync import (
     plan_upload,
     sync_dir,
 )
+from hpcenv.remote.uploads import PathMap
 
 if TYPE_CHECKING:
     from conftest_ssh import SshServer
@@ -150,22 +150,22 @@ def test_script_rewrite_finds_the_argument_the_parser_reads_as_script() -> None:
     argv = ["submit", "--job-name", "train.py", "--env-file=train.py", "--env", "x",
             "./train.py", "train.py", "--", "train.py"]
     script = list(argv)
-    _rewrite_arg(script, "script", "train.py", "/w/inputs/1/train.py")
+    _rewrite_arg(build_parser(), script, "script", "train.py", "/w/inputs/1/train.py")
     assert script == ["submit", "--job-name", "train.py", "--env-file=train.py", "--env", "x",
                       "/w/inputs/1/train.py", "train.py", "--", "train.py"]
-    _rewrite_arg(script, "env_file", "train.py", "/w/inputs/2/train.py")
+    _rewrite_arg(build_parser(), script, "env_file", "train.py", "/w/inputs/2/train.py")
     assert script[3] == "--env-file=/w/inputs/2/train.py"
     assert script.count("train.py") == 3
     build = ["env", "build", "--name", "spec.yml", "spec.yml"]
-    _rewrite_arg(build, "file", "spec.yml", "/w/spec.yml")
+    _rewrite_arg(build_parser(), build, "file", "spec.yml", "/w/spec.yml")
     assert build == ["env", "build", "--name", "spec.yml", "/w/spec.yml"]
     lock = ["env", "build", "--from-lock", "./env.lock", "--name", "env.lock"]
-    _rewrite_arg(lock, "from_lock", "env.lock", "/w/env.lock")
+    _rewrite_arg(build_parser(), lock, "from_lock", "env.lock", "/w/env.lock")
     assert lock == ["env", "build", "--from-lock", "/w/env.lock", "--name", "env.lock"]
 
 
 def test_job_info_from_remote_status_records() -> None:
-    from hpcenv.jobs import job_exit_code, status_line
+    from hpcenv.jobs.control import job_exit_code, status_line
 
     failed = job_info({"job_id": "7", "name": "train", "state": "FAILED", "exit_code": 3,
                        "signal": None, "node": "cpu1", "elapsed": 2.0, "partition": "cpu",
@@ -481,7 +481,6 @@ def test_wait_outlasts_a_host_that_goes_down_between_polls(ssh_client_home: Path
                                                            tmp_path: Path) -> None:
     from conftest_ssh import start_sshd, stop_sshd
 
-    from hpcenv.cli.context import Context
     from hpcenv.remote.jobs import wait_for_job
 
     # The remote hpcenv's status: RUNNING for three polls, then COMPLETED.
@@ -503,7 +502,7 @@ def test_wait_outlasts_a_host_that_goes_down_between_polls(ssh_client_home: Path
     try:
         with s:
             waiter = threading.Thread(target=lambda: result.append(
-                wait_for_job(s, "5", Context(verbosity=-1), first_poll=0.5, max_poll=0.5)))
+                wait_for_job(s, "5", show_status=False, first_poll=0.5, max_poll=0.5)))
             waiter.start()
             while not polls.exists() and waiter.is_alive():
                 threading.Event().wait(0.01)
@@ -660,7 +659,7 @@ def test_a_port_that_is_no_ssh_server_fails_in_one_line(sshd: SshServer, ssh_cli
 
 def test_help_does_not_import_fabric() -> None:
     code = ("import sys; from hpcenv.cli import build_parser; build_parser(); "
-            "import hpcenv.remote.cli, hpcenv.sync; print('fabric' in sys.modules, "
+            "import hpcenv.cli.remote, hpcenv.remote.sync; print('fabric' in sys.modules, "
             "'paramiko' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
@@ -744,7 +743,6 @@ def test_remote_submit_rewrites_the_script_not_a_job_name_that_reads_the_same(
 def test_remote_wait_survives_a_dropped_connection(
         sshd_slurm: SshServer, ssh_client_home: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from hpcenv.cli.context import Context
     from hpcenv.remote.jobs import wait_for_job
 
     monkeypatch.delenv("SLURM_CONF", raising=False)
@@ -757,7 +755,7 @@ def test_remote_wait_survives_a_dropped_connection(
     with session(sshd_slurm) as s:
         s.connect()
         assert sshd_slurm.drop_connections() >= 1
-        info = wait_for_job(s, job_id, Context(verbosity=-1), first_poll=0.2)
+        info = wait_for_job(s, job_id, show_status=False, first_poll=0.2)
         assert (info.state, info.exit_code) == ("COMPLETED", 0)
         out = io.StringIO()
         follow = s.hpcenv_line(["logs", "-f", job_id])

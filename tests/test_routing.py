@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hpcenv.errors import InvalidInput
-from hpcenv.routing import NoPartitionFits, RouteRequest, route
+from hpcenv.jobs.routing import NoPartitionFits, RouteRequest, route
 from hpcenv.scheduler.base import NodeState, PartitionState
-from hpcenv.site import Partition
+from hpcenv.site.config import Partition
 
 # The test cluster's layout, in the order a site would prefer: older GPUs first, so a job that
 # runs on a V100 does not take an H100.

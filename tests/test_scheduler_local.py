@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SIGNAL_CHILD, wait_for_file
 
 from hpcenv.errors import InvalidInput, NotFound
 from hpcenv.scheduler import get_scheduler
 from hpcenv.scheduler.base import JobInfo, Scheduler
 from hpcenv.scheduler.local import LocalExecutor, parse_sbatch_options
-
-from conftest import SIGNAL_CHILD, wait_for_file
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def test_names() -> None:
 def test_site_defaults_are_checked_by_the_same_rules(tmp_path: Path, slurm: str, line: int,
                                                      fragment: str) -> None:
     # What submit would refuse must fail when the site config is read, at its line.
-    from hpcenv.site import load_site
+    from hpcenv.site.config import load_site
 
     cfg = tmp_path / "site.yaml"
     cfg.write_text("slurm:\n" + slurm)
@@ -98,8 +98,8 @@ def test_site_defaults_are_checked_by_the_same_rules(tmp_path: Path, slurm: str,
 
 
 def test_good_site_defaults_render(tmp_path: Path) -> None:
-    from hpcenv.site import load_site
-    from hpcenv.templates import SbatchOptions, sbatch_lines
+    from hpcenv.jobs.templates import SbatchOptions, sbatch_lines
+    from hpcenv.site.config import load_site
 
     cfg = tmp_path / "site.yaml"
     cfg.write_text("slurm:\n  time: 1-00:00\n  mem: 16G\n  extra_args: [--exclusive]\n")

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hpcenv.admin.site_check import Check, check_site
 from hpcenv.errors import InvalidInput
 from hpcenv.resources import data_dir
-from hpcenv.site import (
+from hpcenv.site.config import (
     SYSTEM_SITE,
     Partition,
     Permissions,
@@ -27,7 +28,6 @@ from hpcenv.site import (
     site_candidates,
     site_to_dict,
 )
-from hpcenv.site_check import Check, check_site
 
 SHIPPED = data_dir("site_configs")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpcenv.errors import InvalidInput
-from hpcenv.spec import (
+from hpcenv.spec.environment import (
     EnvSpec,
     MatchSpec,
     canonical_conda_spec,

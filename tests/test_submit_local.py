@@ -10,14 +10,18 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import COUNT_SIGNALS, run_with_tty_stderr, write_fake_conda
 
 from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import InvalidInput, NotFound
-from hpcenv.jobs import job_exit_code, list_submissions, load_submission, wait_for
-from hpcenv.site import SiteConfig, load_site
-from hpcenv.submit import SubmitOptions, site_scheduler, submit
-
-from conftest import COUNT_SIGNALS, run_with_tty_stderr, write_fake_conda
+from hpcenv.jobs.control import (
+    job_exit_code,
+    list_submissions,
+    load_submission,
+    wait_for,
+)
+from hpcenv.jobs.submit import SubmitOptions, site_scheduler, submit
+from hpcenv.site.config import SiteConfig, load_site
 
 NASTY = ["$(touch pwned)", "`touch pwned2`", "line1\nline2", "'; touch pwned3 #", "", "*",
          "${HOME}", "--lr=0.1"]
@@ -49,8 +53,8 @@ GPU_ENV = "name: gpuenv\ndependencies:\n  - python=3.11\n  - cuda-version=12.4\n
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, demo_channel) -> tuple[SiteConfig, Path]:
     """A local-executor site with cpuenv and gpuenv built once for the module."""
-    from hpcenv.builder import build_env
-    from hpcenv.spec import parse_spec
+    from hpcenv.build.builder import build_env
+    from hpcenv.spec.environment import parse_spec
 
     root = tmp_path_factory.mktemp("site")
     site = load_site(write_demo_site(root, demo_channel))
@@ -363,8 +367,8 @@ def test_gpu_env_naming_no_cuda_is_routed_to_a_gpu_partition(demo_channel, built
                                                             tmp_path: Path) -> None:
     # A ROCm wheel index makes the spec a GPU spec with no CUDA version: the registry records
     # gpu_required, and submit must not send it to the CPU partition.
-    from hpcenv.builder import build_env
-    from hpcenv.spec import parse_spec
+    from hpcenv.build.builder import build_env
+    from hpcenv.spec.environment import parse_spec
 
     _, root = built
     routed = load_site(write_demo_site(

@@ -21,9 +21,9 @@ from conftest_slurm import SlurmCluster
 
 from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import HpcenvError, InvalidInput
-from hpcenv.jobs import job_exit_code, list_submissions, wait_for
-from hpcenv.site import SiteConfig, load_site
-from hpcenv.submit import SubmitOptions, site_scheduler, submit
+from hpcenv.jobs.control import job_exit_code, list_submissions, wait_for
+from hpcenv.jobs.submit import SubmitOptions, site_scheduler, submit
+from hpcenv.site.config import SiteConfig, load_site
 
 pytestmark = pytest.mark.slurm
 
@@ -63,8 +63,8 @@ def write_site(path: Path, root: Path, demo_channel, extra: str = "",
 @pytest.fixture(scope="module")
 def site(slurm_cluster: SlurmCluster, demo_channel,  # noqa: F811
          tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
-    from hpcenv.builder import build_env
-    from hpcenv.spec import parse_spec
+    from hpcenv.build.builder import build_env
+    from hpcenv.spec.environment import parse_spec
 
     root = tmp_path_factory.mktemp("slurm-site")
     site = write_site(root / "site.yaml", root, demo_channel)

@@ -18,12 +18,16 @@ import time
 from pathlib import Path
 
 import pytest
-
-from hpcenv.activation import activation_script
-from hpcenv.errors import InvalidInput
-from hpcenv.templates import JobScript, SbatchOptions, render_job_script, sbatch_lines
-
 from conftest import write_fake_conda
+
+from hpcenv.errors import InvalidInput
+from hpcenv.jobs.templates import (
+    JobScript,
+    SbatchOptions,
+    render_job_script,
+    sbatch_lines,
+)
+from hpcenv.store.activation import activation_script
 
 NASTY = ["$(touch pwned)", "`touch pwned2`", "a\nb", "'; touch pwned3 #", "  spaced  ", "", "*",
          "\\n", "${HOME}", "ünïcode", "--flag=x y"]

@@ -80,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         remote_options = None
         if any(a == "--remote" or a.startswith("--remote=") for a in argv):
             # --sync/--exclude exist only over --remote: take them out before the local parser
-            # sees them.  hpcenv.remote.cli imports fabric lazily, so this stays cheap.
-            from hpcenv.remote.cli import RemoteOptions
+            # sees them.  hpcenv.cli.remote imports fabric lazily, so this stays cheap.
+            from hpcenv.cli.remote import RemoteOptions
 
             argv, remote_options = RemoteOptions.extract(argv)
         args = parser.parse_args(argv)
@@ -93,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = Context.from_args(args)
         verbosity = ctx.verbosity
         if ctx.remote:
-            from hpcenv.remote.cli import run_remote_cli
+            from hpcenv.cli.remote import run_remote_cli
 
-            return run_remote_cli(args, argv, ctx, remote_options)
+            return run_remote_cli(parser, args, argv, ctx, remote_options)
         return int(handler(args, ctx) or 0)
     except HpcenvError as exc:
         _print_traceback(verbosity)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Context:
     def site(self) -> SiteConfig:
         """The effective site config, loaded once per invocation."""
         if self._site is None:
-            from hpcenv.site import load_site
+            from hpcenv.site.config import load_site
 
             self._site = load_site(self.site_path)
         return self._site

@@ -1,7 +1,7 @@
 """``hpcenv env build|list|show|history|export|rollback|rm|gc``: built envs and the lab registry.
 
-Handlers only parse, call :mod:`hpcenv.builder`, :mod:`hpcenv.lifecycle`, :mod:`hpcenv.registry`,
-:mod:`hpcenv.export` and :mod:`hpcenv.gc`, and print.  Progress goes to stderr: a spinner with the current step when
+Handlers only parse, call :mod:`hpcenv.build.builder`, :mod:`hpcenv.store.lifecycle`, :mod:`hpcenv.store.registry`,
+:mod:`hpcenv.build.export` and :mod:`hpcenv.store.gc`, and print.  Progress goes to stderr: a spinner with the current step when
 stderr is a terminal, plain lines otherwise (logs, CI, ``--json`` pipelines).
 """
 
@@ -17,8 +17,8 @@ from hpcenv.cli.context import Context
 from hpcenv.errors import HpcenvError, InvalidInput
 
 if TYPE_CHECKING:
-    from hpcenv.builder import BuildEvent
-    from hpcenv.registry import Registry
+    from hpcenv.build.builder import BuildEvent
+    from hpcenv.store.registry import Registry
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -150,14 +150,14 @@ class _Progress:
 # --- handlers ---------------------------------------------------------------------------------
 
 def _registry(ctx: Context) -> Registry:
-    from hpcenv.registry import Registry
+    from hpcenv.store.registry import Registry
 
     return Registry.for_site(ctx.site())
 
 
 def _build(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.builder import build_env
-    from hpcenv.spec import load_spec
+    from hpcenv.build.builder import build_env
+    from hpcenv.spec.environment import load_spec
 
     if args.file is None and args.from_lock is None:
         raise InvalidInput("nothing to build: give an environment FILE or --from-lock LOCK")
@@ -268,7 +268,7 @@ def _history(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _export(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.export import ExportFormat, export_record, lock_omissions
+    from hpcenv.build.export import ExportFormat, export_record, lock_omissions
 
     record = _registry(ctx).resolve(args.name, args.version)
     form: ExportFormat = "lock" if args.lock else "explicit" if args.explicit else "environment.yml"
@@ -293,7 +293,7 @@ def _export(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rollback(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.lifecycle import rollback
+    from hpcenv.store.lifecycle import rollback
 
     registry = _registry(ctx)
     before = registry.current_version(args.name)
@@ -305,7 +305,7 @@ def _rollback(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rm(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.lifecycle import remove_env, remove_version
+    from hpcenv.store.lifecycle import remove_env, remove_version
 
     if args.version is not None:
         records = [remove_version(ctx.site(), args.name, args.version, force=args.force)]
@@ -320,7 +320,7 @@ def _rm(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _gc(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.gc import collect_garbage
+    from hpcenv.store.gc import collect_garbage
 
     report = collect_garbage(ctx.site(), dry_run=args.dry_run, on_wait=lambda: print(
         "hpcenv: waiting for builds installing from the package cache", file=sys.stderr,

@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _inspect(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.cuda import infer_cuda
-    from hpcenv.spec import load_spec
+    from hpcenv.spec.cuda import infer_cuda
+    from hpcenv.spec.environment import load_spec
 
     spec = load_spec(args.file)
     req = infer_cuda(spec)

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcenv.cli.context import Context
-from hpcenv.text_table import text_table
 from hpcenv.errors import InvalidInput
+from hpcenv.text_table import text_table
 
 if TYPE_CHECKING:
     from hpcenv.scheduler.base import JobInfo, Scheduler
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
 
 SUBMIT_USAGE = ("hpcenv submit SCRIPT [ARGS...] --env NAME [options] [-- MORE ARGS...]\n"
                 "       hpcenv submit --env NAME [options] -- CMD [ARGS...]")
@@ -129,7 +129,7 @@ def _split_at_double_dash(parser: argparse.ArgumentParser) -> None:
 
 
 def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.submit import SubmitOptions, submit
+    from hpcenv.jobs.submit import SubmitOptions, submit
 
     if args.script is None and not args.program_cmd:
         raise InvalidInput(f"nothing to run; usage: {SUBMIT_USAGE.splitlines()[0]}")
@@ -157,7 +157,7 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     ctx.info(f"hpcenv: {_submitted_text(data)}; waiting")
     info = _wait(result.job_id or "", ctx, site)
-    from hpcenv.jobs import job_exit_code
+    from hpcenv.jobs.control import job_exit_code
 
     code = job_exit_code(info)
     if ctx.json:
@@ -223,21 +223,21 @@ def _dry_run_text(d: dict[str, Any]) -> str:
 
 
 def _wait(job_id: str, ctx: Context, site: SiteConfig) -> JobInfo:
-    from hpcenv.jobs import live_status, wait_for
-    from hpcenv.submit import site_scheduler
+    from hpcenv.jobs.control import live_status, wait_for
+    from hpcenv.jobs.submit import site_scheduler
 
     with live_status(sys.stderr, enabled=ctx.verbosity >= 0) as show:
         return wait_for(site_scheduler(site), job_id, on_poll=show)
 
 
 def _scheduler(ctx: Context) -> Scheduler:
-    from hpcenv.submit import site_scheduler
+    from hpcenv.jobs.submit import site_scheduler
 
     return site_scheduler(ctx.site())
 
 
 def jobs_handler(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.jobs import format_elapsed, my_jobs
+    from hpcenv.jobs.control import format_elapsed, my_jobs
 
     views = my_jobs(_scheduler(ctx), ctx.site().state_dir, include_finished=args.all)
 
@@ -255,7 +255,12 @@ def jobs_handler(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def status_handler(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.jobs import format_elapsed, job_exit_code, job_status, signal_display
+    from hpcenv.jobs.control import (
+        format_elapsed,
+        job_exit_code,
+        job_status,
+        signal_display,
+    )
 
     view = job_status(_scheduler(ctx), ctx.site().state_dir, args.job_id)
 
@@ -282,7 +287,7 @@ def status_handler(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def logs_handler(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.jobs import show_logs
+    from hpcenv.jobs.control import show_logs
 
     show_logs(_scheduler(ctx), ctx.site().state_dir, args.job_id, out=sys.stdout.buffer,
               err=sys.stderr.buffer, follow=args.follow, note=ctx.info)
@@ -290,7 +295,7 @@ def logs_handler(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cancel_handler(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.jobs import cancel_job
+    from hpcenv.jobs.control import cancel_job
 
     cancel_job(_scheduler(ctx), args.job_id, args.signal)
     what = f"sent {args.signal} to" if args.signal else "cancelled"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from hpcenv.cli.context import Context
 from hpcenv.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -31,7 +30,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.activation import exec_in_env, find_named_env
+    from hpcenv.store.activation import exec_in_env, find_named_env
 
     argv = list(args.cmd)
     if argv and argv[0] == "--":
@@ -55,9 +54,9 @@ def _registered_prefix(site: SiteConfig, name: str) -> Path | None:
     now use it too): the two differ only after a publisher died between its two steps.  Names
     the registry does not know fall through to conda's lookup in ``envs_dirs``.
     """
-    from hpcenv.layout import is_complete
-    from hpcenv.registry import Registry
-    from hpcenv.spec import validate_env_name
+    from hpcenv.spec.environment import validate_env_name
+    from hpcenv.store.layout import is_complete
+    from hpcenv.store.registry import Registry
 
     try:
         validate_env_name(name)

@@ -41,7 +41,12 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def show_handler(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.site import embedded_site_path, load_remotes, remote_to_dict, site_to_dict
+    from hpcenv.site.config import (
+        embedded_site_path,
+        load_remotes,
+        remote_to_dict,
+        site_to_dict,
+    )
 
     site = ctx.site()
     config = site_to_dict(site)
@@ -102,7 +107,7 @@ def _format_show(data: dict[str, Any]) -> str:
 def check_handler(args: argparse.Namespace, ctx: Context) -> int:
     from dataclasses import asdict
 
-    from hpcenv.site_check import check_site
+    from hpcenv.admin.site_check import check_site
 
     site = ctx.site()
     checks = check_site(site)
@@ -125,7 +130,7 @@ def check_handler(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def condarc_handler(args: argparse.Namespace, ctx: Context) -> int:
-    from hpcenv.site import condarc_dict, condarc_text
+    from hpcenv.site.config import condarc_dict, condarc_text
 
     site = ctx.site()
     ctx.emit(condarc_dict(site), lambda _: condarc_text(site).rstrip("\n"))

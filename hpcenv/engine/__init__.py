@@ -1,5 +1,28 @@
-"""Conda engines: the protocol (:mod:`.base`), py-rattler (:mod:`.rattler_engine`), conda CLI."""
+"""Conda engines behind one protocol (:class:`~hpcenv.engine.base.Engine`): py-rattler, embedded
+and run in a child process (:mod:`.rattler_engine`), and the conda/mamba/micromamba CLI
+(:mod:`.conda_cli`).  Lockfiles, the same whatever engine solved, are :mod:`.lockfile`'s job.
 
-from hpcenv.engine.base import Engine, LockedPackage, channel_url, current_platform, get_engine
+Nothing here imports rattler: the rattler engine talks to a child process that does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from hpcenv.engine.base import Engine, LockedPackage, channel_url, current_platform
+from hpcenv.engine.conda_cli import CondaCliEngine
+from hpcenv.engine.rattler_engine import RattlerEngine
 
 __all__ = ["Engine", "LockedPackage", "channel_url", "current_platform", "get_engine"]
+
+EngineKind = Literal["rattler", "conda"]
+
+
+def get_engine(kind: EngineKind, *, conda_exe: str | None = None,
+               repodata_cache: Path | None = None) -> Engine:
+    """The engine of that kind: ``rattler`` (with its repodata cache dir) or ``conda``
+    (``conda_exe``: conda, mamba or micromamba; default ``conda`` on PATH)."""
+    if kind == "conda":
+        return CondaCliEngine(exe=conda_exe or "conda")
+    return RattlerEngine(repodata_cache=repodata_cache)

@@ -1,9 +1,7 @@
 """The engine protocol: what the builder needs from a conda solver/installer.
 
 An engine solves match specs into exact packages (:class:`LockedPackage`), installs exact packages
-into a prefix with a shared package cache, and reads/writes lockfiles.  The lockfile format is
-rattler's ``LockFile`` (the conda-lock/pixi lock YAML), whatever engine made the solve, so a lock
-written by one engine can be installed by another.
+into a prefix with a shared package cache.  Lockfiles are :mod:`hpcenv.engine.lockfile`'s job.
 
 CUDA semantics of :meth:`Engine.solve` (the ``__cuda`` virtual package):
 
@@ -23,12 +21,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from hpcenv.errors import HpcenvError, InvalidInput
-
-if TYPE_CHECKING:
-    from hpcenv.site import SiteConfig
 
 ChannelPriority = Literal["strict", "flexible"]
 # File name endings of conda package archives (in channels and package caches).
@@ -116,15 +111,6 @@ class Engine(Protocol):
         """Create ``prefix`` with exactly ``packages``, linking from the package cache ``pkgs_dir``."""
         ...
 
-    def write_lock(self, path: Path, env_name: str, packages: Sequence[LockedPackage],
-                   channels: Sequence[str], platform: str) -> None:
-        """Write a rattler/pixi lockfile with one environment ``env_name`` for ``platform``."""
-        ...
-
-    def read_lock(self, path: Path, env_name: str | None = None,
-                  platform: str | None = None) -> list[LockedPackage]:
-        """Packages of ``env_name`` (default: the only/default environment) for ``platform``."""
-        ...
 
 
 def current_platform() -> str:
@@ -149,14 +135,3 @@ def channel_url(channel: str) -> str:
     if channel.startswith("/"):
         return Path(channel).resolve().as_uri()
     return channel
-
-
-def get_engine(site: SiteConfig) -> Engine:
-    """The engine a site config asks for (``engine: rattler`` or ``engine: conda``)."""
-    if site.engine == "conda":
-        from hpcenv.engine.conda_cli import CondaCliEngine
-
-        return CondaCliEngine(exe=site.conda_exe or "conda")
-    from hpcenv.engine.rattler_engine import RattlerEngine
-
-    return RattlerEngine(repodata_cache=Path(site.state_dir) / "rattler-cache")

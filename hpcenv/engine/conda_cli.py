@@ -93,18 +93,6 @@ class CondaCliEngine:
             explicit.write_text(explicit_text(packages))
             self._run(self.install_command(prefix, explicit, pkgs_dir=pkgs_dir))
 
-    def write_lock(self, path: Path, env_name: str, packages: Sequence[LockedPackage],
-                   channels: Sequence[str], platform: str) -> None:
-        from hpcenv.engine.rattler_engine import RattlerEngine
-
-        RattlerEngine().write_lock(path, env_name, packages, channels, platform)
-
-    def read_lock(self, path: Path, env_name: str | None = None,
-                  platform: str | None = None) -> list[LockedPackage]:
-        from hpcenv.engine.rattler_engine import RattlerEngine
-
-        return RattlerEngine().read_lock(path, env_name, platform)
-
     def _run(self, cmd: Command) -> str:
         try:
             proc = subprocess.run(cmd.argv, env={**os.environ, **cmd.env}, capture_output=True,

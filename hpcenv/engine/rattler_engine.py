@@ -41,6 +41,7 @@ from hpcenv.engine.base import (
     channel_url,
 )
 from hpcenv.errors import HpcenvError, InvalidInput
+from hpcenv.fsutil import atomic_write_text
 
 _REQUEST_RE = re.compile(r"error sending request for url \((\S+?)\)")
 _SUBDIR_RE = re.compile(r"could not find subdir '([^']+)' in channel '([^']+)'")
@@ -68,60 +69,53 @@ class RattlerEngine:
         self._call({"op": "install", "prefix": str(prefix), "pkgs_dir": str(pkgs_dir),
                     "packages": [p.to_dict() for p in packages]})
 
-    def write_lock(self, path: Path, env_name: str, packages: Sequence[LockedPackage],
-                   channels: Sequence[str], platform: str) -> None:
-        self._call({"op": "write_lock", "path": str(path), "env_name": env_name,
-                    "packages": [p.to_dict() for p in packages],
-                    "channels": [channel_url(c) for c in channels], "platform": platform})
-
-    def read_lock(self, path: Path, env_name: str | None = None,
-                  platform: str | None = None) -> list[LockedPackage]:
-        if not Path(path).is_file():
-            raise InvalidInput(f"{path}: lockfile not found")
-        reply = self._call({"op": "read_lock", "path": str(path), "env_name": env_name,
-                            "platform": platform})
-        return [LockedPackage.from_dict(d) for d in reply["packages"]]
-
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
-        read_fd, write_fd = os.pipe()
+        return call_rattler(request, self.python)
+
+
+def call_rattler(request: dict[str, Any], python: str | None = None) -> dict[str, Any]:
+    """Run one request in a fresh rattler child (``python -m hpcenv.engine.rattler_engine``) and
+    return its reply; a reply with an error is raised as the classified hpcenv error."""
+    python = python or sys.executable
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [python, "-m", "hpcenv.engine.rattler_engine", str(write_fd)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            pass_fds=(write_fd,), text=True)
+    except OSError as exc:
+        os.close(read_fd)
+        raise HpcenvError(f"cannot start the rattler engine with {python}: "
+                          f"{exc.strerror}") from None
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "r") as reply_pipe:
+        assert proc.stdin is not None and proc.stderr is not None
         try:
-            proc = subprocess.Popen(
-                [self.python, "-m", "hpcenv.engine.rattler_engine", str(write_fd)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                pass_fds=(write_fd,), text=True)
-        except OSError as exc:
-            os.close(read_fd)
-            raise HpcenvError(f"cannot start the rattler engine with {self.python}: "
-                              f"{exc.strerror}") from None
-        finally:
-            os.close(write_fd)
-        with os.fdopen(read_fd, "r") as reply_pipe:
-            assert proc.stdin is not None and proc.stderr is not None
-            try:
-                proc.stdin.write(json.dumps(request))
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # the child died before reading: its exit code and stderr say why
-            # The child writes the reply before its stderr closes; read the reply first so a large
-            # reply cannot block the child while we wait on stderr.
-            raw = reply_pipe.read()
-        stderr = proc.stderr.read()
-        proc.stderr.close()
-        code = proc.wait()
-        try:
-            reply = json.loads(raw) if raw else None
-        except ValueError:
-            reply = None
-        if reply is None:
-            tail = " / ".join(stderr.strip().splitlines()[-3:]) or "no output"
-            raise HpcenvError(f"rattler engine ({request['op']}) died with exit code {code}: {tail}")
-        if "error" in reply:
-            error = {"invalid": InvalidInput, "unreachable": ChannelUnreachable,
-                     "missing": ChannelMissing}.get(reply.get("kind", ""), HpcenvError)
-            if reply.get("chain"):
-                raise error(reply["error"]) from EngineErrorChain(reply["chain"])
-            raise error(reply["error"])
-        return reply
+            proc.stdin.write(json.dumps(request))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died before reading: its exit code and stderr say why
+        # The child writes the reply before its stderr closes; read the reply first so a large
+        # reply cannot block the child while we wait on stderr.
+        raw = reply_pipe.read()
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    code = proc.wait()
+    try:
+        reply = json.loads(raw) if raw else None
+    except ValueError:
+        reply = None
+    if reply is None:
+        tail = " / ".join(stderr.strip().splitlines()[-3:]) or "no output"
+        raise HpcenvError(f"rattler engine ({request['op']}) died with exit code {code}: {tail}")
+    if "error" in reply:
+        error = {"invalid": InvalidInput, "unreachable": ChannelUnreachable,
+                 "missing": ChannelMissing}.get(reply.get("kind", ""), HpcenvError)
+        if reply.get("chain"):
+            raise error(reply["error"]) from EngineErrorChain(reply["chain"])
+        raise error(reply["error"])
+    return reply
 
 
 # --- the child side ---------------------------------------------------------------------------
@@ -228,7 +222,6 @@ def _write_lock(req: dict[str, Any]) -> dict[str, Any]:
     lock.set_channels(env_name, [LockChannel(c) for c in req["channels"]])
     for pkg in req["packages"]:
         lock.add_conda_package(env_name, platform, _to_record(pkg))
-    from hpcenv.fsutil import atomic_write_text
 
     # rattler only writes to a path, and not atomically: let it write into scratch, then
     # replace the target with hpcenv's one atomic writer.

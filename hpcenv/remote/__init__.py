@@ -10,8 +10,8 @@ its own hpcenv, so envs are built there through its locked builder and jobs go t
 - ``hostkeys``: known_hosts naming, fingerprints and the policy that refuses unknown keys;
 - ``uploads``: the job inputs a command names, placed in content-named dirs on the remote;
 - ``jobs``: the remote hpcenv's JSON records, remote job status, waiting for a remote job;
-- ``cli``: ``run_remote_cli`` and the argv handling of ``--remote`` (``RemoteOptions``).
+- ``sync``: changed-files sync of ``--sync`` trees.
 
-Changed-files sync of ``--sync`` trees lives in ``hpcenv.sync``.  Fabric and paramiko are imported
+The ``--remote`` command line itself is :mod:`hpcenv.cli.remote`.  Fabric and paramiko are imported
 inside the functions that need them: importing any of these modules stays cheap.
 """

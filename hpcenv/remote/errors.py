@@ -5,6 +5,8 @@ stderr)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hpcenv.errors import HpcenvError
 
 
@@ -49,3 +51,12 @@ class ConnectionLost(HostUnreachable):
 def last_lines(text: str, count: int = 3) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return " | ".join(lines[-count:]) if lines else "(no stderr)"
+
+
+def upload_error(local: Path, remote: str, exc: OSError) -> HpcenvError:
+    """Say which side failed: reading the local file, or writing the remote copy."""
+    if exc.filename is not None and Path(exc.filename) == Path(local):
+        return HpcenvError(f"cannot read {local} to upload it: {exc.strerror or exc}; fix its "
+                           f"permissions or leave it out with --exclude")
+    return HpcenvError(f"uploading {local} to {remote} failed: {exc}; check free space and "
+                       f"permissions there")

@@ -1,5 +1,5 @@
 """Remote jobs: the remote hpcenv's JSON answers, a job's status read over the session, and
-waiting for a job as a local ``--wait`` does (``hpcenv.jobs.wait_for``).  A dropped connection is
+waiting for a job as a local ``--wait`` does (``hpcenv.jobs.control.wait_for``).  A dropped connection is
 reopened on the session's backoff schedule, so a long wait outlives a login node's reboot.
 """
 
@@ -10,13 +10,12 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hpcenv.jobs import POLL_FIRST, POLL_MAX, live_status, wait_for
+from hpcenv.jobs.control import POLL_FIRST, POLL_MAX, live_status, wait_for
 from hpcenv.remote.errors import HostUnreachable, RemoteCommandFailed, last_lines
+from hpcenv.scheduler.base import JobInfo
 
 if TYPE_CHECKING:
-    from hpcenv.cli.context import Context
     from hpcenv.remote.session import RemoteSession
-    from hpcenv.scheduler.base import JobInfo
 
 
 def parse_json(text: str, session: RemoteSession, what: str) -> dict[str, Any]:
@@ -35,8 +34,6 @@ def parse_json(text: str, session: RemoteSession, what: str) -> dict[str, Any]:
 
 def job_info(status: dict[str, Any]) -> JobInfo:
     """A ``JobInfo`` from the remote's ``hpcenv --json status`` record (paths stay remote)."""
-    from hpcenv.scheduler.base import JobInfo
-
     def number(key: str) -> Any:
         value = status.get(key)
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -52,7 +49,7 @@ def job_info(status: dict[str, Any]) -> JobInfo:
 @dataclass(frozen=True)
 class RemoteJobStatus:
     """``status(job_id)`` of the remote scheduler, read through the remote ``hpcenv status``;
-    all ``hpcenv.jobs.wait_for`` asks of a scheduler.  A dropped connection is reopened on the
+    all ``hpcenv.jobs.control.wait_for`` asks of a scheduler.  A dropped connection is reopened on the
     session's backoff schedule and the question asked again, so a long wait outlives a login
     node's reboot; only the reconnects are bounded."""
 
@@ -71,11 +68,11 @@ class RemoteJobStatus:
             return job_info(parse_json(result.stdout, session, "status"))
 
 
-def wait_for_job(session: RemoteSession, job_id: str, ctx: Context, *,
+def wait_for_job(session: RemoteSession, job_id: str, *, show_status: bool = True,
                  first_poll: float = POLL_FIRST, max_poll: float = POLL_MAX) -> JobInfo:
-    """Wait for a remote job as a local ``--wait`` does (``hpcenv.jobs.wait_for``: backoff
+    """Wait for a remote job as a local ``--wait`` does (``hpcenv.jobs.control.wait_for``: backoff
     polling, the same live status line), polling over the session.  No overall limit, as with
     ``sbatch --wait``: jobs may run for days."""
-    with live_status(sys.stderr, enabled=ctx.verbosity >= 0) as show:
+    with live_status(sys.stderr, enabled=show_status) as show:
         return wait_for(RemoteJobStatus(session), job_id, on_poll=show,
                         first=first_poll, most=max_poll)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hpcenv import __version__
 from hpcenv.errors import HpcenvError
+from hpcenv.fsutil import current_user
 from hpcenv.remote.errors import (
     AuthRefused,
     ConnectionLost,
@@ -37,6 +38,7 @@ from hpcenv.remote.errors import (
     RemoteHpcenvMissing,
     UnknownHostKey,
     last_lines,
+    upload_error,
 )
 from hpcenv.remote.hostkeys import (
     SYSTEM_KNOWN_HOSTS,
@@ -46,13 +48,13 @@ from hpcenv.remote.hostkeys import (
     reject_unknown_keys,
     split_hostspec,
 )
-from hpcenv.sync import upload_error
+from hpcenv.spec.drivers import version_key
 
 if TYPE_CHECKING:
     import fabric
     import paramiko
 
-    from hpcenv.site import Remote
+    from hpcenv.site.config import Remote
 
 
 DEFAULT_WORKDIR = "~/.hpcenv/work"
@@ -91,8 +93,6 @@ class Backoff:
 
 def _major_minor(text: str) -> tuple[int, ...] | None:
     """Major and minor of the first dotted version in ``text`` (``hpcenv 0.1.0`` -> ``(0, 1)``)."""
-    from hpcenv.drivers import version_key
-
     match = re.search(r"\d+\.\d+", text)
     return version_key(match.group(0)) if match else None
 
@@ -120,8 +120,6 @@ def _default_user(conn: fabric.Connection, *, explicit: bool) -> None:
     account this process runs under.  Fabric would take $USER/$LOGNAME, which a shell, sudo or
     a container may have set to someone else."""
     if not explicit and not conn.ssh_config.get("user"):
-        from hpcenv.fsutil import current_user
-
         conn.user = current_user()
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcenv.sync import remote_manifest
+from hpcenv.jobs.submit import find_env_file
+from hpcenv.remote.sync import remote_manifest
 
 if TYPE_CHECKING:
     from hpcenv.remote.session import RemoteSession
@@ -85,7 +86,6 @@ def _env_file_for(args: argparse.Namespace) -> Path | None:
     """The env file a local ``submit --env NAME`` would find (next to the script or in the
     working dir), when no ``--env-file`` is given: the remote submit builds a missing env from
     it the first time, as a local one would."""
-    from hpcenv.submit import find_env_file
 
     if not getattr(args, "env", None) or getattr(args, "env_file", None) \
             or not isinstance(getattr(args, "script", None), (str, Path)):

@@ -17,6 +17,13 @@ from typing import Any
 
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.scheduler.base import JobInfo, NodeState, PartitionState, Scheduler
+from hpcenv.scheduler.local import LocalExecutor
+from hpcenv.scheduler.pyslurm_backend import (
+    PyslurmScheduler,
+    pyslurm_version,
+    same_release,
+)
+from hpcenv.scheduler.slurm_cli import SlurmCLI
 
 __all__ = ["JobInfo", "NodeState", "PartitionState", "Scheduler", "get_scheduler", "KINDS"]
 
@@ -25,8 +32,6 @@ KINDS = ("slurm", "slurm-cli", "pyslurm", "local")
 
 def get_scheduler(kind: str, **opts: Any) -> Scheduler:
     if kind == "local":
-        from hpcenv.scheduler.local import LocalExecutor
-
         state_dir = opts.get("state_dir")
         if state_dir is None:
             raise InvalidInput("the local executor needs a state_dir (the site's state_dir)")
@@ -34,13 +39,11 @@ def get_scheduler(kind: str, **opts: Any) -> Scheduler:
     if kind not in KINDS:
         raise InvalidInput(f"unknown scheduler {kind!r}; choose one of {', '.join(KINDS)}")
 
-    from hpcenv.scheduler.slurm_cli import SlurmCLI
 
     cli = SlurmCLI(timeout=opts.get("timeout", 60.0), env=opts.get("env"))
     if kind == "slurm-cli":
         return cli
 
-    from hpcenv.scheduler.pyslurm_backend import PyslurmScheduler, pyslurm_version, same_release
 
     if kind == "pyslurm":
         backend = PyslurmScheduler.create()

@@ -29,7 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.fsutil import atomic_write_json, atomic_write_text, current_user, process_start_time
+from hpcenv.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    current_user,
+    process_start_time,
+)
 from hpcenv.scheduler.base import (
     JobInfo,
     NodeState,

@@ -1,7 +1,7 @@
 """Slurm option values: the one copy of their grammar, for every module that reads or writes them.
 
-``hpcenv submit`` renders these into ``#SBATCH`` lines (:mod:`hpcenv.templates`), the site config
-sets defaults for them (:mod:`hpcenv.site`, which reports problems at file:line), the local
+``hpcenv submit`` renders these into ``#SBATCH`` lines (:mod:`hpcenv.jobs.templates`), the site config
+sets defaults for them (:mod:`hpcenv.site.config`, which reports problems at file:line), the local
 executor reads ``--time`` back out of a script, and the Slurm backend reads durations Slurm
 prints.  A value one of them accepts and another refuses would pass ``site check`` and then fail
 every submission, so all of them call the functions below.
@@ -10,7 +10,7 @@ The ``*_problem`` functions return None for a good value, else what was expected
 write it, phrased to follow the value, which each caller names in its own way (``--time '1h':
 ...`` or ``site.yaml:12: slurm.time: '1h' is not a valid sbatch value: ...``).
 
-Standard library only: :mod:`hpcenv.site` imports this module.
+Standard library only: :mod:`hpcenv.site.config` imports this module.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 from hpcenv.errors import InvalidInput
+from hpcenv.scheduler.base import signal_number
 
 # Characters that can reach an #SBATCH value.  sbatch splits these lines on whitespace and
 # handles quotes and backslashes itself; none of those (nor $, `, ;, #) appear in any legitimate
@@ -111,7 +112,6 @@ MAX_SIGNAL_SECONDS = 65535
 def signal_spec_problem(value: str) -> str | None:
     """Why ``value`` is not an sbatch ``--signal``; None if it is.  The signal itself is checked
     by :func:`hpcenv.scheduler.base.signal_number`, the validator ``cancel --signal`` uses."""
-    from hpcenv.scheduler.base import signal_number
 
     if (problem := control_problem(value)) is not None:
         return problem

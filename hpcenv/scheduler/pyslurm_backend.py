@@ -29,7 +29,13 @@ from typing import Any
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import current_user
-from hpcenv.scheduler.base import JobInfo, NodeState, PartitionState, is_finished, signal_number
+from hpcenv.scheduler.base import (
+    JobInfo,
+    NodeState,
+    PartitionState,
+    is_finished,
+    signal_number,
+)
 
 _INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID in Slurm's slurm_errno.h
 

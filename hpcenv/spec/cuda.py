@@ -28,9 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hpcenv.drivers import version_key
 from hpcenv.errors import InvalidInput
-from hpcenv.spec import EnvSpec, is_pip_option, parse_match_spec, split_pip_option
+from hpcenv.spec.drivers import version_key
+from hpcenv.spec.environment import (
+    EnvSpec,
+    is_pip_option,
+    parse_match_spec,
+    split_pip_option,
+)
 
 
 @dataclass(frozen=True)

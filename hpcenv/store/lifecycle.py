@@ -16,13 +16,13 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcenv.debris import builder_alive, force_rmtree
 from hpcenv.errors import HpcenvError, NotFound
-from hpcenv.layout import env_link, is_complete, key_lock
-from hpcenv.registry import EnvRecord, Registry
+from hpcenv.store.debris import builder_alive, force_rmtree
+from hpcenv.store.layout import env_link, is_complete, key_lock
+from hpcenv.store.registry import EnvRecord, Registry
 
 if TYPE_CHECKING:
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
 
 
 def publish(site: SiteConfig, registry: Registry, record: EnvRecord, *,

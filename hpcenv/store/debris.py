@@ -16,11 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcenv.layout import builds_dir, is_complete, key_lock, prefix_usage
-from hpcenv.registry import EnvRecord, Registry
+from hpcenv.store.layout import builds_dir, is_complete, key_lock, prefix_usage
+from hpcenv.store.registry import EnvRecord, Registry
 
 if TYPE_CHECKING:
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
 
 
 def force_rmtree(path: Path) -> None:

@@ -21,9 +21,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from hpcenv.drivers import CudaCompat, driver_problem, max_cuda_problem
 from hpcenv.errors import InvalidInput, where
-from hpcenv.scheduler.options import extra_arg_problem, mem_problem, name_problem, time_problem
+from hpcenv.resources import data_dir
+from hpcenv.scheduler.options import (
+    extra_arg_problem,
+    mem_problem,
+    name_problem,
+    time_problem,
+)
+from hpcenv.spec.drivers import CudaCompat, driver_problem, max_cuda_problem
 from hpcenv.yamlio import YNode, closest, load_yaml_file
 
 SITE_ENV = "HPCENV_SITE"
@@ -166,7 +172,6 @@ def site_candidates(explicit: Path | None = None,
 
 
 def embedded_site_path() -> Path:
-    from hpcenv.resources import data_dir
 
     return data_dir("site_configs") / "local.yaml"
 

@@ -19,7 +19,7 @@ debris), ``retired`` (removed with ``env rm``; record and lockfile kept as histo
 
 The registry's ``current`` file is the source of truth for "the env NAME"; the
 ``envs_dir/NAME`` symlink that plain conda users activate is derived from it and rewritten after
-every change of ``current`` (see :mod:`hpcenv.lifecycle`).
+every change of ``current`` (see :mod:`hpcenv.store.lifecycle`).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
-from hpcenv.locking import BuildLock, LockMethod
-from hpcenv.spec import validate_env_name
+from hpcenv.spec.environment import validate_env_name
+from hpcenv.store.locking import BuildLock, LockMethod
 
 if TYPE_CHECKING:
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
 
 Status = Literal["building", "ready", "retired", "failed"]
 STATUSES: tuple[Status, ...] = ("building", "ready", "retired", "failed")
@@ -49,7 +49,7 @@ class EnvRecord:
 
     name: str
     version: int
-    key: str                      # build key (see hpcenv.buildplan.build_key)
+    key: str                      # build key (see hpcenv.build.plan.build_key)
     spec: dict[str, Any]          # EnvSpec.normalized() (or the pinned spec of a --from-lock build)
     spec_hash: str                # EnvSpec.content_hash()
     lock_path: str
@@ -125,7 +125,7 @@ class HistoryEntry:
 class Registry:
     """The registry under ``root`` (see module doc).
 
-    Every method taking an env name validates it first (:func:`hpcenv.spec.validate_env_name`,
+    Every method taking an env name validates it first (:func:`hpcenv.spec.environment.validate_env_name`,
     InvalidInput): names become paths under ``root``, so ``../x`` must never reach the
     filesystem.
     """

@@ -8,7 +8,7 @@ filter, so ``$(rm -rf ~)`` or an embedded newline reaches the program verbatim.
 Launchers:
 
 ``activate``
-    hpcenv's own activation, inlined as bash (:func:`hpcenv.activation.activation_script`), then
+    hpcenv's own activation, inlined as bash (:func:`hpcenv.store.activation.activation_script`), then
     ``exec`` of the program: the program *is* the batch shell, so signals Slurm sends to the batch
     step (``--signal=B:...``, ``scancel --batch``) reach it, and its exit status is the job's.
     Inlining (rather than calling ``hpcenv run`` on the compute node) keeps the script
@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hpcenv import __version__
 from hpcenv.errors import InvalidInput
+from hpcenv.resources import data_dir
 from hpcenv.scheduler.options import (
     NAME,
     TOKEN,
@@ -220,8 +222,6 @@ def _quote(value: object) -> str:
 
 def template_dirs(templates_dir: Path | None) -> list[Path]:
     """Where templates are looked up: the site's dir first, then the shipped ones."""
-    from hpcenv.resources import data_dir
-
     shipped = data_dir("slurm_templates")
     return [templates_dir, shipped] if templates_dir is not None else [shipped]
 
@@ -250,7 +250,6 @@ def render_job_script(job: JobScript, *, templates_dir: Path | None = None,
     )
     env.filters["quote"] = _quote
     env.filters["comment"] = _comment
-    from hpcenv import __version__
 
     context: dict[str, Any] = {
         "job": job, "opts": job.options, "sbatch": sbatch_lines(job.options),

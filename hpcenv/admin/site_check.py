@@ -1,6 +1,6 @@
 """``hpcenv site check``: probe this machine against a loaded site config.
 
-Loading and validating the config is :mod:`hpcenv.site`'s job; this module looks at the world:
+Loading and validating the config is :mod:`hpcenv.site.config`'s job; this module looks at the world:
 are the dirs writable, do envs and pkgs share a filesystem, do local channels exist, is
 ``conda_exe`` there, does the group exist, do locks work on the shared filesystem, and does
 Slurm agree with the configured partitions.
@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from hpcenv import drivers
 from hpcenv.errors import HpcenvError
-from hpcenv.site import SiteConfig, effective_channels
+from hpcenv.scheduler import get_scheduler
+from hpcenv.site.config import SiteConfig, effective_channels
+from hpcenv.spec import drivers
+from hpcenv.store.locking import probe_lock_support
 
 if TYPE_CHECKING:
     from hpcenv.scheduler.base import PartitionState
@@ -36,7 +38,7 @@ def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None
     """Probe the machine against the config: dirs, filesystems, channels, executables, group.
 
     Nothing is left behind: the only writes are the lock probe's temporary files
-    (``hpcenv.locking.probe_lock_support``), one per envs dir.  With ``scheduler: slurm`` the
+    (``hpcenv.store.locking.probe_lock_support``), one per envs dir.  With ``scheduler: slurm`` the
     partitions are compared with what Slurm reports (``live``, else queried with sinfo).
     ``umask`` is the one lab users build under (default: this process's).
     """
@@ -177,7 +179,6 @@ def _partition_checks(site: SiteConfig) -> list[Check]:
 
 
 def _query_slurm() -> tuple[list[PartitionState] | None, Check | None]:
-    from hpcenv.scheduler import get_scheduler
 
     try:
         return get_scheduler("slurm-cli", timeout=20.0).partitions(), None
@@ -309,7 +310,6 @@ def _exists_check(name: str, path: Path) -> Check:
 
 
 def _lock_checks(site: SiteConfig) -> list[Check]:
-    from hpcenv.locking import probe_lock_support
 
     checks = []
     for i, path in enumerate(site.envs_dirs):

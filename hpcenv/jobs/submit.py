@@ -11,10 +11,10 @@ Steps, in order; nothing is submitted (or recorded) unless every step before suc
    ``NAME.yml``/``NAME.yaml`` next to the script or in the working directory, else
    ``environment.yml`` there if its ``name:`` is NAME.  Anything else is an error telling the user
    to ``hpcenv env build FILE``: guessing which spec a name means would build the wrong env.
-3. Routing (:mod:`hpcenv.routing`) on the env record's CUDA with the scheduler's live node state.
-4. Rendering (:mod:`hpcenv.templates`) into a job directory under the site's ``state_dir``; the
+3. Routing (:mod:`hpcenv.jobs.routing`) on the env record's CUDA with the scheduler's live node state.
+4. Rendering (:mod:`hpcenv.jobs.templates`) into a job directory under the site's ``state_dir``; the
    script is kept there, so what ran can be read (and resubmitted) later.
-5. ``scheduler.submit`` and a submission record (:mod:`hpcenv.jobs`) for ``jobs``/``status``/``logs``.
+5. ``scheduler.submit`` and a submission record (:mod:`hpcenv.jobs.control`) for ``jobs``/``status``/``logs``.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpcenv.build.builder import build_env
+from hpcenv.build.plan import plan_build
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import current_user
-from hpcenv.jobs import SubmissionRecord, job_namespace, save_submission
-from hpcenv.routing import RouteRequest, RoutingDecision, route
-from hpcenv.templates import (
+from hpcenv.jobs.control import SubmissionRecord, job_namespace, save_submission
+from hpcenv.jobs.routing import RouteRequest, RoutingDecision, route
+from hpcenv.jobs.templates import (
     JobScript,
     Launcher,
     SbatchOptions,
@@ -41,13 +43,18 @@ from hpcenv.templates import (
     render_job_script,
     sbatch_lines,
 )
-
+from hpcenv.scheduler import get_scheduler
 from hpcenv.scheduler.base import SchedulerUnreachable
+from hpcenv.scheduler.options import name_problem
+from hpcenv.spec.environment import load_spec, validate_env_name
+from hpcenv.store.activation import activation_script
+from hpcenv.store.layout import is_complete
+from hpcenv.store.registry import Registry
 
 if TYPE_CHECKING:
-    from hpcenv.registry import EnvRecord
     from hpcenv.scheduler.base import PartitionState, Scheduler
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
+    from hpcenv.store.registry import EnvRecord
 
 Progress = Callable[[str], None]
 
@@ -153,8 +160,6 @@ def _spec_candidates(name: str, search_dirs: Sequence[Path]) -> list[Path]:
 
 def find_env_file(name: str, search_dirs: Sequence[Path]) -> Path | None:
     """An environment file that clearly means env ``name`` (see the module doc)."""
-    from hpcenv.spec import load_spec
-
     for path in _spec_candidates(name, search_dirs):
         if not path.is_file():
             continue
@@ -175,12 +180,6 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
     ``build=False`` (a dry run) never builds: it uses the file's existing build, and refuses
     only when there is none.
     """
-    from hpcenv.builder import build_env
-    from hpcenv.buildplan import plan_build
-    from hpcenv.layout import is_complete
-    from hpcenv.registry import Registry
-    from hpcenv.spec import load_spec, validate_env_name
-
     say = progress or (lambda _m: None)
     spec = None
     if env_file is not None:
@@ -242,7 +241,6 @@ def _conda_available(conda_exe: str) -> bool:
 
 
 def site_scheduler(site: SiteConfig) -> Scheduler:
-    from hpcenv.scheduler import get_scheduler
 
     return get_scheduler(site.scheduler, state_dir=site.state_dir)
 
@@ -302,8 +300,6 @@ def _local_executor_warnings(options: SubmitOptions, site: SiteConfig) -> tuple[
 
 def _check_gpu_options(options: SubmitOptions) -> None:
     """What ``sbatch_lines`` cannot check before routing decided the GPUs."""
-    from hpcenv.scheduler.options import name_problem
-
     if options.gpus is not None and options.gpus < 0:
         raise InvalidInput(f"--gpus {options.gpus}: must be 0 or more (0 runs the job without "
                            "GPUs, even in a CUDA env)")
@@ -398,8 +394,6 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
                      gpus=decision.gpus, gpu_type=decision.gpu_type)
     activation = ""
     if launcher == "activate":
-        from hpcenv.activation import activation_script
-
         activation = activation_script(prefix, name=record.name)
     job = JobScript(options=sbatch, launcher=launcher, command=program.argv(prefix), prefix=prefix,
                     env_name=record.name, env_version=str(record.version),

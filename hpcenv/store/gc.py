@@ -29,9 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from hpcenv.engine.base import ARCHIVE_SUFFIXES
+from hpcenv.store.debris import builder_alive, find_debris, force_rmtree
+from hpcenv.store.layout import builds_dir, cache_lock, is_complete
+from hpcenv.store.registry import Registry
 
 if TYPE_CHECKING:
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
 
 ItemKind = Literal["build", "debris", "package"]
 
@@ -213,8 +216,6 @@ def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: It
     ``keep`` are prefixes that stay live whatever else happens (the registry's).  Conda envs in
     ``envs_dirs`` other than the builds being removed are live too.
     """
-    from hpcenv.debris import force_rmtree
-
     report = GcReport(dry_run=dry_run)
     kept = {Path(k).resolve() for k in keep}
     # A build that is also kept (a caller's race with a publish) is never removed.
@@ -263,17 +264,13 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
 
     Live builds are those a ``ready`` or ``building`` registry record names (a build between
     its completion marker and its record turning ``ready`` is not garbage), except incomplete
-    ones :func:`hpcenv.debris.find_debris` finds abandoned (their builder no longer holds its
+    ones :func:`hpcenv.store.debris.find_debris` finds abandoned (their builder no longer holds its
     key lock): those are removed.  Records of builds that never finished (``failed``, or
     ``building`` with a dead builder and no complete prefix) are retired: they are history, not
-    environments.  The package cache's :class:`~hpcenv.locking.CacheLock` is held exclusive
+    environments.  The package cache's :class:`~hpcenv.store.locking.CacheLock` is held exclusive
     throughout: installs hold it shared, so no install is linking from entries that no
     ``conda-meta`` record names yet (``on_wait()`` is called if gc has to wait for them).
     """
-    from hpcenv.debris import builder_alive, find_debris
-    from hpcenv.layout import builds_dir, cache_lock, is_complete
-    from hpcenv.registry import Registry
-
     pkgs_dir = Path(site.pkgs_dirs[0]) if site.pkgs_dirs else None
     guard = (cache_lock(site, pkgs_dir, on_wait=on_wait).hold(exclusive=True)
              if pkgs_dir is not None and pkgs_dir.is_dir() else nullcontext())

@@ -2,7 +2,7 @@
 
 Pure logic: the inputs are the env's CUDA requirement, what the user asked for, the site's
 partitions and, when a scheduler could be asked, the live node state (features and free GPUs).
-Nothing here talks to Slurm; :func:`route` is called by ``hpcenv.submit`` with the scheduler's
+Nothing here talks to Slurm; :func:`route` is called by ``hpcenv.jobs.submit`` with the scheduler's
 ``partitions()`` and is unit-tested with plain data.
 
 Rules (issue 4):
@@ -14,10 +14,10 @@ Rules (issue 4):
   config, or per node from a Slurm feature (``node_feature: "cuda{cuda}"``); in the last case the
   decision carries a ``--constraint`` naming exactly the node features whose CUDA suffices.
   A CUDA newer than hpcenv's driver table on the nodes' side (a feature ``cuda13.1``) is read
-  by number (:mod:`hpcenv.drivers`).  What one partition's description does not let hpcenv
+  by number (:mod:`hpcenv.spec.drivers`).  What one partition's description does not let hpcenv
   judge (a ``driver`` for an env CUDA newer than the table) refuses that partition with the
   reason in its verdict: it never fails the routing of every job.
-* A partition is a GPU partition exactly when :attr:`hpcenv.site.Partition.is_gpu` says so.
+* A partition is a GPU partition exactly when :attr:`hpcenv.site.config.Partition.is_gpu` says so.
 * ``--gpu-type`` filters, site order is the preference, free GPUs decide between them: the first
   eligible partition (site order) that can start the job right now wins; when none can, the first
   eligible one does and the job queues there.  Site order alone would make free GPUs irrelevant,
@@ -31,7 +31,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from hpcenv.drivers import (
+from hpcenv.errors import InvalidInput
+from hpcenv.scheduler.base import NodeState, PartitionState
+from hpcenv.site.config import Partition
+from hpcenv.spec.drivers import (
     CudaCompat,
     cuda_satisfies,
     driver_supports,
@@ -40,9 +43,6 @@ from hpcenv.drivers import (
     normalize_cuda,
     parse_cuda,
 )
-from hpcenv.errors import InvalidInput
-from hpcenv.scheduler.base import NodeState, PartitionState
-from hpcenv.site import Partition
 from hpcenv.text_table import text_table
 
 

@@ -46,7 +46,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcenv.errors import HpcenvError
-from hpcenv.fsutil import atomic_write_json, current_user, ensure_shared_dir, process_start_time
+from hpcenv.fsutil import (
+    atomic_write_json,
+    current_user,
+    ensure_shared_dir,
+    process_start_time,
+)
 
 LockMethod = Literal["flock", "mkdir"]
 

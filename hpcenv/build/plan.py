@@ -20,10 +20,13 @@ from typing import TYPE_CHECKING
 
 from hpcenv.engine.base import ChannelPriority, LockedPackage, channel_url, current_platform
 from hpcenv.errors import InvalidInput
-from hpcenv.spec import EnvSpec, validate_env_name
+from hpcenv.spec.environment import EnvSpec, validate_env_name
+from hpcenv.site.config import check_env_name, resolve_channel
+from hpcenv.spec.cuda import infer_cuda
+from hpcenv.spec.drivers import version_key
 
 if TYPE_CHECKING:
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
 
 KEY_SCHEMA = 1
 _CUDA_RE = re.compile(r"^\d+(\.\d+){0,2}$")
@@ -49,7 +52,6 @@ class BuildPlan:
 def resolve_channels(spec: EnvSpec | None, site: SiteConfig) -> tuple[str, ...]:
     """Channels as conda uses them: the spec's, then the site's (unless the spec says
     ``nodefaults``), each mapped through the site's ``mirrors`` and made a URL; duplicates dropped."""
-    from hpcenv.site import resolve_channel
 
     listed = list(spec.channels) if spec is not None else []
     if "nodefaults" not in listed:
@@ -81,7 +83,6 @@ def resolve_cuda(spec: EnvSpec | None,
                                else ("no CUDA (--no-cuda)",)), bool(cuda_override)
     if spec is None:
         return "", (), None
-    from hpcenv.cuda import infer_cuda
 
     req = infer_cuda(spec)
     evidence = f" from {'; '.join(req.evidence[:2])}" if req.evidence else ""
@@ -91,8 +92,6 @@ def resolve_cuda(spec: EnvSpec | None,
             note += f" (candidates {', '.join(req.candidates)}; pass --cuda X.Y to choose)"
         return req.cuda, (note,), req.gpu_required
     if req.gpu_required and req.candidates:
-        from hpcenv.drivers import version_key
-
         best = max(req.candidates, key=version_key)
         return best, (f"CUDA {best} chosen among {', '.join(req.candidates)}{evidence}; pass "
                       "--cuda X.Y to choose another",), True
@@ -120,7 +119,6 @@ def cuda_of_packages(packages: Sequence[LockedPackage]) -> str | None:
     GPU.  Given a CUDA build, the version is the ``cuda-version`` package's, else the highest
     ``__cuda >=X.Y`` bound, else None (a bare ``__cuda`` names no version).  What a
     ``--from-lock`` build records instead of a solve's ``__cuda``."""
-    from hpcenv.drivers import version_key
 
     if not any(_CUDA_DEP_NAME_RE.match(dep.strip()) for package in packages
                for dep in package.depends):
@@ -149,7 +147,6 @@ def plan_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = Non
         raise InvalidInput(f"{spec.source or '<environment.yml>'}: no 'name:' in the file; "
                            "pass --name NAME")
     validate_env_name(chosen)
-    from hpcenv.site import check_env_name
 
     check_env_name(site, chosen)
     platform = current_platform()

@@ -20,8 +20,13 @@ from typing import IO, Any
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import atomic_write_json
-from hpcenv.scheduler.base import (JobInfo, JobStatusSource, Scheduler, expand_output_pattern,
-                                   signal_number)
+from hpcenv.scheduler.base import (
+    JobInfo,
+    JobStatusSource,
+    Scheduler,
+    expand_output_pattern,
+    signal_number,
+)
 
 # Polling for --wait and logs -f: quick at first (short jobs end in about a second on an idle
 # cluster), then backing off so a day-long job costs a query every POLL_MAX seconds.

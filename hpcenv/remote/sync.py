@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcenv.errors import HpcenvError, InvalidInput
+from hpcenv.remote.errors import upload_error
 
 if TYPE_CHECKING:
     from hpcenv.remote.session import RemoteSession
@@ -169,15 +170,6 @@ def remote_manifest(session: RemoteSession, remote_dir: str) -> dict[str, FileSt
         f"if [ -d {quoted} ]; then find {quoted} -type f -printf '%P\\t%s\\t%T@\\n'; fi",
         what=f"listing {remote_dir}")
     return parse_find_manifest(result.stdout)
-
-
-def upload_error(local: Path, remote: str, exc: OSError) -> HpcenvError:
-    """Say which side failed: reading the local file, or writing the remote copy."""
-    if exc.filename is not None and Path(exc.filename) == Path(local):
-        return HpcenvError(f"cannot read {local} to upload it: {exc.strerror or exc}; fix its "
-                           f"permissions or leave it out with --exclude")
-    return HpcenvError(f"uploading {local} to {remote} failed: {exc}; check free space and "
-                       f"permissions there")
 
 
 def _parent_dirs(rels: Iterable[str]) -> list[str]:

@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlparse
 
-from hpcenv.engine.base import ARCHIVE_SUFFIXES
+from hpcenv.engine import get_engine
+from hpcenv.engine.base import ARCHIVE_SUFFIXES, current_platform
+from hpcenv.engine.lockfile import write_lock
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.store.activation import env_state_vars
 
 if TYPE_CHECKING:
     from hpcenv.engine.base import Engine
-    from hpcenv.registry import EnvRecord
-    from hpcenv.site import SiteConfig
+    from hpcenv.store.registry import EnvRecord
+    from hpcenv.site.config import SiteConfig
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,6 @@ def export_environment_yml(prefix: Path, *, name: str | None = None,
     """
     import yaml
 
-    from hpcenv.activation import env_state_vars
 
     prefix = Path(prefix)
     packages = installed_packages(prefix)
@@ -195,7 +197,6 @@ def export_record(record: EnvRecord, form: ExportFormat = "environment.yml", *,
 def lock_omissions(record: EnvRecord) -> str | None:
     """What a lockfile or ``@EXPLICIT`` list of ``record`` leaves out (pip packages, variables)
     and how to rebuild it all; None when it holds everything."""
-    from hpcenv.activation import env_state_vars
 
     prefix = Path(record.prefix)
     if not (prefix / "conda-meta").is_dir():
@@ -283,8 +284,6 @@ def lock_from_explicit(path: Path, site: SiteConfig, *, cuda_override: str | Non
     listed ``cuda-version`` unless ``cuda_override`` says otherwise.  The lockfile is kept under
     the site's ``state_dir`` by content, so building the same list again needs no solve.
     """
-    from hpcenv.engine.base import current_platform, get_engine
-
     path = Path(path)
     entries = read_explicit(path)
     cuda_version = next((e.version for e in entries if e.name == "cuda-version"), "")
@@ -300,7 +299,8 @@ def lock_from_explicit(path: Path, site: SiteConfig, *, cuda_override: str | Non
     subdirs = sorted({e.subdir for e in entries if e.subdir != "noarch"})
     platform = subdirs[0] if subdirs else current_platform()
     channels = list(dict.fromkeys(e.channel for e in entries))
-    engine = engine or get_engine(site)
+    engine = engine or get_engine(site.engine, conda_exe=site.conda_exe,
+                                  repodata_cache=Path(site.state_dir) / "rattler-cache")
     # Pinned specs: channel priority cannot change the choice, and strict priority would
     # refuse a package pinned from a lower-priority channel.
     packages = engine.solve([f"{e.name} =={e.version} {e.build}" for e in entries],
@@ -321,5 +321,5 @@ def lock_from_explicit(path: Path, site: SiteConfig, *, cuda_override: str | Non
         raise HpcenvError(f"{path}: incomplete explicit list: the packages need "
                           f"{', '.join(sorted(by_name))} too; export the list again")
     out.parent.mkdir(parents=True, exist_ok=True)
-    engine.write_lock(out, "default", packages, channels, platform)
+    write_lock(out, "default", packages, channels, platform)
     return out

@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcenv.errors import InvalidInput
-from hpcenv.jobs import job_exit_code
+from hpcenv.jobs.control import job_exit_code
 from hpcenv.remote.errors import RemoteCommandFailed, last_lines
 from hpcenv.remote.jobs import parse_json, wait_for_job
 from hpcenv.remote.session import RemoteSession
+from hpcenv.remote.sync import sync_dir
 from hpcenv.remote.uploads import PathMap, upload_inputs
-from hpcenv.sync import sync_dir
+from hpcenv.site.config import load_remotes
 
 if TYPE_CHECKING:
     from hpcenv.cli.context import Context
-    from hpcenv.site import Remote
+    from hpcenv.site.config import Remote
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def _same_arg(token: str, value: str) -> bool:
                               and Path(token) == Path(value))
 
 
-def _rewrite_arg(argv: list[str], dest: str, value: str, new: str) -> None:
+def _rewrite_arg(parser: argparse.ArgumentParser, argv: list[str], dest: str, value: str,
+                 new: str) -> None:
     """Replace, in ``argv``, the argument that gives ``dest`` its ``value`` by ``new``.
 
     The same text may stand in several places (``submit --job-name train.py train.py``), so the
@@ -101,9 +103,7 @@ def _rewrite_arg(argv: list[str], dest: str, value: str, new: str) -> None:
     import contextlib
     import io
 
-    from hpcenv.cli import build_parser
 
-    parser = build_parser()
     marker = "@hpcenv-remote-argument@"
     for i, token in enumerate(argv):
         option, eq, attached = token.partition("=")
@@ -126,7 +126,6 @@ def _rewrite_arg(argv: list[str], dest: str, value: str, new: str) -> None:
 
 
 def load_remote(name: str, ctx: Context) -> Remote:
-    from hpcenv.site import load_remotes
 
     remotes = load_remotes(ctx.site())
     if name not in remotes:
@@ -136,15 +135,16 @@ def load_remote(name: str, ctx: Context) -> Remote:
     return remotes[name]
 
 
-def _upload_inputs(session: RemoteSession, args: argparse.Namespace, argv: list[str],
-                   paths: PathMap = PathMap()) -> None:
+def _upload_inputs(parser: argparse.ArgumentParser, session: RemoteSession,
+                   args: argparse.Namespace, argv: list[str], paths: PathMap = PathMap()) -> None:
     """Point argv at remote copies of the local files the command names (spec, lock, script),
     uploading those not in a synced tree (``upload_inputs``)."""
     for placed in upload_inputs(session, args, paths):
-        _rewrite_arg(argv, placed.dest, placed.value, placed.remote_path)
+        _rewrite_arg(parser, argv, placed.dest, placed.value, placed.remote_path)
 
 
-def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
+def run_remote_cli(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   argv: Sequence[str], ctx: Context,
                    options: RemoteOptions | None = None) -> int:
     """Run one parsed hpcenv invocation on the remote ``ctx.remote``; return its exit code.
 
@@ -164,8 +164,8 @@ def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
         ctx.debug(f"hpcenv: {session.target} runs {version}")
         remote_argv = _strip_local_globals(argv)
         if command == "submit":
-            return _remote_submit(session, args, remote_argv, ctx, options)
-        _upload_inputs(session, args, remote_argv)
+            return _remote_submit(parser, session, args, remote_argv, ctx, options)
+        _upload_inputs(parser, session, args, remote_argv)
         line = session.hpcenv_line((["--json"] if ctx.json else []) + remote_argv,
                                    cwd=session.workdir())
         if command == "logs" and getattr(args, "follow", False):
@@ -173,7 +173,7 @@ def run_remote_cli(args: argparse.Namespace, argv: Sequence[str], ctx: Context,
         return session.run(line, check=False, out=sys.stdout, err=sys.stderr).exit_code
 
 
-def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv: list[str],
+def _remote_submit(parser: argparse.ArgumentParser, session: RemoteSession, args: argparse.Namespace, remote_argv: list[str],
                    ctx: Context, options: RemoteOptions) -> int:
     workdir = session.workdir()
     roots: list[tuple[Path, str]] = []
@@ -190,7 +190,7 @@ def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv
                  f"{synced.unchanged} unchanged")
         roots.append((local, dest))
     paths = PathMap(tuple(roots))
-    _upload_inputs(session, args, remote_argv, paths)
+    _upload_inputs(parser, session, args, remote_argv, paths)
     # Run where the user is, when that is inside a synced tree: relative paths keep working.
     cwd = paths.remote_path(Path.cwd()) or workdir
     if getattr(args, "dry_run", False):
@@ -226,7 +226,7 @@ def _remote_submit(session: RemoteSession, args: argparse.Namespace, remote_argv
         return 0
     # As a local --wait: the submission on stderr now, one result (JSON) when the job ended.
     ctx.info(f"hpcenv: {human(data)}; waiting")
-    info = wait_for_job(session, job_id, ctx)
+    info = wait_for_job(session, job_id, show_status=ctx.verbosity >= 0)
     code = job_exit_code(info)
     if ctx.json:
         ctx.emit({**data, "state": info.state, "exit_code": code, "node": info.node,

@@ -1,12 +1,12 @@
 """The locked builder: each environment is built once, verified, and published atomically.
 
-Where builds live is :mod:`hpcenv.layout`; what a build is (its key) :mod:`hpcenv.buildplan`;
-publishing, rollback and removal :mod:`hpcenv.lifecycle`; crashed builders' leftovers
-:mod:`hpcenv.debris`.
+Where builds live is :mod:`hpcenv.store.layout`; what a build is (its key) :mod:`hpcenv.build.plan`;
+publishing, rollback and removal :mod:`hpcenv.store.lifecycle`; crashed builders' leftovers
+:mod:`hpcenv.store.debris`.
 
 **Build once.**  A ready build with the key in the registry is returned as ``reused`` without
 taking any lock (the fast path: no rattler import, a few file reads).  Otherwise the builder
-takes the key's :class:`~hpcenv.locking.BuildLock`; late arrivals wait (``on_progress`` gets a
+takes the key's :class:`~hpcenv.store.locking.BuildLock`; late arrivals wait (``on_progress`` gets a
 ``wait`` :class:`BuildEvent` "waiting for USER@HOST pid N since T") and then find the ready
 build.  The lock holder:
 
@@ -18,7 +18,7 @@ build.  The lock holder:
    locked packages then say which CUDA the env needs),
    writes the lockfile into the registry, installs from it into the build prefix with the
    site's first ``pkgs_dir`` as package cache (hardlinks), holding the cache's
-   :class:`~hpcenv.locking.CacheLock` shared so ``env gc`` cannot clean entries mid-install;
+   :class:`~hpcenv.store.locking.CacheLock` shared so ``env gc`` cannot clean entries mid-install;
 4. writes ``conda-meta/state`` (the spec's ``variables``), runs the ``pip:`` section with the
    env's own ``python -m pip`` and the site's pip settings;
 5. verifies: every ``conda-meta`` record's files exist and the env's python runs from the prefix;
@@ -48,20 +48,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from hpcenv.buildplan import BuildPlan, cuda_of_packages, plan_build
-from hpcenv.debris import clean_debris, force_rmtree
+from hpcenv.build.plan import BuildPlan, cuda_of_packages, plan_build
+from hpcenv.store.debris import clean_debris, force_rmtree
+from hpcenv.engine import get_engine
 from hpcenv.engine.base import CHANNEL_ERRORS, LockedPackage
+from hpcenv.engine.lockfile import read_lock, write_lock
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.fsutil import atomic_write_json, chgrp, ensure_shared_dir, group_id, user_at_host
-from hpcenv.layout import MARKER, builds_dir, cache_lock, is_complete, key_lock, prefix_usage
-from hpcenv.lifecycle import check_link_is_ours, link_points_to, publish
-from hpcenv.locking import LockHolder
-from hpcenv.registry import EnvRecord, Registry
-from hpcenv.spec import EnvSpec
+from hpcenv.store.layout import MARKER, builds_dir, cache_lock, is_complete, key_lock, prefix_usage
+from hpcenv.store.lifecycle import check_link_is_ours, link_points_to, publish
+from hpcenv.store.locking import LockHolder
+from hpcenv.store.registry import EnvRecord, Registry
+from hpcenv.spec.environment import EnvSpec
+from hpcenv.build.export import is_explicit_list, lock_from_explicit
+from hpcenv.store.activation import env_state_vars
 
 if TYPE_CHECKING:
     from hpcenv.engine.base import Engine
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     """Build ``spec`` (or recreate ``from_lock``) once, publish it, and return its record.
 
     ``from_lock``: a lockfile (hpcenv's, conda-lock/pixi) or an ``@EXPLICIT`` list, which is
-    first turned into a lockfile (:func:`hpcenv.export.lock_from_explicit`).
+    first turned into a lockfile (:func:`hpcenv.build.export.lock_from_explicit`).
     ``cuda_override``: None = infer from the spec, "" = no ``__cuda``, "12.4" = ``__cuda=12.4``.
     ``make_current``: make the built or reused version the current version of ``name``
     (building a spec means "I want this"; the result's ``made_current``/``previous_current``
@@ -205,16 +209,14 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
 
 
 def _engine_for(site: SiteConfig) -> Engine:
-    from hpcenv.engine.base import get_engine
-
-    return get_engine(site)
+    return get_engine(site.engine, conda_exe=site.conda_exe,
+                      repodata_cache=Path(site.state_dir) / "rattler-cache")
 
 
 def _lockfile_for(path: Path, site: SiteConfig, cuda_override: str | None,
                   engine: Engine | None, report: _Reporter, name: str | None) -> Path:
     """``path`` itself when it is a lockfile; the lockfile made from it when it is an
     ``@EXPLICIT`` list (cached by content under the site's ``state_dir``)."""
-    from hpcenv.export import is_explicit_list, lock_from_explicit
 
     if not path.is_file():
         raise InvalidInput(f"--from-lock {path}: no such file; give a lockfile or an @EXPLICIT "
@@ -258,7 +260,7 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
         # The engine writes where it likes; the registry stores it with the lab's mode/group.
         with tempfile.TemporaryDirectory(prefix="hpcenv-lock-") as scratch:
             written = Path(scratch) / "lock.yml"
-            engine.write_lock(written, plan.name, packages, channels, plan.platform)
+            write_lock(written, plan.name, packages, channels, plan.platform)
             registry.write_lockfile(record.name, record.version, written.read_text())
         report.step(f"installing {len(packages)} packages into {prefix}")
         pkgs_dir = Path(site.pkgs_dirs[0])
@@ -309,7 +311,7 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
     pinned = None
     if from_lock is not None:
         report.step(f"reading {from_lock}")
-        packages = engine.read_lock(Path(from_lock), platform=plan.platform)
+        packages = read_lock(Path(from_lock), platform=plan.platform)
         channels = tuple(sorted({p.channel.rstrip("/") for p in packages if p.channel}))
         locked_cuda = cuda_of_packages(packages)
         if locked_cuda is not None:
@@ -347,8 +349,6 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
 
 def _write_state(prefix: Path, env_vars: dict[str, str]) -> None:
     """Spec ``variables`` as conda stores them (``conda env config vars``)."""
-    from hpcenv.activation import env_state_vars
-
     state = prefix / "conda-meta" / "state"
     state.write_text(json.dumps({"env_vars": env_vars}, indent=2) + "\n")
     env_state_vars(prefix)  # read back as activation will: a name no shell accepts fails here

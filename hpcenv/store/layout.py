@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcenv.locking import BuildLock, CacheLock, LockHolder
+from hpcenv.store.locking import BuildLock, CacheLock, LockHolder
 
 if TYPE_CHECKING:
-    from hpcenv.site import SiteConfig
+    from hpcenv.site.config import SiteConfig
 
 MARKER = ".hpcenv-complete"
 CACHE_LOCK = ".hpcenv-cache.lock"
