@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from hpcenv.cli import build_parser, main
-from hpcenv.cli.remote import RemoteOptions, _rewrite_arg, _strip_local_globals
-from hpcenv.errors import HpcenvError, InvalidInput
+from hpcenv.cli.argtypes import LocalFile
+from hpcenv.cli.remote import remote_argv
+from hpcenv.errors import HpcenvError
 from hpcenv.remote.errors import (
     AuthRefused,
     HostKeyMismatch,
@@ -72,14 +73,19 @@ def test_parse_find_manifest_handles_fractional_mtime_and_spaces() -> None:
     assert parse_find_manifest(text) == {"a b/c.txt": FileStat(12, 1700000000), "x": FileStat(0, 5)}
 
 
-def test_remote_options_are_taken_out_before_double_dash() -> None:
-    argv = ["--remote", "c", "submit", "--sync", "data", "--exclude=*.pyc", "train.py", "--",
-            "--sync", "kept"]
-    rest, options = RemoteOptions.extract(argv)
-    assert rest == ["--remote", "c", "submit", "train.py", "--", "--sync", "kept"]
-    assert options == RemoteOptions(sync=(Path("data"),), exclude=("*.pyc",))
-    with pytest.raises(InvalidInput, match="^--sync needs a value$"):
-        RemoteOptions.extract(["submit", "train.py", "--sync"])
+def test_sync_and_exclude_are_submit_options_parsed_anywhere(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["--remote", "c", "submit", "train.py", "--env", "a", "--sync", "data",
+         "--exclude=*.pyc", "--", "--sync", "kept"])
+    assert args.sync == [Path("data")] and args.exclude == ["*.pyc"]
+    assert args.script == "train.py" and args.program_args == ["--sync", "kept"]
+    assert "--sync DIR" in build_parser()._subparsers._group_actions[0].choices[  # type: ignore[union-attr]
+        "submit"].format_help()
+
+
+def test_sync_without_remote_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", "x.py", "--env", "a", "--sync", "."]) == 2
+    assert "--sync/--exclude upload files to a remote login node" in capsys.readouterr().err
 
 
 def test_path_map_places_files_inside_synced_trees(tmp_path: Path) -> None:
@@ -92,8 +98,9 @@ def test_path_map_places_files_inside_synced_trees(tmp_path: Path) -> None:
 
 
 def test_local_globals_are_not_sent() -> None:
-    argv = ["--remote", "c", "--site=/x.yaml", "env", "list", "--json", "-v", "--", "--json"]
-    assert _strip_local_globals(argv) == ["env", "list", "-v", "--", "--json"]
+    parser = build_parser()
+    args = parser.parse_args(["--remote", "c", "--site=/x.yaml", "env", "list", "--json", "-v"])
+    assert remote_argv(parser, args) == ["-v", "env", "list"]
 
 
 def test_skipping_writer_replays_only_new_text() -> None:
@@ -145,23 +152,31 @@ def test_local_manifest_turns_read_errors_into_one_line(tmp_path: Path) -> None:
     assert sorted(local_manifest(project, ["self"])) == ["ok.py"]
 
 
-def test_script_rewrite_finds_the_argument_the_parser_reads_as_script() -> None:
-    # The job name, the env file and a program argument all read "train.py" too.
-    argv = ["submit", "--job-name", "train.py", "--env-file=train.py", "--env", "x",
-            "./train.py", "train.py", "--", "train.py"]
-    script = list(argv)
-    _rewrite_arg(build_parser(), script, "script", "train.py", "/w/inputs/1/train.py")
-    assert script == ["submit", "--job-name", "train.py", "--env-file=train.py", "--env", "x",
-                      "/w/inputs/1/train.py", "train.py", "--", "train.py"]
-    _rewrite_arg(build_parser(), script, "env_file", "train.py", "/w/inputs/2/train.py")
-    assert script[3] == "--env-file=/w/inputs/2/train.py"
-    assert script.count("train.py") == 3
-    build = ["env", "build", "--name", "spec.yml", "spec.yml"]
-    _rewrite_arg(build_parser(), build, "file", "spec.yml", "/w/spec.yml")
-    assert build == ["env", "build", "--name", "spec.yml", "/w/spec.yml"]
-    lock = ["env", "build", "--from-lock", "./env.lock", "--name", "env.lock"]
-    _rewrite_arg(build_parser(), lock, "from_lock", "env.lock", "/w/env.lock")
-    assert lock == ["env", "build", "--from-lock", "/w/env.lock", "--name", "env.lock"]
+def test_remote_argv_is_built_from_the_parsed_values() -> None:
+    # The job name, the env file and a program argument all read "train.py" too: only the
+    # parsed script is replaced, whatever its spelling.
+    parser = build_parser()
+    args = parser.parse_args(["submit", "--job-name", "train.py", "--env-file=train.py", "-p",
+                              "gpu", "--gpus", "2", "--sbatch-arg=--exclusive", "--env", "x",
+                              "./train.py", "train.py", "--", "-x", "train.py"])
+    files = {dest for dest, value in vars(args).items() if isinstance(value, LocalFile)}
+    assert files == {"script", "env_file"}
+    argv = remote_argv(parser, args, {"script": "/w/1/train.py", "env_file": "/w/2/train.py"})
+    assert argv == ["submit", "--env=x", "--env-file=/w/2/train.py", "--gpus=2",
+                    "--partition=gpu", "--job-name=train.py", "--sbatch-arg=--exclusive",
+                    "/w/1/train.py", "--", "train.py", "-x", "train.py"]
+    assert parser.parse_args(argv).program_args == ["train.py", "-x", "train.py"]
+    build = parser.parse_args(["env", "build", "--name", "spec.yml", "spec.yml"])
+    assert remote_argv(parser, build, {"file": "/w/spec.yml"}) == \
+        ["env", "build", "--name=spec.yml", "/w/spec.yml"]
+    lock = parser.parse_args(["env", "build", "--from-lock", "./env.lock", "--name", "e", "-q"])
+    assert remote_argv(parser, lock, {"from_lock": "/w/env.lock"}) == \
+        ["-q", "env", "build", "--name=e", "--from-lock=/w/env.lock"]
+    command = parser.parse_args(["submit", "--env", "x", "--wait", "--", "python", "-c", "1"])
+    assert remote_argv(parser, command) == ["submit", "--env=x", "--wait", "--", "python",
+                                            "-c", "1"]
+    run = parser.parse_args(["run", "-n", "x", "--", "python", "--version"])
+    assert remote_argv(parser, run) == ["run", "--name=x", "--", "python", "--version"]
 
 
 def test_job_info_from_remote_status_records() -> None:
@@ -666,12 +681,11 @@ def test_help_does_not_import_fabric() -> None:
     assert out.split() == ["False", "False"]
 
 
-@pytest.mark.ssh
-def test_sync_only_with_submit(sshd: SshServer, ssh_client_home: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
-    _write_remotes(ssh_client_home, sshd)
-    assert main(["--remote", "testcluster", "--sync", ".", "site", "show"]) == 2
-    assert "--sync/--exclude only apply" in capsys.readouterr().err
+def test_sync_only_with_submit(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--remote", "testcluster", "site", "show", "--sync", "."])
+    assert exit_.value.code == 2
+    assert "unknown option --sync" in capsys.readouterr().err
 
 
 
@@ -698,8 +712,9 @@ def test_remote_submit_lands_on_the_partition_its_cuda_needs(
     monkeypatch.delenv("SLURM_CONF", raising=False)  # a laptop shell knows no Slurm
     monkeypatch.chdir(_laptop_project(tmp_path))
     _write_remotes(ssh_client_home, sshd_slurm)
-    code = main(["--remote", "testcluster", "--json", "submit", "--sync", ".",
-                 "--exclude", "__pycache__", "train.py", "--env", "llm-finetune", "--wait"])
+    # As the redesign issue types it: --sync after the script, --remote after the command.
+    code = main(["--json", "submit", "train.py", "--env", "llm-finetune", "--sync", ".",
+                 "--exclude", "__pycache__", "--wait", "--remote", "testcluster"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     submitted = json.loads(captured.out)

@@ -702,3 +702,14 @@ def test_check_probes_lock_support_per_envs_dir(tmp_path: Path, env: dict[str, s
     assert "flock works" in checks["locks envs_dirs[0]"].detail
     assert str(tmp_path) in checks["locks envs_dirs[1]"].detail
     assert list((tmp_path / "a").iterdir()) == []  # the probe leaves nothing behind
+
+
+def test_readme_reference_table_is_generated_from_the_declarations() -> None:
+    from hpcenv.site.config import SiteConfig
+    from hpcenv.site.schema import reference_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- site-reference:start -->\n", "\n<!-- site-reference:end -->"
+    shown = readme[readme.index(start) + len(start):readme.index(end)]
+    assert shown == reference_table(SiteConfig), \
+        "README's site reference is stale: paste the output of `python -m hpcenv.site.config`"

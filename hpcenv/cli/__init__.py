@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from hpcenv import __version__
+from hpcenv.cli.argtypes import check_sync_options
 from hpcenv.cli.context import Context
 from hpcenv.errors import HpcenvError
 
@@ -77,13 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity = 1 if any(a in ("-v", "--verbose") or a.startswith("-vv") for a in argv) else 0
     try:
         parser = build_parser()
-        remote_options = None
-        if any(a == "--remote" or a.startswith("--remote=") for a in argv):
-            # --sync/--exclude exist only over --remote: take them out before the local parser
-            # sees them.  hpcenv.cli.remote imports fabric lazily, so this stays cheap.
-            from hpcenv.cli.remote import RemoteOptions
-
-            argv, remote_options = RemoteOptions.extract(argv)
         args = parser.parse_args(argv)
         handler = getattr(args, "handler", None)
         if handler is None:
@@ -92,10 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         ctx = Context.from_args(args)
         verbosity = ctx.verbosity
+        check_sync_options(args)
         if ctx.remote:
+            # Imported here: remote mode needs the site config and the SSH layers.
             from hpcenv.cli.remote import run_remote_cli
 
-            return run_remote_cli(parser, args, argv, ctx, remote_options)
+            return run_remote_cli(parser, args, ctx)
         return int(handler(args, ctx) or 0)
     except HpcenvError as exc:
         _print_traceback(verbosity)

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpcenv.cli.argtypes import LocalFile
 from hpcenv.cli.context import Context
 from hpcenv.errors import HpcenvError, InvalidInput
 
@@ -27,12 +28,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description="Build FILE (or recreate --from-lock LOCK) once per build key, publish it "
                     "as the current version of NAME, and report 'built' or 'reused'. Concurrent "
                     "builders of the same key wait for the first one.")
-    p.add_argument("file", metavar="FILE", nargs="?", help="a conda environment.yml file")
+    p.add_argument("file", metavar="FILE", nargs="?", type=LocalFile,
+                   help="a conda environment.yml file")
     p.add_argument("--name", help="env name (default: the file's 'name:')")
     cuda = p.add_mutually_exclusive_group()
     cuda.add_argument("--cuda", metavar="X.Y", help="solve with __cuda=X.Y (default: inferred)")
     cuda.add_argument("--no-cuda", action="store_true", help="solve without __cuda (CPU builds)")
-    p.add_argument("--from-lock", metavar="LOCK", type=Path,
+    p.add_argument("--from-lock", metavar="LOCK", type=LocalFile,
                    help="recreate from a lockfile (hpcenv's, or an @EXPLICIT list) without solving")
     p.set_defaults(handler=_build)
 
@@ -166,7 +168,7 @@ def _build(args: argparse.Namespace, ctx: Context) -> int:
     try:
         result = build_env(spec, ctx.site(), name=args.name,
                            cuda_override="" if args.no_cuda else args.cuda,
-                           from_lock=args.from_lock, on_progress=progress)
+                           from_lock=Path(args.from_lock) if args.from_lock else None, on_progress=progress)
     finally:
         progress.close()
     data = result.to_dict()

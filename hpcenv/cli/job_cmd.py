@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcenv.cli.context import Context
+from hpcenv.cli.argtypes import LocalFile, add_sync_options
+from hpcenv.cli.submission import is_local, report_submission
 from hpcenv.errors import InvalidInput
 from hpcenv.text_table import text_table
 
@@ -66,7 +68,7 @@ def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentP
                     "Arguments for SCRIPT that look like options go after '--'.")
     p.add_argument("words", nargs="*", metavar="SCRIPT [ARGS...]", help=argparse.SUPPRESS)
     p.add_argument("--env", metavar="NAME", help="registered env to run in")
-    p.add_argument("--env-file", metavar="FILE", help="environment file: build (or reuse) the env "
+    p.add_argument("--env-file", metavar="FILE", type=LocalFile, help="environment file: build (or reuse) the env "
                    "from it first; NAME defaults to its name:")
     r = p.add_argument_group("resources (as sbatch; defaults from the site config)")
     r.add_argument("--gpus", type=int, metavar="N", help="GPUs per node (default: 1 for a CUDA env, "
@@ -96,6 +98,7 @@ def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentP
                    help="print the job script, partition and reason; submit (and build) nothing")
     p.add_argument("--wait", action="store_true",
                    help="wait for the job to end and exit with its exit code")
+    add_sync_options(p)
     p.set_defaults(handler=submit_handler)
     _split_at_double_dash(p)
 
@@ -120,7 +123,8 @@ def _split_at_double_dash(parser: argparse.ArgumentParser) -> None:
         ns, extra = original(words, namespace)
         positional = list(ns.words)
         if positional:
-            ns.script, ns.program_args, ns.program_cmd = positional[0], positional[1:] + (tail or []), None
+            ns.script = LocalFile(positional[0])
+            ns.program_args, ns.program_cmd = positional[1:] + (tail or []), None
         else:
             ns.script, ns.program_args, ns.program_cmd = None, [], tail
         return ns, extra
@@ -151,43 +155,8 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
         data["script_text"] = result.script_text
         ctx.emit(data, _dry_run_text)
         return 0
-    data = result.to_dict()
-    if not args.wait:
-        ctx.emit(data, _submitted_text)
-        return 0
-    ctx.info(f"hpcenv: {_submitted_text(data)}; waiting")
-    info = _wait(result.job_id or "", ctx, site)
-    from hpcenv.jobs.control import job_exit_code
-
-    code = job_exit_code(info)
-    if ctx.json:
-        # One JSON document: the submission plus how the job ended.
-        ctx.emit({**data, "state": info.state, "exit_code": code, "node": info.node,
-                  "elapsed": info.elapsed})
-    return code
-
-
-def _local(d: dict[str, Any]) -> bool:
-    return d["scheduler"] == "local"
-
-
-def _where(d: dict[str, Any]) -> str:
-    if _local(d):
-        routed = f" (routed to partition {d['partition']})" if d["partition"] else ""
-        return f"the local executor{routed}"
-    if not d["partition"]:
-        return "the cluster's default partition"
-    constraint = f" with --constraint={d['constraint']}" if d.get("constraint") else ""
-    return f"partition {d['partition']}{constraint}"
-
-
-def _why(d: dict[str, Any]) -> str:
-    # On the local executor without partitions there is no choice to explain.
-    return "" if _local(d) and not d["partition"] else f": {d['reason']}"
-
-
-def _submitted_text(d: dict[str, Any]) -> str:
-    return f"submitted job {d['job_id']} to {_where(d)}, env {d['env']} v{d['env_version']}{_why(d)}"
+    wait = (lambda: _wait(result.job_id or "", ctx, site)) if args.wait else None
+    return report_submission(result.to_dict(), ctx, wait)
 
 
 def _launcher_text(d: dict[str, Any]) -> str:
@@ -198,7 +167,7 @@ def _launcher_text(d: dict[str, Any]) -> str:
 
 
 def _nodes_text(d: dict[str, Any]) -> str:
-    if _local(d):
+    if is_local(d):
         return "this machine (the local executor)"
     if not d.get("constraint"):
         return "any in the partition"
@@ -208,7 +177,7 @@ def _nodes_text(d: dict[str, Any]) -> str:
 
 
 def _no_partition(d: dict[str, Any]) -> str:
-    return "none (the local executor has none)" if _local(d) else "the cluster's default"
+    return "none (the local executor has none)" if is_local(d) else "the cluster's default"
 
 
 def _dry_run_text(d: dict[str, Any]) -> str:

@@ -1,9 +1,11 @@
 """``hpcenv --remote NAME COMMAND ...``: the parsed command runs on the remote's login node.
 
-Options that only exist over ``--remote`` (``--sync``, ``--exclude``) and the global options that
-stay on this side are taken out of argv; files the command names are uploaded (see
-``hpcenv.remote.uploads``) and argv pointed at their remote copies; the remote hpcenv runs in the
-remote workdir with the same arguments and its output streams here.  ``submit --wait`` and
+The remote command line is built from the parsed arguments (:func:`remote_argv`), never by
+editing the words typed: every option the command declared is written back in its long form,
+the options that only mean something on this side (``--site``, ``--remote``, ``--json``,
+``--sync``, ``--exclude``) are left out, and arguments that name local files (values of type
+:class:`LocalFile`) point at their remote copies (see ``hpcenv.remote.uploads``).  The remote
+hpcenv runs in the remote workdir and its output streams here.  ``submit --wait`` and
 ``logs -f`` are driven from here, so they survive dropped connections.
 """
 
@@ -11,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import posixpath
-import shlex
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hpcenv.cli.argtypes import LocalFile
+from hpcenv.cli.submission import report_submission
 from hpcenv.errors import InvalidInput
-from hpcenv.jobs.control import job_exit_code
 from hpcenv.remote.errors import RemoteCommandFailed, last_lines
 from hpcenv.remote.jobs import parse_json, wait_for_job
 from hpcenv.remote.session import RemoteSession
@@ -32,177 +33,151 @@ if TYPE_CHECKING:
     from hpcenv.site.config import Remote
 
 
-@dataclass(frozen=True)
-class RemoteOptions:
-    """Options that only exist over ``--remote`` and are consumed locally (never sent)."""
-
-    sync: tuple[Path, ...] = ()
-    exclude: tuple[str, ...] = ()
-
-    @classmethod
-    def extract(cls, argv: Sequence[str]) -> tuple[list[str], RemoteOptions]:
-        """Pull ``--sync DIR`` and ``--exclude PATTERN`` (before any ``--``) out of argv."""
-        rest, found = _take_options(argv, ("--sync", "--exclude"))
-        return rest, cls(sync=tuple(Path(p) for p in found["--sync"]),
-                         exclude=tuple(found["--exclude"]))
+# Parsed values that only mean something on this side and are never sent.
+_LOCAL_ONLY_DESTS = frozenset({"site", "remote", "json", "sync", "exclude", "help", "version",
+                               "verbose", "quiet", "handler"})
 
 
-def _take_options(argv: Sequence[str], with_value: Sequence[str],
-                  flags: Sequence[str] = ()) -> tuple[list[str], dict[str, list[str]]]:
-    """Split ``argv`` into the words left and the values of the options named (a flag's value
-    is ``""``).  Only words before a ``--`` count: what follows is the job program's."""
-    rest: list[str] = []
-    found: dict[str, list[str]] = {name: [] for name in (*with_value, *flags)}
-    items = list(argv)
-    i = 0
-    while i < len(items):
-        token = items[i]
-        if token == "--":
-            rest.extend(items[i:])
-            break
-        option, has_value, value = token.partition("=")
-        if token in flags:
-            found[token].append("")
-        elif option not in with_value:
-            rest.append(token)
-        elif has_value:
-            found[option].append(value)
-        elif i + 1 < len(items):
-            found[option].append(items[i + 1])
-            i += 1
-        else:
-            raise InvalidInput(f"{option} needs a value")
-        i += 1
-    return rest, found
+def local_files(args: argparse.Namespace) -> dict[str, Path]:
+    """The parsed arguments that name local files which exist, by argparse dest."""
+    return {dest: Path(value).expanduser() for dest, value in vars(args).items()
+            if isinstance(value, LocalFile) and Path(value).expanduser().is_file()}
 
 
-# Global options that stay on this side: where to find remotes, how to print.
-_LOCAL_GLOBALS_WITH_VALUE = ("--site", "--remote")
-_LOCAL_GLOBAL_FLAGS = ("--json",)
+def remote_argv(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                replace: Mapping[str, str] = {}) -> list[str]:
+    """The command line that makes the remote hpcenv parse what ``parser`` parsed into ``args``.
 
-
-def _strip_local_globals(argv: Sequence[str]) -> list[str]:
-    return _take_options(argv, _LOCAL_GLOBALS_WITH_VALUE, _LOCAL_GLOBAL_FLAGS)[0]
-
-
-def _same_arg(token: str, value: str) -> bool:
-    # argparse may have turned the value into a Path ("./x.yml" -> "x.yml"): compare as paths.
-    return token == value or (bool(token) and not token.startswith("-")
-                              and Path(token) == Path(value))
-
-
-def _rewrite_arg(parser: argparse.ArgumentParser, argv: list[str], dest: str, value: str,
-                 new: str) -> None:
-    """Replace, in ``argv``, the argument that gives ``dest`` its ``value`` by ``new``.
-
-    The same text may stand in several places (``submit --job-name train.py train.py``), so the
-    real CLI parser decides which one it is: each token that looks like the value (or the value
-    of an ``--option=value`` token) is swapped for a marker and argv parsed again; the swap that
-    lands in ``dest`` is the one.
+    ``replace`` gives new values by dest (the remote copies of local files).  Options are
+    written ``--long=value`` so no value can be read as an option; a job's program and its
+    arguments go after ``--``.
     """
-    import contextlib
-    import io
+    argv = ["-v"] * max(0, getattr(args, "verbose", 0) or 0)
+    if getattr(args, "quiet", False):
+        argv.append("-q")
+    tail: list[str] = []
+    _unparse(parser, args, replace, argv, tail)
+    return argv + (["--", *tail] if tail else [])
 
 
-    marker = "@hpcenv-remote-argument@"
-    for i, token in enumerate(argv):
-        option, eq, attached = token.partition("=")
-        if _same_arg(token, value):
-            prefix = ""
-        elif token.startswith("-") and eq and _same_arg(attached, value):
-            prefix = option + eq
+def _unparse(parser: argparse.ArgumentParser, args: argparse.Namespace,
+             replace: Mapping[str, str], argv: list[str], tail: list[str]) -> None:
+    positionals: list[str] = []
+    chosen: tuple[str, argparse.ArgumentParser] | None = None
+    for action in parser._actions:
+        if action.dest in _LOCAL_ONLY_DESTS or action.dest == argparse.SUPPRESS:
+            continue
+        if isinstance(action, argparse._SubParsersAction):
+            name = getattr(args, action.dest, None)
+            if name is not None:
+                chosen = (name, action.choices[name])
+            continue
+        value = replace.get(action.dest, getattr(args, action.dest, None))
+        if not action.option_strings:
+            positionals.extend(_positional_words(action, value, args, replace, tail))
         else:
-            continue
-        trial = [*argv[:i], prefix + marker, *argv[i + 1:]]
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):
-                parsed = parser.parse_args(trial)
-        except SystemExit:
-            continue
-        if str(getattr(parsed, dest, None)) == marker:
-            argv[i] = prefix + new
-            return
-    raise RuntimeError(f"no argument of {shlex.join(argv)!r} gives {dest} the value {value!r}")
+            argv.extend(_option_words(action, value))
+    argv.extend(positionals)
+    if chosen is not None:
+        argv.append(chosen[0])
+        _unparse(chosen[1], args, replace, argv, tail)
+
+
+def _positional_words(action: argparse.Action, value: object, args: argparse.Namespace,
+                      replace: Mapping[str, str], tail: list[str]) -> list[str]:
+    if action.dest == "words":
+        # submit's SCRIPT [ARGS...]: parsed into script / program_args / program_cmd.
+        script = replace.get("script", args.script)
+        tail.extend(args.program_args if script is not None else (args.program_cmd or []))
+        return [str(script)] if script is not None else []
+    if action.nargs == argparse.REMAINDER:
+        words = list(value or [])  # type: ignore[call-overload]
+        tail.extend(words[1:] if words[:1] == ["--"] else words)
+        return []
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _option_words(action: argparse.Action, value: object) -> list[str]:
+    if value is None or value == action.default:
+        return []
+    flag = max(action.option_strings, key=len)
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                           argparse._StoreConstAction)):
+        return [flag]
+    if isinstance(action, argparse._CountAction):
+        return [flag] * int(value)  # type: ignore[call-overload]
+    if isinstance(action, argparse._AppendAction):
+        return [f"{flag}={v}" for v in value]  # type: ignore[attr-defined]
+    return [f"{flag}={value}"]
 
 
 def load_remote(name: str, ctx: Context) -> Remote:
-
     remotes = load_remotes(ctx.site())
     if name not in remotes:
         known = ", ".join(sorted(remotes)) or "none"
         raise InvalidInput(f"unknown remote {name!r} (known: {known}); add it under 'remotes:' in "
-                       f"the site config or in ~/.config/hpcenv/remotes.yaml")
+                           f"the site config or in ~/.config/hpcenv/remotes.yaml")
     return remotes[name]
 
 
-def _upload_inputs(parser: argparse.ArgumentParser, session: RemoteSession,
-                   args: argparse.Namespace, argv: list[str], paths: PathMap = PathMap()) -> None:
-    """Point argv at remote copies of the local files the command names (spec, lock, script),
-    uploading those not in a synced tree (``upload_inputs``)."""
-    for placed in upload_inputs(session, args, paths):
-        _rewrite_arg(parser, argv, placed.dest, placed.value, placed.remote_path)
-
-
 def run_remote_cli(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                   argv: Sequence[str], ctx: Context,
-                   options: RemoteOptions | None = None) -> int:
-    """Run one parsed hpcenv invocation on the remote ``ctx.remote``; return its exit code.
-
-    ``argv`` is the command line as given (with ``--sync``/``--exclude`` already taken out into
-    ``options``).  Local files it names are uploaded (see ``hpcenv.remote.uploads``), the remote
-    hpcenv runs in the remote workdir with the same arguments, and its output streams here.
-    """
+                   ctx: Context) -> int:
+    """Run one parsed hpcenv invocation on the remote ``ctx.remote``; return its exit code."""
     assert ctx.remote is not None
-    options = options or RemoteOptions()
     command = getattr(args, "command", None)
-    if options.sync and command != "submit":
-        raise InvalidInput("--sync/--exclude only apply to 'hpcenv --remote NAME submit'")
     remote = load_remote(ctx.remote, ctx)
     session = RemoteSession(ctx.remote, remote, info=ctx.info, debug=ctx.debug)
     with session:
         version = session.check_version()
         ctx.debug(f"hpcenv: {session.target} runs {version}")
-        remote_argv = _strip_local_globals(argv)
         if command == "submit":
-            return _remote_submit(parser, session, args, remote_argv, ctx, options)
-        _upload_inputs(parser, session, args, remote_argv)
-        line = session.hpcenv_line((["--json"] if ctx.json else []) + remote_argv,
-                                   cwd=session.workdir())
+            return _remote_submit(parser, session, args, ctx)
+        placed = upload_inputs(session, local_files(args))
+        line = session.hpcenv_line((["--json"] if ctx.json else [])
+                                   + remote_argv(parser, args, placed), cwd=session.workdir())
         if command == "logs" and getattr(args, "follow", False):
             return session.follow(line, sys.stdout, sys.stderr)
         return session.run(line, check=False, out=sys.stdout, err=sys.stderr).exit_code
 
 
-def _remote_submit(parser: argparse.ArgumentParser, session: RemoteSession, args: argparse.Namespace, remote_argv: list[str],
-                   ctx: Context, options: RemoteOptions) -> int:
+def _sync(session: RemoteSession, args: argparse.Namespace, ctx: Context) -> PathMap:
     workdir = session.workdir()
     roots: list[tuple[Path, str]] = []
-    for directory in options.sync:
+    for directory in args.sync:
         local = directory.expanduser().resolve()
         dest = posixpath.join(workdir, local.name or "root")
         if any(dest == other for _, other in roots):
             raise InvalidInput(f"--sync {directory}: another synced directory is also named "
                                f"{local.name!r} and would land in the same remote place; sync "
                                f"their common parent instead")
-        synced = sync_dir(session, local, dest, options.exclude)
+        synced = sync_dir(session, local, dest, args.exclude)
         ctx.info(f"hpcenv: synced {local} -> {session.target}:{dest}: "
                  f"{len(synced.uploaded)} file(s) sent ({synced.bytes_sent} bytes), "
                  f"{synced.unchanged} unchanged")
         roots.append((local, dest))
-    paths = PathMap(tuple(roots))
-    _upload_inputs(parser, session, args, remote_argv, paths)
+    return PathMap(tuple(roots))
+
+
+def _remote_submit(parser: argparse.ArgumentParser, session: RemoteSession,
+                   args: argparse.Namespace, ctx: Context) -> int:
+    paths = _sync(session, args, ctx)
+    env_name = None if args.env_file else args.env
+    placed = upload_inputs(session, local_files(args), paths, script_env=env_name)
     # Run where the user is, when that is inside a synced tree: relative paths keep working.
-    cwd = paths.remote_path(Path.cwd()) or workdir
-    if getattr(args, "dry_run", False):
+    cwd = paths.remote_path(Path.cwd()) or session.workdir()
+    if args.dry_run:
         # Nothing to track: show the remote's own rendering of the script and its routing.
-        line = session.hpcenv_line((["--json"] if ctx.json else []) + remote_argv, cwd=cwd)
+        line = session.hpcenv_line((["--json"] if ctx.json else [])
+                                   + remote_argv(parser, args, placed), cwd=cwd)
         return session.run(line, check=False, out=sys.stdout, err=sys.stderr).exit_code
-    wait = bool(getattr(args, "wait", False))
     # --wait is done from here by polling, so a dropped connection does not lose the job.
-    cut = remote_argv.index("--") if "--" in remote_argv else len(remote_argv)
-    submit_argv = [a for a in remote_argv[:cut] if a != "--wait"] + remote_argv[cut:]
-    result = session.run(session.hpcenv_line(["--json"] + submit_argv, cwd=cwd),
-                         check=False, err=sys.stderr, what="hpcenv submit")
+    submit_args = argparse.Namespace(**{**vars(args), "wait": False})
+    line = session.hpcenv_line(["--json", *remote_argv(parser, submit_args, placed)], cwd=cwd)
+    result = session.run(line, check=False, err=sys.stderr, what="hpcenv submit")
     if result.exit_code != 0:
         return result.exit_code
     data = parse_json(result.stdout, session, "submit")
@@ -210,25 +185,7 @@ def _remote_submit(parser: argparse.ArgumentParser, session: RemoteSession, args
         raise RemoteCommandFailed(f"remote '{session.name}': hpcenv submit printed no job_id "
                                   f"({last_lines(result.stdout, 1)}); check the remote hpcenv "
                                   f"version", 1)
-    job_id = str(data["job_id"])
     data["remote"] = session.name
-
-    def human(d: dict[str, Any]) -> str:
-        constraint = f" (constraint {d['constraint']})" if d.get("constraint") else ""
-        version = f" v{d['env_version']}" if d.get("env_version") is not None else ""
-        reason = f" ({d['reason']})" if d.get("reason") else ""
-        return (f"submitted job {d['job_id']} on {session.name} to partition "
-                f"{d.get('partition') or '(default)'}{constraint}: env {d.get('env')}{version}"
-                f"{reason}")
-
-    if not wait:
-        ctx.emit(data, human)
-        return 0
-    # As a local --wait: the submission on stderr now, one result (JSON) when the job ended.
-    ctx.info(f"hpcenv: {human(data)}; waiting")
-    info = wait_for_job(session, job_id, show_status=ctx.verbosity >= 0)
-    code = job_exit_code(info)
-    if ctx.json:
-        ctx.emit({**data, "state": info.state, "exit_code": code, "node": info.node,
-                  "elapsed": info.elapsed})
-    return code
+    wait = (lambda: wait_for_job(session, str(data["job_id"]), show_status=ctx.verbosity >= 0)) \
+        if args.wait else None
+    return report_submission(data, ctx, wait)

@@ -89,10 +89,7 @@ def _format_show(data: dict[str, Any]) -> str:
         elif isinstance(value, dict):
             for sub, subvalue in value.items():
                 # A section written in the file still has defaults for the keys it omits.
-                rows.append((f"{key}.{sub}", text(subvalue),
-                             prov.get(f"{key}.{sub}", "default" if key in ("slurm", "permissions",
-                                                                          "locks", "pip")
-                                      else prov[key])))
+                rows.append((f"{key}.{sub}", text(subvalue), prov.get(f"{key}.{sub}", "default")))
             if not value:
                 rows.append((key, "{}", prov[key]))
         else:

@@ -8,10 +8,9 @@ starts, however many submits follow, and identical inputs are sent once.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,10 +20,6 @@ from hpcenv.remote.sync import remote_manifest
 
 if TYPE_CHECKING:
     from hpcenv.remote.session import RemoteSession
-
-
-# Parsed argument names (argparse dests) that may name a local file the remote side needs.
-_FILE_DESTS = ("file", "from_lock", "env_file", "script")
 
 
 @dataclass(frozen=True)
@@ -41,15 +36,6 @@ class PathMap:
             if root in local.parents:
                 return posixpath.join(remote_root, local.relative_to(root).as_posix())
         return None
-
-
-@dataclass(frozen=True)
-class PlacedInput:
-    """A local file a parsed argument names (``dest``, given as ``value``) and its remote path."""
-
-    dest: str
-    value: str
-    remote_path: str
 
 
 def _inputs_dir(session: RemoteSession, files: Sequence[Path]) -> str:
@@ -82,47 +68,37 @@ def _place(session: RemoteSession, files: Sequence[Path]) -> str:
     return remote_dir
 
 
-def _env_file_for(args: argparse.Namespace) -> Path | None:
-    """The env file a local ``submit --env NAME`` would find (next to the script or in the
-    working dir), when no ``--env-file`` is given: the remote submit builds a missing env from
-    it the first time, as a local one would."""
-
-    if not getattr(args, "env", None) or getattr(args, "env_file", None) \
-            or not isinstance(getattr(args, "script", None), (str, Path)):
-        return None
-    script = Path(args.script).expanduser()
-    if not script.is_file():
-        return None
-    return find_env_file(args.env, [script.resolve().parent, Path.cwd()])
+def _env_file_for(script: Path, env_name: str) -> Path | None:
+    """The env file a local ``submit --env NAME SCRIPT`` would find (next to the script or in
+    the working dir): the remote submit builds a missing env from it the first time, as a local
+    one would."""
+    return find_env_file(env_name, [script.resolve().parent, Path.cwd()])
 
 
-def upload_inputs(session: RemoteSession, args: argparse.Namespace,
-                  paths: PathMap = PathMap()) -> list[PlacedInput]:
-    """Put on the remote the local files the command names (spec, lock, script); return where.
+def upload_inputs(session: RemoteSession, files: Mapping[str, Path], paths: PathMap = PathMap(),
+                  *, script_env: str | None = None) -> dict[str, str]:
+    """Put on the remote the local ``files`` a command names (by argument: spec, lock, script);
+    return each one's absolute remote path, by the same key.
 
     A file inside a synced directory is already there; any other file is uploaded into a
-    content-named dir under the remote workdir (with the env file a local submit would find
-    placed next to the script, where the remote submit looks for it).  Remote paths are absolute.
+    content-named dir under the remote workdir.  With ``script_env`` (a submit's env name, when
+    it gives no env file), the env file a local submit would find for that name is placed next
+    to the ``script``, where the remote submit looks for it.
     """
-    env_file = _env_file_for(args)
-    placed: list[PlacedInput] = []
-    for dest in _FILE_DESTS:
-        value = getattr(args, dest, None)
-        if value is None or not isinstance(value, (str, Path)):
-            continue
-        local = Path(value).expanduser()
-        if not local.is_file():
-            continue
+    script = files.get("script")
+    env_file = _env_file_for(script, script_env) if script and script_env else None
+    placed: dict[str, str] = {}
+    for key, local in files.items():
         remote_path = paths.remote_path(local)
         if remote_path is None:
             group = [local]
-            if dest == "script" and env_file is not None and env_file.name != local.name:
+            if key == "script" and env_file is not None and env_file.name != local.name:
                 group.append(env_file)
             remote_path = posixpath.join(_place(session, group), local.name)
-        elif dest == "script" and env_file is not None and paths.remote_path(env_file) is None:
+        elif key == "script" and env_file is not None and paths.remote_path(env_file) is None:
             # The script was synced but its env file lies outside every synced tree.
             target = posixpath.join(posixpath.dirname(remote_path), env_file.name)
             session.info(f"hpcenv: uploading env file {env_file} to {session.target}:{target}")
             session.upload(env_file, target)
-        placed.append(PlacedInput(dest, str(value), remote_path))
+        placed[key] = remote_path
     return placed

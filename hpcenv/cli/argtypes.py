@@ -1,0 +1,33 @@
+"""Argument types and option groups shared by several commands (kept free of heavy imports:
+every command's parser is built for ``hpcenv --help``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hpcenv.errors import InvalidInput
+
+
+class LocalFile(str):
+    """An argument that names a file on this machine (an env file, a lock, a job script).
+
+    Parsers give such arguments this type, so remote mode knows from the parsed values alone
+    which ones to upload and point at their remote copies."""
+
+
+def add_sync_options(parser: argparse.ArgumentParser) -> None:
+    """``--sync DIR``/``--exclude PATTERN``, for commands that run a job from local files."""
+    group = parser.add_argument_group("with --remote")
+    group.add_argument("--sync", action="append", default=[], type=Path, metavar="DIR",
+                       help="upload DIR's changed files to the remote workdir first (repeatable); "
+                            "the job runs there, so relative paths inside DIR keep working")
+    group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                       help="leave files matching PATTERN out of --sync (repeatable, fnmatch)")
+
+
+def check_sync_options(args: argparse.Namespace) -> None:
+    """``--sync``/``--exclude`` only mean something over ``--remote``."""
+    if (getattr(args, "sync", None) or getattr(args, "exclude", None)) and not args.remote:
+        raise InvalidInput("--sync/--exclude upload files to a remote login node: add "
+                           "--remote NAME, or leave them out to run here")
