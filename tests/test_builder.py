@@ -21,6 +21,7 @@ from hpcenv.store.debris import clean_debris, find_debris
 from hpcenv.store.layout import MARKER, builds_dir, env_link
 from hpcenv.store.lifecycle import remove_version, rollback
 from hpcenv.store.registry import Registry
+from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 
 
 def spec(text: str, tmp_path: Path | None = None):
@@ -101,21 +102,21 @@ def test_build_then_reuse(site, tmp_path: Path) -> None:
 
 def test_cuda_build_chosen_on_gpu_less_machine(site) -> None:
     cuda = build_env(spec(KERNELS_CUDA), site, name="gpu")
-    assert cuda.record.cuda == "12.4" and cuda.record.cuda_override is None
+    assert cuda.record.cuda == CudaTarget.of("12.4") and cuda.record.cuda_override is None
     assert ("hpcdemo-kernels", "1.2.0") in {(n, v) for n, v, _ in installed(cuda.prefix)}
     assert run_py(cuda.prefix, "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cuda124"
 
     cpu = build_env(spec(KERNELS_CPU), site, name="cpu")
-    assert cpu.record.cuda is None
+    assert cpu.record.cuda == NO_CUDA
     assert run_py(cpu.prefix, "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cpu"
 
     forced = build_env(spec(KERNELS_CUDA.replace("  - cuda-version=12.4\n", "")), site,
-                       name="forced", cuda_override="")
-    assert forced.record.cuda is None and forced.record.cuda_override == ""
+                       name="forced", cuda_override=NO_CUDA)
+    assert forced.record.cuda == NO_CUDA and forced.record.cuda_override == NO_CUDA
     assert run_py(forced.prefix, "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cpu"
 
-    override = build_env(spec(KERNELS_CPU), site, name="ovr", cuda_override="11.8")
-    assert override.record.cuda == "11.8"
+    override = build_env(spec(KERNELS_CPU), site, name="ovr", cuda_override=CudaTarget.of("11.8"))
+    assert override.record.cuda == CudaTarget.of("11.8")
     assert run_py(override.prefix,
                   "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cuda118"
 
@@ -169,8 +170,8 @@ def test_bad_names_rejected(site) -> None:
         build_env(spec(KERNELS_CPU), site, name="../evil")
     with pytest.raises(InvalidInput, match="no 'name:'"):
         build_env(spec("dependencies: [python]\n"), site)
-    with pytest.raises(InvalidInput, match="--cuda"):
-        plan_build(spec(KERNELS_CPU), site, cuda_override="twelve")
+    with pytest.raises(InvalidInput, match="--cuda twelve: 'twelve' is not a CUDA version"):
+        plan_build(spec(KERNELS_CPU), site, cuda_override=CudaTarget.parse("twelve"))
 
 
 # ("hpcdemo-kernels >=" is refused by load_spec itself since spec.py checks match specs.)
@@ -201,16 +202,16 @@ def test_cuda_of_packages() -> None:
                              file_name=f"{name}.conda", depends=depends)
 
     kernels = pkg("kernels", depends=("cuda-version >=12.4,<13", "__cuda"))
-    assert cuda_of_packages([pkg("python"), pkg("cuda-version", "12.4"), kernels]) == "12.4"
-    assert cuda_of_packages([pkg("cuda-version", "11.8.0"), kernels]) == "11.8"
+    assert cuda_of_packages([pkg("python"), pkg("cuda-version", "12.4"), kernels]).version == "12.4"
+    assert cuda_of_packages([pkg("cuda-version", "11.8.0"), kernels]).version == "11.8"
     # cuda-version alone constrains __cuda only where there is one: a CPU build needs no CUDA.
-    assert cuda_of_packages([pkg("python"), pkg("cuda-version", "12.4"), pkg("kernels")]) is None
+    assert cuda_of_packages([pkg("python"), pkg("cuda-version", "12.4"), pkg("kernels")]) == NO_CUDA
     assert cuda_of_packages([pkg("lib", depends=("__cuda_foo",)), pkg("cuda-version", "12.4")]) \
-        is None
+        == NO_CUDA
     assert cuda_of_packages([pkg("lib", depends=("__cuda >=12.2",)),
-                             pkg("other", depends=("__cuda >=11.8", "python"))]) == "12.2"
-    assert cuda_of_packages([pkg("lib", depends=("__cuda",))]) is None
-    assert cuda_of_packages([pkg("python", depends=("__glibc >=2.17",))]) is None
+                             pkg("other", depends=("__cuda >=11.8", "python"))]).version == "12.2"
+    assert cuda_of_packages([pkg("lib", depends=("__cuda",))]) == NO_CUDA
+    assert cuda_of_packages([pkg("python", depends=("__glibc >=2.17",))]) == NO_CUDA
 
 
 def test_from_lock_gives_same_packages(site) -> None:
@@ -219,11 +220,11 @@ def test_from_lock_gives_same_packages(site) -> None:
     assert again.status == "built"
     assert installed(again.prefix) == installed(first.prefix)
     # No solve, so the CUDA comes from the locked packages: routing must see a CUDA env.
-    assert again.record.cuda == first.record.cuda == "12.4"
-    assert Registry(site.registry).get("copy", 1).cuda == "12.4"
+    assert again.record.cuda == first.record.cuda == CudaTarget.of("12.4")
+    assert Registry(site.registry).get("copy", 1).cuda == CudaTarget.of("12.4")
     cpu = build_env(spec(KERNELS_CPU), site, name="cpu")
     cpu_again = build_env(None, site, name="cpu2", from_lock=Path(cpu.record.lock_path))
-    assert cpu.record.cuda is None and cpu_again.record.cuda is None
+    assert cpu.record.cuda == NO_CUDA and cpu_again.record.cuda == NO_CUDA
     assert run_py(again.prefix, "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cuda124"
     assert build_env(None, site, name="copy",
                      from_lock=Path(first.record.lock_path)).status == "reused"
@@ -294,7 +295,7 @@ def test_debris_without_live_lock_is_cleaned(site) -> None:
 
     dead = reg.allocate("kern", lambda v: EnvRecord(
         name="kern", version=v, key="0" * 64, spec={}, spec_hash="", lock_path="",
-        prefix=str(builds_dir(site) / f"kern-{v}-000000000000"), cuda=None, cuda_override=None,
+        prefix=str(builds_dir(site) / f"kern-{v}-000000000000"), cuda=NO_CUDA, cuda_override=None,
         channels=[], platform=plan.platform, status="building", creator="x@y",
         created="2024-01-01T00:00:00+00:00"))
     Path(dead.prefix, "conda-meta").mkdir(parents=True)
@@ -370,8 +371,8 @@ def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:
 def test_record_says_whether_the_env_needs_a_gpu(site, tmp_path: Path) -> None:
     cuda = build_env(spec(KERNELS_CUDA), site, name="gpu").record
     cpu = build_env(spec(KERNELS_CPU), site, name="cpu").record
-    assert (cuda.cuda, cuda.gpu_required) == ("12.4", True)
-    assert (cpu.cuda, cpu.gpu_required) == (None, False)
+    assert (cuda.cuda, cuda.gpu_required) == (CudaTarget.of("12.4"), True)
+    assert (cpu.cuda, cpu.gpu_required) == (NO_CUDA, False)
     # From a lock: the locked packages' CUDA decides, whatever the (absent) spec says.
     assert build_env(None, site, name="gpu2",
                      from_lock=Path(cuda.lock_path)).record.gpu_required is True
@@ -396,7 +397,7 @@ def test_from_lock_accepts_an_explicit_list(site, tmp_path: Path) -> None:
     again = build_env(None, site, name="copy", from_lock=explicit, on_progress=progress.append)
     assert again.status == "built"
     assert installed(again.prefix) == installed(first.prefix)
-    assert again.record.cuda == "12.4"
+    assert again.record.cuda == CudaTarget.of("12.4")
     assert BuildEvent("step", f"reading @EXPLICIT list {explicit}") in progress
     with pytest.raises(InvalidInput, match=r"--from-lock .*missing.txt: no such file"):
         build_env(None, site, name="copy", from_lock=tmp_path / "missing.txt")
@@ -451,7 +452,7 @@ def _dead_building_record(site, name: str):
     reg = Registry(site.registry)
     return reg.allocate(name, lambda v: EnvRecord(
         name=name, version=v, key=f"{v:064d}", spec={}, spec_hash="", lock_path="",
-        prefix=str(builds_dir(site) / f"{name}-{v}-000000000000"), cuda=None,
+        prefix=str(builds_dir(site) / f"{name}-{v}-000000000000"), cuda=NO_CUDA,
         cuda_override=None, channels=[], platform="linux-64", status="building",
         creator="x@y", created="2024-01-01T00:00:00+00:00"))
 

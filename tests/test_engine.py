@@ -13,6 +13,7 @@ from hpcenv.engine.conda_cli import CondaCliEngine, explicit_text, parse_dry_run
 from hpcenv.engine.lockfile import read_lock, write_lock
 from hpcenv.engine.rattler_engine import RattlerEngine
 from hpcenv.errors import HpcenvError, InvalidInput
+from hpcenv.spec.cuda_target import DETECT_CUDA, NO_CUDA, CudaTarget
 
 SPECS = ["python 3.11.*", "hpcdemo-kernels", "hpcdemo-tools"]
 
@@ -28,17 +29,17 @@ def builds(packages: list[LockedPackage]) -> dict[str, str]:
 
 def test_solve_honours_cuda_override(engine: RattlerEngine, demo_channel) -> None:
     kw = dict(channels=[str(demo_channel.path)], platform=current_platform())
-    gpu = builds(engine.solve(SPECS, cuda="12.4", **kw))
+    gpu = builds(engine.solve(SPECS, cuda=CudaTarget.of("12.4"), **kw))
     assert gpu["hpcdemo-kernels"].startswith("cuda124_")
-    old = builds(engine.solve(SPECS, cuda="11.8", **kw))
+    old = builds(engine.solve(SPECS, cuda=CudaTarget.of("11.8"), **kw))
     assert old["hpcdemo-kernels"].startswith("cuda118_")
-    assert builds(engine.solve(SPECS, cuda="", **kw))["hpcdemo-kernels"].startswith("cpu_")
+    assert builds(engine.solve(SPECS, cuda=NO_CUDA, **kw))["hpcdemo-kernels"].startswith("cpu_")
     # This machine has no GPU: detection gives the CPU build, silently.
-    assert builds(engine.solve(SPECS, cuda=None, **kw))["hpcdemo-kernels"].startswith("cpu_")
+    assert builds(engine.solve(SPECS, cuda=DETECT_CUDA, **kw))["hpcdemo-kernels"].startswith("cpu_")
 
 
 def test_solved_packages_are_exact(engine: RattlerEngine, demo_channel) -> None:
-    pkgs = engine.solve(SPECS, channels=[demo_channel.url], platform=current_platform(), cuda="")
+    pkgs = engine.solve(SPECS, channels=[demo_channel.url], platform=current_platform(), cuda=NO_CUDA)
     by_name = {p.name: p for p in pkgs}
     assert {"python", "pip", "hpcdemo-kernels", "hpcdemo-tools"} <= set(by_name)
     tools = by_name["hpcdemo-tools"]
@@ -52,13 +53,13 @@ def test_solved_packages_are_exact(engine: RattlerEngine, demo_channel) -> None:
 def test_unsolvable_is_one_line_error(engine: RattlerEngine, demo_channel) -> None:
     with pytest.raises(HpcenvError, match="cannot solve environment") as err:
         engine.solve(["hpcdemo-kernels 9.9"], channels=[demo_channel.url],
-                     platform=current_platform(), cuda="")
+                     platform=current_platform(), cuda=NO_CUDA)
     assert "\n" not in str(err.value)
 
 
 def test_lock_roundtrip_and_install(engine: RattlerEngine, demo_channel, tmp_path: Path) -> None:
     pkgs = engine.solve(SPECS, channels=[demo_channel.url], platform=current_platform(),
-                        cuda="12.4")
+                        cuda=CudaTarget.of("12.4"))
     lock = tmp_path / "env.lock.yml"
     write_lock(lock, "demo", pkgs, [demo_channel.url], current_platform())
     text = lock.read_text()
@@ -84,17 +85,17 @@ def test_lock_roundtrip_and_install(engine: RattlerEngine, demo_channel, tmp_pat
 def test_engine_child_failure_is_reported(tmp_path: Path) -> None:
     broken = RattlerEngine(python=str(tmp_path / "no-python-here"))
     with pytest.raises(HpcenvError, match="cannot start the rattler engine with .*no-python-here"):
-        broken.solve(["x"], channels=["/nowhere"], platform="linux-64", cuda="")
+        broken.solve(["x"], channels=["/nowhere"], platform="linux-64", cuda=NO_CUDA)
     crashing = tmp_path / "python"
     crashing.write_text("#!/bin/sh\necho boom >&2\nexit 3\n")
     crashing.chmod(0o755)
     with pytest.raises(HpcenvError, match=r"rattler engine \(solve\) died with exit code 3: boom"):
         RattlerEngine(python=str(crashing)).solve(["x"], channels=["/c"], platform="linux-64",
-                                                  cuda="")
+                                                  cuda=NO_CUDA)
     # A child dying before it reads a large request is the same failure, not a BrokenPipeError.
     with pytest.raises(HpcenvError, match=r"died with exit code 3: boom"):
         RattlerEngine(python=str(crashing)).solve(["x" * 1_000_000], channels=["/c"],
-                                                  platform="linux-64", cuda="")
+                                                  platform="linux-64", cuda=NO_CUDA)
 
 
 def test_channel_url() -> None:
@@ -108,7 +109,7 @@ def test_channel_url() -> None:
 def test_conda_solve_command() -> None:
     cmd = CondaCliEngine("/opt/conda/bin/conda").solve_command(
         ["python 3.11.*", "hpcdemo-kernels"], channels=["/srv/chan", "conda-forge"],
-        platform="linux-64", cuda="12.4", channel_priority="strict",
+        platform="linux-64", cuda=CudaTarget.of("12.4"), channel_priority="strict",
         scratch_prefix=Path("/tmp/x/env"))
     assert cmd.argv == ("/opt/conda/bin/conda", "create", "--dry-run", "--json", "--yes",
                         "--prefix", "/tmp/x/env", "--override-channels", "--platform",
@@ -117,11 +118,11 @@ def test_conda_solve_command() -> None:
     assert cmd.env["CONDA_OVERRIDE_CUDA"] == "12.4"
     assert cmd.env["CONDA_CHANNEL_PRIORITY"] == "strict"
     no_cuda = CondaCliEngine("mamba").solve_command(
-        ["x"], channels=["c"], platform="linux-64", cuda="", channel_priority="flexible",
+        ["x"], channels=["c"], platform="linux-64", cuda=NO_CUDA, channel_priority="flexible",
         scratch_prefix=Path("/p"))
     assert no_cuda.env["CONDA_OVERRIDE_CUDA"] == ""
     assert "--strict-channel-priority" not in no_cuda.argv
-    detect = CondaCliEngine().solve_command(["x"], channels=["c"], platform="linux-64", cuda=None,
+    detect = CondaCliEngine().solve_command(["x"], channels=["c"], platform="linux-64", cuda=DETECT_CUDA,
                                             channel_priority="strict", scratch_prefix=Path("/p"))
     assert "CONDA_OVERRIDE_CUDA" not in detect.env
 
@@ -160,20 +161,20 @@ def test_parse_dry_run() -> None:
 def test_conda_missing_executable_is_clear() -> None:
     with pytest.raises(HpcenvError, match="conda executable '/no/such/conda' not found"):
         CondaCliEngine("/no/such/conda").solve(["x"], channels=["c"], platform="linux-64",
-                                               cuda="")
+                                               cuda=NO_CUDA)
 
 
 def test_conda_export_spec_forms_are_accepted(engine: RattlerEngine, demo_channel) -> None:
     """``conda env export`` writes ``name=version=build``; the solve must take it."""
     exact = engine.solve(SPECS, channels=[demo_channel.url], platform=current_platform(),
-                         cuda="12.4")
+                         cuda=CudaTarget.of("12.4"))
     pinned = [f"{p.name}={p.version}={p.build}" for p in exact]
     again = engine.solve(pinned, channels=[demo_channel.url], platform=current_platform(),
-                         cuda="12.4")
+                         cuda=CudaTarget.of("12.4"))
     assert {p.sha256 for p in again} == {p.sha256 for p in exact}
     with pytest.raises(InvalidInput, match="invalid match spec 'python >>= 3'"):
         engine.solve(["python >>= 3"], channels=[demo_channel.url], platform=current_platform(),
-                     cuda="")
+                     cuda=NO_CUDA)
 
 
 def test_unreachable_channel_is_one_line_with_the_chain_kept_as_cause(
@@ -182,7 +183,7 @@ def test_unreachable_channel_is_one_line_with_the_chain_kept_as_cause(
 
     with pytest.raises(ChannelUnreachable) as caught:
         engine.solve(["python"], channels=["http://127.0.0.1:9/ch"],
-                     platform=current_platform(), cuda="")
+                     platform=current_platform(), cuda=NO_CUDA)
     message = str(caught.value)
     assert message.startswith("cannot fetch repodata for channel http://127.0.0.1:9/ch: "
                               "connection refused")
@@ -198,13 +199,13 @@ def test_local_channel_without_index_is_bad_input(engine: RattlerEngine, tmp_pat
     (tmp_path / "ch" / "linux-64").mkdir(parents=True)
     with pytest.raises(ChannelMissing) as caught:
         engine.solve(["python"], channels=[str(tmp_path / "ch")], platform=current_platform(),
-                     cuda="")
+                     cuda=NO_CUDA)
     assert str(caught.value) == (f"channel {(tmp_path / 'ch').as_uri()} has no "
                                  "noarch/repodata.json: build or index it first")
     assert caught.value.exit_code == 2
     with pytest.raises(ChannelMissing, match="does not exist"):
         engine.solve(["python"], channels=[str(tmp_path / "gone")],
-                     platform=current_platform(), cuda="")
+                     platform=current_platform(), cuda=NO_CUDA)
 
 
 def test_channel_errors_name_the_channel_as_written() -> None:

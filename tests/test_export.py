@@ -21,6 +21,7 @@ from hpcenv.engine.base import current_platform
 from hpcenv.engine.rattler_engine import RattlerEngine
 from hpcenv.errors import HpcenvError, NotFound
 from hpcenv.spec.environment import parse_spec
+from hpcenv.spec.cuda_target import CudaTarget
 
 SPECS = ["python", "hpcdemo-kernels", "hpcdemo-tools"]
 
@@ -35,7 +36,7 @@ def env(demo_channel, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
     engine = RattlerEngine(repodata_cache=root / "repodata")
     packages = engine.solve(SPECS, channels=[str(demo_channel.path)], platform=current_platform(),
-                            cuda="12.4")
+                            cuda=CudaTarget.of("12.4"))
     prefix = root / "envs" / "src"
     engine.install(prefix, packages, pkgs_dir=root / "pkgs")
     subprocess.run([prefix / "bin" / "python", "-m", "pip", "install", "-q", "--no-index",
@@ -73,7 +74,7 @@ def test_exported_yml_solves_to_the_same_package_set(env: Path, demo_channel, tm
     spec = parse_spec(export_environment_yml(env, channels=[str(demo_channel.path)]))
     engine = RattlerEngine(repodata_cache=tmp_path / "repodata")
     packages = engine.solve(list(spec.conda), channels=list(spec.channels),
-                            platform=current_platform(), cuda="12.4")
+                            platform=current_platform(), cuda=CudaTarget.of("12.4"))
     assert {(p.name, p.version, p.build) for p in packages} == package_set(env)
 
 
@@ -116,7 +117,7 @@ def test_export_record_and_lock_omissions(env: Path, tmp_path: Path) -> None:
     lock = tmp_path / "1.lock.yml"
     lock.write_text("version: 6\n")
     record = EnvRecord(name="demo", version=1, key="k", spec={}, spec_hash="", lock_path=str(lock),
-                       prefix=str(env), cuda="12.4", cuda_override=None, channels=[],
+                       prefix=str(env), cuda=CudaTarget.of("12.4"), cuda_override=None, channels=[],
                        platform=current_platform(), status="ready", creator="u@h",
                        created="2024-05-01T10:00:00+00:00", source="/x/environment.yml")
     assert export_record(record, "lock") == "version: 6\n"

@@ -13,6 +13,7 @@ from hpcenv.demo.site import write_demo_site
 from hpcenv.engine.base import current_platform
 from hpcenv.engine.rattler_engine import RattlerEngine
 from hpcenv.store.gc import cache_entries, plan_and_collect, used_package_names
+from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 
 
 def make_readonly(prefix: Path) -> None:
@@ -30,7 +31,7 @@ def site(demo_channel, tmp_path: Path, test_cache_dir: Path) -> dict[str, Path]:
     """Two envs in envs/ from one cache: `keep` (CUDA kernels) and `old` (CPU kernels)."""
     engine = RattlerEngine(repodata_cache=test_cache_dir / "gc-repodata")
     dirs = {"envs": tmp_path / "envs", "pkgs": tmp_path / "pkgs", "outside": tmp_path / "outside"}
-    for name, cuda in (("keep", "12.4"), ("old", "")):
+    for name, cuda in (("keep", CudaTarget.of("12.4")), ("old", NO_CUDA)):
         packages = engine.solve(["python", "hpcdemo-kernels"], channels=[str(demo_channel.path)],
                                 platform=current_platform(), cuda=cuda)
         engine.install(dirs["envs"] / name, packages, pkgs_dir=dirs["pkgs"])
@@ -91,7 +92,7 @@ def test_entry_linked_by_an_unknown_env_is_kept(site: dict[str, Path], demo_chan
     envs, pkgs = site["envs"], site["pkgs"]
     engine = RattlerEngine()
     packages = engine.solve(["python", "hpcdemo-kernels"], channels=[str(demo_channel.path)],
-                            platform=current_platform(), cuda="")
+                            platform=current_platform(), cuda=NO_CUDA)
     engine.install(site["outside"] / "mine", packages, pkgs_dir=pkgs)
     cpu = kernels_entry(pkgs, "-cpu_")
     report = plan_and_collect(builds=[envs / "old"], debris=[], keep=[envs / "keep"],
@@ -160,9 +161,9 @@ def test_collect_garbage_on_a_site(demo_channel, tmp_path: Path) -> None:
 
     site = load_site(write_demo_site(tmp_path / "site", demo_channel))
     cpu = build_env(parse_spec("name: k\ndependencies: [python=3.11, hpcdemo-kernels]\n"), site,
-                    cuda_override="")
+                    cuda_override=NO_CUDA)
     cuda = build_env(parse_spec("name: k\ndependencies: [python=3.11, hpcdemo-kernels]\n"), site,
-                     cuda_override="12.4")
+                     cuda_override=CudaTarget.of("12.4"))
     registry = Registry.for_site(site)
     # A crash between the completion marker and the record update leaves exactly this behind.
     registry.update(replace(cpu.record, status="failed"))
@@ -203,7 +204,7 @@ def test_gc_retires_records_of_builds_that_never_finished(demo_channel, tmp_path
     def record(name: str, status: str, prefix: str) -> EnvRecord:
         return registry.allocate(name, lambda v: EnvRecord(
             name=name, version=v, key=f"{v}{name}".ljust(64, "0"), spec={}, spec_hash="",
-            lock_path="", prefix=prefix, cuda=None, cuda_override=None, channels=[],
+            lock_path="", prefix=prefix, cuda=NO_CUDA, cuda_override=None, channels=[],
             platform="linux-64", status=status, creator="x@y",
             created="2024-01-01T00:00:00+00:00"))
 

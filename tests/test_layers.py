@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpcenv"
 # Lowest first.  A module may import its own layer's modules and any layer below, never above.
 LAYERS: list[tuple[str, ...]] = [
     ("hpcenv", "hpcenv.errors", "hpcenv.resources", "hpcenv.fsutil", "hpcenv.yamlio",
-     "hpcenv.text_table"),
+     "hpcenv.text_table", "hpcenv.records"),
     ("hpcenv.spec", "hpcenv.scheduler", "hpcenv.engine"),
     ("hpcenv.site",),
     ("hpcenv.store",),
@@ -24,8 +24,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("hpcenv.admin", "hpcenv.remote", "hpcenv.demo"),
     ("hpcenv.cli", "hpcenv.__main__"),
 ]
-SHARED_UTILITIES = {"errors", "resources", "fsutil", "yamlio", "text_table", "__init__",
-                    "__main__"}
+SHARED_UTILITIES = {"errors", "resources", "fsutil", "yamlio", "text_table", "records",
+                    "__init__", "__main__"}
 
 
 def _module_name(path: Path) -> str:

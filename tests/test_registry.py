@@ -15,12 +15,13 @@ import pytest
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.store.registry import EnvRecord, Registry
+from hpcenv.spec.cuda_target import CudaTarget
 
 
 def record(name: str, version: int, key: str = "k" * 64, status: str = "ready") -> EnvRecord:
     return EnvRecord(name=name, version=version, key=key, spec={"conda": ["python"]},
                      spec_hash="h", lock_path=f"/r/{name}/{version}.lock.yml",
-                     prefix=f"/e/{name}-{version}", cuda="12.4", cuda_override=None,
+                     prefix=f"/e/{name}-{version}", cuda=CudaTarget.of("12.4"), cuda_override=None,
                      channels=["file:///c"], platform="linux-64", status=status,  # type: ignore[arg-type]
                      creator="alice@login1", created="2024-05-01T10:00:00+00:00")
 

@@ -58,6 +58,7 @@ from hpcenv.fsutil import atomic_write_json, chgrp, ensure_shared_dir, group_id,
 from hpcenv.store.layout import MARKER, builds_dir, cache_lock, is_complete, key_lock, prefix_usage
 from hpcenv.store.lifecycle import check_link_is_ours, link_points_to, publish
 from hpcenv.store.locking import LockHolder
+from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, NO_CUDA, CudaTarget
 from hpcenv.store.registry import EnvRecord, Registry
 from hpcenv.spec.environment import EnvSpec
 from hpcenv.build.export import is_explicit_list, lock_from_explicit
@@ -133,21 +134,22 @@ class BuildResult:
         """The ``env build --json`` object."""
         r = self.record
         return {"name": r.name, "version": r.version, "key": r.key, "prefix": r.prefix,
-                "status": self.status, "cuda": r.cuda, "cuda_override": r.cuda_override,
+                "status": self.status, "cuda": CUDA_JSON.encode(r.cuda),
+                "cuda_override": CUDA_OVERRIDE_JSON.encode(r.cuda_override),
                 "lock": r.lock_path, "waited": self.waited, "seconds": round(self.seconds, 3),
                 "warnings": list(self.warnings), "made_current": self.made_current,
                 "previous_current": self.previous_current}
 
 
 def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
-              cuda_override: str | None = None, from_lock: Path | None = None,
+              cuda_override: CudaTarget | None = None, from_lock: Path | None = None,
               engine: Engine | None = None, on_progress: Progress | None = None,
               make_current: bool = True) -> BuildResult:
     """Build ``spec`` (or recreate ``from_lock``) once, publish it, and return its record.
 
     ``from_lock``: a lockfile (hpcenv's, conda-lock/pixi) or an ``@EXPLICIT`` list, which is
     first turned into a lockfile (:func:`hpcenv.build.export.lock_from_explicit`).
-    ``cuda_override``: None = infer from the spec, "" = no ``__cuda``, "12.4" = ``__cuda=12.4``.
+    ``cuda_override``: None = infer from the spec, else that ``__cuda`` (a version, or none).
     ``make_current``: make the built or reused version the current version of ``name``
     (building a spec means "I want this"; the result's ``made_current``/``previous_current``
     say whether that moved ``current``, e.g. undid a rollback).  False only ensures the build
@@ -213,7 +215,7 @@ def _engine_for(site: SiteConfig) -> Engine:
                       repodata_cache=Path(site.state_dir) / "rattler-cache")
 
 
-def _lockfile_for(path: Path, site: SiteConfig, cuda_override: str | None,
+def _lockfile_for(path: Path, site: SiteConfig, cuda_override: CudaTarget | None,
                   engine: Engine | None, report: _Reporter, name: str | None) -> Path:
     """``path`` itself when it is a lockfile; the lockfile made from it when it is an
     ``@EXPLICIT`` list (cached by content under the site's ``state_dir``)."""
@@ -304,7 +306,7 @@ def _culprit_line(spec: EnvSpec, message: str) -> str:
 
 
 def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lock: Path | None,
-                  report: _Reporter) -> tuple[list[LockedPackage], tuple[str, ...], str | None,
+                  report: _Reporter) -> tuple[list[LockedPackage], tuple[str, ...], CudaTarget,
                                           EnvSpec | None]:
     """The exact packages of a build, its channels, the CUDA to record and, for a
     ``--from-lock`` build without a spec, the pinned spec that stands for it."""
@@ -314,19 +316,19 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
         packages = read_lock(Path(from_lock), platform=plan.platform)
         channels = tuple(sorted({p.channel.rstrip("/") for p in packages if p.channel}))
         locked_cuda = cuda_of_packages(packages)
-        if locked_cuda is not None:
+        if locked_cuda:
             report.step(f"CUDA {locked_cuda} from the locked packages")
-            if plan.cuda_override == "":
+            if plan.cuda_override == NO_CUDA:
                 report.warn(f"--no-cuda ignored: {from_lock} holds CUDA {locked_cuda} builds")
         # No solve: the packages, not a guess, say what CUDA the env needs (routing reads it).
-        cuda = locked_cuda or plan.cuda or None
+        cuda = locked_cuda or plan.cuda
         if spec is None:
             pinned = EnvSpec(name=plan.name, channels=channels,
                              conda=tuple(p.spec for p in packages), pip=(), variables=(),
                              source=None)
     else:
         assert spec is not None  # plan_build refuses a build with neither
-        channels, cuda = plan.channels, plan.cuda or None
+        channels, cuda = plan.channels, plan.cuda
         report.step(f"solving {len(spec.conda)} specs against {', '.join(channels)}")
         try:
             packages = engine.solve(list(spec.conda), channels=channels, platform=plan.platform,
@@ -334,7 +336,7 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
         except CHANNEL_ERRORS:
             raise  # about a channel, not the spec: the engine's line says what to do
         except HpcenvError as exc:
-            cuda_note = f", __cuda={plan.cuda}" if plan.cuda else ", no __cuda"
+            cuda_note = f", __cuda={plan.cuda.version}" if plan.cuda else ", no __cuda"
             raise type(exc)(f"{spec.source or '<environment.yml>'}{_culprit_line(spec, str(exc))}"
                             f": {exc} (channels searched: "
                             f"{', '.join(channels)}{cuda_note}); fix the spec or the channels"

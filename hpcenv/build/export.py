@@ -22,6 +22,7 @@ from hpcenv.engine import get_engine
 from hpcenv.engine.base import ARCHIVE_SUFFIXES, current_platform
 from hpcenv.engine.lockfile import write_lock
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 from hpcenv.store.activation import env_state_vars
 
 if TYPE_CHECKING:
@@ -273,7 +274,7 @@ def read_explicit(path: Path) -> list[ExplicitEntry]:
     return entries
 
 
-def lock_from_explicit(path: Path, site: SiteConfig, *, cuda_override: str | None = None,
+def lock_from_explicit(path: Path, site: SiteConfig, *, cuda_override: CudaTarget | None = None,
                        engine: Engine | None = None) -> Path:
     """A lockfile with exactly the packages of the ``@EXPLICIT`` list ``path``.
 
@@ -286,9 +287,11 @@ def lock_from_explicit(path: Path, site: SiteConfig, *, cuda_override: str | Non
     """
     path = Path(path)
     entries = read_explicit(path)
-    cuda_version = next((e.version for e in entries if e.name == "cuda-version"), "")
-    cuda = cuda_version if cuda_override is None else cuda_override
-    digest = hashlib.sha256(path.read_bytes() + f"\0cuda={cuda}".encode()).hexdigest()
+    listed = next((e.version for e in entries if e.name == "cuda-version"), None)
+    cuda = cuda_override if cuda_override is not None else (
+        CudaTarget.of(listed) if listed else NO_CUDA)
+    digest = hashlib.sha256(path.read_bytes() + f"\0cuda={cuda.version or ''}".encode()
+                            ).hexdigest()
     out = Path(site.state_dir) / "explicit-locks" / f"{digest[:24]}.lock.yml"
     if out.is_file():
         return out

@@ -20,16 +20,17 @@ from typing import TYPE_CHECKING
 
 from hpcenv.engine.base import ChannelPriority, LockedPackage, channel_url, current_platform
 from hpcenv.errors import InvalidInput
-from hpcenv.spec.environment import EnvSpec, validate_env_name
+from hpcenv.spec.environment import EnvSpec
+from hpcenv.spec.names import EnvName
 from hpcenv.site.config import check_env_name, resolve_channel
 from hpcenv.spec.cuda import infer_cuda
+from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 from hpcenv.spec.drivers import version_key
 
 if TYPE_CHECKING:
     from hpcenv.site.config import SiteConfig
 
 KEY_SCHEMA = 1
-_CUDA_RE = re.compile(r"^\d+(\.\d+){0,2}$")
 _CUDA_DEP_RE = re.compile(r"^__cuda\s*>=\s*(\d+(?:\.\d+)?)")
 _CUDA_DEP_NAME_RE = re.compile(r"^__cuda(?![\w.-])")
 
@@ -38,13 +39,13 @@ _CUDA_DEP_NAME_RE = re.compile(r"^__cuda(?![\w.-])")
 class BuildPlan:
     """What a build would be, computed without touching anything."""
 
-    name: str
+    name: EnvName
     key: str
     platform: str
     channels: tuple[str, ...]
     channel_priority: ChannelPriority
-    cuda: str            # the __cuda value for the solve; "" = none
-    cuda_override: str | None
+    cuda: CudaTarget                   # the __cuda of the solve: a version or none, never detect
+    cuda_override: CudaTarget | None   # as asked: None = inferred
     notes: tuple[str, ...] = ()
     gpu_required: bool | None = None   # see resolve_cuda
 
@@ -70,19 +71,18 @@ def resolve_channels(spec: EnvSpec | None, site: SiteConfig) -> tuple[str, ...]:
     return tuple(out)
 
 
-def resolve_cuda(spec: EnvSpec | None,
-                 cuda_override: str | None) -> tuple[str, tuple[str, ...], bool | None]:
-    """The ``__cuda`` value for the solve ("" = none), notes explaining the choice, and whether
+def resolve_cuda(spec: EnvSpec | None, cuda_override: CudaTarget | None
+                 ) -> tuple[CudaTarget, tuple[str, ...], bool | None]:
+    """The ``__cuda`` of the solve (a version, or none), notes explaining the choice, and whether
     the env needs a GPU (``--cuda``: yes, ``--no-cuda``: no, else :func:`infer_cuda`'s
     ``gpu_required``, which is also True for GPU specs naming no CUDA, e.g. ROCm)."""
     if cuda_override is not None:
-        if cuda_override and not _CUDA_RE.match(cuda_override):
-            raise InvalidInput(f"--cuda {cuda_override!r}: give a CUDA version like 12.4 "
-                               "(or --no-cuda)")
+        if cuda_override.kind == "detect":
+            raise ValueError("a build's __cuda is explicit: a version or none, never detected")
         return cuda_override, ((f"CUDA {cuda_override} (--cuda)",) if cuda_override
                                else ("no CUDA (--no-cuda)",)), bool(cuda_override)
     if spec is None:
-        return "", (), None
+        return NO_CUDA, (), None
 
     req = infer_cuda(spec)
     evidence = f" from {'; '.join(req.evidence[:2])}" if req.evidence else ""
@@ -90,53 +90,54 @@ def resolve_cuda(spec: EnvSpec | None,
         note = f"CUDA {req.cuda} inferred{evidence}"
         if req.ambiguous and len(req.candidates) > 1:
             note += f" (candidates {', '.join(req.candidates)}; pass --cuda X.Y to choose)"
-        return req.cuda, (note,), req.gpu_required
+        return CudaTarget.of(req.cuda), (note,), req.gpu_required
     if req.gpu_required and req.candidates:
         best = max(req.candidates, key=version_key)
-        return best, (f"CUDA {best} chosen among {', '.join(req.candidates)}{evidence}; pass "
-                      "--cuda X.Y to choose another",), True
+        return CudaTarget.of(best), (f"CUDA {best} chosen among {', '.join(req.candidates)}"
+                                     f"{evidence}; pass --cuda X.Y to choose another",), True
     if req.gpu_required:
-        return "", (f"the spec needs a GPU{evidence} but names no CUDA version: building "
-                    "without __cuda; pass --cuda X.Y for CUDA builds",), True
-    return "", (), req.gpu_required
+        return NO_CUDA, (f"the spec needs a GPU{evidence} but names no CUDA version: building "
+                         "without __cuda; pass --cuda X.Y for CUDA builds",), True
+    return NO_CUDA, (), req.gpu_required
 
 
 def build_key(*, name: str, content: dict[str, object], platform: str, channels: Sequence[str],
-              channel_priority: str, cuda: str) -> str:
+              channel_priority: str, cuda: CudaTarget) -> str:
+    # "" for no __cuda: the spelling keys had before CudaTarget, so existing builds keep theirs.
     blob = json.dumps({"schema": KEY_SCHEMA, "name": name, "content": content,
                        "platform": platform, "channels": list(channels),
-                       "channel_priority": channel_priority, "cuda": cuda},
+                       "channel_priority": channel_priority, "cuda": cuda.version or ""},
                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def cuda_of_packages(packages: Sequence[LockedPackage]) -> str | None:
-    """The CUDA an exact package set is built for, or None when no package needs ``__cuda``.
+def cuda_of_packages(packages: Sequence[LockedPackage]) -> CudaTarget:
+    """The CUDA an exact package set is built for; none when no package needs ``__cuda``.
 
     Only a dependency on ``__cuda`` makes a package a CUDA build (conda-forge's CUDA variants
     have one; their CPU builds do not): a ``cuda-version`` package alone only constrains
     ``__cuda`` where there is one, so a CPU build of a spec pinning ``cuda-version`` needs no
     GPU.  Given a CUDA build, the version is the ``cuda-version`` package's, else the highest
-    ``__cuda >=X.Y`` bound, else None (a bare ``__cuda`` names no version).  What a
+    ``__cuda >=X.Y`` bound, else none (a bare ``__cuda`` names no version).  What a
     ``--from-lock`` build records instead of a solve's ``__cuda``."""
 
     if not any(_CUDA_DEP_NAME_RE.match(dep.strip()) for package in packages
                for dep in package.depends):
-        return None
+        return NO_CUDA
     for package in packages:
         if package.name == "cuda-version":
-            return ".".join(package.version.split(".")[:2])
+            return CudaTarget.of(".".join(package.version.split(".")[:2]))
     bounds = [m.group(1) for package in packages for dep in package.depends
               if (m := _CUDA_DEP_RE.match(dep.strip()))]
-    return max(bounds, key=version_key) if bounds else None
+    return CudaTarget.of(max(bounds, key=version_key)) if bounds else NO_CUDA
 
 
 def plan_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
-               cuda_override: str | None = None, from_lock: Path | None = None) -> BuildPlan:
+               cuda_override: CudaTarget | None = None, from_lock: Path | None = None) -> BuildPlan:
     """Name, key, channels and CUDA of a build; validates the name (InvalidInput)."""
     if name is not None:
         try:
-            validate_env_name(name)
+            name = EnvName.of(name)
         except InvalidInput as exc:
             raise InvalidInput(f"--name {name!r}: {exc}") from None
     chosen = name if name is not None else (spec.name if spec is not None else None)
@@ -146,8 +147,7 @@ def plan_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = Non
                                "--name NAME")
         raise InvalidInput(f"{spec.source or '<environment.yml>'}: no 'name:' in the file; "
                            "pass --name NAME")
-    validate_env_name(chosen)
-
+    chosen = EnvName.of(chosen)
     check_env_name(site, chosen)
     platform = current_platform()
     if from_lock is not None:
@@ -158,7 +158,7 @@ def plan_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = Non
         content: dict[str, object] = {"lock": lock_digest,
                                       "pip": spec.normalized()["pip"] if spec else None,
                                       "variables": spec.normalized()["variables"] if spec else None}
-        cuda = cuda_override or ""
+        cuda = cuda_override or NO_CUDA
         notes: tuple[str, ...] = ()
         # The locked packages decide (see _packages_for); only --cuda X says more up front.
         gpu_required: bool | None = True if cuda_override else None

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcenv.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from hpcenv.spec.cuda_target import CudaTarget
+    from hpcenv.spec.names import EnvName
 
 
 class LocalFile(str):
@@ -31,3 +36,17 @@ def check_sync_options(args: argparse.Namespace) -> None:
     if (getattr(args, "sync", None) or getattr(args, "exclude", None)) and not args.remote:
         raise InvalidInput("--sync/--exclude upload files to a remote login node: add "
                            "--remote NAME, or leave them out to run here")
+
+
+def cuda_version(text: str) -> CudaTarget:
+    """``--cuda X.Y``: a released CUDA version (InvalidInput, exit 2, otherwise)."""
+    from hpcenv.spec.cuda_target import CudaTarget
+
+    return CudaTarget.parse(text)
+
+
+def env_name(text: str) -> EnvName:
+    """An env name argument, checked once here (InvalidInput, exit 2, names the rule)."""
+    from hpcenv.spec.names import EnvName
+
+    return EnvName.parse(text)

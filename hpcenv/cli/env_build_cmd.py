@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcenv.cli.argtypes import LocalFile
+from hpcenv.cli.argtypes import LocalFile, cuda_version, env_name
 from hpcenv.cli.context import Context
 from hpcenv.errors import HpcenvError, InvalidInput
 
@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="a conda environment.yml file")
     p.add_argument("--name", help="env name (default: the file's 'name:')")
     cuda = p.add_mutually_exclusive_group()
-    cuda.add_argument("--cuda", metavar="X.Y", help="solve with __cuda=X.Y (default: inferred)")
+    cuda.add_argument("--cuda", metavar="X.Y", type=cuda_version,
+                      help="solve with __cuda=X.Y, a released CUDA (default: inferred)")
     cuda.add_argument("--no-cuda", action="store_true", help="solve without __cuda (CPU builds)")
     p.add_argument("--from-lock", metavar="LOCK", type=LocalFile,
                    help="recreate from a lockfile (hpcenv's, or an @EXPLICIT list) without solving")
@@ -46,14 +47,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("show", parents=[common], help="show one env version in detail",
                        description="Show the registry record of NAME's current version "
                                    "(or --version V).")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=env_name)
     p.add_argument("--version", type=int, metavar="V")
     p.set_defaults(handler=_show)
 
     p = sub.add_parser("history", parents=[common], help="list every version of an env",
                        description="List every version of NAME, oldest first; '*' marks the "
                                    "current one.")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=env_name)
     p.set_defaults(handler=_history)
 
     p = sub.add_parser("export", parents=[common], help="print an env as environment.yml, lock "
@@ -62,7 +63,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "environment.yml (as 'conda env export' writes it), its "
                                    "lockfile (--lock) or an @EXPLICIT list (--explicit). "
                                    "Each builds the same env again with 'hpcenv env build'.")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=env_name)
     p.add_argument("--version", type=int, metavar="V")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--no-builds", action="store_true", help="environment.yml without build strings")
@@ -74,7 +75,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("rollback", parents=[common], help="make an earlier version current",
                        description="Make an earlier ready version of NAME current (default: "
                                    "the newest one before the current version).")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=env_name)
     p.add_argument("--to", type=int, metavar="VERSION")
     p.set_defaults(handler=_rollback)
 
@@ -83,7 +84,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "lockfile stay as history). Without --version, every version "
                                    "of NAME. The current version is only removed with --force. "
                                    "Files other versions use are hardlinks and stay.")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=env_name)
     p.add_argument("--version", type=int, metavar="V")
     p.add_argument("--force", action="store_true", help="also remove the current version")
     p.set_defaults(handler=_rm)
@@ -163,11 +164,15 @@ def _build(args: argparse.Namespace, ctx: Context) -> int:
 
     if args.file is None and args.from_lock is None:
         raise InvalidInput("nothing to build: give an environment FILE or --from-lock LOCK")
+    from hpcenv.spec.cuda_target import NO_CUDA
+
     spec = load_spec(args.file) if args.file is not None else None
+    if args.cuda is not None and (warning := args.cuda.warning()):
+        ctx.warn(warning)
     progress = _Progress(ctx)
     try:
         result = build_env(spec, ctx.site(), name=args.name,
-                           cuda_override="" if args.no_cuda else args.cuda,
+                           cuda_override=NO_CUDA if args.no_cuda else args.cuda,
                            from_lock=Path(args.from_lock) if args.from_lock else None, on_progress=progress)
     finally:
         progress.close()

@@ -54,15 +54,13 @@ def _registered_prefix(site: SiteConfig, name: str) -> Path | None:
     now use it too): the two differ only after a publisher died between its two steps.  Names
     the registry does not know fall through to conda's lookup in ``envs_dirs``.
     """
-    from hpcenv.spec.environment import validate_env_name
+    from hpcenv.spec.names import EnvName
     from hpcenv.store.layout import is_complete
     from hpcenv.store.registry import Registry
 
-    try:
-        validate_env_name(name)
-    except InvalidInput:
+    if not EnvName.is_valid(name):
         return None  # not a name hpcenv builds; conda's lookup judges it
-    record = Registry.for_site(site).current(name)
+    record = Registry.for_site(site).current(EnvName.parse(name))
     if record is None or not is_complete(record.prefix):
         return None
     return Path(record.prefix)

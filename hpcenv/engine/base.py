@@ -3,12 +3,13 @@
 An engine solves match specs into exact packages (:class:`LockedPackage`), installs exact packages
 into a prefix with a shared package cache.  Lockfiles are :mod:`hpcenv.engine.lockfile`'s job.
 
-CUDA semantics of :meth:`Engine.solve` (the ``__cuda`` virtual package):
+CUDA semantics of :meth:`Engine.solve` (the ``__cuda`` virtual package), by
+:class:`~hpcenv.spec.cuda_target.CudaTarget`:
 
-* ``cuda="12.4"`` -> ``__cuda=12.4`` whatever the machine has (``CONDA_OVERRIDE_CUDA=12.4``), so GPU
+* a version ``12.4`` -> ``__cuda=12.4`` whatever the machine has (``CONDA_OVERRIDE_CUDA=12.4``), so GPU
   builds are chosen on a GPU-less login node;
-* ``cuda=""`` -> no ``__cuda`` at all (CPU builds);
-* ``cuda=None`` -> whatever the machine detects.
+* none -> no ``__cuda`` at all (CPU builds);
+* detect -> whatever the machine detects.
 
 Nothing here imports rattler; see :mod:`hpcenv.engine.rattler_engine`.
 """
@@ -19,11 +20,13 @@ import os
 import platform as _platform
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from hpcenv.errors import HpcenvError, InvalidInput
+from hpcenv.spec.cuda_target import CudaTarget
+from hpcenv.records import JsonRecord
 
 ChannelPriority = Literal["strict", "flexible"]
 # File name endings of conda package archives (in channels and package caches).
@@ -48,7 +51,7 @@ class EngineErrorChain(Exception):
 
 
 @dataclass(frozen=True)
-class LockedPackage:
+class LockedPackage(JsonRecord):
     """One exact conda package: everything needed to install it without a solve."""
 
     name: str
@@ -67,20 +70,6 @@ class LockedPackage:
     noarch: str | None = None          # "python" | "generic" | None
     timestamp: int | None = None       # milliseconds since the epoch, as in repodata
     license: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["depends"] = list(self.depends)
-        data["constrains"] = list(self.constrains)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LockedPackage:
-        known = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["depends"] = tuple(kwargs.get("depends") or ())
-        kwargs["constrains"] = tuple(kwargs.get("constrains") or ())
-        return cls(**kwargs)
 
     @property
     def explicit_line(self) -> str:
@@ -103,7 +92,7 @@ class Engine(Protocol):
     name: str
 
     def solve(self, specs: Sequence[str], *, channels: Sequence[str], platform: str,
-              cuda: str | None, channel_priority: ChannelPriority = "strict") -> list[LockedPackage]:
+              cuda: CudaTarget, channel_priority: ChannelPriority = "strict") -> list[LockedPackage]:
         """Solve ``specs`` against ``channels`` for ``platform`` (+ noarch); see module doc for ``cuda``."""
         ...
 

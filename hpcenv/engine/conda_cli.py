@@ -25,6 +25,7 @@ from typing import Any
 
 from hpcenv.engine.base import ChannelPriority, LockedPackage, channel_url
 from hpcenv.errors import HpcenvError
+from hpcenv.spec.cuda_target import CudaTarget
 
 
 @dataclass(frozen=True)
@@ -49,17 +50,17 @@ class CondaCliEngine:
         return "micromamba" if base.startswith("micromamba") else (
             "mamba" if base.startswith("mamba") else "conda")
 
-    def _common_env(self, cuda: str | None, channel_priority: ChannelPriority | None) -> dict[str, str]:
+    def _common_env(self, cuda: CudaTarget, channel_priority: ChannelPriority | None) -> dict[str, str]:
         env: dict[str, str] = {}
-        if cuda is not None:
-            env["CONDA_OVERRIDE_CUDA"] = cuda
+        if cuda.kind != "detect":
+            env["CONDA_OVERRIDE_CUDA"] = cuda.version or ""
         if channel_priority is not None:
             env["CONDA_CHANNEL_PRIORITY"] = channel_priority
             env["MAMBA_CHANNEL_PRIORITY"] = channel_priority
         return env
 
     def solve_command(self, specs: Sequence[str], *, channels: Sequence[str], platform: str,
-                      cuda: str | None, channel_priority: ChannelPriority,
+                      cuda: CudaTarget, channel_priority: ChannelPriority,
                       scratch_prefix: Path) -> Command:
         argv = [self.exe, "create", "--dry-run", "--json", "--yes", "--prefix", str(scratch_prefix),
                 "--override-channels", "--platform", platform]
@@ -79,7 +80,7 @@ class CondaCliEngine:
         return Command(tuple(argv), env)
 
     def solve(self, specs: Sequence[str], *, channels: Sequence[str], platform: str,
-              cuda: str | None, channel_priority: ChannelPriority = "strict") -> list[LockedPackage]:
+              cuda: CudaTarget, channel_priority: ChannelPriority = "strict") -> list[LockedPackage]:
         with tempfile.TemporaryDirectory(prefix="hpcenv-solve-") as scratch:
             cmd = self.solve_command(specs, channels=channels, platform=platform, cuda=cuda,
                                      channel_priority=channel_priority,

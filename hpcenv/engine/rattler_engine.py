@@ -42,6 +42,7 @@ from hpcenv.engine.base import (
 )
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.fsutil import atomic_write_text
+from hpcenv.spec.cuda_target import CudaTarget
 
 _REQUEST_RE = re.compile(r"error sending request for url \((\S+?)\)")
 _SUBDIR_RE = re.compile(r"could not find subdir '([^']+)' in channel '([^']+)'")
@@ -57,10 +58,10 @@ class RattlerEngine:
         self.python = python or sys.executable
 
     def solve(self, specs: Sequence[str], *, channels: Sequence[str], platform: str,
-              cuda: str | None, channel_priority: ChannelPriority = "strict") -> list[LockedPackage]:
+              cuda: CudaTarget, channel_priority: ChannelPriority = "strict") -> list[LockedPackage]:
         reply = self._call({
             "op": "solve", "specs": list(specs), "channels": [channel_url(c) for c in channels],
-            "platform": platform, "cuda": cuda, "channel_priority": channel_priority,
+            "platform": platform, "cuda": _child_cuda(cuda), "channel_priority": channel_priority,
             "cache_dir": str(self.repodata_cache) if self.repodata_cache else None,
         })
         return [LockedPackage.from_dict(d) for d in reply["packages"]]
@@ -116,6 +117,11 @@ def call_rattler(request: dict[str, Any], python: str | None = None) -> dict[str
             raise error(reply["error"]) from EngineErrorChain(reply["chain"])
         raise error(reply["error"])
     return reply
+
+
+def _child_cuda(cuda: CudaTarget) -> str | None:
+    """The child's JSON spelling of a CudaTarget: "12.4", "" (none) or null (detect)."""
+    return None if cuda.kind == "detect" else cuda.version or ""
 
 
 # --- the child side ---------------------------------------------------------------------------

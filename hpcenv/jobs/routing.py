@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from hpcenv.errors import InvalidInput
+from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 from hpcenv.scheduler.base import NodeState, PartitionState
 from hpcenv.site.config import Partition
 from hpcenv.spec.drivers import (
@@ -44,6 +45,7 @@ from hpcenv.spec.drivers import (
     parse_cuda,
 )
 from hpcenv.text_table import text_table
+from hpcenv.records import JsonRecord, json_field
 
 
 class NoPartitionFits(InvalidInput):
@@ -64,7 +66,7 @@ class NoPartitionFits(InvalidInput):
 class RouteRequest:
     """What the job needs: the env's CUDA and the user's resource options."""
 
-    cuda: str | None = None              # the env's CUDA requirement ("12.4", "12") or None
+    cuda: CudaTarget = NO_CUDA           # the env's CUDA (the __cuda its build was solved with)
     gpu_required: bool | None = None     # from CUDA inference: None means "if cuda is set"
     gpus: int | None = None              # --gpus; None = not given
     gpu_type: str | None = None          # --gpu-type
@@ -75,7 +77,7 @@ class RouteRequest:
     def needs_gpu_env(self) -> bool:
         if self.gpu_required is not None:
             return self.gpu_required
-        return self.cuda is not None
+        return bool(self.cuda)
 
     @property
     def gpus_wanted(self) -> int:
@@ -86,39 +88,31 @@ class RouteRequest:
 
 
 @dataclass(frozen=True)
-class PartitionVerdict:
+class PartitionVerdict(JsonRecord):
     """How one partition fared for this job."""
 
-    name: str
+    name: str = json_field(key="partition")
     gpu_type: str | None
-    cuda_support: str                  # human form: "driver 520.61.05 (CUDA 11.8)", "cpu only"
-    best_cuda: str | None              # newest CUDA the partition (or its best node) supports
+    # human form: "driver 520.61.05 (CUDA 11.8)", "cpu only"
+    cuda_support: str = json_field(key="cuda")
+    # newest CUDA the partition (or its best node) supports
+    best_cuda: str | None = json_field(omit=True)
     free_gpus: int | None              # GPUs free right now on usable nodes; None if unknown
     eligible: bool
     why: str                           # why refused, or what makes it fit
     constraint: str | None = None
     nodes: tuple[str, ...] = ()        # nodes the constraint admits (node-feature partitions)
-    can_start_now: bool = False
-
-    def to_dict(self) -> dict[str, object]:
-        return {"partition": self.name, "gpu_type": self.gpu_type, "cuda": self.cuda_support,
-                "free_gpus": self.free_gpus, "eligible": self.eligible, "why": self.why,
-                "constraint": self.constraint, "nodes": list(self.nodes)}
+    can_start_now: bool = json_field(default=False, omit=True)
 
 
 @dataclass(frozen=True)
-class RoutingDecision:
+class RoutingDecision(JsonRecord):
     partition: str | None              # None: let the scheduler use its default partition
     constraint: str | None
     gpus: int                          # GPUs per node to request (0: none)
     gpu_type: str | None
     reason: str
-    verdicts: tuple[PartitionVerdict, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, object]:
-        return {"partition": self.partition, "constraint": self.constraint, "gpus": self.gpus,
-                "gpu_type": self.gpu_type, "reason": self.reason,
-                "partitions": [v.to_dict() for v in self.verdicts]}
+    verdicts: tuple[PartitionVerdict, ...] = json_field(default=(), key="partitions")
 
 
 def _cuda_order(version: str) -> tuple[int, int]:
@@ -147,7 +141,7 @@ def _start_now(nodes: Sequence[NodeState], gpus: int, wanted_nodes: int) -> bool
 def _judge_gpu(p: Partition, req: RouteRequest, compat: CudaCompat,
                live: PartitionState | None) -> PartitionVerdict:
     gpus = req.gpus_wanted
-    cuda = req.cuda
+    cuda = req.cuda.version
     nodes = live.nodes if live is not None else ()
     free = sum(n.gpus_free for n in nodes) if live is not None else None
 
@@ -248,8 +242,8 @@ def route(req: RouteRequest, partitions: Sequence[Partition], *, compat: CudaCom
           live: Sequence[PartitionState] | None = None) -> RoutingDecision:
     """Choose the partition for a job; InvalidInput (exit 2) when none fits or an explicit one
     cannot run it.  ``live`` is the scheduler's ``partitions()`` (None when it was not asked)."""
-    if req.cuda is not None:
-        check_needed_cuda(req.cuda)  # early: a bad version must not read as "no partition fits"
+    if req.cuda.version is not None:
+        check_needed_cuda(req.cuda.version)  # early: a bad version must not read as "no partition fits"
     gpus = req.gpus_wanted
     if gpus < 0:
         raise InvalidInput(f"--gpus {gpus}: must be 0 or more")
@@ -363,9 +357,9 @@ def _hint(req: RouteRequest, verdicts: Sequence[PartitionVerdict], partitions: S
     hints: list[str] = []
     with_cuda = [v for v in verdicts if v.best_cuda is not None
                  and (not req.gpu_type or v.gpu_type == req.gpu_type)]
-    if req.cuda and with_cuda:
+    if req.cuda.version is not None and with_cuda:
         best = max(with_cuda, key=lambda v: _cuda_order(v.best_cuda or "0"))
-        if _cuda_order(best.best_cuda or "0") < _cuda_order(req.cuda):
+        if _cuda_order(best.best_cuda or "0") < _cuda_order(req.cuda.version):
             hints.append(f"needs CUDA {req.cuda}; best available is {best.best_cuda} on "
                          f"{best.name} (an env built for CUDA {best.best_cuda} or older would "
                          "run there)")

@@ -46,7 +46,8 @@ from hpcenv.jobs.templates import (
 from hpcenv.scheduler import get_scheduler
 from hpcenv.scheduler.base import SchedulerUnreachable
 from hpcenv.scheduler.options import name_problem
-from hpcenv.spec.environment import load_spec, validate_env_name
+from hpcenv.spec.environment import load_spec
+from hpcenv.spec.names import EnvName
 from hpcenv.store.activation import activation_script
 from hpcenv.store.layout import is_complete
 from hpcenv.store.registry import Registry
@@ -187,7 +188,7 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
         name = name or spec.name or Path(env_file).stem
     if name is None:
         raise InvalidInput("no env given: pass --env NAME (a registered env) or --env-file FILE")
-    validate_env_name(name)
+    name = EnvName.of(name)
     registry = Registry.for_site(site)
     current = registry.current(name)
     usable = current is not None and current.status == "ready" and is_complete(current.prefix)
@@ -383,7 +384,7 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     # gpu_required only adds what the CUDA version cannot say: a GPU env naming no CUDA (ROCm,
     # an unversioned GPU build) still needs a GPU partition.  Without it, a recorded CUDA
     # decides, as for records written before the field existed.
-    request = RouteRequest(cuda=record.cuda or None,
+    request = RouteRequest(cuda=record.cuda,
                            gpu_required=True if record.gpu_required else None,
                            gpus=options.gpus, gpu_type=options.gpu_type,
                            partition=options.partition, nodes=options.nodes or 1)

@@ -32,6 +32,7 @@ from hpcenv.engine.base import ARCHIVE_SUFFIXES
 from hpcenv.store.debris import builder_alive, find_debris, force_rmtree
 from hpcenv.store.layout import builds_dir, cache_lock, is_complete
 from hpcenv.store.registry import Registry
+from hpcenv.records import JsonRecord, json_field
 
 if TYPE_CHECKING:
     from hpcenv.site.config import SiteConfig
@@ -40,7 +41,7 @@ ItemKind = Literal["build", "debris", "package"]
 
 
 @dataclass(frozen=True)
-class GcItem:
+class GcItem(JsonRecord):
     kind: ItemKind
     path: Path
     bytes: int   # disk bytes freed by removing this item (0 if its inodes live on elsewhere)
@@ -48,21 +49,23 @@ class GcItem:
 
 
 @dataclass(frozen=True)
-class RetiredRecord:
+class RetiredRecord(JsonRecord):
     """A registry record of a build that never finished (failed, or its builder died), which
     gc retires so the name stops showing up as an environment."""
 
     name: str
     version: int
-    status: str   # what it was: "failed" or "building"
+    status: str = json_field(key="was")   # what it was: "failed" or "building"
 
 
 @dataclass
-class GcReport:
+class GcReport(JsonRecord):
     dry_run: bool
     removed: list[GcItem] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     retired: list[RetiredRecord] = field(default_factory=list)
+
+    JSON_PROPERTIES = ("bytes_freed", "files_freed")
 
     @property
     def bytes_freed(self) -> int:
@@ -72,16 +75,6 @@ class GcReport:
     def files_freed(self) -> int:
         return sum(item.files for item in self.removed)
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "dry_run": self.dry_run, "bytes_freed": self.bytes_freed,
-            "files_freed": self.files_freed,
-            "removed": [{"kind": i.kind, "path": str(i.path), "bytes": i.bytes, "files": i.files}
-                        for i in self.removed],
-            "errors": list(self.errors),
-            "retired": [{"name": r.name, "version": r.version, "was": r.status}
-                        for r in self.retired],
-        }
 
 
 @dataclass(frozen=True)

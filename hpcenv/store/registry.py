@@ -27,13 +27,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.errors import HpcenvError, NotFound
 from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
-from hpcenv.spec.environment import validate_env_name
+from hpcenv.records import JsonRecord, json_field
+from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, CudaTarget
+from hpcenv.spec.names import EnvName
 from hpcenv.store.locking import BuildLock, LockMethod
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ STATUSES: tuple[Status, ...] = ("building", "ready", "retired", "failed")
 
 
 @dataclass(frozen=True)
-class EnvRecord:
+class EnvRecord(JsonRecord):
     """One version of one environment."""
 
     name: str
@@ -54,8 +56,8 @@ class EnvRecord:
     spec_hash: str                # EnvSpec.content_hash()
     lock_path: str
     prefix: str                   # the build-specific prefix (not the envs_dir/NAME symlink)
-    cuda: str | None              # __cuda the solve used; None = no __cuda
-    cuda_override: str | None     # as asked: None = inferred, "" = --no-cuda, "12.4" = --cuda 12.4
+    cuda: CudaTarget = json_field(codec=CUDA_JSON)   # __cuda the solve used: a version or none
+    cuda_override: CudaTarget | None = json_field(codec=CUDA_OVERRIDE_JSON)  # None = inferred
     channels: list[str]
     platform: str
     status: Status
@@ -74,17 +76,11 @@ class EnvRecord:
     # the field existed, or a spec that does not say).
     gpu_required: bool | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EnvRecord:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
-class EnvSummary:
+class EnvSummary(JsonRecord):
     """One line of ``env list``: an environment and its current version (None fields: no
     current version)."""
 
@@ -98,12 +94,9 @@ class EnvSummary:
     packages: int | None
     size_bytes: int | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(JsonRecord):
     """One line of ``env history``: a version of an environment."""
 
     version: int
@@ -118,16 +111,13 @@ class HistoryEntry:
     lock: str
     from_lock: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class Registry:
     """The registry under ``root`` (see module doc).
 
-    Every method taking an env name validates it first (:func:`hpcenv.spec.environment.validate_env_name`,
-    InvalidInput): names become paths under ``root``, so ``../x`` must never reach the
-    filesystem.
+    Names are :class:`~hpcenv.spec.names.EnvName` values: they become paths under ``root``, so
+    ``../x`` must never reach the filesystem.  A plain string from a Python caller is parsed
+    (InvalidInput) where it enters; an EnvName is taken as it is.
     """
 
     def __init__(self, root: Path | str, *, lock_method: LockMethod = "flock",
@@ -152,17 +142,18 @@ class Registry:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def names(self) -> list[str]:
+    def names(self) -> list[EnvName]:
         """Names with at least one record (directories that are no valid env name, e.g. made
         by hand, are not environments and are skipped)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and _is_env_name(p.name) and any(self._record_files(p.name)))
+        names = (EnvName.parse(p.name) for p in self.root.iterdir()
+                 if p.is_dir() and EnvName.is_valid(p.name))
+        return sorted(n for n in names if any(self._record_files(n)))
 
-    def versions(self, name: str) -> list[EnvRecord]:
+    def versions(self, name: EnvName | str) -> list[EnvRecord]:
         """Every record of ``name``, oldest first."""
-        validate_env_name(name)
+        name = EnvName.of(name)
         records = []
         for path in self._record_files(name):
             record = self._load(path)
@@ -170,8 +161,8 @@ class Registry:
                 records.append(record)
         return sorted(records, key=lambda r: r.version)
 
-    def get(self, name: str, version: int) -> EnvRecord:
-        validate_env_name(name)
+    def get(self, name: EnvName | str, version: int) -> EnvRecord:
+        name = EnvName.of(name)
         path = self._record_path(name, version)
         record = self._load(path)
         if record is None:
@@ -183,8 +174,8 @@ class Registry:
                            f"{', '.join(map(str, known))})")
         return record
 
-    def current_version(self, name: str) -> int | None:
-        validate_env_name(name)
+    def current_version(self, name: EnvName | str) -> int | None:
+        name = EnvName.of(name)
         try:
             text = (self.root / name / "current").read_text().strip()
         except FileNotFoundError:
@@ -195,11 +186,11 @@ class Registry:
             raise HpcenvError(f"{self.root / name / 'current'}: not a version number ({text!r}); "
                               f"fix it with 'hpcenv env rollback {name} --to VERSION'") from None
 
-    def current(self, name: str) -> EnvRecord | None:
+    def current(self, name: EnvName | str) -> EnvRecord | None:
         version = self.current_version(name)
         return None if version is None else self.get(name, version)
 
-    def resolve(self, name: str, version: int | None = None) -> EnvRecord:
+    def resolve(self, name: EnvName | str, version: int | None = None) -> EnvRecord:
         """Version ``version`` of ``name``, or its current version; NotFound says which is
         missing and where to look."""
         if version is not None:
@@ -226,7 +217,7 @@ class Registry:
             record = next((r for r in versions if r.version == current), None)
             out.append(EnvSummary(
                 name=name, current=current, versions=len(versions),
-                cuda=record.cuda if record else None, prefix=record.prefix if record else None,
+                cuda=record.cuda.version if record else None, prefix=record.prefix if record else None,
                 created=record.created if record else None,
                 creator=record.creator if record else None,
                 packages=record.packages if record else None,
@@ -246,7 +237,7 @@ class Registry:
                 out[name] = pending
         return out
 
-    def history(self, name: str) -> list[HistoryEntry]:
+    def history(self, name: EnvName | str) -> list[HistoryEntry]:
         """Every version of ``name``, oldest first; NotFound when it has none."""
         versions = self.versions(name)
         if not versions:
@@ -254,7 +245,7 @@ class Registry:
                            "see 'hpcenv env list'")
         current = self.current_version(name)
         return [HistoryEntry(version=r.version, current=r.version == current, status=r.status,
-                             cuda=r.cuda, key=r.key, created=r.created, creator=r.creator,
+                             cuda=r.cuda.version, key=r.key, created=r.created, creator=r.creator,
                              packages=r.packages, prefix=r.prefix, lock=r.lock_path,
                              from_lock=r.from_lock) for r in versions]
 
@@ -268,23 +259,23 @@ class Registry:
         for name in self.names():
             yield from self.versions(name)
 
-    def lock_file(self, name: str, version: int) -> Path:
+    def lock_file(self, name: EnvName | str, version: int) -> Path:
         """Where the lockfile of ``name`` version ``version`` lives."""
-        validate_env_name(name)
+        name = EnvName.of(name)
         return self.root / name / f"{int(version)}.lock.yml"
 
     # --- writing ------------------------------------------------------------------------------
 
     @contextmanager
-    def name_lock(self, name: str) -> Iterator[None]:
+    def name_lock(self, name: EnvName | str) -> Iterator[None]:
         """Serialise version allocation and ``current`` changes of one name."""
-        validate_env_name(name)
+        name = EnvName.of(name)
         self._ensure_dir(self.root / name)
         with BuildLock(self.root / name / ".lock", method=self.lock_method,
                        timeout=self.lock_timeout, stale_after=self.lock_stale_after):
             yield
 
-    def allocate(self, name: str, make: Callable[[int], EnvRecord]) -> EnvRecord:
+    def allocate(self, name: EnvName | str, make: Callable[[int], EnvRecord]) -> EnvRecord:
         """Write the record ``make(version)`` under the next free version number of ``name``."""
         with self.name_lock(name):
             existing = [r.version for r in self.versions(name)]
@@ -302,19 +293,19 @@ class Registry:
         self._write_json(self._record_path(record.name, record.version), record.to_dict())
         return record
 
-    def set_status(self, name: str, version: int, status: Status, **changes: Any) -> EnvRecord:
+    def set_status(self, name: EnvName | str, version: int, status: Status, **changes: Any) -> EnvRecord:
         if status not in STATUSES:
             raise HpcenvError(f"unknown record status {status!r}")
         return self.update(replace(self.get(name, version), status=status, **changes))
 
-    def write_lockfile(self, name: str, version: int, text: str) -> Path:
+    def write_lockfile(self, name: EnvName | str, version: int, text: str) -> Path:
         """Store the lockfile of an allocated version with the registry's mode and group."""
         self.get(name, version)
         path = self.lock_file(name, version)
         self._write_text(path, text)
         return path
 
-    def set_current(self, name: str, version: int | None) -> None:
+    def set_current(self, name: EnvName | str, version: int | None) -> None:
         """Point ``name`` at ``version`` (None: no current version).  Caller holds name_lock."""
         path = self.root / name / "current"
         if version is None:
@@ -325,10 +316,10 @@ class Registry:
 
     # --- files --------------------------------------------------------------------------------
 
-    def _record_path(self, name: str, version: int) -> Path:
+    def _record_path(self, name: EnvName, version: int) -> Path:
         return self.root / name / f"{int(version)}.json"
 
-    def _record_files(self, name: str) -> Iterator[Path]:
+    def _record_files(self, name: EnvName) -> Iterator[Path]:
         directory = self.root / name
         if not directory.is_dir():
             return
@@ -355,11 +346,3 @@ class Registry:
     def _write_text(self, path: Path, text: str) -> None:
         self._ensure_dir(path.parent)
         atomic_write_text(path, text, mode=self.file_mode, group=self.group)
-
-
-def _is_env_name(name: str) -> bool:
-    try:
-        validate_env_name(name)
-    except InvalidInput:
-        return False
-    return True

@@ -1,0 +1,116 @@
+"""One way records become JSON and back: registry records, submission records, lock holders,
+``--json`` output.
+
+A record is a dataclass deriving :class:`JsonRecord`.  Its fields are written under their names
+(or ``json_key`` in the field's metadata); ``json=False`` in the metadata leaves a field out; a
+class's ``JSON_PROPERTIES`` adds computed values (``finished``); a field's ``json_codec``
+(``encode``, ``decode``) gives a value its own spelling.  Reading back is typed by the fields'
+annotations (tuples, paths, nested records), ignores keys it does not know (newer writers) and
+leaves missing ones at their defaults (older writers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+R = TypeVar("R", bound="JsonRecord")
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+    """A value's own JSON spelling (e.g. a CUDA target as ``"12.4"`` or ``null``)."""
+
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+def json_field(*, key: str | None = None, codec: Codec | None = None, omit: bool = False,
+               **kwargs: Any) -> Any:
+    """A dataclass field with JSON metadata: written as ``key``, through ``codec``, or left out."""
+    metadata = dict(kwargs.pop("metadata", {}))
+    if key is not None:
+        metadata["json_key"] = key
+    if codec is not None:
+        metadata["json_codec"] = codec
+    if omit:
+        metadata["json"] = False
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+class JsonRecord:
+    """Mixin for dataclass records: ``to_dict()`` and ``from_dict()`` by :func:`to_json` and
+    :func:`from_json`."""
+
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = to_json(self)
+        assert isinstance(data, dict)
+        return data
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+        return from_json(cls, data)
+
+
+def to_json(value: Any) -> Any:
+    """``value`` as JSON-able data (see the module doc)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            if f.metadata.get("json", True) is False:
+                continue
+            item = getattr(value, f.name)
+            codec = f.metadata.get("json_codec")
+            out[f.metadata.get("json_key", f.name)] = codec.encode(item) if codec else to_json(item)
+        for name in getattr(value, "JSON_PROPERTIES", ()):
+            out[name] = to_json(getattr(value, name))
+        return out
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    return value
+
+
+def from_json(cls: type[R], data: Mapping[str, Any]) -> R:
+    """A ``cls`` record from JSON data written by :func:`to_json` (see the module doc)."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = f.metadata.get("json_key", f.name)
+        if f.metadata.get("json", True) is False or key not in data or not f.init:
+            continue
+        codec = f.metadata.get("json_codec")
+        raw = data[key]
+        values[f.name] = codec.decode(raw) if codec else _typed(hints[f.name], raw)
+    return cls(**values)
+
+
+def _typed(hint: Any, raw: Any) -> Any:
+    """``raw`` JSON as the annotated type: tuples, paths and nested records; else unchanged."""
+    if raw is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _typed(options[0], raw) if len(options) == 1 else raw
+    if origin is tuple:
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        return tuple(_typed(item, v) for v in raw)
+    if origin is list:
+        args = typing.get_args(hint)
+        return [_typed(args[0], v) for v in raw] if args else list(raw)
+    if hint is Path:
+        return Path(raw)
+    if isinstance(hint, type) and issubclass(hint, JsonRecord) and isinstance(raw, Mapping):
+        return from_json(hint, raw)
+    return raw
