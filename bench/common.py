@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = Path(sys.executable)
 # The console script next to the interpreter: the same entry point a user runs.
 HPCENV = PYTHON.parent / "hpcenv"
-# The corpus lives in shared/ beside the checkout, as for tests/test_corpus.py.
+# The corpus lives in shared/ beside the checkout, as for tests/spec/test_corpus.py.
 CORPUS = Path(os.environ.get("HPCENV_CORPUS")
               or REPO.parent / "shared" / "corpus" / "environment-yml") / "files"
 EXAMPLES = REPO / "examples"

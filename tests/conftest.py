@@ -145,6 +145,7 @@ def run_with_tty_stderr(argv: Sequence[str], *, cwd: Path | None = None,
 
 # --- console script --------------------------------------------------------------------------
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout under test
 HPCENV = Path(sys.executable).with_name("hpcenv")  # the console script of the venv under test
 
 

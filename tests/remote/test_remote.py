@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from conftest import REPO
 from hpcenv.cli import build_parser, main
 from hpcenv.cli.argtypes import LocalFile
 from hpcenv.cli.remote import remote_argv
@@ -692,7 +693,7 @@ def test_sync_only_with_submit(capsys: pytest.CaptureFixture[str]) -> None:
 
 # --- through sshd to the real test cluster -------------------------------------------------------
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = REPO / "examples"
 
 
 def _laptop_project(tmp_path: Path) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import REPO
 from hpcenv.admin.site_check import Check, check_site
 from hpcenv.errors import InvalidInput
 from hpcenv.resources import data_dir
@@ -708,7 +709,7 @@ def test_readme_reference_table_is_generated_from_the_declarations() -> None:
     from hpcenv.site.config import SiteConfig
     from hpcenv.site.schema import reference_table
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     start, end = "<!-- site-reference:start -->\n", "\n<!-- site-reference:end -->"
     shown = readme[readme.index(start) + len(start):readme.index(end)]
     assert shown == reference_table(SiteConfig), \

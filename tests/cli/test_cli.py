@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HPCENV, hpcenv, isolated_environ
+from conftest import HPCENV, REPO, hpcenv, isolated_environ
 
 from hpcenv import __version__
 from hpcenv.cli import build_parser, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 HEAVY = ("rattler", "fabric", "jinja2", "paramiko", "invoke")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from hpcenv.demo.channel import CUDA_VERSIONS, DemoChannel, build_demo_channel
 
 _RATTLER = r"""
@@ -263,7 +264,7 @@ def test_wheel_installs_offline_with_the_envs_pip(envs: dict, demo_channel: Demo
 
 # --- examples/ served by the demo channel ----------------------------------------------------
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = REPO / "examples"
 # example env file -> (CUDA hpcenv infers, kernels build it must get from the demo channel)
 EXAMPLE_ENVS = {
     "llm-finetune.yml": ("12.4", "cuda124"),

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from conftest import REPO
 from hpcenv.spec.cuda import infer_cuda
 from hpcenv.spec.environment import EnvSpec, is_pip_option, load_spec
 
 CORPUS = Path(os.environ.get("HPCENV_CORPUS") or
-              Path(__file__).resolve().parents[2] / "shared" / "corpus" / "environment-yml")
+              REPO.parent / "shared" / "corpus" / "environment-yml")
 
 CORPUS_FOUND = (CORPUS / "manifest.json").is_file()
 # Without the corpus every test still runs once (on a placeholder entry) and fails in the
