@@ -1,10 +1,10 @@
 """One way records become JSON and back: registry records, submission records, lock holders,
 ``--json`` output.
 
-A record is a dataclass deriving :class:`JsonRecord`.  Its fields are written under their names
-(or ``json_key`` in the field's metadata); ``json=False`` in the metadata leaves a field out; a
-class's ``JSON_PROPERTIES`` adds computed values (``finished``); a field's ``json_codec``
-(``encode``, ``decode``) gives a value its own spelling.  Reading back is typed by the fields'
+A record is a dataclass deriving :class:`JsonRecord`.  Its fields are written under their names,
+or as their metadata (:func:`json_meta`) says: another key, a codec (``encode``, ``decode``) for
+a value's own spelling, or left out; a class's ``JSON_PROPERTIES`` adds computed values
+(``finished``).  Reading back is typed by the fields'
 annotations (tuples, paths, nested records), ignores keys it does not know (newer writers) and
 leaves missing ones at their defaults (older writers).
 """
@@ -29,17 +29,18 @@ class Codec:
     decode: Callable[[Any], Any]
 
 
-def json_field(*, key: str | None = None, codec: Codec | None = None, omit: bool = False,
-               **kwargs: Any) -> Any:
-    """A dataclass field with JSON metadata: written as ``key``, through ``codec``, or left out."""
-    metadata = dict(kwargs.pop("metadata", {}))
+def json_meta(*, key: str | None = None, codec: Codec | None = None,
+              omit: bool = False) -> dict[str, Any]:
+    """Field metadata for :func:`to_json`: written as ``key``, through ``codec``, or left out
+    (``field(metadata=json_meta(key="partition"))``)."""
+    metadata: dict[str, Any] = {}
     if key is not None:
         metadata["json_key"] = key
     if codec is not None:
         metadata["json_codec"] = codec
     if omit:
         metadata["json"] = False
-    return dataclasses.field(metadata=metadata, **kwargs)
+    return metadata
 
 
 class JsonRecord:

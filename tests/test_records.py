@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcenv.records import Codec, JsonRecord, json_field
+from hpcenv.records import Codec, JsonRecord, json_meta
 
 
 @dataclass(frozen=True)
@@ -17,12 +17,12 @@ class Inner(JsonRecord):
 
 @dataclass(frozen=True)
 class Outer(JsonRecord):
-    name: str = json_field(key="title")
+    name: str = field(default="", metadata=json_meta(key="title"))
     inner: Inner | None = None
     items: tuple[Inner, ...] = ()
-    secret: str = json_field(default="x", omit=True)
-    scaled: int = json_field(default=0, codec=Codec(encode=lambda v: v * 10,
-                                                    decode=lambda v: v // 10))
+    secret: str = field(default="x", metadata=json_meta(omit=True))
+    scaled: int = field(default=0, metadata=json_meta(codec=Codec(encode=lambda v: v * 10,
+                                                                 decode=lambda v: v // 10)))
     extra: list[int] = field(default_factory=list)
 
     JSON_PROPERTIES = ("count",)

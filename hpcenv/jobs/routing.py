@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from hpcenv.errors import InvalidInput
 from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
@@ -45,7 +45,7 @@ from hpcenv.spec.drivers import (
     parse_cuda,
 )
 from hpcenv.text_table import text_table
-from hpcenv.records import JsonRecord, json_field
+from hpcenv.records import JsonRecord, json_meta
 
 
 class NoPartitionFits(InvalidInput):
@@ -91,18 +91,18 @@ class RouteRequest:
 class PartitionVerdict(JsonRecord):
     """How one partition fared for this job."""
 
-    name: str = json_field(key="partition")
+    name: str = field(metadata=json_meta(key="partition"))
     gpu_type: str | None
     # human form: "driver 520.61.05 (CUDA 11.8)", "cpu only"
-    cuda_support: str = json_field(key="cuda")
+    cuda_support: str = field(metadata=json_meta(key="cuda"))
     # newest CUDA the partition (or its best node) supports
-    best_cuda: str | None = json_field(omit=True)
+    best_cuda: str | None = field(metadata=json_meta(omit=True))
     free_gpus: int | None              # GPUs free right now on usable nodes; None if unknown
     eligible: bool
     why: str                           # why refused, or what makes it fit
     constraint: str | None = None
     nodes: tuple[str, ...] = ()        # nodes the constraint admits (node-feature partitions)
-    can_start_now: bool = json_field(default=False, omit=True)
+    can_start_now: bool = field(default=False, metadata=json_meta(omit=True))
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class RoutingDecision(JsonRecord):
     gpus: int                          # GPUs per node to request (0: none)
     gpu_type: str | None
     reason: str
-    verdicts: tuple[PartitionVerdict, ...] = json_field(default=(), key="partitions")
+    verdicts: tuple[PartitionVerdict, ...] = field(default=(), metadata=json_meta(key="partitions"))
 
 
 def _cuda_order(version: str) -> tuple[int, int]:

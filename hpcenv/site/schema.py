@@ -560,7 +560,7 @@ def _default_text(spec: Field[Any], kind: Kind) -> str:
     elif spec.default is not MISSING:
         value = kind.dump(spec.default)
     elif spec.default_factory is not MISSING:
-        value = kind.dump(spec.default_factory())
+        value = kind.dump(spec.default_factory())  # type: ignore[operator]
     else:
         return "(required)"
     if value is None:

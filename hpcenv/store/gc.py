@@ -32,7 +32,7 @@ from hpcenv.engine.base import ARCHIVE_SUFFIXES
 from hpcenv.store.debris import builder_alive, find_debris, force_rmtree
 from hpcenv.store.layout import builds_dir, cache_lock, is_complete
 from hpcenv.store.registry import Registry
-from hpcenv.records import JsonRecord, json_field
+from hpcenv.records import JsonRecord, json_meta
 
 if TYPE_CHECKING:
     from hpcenv.site.config import SiteConfig
@@ -55,7 +55,7 @@ class RetiredRecord(JsonRecord):
 
     name: str
     version: int
-    status: str = json_field(key="was")   # what it was: "failed" or "building"
+    status: str = field(metadata=json_meta(key="was"))   # what it was: "failed" or "building"
 
 
 @dataclass

@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hpcenv.errors import HpcenvError, NotFound
 from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
-from hpcenv.records import JsonRecord, json_field
+from hpcenv.records import JsonRecord, json_meta
 from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, CudaTarget
 from hpcenv.spec.names import EnvName
 from hpcenv.store.locking import BuildLock, LockMethod
@@ -56,8 +56,8 @@ class EnvRecord(JsonRecord):
     spec_hash: str                # EnvSpec.content_hash()
     lock_path: str
     prefix: str                   # the build-specific prefix (not the envs_dir/NAME symlink)
-    cuda: CudaTarget = json_field(codec=CUDA_JSON)   # __cuda the solve used: a version or none
-    cuda_override: CudaTarget | None = json_field(codec=CUDA_OVERRIDE_JSON)  # None = inferred
+    cuda: CudaTarget = field(metadata=json_meta(codec=CUDA_JSON))   # __cuda the solve used: a version or none
+    cuda_override: CudaTarget | None = field(metadata=json_meta(codec=CUDA_OVERRIDE_JSON))  # None = inferred
     channels: list[str]
     platform: str
     status: Status
@@ -227,7 +227,7 @@ class Registry:
     def unfinished(self) -> dict[str, list[EnvRecord]]:
         """Names with no ``ready`` version but some ``failed`` or ``building`` ones (a build
         failed, was interrupted, or is under way), with those records."""
-        out = {}
+        out: dict[str, list[EnvRecord]] = {}
         for name in self.names():
             versions = self.versions(name)
             if any(r.status == "ready" for r in versions):
@@ -277,6 +277,7 @@ class Registry:
 
     def allocate(self, name: EnvName | str, make: Callable[[int], EnvRecord]) -> EnvRecord:
         """Write the record ``make(version)`` under the next free version number of ``name``."""
+        name = EnvName.of(name)
         with self.name_lock(name):
             existing = [r.version for r in self.versions(name)]
             version = max(existing, default=0) + 1
@@ -290,7 +291,8 @@ class Registry:
     def update(self, record: EnvRecord) -> EnvRecord:
         """Replace the stored record of ``record.name``/``record.version`` (it must exist)."""
         self.get(record.name, record.version)
-        self._write_json(self._record_path(record.name, record.version), record.to_dict())
+        self._write_json(self._record_path(EnvName.of(record.name), record.version),
+                         record.to_dict())
         return record
 
     def set_status(self, name: EnvName | str, version: int, status: Status, **changes: Any) -> EnvRecord:
