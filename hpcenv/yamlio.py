@@ -9,6 +9,8 @@ exactly as written, so ``max_cuda: 12.10`` is not silently read as the float ``1
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,13 +72,30 @@ def closest(word: str, options: tuple[str, ...]) -> str | None:
     return close[0] if close else None
 
 
+# Config and environment files are a few KiB; a file far larger is a mistake (a log, a dataset,
+# /dev/zero), and reading it whole would exhaust a login node's memory before saying so.
+MAX_TEXT_BYTES = 4 * 1024 * 1024
+# Nesting no config or environment file needs, far below what would exhaust Python's stack.
+MAX_NESTING = 64
+
+
 def read_text_file(path: Path, what: str = "file") -> str:
     """Read ``path`` as UTF-8 (a leading BOM is dropped); InvalidInput says what to fix.
 
-    ``what`` names the file in messages ("environment file", "site config").
+    ``what`` names the file in messages ("environment file", "site config").  Only regular
+    files up to :data:`MAX_TEXT_BYTES` are read: a FIFO would block forever and a device or a
+    huge file would fill memory.
     """
     try:
-        data = path.read_bytes()
+        with open(path, "rb", opener=_open_nonblocking) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidInput(f"{path}: is not a regular file (a pipe, device or socket); "
+                                   f"give the path of the {what} itself")
+            data = handle.read(MAX_TEXT_BYTES + 1)
+        if len(data) > MAX_TEXT_BYTES:
+            raise InvalidInput(f"{path}: larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB; "
+                               f"is this really the {what}?")
     except FileNotFoundError:
         raise InvalidInput(f"{path}: no such {what}; check the path") from None
     except IsADirectoryError:
@@ -92,6 +111,11 @@ def read_text_file(path: Path, what: str = "file") -> str:
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise InvalidInput(f"{path}:{line}: not UTF-8 text; save the {what} as UTF-8") from None
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (the type check then refuses it).
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def load_yaml_text(text: str, source: Path | str) -> YNode | None:
@@ -110,6 +134,9 @@ def load_yaml_text(text: str, source: Path | str) -> YNode | None:
         if root is None:
             return None
         return _Converter(loader, source).convert(root, key_line=root.start_mark.line + 1)
+    except RecursionError:
+        raise InvalidInput(f"{source}: nested too deeply for a config or environment file; "
+                           "flatten it") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -145,7 +172,7 @@ class _Converter:
         self.loader = loader
         self.source = source
         self.done: dict[tuple[int, int], YNode] = {}
-        self.active: set[int] = set()
+        self.active: set[int] = set()   # the nodes being converted, outermost first
 
     def convert(self, node: Any, *, key_line: int) -> YNode:
         memo = (id(node), key_line)
@@ -155,6 +182,9 @@ class _Converter:
         if id(node) in self.active:
             raise InvalidInput(f"{where(self.source, line)}: recursive YAML alias; an anchor "
                                "cannot contain itself")
+        if len(self.active) >= MAX_NESTING:
+            raise InvalidInput(f"{where(self.source, line)}: nested more than {MAX_NESTING} "
+                               "levels deep; flatten the file")
         self.active.add(id(node))
         try:
             result = self._convert(node, line, key_line)
