@@ -26,7 +26,7 @@ from hpcenv.site.config import SiteConfig, load_site
 from hpcenv.spec.environment import parse_spec
 from hpcenv.store.debris import builder_alive, clean_debris, find_debris, force_rmtree
 from hpcenv.store.layout import MARKER, builds_dir, prefix_usage
-from hpcenv.store.registry import EnvRecord, Registry
+from hpcenv.store.registry import EnvRecord, Registry, Status
 
 # A stand-in builder: holds the key lock as a builder does, until told to go (a line on stdin)
 # or killed.
@@ -67,13 +67,13 @@ def kill(proc: subprocess.Popen[str]) -> None:
 
 
 def building_record(site: SiteConfig, name: str, key: str, prefix: Path | None = None,
-                    status: str = "building") -> EnvRecord:
+                    status: Status = "building") -> EnvRecord:
     """A record as a builder allocates it (step 2 of a build)."""
     registry = Registry.for_site(site)
     return registry.allocate(name, lambda v: EnvRecord(
         name=name, version=v, key=key, spec={}, spec_hash="", lock_path="",
         prefix=str(prefix or builds_dir(site) / f"{name}-{v}-{key[:12]}"), cuda=None,
-        cuda_override=None, channels=[], platform="linux-64", status=status,  # type: ignore[arg-type]
+        cuda_override=None, channels=[], platform="linux-64", status=status,
         creator="x@y", created="2024-01-01T00:00:00+00:00"))
 
 
