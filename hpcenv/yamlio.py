@@ -173,6 +173,7 @@ class _Converter:
         self.source = source
         self.done: dict[tuple[int, int], YNode] = {}
         self.active: set[int] = set()   # the nodes being converted, outermost first
+        self.written: dict[int, set[int]] = {}  # mapping node -> its own (not merged) key nodes
 
     def convert(self, node: Any, *, key_line: int) -> YNode:
         memo = (id(node), key_line)
@@ -197,9 +198,13 @@ class _Converter:
         import yaml
 
         if isinstance(node, yaml.MappingNode):
-            # Resolves `<<: *anchor` merge keys in place, as safe_load would.
+            # Resolves `<<: *anchor` merge keys in place, as safe_load would: merged pairs come
+            # first, and a key written in the mapping itself overrides a merged one.
+            # (Flattening rewrites the node: an alias converts it again, already flattened.)
+            written = self.written.setdefault(id(node), {id(k) for k, _ in node.value})
             self.loader.flatten_mapping(node)
             items: dict[str, YNode] = {}
+            merged: set[str] = set()
             for key_node, value_node in node.value:
                 kline = key_node.start_mark.line + 1
                 if not isinstance(key_node, yaml.ScalarNode):
@@ -209,10 +214,14 @@ class _Converter:
                 if not key.strip():
                     raise InvalidInput(f"{where(self.source, kline)}: empty key; write a name "
                                        "before the ':'")
-                if key in items:
+                if key in items and key not in merged:
                     raise InvalidInput(f"{where(self.source, kline)}: duplicate key {key!r} "
                                        f"(first on line {items[key].key_line}); keep only one")
                 items[key] = self.convert(value_node, key_line=kline)
+                if id(key_node) in written:
+                    merged.discard(key)
+                else:
+                    merged.add(key)
             return YNode(items, line, key_line)
         if isinstance(node, yaml.SequenceNode):
             return YNode([self.convert(child, key_line=child.start_mark.line + 1)

@@ -48,21 +48,34 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from hpcenv.build.export import is_explicit_list, lock_from_explicit
 from hpcenv.build.plan import BuildPlan, cuda_of_packages, plan_build
-from hpcenv.store.debris import clean_debris, force_rmtree
 from hpcenv.engine import get_engine
 from hpcenv.engine.base import CHANNEL_ERRORS, LockedPackage
 from hpcenv.engine.lockfile import read_lock, write_lock
 from hpcenv.errors import HpcenvError, InvalidInput
-from hpcenv.fsutil import atomic_write_json, chgrp, ensure_shared_dir, group_id, user_at_host
-from hpcenv.store.layout import MARKER, builds_dir, cache_lock, is_complete, key_lock, prefix_usage
+from hpcenv.fsutil import (
+    atomic_write_json,
+    chgrp,
+    ensure_shared_dir,
+    group_id,
+    user_at_host,
+)
+from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, NO_CUDA, CudaTarget
+from hpcenv.spec.environment import EnvSpec
+from hpcenv.store.activation import env_state_vars
+from hpcenv.store.debris import clean_debris, force_rmtree
+from hpcenv.store.layout import (
+    MARKER,
+    builds_dir,
+    cache_lock,
+    is_complete,
+    key_lock,
+    prefix_usage,
+)
 from hpcenv.store.lifecycle import check_link_is_ours, link_points_to, publish
 from hpcenv.store.locking import LockHolder
-from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, NO_CUDA, CudaTarget
 from hpcenv.store.registry import EnvRecord, Registry
-from hpcenv.spec.environment import EnvSpec
-from hpcenv.build.export import is_explicit_list, lock_from_explicit
-from hpcenv.store.activation import env_state_vars
 
 if TYPE_CHECKING:
     from hpcenv.engine.base import Engine

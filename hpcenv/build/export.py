@@ -27,8 +27,8 @@ from hpcenv.store.activation import env_state_vars
 
 if TYPE_CHECKING:
     from hpcenv.engine.base import Engine
-    from hpcenv.store.registry import EnvRecord
     from hpcenv.site.config import SiteConfig
+    from hpcenv.store.registry import EnvRecord
 
 
 @dataclass(frozen=True)

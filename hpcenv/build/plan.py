@@ -18,14 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcenv.engine.base import ChannelPriority, LockedPackage, channel_url, current_platform
+from hpcenv.engine.base import (
+    ChannelPriority,
+    LockedPackage,
+    channel_url,
+    current_platform,
+)
 from hpcenv.errors import InvalidInput
-from hpcenv.spec.environment import EnvSpec
-from hpcenv.spec.names import EnvName
 from hpcenv.site.config import check_env_name, resolve_channel
 from hpcenv.spec.cuda import infer_cuda
 from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 from hpcenv.spec.drivers import version_key
+from hpcenv.spec.environment import EnvSpec
+from hpcenv.spec.names import EnvName
 
 if TYPE_CHECKING:
     from hpcenv.site.config import SiteConfig

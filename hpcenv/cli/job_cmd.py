@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcenv.cli.context import Context
 from hpcenv.cli.argtypes import LocalFile, add_sync_options
+from hpcenv.cli.context import Context
 from hpcenv.cli.submission import is_local, report_submission
 from hpcenv.errors import InvalidInput
 from hpcenv.text_table import text_table

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from hpcenv.errors import HpcenvError, InvalidInput
-from hpcenv.spec.cuda_target import CudaTarget
 from hpcenv.records import JsonRecord
+from hpcenv.spec.cuda_target import CudaTarget
 
 ChannelPriority = Literal["strict", "flexible"]
 # File name endings of conda package archives (in channels and package caches).

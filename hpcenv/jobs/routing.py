@@ -32,9 +32,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from hpcenv.errors import InvalidInput
-from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
+from hpcenv.records import JsonRecord, json_meta
 from hpcenv.scheduler.base import NodeState, PartitionState
 from hpcenv.site.config import Partition
+from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 from hpcenv.spec.drivers import (
     CudaCompat,
     cuda_satisfies,
@@ -45,7 +46,6 @@ from hpcenv.spec.drivers import (
     parse_cuda,
 )
 from hpcenv.text_table import text_table
-from hpcenv.records import JsonRecord, json_meta
 
 
 class NoPartitionFits(InvalidInput):

@@ -32,7 +32,6 @@ from hpcenv.scheduler.options import (
     name_problem,
     time_problem,
 )
-from hpcenv.spec.drivers import CudaCompat, driver_problem, max_cuda_problem
 from hpcenv.site.schema import (
     DEFAULT,
     Boolean,
@@ -58,6 +57,7 @@ from hpcenv.site.schema import (
     setting,
     settings_of,
 )
+from hpcenv.spec.drivers import CudaCompat, driver_problem, max_cuda_problem
 from hpcenv.yamlio import YNode, load_yaml_file
 
 SITE_ENV = "HPCENV_SITE"

@@ -7,6 +7,7 @@ never re-encoded on the way: the layers below read :attr:`CudaTarget.version`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +16,7 @@ from hpcenv.records import Codec
 from hpcenv.spec.drivers import known_cuda_versions, max_cuda_problem, newer_than_table
 
 CudaKind = Literal["version", "none", "detect"]
+_PATCHED = re.compile(r"\d{1,2}\.\d{1,2}\.\d{1,3}")
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,12 @@ class CudaTarget:
 
     @classmethod
     def parse(cls, text: str, *, option: str = "--cuda") -> CudaTarget:
-        """A CUDA version a user asked for: a released CUDA (MAJOR.MINOR), or one newer than
+        """A CUDA version a user asked for: a released CUDA (MAJOR.MINOR[.PATCH]), or one newer than
         hpcenv's driver table (see :meth:`is_newer_than_table`); InvalidInput otherwise."""
         text = text.strip()
-        problem = max_cuda_problem(text)
+        # MAJOR.MINOR.PATCH is a CUDA version too (__cuda=12.4.1); its release is MAJOR.MINOR.
+        release = text.rsplit(".", 1)[0] if _PATCHED.fullmatch(text) else text
+        problem = max_cuda_problem(release)
         if problem is not None:
             raise InvalidInput(f"{option} {text}: {problem}; or --no-cuda for CPU builds")
         return cls.of(text)

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from hpcenv.engine.base import ARCHIVE_SUFFIXES
+from hpcenv.records import JsonRecord, json_meta
 from hpcenv.store.debris import builder_alive, find_debris, force_rmtree
 from hpcenv.store.layout import builds_dir, cache_lock, is_complete
 from hpcenv.store.registry import Registry
-from hpcenv.records import JsonRecord, json_meta
 
 if TYPE_CHECKING:
     from hpcenv.site.config import SiteConfig

@@ -41,7 +41,10 @@ def publish(site: SiteConfig, registry: Registry, record: EnvRecord, *,
 def _switch_current(site: SiteConfig, registry: Registry, name: str,
                     record: EnvRecord | None) -> None:
     """Make ``record`` (None: nothing) current: the registry's ``current`` first (the source of
-    truth), then the ``envs_dir/NAME`` symlink.  The caller holds the registry's name lock."""
+    truth), then the ``envs_dir/NAME`` symlink.  The caller holds the registry's name lock.
+    An ``envs_dir/NAME`` hpcenv did not make is refused before anything moves."""
+    if record is not None:
+        check_link_is_ours(site, name)
     registry.set_current(name, record.version if record is not None else None)
     _point_link(site, name, Path(record.prefix) if record is not None else None)
 
@@ -103,9 +106,11 @@ def rollback(site: SiteConfig, name: str, to_version: int | None = None) -> EnvR
         else:
             record = registry.get(name, to_version)
             if record.status != "ready" or not is_complete(record.prefix):
-                raise HpcenvError(f"{name} version {to_version} is {record.status}, not a "
-                                  "ready build; pick another with 'hpcenv env history "
-                                  f"{name}' or rebuild it with --from-lock {record.lock_path}")
+                what = (f"is {record.status}, not a ready build" if record.status != "ready"
+                        else f"has no complete build at {record.prefix}")
+                raise HpcenvError(f"{name} version {to_version} {what}; pick another with "
+                                  f"'hpcenv env history {name}' or rebuild it with --from-lock "
+                                  f"{record.lock_path}")
         _switch_current(site, registry, name, record)
     return record
 
@@ -171,14 +176,16 @@ def _retire_locked(site: SiteConfig, registry: Registry, name: str, version: int
         raise HpcenvError(f"{name} version {version} is the current version and no other "
                           f"version is ready; pass --force to remove it ({name} then has no "
                           "current version)")
-    record = registry.set_status(name, version, "retired")
     if version == current:
+        # current moves before the record is retired: a crash in between leaves a ready
+        # version that is not current, never a current one that is retired.
         others = [r for r in registry.versions(name) if r.version != version and _usable(r)]
         _switch_current(site, registry, name, others[-1] if others else None)
     elif link_points_to(site, name, record.prefix):
         # A publisher died before switching the symlink: repair it before the prefix goes.
         current_record = registry.current(name)
         _point_link(site, name, Path(current_record.prefix) if current_record else None)
+    record = registry.set_status(name, version, "retired")
     # Versions never share a prefix when hpcenv made them, but a registry edited by hand
     # (or restored from backup) might: a prefix another live record names stays.
     target = os.path.realpath(record.prefix)

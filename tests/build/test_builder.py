@@ -10,18 +10,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from builders import KERNELS_CPU, KERNELS_CUDA
 
 from hpcenv.build.builder import BuildEvent, build_env
 from hpcenv.build.plan import plan_build
 from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.site.config import load_site
+from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 from hpcenv.spec.environment import parse_spec
 from hpcenv.store.debris import clean_debris, find_debris
 from hpcenv.store.layout import MARKER, builds_dir, env_link
 from hpcenv.store.lifecycle import remove_version, rollback
 from hpcenv.store.registry import Registry
-from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 
 
 def spec(text: str, tmp_path: Path | None = None):
@@ -30,24 +31,6 @@ def spec(text: str, tmp_path: Path | None = None):
         source = tmp_path / "environment.yml"
         source.write_text(text)
     return parse_spec(text, source=source)
-
-
-KERNELS_CUDA = """\
-name: kern
-channels: [conda-forge]
-dependencies:
-  - python=3.11
-  - hpcdemo-kernels
-  - cuda-version=12.4
-"""
-
-KERNELS_CPU = """\
-name: kern
-dependencies:
-  - python=3.11
-  - hpcdemo-kernels
-  - hpcdemo-tools
-"""
 
 
 def run_py(prefix: Path, code: str) -> str:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_builder import KERNELS_CPU, KERNELS_CUDA
+from builders import KERNELS_CPU, KERNELS_CUDA, result_of, start_builder, write_spec
 
 from hpcenv.build.builder import BuildEvent, build_env
 from hpcenv.build.plan import plan_build
@@ -29,75 +29,11 @@ from hpcenv.store.registry import Registry
 # test can SIGKILL it in the worst place: a full prefix with no completion marker.
 # With KILL_AT set it SIGKILLs itself at that publish step: "before-ready" (marker written,
 # record still "building") or "before-link" (registry current switched, symlink not yet).
-BUILDER = textwrap.dedent("""
-    import json, os, signal, sys, time
-    from pathlib import Path
-    import hpcenv.store.lifecycle
-    from hpcenv.build.builder import build_env
-    from hpcenv.engine.rattler_engine import RattlerEngine
-    from hpcenv.store.registry import Registry
-    from hpcenv.site.config import load_site
-    from hpcenv.spec.environment import load_spec
-
-    site_path, spec_path = sys.argv[1], sys.argv[2]
-    hold = os.environ.get("HOLD_AFTER_INSTALL")
-    kill_at = os.environ.get("KILL_AT")
-
-    def die(*_args, **_kwargs):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    if kill_at == "before-link":
-        hpcenv.store.lifecycle._point_link = die
-    elif kill_at == "before-ready":
-        real_update = Registry.update
-        def update(self, record):
-            if record.status == "ready":
-                die()
-            return real_update(self, record)
-        Registry.update = update
-
-    class HoldingEngine(RattlerEngine):
-        def install(self, prefix, packages, *, pkgs_dir):
-            super().install(prefix, packages, pkgs_dir=pkgs_dir)
-            Path(hold).write_text(str(prefix))
-            time.sleep(120)
-
-    engine = HoldingEngine() if hold else None
-    result = build_env(load_spec(spec_path), load_site(Path(site_path)), engine=engine,
-                       on_progress=lambda m: print("progress:", m, flush=True))
-    print(json.dumps(result.to_dict()), flush=True)
-""")
-
-
-def start_builder(tmp_path: Path, site_path: Path, spec_path: Path,
-                  hold: Path | None = None, kill_at: str | None = None) -> subprocess.Popen:
-    script = tmp_path / "builder.py"
-    if not script.exists():
-        script.write_text(BUILDER)
-    env = {**os.environ}
-    if hold is not None:
-        env["HOLD_AFTER_INSTALL"] = str(hold)
-    if kill_at is not None:
-        env["KILL_AT"] = kill_at
-    return subprocess.Popen([sys.executable, str(script), str(site_path), str(spec_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def result_of(proc: subprocess.Popen, timeout: float = 240) -> dict:
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, f"builder failed ({proc.returncode}): {err[-2000:]}"
-    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.fixture
 def site(tmp_path: Path, demo_channel):
     return load_site(write_demo_site(tmp_path / "site", demo_channel))
-
-
-def write_spec(tmp_path: Path, text: str, name: str = "environment.yml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def test_16_concurrent_builders_build_exactly_once(site, tmp_path: Path) -> None:

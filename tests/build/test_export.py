@@ -20,8 +20,8 @@ from hpcenv.build.export import (
 from hpcenv.engine.base import current_platform
 from hpcenv.engine.rattler_engine import RattlerEngine
 from hpcenv.errors import HpcenvError, NotFound
-from hpcenv.spec.environment import parse_spec
 from hpcenv.spec.cuda_target import CudaTarget
+from hpcenv.spec.environment import parse_spec
 
 SPECS = ["python", "hpcdemo-kernels", "hpcdemo-tools"]
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from hpcenv.demo.channel import CUDA_VERSIONS, DemoChannel, build_demo_channel
 
 _RATTLER = r"""

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
 from conftest import REPO
+
 from hpcenv.cli import build_parser, main
 from hpcenv.cli.argtypes import LocalFile
 from hpcenv.cli.remote import remote_argv

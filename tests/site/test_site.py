@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from hpcenv.admin.site_check import Check, check_site
 from hpcenv.errors import InvalidInput
 from hpcenv.resources import data_dir

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import REPO
+
 from hpcenv.spec.cuda import infer_cuda
 from hpcenv.spec.environment import EnvSpec, is_pip_option, load_spec
 

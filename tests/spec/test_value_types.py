@@ -21,8 +21,10 @@ from hpcenv.spec.names import EnvName
 
 def test_cuda_target_parse_accepts_released_versions_and_refuses_others() -> None:
     assert CudaTarget.parse("12.4") == CudaTarget.of("12.4") and CudaTarget.parse("12.4")
+    assert CudaTarget.parse("12.4.1").version == "12.4.1"  # a patch release of 12.4
     for text, fragment in (("12.7", "never released"), ("twelve", "not a CUDA version"),
-                           ("12", "not a CUDA version"), ("12.4.1", "not a CUDA version")):
+                           ("12", "not a CUDA version"), ("12.7.1", "never released"),
+                           ("12.4.1.0", "not a CUDA version")):
         with pytest.raises(InvalidInput, match=fragment) as err:
             CudaTarget.parse(text)
         assert str(err.value).startswith(f"--cuda {text}: ") and "--no-cuda" in str(err.value)

@@ -12,8 +12,8 @@ import pytest
 from hpcenv.demo.site import write_demo_site
 from hpcenv.engine.base import current_platform
 from hpcenv.engine.rattler_engine import RattlerEngine
-from hpcenv.store.gc import cache_entries, plan_and_collect, used_package_names
 from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
+from hpcenv.store.gc import cache_entries, plan_and_collect, used_package_names
 
 
 def make_readonly(prefix: Path) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.store.registry import EnvRecord, Registry
 from hpcenv.spec.cuda_target import CudaTarget
+from hpcenv.store.registry import EnvRecord, Registry
 
 
 def record(name: str, version: int, key: str = "k" * 64, status: str = "ready") -> EnvRecord:
