@@ -37,3 +37,11 @@ class NotFound(HpcenvError):
 def where(path: object, line: int | None = None) -> str:
     """Format a ``file:line`` location for error messages."""
     return f"{path}:{line}" if line is not None else str(path)
+
+
+def shown_value(value: str, limit: int = 60) -> str:
+    """``value`` quoted for a one-line message, cut to ``limit`` characters when longer (a
+    5,000-character argument must not flood the terminal), saying how long it was."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"

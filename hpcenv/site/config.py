@@ -283,7 +283,7 @@ class SiteConfig:
     pkgs_dirs: tuple[Path, ...] = setting(
         PathList(), "package caches; the first is the one hpcenv writes (shared, hardlinked)",
         yaml_default=[f"{_DEFAULT_DATA}/pkgs"])
-    registry: Path = setting(PathValue(), "the lab registry: env records, lockfiles, current "
+    registry: Path = setting(PathValue(own_dir=True), "the lab registry: env records, lockfiles, current "
                              "versions", yaml_default=f"{_DEFAULT_DATA}/registry")
     channels: tuple[str, ...] = setting(ChannelList(), "channels for specs that name none "
                                         "(names, URLs or paths)", default=("conda-forge",))
@@ -319,7 +319,7 @@ class SiteConfig:
                                default_factory=PipSettings)
     templates_dir: Path | None = setting(PathValue(optional=True), "site job-script templates "
                                          "overriding the shipped ones", default=None)
-    state_dir: Path = setting(PathValue(), "per-user state: job records, scripts, logs",
+    state_dir: Path = setting(PathValue(own_dir=True), "per-user state: job records, scripts, logs",
                               yaml_default=_DEFAULT_STATE)
     remotes: Mapping[str, Remote] = setting(
         NamedSections(Remote, _SLURM_NAME, "remote", as_list=False),

@@ -139,6 +139,9 @@ class Reader:
         return [(item, self.required_string(item, key)) for item in items]
 
     def path(self, node: YNode, key: str) -> Path:
+        if node.value is not None and not isinstance(node.value, (str, list, dict)):
+            raise self.fail(node, key, f"expected a path, got {node.describe()}",
+                            "write a directory path (absolute, or relative to this file)")
         text = self.expand(node, key, self.required_string(node, key))
         if text.startswith("file://"):
             text = text[len("file://"):]
@@ -301,28 +304,42 @@ class Boolean(Kind):
         return node.value
 
 
+def _own_dir(r: Reader, node: YNode, key: str, path: Path) -> Path:
+    # hpcenv creates entries directly under these dirs (env names, .hpcenv/, records): the
+    # filesystem root would put them beside /usr and /etc.
+    if path == Path(path.anchor):
+        raise r.fail(node, key, f"{path} is the filesystem root",
+                     "give a directory of its own, e.g. /shared/conda/envs")
+    return path
+
+
 @dataclass(frozen=True)
 class PathValue(Kind):
-    """A directory or file path; relative paths resolve against the site file's directory."""
+    """A directory or file path; relative paths resolve against the site file's directory.
+    ``own_dir``: a directory hpcenv fills, so never the filesystem root."""
 
     optional: bool = False
+    own_dir: bool = False
     shape: str = "path"
 
     def read(self, r: Reader, node: YNode, key: str) -> Path | None:
         if node.value is None and self.optional:
             return None
-        return r.path(node, key)
+        path = r.path(node, key)
+        return _own_dir(r, node, key, path) if self.own_dir else path
 
 
 @dataclass(frozen=True)
 class PathList(Kind):
+    """Directories hpcenv fills (never the filesystem root), at least one."""
+
     shape: str = "list of paths"
 
     def read(self, r: Reader, node: YNode, key: str) -> tuple[Path, ...]:
         items = r.string_list(node, key)
         if not items:
             raise r.fail(node, key, "needs at least one directory", "list one or more directories")
-        return tuple(r.path(item, key) for item, _ in items)
+        return tuple(_own_dir(r, item, key, r.path(item, key)) for item, _ in items)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from hpcenv.errors import InvalidInput, where
+from hpcenv.errors import InvalidInput, shown_value, where
 from hpcenv.yamlio import YNode, load_yaml_text, read_text_file
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -78,7 +78,7 @@ _PIP_VERSION_TERM_RE = re.compile(r"(?:===|==|!=|>=|<=|~=|>|<|=)\s*[A-Za-z0-9_.*
 
 def _name_problem(name: str) -> str | None:
     if ".." in name or not _ENV_NAME_RE.fullmatch(name):
-        return f"invalid environment name {name!r}: {_ENV_NAME_RULE}"
+        return f"invalid environment name {shown_value(name)}: {_ENV_NAME_RULE}"
     return None
 
 

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound, shown_value
 
 # Variables bash itself sets or changes while it sources the scripts; they are not part of the
 # activation and must keep the caller's values.
@@ -233,12 +233,18 @@ def find_named_env(envs_dirs: Sequence[Path], name: str) -> Path:
     The published name is a symlink to an immutable build; the resolved build path is returned
     so a process keeps its build even if the name is switched (rollback, rebuild) meanwhile.
     """
-    if not name or os.sep in name or name in (".", ".."):
-        raise InvalidInput(f"env name {name!r}: give a plain name, or -p PREFIX for a path")
+    if not name or os.sep in name or name in (".", "..") or "\0" in name:
+        raise InvalidInput(f"env name {shown_value(name)}: give a plain name, or -p PREFIX for "
+                           "a path")
+    if len(name.encode()) > 255:
+        # Longer than any file name can be: no envs_dir can hold it (the lookup would fail
+        # with ENAMETOOLONG instead of saying so).
+        raise NotFound(f"no environment named {shown_value(name)}: longer than any directory "
+                       "name can be")
     for envs_dir in envs_dirs:
         candidate = Path(envs_dir) / name
         if (candidate / "conda-meta").is_dir():
             return candidate.resolve()
     searched = ", ".join(str(d) for d in envs_dirs) or "(no envs_dirs configured)"
-    raise NotFound(f"no environment named {name!r} in {searched}; "
+    raise NotFound(f"no environment named {shown_value(name)} in {searched}; "
                    "see 'hpcenv env list' or build it with 'hpcenv env build FILE'")

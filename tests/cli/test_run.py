@@ -105,3 +105,22 @@ def test_sigterm_reaches_the_command_in_the_same_process(prefix: Path, tmp_path:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("argv", [["run", "-n", "N", "--", "true"],
+                                  ["submit", "x.py", "--env", "N", "--dry-run"],
+                                  ["env", "show", "N"]])
+def test_a_5000_character_env_name_is_one_short_line(argv: list[str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from hpcenv.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.py").write_text("print(1)\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("HPCENV_SITE", raising=False)
+    name = "a" * 5000
+    code = main([name if word == "N" else word for word in argv])
+    err = capsys.readouterr().err
+    assert code in (1, 2) and err.count("\n") == 1 and len(err) < 400, err[:500]
+    assert "(5000 characters)" in err and "internal error" not in err
