@@ -33,8 +33,31 @@ TIME = re.compile(r"^(?:\d+(?::\d{1,2}){0,2}|\d+-\d{1,2}(?::\d{1,2}){0,2}|UNLIMI
 # sbatch --mem: a number of megabytes, or with a K/M/G/T unit.
 MEM = re.compile(r"^\d+(?:[KMGT]B?)?$", re.IGNORECASE)
 _EXTRA_ARG = re.compile(f"^-{SAFE_CHARS}+$")
-# sbatch options that would replace the job script hpcenv writes.
-RESERVED_EXTRA = ("--wrap",)
+
+# sbatch options an extra argument must not carry, with what to do instead.  Placement is
+# routing's decision (checked against the env's CUDA and recorded); an extra --partition or
+# --gres would run a job where its CUDA cannot, under a record that says otherwise.  The others
+# change sbatch's own behaviour, which hpcenv relies on (it reads the job id, it waits itself).
+_PLACEMENT = "placement is decided by routing against the env's CUDA"
+REFUSED_EXTRA: dict[str, str] = {
+    "--partition": f"{_PLACEMENT}; use --partition P (checked against the env's CUDA)",
+    "--gres": f"{_PLACEMENT}; use --gpus N and --gpu-type T",
+    "--gpus": f"{_PLACEMENT}; use --gpus N",
+    "--gpus-per-node": f"{_PLACEMENT}; use hpcenv's --gpus-per-node",
+    "--gpus-per-task": f"{_PLACEMENT}; use --gpus N",
+    "--gpus-per-socket": f"{_PLACEMENT}; use --gpus N",
+    "--constraint": f"{_PLACEMENT}; use --gpu-type T or --partition P",
+    "--cluster-constraint": f"{_PLACEMENT}; use --partition P",
+    "--nodelist": f"{_PLACEMENT}; use --partition P or --gpu-type T",
+    "--exclude": f"{_PLACEMENT}; use --partition P or --gpu-type T",
+    "--wrap": "it would replace the job script hpcenv writes; remove it",
+    "--wait": "sbatch would block; use hpcenv's --wait",
+    "--parsable": "hpcenv reads the job id itself; remove it",
+    "--test-only": "nothing would be submitted; use hpcenv's --dry-run",
+}
+# sbatch's one-letter spellings of the same options.
+_REFUSED_SHORT = {"-p": "--partition", "-G": "--gpus", "-C": "--constraint", "-w": "--nodelist",
+                  "-x": "--exclude", "-W": "--wait"}
 
 TIME_HELP = "use MINUTES, HH:MM:SS or D-HH:MM:SS (e.g. 30, 2:00:00, 1-00:00)"
 MEM_HELP = "use a size like 16G or 4000M"
@@ -70,11 +93,25 @@ def name_problem(value: str, what: str) -> str | None:
 
 def extra_arg_problem(arg: str) -> str | None:
     """Why ``arg`` cannot be an extra sbatch option (``--sbatch-arg``, ``slurm.extra_args``):
-    one ``-option[=value]`` word that sbatch reads as exactly one option, never ``--wrap``."""
+    one ``-option[=value]`` word that sbatch reads as exactly one option, and none of
+    :data:`REFUSED_EXTRA` in any spelling sbatch accepts (``-pgpu``, ``--part=gpu``: sbatch
+    takes any unambiguous prefix of a long option)."""
     problem = _problem(arg, _EXTRA_ARG, EXTRA_ARG_HELP)
-    if problem is None and arg.split("=", 1)[0] in RESERVED_EXTRA:
-        problem = "not allowed: it would replace the job script hpcenv writes; remove it"
-    return problem
+    if problem is not None:
+        return problem
+    refused = _refused_option(arg)
+    if refused is not None:
+        return f"{refused} is not allowed here: {REFUSED_EXTRA[refused]}"
+    return None
+
+
+def _refused_option(arg: str) -> str | None:
+    if not arg.startswith("--"):
+        return _REFUSED_SHORT.get(arg[:2])
+    name = arg.split("=", 1)[0]
+    if len(name) < 4:
+        return None
+    return next((option for option in REFUSED_EXTRA if option.startswith(name)), None)
 
 
 def parse_time_limit(text: str) -> float | None:

@@ -53,7 +53,9 @@ def test_memory_sizes(text: str, ok: bool) -> None:
     assert (mem_problem(text) is None) == ok
 
 
-@pytest.mark.parametrize("arg", ["--exclusive", "--mail-type=END,FAIL", "-x", "--gres=gpu:1"])
+@pytest.mark.parametrize("arg", ["--exclusive", "--mail-type=END,FAIL", "--requeue", "-H",
+                                 "--cpus-per-gpu=4", "--gpu-bind=closest", "--exclusive=user",
+                                 "--comment=x"])
 def test_good_extra_args(arg: str) -> None:
     assert extra_arg_problem(arg) is None
 
@@ -65,6 +67,26 @@ def test_good_extra_args(arg: str) -> None:
     ("--x\n--y", "control characters"),
     ("--wrap=id", "replace the job script"),
     ("--wrap", "replace the job script"),
+    # Placement belongs to routing; each spelling sbatch accepts is refused, naming the option
+    # hpcenv offers instead.
+    ("--partition=gpu-v100", "--partition is not allowed here: placement is decided by routing"),
+    ("--part=gpu-v100", "--partition is not allowed here"),
+    ("-pgpu-v100", "--partition is not allowed here"),
+    ("-p", "--partition is not allowed here"),
+    ("--constraint=cuda12.2", "--constraint is not allowed here"),
+    ("-Ccuda12.2", "--constraint is not allowed here"),
+    ("--gres=gpu:v100:1", "use --gpus N and --gpu-type T"),
+    ("--gpus=2", "--gpus is not allowed here"),
+    ("-G2", "--gpus is not allowed here"),
+    ("--gpus-per-node=2", "--gpus-per-node is not allowed here"),
+    ("--nodelist=v100n1", "--nodelist is not allowed here"),
+    ("-wv100n1", "--nodelist is not allowed here"),
+    ("--exclude=a100n1", "--exclude is not allowed here"),
+    ("-xa100n1", "--exclude is not allowed here"),
+    ("-W", "use hpcenv's --wait"),
+    ("--wait", "use hpcenv's --wait"),
+    ("--parsable", "reads the job id itself"),
+    ("--test-only", "use hpcenv's --dry-run"),
 ])
 def test_bad_extra_args_say_why(arg: str, why: str) -> None:
     problem = extra_arg_problem(arg)
@@ -79,7 +101,8 @@ def test_names() -> None:
 
 @pytest.mark.parametrize(("slurm", "line", "fragment"), [
     ("  extra_args:\n    - --exclusive\n    - --wrap=id\n", 4,
-     "slurm.extra_args: '--wrap=id' is not an sbatch option hpcenv can pass on: not allowed"),
+     "slurm.extra_args: '--wrap=id' is not an sbatch option hpcenv can pass on: --wrap is not "
+     "allowed here"),
     ("  extra_args: ['--mail-user=a b']\n", 2, "expected one sbatch option"),
     ("  time: 1h\n", 2, "slurm.time: '1h' is not a valid sbatch value: expected a Slurm time"),
     ("  mem: 1.5G\n", 2, "slurm.mem: '1.5G' is not a valid sbatch value: expected a memory size"),
