@@ -28,6 +28,7 @@ pytest_plugins = ["conftest_slurm", "conftest_ssh"]
 
 if TYPE_CHECKING:
     from hpcenv.demo.channel import DemoChannel
+    from hpcenv.site.config import SiteConfig
 
 
 # --- test cache ------------------------------------------------------------------------------
@@ -49,6 +50,15 @@ def demo_channel(test_cache_dir: Path) -> DemoChannel:
     from hpcenv.demo.channel import build_demo_channel
 
     return build_demo_channel(test_cache_dir / "channel")
+
+
+@pytest.fixture
+def site(tmp_path: Path, demo_channel: DemoChannel) -> SiteConfig:
+    """A throw-away site config on the demo channel (envs, cache and registry under tmp_path)."""
+    from hpcenv.demo.site import write_demo_site
+    from hpcenv.site.config import load_site
+
+    return load_site(write_demo_site(tmp_path / "site", demo_channel))
 
 
 # --- job programs ----------------------------------------------------------------------------

@@ -47,9 +47,6 @@ def installed(prefix: Path) -> set[tuple[str, str, str]]:
     return out
 
 
-@pytest.fixture
-def site(tmp_path: Path, demo_channel):
-    return load_site(write_demo_site(tmp_path / "site", demo_channel))
 
 
 def test_build_then_reuse(site, tmp_path: Path) -> None:

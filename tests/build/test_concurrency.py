@@ -31,9 +31,6 @@ from hpcenv.store.registry import Registry
 # record still "building") or "before-link" (registry current switched, symlink not yet).
 
 
-@pytest.fixture
-def site(tmp_path: Path, demo_channel):
-    return load_site(write_demo_site(tmp_path / "site", demo_channel))
 
 
 def test_16_concurrent_builders_build_exactly_once(site, tmp_path: Path) -> None:

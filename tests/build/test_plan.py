@@ -30,9 +30,6 @@ variables:
 """
 
 
-@pytest.fixture
-def site(tmp_path: Path, demo_channel) -> SiteConfig:
-    return load_site(write_demo_site(tmp_path / "site", demo_channel))
 
 
 def key_of(text: str, site: SiteConfig, **kwargs: object) -> str:

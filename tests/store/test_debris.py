@@ -11,7 +11,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 from builders import (
     KERNELS_CPU,
     KERNELS_CUDA,
@@ -35,9 +34,6 @@ from hpcenv.store.registry import Registry
 # or killed.
 
 
-@pytest.fixture
-def site(tmp_path: Path, demo_channel) -> SiteConfig:
-    return load_site(write_demo_site(tmp_path / "site", demo_channel))
 
 
 def test_builder_alive_only_while_a_process_holds_the_key_lock(site: SiteConfig) -> None:

@@ -34,9 +34,6 @@ from hpcenv.store.layout import (
 from hpcenv.store.locking import LockHolder, LockTimeout
 
 
-@pytest.fixture
-def site(tmp_path: Path, demo_channel) -> SiteConfig:
-    return load_site(write_demo_site(tmp_path / "site", demo_channel))
 
 
 def other_group() -> grp.struct_group:
