@@ -196,7 +196,7 @@ def _wait(job_id: str, ctx: Context, site: SiteConfig) -> JobInfo:
     from hpcenv.jobs.submit import site_scheduler
 
     with live_status(sys.stderr, enabled=ctx.verbosity >= 0) as show:
-        return wait_for(site_scheduler(site), job_id, on_poll=show)
+        return wait_for(site_scheduler(site), job_id, on_poll=show, on_outage=ctx.info)
 
 
 def _scheduler(ctx: Context) -> Scheduler:

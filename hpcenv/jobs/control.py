@@ -24,6 +24,7 @@ from hpcenv.scheduler.base import (
     JobInfo,
     JobStatusSource,
     Scheduler,
+    SchedulerUnreachable,
     expand_output_pattern,
     signal_number,
 )
@@ -33,6 +34,10 @@ from hpcenv.scheduler.base import (
 POLL_FIRST = 0.5
 POLL_FACTOR = 1.5
 POLL_MAX = 10.0
+# How long --wait and logs -f keep asking a controller that does not answer.  Restarting
+# slurmctld (an upgrade, a failover, a config change) takes seconds to minutes; the job runs on
+# meanwhile, so giving up early would report a failure that did not happen.
+OUTAGE_LIMIT = 900.0
 
 
 @dataclass(frozen=True)
@@ -174,19 +179,65 @@ def job_exit_code(info: JobInfo) -> int:
     return 0 if info.state == "COMPLETED" else 1
 
 
+class OutageRider:
+    """Reads a job's status through controller outages: while the scheduler is unreachable it
+    says so once (``note``), keeps retrying for up to ``limit`` seconds, and says when the
+    controller answers again; past the limit the outage is an error naming the job."""
+
+    def __init__(self, scheduler: JobStatusSource, *, note: Callable[[str], None] | None = None,
+                 limit: float = OUTAGE_LIMIT, clock: Callable[[], float] = time.monotonic) -> None:
+        self.scheduler = scheduler
+        self.note = note or (lambda _message: None)
+        self.limit = limit
+        self.clock = clock
+        self.since: float | None = None
+
+    def status(self, job_id: str) -> JobInfo | None:
+        """The job's state, or None while the controller does not answer."""
+        try:
+            info = self.scheduler.status(job_id)
+        except SchedulerUnreachable as exc:
+            now = self.clock()
+            if self.since is None:
+                self.since = now
+                self.note(f"hpcenv: the scheduler does not answer ({exc}); job {job_id} runs on, "
+                          f"retrying for up to {int(self.limit // 60)} min")
+            elif now - self.since > self.limit:
+                raise SchedulerUnreachable(
+                    f"the scheduler has not answered for {int(now - self.since)} s while waiting "
+                    f"for job {job_id}; the job may still be running: check it later with "
+                    f"'hpcenv status {job_id}'") from exc
+            return None
+        if self.since is not None:
+            self.note(f"hpcenv: the scheduler answers again after {int(self.clock() - self.since)}"
+                      " s")
+            self.since = None
+        return info
+
+
 def wait_for(scheduler: JobStatusSource, job_id: str, *,
              on_poll: Callable[[JobInfo], None] | None = None,
+             on_outage: Callable[[str], None] | None = None,
              sleep: Callable[[float], None] = time.sleep,
-             first: float = POLL_FIRST, factor: float = POLL_FACTOR, most: float = POLL_MAX) -> JobInfo:
+             first: float = POLL_FIRST, factor: float = POLL_FACTOR, most: float = POLL_MAX,
+             outage_limit: float = OUTAGE_LIMIT,
+             clock: Callable[[], float] = time.monotonic) -> JobInfo:
     """Poll until the job finished, with backoff; ``on_poll`` sees every state read.
 
     The delay goes back to ``first`` whenever the state changes: a job that just started is the
-    one most likely to finish soon.  No overall timeout, as with ``sbatch --wait``.
+    one most likely to finish soon.  No overall timeout, as with ``sbatch --wait``; an
+    unreachable controller is ridden out for up to ``outage_limit`` seconds (``on_outage``
+    hears when it goes away and comes back, see :class:`OutageRider`).
     """
+    rider = OutageRider(scheduler, note=on_outage, limit=outage_limit, clock=clock)
     delay = first
     last: str | None = None
     while True:
-        info = scheduler.status(job_id)
+        info = rider.status(job_id)
+        if info is None:
+            sleep(delay)
+            delay = min(delay * factor, most)
+            continue
         if on_poll is not None:
             on_poll(info)
         if info.finished:
@@ -261,10 +312,12 @@ class _Tail:
 
 def show_logs(scheduler: Scheduler, state_dir: Path, job_id: str, *, out: IO[bytes],
               err: IO[bytes], follow: bool = False, note: Callable[[str], None] | None = None,
-              sleep: Callable[[float], None] = time.sleep) -> JobView:
+              sleep: Callable[[float], None] = time.sleep,
+              outage_limit: float = OUTAGE_LIMIT) -> JobView:
     """Copy the job's stdout/stderr files to ``out``/``err``; with ``follow``, keep copying what
-    is appended until the job has finished (then one last read).  ``note`` hears about a job
-    that has written nothing yet."""
+    is appended until the job has finished (then one last read), riding out controller outages
+    as ``--wait`` does.  ``note`` hears about a job that has written nothing yet, and about
+    outages."""
     view = job_status(scheduler, state_dir, job_id)
     if view.info.tasks:
         raise InvalidInput(f"job {job_id} is a job array of {len(view.info.tasks)} tasks, each with "
@@ -280,12 +333,15 @@ def show_logs(scheduler: Scheduler, state_dir: Path, job_id: str, *, out: IO[byt
         if not stdout.exists() and not view.info.finished and note is not None:
             note(f"hpcenv: job {job_id} is {view.info.state}; no output yet ({stdout})")
         return view
+    rider = OutageRider(scheduler, note=note, limit=outage_limit)
     delay = POLL_FIRST
     while not view.info.finished:
         sleep(delay)
         got = sum(tail.pump() for tail in tails)
         delay = POLL_FIRST if got else min(delay * POLL_FACTOR, 2.0)
-        view = JobView(scheduler.status(job_id), view.record)
+        info = rider.status(job_id)
+        if info is not None:
+            view = JobView(info, view.record)
     for tail in tails:
         tail.pump()  # whatever the job wrote between the last read and its end
     return view
