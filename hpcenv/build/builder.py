@@ -75,6 +75,7 @@ from hpcenv.store.layout import (
 )
 from hpcenv.store.lifecycle import check_link_is_ours, link_points_to, publish
 from hpcenv.store.locking import LockHolder
+from hpcenv.store.ownership import Actor, env_owner
 from hpcenv.store.registry import EnvRecord, Registry
 
 if TYPE_CHECKING:
@@ -167,7 +168,9 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     (building a spec means "I want this"; the result's ``made_current``/``previous_current``
     say whether that moved ``current``, e.g. undid a rollback).  False only ensures the build
     exists and never moves an existing ``current`` (``submit`` of a shared env); a name's first
-    ready build still becomes current then, as there is nothing to move.
+    ready build still becomes current then, as there is nothing to move.  Someone who may not
+    change the env (:mod:`hpcenv.store.ownership`) gets the build without it becoming current,
+    and a warning that says why.
     ``on_progress`` receives :class:`BuildEvent` objects.
     """
     started = time.monotonic()
@@ -177,6 +180,12 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
     registry = Registry.for_site(site)
     check_link_is_ours(site, plan.name)
+    owner = env_owner(registry.versions(plan.name))
+    if make_current and not Actor.current(site.permissions.admins).may_change(owner):
+        make_current = False
+        report.warn(f"{plan.name} belongs to {owner}: this build will not become its current "
+                    f"version (only {owner} or the site's admins may change that); run it with "
+                    f"'hpcenv submit --env-file' or 'hpcenv run -p PREFIX'")
 
     def reuse(record: EnvRecord, waited: bool) -> BuildResult | None:
         if not is_complete(record.prefix):

@@ -315,9 +315,10 @@ def _rm(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.store.lifecycle import remove_env, remove_version
 
     if args.version is not None:
-        records = [remove_version(ctx.site(), args.name, args.version, force=args.force)]
+        records = [remove_version(ctx.site(), args.name, args.version, force=args.force,
+                                  on_warning=ctx.warn)]
     else:
-        records = remove_env(ctx.site(), args.name, force=args.force)
+        records = remove_env(ctx.site(), args.name, force=args.force, on_warning=ctx.warn)
     removed = [r.version for r in records]
     after = _registry(ctx).current_version(args.name)
     ctx.emit({"name": args.name, "removed": removed, "current": after},

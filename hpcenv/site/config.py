@@ -75,6 +75,7 @@ _DEFAULT_STATE = "${XDG_STATE_HOME:-~/.local/state}/hpcenv"
 
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _FEATURE = re.compile(r"[A-Za-z0-9._-]+")
+_ADMIN = re.compile(r"@?[A-Za-z0-9_][A-Za-z0-9._-]*")
 # host names, IPv6 literals, user names and ProxyJump chains ("user@gw:22,gw2"): no spaces or
 # shell metacharacters, since these reach ssh command lines.
 _SSH_WORD = re.compile(r"[A-Za-z0-9._:%@,\[\]-]+")
@@ -220,6 +221,11 @@ class Permissions:
         default=None)
     env_name_help: str | None = setting(Text(), "shown when a name breaks the policy",
                                         default=None)
+    admins: tuple[str, ...] = setting(
+        ListOf(Text(pattern=_ADMIN, mismatch="is not a user or @group name",
+                    fix="list user names, and groups as @group"), shape="users, @groups"),
+        "who may change or remove any shared env (an env's owner, its first builder, always may)",
+        default=())
 
 
 @dataclass(frozen=True, kw_only=True)

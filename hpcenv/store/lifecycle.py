@@ -12,13 +12,16 @@ registry's per-name lock.
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcenv.errors import HpcenvError, NotFound
 from hpcenv.store.debris import builder_alive, force_rmtree
 from hpcenv.store.layout import env_link, is_complete, key_lock
+from hpcenv.store.ownership import Actor, env_owner, user_of
 from hpcenv.store.registry import EnvRecord, Registry
 
 if TYPE_CHECKING:
@@ -88,9 +91,12 @@ def sync_link(site: SiteConfig, name: str) -> Path | None:
 
 
 def rollback(site: SiteConfig, name: str, to_version: int | None = None) -> EnvRecord:
-    """Make an earlier ready version current (default: the newest ready one before current)."""
+    """Make an earlier ready version current (default: the newest ready one before current).
+    Only the env's owner or an admin may (see :mod:`hpcenv.store.ownership`)."""
     registry = Registry.for_site(site)
-    _require_env(registry, name)
+    versions = _require_env(registry, name)
+    Actor.current(site.permissions.admins).check(env_owner(versions), name,
+                                                 "change its current version")
     with registry.name_lock(name):
         current = registry.current_version(name)
         if to_version is None:
@@ -128,7 +134,8 @@ def _usable(record: EnvRecord) -> bool:
     return record.status == "ready" and is_complete(record.prefix)
 
 
-def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = False) -> EnvRecord:
+def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = False,
+                   on_warning: Callable[[str], None] | None = None) -> EnvRecord:
     """Retire ``version`` of ``name`` and delete its prefix; refuses the current one unless
     ``force`` (then the newest other ready version becomes current, or none), and a version
     whose builder is still at work.  A ``failed`` version, or a ``building`` one whose builder
@@ -137,10 +144,17 @@ def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = F
     Each version has its own prefix, so deleting one never removes a file another version uses:
     files shared through the package cache are hardlinks and only lose one link; a prefix that
     another live record also names is kept.  The record and its lockfile stay as history
-    (status ``retired``).
+    (status ``retired``).  Files this user may not delete (an admin removing a member's build)
+    stay, whole, until their owner's or root's ``env gc``; ``on_warning`` hears so.
     """
     registry = Registry.for_site(site)
     record = registry.get(name, version)
+    actor = Actor.current(site.permissions.admins)
+    owner = env_owner(registry.versions(name))
+    if user_of(record.creator) != actor.user or version == registry.current_version(name):
+        # Anyone may clear away a version of their own that nobody runs as current.
+        actor.check(owner, name, f"remove version {version}" + (
+            " (its current version)" if version == registry.current_version(name) else ""))
     lock = key_lock(site, record.key, timeout=0)
     if not lock.try_acquire():
         if registry.get(name, version).status == "building":
@@ -154,8 +168,28 @@ def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = F
     finally:
         lock.release()
     if not shared:
-        force_rmtree(Path(record.prefix))
+        try:
+            force_rmtree(Path(record.prefix))
+        except PermissionError:
+            # force_rmtree unlocks every directory before deleting anything, so a refusal
+            # leaves the prefix whole; the record is retired, so gc finds it.
+            owner = _file_owner(Path(record.prefix))
+            if on_warning is not None:
+                on_warning(f"retired {name} version {version}; its files at {record.prefix} "
+                           f"belong to {owner} and stay until {owner} (or root) runs "
+                           "'hpcenv env gc'")
     return record
+
+
+def _file_owner(path: Path) -> str:
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return "another user"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _retire_locked(site: SiteConfig, registry: Registry, name: str, version: int,
@@ -194,13 +228,16 @@ def _retire_locked(site: SiteConfig, registry: Registry, name: str, version: int
     return record, shared
 
 
-def remove_env(site: SiteConfig, name: str, *, force: bool = False) -> list[EnvRecord]:
+def remove_env(site: SiteConfig, name: str, *, force: bool = False,
+               on_warning: Callable[[str], None] | None = None) -> list[EnvRecord]:
     """Retire every version of ``name`` that is not retired yet with :func:`remove_version`,
     the current one last so the env stays usable until the very end.  Ready versions are only
     removed with ``force``; failed ones and those a dead builder left ``building`` need none.
     Refused while a builder of ``name`` is at work.  Returns the retired records."""
     registry = Registry.for_site(site)
-    left = [r for r in _require_env(registry, name) if r.status != "retired"]
+    versions = _require_env(registry, name)
+    Actor.current(site.permissions.admins).check(env_owner(versions), name, "remove it")
+    left = [r for r in versions if r.status != "retired"]
     if not left:
         raise NotFound(f"environment {name!r} has no version left to remove (all are retired; "
                        f"see 'hpcenv env history {name}')")
@@ -215,7 +252,7 @@ def remove_env(site: SiteConfig, name: str, *, force: bool = False) -> list[EnvR
         also = f", the current version {current} included" if current in ready else ""
         raise HpcenvError(f"removing {name} removes its ready version(s) {which}{also}; pass "
                           "--force, or --version V for one")
-    return [remove_version(site, name, r.version, force=True)
+    return [remove_version(site, name, r.version, force=True, on_warning=on_warning)
             for r in sorted(left, key=lambda r: r.version == current)]
 
 
