@@ -283,6 +283,9 @@ ERRORS = [
     ("envs_dirs: [/]\n", 1, "envs_dirs: / is the filesystem root"),
     ("pkgs_dirs:\n  - /pkgs\n  - /\n", 3, "pkgs_dirs: / is the filesystem root"),
     ("state_dir: /\n", 1, "state_dir: / is the filesystem root"),
+    ("permissions: {admins: [carol, \"a b\"]}\n", 1,
+     "permissions.admins: 'a b' is not a user or @group name; list user names, and groups as "
+     "@group"),
     ("pip: {no_index: maybe}\n", 1, "pip.no_index: expected true or false"),
     ("engine: mamba\n", 1, "engine: 'mamba' is not one of rattler | conda"),
     ("channel_priority: strcit\n", 1, "(did you mean 'strict'?)"),
@@ -723,3 +726,10 @@ def test_readme_reference_table_is_generated_from_the_declarations() -> None:
     shown = readme[readme.index(start) + len(start):readme.index(end)]
     assert shown == reference_table(SiteConfig), \
         "README's site reference is stale: paste the output of `python -m hpcenv.site.config`"
+
+
+def test_permissions_admins_reads_users_and_groups(tmp_path: Path, env: dict[str, str]) -> None:
+    site = load_text(tmp_path, "permissions:\n  admins: [carol, \"@labadmin\"]\n", env)
+    assert site.permissions.admins == ("carol", "@labadmin")
+    assert site.provenance["permissions.admins"].endswith("site.yaml:2")
+    assert load_text(tmp_path, "{}\n", env).permissions.admins == ()
