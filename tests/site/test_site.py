@@ -559,7 +559,7 @@ def test_cuda_newer_than_the_driver_table_is_accepted_and_check_warns(
     assert checks["partition far"].status == "warn"
     assert checks["partition now"].status == "pass"
     assert checks["partition new-driver"].status == "pass"
-    assert "CUDA <= 13.0" in checks["partition new-driver"].detail
+    assert "CUDA <= 13.1" in checks["partition new-driver"].detail
 
 
 def test_gpu_fields_imply_gpus_per_node_so_is_gpu_is_the_one_definition(
