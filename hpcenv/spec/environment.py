@@ -360,15 +360,19 @@ def parse_spec(text: str, source: Path | None = None) -> EnvSpec:
     return _Builder(label).build(root, text, source)
 
 
-# What YAML 1.2's core schema (conda's reading) resolves to a number or boolean; PyYAML's 1.1
-# rules also turn `yes`, `on`, `1_000` and dates into non-text, which conda keeps as text.
+# What conda's YAML reader (ruamel, YAML 1.2) resolves to a number, boolean or date when written
+# without quotes.  PyYAML's 1.1 rules differ both ways (`yes`, `on` and `12:30` are text to
+# conda, `0o17` and `1e3` are not), so plain scalars are judged by this, not by PyYAML.
 _YAML12_NON_TEXT_RE = re.compile(
-    r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)|true|True|TRUE|false|False|FALSE")
+    r"[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+"
+    r"|[-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)|true|True|TRUE|false|False|FALSE"
+    r"|[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:(?:[Tt]|[ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}"
+    r"(?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9]{1,2}(?::[0-9]{2})?))?)?")
 
 
 def _is_yaml12_text(node: YNode) -> bool:
-    if isinstance(node.value, str) or node.text is None:
+    if node.quoted or node.text is None:
         return True
     return not _YAML12_NON_TEXT_RE.fullmatch(node.text.strip())
 
@@ -403,7 +407,9 @@ class _Builder:
         a number, ``name: yes`` is text)."""
         value = self.scalar(node, what)
         if not _is_yaml12_text(node):
-            raise self.fail(node.line, f"{what} must be text, not {node.describe()}; quote it: "
+            kind = "the boolean" if value.lower() in ("true", "false") else \
+                "the date" if re.match(r"\d{4}-", value) else "the number"
+            raise self.fail(node.line, f"{what} must be text, not {kind} {value}; quote it: "
                             f"'{value}'")
         return value
 

@@ -222,8 +222,9 @@ def test_empty_sections_and_missing_keys() -> None:
 
 def test_yaml_11_look_alikes_stay_text() -> None:
     # conda reads YAML 1.2: `ON:` is a variable name and 2024-13-45 is no date to reject.
-    spec = parse_spec("dependencies:\n  - 2024-13-45\n  - yes\nvariables:\n  ON: 1\n  NO: off\n")
-    assert spec.conda == ("2024-13-45", "yes")
+    spec = parse_spec("dependencies:\n  - '2024-13-45'\n  - yes\n  - 12:30\nvariables:\n  ON: 1\n"
+                      "  NO: off\n")
+    assert spec.conda == ("2024-13-45", "yes", "12:30")
     assert spec.variables == (("ON", "1"), ("NO", "off"))
 
 
@@ -253,6 +254,8 @@ def test_load_spec_reads_utf8_without_final_newline(tmp_path: Path) -> None:
     ("name: 1.10\ndependencies: [a]\n", 1, "'name' must be text, not the number 1.10"),
     ("name:\ndependencies: [a]\n", 1, "'name' must be a single value, not nothing"),
     ("name: x\ndependencies:\n  - 3.0\n", 3, "must be text, not the number 3.0; quote it"),
+    ("name: x\ndependencies:\n  - 1e3\n", 3, "must be text, not the number 1e3"),
+    ("name: x\ndependencies:\n  - 2024-13-45\n", 3, "must be text, not the date 2024-13-45"),
     ("name: x\nchannels: [true]\ndependencies: [a]\n", 2, "must be text, not the boolean"),
     ("dependencies:\n", 1, "'dependencies' must be a list"),
     ("channels:\ndependencies: [a]\n", 1, "'channels' must be a list"),
