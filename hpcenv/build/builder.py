@@ -342,6 +342,8 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
     else:
         assert spec is not None  # plan_build refuses a build with neither
         channels, cuda = plan.channels, plan.cuda
+        for warning in spec.warnings:   # what conda reads differently from how it looks
+            report.warn(warning)
         report.step(f"solving {len(spec.conda)} specs against {', '.join(channels)}")
         try:
             # conda_to_solve: conda's reading of the specs (`pip` added for a pip: section).
