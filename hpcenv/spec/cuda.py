@@ -225,7 +225,7 @@ def _constraint_versions(constraint: str | None) -> tuple[list[str], list[str]]:
             releases = [(int(v.split(".")[0]), int(v.split(".")[1])) for v in known_cuda_versions()]
             verdicts = [[_release_matches(t, r) for t in terms] for r in releases]
             if not any(None in v for v in verdicts):
-                fitting = [r for r, v in zip(releases, verdicts) if all(v)]
+                fitting = [r for r, v in zip(releases, verdicts, strict=True) if all(v)]
                 if len(fitting) == 1:
                     exact.append(".".join(map(str, fitting[0])))
                     continue
@@ -415,8 +415,11 @@ def _pip_signals(spec: EnvSpec) -> Iterator[_Signal]:
         constraint, _, local = match.group(3).partition("+")
         local = local.lower()
 
-        def signal(kind: _Kind, versions: tuple[str, ...] = (), **extra: bool) -> _Signal:
-            return _Signal(kind, line, versions, from_include=included, **extra)
+        def signal(kind: _Kind, versions: tuple[str, ...] = (), *, at: str = line,
+                   included: bool = included, rank: int = 0,
+                   needs_runtime: bool = False) -> _Signal:
+            return _Signal(kind, at, versions, from_include=included, rank=rank,
+                           needs_runtime=needs_runtime)
 
         if local:
             token = _cuda_token(local)

@@ -36,7 +36,6 @@ _VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _VARIABLE_NAME_RULE = ("a variable name must match ^[A-Za-z_][A-Za-z0-9_]*$ (letters, digits "
                        "and '_', not starting with a digit), e.g. OMP_NUM_THREADS")
 
-_OPERATOR_CHARS = "=<>!~"
 # Whitespace around operators and separators carries no meaning in a match spec:
 # "python >= 3.8, < 3.10" is "python>=3.8,<3.10".
 _SQUEEZE_RE = re.compile(r"\s*([=<>!~,|])\s*")
@@ -268,7 +267,7 @@ def canonical_pip_line(line: str) -> str:
     if match is None or "://" in line or line.startswith((".", "/")):
         return line
     name, rest = match.groups()
-    if rest and not (rest[0] in "[=<>!~;@ ,"):
+    if rest and rest[0] not in "[=<>!~;@ ,":
         return line
     return re.sub(r"[-_.]+", "-", name).lower() + _SQUEEZE_RE.sub(r"\1", rest)
 

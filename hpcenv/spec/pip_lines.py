@@ -22,6 +22,7 @@ import optparse
 import re
 import shlex
 from dataclasses import dataclass
+from typing import NoReturn
 
 from packaging.markers import InvalidMarker, Marker
 from packaging.requirements import InvalidRequirement, Requirement
@@ -84,7 +85,7 @@ def _parser() -> optparse.OptionParser:
         parser.add_option(*flags, dest=flags[-1].lstrip("-").replace("-", "_"),
                           action="append" if takes_value else "store_true")
 
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         raise _OptionError(message)
 
     parser.error = fail  # type: ignore[method-assign]  # optparse would print and exit
