@@ -79,17 +79,17 @@ class _OptionError(Exception):
     pass
 
 
-def _parser() -> optparse.OptionParser:
-    parser = optparse.OptionParser(add_help_option=False)
-    for flags, takes_value in _OPTIONS:
-        parser.add_option(*flags, dest=flags[-1].lstrip("-").replace("-", "_"),
-                          action="append" if takes_value else "store_true")
+class _Parser(optparse.OptionParser):
+    """pip's option parser for requirements-file lines; errors raise instead of exiting."""
 
-    def fail(message: str) -> NoReturn:
-        raise _OptionError(message)
+    def __init__(self) -> None:
+        super().__init__(add_help_option=False)
+        for flags, takes_value in _OPTIONS:
+            self.add_option(*flags, dest=flags[-1].lstrip("-").replace("-", "_"),
+                            action="append" if takes_value else "store_true")
 
-    parser.error = fail  # type: ignore[method-assign]  # optparse would print and exit
-    return parser
+    def error(self, msg: str) -> NoReturn:
+        raise _OptionError(msg)
 
 
 def is_url(text: str) -> bool:
@@ -117,7 +117,7 @@ def split_pip_line(line: str) -> PipLine:
     except ValueError as exc:
         raise ValueError(f"cannot split the options {option_text!r}: {exc}") from None
     try:
-        values, _ = _parser().parse_args(tokens)
+        values, _ = _Parser().parse_args(tokens)
     except _OptionError as exc:
         raise ValueError(str(exc)) from None
     return PipLine(requirement, tuple(values.editable or ()), tuple(values.hash or ()),
