@@ -302,7 +302,7 @@ def test_an_env_newer_than_the_driver_table_runs_where_the_nodes_say_so() -> Non
     assert d.partition == "gpu-b200" and d.constraint is None
     # Past the table, a 13.x release is judged by the 13.x family floor (driver 580), not
     # refused: nodes that run 13.1 (driver >= 590) qualify, the 520 driver does not.
-    d = route(RouteRequest(cuda="13.7"), NEWER, live=newer_live())
+    d = route(RouteRequest(cuda=CudaTarget.of("13.7")), NEWER, live=newer_live())
     assert (d.partition, d.constraint) == ("gpu-a100", "cuda13.1")
     by_name = {v.name: v for v in d.verdicts}
     assert not by_name["gpu-v100"].eligible and by_name["gpu-b200"].eligible

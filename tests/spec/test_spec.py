@@ -78,7 +78,7 @@ def test_parse_match_spec(text: str, expected: MatchSpec) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    # What conda 26's MatchSpec refuses (tests/test_conda_verdicts.py asks the real one).
+    # What conda 26's MatchSpec refuses (test_conda_verdicts.py asks the real one).
     ">=1.0", "foo$bar", "x[version=1", "foo+bar", "a--b", "-numpy",
     # Operators and version characters are checked, not left to the solver.
     "python>=>3.11", "python>=3.8,", "python==3.8,,<4", "numpy>=", "numpy==",

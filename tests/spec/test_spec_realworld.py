@@ -1,6 +1,6 @@
-"""Environment files written in the patterns real projects use (tests/data/realworld), one per
+"""Environment files written in the patterns real projects use (tests/spec/data/realworld), one per
 failure kind seen on public environment files: what hpcenv reads from each, and the CUDA it
-infers.  tests/test_conda_verdicts.py checks the same files against the real conda and pip."""
+infers.  test_conda_verdicts.py checks the same files against the real conda and pip."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """hpcenv accepts exactly the environment files the real conda and pip accept.
 
-The files under ``tests/data/conda-verdicts`` (odd spellings both ways) and
-``tests/data/realworld`` are judged by conda 26's own loader for environment files and, for the
-``pip:`` entries conda keeps, by pip's own requirements-file parser (tests/tools/
-conda_pip_verdict.py, run by conda's Python).  hpcenv must accept a file exactly when both do,
+The files under ``tests/spec/data/conda-verdicts`` (odd spellings both ways) and
+``tests/spec/data/realworld`` are judged by conda 26's own loader for environment files and, for the
+``pip:`` entries conda keeps, by pip's own requirements-file parser (conda_pip_verdict.py
+beside this file, run by conda's Python).  hpcenv must accept a file exactly when both do,
 and name file:line when it refuses.  The few files hpcenv refuses although conda's loader
 takes them are listed in STRICTER, each with its reason.
 
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from hpcenv.errors import InvalidInput
 from hpcenv.spec.environment import load_spec
 
 HERE = Path(__file__).resolve().parent
-SHARED_CONDA = Path(os.environ.get("HPCENV_SHARED_CONDA") or
-                    HERE.parents[1] / "shared" / "conda")
+SHARED_CONDA = Path(os.environ.get("HPCENV_SHARED_CONDA") or REPO.parent / "shared" / "conda")
 CONDA_DEST = Path(os.environ.get("HPCENV_CONDA_DEST") or
                   Path(tempfile.gettempdir()) / f"hpcenv-test-conda-{os.getuid()}")
 FILES = sorted([*(HERE / "data" / "conda-verdicts").glob("*.yml"),
@@ -59,7 +59,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("verdicts") / "verdicts.json"
     env = {**os.environ, "CONDA_PKGS_DIRS": str(out.parent / "pkgs")}
     files = [*FILES, *sorted(STRICTER_DIR.glob("*.yml"))]
-    run = subprocess.run([str(python), str(HERE / "tools" / "conda_pip_verdict.py"), str(out),
+    run = subprocess.run([str(python), str(HERE / "conda_pip_verdict.py"), str(out),
                           *map(str, files)], capture_output=True, text=True, timeout=300,
                          env=env)
     assert run.returncode == 0, run.stderr
