@@ -306,6 +306,9 @@ def test_an_env_newer_than_the_driver_table_runs_where_the_nodes_say_so() -> Non
     assert (d.partition, d.constraint) == ("gpu-a100", "cuda13.1")
     by_name = {v.name: v for v in d.verdicts}
     assert not by_name["gpu-v100"].eligible and by_name["gpu-b200"].eligible
+    # ...and each verdict says that the driver floor is an assumption.
+    floor = "assuming the 13.x minor-version-compatibility floor, driver 580"
+    assert all(floor in by_name[p].why for p in ("gpu-v100", "gpu-a100", "gpu-b200"))
 
 
 def test_decision_to_dict_is_json_ready() -> None:
