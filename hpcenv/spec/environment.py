@@ -1,11 +1,14 @@
 """Conda ``environment.yml`` files: parsing, normalisation, content hash and env-name rules.
 
-Files are parsed the way people really write them (see the corpus under ``shared/corpus``):
-comments and blank lines inside lists, ``---`` document markers, ``prefix:`` lines from
-``conda env export``, ``variables:``, ``channel::pkg`` specs, spaces inside specs
-(``python >= 3.8``), ``name version build`` triples and ``pip:`` sections with option lines.
-Scalars are taken as written (``python=3.10`` stays ``3.10``; YAML never turns it into a float),
-and every dependency keeps the line it came from so CUDA inference can quote it.
+Files are parsed the way people really write them: comments and blank lines inside lists, ``---``
+document markers, ``prefix:`` lines from ``conda env export``, ``variables:``, ``channel::pkg``
+specs, spaces inside specs (``python >= 3.8``), ``name version build`` triples and ``pip:``
+sections with option lines.  What is valid is what conda 26 and pip accept: conda specs are read
+as conda's own parser reads them, YAML types as conda's YAML 1.2 reader sees them, ``pip:`` lines
+by pip's rules (:mod:`.pip_lines`).  What conda reads differently from how it looks (pip-style
+extras, a second ``pip:`` section, ignored keys) is accepted with a ``file:line`` warning.
+Scalars are taken as written (``python=3.10`` stays ``3.10``), and every dependency keeps the
+line it came from so CUDA inference can quote it.
 """
 
 from __future__ import annotations
