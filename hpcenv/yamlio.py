@@ -27,6 +27,7 @@ class YNode:
     key_line: int             # line of the mapping key holding it (== line for list items/root)
     text: str | None = None   # scalars only: the source text, before YAML type resolution
     end_line: int = 0         # scalars only: last line of the value (a plain scalar may fold)
+    quoted: bool = False      # scalars only: written in quotes (or as a block), so always text
 
     @property
     def is_mapping(self) -> bool:
@@ -235,4 +236,5 @@ class _Converter:
             value = node.value
         # end_mark sits after the value; at column 0 that is the start of the next line.
         end = node.end_mark.line + (1 if node.end_mark.column > 0 else 0)
-        return YNode(value, line, key_line, text=node.value, end_line=max(end, line))
+        return YNode(value, line, key_line, text=node.value, end_line=max(end, line),
+                     quoted=node.style is not None)

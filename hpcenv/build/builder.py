@@ -351,10 +351,14 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
     else:
         assert spec is not None  # plan_build refuses a build with neither
         channels, cuda = plan.channels, plan.cuda
+        for warning in spec.warnings:   # what conda reads differently from how it looks
+            report.warn(warning)
         report.step(f"solving {len(spec.conda)} specs against {', '.join(channels)}")
         try:
-            packages = engine.solve(list(spec.conda), channels=channels, platform=plan.platform,
-                                    cuda=plan.cuda, channel_priority=plan.channel_priority)
+            # conda_to_solve: conda's reading of the specs (`pip` added for a pip: section).
+            packages = engine.solve(list(spec.conda_to_solve()), channels=channels,
+                                    platform=plan.platform, cuda=plan.cuda,
+                                    channel_priority=plan.channel_priority)
         except CHANNEL_ERRORS:
             raise  # about a channel, not the spec: the engine's line says what to do
         except HpcenvError as exc:

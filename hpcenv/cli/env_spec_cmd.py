@@ -40,8 +40,12 @@ def _inspect(args: argparse.Namespace, ctx: Context) -> int:
         "cuda_candidates": list(req.candidates),
         "gpu_required": req.gpu_required,
         "cuda_evidence": list(req.evidence),
+        "warnings": list(spec.warnings),
         "hash": spec.content_hash(),
     }
+    # What conda reads differently from how the file looks: on stderr, also with --json.
+    for warning in spec.warnings:
+        ctx.warn(warning)
     ctx.emit(data, _human)
     return 0
 

@@ -40,6 +40,7 @@ from hpcenv.spec.drivers import (
     CudaCompat,
     cuda_satisfies,
     driver_supports,
+    driver_table_note,
     max_cuda_for_driver,
     newer_than_table,
     normalize_cuda,
@@ -199,20 +200,24 @@ def _judge_gpu(p: Partition, req: RouteRequest, compat: CudaCompat,
         if problem:
             return verdict(support, best, False, problem)
         names = ", ".join(n.name for n in admitted)
-        return verdict(support, best, True, f"CUDA {cuda} on {names}" if cuda else f"any GPU node ({names})",
+        note = f" ({driver_table_note(cuda)})" if cuda and driver_table_note(cuda) else ""
+        return verdict(support, best, True,
+                       f"CUDA {cuda} on {names}{note}" if cuda else f"any GPU node ({names})",
                        constraint=constraint, admitted=admitted)
     else:
         best = None
         support = "driver not described"
         cuda_ok = cuda is None
+    # A CUDA whose own minimum driver hpcenv does not know is judged by its family's floor.
+    note = f" ({driver_table_note(cuda)})" if cuda and driver_table_note(cuda) else ""
     if not cuda_ok:
-        why = (f"driver too old for CUDA {cuda} (supports up to {best})" if best
+        why = (f"driver too old for CUDA {cuda} (supports up to {best}){note}" if best
                else f"site config gives no driver/max_cuda/node_feature, CUDA {cuda} unverifiable")
         return verdict(support, best, False, why)
     problem = _gpu_count_problem(p, req, gpus)
     if problem:
         return verdict(support, best, False, problem)
-    return verdict(support, best, True, f"supports CUDA {cuda}" if cuda else "GPU partition")
+    return verdict(support, best, True, f"supports CUDA {cuda}{note}" if cuda else "GPU partition")
 
 
 def _feature_sort(feature: str) -> tuple[tuple[int, ...], str]:

@@ -1,7 +1,7 @@
 """NVIDIA driver rules: which Linux driver runs which CUDA runtime.
 
-Source: NVIDIA CUDA Toolkit release notes ("CUDA Toolkit and Corresponding Driver Versions",
-Linux x86_64) and the CUDA compatibility guide, as recorded in shared/notes/cuda-drivers.md.
+Source: NVIDIA's CUDA Toolkit release notes (the "CUDA Toolkit and Corresponding Driver Versions"
+table for Linux x86_64, up to the 13.x releases) and the CUDA compatibility guide.
 
 Two policies a site can choose (``cuda_compat`` in the site config):
 
@@ -21,8 +21,11 @@ Versions the table does not know are read by which side they are on:
   instead of failing every job;
 - *needed* CUDA (what an env requires) must be a real release: one of the table, or newer than
   its newest entry.  A version inside the table's range that NVIDIA never shipped (12.7) is an
-  error, and so is a newer-than-table version wherever its minimum driver must be looked up
-  (``min_driver`` under ``strict``, ``driver_supports``): hpcenv cannot know that driver.
+  error.  A release whose own minimum driver is not in the table (13.4 onwards: NVIDIA no
+  longer ships the driver with the toolkit, and newer releases than hpcenv knows) degrades
+  to its major family's minor-compatibility floor, under either policy, and
+  :func:`driver_table_note` says so; only a release of an unknown major family (14.x) has no
+  minimum at all.
 """
 
 from __future__ import annotations
@@ -34,8 +37,15 @@ from hpcenv.errors import InvalidInput
 
 CudaCompat = Literal["strict", "minor"]
 
-# GA minimum Linux driver per toolkit.  12.7 was never released.
-_GA_MIN_DRIVER: dict[str, str] = {
+# GA minimum Linux driver per toolkit release; None where the release notes give none (from
+# 13.4 the toolkit no longer bundles a driver).  12.7 was never released.
+_GA_MIN_DRIVER: dict[str, str | None] = {
+    "7.0": "346.46",
+    "7.5": "352.31",
+    "8.0": "367.48",
+    "9.0": "384.81",
+    "9.1": "390.46",
+    "9.2": "396.26",
     "10.0": "410.48",
     "10.1": "418.39",
     "10.2": "440.33",
@@ -58,9 +68,14 @@ _GA_MIN_DRIVER: dict[str, str] = {
     "12.8": "570.26",
     "12.9": "575.51.03",
     "13.0": "580.65.06",
+    "13.1": "590.44.01",
+    "13.2": "595.45.04",
+    "13.3": "610.43.02",
+    "13.4": None,
+    "13.5": None,
 }
 
-# Minor-version compatibility floor per major family; CUDA 10 had none.
+# Minor-version compatibility floor per major family; CUDA 10 and older had none.
 _MINOR_COMPAT_FLOOR: dict[int, str] = {11: "450.80.02", 12: "525.60.13", 13: "580"}
 
 _DRIVER_RE = re.compile(r"\d+(\.\d+)*")
@@ -86,7 +101,7 @@ def _driver_key(driver: str) -> tuple[int, ...]:
 
 
 def known_cuda_versions() -> tuple[str, ...]:
-    """Every toolkit version in the table, oldest first."""
+    """Every toolkit release in the table, oldest first."""
     return tuple(sorted(_GA_MIN_DRIVER, key=version_key))
 
 
@@ -126,9 +141,9 @@ def normalize_cuda(cuda: str) -> str:
     known = ", ".join(known_cuda_versions())
     if newer_than_table(cuda):
         raise InvalidInput(f"CUDA {cuda!r} is newer than hpcenv's driver table (known versions: "
-                           f"{known}), so the driver it needs is unknown; upgrade hpcenv, or "
-                           "describe GPU partitions by max_cuda or node_feature instead of "
-                           "driver")
+                           f"{known}) and of a CUDA family it has no driver floor for, so the "
+                           "driver it needs is unknown; upgrade hpcenv, or describe GPU "
+                           "partitions by max_cuda or node_feature instead of driver")
     raise InvalidInput(f"unknown CUDA version {cuda!r}; known versions: {known}")
 
 
@@ -144,32 +159,56 @@ def _check_compat(compat: str) -> None:
         raise InvalidInput(f"unknown CUDA compat policy {compat!r}; use 'strict' or 'minor'")
 
 
+def _family_floor(cuda: str) -> str | None:
+    """The minor-compatibility floor standing in for a release whose own minimum is unknown
+    (past the table, or listed without one); None when it is known or has no family floor."""
+    if newer_than_table(cuda):
+        return _MINOR_COMPAT_FLOOR.get(parse_cuda(cuda)[0])
+    key = normalize_cuda(cuda)
+    return _MINOR_COMPAT_FLOOR.get(parse_cuda(key)[0]) if _GA_MIN_DRIVER[key] is None else None
+
+
+def driver_table_note(cuda: str) -> str | None:
+    """Why the driver minimum of ``cuda`` is an estimate ("CUDA 13.6 is newer than ..."), or
+    None when the table gives it.  Callers show it as a warning next to their verdict."""
+    floor = _family_floor(cuda)
+    if floor is None:
+        return None
+    major = parse_cuda(cuda)[0]
+    where = ("is newer than hpcenv's driver table" if newer_than_table(cuda)
+             else "has no minimum driver in NVIDIA's release notes")
+    return (f"CUDA {cuda} {where}: assuming the {major}.x minor-version-compatibility floor, "
+            f"driver {floor}; features new in {cuda} may need a newer driver")
+
+
 def min_driver(cuda: str, compat: CudaCompat = "strict") -> str:
     """Minimum Linux driver that runs a ``cuda`` runtime under the given compat policy.
 
-    Under ``minor`` a release newer than the table still has its family's floor (13.x: 580);
-    under ``strict`` its exact minimum is unknown and InvalidInput says so.
+    A release whose own minimum the table lacks (newer than the table, or 13.4+) gets its
+    family's floor under either policy (13.x: 580; see :func:`driver_table_note`); only a
+    release of an unknown family (14.x) raises InvalidInput.
     """
     _check_compat(compat)
-    if compat == "minor" and newer_than_table(cuda):
-        floor = _MINOR_COMPAT_FLOOR.get(parse_cuda(cuda)[0])
-        if floor is not None:
-            return floor
+    floor = _family_floor(cuda)
+    if floor is not None:
+        return floor
     key = normalize_cuda(cuda)
     ga = _GA_MIN_DRIVER[key]
+    assert ga is not None  # _family_floor covers releases without a minimum
     if compat == "strict":
         return ga
-    floor = _MINOR_COMPAT_FLOOR.get(int(key.split(".")[0]))
-    if floor is None:
+    family = _MINOR_COMPAT_FLOOR.get(int(key.split(".")[0]))
+    if family is None:
         return ga
     # 11.0's GA driver predates the 11.x compat floor, so the lower of the two applies.
-    return min(ga, floor, key=_driver_key)
+    return min(ga, family, key=_driver_key)
 
 
 def max_cuda_for_driver(driver: str) -> str:
     """Newest toolkit whose GA minimum driver is <= ``driver`` (``"550.54.14"`` -> ``"12.4"``)."""
     have = _driver_key(driver)
-    supported = [v for v, need in _GA_MIN_DRIVER.items() if _driver_key(need) <= have]
+    supported = [v for v, need in _GA_MIN_DRIVER.items()
+                 if need is not None and _driver_key(need) <= have]
     if not supported:
         oldest = known_cuda_versions()[0]
         raise InvalidInput(f"NVIDIA driver {driver} is older than every CUDA toolkit hpcenv knows "
@@ -196,13 +235,17 @@ def cuda_satisfies(available_max_cuda: str, needed: str, compat: CudaCompat = "s
     need = _needed_key(needed)
     if need <= have:
         return True
-    if compat == "strict":
+    # Without its own minimum driver, a release is judged by its family's floor (as in
+    # min_driver), whatever the policy.
+    if compat == "strict" and _family_floor(needed) is None:
         return False
     floor = _MINOR_COMPAT_FLOOR.get(need[0])
     known = [v for v in known_cuda_versions() if parse_cuda(v) <= have]
     if floor is None or not known:
         return False
-    return _driver_key(_GA_MIN_DRIVER[known[-1]]) >= _driver_key(floor)
+    # A release listed without a minimum is run by a driver of its own family, at its floor.
+    nodes_driver = _GA_MIN_DRIVER[known[-1]] or _MINOR_COMPAT_FLOOR.get(parse_cuda(known[-1])[0])
+    return nodes_driver is not None and _driver_key(nodes_driver) >= _driver_key(floor)
 
 
 # --------------------------------------------------------------------------- site config values

@@ -1,11 +1,14 @@
 """Conda ``environment.yml`` files: parsing, normalisation, content hash and env-name rules.
 
-Files are parsed the way people really write them (see the corpus under ``shared/corpus``):
-comments and blank lines inside lists, ``---`` document markers, ``prefix:`` lines from
-``conda env export``, ``variables:``, ``channel::pkg`` specs, spaces inside specs
-(``python >= 3.8``), ``name version build`` triples and ``pip:`` sections with option lines.
-Scalars are taken as written (``python=3.10`` stays ``3.10``; YAML never turns it into a float),
-and every dependency keeps the line it came from so CUDA inference can quote it.
+Files are parsed the way people really write them: comments and blank lines inside lists, ``---``
+document markers, ``prefix:`` lines from ``conda env export``, ``variables:``, ``channel::pkg``
+specs, spaces inside specs (``python >= 3.8``), ``name version build`` triples and ``pip:``
+sections with option lines.  What is valid is what conda 26 and pip accept: conda specs are read
+as conda's own parser reads them, YAML types as conda's YAML 1.2 reader sees them, ``pip:`` lines
+by pip's rules (:mod:`.pip_lines`).  What conda reads differently from how it looks (pip-style
+extras, a second ``pip:`` section, ignored keys) is accepted with a ``file:line`` warning.
+Scalars are taken as written (``python=3.10`` stays ``3.10``), and every dependency keeps the
+line it came from so CUDA inference can quote it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcenv.errors import InvalidInput, shown_value, where
-from hpcenv.yamlio import YNode, load_yaml_text, read_text_file
+from hpcenv.spec.pip_lines import pip_line_problem
+from hpcenv.yamlio import YNode, closest, load_yaml_text, read_text_file
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME_RULE = ("use 1-64 characters from letters, digits, '.', '_' and '-', starting with a "
@@ -35,7 +39,6 @@ _VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _VARIABLE_NAME_RULE = ("a variable name must match ^[A-Za-z_][A-Za-z0-9_]*$ (letters, digits "
                        "and '_', not starting with a digit), e.g. OMP_NUM_THREADS")
 
-_OPERATOR_CHARS = "=<>!~"
 # Whitespace around operators and separators carries no meaning in a match spec:
 # "python >= 3.8, < 3.10" is "python>=3.8,<3.10".
 _SQUEEZE_RE = re.compile(r"\s*([=<>!~,|])\s*")
@@ -43,37 +46,28 @@ _SPEC_NAME_RE = re.compile(r"[A-Za-z0-9_*][A-Za-z0-9_.*+-]*")
 _PIP_NAME_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(.*)$", re.DOTALL)
 _PIP_OPTION_RE = re.compile(r"^(-{1,2}[A-Za-z][A-Za-z-]*)(?:(?:=|\s+)(.*))?$", re.DOTALL)
 
-# What conda's own version parser accepts, plus `=<` (written in real files, see the corpus).
-# conda reads a '-' inside a version as '_' (`1.0-1`), so it is allowed after the first character.
-_VERSION_TERM_RE = re.compile(r"(?:==|!=|>=|<=|~=|=<|>|<|=)?[A-Za-z0-9_.*+!][A-Za-z0-9_.*+!-]*")
+# conda's version grammar, plus `=<` (written in real files, see the corpus).  conda reads a '-'
+# inside a version as '_' (`1.0-1`), so it is allowed after the first character.
+_VERSION_TERM_RE = re.compile(r"(?:==|!=|>=|<=|~=|=<|=>|>|<|=)?[A-Za-z0-9_.*+!][A-Za-z0-9_.*+!-]*"
+                              r"|-")
 _VERSION_RULE = ("write an operator (==, !=, >=, <=, >, <, ~=, =) and a version, "
                  "e.g. 'python>=3.10,<3.12' or 'python=3.11'")
-_BUILD_RE = re.compile(r"[A-Za-z0-9_.*+!-]+")
-_BRACKET_KEYS = ("version", "build", "channel", "subdir", "build_number", "md5", "sha256",
-                 "url", "fn", "license", "features", "track_features")
+# Package names as conda 26 accepts them (CEP 26): lower-case letters and digits in runs joined
+# by single '.', '_' or '-', optionally ending in one; a leading '_' (two for virtual packages).
+_PACKAGE_NAME_RE = re.compile(r"_{0,2}[a-z0-9]+(?:[._-][a-z0-9]+)*[._-]?")
+# Fields conda lets a `[key=value]` section set.
+_BRACKET_KEYS = ("channel", "subdir", "name", "version", "build", "build_number",
+                 "track_features", "features", "url", "md5", "sha256", "license",
+                 "license_family", "fn", "when", "extras", "flags")
+# One `key=value` inside brackets as conda finds them: the value may be quoted, and ends at a
+# comma, a space or the end.  Anything else inside the brackets (pip-style extras such as
+# `[execute]`) conda skips without a word.
+_BRACKET_PAIR_RE = re.compile(r"""([A-Za-z0-9_-]+?)=(['"]?)([^'"]*?)\2(?:[, ]|$)""")
 # A list item indented one level too deep is folded into the previous plain scalar by YAML:
 # "- python=3.11\n    - pip" reads as the single spec "python=3.11 - pip".
-_BRACKET_ITEM_RE = re.compile(r"""\s*([A-Za-z_]+)\s*=\s*('[^']*'|"[^"]*"|[^,'"]*?)\s*(?:,|$)""")
 _RUN_TOGETHER_RE = re.compile(r"\s-(?:\s|$)")
-
-# Options pip accepts in a requirements file (pip's req_file SUPPORTED_OPTIONS), with whether
-# they need a value.
-_PIP_OPTIONS: dict[str, bool] = {
-    "-i": True, "--index-url": True, "--extra-index-url": True, "--no-index": False,
-    "-c": True, "--constraint": True, "-r": True, "--requirement": True,
-    "-e": True, "--editable": True, "-f": True, "--find-links": True,
-    "--no-binary": True, "--only-binary": True, "--prefer-binary": False,
-    "--require-hashes": False, "--pre": False, "--trusted-host": True, "--use-feature": True,
-}
-# Options pip allows after a requirement on the same line.
-_PIP_REQUIREMENT_OPTIONS = ("--hash", "--global-option", "--config-settings")
-_PIP_REQ_RE = re.compile(
-    r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
-    r"(?:\s*\[\s*[A-Za-z0-9._-]+(?:\s*,\s*[A-Za-z0-9._-]+)*\s*\])?"
-    r"(?P<rest>.*)", re.DOTALL)
-# `=` is not PEP 440, but real files use it (`dm-tree=0.1.8`, see the corpus) and old pips
-# took it; rejecting it here would refuse files that build.
-_PIP_VERSION_TERM_RE = re.compile(r"(?:===|==|!=|>=|<=|~=|>|<|=)\s*[A-Za-z0-9_.*+!-]+")
+# conda reads a spec that ends in a package file as that file.
+_PACKAGE_FILE_SUFFIXES = (".conda", ".tar.bz2")
 
 
 def _name_problem(name: str) -> str | None:
@@ -101,12 +95,21 @@ def is_variable_name(name: str) -> bool:
 
 @dataclass(frozen=True)
 class MatchSpec:
-    """A conda match spec split into its parts; ``version`` keeps its operator (``>=3.8``)."""
+    """A conda match spec split into its parts; ``version`` keeps its operator (``>=3.8``).
+
+    ``ignored`` holds what conda skips without using it (pip-style extras such as
+    ``[execute]``); ``notes`` says where conda's reading is unlikely to be what was meant
+    (``python=>3.9`` is ``>3.9``).  Neither takes part in ``==``.
+    """
 
     name: str
     version: str | None = None
     build: str | None = None
     channel: str | None = None
+    ignored: tuple[str, ...] = field(default=(), compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)
+    # The spec as conda uses it: as written, less what conda skips (`nbconvert!=6.0.0`).
+    reading: str = field(default="", compare=False)
 
 
 def squeeze_spec(text: str) -> str:
@@ -116,75 +119,101 @@ def squeeze_spec(text: str) -> str:
     return re.sub(r"\s*::\s*", "::", text)
 
 
-def _split_build(constraint: str) -> tuple[str, str | None]:
-    """Split ``>=0.3=*cuda*`` / ``=1.0=py38_0`` into version and build at the separating ``=``.
+def _split_version_build(rest: str) -> tuple[str, str | None]:
+    """Split ``>=0.3=*cuda*`` / ``=1.0 py38_0`` / ``* cuda`` into version and build, as conda.
 
-    The separator is an ``=`` that is neither the first character nor part of an operator
-    (``==``, ``>=``, ``<=``, ``!=``, ``~=``, ``=<``).
+    The build starts after the first space or ``=`` that does not follow an operator and is
+    followed only by characters a build may hold (no ``-=,|<>~``).
     """
-    for i in range(1, len(constraint)):
-        if constraint[i] != "=":
-            continue
-        before, after = constraint[i - 1], constraint[i + 1:i + 2]
-        if before in _OPERATOR_CHARS or after in ("=", "<", ">"):
-            continue
-        return constraint[:i], constraint[i + 1:] or None
-    return constraint, None
+    for i in range(1, len(rest)):
+        if rest[i] in " =" and rest[i - 1] not in "=!|,<>~" and \
+                re.fullmatch(r"[^-=,|<>~]+", rest[i + 1:]):
+            return rest[:i].replace(" ", ""), rest[i + 1:].strip() or None
+    return rest.replace(" ", ""), None
 
 
 def parse_match_spec(text: str) -> MatchSpec:
-    """Parse and check a conda match spec as written in environment files.
+    """Parse a conda match spec the way conda 26 reads it, and refuse what conda refuses.
 
     Handles ``name``, ``name=1.0``, ``name==1.0``, ``name >=1.0,<2``, ``name=1.0=build``,
     ``name 1.0 build``, ``name >=1.0 build``, ``name=*=*cuda*``, ``name >= 0.3=*cuda*``,
     ``channel::name...`` (the channel may be a label path such as
-    ``nvidia/label/cuda-11.7.1``) and the bracket form ``name[version='>=1.0',build=*cuda*]``.
-    Operators, version and build characters are checked so that typos (``python>=>3.11``)
-    are caught when the file is read, not by the solver.  Raises InvalidInput naming the spec.
+    ``nvidia/label/cuda-11.7.1``), the bracket form ``name[version='>=1.0',build=*cuda*]`` and
+    pip-style extras ``name[extra]``, which conda skips (kept in ``ignored``).  Package names,
+    operators and version characters are checked as conda checks them, so typos conda refuses
+    (``python>=>3.11``, ``foo+bar``) are caught when the file is read.  Raises InvalidInput
+    naming the spec.
     """
-    spec = squeeze_spec(text)
-    channel: str | None = None
-    if "::" in spec:
-        channel, spec = spec.split("::", 1)
-        if not channel or " " in channel:
-            raise InvalidInput(f"invalid conda spec {text!r}: bad channel {channel!r} "
-                               "before '::'")
-    match = _SPEC_NAME_RE.match(spec)
-    if match is None:
-        raise InvalidInput(f"invalid conda spec {text!r}: it must start with a package name")
-    name, rest = match.group(0), spec[match.end():]
+    def bad(reason: str) -> InvalidInput:
+        return InvalidInput(f"invalid conda spec {text!r}: {reason}")
+
+    spec = text.split("#", 1)[0].split(" if ", 1)[0].strip()
+    if spec.endswith(_PACKAGE_FILE_SUFFIXES):
+        return MatchSpec(name=spec.replace("\\", "/").rsplit("/", 1)[-1])
+    ignored: list[str] = []
     bracket: dict[str, str] = {}
-    if rest.endswith("]") and "[" in rest:
-        cut = rest.index("[")
-        rest, bracket = rest[:cut], _parse_brackets(text, rest[cut:])
-    elif "[" in rest:
-        raise InvalidInput(f"invalid conda spec {text!r}: unclosed '['")
-    version: str | None = None
-    build: str | None = None
-    if rest and rest[0] in _OPERATOR_CHARS:
-        constraint, _, build = rest.partition(" ")
-        version, build_part = _split_build(constraint)
-        if build_part is not None:
-            if build:
-                raise InvalidInput(f"invalid conda spec {text!r}: two build strings")
-            build = build_part
-    elif rest.startswith(" "):
-        parts = rest.split()
-        if len(parts) > 2:
-            raise InvalidInput(f"invalid conda spec {text!r}: expected 'name [version [build]]'")
-        version = parts[0]
-        build = parts[1] if len(parts) == 2 else None
-    elif rest:
-        raise InvalidInput(f"invalid conda spec {text!r}: unexpected {rest!r} after the name")
+    reading = text.strip()
+    if "]" in spec and "[" in spec[:spec.rindex("]")]:
+        close = spec.rindex("]")
+        open_ = spec.rindex("[", 0, close)
+        body = spec[open_ + 1:close]
+        spec = spec[:open_] + spec[close + 1:]
+        kept = ",".join(m.group(0).rstrip(", ") for m in _BRACKET_PAIR_RE.finditer(body))
+        reading = spec[:open_] + (f"[{kept}]" if kept else "") + spec[open_:]
+        pos = 0
+        for pair in _BRACKET_PAIR_RE.finditer(body):
+            ignored.extend(w for w in re.split(r"[\s,]+", body[pos:pair.start()]) if w)
+            pos = pair.end()
+            key, value = pair.group(1), pair.group(3)
+            if not value:
+                raise bad(f"'{key}=' inside [...] needs a value")
+            if key not in _BRACKET_KEYS:
+                raise bad(f"unknown key {key!r} inside [...] (conda knows: "
+                          f"{', '.join(_BRACKET_KEYS)})")
+            bracket[key] = value
+        ignored.extend(w for w in re.split(r"[\s,]+", body[pos:]) if w)
+    # conda also drops a "(...)" section (e.g. "(optional)").
+    if ")" in spec and "(" in spec[:spec.rindex(")")]:
+        close = spec.rindex(")")
+        spec = spec[:spec.rindex("(", 0, close)] + spec[close + 1:]
+    channel: str | None = None
+    parts = spec.rsplit(":", 2)
+    if len(parts) == 3:
+        channel, spec = parts[0].strip() or None, parts[2]
+    elif len(parts) == 2:
+        spec = parts[1]
+    channel = bracket.get("channel", channel)
+    match = re.match(r"([^ =<>!~]+)?([><!=~ ].+)?", spec.strip(), re.DOTALL)
+    if match is None or match.group(1) is None:
+        raise bad("it must start with a package name")
+    name, rest = match.group(1), (match.group(2) or "").strip()
+    if "*" not in name:
+        invalid = "".join(dict.fromkeys(re.findall(r"[^a-z0-9._-]", name.lower())))
+        if invalid:
+            raise bad(f"the package name contains {invalid!r}; use letters, digits, '.', '_' "
+                      "and '-'")
+        if not _PACKAGE_NAME_RE.fullmatch(name.lower()):
+            raise bad(f"{name!r} is not a conda package name (no doubled or leading "
+                      "separators)")
+    if "[" in rest or "]" in rest:
+        raise bad("one [...] section at most, closed with ']'")
+    version, build = _split_version_build(rest) if rest else (None, None)
     version = bracket.get("version", version) or None
     build = bracket.get("build", build) or None
+    notes: list[str] = []
     if version is not None:
-        _check_version(text, version)
-    if build is not None and not _BUILD_RE.fullmatch(build):
-        raise InvalidInput(f"invalid conda spec {text!r}: bad build string {build!r}; use "
-                           "letters, digits and '_.*+!-' (e.g. '*cuda*')")
-    return MatchSpec(name=name, version=version, build=build,
-                     channel=bracket.get("channel", channel))
+        if version in ("=", "=="):
+            version = None if version == "=" and not text.rstrip().endswith("= ") else version
+        if version is not None:
+            _check_version(text, version)
+            if "=>" in version:
+                notes.append(f"conda reads '=>' in {text.strip()!r} as '>' (strictly greater); "
+                             "write '>=' for 'at least'")
+    if build is not None and " " in build:
+        notes.append(f"the build string {build!r} of {text.strip()!r} holds a space and matches "
+                     "no package; is a list item indented too deep?")
+    return MatchSpec(name=name, version=version, build=build, channel=channel,
+                     ignored=tuple(ignored), notes=tuple(notes), reading=reading.strip())
 
 
 def _check_version(text: str, version: str) -> None:
@@ -195,24 +224,6 @@ def _check_version(text: str, version: str) -> None:
         if not _VERSION_TERM_RE.fullmatch(term):
             raise InvalidInput(f"invalid conda spec {text!r}: bad version constraint "
                                f"{term or version!r}; {_VERSION_RULE}")
-
-
-def _parse_brackets(text: str, rest: str) -> dict[str, str]:
-    """``[version='>=1.0,<2',build=*cuda*]`` as a dict; commas inside quotes are kept."""
-    body, pos = rest[1:-1], 0
-    fields: dict[str, str] = {}
-    while pos < len(body) or not fields:
-        item = _BRACKET_ITEM_RE.match(body, pos)
-        if item is None or item.end() == pos:
-            raise InvalidInput(f"invalid conda spec {text!r}: expected key=value pairs inside "
-                               "[...], e.g. [version='>=1.0',build=*cuda*]")
-        key, value = item.group(1), item.group(2).strip("'\"")
-        if key not in _BRACKET_KEYS:
-            raise InvalidInput(f"invalid conda spec {text!r}: unknown key {key!r} inside [...] "
-                               f"(known: {', '.join(_BRACKET_KEYS)})")
-        fields[key] = value
-        pos = item.end()
-    return fields
 
 
 def canonical_conda_spec(text: str) -> str:
@@ -259,51 +270,9 @@ def canonical_pip_line(line: str) -> str:
     if match is None or "://" in line or line.startswith((".", "/")):
         return line
     name, rest = match.groups()
-    if rest and not (rest[0] in "[=<>!~;@ ,"):
+    if rest and rest[0] not in "[=<>!~;@ ,":
         return line
     return re.sub(r"[-_.]+", "-", name).lower() + _SQUEEZE_RE.sub(r"\1", rest)
-
-
-def pip_line_problem(line: str) -> str | None:
-    """Why ``line`` is no pip requirement-file line, or ``None`` if it looks like one.
-
-    A light check, meant to catch typos before a build: a recognised option, a URL or path,
-    or a PEP 508 name with extras, version constraints, ``@ URL`` and markers.
-    """
-    line = " ".join(line.split())
-    if is_pip_option(line):
-        option = split_pip_option(line)
-        flag, value = option if option is not None else (line[:2], line[2:] or None)
-        if flag not in _PIP_OPTIONS:
-            return (f"unknown pip option {flag!r}; a requirements file accepts "
-                    f"{', '.join(o for o in _PIP_OPTIONS if o.startswith('--'))}")
-        if _PIP_OPTIONS[flag] and value is None:
-            return f"pip option {flag!r} needs a value (e.g. '{flag} ...')"
-        return None
-    if "://" in line or line.startswith((".", "/", "~")) or "/" in line.split(" ")[0] \
-            or "\\" in line:
-        return None
-    match = _PIP_REQ_RE.fullmatch(line)
-    if match is None:
-        return f"invalid pip requirement {line!r}: it must start with a package name"
-    rest = match.group("rest").partition(";")[0]
-    for flag in _PIP_REQUIREMENT_OPTIONS:
-        rest = rest.partition(f" {flag}")[0]
-    rest = rest.strip()
-    if rest.startswith("@"):
-        if len(rest) > 1:
-            return None
-        return f"invalid pip requirement {line!r}: a URL must follow '@'"
-    if rest.startswith("(") and rest.endswith(")"):
-        rest = rest[1:-1]
-    if rest and rest[0] not in "=<>!~":
-        return (f"invalid pip requirement {line!r}: unexpected {rest!r} after the package "
-                "name; write 'name', 'name==1.0' or 'name>=1.0,<2'")
-    if rest and not all(_PIP_VERSION_TERM_RE.fullmatch(term.strip())
-                        for term in rest.split(",")):
-        return (f"invalid pip requirement {line!r}: bad version constraint {rest!r}; write e.g. "
-                "'requests>=2.31,<3' or 'requests==2.31.0'")
-    return None
 
 
 @dataclass(frozen=True)
@@ -325,6 +294,20 @@ class EnvSpec:
     conda_lines: tuple[int, ...] = field(default=(), compare=False, repr=False)
     pip_lines: tuple[int, ...] = field(default=(), compare=False, repr=False)
     text: str | None = field(default=None, compare=False, repr=False)
+    # "file:line: ..." notes on what conda reads differently from how it looks (ignored pip
+    # extras, sections conda skips); the file is valid, but its author may want to know.
+    warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    # conda adds `pip` to the solve when a `pip:` section exists and no conda spec names it.
+    has_pip_section: bool = field(default=False, compare=False, repr=False)
+
+    def conda_to_solve(self) -> tuple[str, ...]:
+        """The conda specs as conda solves them: each spec less what conda skips in it
+        (pip-style extras), plus ``pip`` when a ``pip:`` section needs it and none is listed."""
+        specs = [parse_match_spec(spec).reading for spec in self.conda]
+        if (self.pip or self.has_pip_section) and not any(
+                parse_match_spec(spec).name.lower() == "pip" for spec in self.conda):
+            specs.append("pip")
+        return tuple(specs)
 
     def source_line(self, lineno: int) -> str | None:
         """The stripped text of source line ``lineno`` (1-based), when the text is known."""
@@ -353,7 +336,8 @@ class EnvSpec:
         return {
             "schema": 1,
             "channels": list(self.channels),
-            "conda": sorted({canonical_conda_spec(s) for s in self.conda}),
+            "conda": sorted({canonical_conda_spec(parse_match_spec(s).reading)
+                             for s in self.conda}),
             "pip": {"options": pip_options, "requirements": pip_reqs},
             "variables": sorted([k, v] for k, v in self.variables),
         }
@@ -378,14 +362,41 @@ def parse_spec(text: str, source: Path | None = None) -> EnvSpec:
     return _Builder(label).build(root, text, source)
 
 
+# What conda's YAML reader (ruamel, YAML 1.2) resolves to a number, boolean or date when written
+# without quotes.  PyYAML's 1.1 rules differ both ways (`yes`, `on` and `12:30` are text to
+# conda, `0o17` and `1e3` are not), so plain scalars are judged by this, not by PyYAML.
+_YAML12_NON_TEXT_RE = re.compile(
+    r"[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+"
+    r"|[-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)|true|True|TRUE|false|False|FALSE"
+    r"|[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:(?:[Tt]|[ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}"
+    r"(?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9]{1,2}(?::[0-9]{2})?))?)?")
+
+
+def _is_yaml12_text(node: YNode) -> bool:
+    if node.quoted or node.text is None:
+        return True
+    return not _YAML12_NON_TEXT_RE.fullmatch(node.text.strip())
+
+
 class _Builder:
-    """Walks the YAML tree of one file, so every error can name its line and key."""
+    """Walks the YAML tree of one file, so every error can name its line and key.
+
+    What conda 26 refuses is refused (a non-text ``name``, a ``dependencies:`` that is no
+    list, a spec conda cannot parse); what conda accepts but reads differently from how it
+    looks is accepted with a warning (keys conda ignores, pip-style extras in conda specs, a
+    second ``pip:`` section, list items run together by an indentation slip).
+    """
 
     def __init__(self, label: str) -> None:
         self.label = label
+        self.warnings: list[str] = []
 
     def fail(self, line: int, message: str) -> InvalidInput:
         return InvalidInput(f"{where(self.label, line)}: {message}")
+
+    def warn(self, line: int, message: str) -> None:
+        self.warnings.append(f"{where(self.label, line)}: {message}")
 
     def scalar(self, node: YNode, what: str) -> str:
         # The source text, not YAML's reading of it: `python=3.10` and `name: 1.10` stay as is.
@@ -393,8 +404,20 @@ class _Builder:
             raise self.fail(node.line, f"{what} must be a single value, not {node.describe()}")
         return node.text.strip()
 
+    def text_value(self, node: YNode, what: str) -> str:
+        """A scalar that conda's YAML 1.2 reads as text, as conda requires (``name: 1.10`` is
+        a number, ``name: yes`` is text)."""
+        value = self.scalar(node, what)
+        if not _is_yaml12_text(node):
+            kind = "the boolean" if value.lower() in ("true", "false") else \
+                "the date" if re.match(r"\d{4}-", value) else "the number"
+            raise self.fail(node.line, f"{what} must be text, not {kind} {value}; quote it: "
+                            f"'{value}'")
+        return value
+
     def entry(self, node: YNode, what: str, text: str) -> str:
-        """A dependency or pip entry, refused when it holds two list items run together."""
+        """A dependency or pip entry; two list items run together are flagged, not refused:
+        conda reads them as one (odd) spec."""
         value = self.scalar(node, what)
         if _RUN_TOGETHER_RE.search(value):
             message = f"{value!r} looks like two list items run together; "
@@ -405,11 +428,11 @@ class _Builder:
                 message += f"check the indentation of line {folded[0]}"
             else:
                 message += "put each item on its own '- ' line"
-            raise self.fail(node.line, message)
+            self.warn(node.line, message)
         return value
 
-    def sequence(self, node: YNode | None, key: str) -> list[YNode]:
-        if node is None or node.is_null:
+    def sequence(self, node: YNode | None, key: str, *, allow_null: bool = False) -> list[YNode]:
+        if node is None or (allow_null and node.is_null):
             return []
         if not node.is_sequence:
             raise self.fail(node.line, f"'{key}' must be a list ('- item' lines), "
@@ -425,22 +448,30 @@ class _Builder:
             raise self.fail(root.line, "top level must be a mapping with keys like 'name:', "
                             f"'channels:' and 'dependencies:', not {root.describe()}")
         sections: dict[str, YNode] = root.value
-        for key, node in sections.items():
-            if key not in _KNOWN_KEYS:
-                raise self.fail(node.key_line, f"unknown key {key!r}; an environment file has "
-                                f"{', '.join(_KNOWN_KEYS)}")
+        unknown = [key for key in sections if key not in _KNOWN_KEYS]
+        if "dependencies" not in sections:
+            # conda refuses a file without it; a misspelt key is the usual cause.
+            typo = next((k for k in unknown if closest(k, ("dependencies",))), None)
+            if typo is not None:
+                raise self.fail(sections[typo].key_line, f"unknown key {typo!r}; did you mean "
+                                "'dependencies'?")
+        for key in unknown:
+            self.warn(sections[key].key_line, f"unknown key {key!r} is ignored (conda ignores "
+                      f"it too); an environment file has {', '.join(_KNOWN_KEYS)}")
 
         name: str | None = None
-        if "name" in sections and not sections["name"].is_null:
-            name = self.scalar(sections["name"], "'name'")
+        if "name" in sections:
+            name = self.text_value(sections["name"], "'name'")
             problem = _name_problem(name)
             if problem is not None:
                 raise self.fail(sections["name"].line, problem)
+        if "prefix" in sections:
+            self.text_value(sections["prefix"], "'prefix'")
 
         channels: list[str] = []
         channel_lines: list[int] = []
         for item in self.sequence(sections.get("channels"), "channels"):
-            channel = self.scalar(item, "a 'channels' entry")
+            channel = self.text_value(item, "a 'channels' entry")
             if not channel:
                 raise self.fail(item.line, "empty 'channels' entry; remove it")
             channels.append(channel)
@@ -448,31 +479,50 @@ class _Builder:
 
         conda: list[str] = []
         conda_lines: list[int] = []
-        pip: list[str] = []
-        pip_lines: list[int] = []
+        pip_items: list[YNode] = []
+        pip_sections: list[int] = []
         for item in self.sequence(sections.get("dependencies"), "dependencies"):
             if item.is_mapping:
-                for pip_item in self.pip_section(item):
-                    line = self.entry(pip_item, "a 'pip' entry", text)
-                    problem = pip_line_problem(line)
-                    if problem is not None:
-                        raise self.fail(pip_item.line, f"{problem}; fix the 'pip' entry")
-                    pip.append(line)
-                    pip_lines.append(pip_item.line)
+                section = self.dependency_section(item)
+                if section is not None:
+                    pip_sections.append(item.line)
+                    pip_items = section
                 continue
             spec = self.entry(item, "a 'dependencies' entry", text)
+            self.text_value(item, "a 'dependencies' entry")
             if not spec:
                 raise self.fail(item.line, "empty 'dependencies' entry; remove it")
             try:
-                parse_match_spec(spec)
+                match = parse_match_spec(spec)
             except InvalidInput as exc:
                 raise self.fail(item.line, f"{exc}; fix the 'dependencies' entry") from None
+            if match.ignored:
+                self.warn(item.line, f"conda ignores [{', '.join(match.ignored)}] in {spec!r} "
+                          f"(pip-style extras; conda installs {match.reading!r}); list the "
+                          "extra packages, or move the line to the 'pip:' section")
+            for note in match.notes:
+                self.warn(item.line, note)
             conda.append(spec)
             conda_lines.append(item.line)
+        if len(pip_sections) > 1:
+            earlier = ", ".join(str(line) for line in pip_sections[:-1])
+            self.warn(pip_sections[-1], f"{len(pip_sections)} 'pip:' sections: conda installs "
+                      f"only this last one and ignores the one(s) on line {earlier}; merge "
+                      "them into one")
+
+        pip: list[str] = []
+        pip_lines: list[int] = []
+        for pip_item in pip_items:
+            line = self.entry(pip_item, "a 'pip' entry", text)
+            problem = pip_line_problem(line)
+            if problem is not None:
+                raise self.fail(pip_item.line, f"{problem}; fix the 'pip' entry")
+            pip.append(line)
+            pip_lines.append(pip_item.line)
 
         variables: list[tuple[str, str]] = []
         variables_node = sections.get("variables")
-        if variables_node is not None and not variables_node.is_null:
+        if variables_node is not None:
             if not variables_node.is_mapping:
                 raise self.fail(variables_node.line, "'variables' must be a mapping "
                                 f"(NAME: value), not {variables_node.describe()}")
@@ -486,24 +536,27 @@ class _Builder:
 
         # Checked last so a more specific problem in another section is reported first.
         if "dependencies" not in sections:
-            # Without it conda creates an empty env: almost always a slip, never what a
-            # shared, built-once environment should be.
             raise self.fail(root.line, "no 'dependencies:' section; list the packages to "
                             "install under 'dependencies:'")
 
         return EnvSpec(name=name, channels=tuple(channels), conda=tuple(conda), pip=tuple(pip),
                        variables=tuple(variables), source=source,
                        channel_lines=tuple(channel_lines), conda_lines=tuple(conda_lines),
-                       pip_lines=tuple(pip_lines), text=text)
+                       pip_lines=tuple(pip_lines), text=text,
+                       warnings=tuple(dict.fromkeys(self.warnings)),
+                       has_pip_section=bool(pip_sections))
 
-    def pip_section(self, item: YNode) -> list[YNode]:
-        entries: list[YNode] = []
+    def dependency_section(self, item: YNode) -> list[YNode] | None:
+        """The entries of a ``- pip:`` item (None for other sections, which conda ignores)."""
+        entries: list[YNode] | None = None
         for key, value_node in item.value.items():
             if key != "pip":
-                raise self.fail(value_node.key_line, f"unsupported dependency section {key!r}; "
-                                "only '- pip:' may hold a list inside 'dependencies'")
+                self.warn(value_node.key_line, f"conda ignores the dependency section {key!r}; "
+                          "only '- pip:' installs anything")
+                continue
             if not value_node.is_null and not value_node.is_sequence:
+                # conda would hand pip each character of the text as a requirement.
                 raise self.fail(value_node.line, f"'pip' must be a list of requirements, "
                                 f"not {value_node.describe()}")
-            entries.extend(self.sequence(value_node, "pip"))
+            entries = self.sequence(value_node, "pip", allow_null=True)
         return entries

@@ -164,12 +164,15 @@ def test_help() -> None:
     assert "FILE" in result.stdout and "--json" in result.stdout
 
 
-def test_list_items_run_together_by_indentation_exit_2(tmp_path: Path) -> None:
-    # YAML folds the over-indented line into the item above: one spec "python=3.11 - pip".
+def test_list_items_run_together_by_indentation_are_flagged(tmp_path: Path) -> None:
+    # YAML folds the over-indented line into the item above: one spec "python=3.11 - pip",
+    # which conda parses (version 3.11-, build pip) and no solve satisfies: a warning says why.
     path = tmp_path / "indent.yml"
     path.write_text("dependencies:\n  - python=3.11\n    - pip\n")
-    _assert_one_line_error(run(str(path)), f"{path}:2: 'python=3.11 - pip' looks like two "
-                           "list items run together; check the indentation of line 3")
+    result = run(str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (f"hpcenv: warning: {path}:2: 'python=3.11 - pip' looks like two "
+                             "list items run together; check the indentation of line 3\n")
 
 
 def test_bad_match_spec_and_pip_requirement_exit_2(tmp_path: Path) -> None:
@@ -179,3 +182,24 @@ def test_bad_match_spec_and_pip_requirement_exit_2(tmp_path: Path) -> None:
                            "bad version constraint '>=>3.11'")
     path.write_text("dependencies:\n  - pip\n  - pip:\n    - requests=>2\n")
     _assert_one_line_error(run(str(path)), f"{path}:4: invalid pip requirement 'requests=>2'")
+
+
+def test_warnings_name_file_and_line_and_the_file_is_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "environment.yml"
+    path.write_text("name: nb\ndependencies:\n  - python=3.11\n  - nbconvert[execute]>=7\n"
+                    "  - pip:\n    - rich\n  - pip:\n    - typer\n")
+    result = run(str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["pip"] == ["typer"]
+    assert [w.split(": ", 1)[0] for w in data["warnings"]] == [f"{path}:4", f"{path}:7"]
+    assert result.stderr.splitlines() == [f"hpcenv: warning: {w}" for w in data["warnings"]]
+
+
+def test_a_pip_line_pip_refuses_exits_2_with_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "environment.yml"
+    path.write_text("name: old\ndependencies:\n  - python=3.7\n  - pip:\n    - nibabel=2.5.1\n")
+    result = run(str(path), "--json")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"hpcenv: error: {path}:5: invalid pip requirement "
+                                    "'nibabel=2.5.1'")

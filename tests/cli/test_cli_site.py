@@ -136,7 +136,7 @@ def test_check_reads_the_users_umask_for_the_shared_cache(tmp_path: Path, env: d
 
 def test_max_cuda_beyond_and_inside_the_driver_table_through_the_cli(tmp_path: Path, env: dict[str, str]) -> None:
     site = tmp_path / "site.yaml"
-    site.write_text("partitions:\n  - name: next\n    gpus_per_node: 4\n    max_cuda: '13.1'\n")
+    site.write_text("partitions:\n  - name: next\n    gpus_per_node: 4\n    max_cuda: '13.6'\n")
     result = hpcenv("--site", str(site), "site", "check", env=env)
     assert result.returncode == 0, result.stderr
     assert "WARN  partition next" in result.stdout and "newer than hpcenv's driver table" in \

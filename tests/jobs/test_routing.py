@@ -294,12 +294,21 @@ def test_an_env_newer_than_the_driver_table_runs_where_the_nodes_say_so() -> Non
     d = route(RouteRequest(cuda=CudaTarget.of("13.1")), NEWER, live=newer_live())
     assert (d.partition, d.constraint) == ("gpu-a100", "cuda13.1")
     by_name = {v.name: v for v in d.verdicts}
-    # A driver partition cannot be judged for a CUDA newer than the table: refused, with why.
+    # 13.1 is in the driver table (590.44.01): a 520 driver is simply too old.
     assert not by_name["gpu-v100"].eligible
-    assert "cannot tell whether driver 520.61.05 runs CUDA 13.1" in by_name["gpu-v100"].why
+    assert "driver too old for CUDA 13.1" in by_name["gpu-v100"].why
     assert by_name["gpu-b200"].eligible
     d = route(RouteRequest(cuda=CudaTarget.of("13.1"), gpu_type="b200"), NEWER, live=newer_live())
     assert d.partition == "gpu-b200" and d.constraint is None
+    # Past the table, a 13.x release is judged by the 13.x family floor (driver 580), not
+    # refused: nodes that run 13.1 (driver >= 590) qualify, the 520 driver does not.
+    d = route(RouteRequest(cuda=CudaTarget.of("13.7")), NEWER, live=newer_live())
+    assert (d.partition, d.constraint) == ("gpu-a100", "cuda13.1")
+    by_name = {v.name: v for v in d.verdicts}
+    assert not by_name["gpu-v100"].eligible and by_name["gpu-b200"].eligible
+    # ...and each verdict says that the driver floor is an assumption.
+    floor = "assuming the 13.x minor-version-compatibility floor, driver 580"
+    assert all(floor in by_name[p].why for p in ("gpu-v100", "gpu-a100", "gpu-b200"))
 
 
 def test_decision_to_dict_is_json_ready() -> None:

@@ -304,12 +304,12 @@ ERRORS = [
      "'twelve' is not a CUDA version"),
     ("partitions:\n  - name: g\n    gpus_per_node: 2\n    max_cuda: '12.7'\n", 4,
      "partitions.g.max_cuda: CUDA 12.7 was never released (known versions: "),
-    ("partitions:\n  - {name: g, gpus_per_node: 2, max_cuda: '8.0'}\n", 2,
-     "partitions.g.max_cuda: CUDA 8.0 is older than every toolkit hpcenv knows"),
+    ("partitions:\n  - {name: g, gpus_per_node: 2, max_cuda: '6.5'}\n", 2,
+     "partitions.g.max_cuda: CUDA 6.5 is older than every toolkit hpcenv knows"),
     ("partitions:\n  - {name: g, gpus_per_node: 2, max_cuda: 12}\n", 2,
      "partitions.g.max_cuda: '12' is not a CUDA version"),
-    ("partitions:\n  - name: g\n    gpus_per_node: 2\n    driver: '390.48'\n", 4,
-     "partitions.g.driver: NVIDIA driver 390.48 is older than every CUDA toolkit"),
+    ("partitions:\n  - name: g\n    gpus_per_node: 2\n    driver: '340.29'\n", 4,
+     "partitions.g.driver: NVIDIA driver 340.29 is older than every CUDA toolkit"),
     ("partitions:\n  - {name: g, gpus_per_node: 0, max_cuda: '12.4'}\n", 2,
      "looks like a GPU partition but gpus_per_node is not > 0"),
     ("partitions:\n  - {name: g, node_feature: 'cuda{cuda}'}\n", 2,
@@ -557,21 +557,21 @@ def test_cuda_newer_than_the_driver_table_is_accepted_and_check_warns(
         tmp_path: Path, env: dict[str, str]) -> None:
     site = load_text(tmp_path, """
         partitions:
-          - {name: next, gpu_type: b200, gpus_per_node: 8, max_cuda: "13.1"}
+          - {name: next, gpu_type: b200, gpus_per_node: 8, max_cuda: "13.6"}
           - {name: far, gpus_per_node: 8, max_cuda: "14.0"}
           - {name: now, gpus_per_node: 8, max_cuda: "13.0"}
           - {name: new-driver, gpus_per_node: 8, driver: "590.44.01"}
     """, env)
-    assert [p.max_cuda for p in site.partitions[:3]] == ["13.1", "14.0", "13.0"]
+    assert [p.max_cuda for p in site.partitions[:3]] == ["13.6", "14.0", "13.0"]
     assert all(p.is_gpu for p in site.partitions)
     checks = by_name(check_site(site))
     assert checks["partition next"].status == "warn"
-    assert checks["partition next"].detail.startswith("8x b200, CUDA <= 13.1: newer than "
-                                                      "hpcenv's driver table (newest 13.0)")
+    assert checks["partition next"].detail.startswith("8x b200, CUDA <= 13.6: newer than "
+                                                      "hpcenv's driver table (newest 13.5)")
     assert checks["partition far"].status == "warn"
     assert checks["partition now"].status == "pass"
     assert checks["partition new-driver"].status == "pass"
-    assert "CUDA <= 13.0" in checks["partition new-driver"].detail
+    assert "CUDA <= 13.1" in checks["partition new-driver"].detail
 
 
 def test_gpu_fields_imply_gpus_per_node_so_is_gpu_is_the_one_definition(

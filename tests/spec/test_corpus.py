@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import REPO
 
+from hpcenv.errors import InvalidInput
 from hpcenv.spec.cuda import infer_cuda
 from hpcenv.spec.environment import EnvSpec, is_pip_option, load_spec
 
@@ -48,18 +50,48 @@ UPSTREAM_INCLUDES: dict[str, dict[str, str]] = {
 }
 
 
+# Files whose pip section pip refuses (the manifest tags them 'invalid-pip-spec': `dm-tree=0.1.8`
+# with pip's non-operator '='). hpcenv refuses them as pip would; their labels are checked on
+# the file as its author meant it, with '==' (same entries, same CUDA).
+_PIP_SINGLE_EQUALS = re.compile(r"^(\s*- [A-Za-z0-9._-]+)=(?=[0-9])", re.MULTILINE)
+
+
 def _id(entry: dict[str, Any]) -> str:
     return Path(entry["file"]).stem
+
+
+def _refused_by_pip(entry: dict[str, Any]) -> bool:
+    return "invalid-pip-spec" in entry.get("tags", ())
 
 
 def _load(entry: dict[str, Any], tmp_path: Path) -> EnvSpec:
     path = CORPUS / entry["file"]
     includes = UPSTREAM_INCLUDES.get(entry["file"])
-    if includes:
+    if includes or _refused_by_pip(entry):
         path = Path(shutil.copy(path, tmp_path / path.name))
-        for name, text in includes.items():
+        for name, text in includes.items() if includes else ():
             (tmp_path / name).write_text(text)
+    if _refused_by_pip(entry):
+        text = path.read_text(encoding="utf-8")
+        cut = text.index("- pip:")
+        path.write_text(text[:cut] + _PIP_SINGLE_EQUALS.sub(r"\1==", text[cut:]),
+                        encoding="utf-8")
     return load_spec(path)
+
+
+def test_files_pip_refuses_are_refused_with_file_and_line() -> None:
+    entries = [e for e in MANIFEST if _refused_by_pip(e)]
+    assert entries
+    for entry in entries:
+        path = CORPUS / entry["file"]
+        lines = path.read_text(encoding="utf-8").splitlines()
+        pip_at = next(i for i, line in enumerate(lines) if "- pip:" in line)
+        bad = next(i for i, line in enumerate(lines, 1)
+                   if i > pip_at and _PIP_SINGLE_EQUALS.match(line))
+        with pytest.raises(InvalidInput) as info:
+            load_spec(path)
+        assert str(info.value).startswith(f"{path}:{bad}: invalid pip requirement"), info.value
+        assert "write '=='" in str(info.value)
 
 
 def test_manifest_covers_every_file() -> None:
@@ -114,8 +146,8 @@ def test_include_missing_from_corpus_still_flags_gpu_and_ambiguity() -> None:
 
 
 @pytest.mark.parametrize("entry", MANIFEST, ids=_id)
-def test_hash_ignores_order_name_and_spelling(entry: dict[str, Any]) -> None:
-    spec = load_spec(CORPUS / entry["file"])
+def test_hash_ignores_order_name_and_spelling(entry: dict[str, Any], tmp_path: Path) -> None:
+    spec = _load(entry, tmp_path)
     options = [p for p in spec.pip if is_pip_option(p)]
     requirements = [p for p in spec.pip if not is_pip_option(p)]
     shuffled = dataclasses.replace(
@@ -128,10 +160,10 @@ def test_hash_ignores_order_name_and_spelling(entry: dict[str, Any]) -> None:
         assert swapped.content_hash() != spec.content_hash()
 
 
-def test_corpus_hashes_are_distinct() -> None:
+def test_corpus_hashes_are_distinct(tmp_path: Path) -> None:
     hashes: dict[str, str] = {}
     for entry in MANIFEST:
-        spec = load_spec(CORPUS / entry["file"])
+        spec = _load(entry, tmp_path)
         hashes.setdefault(spec.content_hash(), entry["file"])
     assert len(hashes) == len(MANIFEST)
 

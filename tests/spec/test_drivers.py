@@ -8,6 +8,7 @@ from hpcenv.errors import InvalidInput
 from hpcenv.spec.drivers import (
     cuda_satisfies,
     driver_problem,
+    driver_table_note,
     driver_supports,
     known_cuda_versions,
     max_cuda_for_driver,
@@ -42,7 +43,8 @@ def test_strict_boundary_is_exact_and_numeric_per_component() -> None:
 
 @pytest.mark.parametrize(("driver", "cuda"), [
     ("550.54.13", "12.3"), ("550.54.14", "12.4"), ("570.25.99", "12.6"), ("570.26", "12.8"),
-    ("575.51.03", "12.9"), ("580.65.05", "12.9"), ("580.65.06", "13.0"), ("999.1", "13.0"),
+    ("575.51.03", "12.9"), ("580.65.05", "12.9"), ("580.65.06", "13.0"), ("590.44.01", "13.1"),
+    ("595.45.04", "13.2"), ("610.43.02", "13.3"), ("999.1", "13.3"), ("396.26", "9.2"),
     ("520.61.05", "11.8"), ("525.60.12", "11.8"), ("525.60.13", "12.0"), ("410.48", "10.0"),
     ("450.51.05", "11.0"), ("560.35.05", "12.6"),
 ])
@@ -52,7 +54,7 @@ def test_max_cuda_for_driver_is_newest_ga_at_or_below(driver: str, cuda: str) ->
 
 def test_max_cuda_for_ancient_driver_is_invalid_input() -> None:
     with pytest.raises(InvalidInput, match="older than every CUDA toolkit"):
-        max_cuda_for_driver("390.1")
+        max_cuda_for_driver("340.1")
 
 
 def test_minor_compat_floors() -> None:
@@ -94,12 +96,12 @@ def test_patch_versions_read_as_their_minor() -> None:
     assert min_driver("11.8.0") == "520.61.05"
 
 
-@pytest.mark.parametrize("cuda", ["12.7", "99.1", "14", "9.0", "abc", "12.x", ""])
+@pytest.mark.parametrize("cuda", ["12.7", "99.1", "14", "9.3", "6.5", "abc", "12.x", ""])
 def test_unknown_cuda_versions_are_invalid_input_listing_known_ones(cuda: str) -> None:
     with pytest.raises(InvalidInput) as info:
         min_driver(cuda)
     assert repr(cuda) in str(info.value)
-    if cuda in ("12.7", "99.1", "14"):
+    if cuda in ("12.7", "99.1", "14", "9.3"):
         assert "12.6, 12.8" in str(info.value)
 
 
@@ -132,10 +134,27 @@ def test_cuda_satisfies_strict_and_minor() -> None:
 def test_table_is_ordered_and_has_no_12_7() -> None:
     known = known_cuda_versions()
     assert "12.7" not in known
-    assert known[0] == "10.0" and known[-1] == "13.0"
-    drivers = [min_driver(v) for v in known]
+    assert known[0] == "7.0" and known[-1] == "13.5"
+    # Every 13.x minor released so far (13.4 and 13.5 without a driver in the release notes).
+    assert [v for v in known if v.startswith("13.")] == [f"13.{i}" for i in range(6)]
+    with_minimum = [v for v in known if driver_table_note(v) is None]
+    assert with_minimum[-1] == "13.3"
     # A newer toolkit never needs an older driver.
-    assert all(max_cuda_for_driver(d) == v for d, v in zip(drivers, known))
+    assert all(max_cuda_for_driver(min_driver(v)) == v for v in with_minimum)
+
+
+@pytest.mark.parametrize(("cuda", "driver"), [
+    ("13.1", "590.44.01"), ("13.2", "595.45.04"), ("13.3", "610.43.02"), ("9.2", "396.26"),
+    ("8.0", "367.48"),
+])
+def test_new_and_old_rows_of_the_table(cuda: str, driver: str) -> None:
+    assert min_driver(cuda) == driver
+    assert driver_supports(driver, cuda)
+    assert driver_table_note(cuda) is None
+    # The case: a 13.1 env routes to a partition described by its driver.
+    assert driver_supports("590.44.01", "13.1")
+    assert not driver_supports("580.95.05", "13.1")
+    assert driver_supports("580.95.05", "13.1", "minor")
 
 
 # --- versions the table does not know -------------------------------------------------------
@@ -165,7 +184,7 @@ def test_cuda_satisfies_reads_unknown_available_versions_by_number(
     assert cuda_satisfies(available, needed, compat) is ok  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("needed", ["12.7", "11.9", "9.0", "10.3"])
+@pytest.mark.parametrize("needed", ["12.7", "11.9", "9.3", "10.3"])
 def test_needed_cuda_that_was_never_released_is_an_error_even_against_newer_nodes(
         needed: str) -> None:
     with pytest.raises(InvalidInput, match=rf"unknown CUDA version '{needed}'; known versions: "):
@@ -180,31 +199,37 @@ def test_malformed_versions_are_errors_on_either_side(bad: str) -> None:
         cuda_satisfies("12.4", bad)
 
 
-def test_newer_than_table_needs_a_driver_minimum_only_where_it_is_looked_up() -> None:
-    assert newer_than_table("13.1") and newer_than_table("14") and not newer_than_table("13.0")
+def test_releases_without_a_known_minimum_degrade_to_the_family_floor_with_a_note() -> None:
+    assert newer_than_table("13.6") and newer_than_table("14") and not newer_than_table("13.5")
     assert not newer_than_table("12.10")
-    # strict: the exact minimum driver of an unknown release cannot be known.
-    with pytest.raises(InvalidInput, match=r"CUDA '13.1' is newer than hpcenv's driver table"):
-        min_driver("13.1")
-    with pytest.raises(InvalidInput, match="newer than hpcenv's driver table"):
-        driver_supports("590.10", "13.1")
-    # minor: the 13.x family floor applies to every 13.x release.
-    assert min_driver("13.1", "minor") == "580"
-    assert driver_supports("580.65.06", "13.1", "minor")
-    assert not driver_supports("575.51.03", "13.1", "minor")
-    with pytest.raises(InvalidInput, match="newer than hpcenv's driver table"):
-        min_driver("14.0", "minor")  # no floor known for a future family
+    # Past the table, or listed without a driver (13.4, 13.5): the 13.x floor, either policy.
+    for cuda in ("13.4", "13.5", "13.6", "13.12"):
+        assert min_driver(cuda) == min_driver(cuda, "minor") == "580"
+        note = driver_table_note(cuda)
+        assert note is not None and "assuming the 13.x minor-version-compatibility floor, " \
+            "driver 580" in note
+        assert driver_supports("580.65.06", cuda)
+        assert not driver_supports("575.51.03", cuda)
+    assert "newer than hpcenv's driver table" in (driver_table_note("13.6") or "")
+    assert "no minimum driver in NVIDIA's release notes" in (driver_table_note("13.4") or "")
+    assert driver_table_note("13.3") is None and driver_table_note("12") is None
+    # An unknown family has no floor: its minimum driver cannot be guessed.
+    with pytest.raises(InvalidInput, match=r"CUDA '14.0' is newer than hpcenv's driver table"):
+        min_driver("14.0", "minor")
+    assert driver_table_note("14.0") is None
 
 
 @pytest.mark.parametrize(("value", "problem"), [
     ("12.8", None),
     ("13.0", None),
     ("10.0", None),
-    ("13.1", None),                 # newer than the table: accepted
+    ("13.1", None),
+    ("13.6", None),                 # newer than the table: accepted
     ("14.0", None),
     ("12.7", "CUDA 12.7 was never released"),
     ("12.10", "CUDA 12.10 was never released"),
-    ("9.2", "CUDA 9.2 is older than every toolkit hpcenv knows (10.0)"),
+    ("9.2", None),
+    ("6.5", "CUDA 6.5 is older than every toolkit hpcenv knows (7.0)"),
     ("12", "'12' is not a CUDA version"),
     ("12.4.1", "'12.4.1' is not a CUDA version"),
     ("twelve", "'twelve' is not a CUDA version"),
@@ -222,7 +247,8 @@ def test_max_cuda_problem(value: str, problem: str | None) -> None:
     ("570.26", None),
     ("999.1", None),                # newer than every GA minimum: supports the newest known
     ("410.48", None),
-    ("410.47", "NVIDIA driver 410.47 is older than every CUDA toolkit"),
+    ("410.47", None),               # runs CUDA 9.2
+    ("340.1", "NVIDIA driver 340.1 is older than every CUDA toolkit"),
     ("latest", "'latest' is not a driver version"),
     ("550", "'550' is not a driver version"),
     ("550.54.14.1", "'550.54.14.1' is not a driver version"),
@@ -238,7 +264,7 @@ def test_driver_problem(value: str, problem: str | None) -> None:
 def test_cuda_satisfies_agrees_with_the_driver_table_for_every_known_pair() -> None:
     # Reading the available side by number must not change any verdict the table can give.
     needed = [*known_cuda_versions(), "10", "11", "12", "13"]
-    for available in known_cuda_versions():
+    for available in (v for v in known_cuda_versions() if driver_table_note(v) is None):
         driver = min_driver(available, "strict")
         for cuda in needed:
             for compat in ("strict", "minor"):

@@ -1,0 +1,97 @@
+"""hpcenv accepts exactly the environment files the real conda and pip accept.
+
+The files under ``tests/spec/data/conda-verdicts`` (odd spellings both ways) and
+``tests/spec/data/realworld`` are judged by conda 26's own loader for environment files and, for the
+``pip:`` entries conda keeps, by pip's own requirements-file parser (conda_pip_verdict.py
+beside this file, run by conda's Python).  hpcenv must accept a file exactly when both do,
+and name file:line when it refuses.  The few files hpcenv refuses although conda's loader
+takes them are listed in STRICTER, each with its reason.
+
+The real conda comes from the shared directory beside the checkout
+(``<repo>/../shared/conda``, or ``HPCENV_SHARED_CONDA``); its install script is idempotent and
+installs into ``HPCENV_CONDA_DEST`` (default: a per-user directory under the system temp dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from hpcenv.errors import InvalidInput
+from hpcenv.spec.environment import load_spec
+
+HERE = Path(__file__).resolve().parent
+SHARED_CONDA = Path(os.environ.get("HPCENV_SHARED_CONDA") or REPO.parent / "shared" / "conda")
+CONDA_DEST = Path(os.environ.get("HPCENV_CONDA_DEST") or
+                  Path(tempfile.gettempdir()) / f"hpcenv-test-conda-{os.getuid()}")
+FILES = sorted([*(HERE / "data" / "conda-verdicts").glob("*.yml"),
+                *(HERE / "data" / "realworld").glob("*.yml")])
+# Files conda's loader takes that hpcenv refuses on purpose, and why.
+STRICTER = {
+    # Env names become directories on shared filesystems (see validate_env_name).
+    "env-name-path.yml": "invalid environment name '../evil'",
+    # Variable names reach `export NAME=...` in activation scripts.
+    "variable-name-shell.yml": "invalid variable name",
+    # conda would hand pip each character of 'numpy' as a requirement.
+    "pip-section-text.yml": "'pip' must be a list of requirements",
+    # conda reads '' as the spec '*' (any package): never what was meant.
+    "empty-dependency.yml": "empty 'dependencies' entry",
+}
+STRICTER_DIR = HERE / "data" / "hpcenv-stricter"
+
+pytestmark = pytest.mark.skipif(not (SHARED_CONDA / "install").is_file(),
+                                reason=f"no real conda to compare with at {SHARED_CONDA}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    install = subprocess.run([str(SHARED_CONDA / "install"), str(CONDA_DEST)],
+                             capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stderr
+    python = CONDA_DEST / "venv" / "bin" / "python"
+    out = tmp_path_factory.mktemp("verdicts") / "verdicts.json"
+    env = {**os.environ, "CONDA_PKGS_DIRS": str(out.parent / "pkgs")}
+    files = [*FILES, *sorted(STRICTER_DIR.glob("*.yml"))]
+    run = subprocess.run([str(python), str(HERE / "conda_pip_verdict.py"), str(out),
+                          *map(str, files)], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    verdicts: dict[str, str] = json.loads(out.read_text())
+    return verdicts
+
+
+def test_the_file_names_say_the_expected_verdict(reference: dict[str, str]) -> None:
+    # Guards the set itself: a 'refuse-' file conda and pip accept would test nothing.
+    for path in (HERE / "data" / "conda-verdicts").glob("*.yml"):
+        expected = "accept" if path.name.startswith("accept-") else "refuse"
+        assert reference[str(path)].startswith(expected), (path.name, reference[str(path)])
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_hpcenv_agrees_with_conda_and_pip(path: Path, reference: dict[str, str]) -> None:
+    theirs = reference[str(path)]
+    try:
+        load_spec(path)
+    except InvalidInput as exc:
+        assert theirs.startswith("refuse"), f"hpcenv refuses what conda and pip accept: {exc}"
+        assert re.match(rf"{re.escape(str(path))}:\d+: ", str(exc)), exc
+        assert "\n" not in str(exc)
+    else:
+        assert theirs == "accept", f"hpcenv accepts what they refuse: {theirs}"
+
+
+def test_the_deliberate_differences_are_exactly_these(reference: dict[str, str]) -> None:
+    assert sorted(p.name for p in STRICTER_DIR.glob("*.yml")) == sorted(STRICTER)
+    for name, reason in STRICTER.items():
+        path = STRICTER_DIR / name
+        assert reference[str(path)] == "accept", (name, reference[str(path)])
+        with pytest.raises(InvalidInput) as info:
+            load_spec(path)
+        assert re.match(rf"{re.escape(str(path))}:\d+: .*{re.escape(reason)}", str(info.value))
