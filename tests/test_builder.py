@@ -229,6 +229,46 @@ def test_from_lock_gives_same_packages(site) -> None:
                      from_lock=Path(first.record.lock_path)).status == "reused"
 
 
+WITH_PIP = """\
+name: withpip
+dependencies:
+  - python=3.11
+  - pip
+  - pip:
+      - hpcdemo_extra
+variables:
+  MODE: fast
+"""
+
+
+def test_lock_holds_pip_packages_with_hashes_and_variables(site, tmp_path: Path) -> None:
+    first = build_env(spec(WITH_PIP), site)
+    lock = Path(first.record.lock_path)
+    text = lock.read_text()
+    assert "hpcdemo_extra-0.1.0-py3-none-any.whl#sha256=" in text
+    assert 'hpcenv: {"variables": {"MODE": "fast"}}' in text
+    again = build_env(None, site, name="copy", from_lock=lock)
+    assert installed(again.prefix) == installed(first.prefix)
+    assert run_py(again.prefix, "import hpcdemo_extra; print(hpcdemo_extra.__version__)") == "0.1.0"
+    state = again.prefix / "conda-meta" / "state"
+    assert state.read_text() == (first.prefix / "conda-meta" / "state").read_text()
+    assert Registry(site.registry).get("copy", 1).spec["pip"]["requirements"] == \
+        ["hpcdemo-extra==0.1.0"]
+
+    # A pip package whose archive is not the locked one fails the build, naming the lock.
+    sha = text.split("#sha256=", 1)[1][:64]
+    tampered = tmp_path / "tampered.lock.yml"
+    tampered.write_text(text.replace(sha, "0" * 64))
+    with pytest.raises(HpcenvError, match=rf"{tampered}: pip install failed: .*(HASH|hash)"):
+        build_env(None, site, name="tampered", from_lock=tampered)
+    # One without a hash (a directory or VCS install) cannot be reproduced: refused up front.
+    unhashed = tmp_path / "unhashed.lock.yml"
+    unhashed.write_text(text.replace(f"#sha256={sha}", ""))
+    with pytest.raises(InvalidInput, match=r"pip package\(s\) hpcdemo-extra have no sha256"):
+        build_env(None, site, name="unhashed", from_lock=unhashed)
+    assert Registry(site.registry).versions("unhashed") == []
+
+
 def test_versions_rollback_and_remove(site) -> None:
     v1 = build_env(spec(KERNELS_CPU), site).record
     v2 = build_env(spec(KERNELS_CUDA), site).record

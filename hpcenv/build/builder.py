@@ -46,13 +46,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 from typing import TYPE_CHECKING, Literal
 
 from hpcenv.build.plan import BuildPlan, cuda_of_packages, plan_build
 from hpcenv.store.debris import clean_debris, force_rmtree
 from hpcenv.engine import get_engine
 from hpcenv.engine.base import CHANNEL_ERRORS, LockedPackage
-from hpcenv.engine.lockfile import read_lock, write_lock
+from hpcenv.engine.lockfile import LockedPip, LockExtras, read_lock, read_lock_extras, write_lock
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.fsutil import atomic_write_json, chgrp, ensure_shared_dir, group_id, user_at_host
 from hpcenv.store.layout import MARKER, builds_dir, cache_lock, is_complete, key_lock, prefix_usage
@@ -60,7 +61,7 @@ from hpcenv.store.lifecycle import check_link_is_ours, link_points_to, publish
 from hpcenv.store.locking import LockHolder
 from hpcenv.store.registry import EnvRecord, Registry
 from hpcenv.spec.environment import EnvSpec
-from hpcenv.build.export import is_explicit_list, lock_from_explicit
+from hpcenv.build.export import explicit_list_omissions, is_explicit_list, lock_from_explicit
 from hpcenv.store.activation import env_state_vars
 
 if TYPE_CHECKING:
@@ -158,7 +159,8 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     started = time.monotonic()
     report = _Reporter(on_progress)
     if from_lock is not None:
-        from_lock = _lockfile_for(Path(from_lock), site, cuda_override, engine, report, name)
+        from_lock = _lockfile_for(Path(from_lock), spec, site, cuda_override, engine, report,
+                                  name)
     plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
     registry = Registry.for_site(site)
     check_link_is_ours(site, plan.name)
@@ -213,10 +215,12 @@ def _engine_for(site: SiteConfig) -> Engine:
                       repodata_cache=Path(site.state_dir) / "rattler-cache")
 
 
-def _lockfile_for(path: Path, site: SiteConfig, cuda_override: str | None,
-                  engine: Engine | None, report: _Reporter, name: str | None) -> Path:
+def _lockfile_for(path: Path, spec: EnvSpec | None, site: SiteConfig,
+                  cuda_override: str | None, engine: Engine | None, report: _Reporter,
+                  name: str | None) -> Path:
     """``path`` itself when it is a lockfile; the lockfile made from it when it is an
-    ``@EXPLICIT`` list (cached by content under the site's ``state_dir``)."""
+    ``@EXPLICIT`` list (cached by content under the site's ``state_dir``).  A list that says
+    it left out pip packages or variables is refused unless the spec brings them."""
 
     if not path.is_file():
         raise InvalidInput(f"--from-lock {path}: no such file; give a lockfile or an @EXPLICIT "
@@ -224,6 +228,13 @@ def _lockfile_for(path: Path, site: SiteConfig, cuda_override: str | None,
                            "'--explicit')")
     if not is_explicit_list(path):
         return path
+    omitted = explicit_list_omissions(path)
+    if omitted and (spec is None or (any(n.startswith("pip ") for n in omitted) and not spec.pip)
+                    or (any(n.startswith("variable ") for n in omitted) and not spec.variables)):
+        raise InvalidInput(f"--from-lock {path}: the env it was exported from also had "
+                           f"{', '.join(omitted)}, which an @EXPLICIT list cannot reproduce; "
+                           f"export it with 'hpcenv env export {name or 'NAME'} --lock', or "
+                           "build with 'hpcenv env build environment.yml --from-lock LIST'")
     report.step(f"reading @EXPLICIT list {path}")
     return lock_from_explicit(path, site, cuda_override=cuda_override, engine=engine)
 
@@ -233,7 +244,8 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
                   report: _Reporter) -> tuple[EnvRecord, list[str]]:
     # Solve (or read the lock) before allocating a version: a spec that cannot be built leaves
     # nothing behind, not even a failed record.
-    packages, channels, cuda, pinned = _packages_for(spec, plan, engine, from_lock, report)
+    packages, channels, cuda, pinned, extras = _packages_for(spec, plan, engine, from_lock,
+                                                             report)
     creator = user_at_host()
     builds = builds_dir(site)
     ensure_shared_dir(builds, mode=site.permissions.dir_mode, group=site.permissions.group)
@@ -258,10 +270,7 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
     warnings: list[str] = []
     try:
         # The engine writes where it likes; the registry stores it with the lab's mode/group.
-        with tempfile.TemporaryDirectory(prefix="hpcenv-lock-") as scratch:
-            written = Path(scratch) / "lock.yml"
-            write_lock(written, plan.name, packages, channels, plan.platform)
-            registry.write_lockfile(record.name, record.version, written.read_text())
+        _store_lock(registry, record, packages, channels, plan.platform)
         report.step(f"installing {len(packages)} packages into {prefix}")
         pkgs_dir = Path(site.pkgs_dirs[0])
         ensure_shared_dir(pkgs_dir, mode=site.permissions.dir_mode, group=site.permissions.group)
@@ -269,11 +278,24 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
                 "waiting for 'hpcenv env gc' to finish with the package cache")).hold(
                 exclusive=False):
             engine.install(prefix, packages, pkgs_dir=pkgs_dir)
-        if spec is not None and spec.variables:
-            _write_state(prefix, dict(spec.variables))
-        if spec is not None and spec.pip:
-            report.step(f"pip: installing {len(spec.pip)} entries with the env's python")
-            _pip_install(prefix, spec, site)
+        # A lock that records the whole env is followed as it is; otherwise the spec's pip:
+        # section and variables are applied on top of the (conda-only) packages.
+        if extras.recorded or spec is None:
+            variables, pip_lines = dict(extras.variables), ()
+        else:
+            variables, pip_lines = dict(spec.variables), spec.pip
+        if variables:
+            _write_state(prefix, variables)
+        installed_pip: list[LockedPip] = []
+        if extras.pip:
+            report.step(f"pip: installing {len(extras.pip)} locked distributions")
+            installed_pip = _pip_install_locked(prefix, extras.pip, site, from_lock)
+        if pip_lines:
+            assert spec is not None
+            report.step(f"pip: installing {len(pip_lines)} entries with the env's python")
+            installed_pip += _pip_install(prefix, spec, site)
+        _store_lock(registry, record, packages, channels, plan.platform, pip=installed_pip,
+                    variables=variables)
         _verify(prefix, packages)
         warning = _same_fs_warning(prefix, pkgs_dir)
         if warning:
@@ -303,15 +325,33 @@ def _culprit_line(spec: EnvSpec, message: str) -> str:
     return ""
 
 
+def _store_lock(registry: Registry, record: EnvRecord, packages: Sequence[LockedPackage],
+                channels: Sequence[str], platform: str, *, pip: Sequence[LockedPip] = (),
+                variables: dict[str, str] | None = None) -> None:
+    """Write the build's lockfile into the registry: first the conda packages (before the
+    install, so a failed build still shows what it tried), then again with pip packages and
+    variables (``variables`` given), once they are installed: the lock of a ready build
+    holds the whole env."""
+    # The engine writes where it likes; the registry stores it with the lab's mode/group.
+    with tempfile.TemporaryDirectory(prefix="hpcenv-lock-") as scratch:
+        written = Path(scratch) / "lock.yml"
+        write_lock(written, record.name, packages, channels, platform, pip=pip,
+                   variables=variables)
+        registry.write_lockfile(record.name, record.version, written.read_text())
+
+
 def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lock: Path | None,
                   report: _Reporter) -> tuple[list[LockedPackage], tuple[str, ...], str | None,
-                                          EnvSpec | None]:
-    """The exact packages of a build, its channels, the CUDA to record and, for a
-    ``--from-lock`` build without a spec, the pinned spec that stands for it."""
+                                          EnvSpec | None, LockExtras]:
+    """The exact packages of a build, its channels, the CUDA to record, for a ``--from-lock``
+    build without a spec the pinned spec that stands for it, and the lock's pip packages and
+    variables."""
     pinned = None
+    extras = LockExtras()
     if from_lock is not None:
         report.step(f"reading {from_lock}")
         packages = read_lock(Path(from_lock), platform=plan.platform)
+        extras = _lock_extras(Path(from_lock), plan, spec, report)
         channels = tuple(sorted({p.channel.rstrip("/") for p in packages if p.channel}))
         locked_cuda = cuda_of_packages(packages)
         if locked_cuda is not None:
@@ -322,8 +362,9 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
         cuda = locked_cuda or plan.cuda or None
         if spec is None:
             pinned = EnvSpec(name=plan.name, channels=channels,
-                             conda=tuple(p.spec for p in packages), pip=(), variables=(),
-                             source=None)
+                             conda=tuple(p.spec for p in packages),
+                             pip=tuple(f"{p.name}=={p.version}" for p in extras.pip),
+                             variables=tuple(sorted(extras.variables.items())), source=None)
     else:
         assert spec is not None  # plan_build refuses a build with neither
         channels, cuda = plan.channels, plan.cuda or None
@@ -339,12 +380,34 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
                             f": {exc} (channels searched: "
                             f"{', '.join(channels)}{cuda_note}); fix the spec or the channels"
                             ) from None
-    if spec is not None and spec.pip and not any(p.name == "python" for p in packages):
+    if spec is not None and spec.pip and not extras.recorded \
+            and not any(p.name == "python" for p in packages):
         line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
         raise InvalidInput(f"{spec.source or '<environment.yml>'}{line}: a pip: section needs "
                            "python in the environment; add 'python' (and 'pip') to "
                            "dependencies")
-    return packages, channels, cuda, pinned
+    if extras.pip and not any(p.name == "python" for p in packages):
+        raise InvalidInput(f"{from_lock}: the lock has pip packages but no python package; "
+                           "it cannot be installed as it is")
+    return packages, channels, cuda, pinned, extras
+
+
+def _lock_extras(lock: Path, plan: BuildPlan, spec: EnvSpec | None,
+                 report: _Reporter) -> LockExtras:
+    """The lock's pip packages and variables; refuses a lock that cannot reproduce its pip
+    packages, and says so when a lock may have left pip packages or variables out."""
+    extras = read_lock_extras(lock, platform=plan.platform)
+    unverifiable = [p.name for p in extras.pip if not p.sha256]
+    if unverifiable:
+        raise InvalidInput(f"{lock}: pip package(s) {', '.join(unverifiable)} have no sha256 "
+                           "(installed from a directory or a VCS checkout), so the lock cannot "
+                           "reproduce them; build from the environment file instead")
+    if not extras.recorded and spec is None:
+        report.warn(f"{lock} does not say whether the env had pip packages or variables (not "
+                    "written by this hpcenv): only its conda packages are installed; if the "
+                    "env had a pip: section or variables, build with "
+                    "'hpcenv env build environment.yml --from-lock LOCK'")
+    return extras
 
 
 def _write_state(prefix: Path, env_vars: dict[str, str]) -> None:
@@ -354,7 +417,8 @@ def _write_state(prefix: Path, env_vars: dict[str, str]) -> None:
     env_state_vars(prefix)  # read back as activation will: a name no shell accepts fails here
 
 
-def _pip_install(prefix: Path, spec: EnvSpec, site: SiteConfig) -> None:
+def _pip_command(prefix: Path, site: SiteConfig) -> list[str]:
+    """``python -m pip install`` of the env, with the site's index settings."""
     python = prefix / "bin" / "python"
     cmd = [str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
            "--no-warn-script-location"]
@@ -366,25 +430,84 @@ def _pip_install(prefix: Path, spec: EnvSpec, site: SiteConfig) -> None:
         cmd += ["--index-url", site.pip.index_url]
     for url in site.pip.extra_index_urls:
         cmd += ["--extra-index-url", url]
+    return cmd
+
+
+def _pip_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_REQUIRE_VIRTUALENV", "PYTHONPATH",
                                                             "PYTHONHOME")}
     env["PYTHONNOUSERSITE"] = "1"
-    # conda runs pip on a requirements file next to the env file, so relative -r/-e paths work.
-    cwd = spec.source.parent if spec.source is not None else None
+    return env
+
+
+def _run_pip(cmd: list[str], lines: Sequence[str], cwd: Path | None,
+             where: str) -> list[LockedPip]:
+    """Run ``cmd -r REQUIREMENTS`` (``lines``) and return what pip installed, from its
+    ``--report`` (pip >= 22.2; an older pip installs the same, and its distributions are
+    recorded without a hash, which a later ``--from-lock`` build refuses)."""
     with tempfile.TemporaryDirectory(prefix="hpcenv-pip-") as scratch:
         requirements = Path(scratch) / "requirements.txt"
-        requirements.write_text("".join(f"{line}\n" for line in spec.pip))
-        proc = subprocess.run([*cmd, "-r", str(requirements)], cwd=cwd, env=env,
-                              capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        output = (proc.stderr + proc.stdout).strip().splitlines()
-        errors = [line.strip() for line in output if line.startswith("ERROR")]
-        reason = (errors or output or ["no output"])[0]
-        if "No module named pip" in proc.stderr:
-            reason += "; add 'pip' to the conda dependencies"
-        line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
-        raise HpcenvError(f"{spec.source or '<environment.yml>'}{line}: pip install failed: "
-                          f"{reason}")
+        requirements.write_text("".join(f"{line}\n" for line in lines))
+        report = Path(scratch) / "report.json"
+        argv = [*cmd, "--report", str(report), "-r", str(requirements)]
+        proc = subprocess.run(argv, cwd=cwd, env=_pip_env(), capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0 and "no such option: --report" in proc.stderr:
+            argv.remove("--report")
+            argv.remove(str(report))
+            proc = subprocess.run(argv, cwd=cwd, env=_pip_env(), capture_output=True, text=True,
+                                  check=False)
+        if proc.returncode != 0:
+            output = (proc.stderr + proc.stdout).strip().splitlines()
+            errors = [line.strip() for line in output if line.startswith("ERROR")]
+            reason = (errors or output or ["no output"])[0]
+            if "No module named pip" in proc.stderr:
+                reason += "; add 'pip' to the conda dependencies"
+            raise HpcenvError(f"{where}: pip install failed: {reason}")
+        return _installed_from_report(report)
+
+
+def _installed_from_report(report: Path) -> list[LockedPip]:
+    try:
+        items = json.loads(report.read_text()).get("install") or []
+    except (OSError, ValueError):
+        return []
+    installed = []
+    for item in items:
+        info = item.get("download_info") or {}
+        hashes = (info.get("archive_info") or {}).get("hashes") or {}
+        metadata = item.get("metadata") or {}
+        installed.append(LockedPip(name=str(metadata.get("name", "")),
+                                   version=str(metadata.get("version", "")),
+                                   url=str(info.get("url", "")), sha256=hashes.get("sha256")))
+    return installed
+
+
+def _pip_install(prefix: Path, spec: EnvSpec, site: SiteConfig) -> list[LockedPip]:
+    """Run the spec's ``pip:`` section; return what pip installed."""
+    # conda runs pip on a requirements file next to the env file, so relative -r/-e paths work.
+    cwd = spec.source.parent if spec.source is not None else None
+    line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
+    return _run_pip(_pip_command(prefix, site), spec.pip, cwd,
+                    f"{spec.source or '<environment.yml>'}{line}")
+
+
+def _pip_install_locked(prefix: Path, locked: Sequence[LockedPip], site: SiteConfig,
+                        lock: Path | None) -> list[LockedPip]:
+    """Install exactly the locked distributions, each checked against its sha256.
+
+    From the recorded URL, or, when that was a local file that is gone (the lock came from
+    another site), ``NAME==VERSION`` through the site's pip index settings: the hash still
+    decides whether it is the same archive."""
+    lines = []
+    for dist in locked:
+        parsed = urlparse(dist.url)
+        gone = parsed.scheme == "file" and not Path(unquote(parsed.path)).is_file()
+        source = f"{dist.name}=={dist.version}" if gone or not dist.url else \
+            f"{dist.name} @ {dist.url}"
+        lines.append(f"{source} --hash=sha256:{dist.sha256}")
+    cmd = [*_pip_command(prefix, site), "--no-deps", "--require-hashes"]
+    return _run_pip(cmd, lines, None, str(lock or "the lockfile"))
 
 
 def _verify(prefix: Path, packages: Sequence[LockedPackage]) -> None:

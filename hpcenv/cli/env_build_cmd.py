@@ -272,7 +272,7 @@ def _export(args: argparse.Namespace, ctx: Context) -> int:
 
     record = _registry(ctx).resolve(args.name, args.version)
     form: ExportFormat = "lock" if args.lock else "explicit" if args.explicit else "environment.yml"
-    if form != "environment.yml" and (omitted := lock_omissions(record)):
+    if form != "environment.yml" and (omitted := lock_omissions(record, form)):
         ctx.warn(omitted)
     text = export_record(record, form, no_builds=args.no_builds)
     if args.output is not None:
