@@ -377,7 +377,7 @@ def test_channel_from_debian_python_builds_an_env_with_pip(tmp_path: Path) -> No
                  "import sys, sysconfig, hpcdemo_extra, hpcdemo_tools; "
                  "print(sys.version.split()[0]); print(hpcdemo_extra.__file__); "
                  "print(hpcdemo_tools.__file__); "
-                 "print(sysconfig.get_path('purelib', sysconfig.get_preferred_scheme('prefix')))"])
+                 "print(sysconfig.get_paths()['purelib'])"])
     version, extra, tools, purelib = probe.stdout.split()
     debian_version = run([str(DEBIAN_PYTHON), "-c", "import sys; print(sys.version.split()[0])"])
     assert version == debian_version.stdout.strip()

@@ -329,9 +329,7 @@ def _python_package(root: Path) -> _Package:
     pkg.write(f"lib/python{xy}/site-packages/README.txt",
               "This directory exists so that 3rd party packages can be installed here.\n")
     if "deb_system" in sysconfig.get_scheme_names():
-        # Replaces Debian's sitecustomize (a symlink into /etc that no env has).
-        (root / "lib" / f"python{xy}" / "sitecustomize.py").unlink(missing_ok=True)
-        pkg.write(f"lib/python{xy}/sitecustomize.py", _DEBIAN_SITECUSTOMIZE)
+        _undo_debian_layout(pkg, root / "lib" / f"python{xy}")
 
     # The binaries carry RUNPATH = old prefix; point them at the env's own lib instead.
     _run([patchelf, "--set-rpath", "$ORIGIN/../lib", str(root / "bin" / exe.name)])
@@ -352,26 +350,35 @@ def _python_package(root: Path) -> _Package:
 
 # Debian patches site.py to search only dist-packages outside a venv, and sysconfig to install
 # into PREFIX/local: a conda env puts packages into lib/pythonX.Y/site-packages and scripts into
-# bin, so the env's python looks there and installs there (pip: sections) as any conda python.
+# bin, so the env's python looks there and installs there (pip: sections), as any conda python.
 _DEBIAN_SITECUSTOMIZE = '''\
-"""Written by hpcenv's demo channel: this python is Debian's, made to use a conda layout."""
+"""Written by hpcenv's demo channel: this python is Debian's, which searches only dist-packages
+outside a venv; a conda env keeps its packages in lib/pythonX.Y/site-packages."""
 
 import os
 import site
 import sys
-import sysconfig
 
 site.addsitedir(os.path.join(sys.prefix, "lib", "python%d.%d" % sys.version_info[:2],
                              "site-packages"))
-_debian_schemes = sysconfig._get_preferred_schemes
-
-
-def _conda_schemes():
-    return {**_debian_schemes(), "prefix": "posix_prefix"}
-
-
-sysconfig._get_preferred_schemes = _conda_schemes
 '''
+_DEBIAN_SCHEME = "prefix_scheme = 'posix_local'"
+
+
+def _undo_debian_layout(pkg: _Package, stdlib: Path) -> None:
+    """Give a copy of Debian's stdlib conda's layout: site-packages on sys.path (a
+    sitecustomize, replacing Debian's, a symlink into /etc that no env has) and the
+    ``posix_prefix`` install scheme, so pip installs into the env as into any conda python."""
+    (stdlib / "sitecustomize.py").unlink(missing_ok=True)
+    pkg.write(f"{stdlib.relative_to(pkg.root)}/sitecustomize.py", _DEBIAN_SITECUSTOMIZE)
+    source = stdlib / "sysconfig.py"
+    text = source.read_text()
+    if text.count(_DEBIAN_SCHEME) != 1:
+        raise HpcenvError(f"{source}: Debian's install-scheme line ({_DEBIAN_SCHEME}) not found "
+                          "once; this python's sysconfig is not one the demo channel knows")
+    source.write_text(text.replace(_DEBIAN_SCHEME, "prefix_scheme = 'posix_prefix'"))
+    for stale in (stdlib / "__pycache__").glob("sysconfig.*.pyc"):
+        stale.unlink()
 
 
 def _libpython_dirs(base: Path) -> list[Path]:
