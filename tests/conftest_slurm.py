@@ -59,8 +59,14 @@ def _running(root: Path) -> bool:
         return False
 
 
+NEEDS_ROOT = ("needs root: tests/cluster/up installs Slurm and runs slurmctld, slurmd and munge "
+              "as root")
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
+    if os.geteuid() != 0:
+        pytest.skip(NEEDS_ROOT)
     root = Path(os.environ.get("HPCENV_SLURM_ROOT") or "/tmp/hpcenv-slurm")
     was_running = _running(root)
     proc = subprocess.run([str(CLUSTER_DIR / "up")], capture_output=True, text=True, timeout=600)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import other_group
+
 from hpcenv.build.builder import BuildEvent, build_env
 from hpcenv.build.plan import plan_build
 from hpcenv.demo.site import write_demo_site
@@ -352,7 +354,7 @@ def test_debris_without_live_lock_is_cleaned(site) -> None:
 def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> None:
     import grp
 
-    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    group = other_group()
     site = load_site(write_demo_site(
         tmp_path / "site", demo_channel,
         permissions=f'{{group: {group.gr_name}, dir_mode: "2775", '

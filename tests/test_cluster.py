@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_slurm import CLUSTER_DIR, SlurmCluster
+from conftest_slurm import CLUSTER_DIR, NEEDS_ROOT, SlurmCluster
 
 pytestmark = pytest.mark.slurm
 
@@ -67,6 +67,7 @@ def second_cluster(slurm_cluster: SlurmCluster) -> Iterator[dict[str, str]]:  # 
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
 def test_up_refuses_a_root_munged_cannot_use(tmp_path: Path) -> None:
     env = {**os.environ, "HPCENV_SLURM_ROOT": str(tmp_path / "c"), "HPCENV_SLURM_PORT": "7917"}
     proc = subprocess.run([str(CLUSTER_DIR / "up")], env=env, capture_output=True, text=True,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import other_group
+
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.store.registry import EnvRecord, Registry
 
@@ -70,7 +72,7 @@ def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
 def test_files_are_group_readable_and_leave_no_temp_files(tmp_path: Path) -> None:
     import grp
 
-    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    group = other_group()
     old = os.umask(0o077)
     try:
         reg = Registry(tmp_path / "reg", group=group.gr_name, dir_mode=0o2775)
@@ -155,7 +157,7 @@ def test_resolve_summaries_history(tmp_path: Path) -> None:
 def test_lockfile_is_stored_with_the_registry_mode(tmp_path: Path) -> None:
     import grp
 
-    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    group = other_group()
     reg = Registry(tmp_path / "reg", group=group.gr_name, dir_mode=0o2775)
     with pytest.raises(NotFound):
         reg.write_lockfile("x", 1, "version: 6\n")  # not allocated: nothing written
