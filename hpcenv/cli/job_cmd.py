@@ -289,8 +289,24 @@ def status_handler(args: argparse.Namespace, ctx: Context) -> int:
 def logs_handler(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.jobs.control import show_logs
 
-    show_logs(_scheduler(ctx), ctx.site().state_dir, args.job_id, out=sys.stdout.buffer,
-              err=sys.stderr.buffer, follow=args.follow, note=ctx.info)
+    if not ctx.json:
+        show_logs(_scheduler(ctx), ctx.site().state_dir, args.job_id, out=sys.stdout.buffer,
+                  err=sys.stderr.buffer, follow=args.follow, note=ctx.info)
+        return 0
+    import io
+
+    from hpcenv.jobs.control import log_paths
+
+    # One JSON document: the output so far (with -f, once the job has ended), not a stream.
+    out, err = io.BytesIO(), io.BytesIO()
+    view = show_logs(_scheduler(ctx), ctx.site().state_dir, args.job_id, out=out, err=err,
+                     follow=args.follow, note=ctx.info)
+    stdout_path, stderr_path = log_paths(view)
+    ctx.emit({"job_id": args.job_id, "state": view.info.state, "finished": view.info.finished,
+              "stdout_path": str(stdout_path) if stdout_path else None,
+              "stderr_path": str(stderr_path) if stderr_path else None,
+              "stdout": out.getvalue().decode(errors="replace"),
+              "stderr": err.getvalue().decode(errors="replace")})
     return 0
 
 
