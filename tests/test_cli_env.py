@@ -265,8 +265,10 @@ def test_waiting_builder_says_who_holds_the_lock(cli: Cli) -> None:
 def test_unsolvable_spec_is_one_line_exit_2_and_leaves_nothing(cli: Cli) -> None:
     spec = cli.spec("name: ghost\ndependencies:\n  - python=3.11\n  - doesnotexist\n")
     proc = cli("env", "build", str(spec), "--json", check=False)
-    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.returncode == 2
     (error,) = [line for line in proc.stderr.splitlines() if line.startswith("hpcenv: error:")]
+    assert json.loads(proc.stdout) == {"error": error.removeprefix("hpcenv: error: "),
+                                       "exit_code": 2}
     assert error.startswith(f"hpcenv: error: {spec}:4: ") and "doesnotexist" in error
     assert "channels searched: file://" in error and "Traceback" not in proc.stderr
     assert cli.json("env", "list") == []
@@ -366,19 +368,17 @@ def test_walkthrough_failed_builds_leave_no_ghosts(cli: Cli) -> None:
     assert only.returncode == 1 and "rollback" not in only.stderr and "--force" in only.stderr
 
 
-def test_walkthrough_cpu_lock_of_a_cuda_pinning_spec_stays_cpu(cli: Cli) -> None:
-    """--no-cuda of a spec pinning cuda-version: its lock holds cuda-version but no CUDA
-    build, so a rebuild from it needs no GPU."""
-    built = cli.json("env", "build", str(cli.spec(CUDA_SPEC.replace("  - pip:\n    - hpcdemo_extra\n", ""))),
-                     "--no-cuda")
-    assert built["cuda"] is None
-    assert any(n == "cuda-version" for n, _, _ in package_set(built["prefix"]))
-    lock = cli.root / "cpu.lock.yml"
-    cli("env", "export", "kern", "--lock", "-o", str(lock))
-    again = cli("env", "build", "--from-lock", str(lock), "--name", "kern-copy")
-    assert "CUDA" not in again.stderr and again.stdout.startswith("built kern-copy version 1 (no CUDA)")
-    shown = cli.json("env", "show", "kern-copy")
-    assert shown["cuda"] is None and shown["gpu_required"] is not True
+def test_no_cuda_on_a_spec_pinning_cuda_version_is_refused(cli: Cli) -> None:
+    """--no-cuda of a spec pinning cuda-version would install the pin among CPU builds: refused
+    with the line, and nothing is built."""
+    spec_file = cli.spec(CUDA_SPEC)
+    pin_line = next(n for n, line in enumerate(spec_file.read_text().splitlines(), start=1)
+                    if "cuda-version" in line)
+    refused = cli("env", "build", str(spec_file), "--no-cuda", check=False)
+    assert refused.returncode == 2
+    assert f"--no-cuda: {spec_file}:{pin_line} pins CUDA 12.4" in refused.stderr
+    assert "remove that line" in refused.stderr
+    assert cli.json("env", "list") == []
 
 
 def test_walkthrough_explicit_header_command_works(cli: Cli) -> None:
@@ -423,3 +423,44 @@ def test_walkthrough_unreachable_and_unindexed_channels(cli: Cli, tmp_path: Path
     assert proc.returncode == 2
     assert proc.stderr.endswith(f"\nhpcenv: error: channel {(tmp_path / 'raw').as_uri()} has "
                                 "no noarch/repodata.json: build or index it first\n")
+
+
+def test_dry_run_shows_the_solved_plan_and_changes_nothing(cli: Cli) -> None:
+    spec_file = cli.spec(CUDA_SPEC)
+    plan = cli.json("env", "build", str(spec_file), "--dry-run")
+    assert plan["dry_run"] is True and plan["existing_version"] is None
+    assert plan["cuda"] == "12.4" and plan["pip"] == ["hpcdemo_extra"]
+    assert plan["variables"] == {"KERN_MODE": "fast"}
+    builds = {p["name"]: p["build"] for p in plan["packages"]}
+    assert builds["hpcdemo-kernels"].startswith("cuda124_")
+    assert cli.json("env", "list") == [] and not (cli.root / "envs" / "kern").exists()
+    assert "would build a new version of kern" in cli("env", "build", str(spec_file),
+                                                      "--dry-run").stdout
+    built = cli.json("env", "build", str(spec_file))
+    again = cli.json("env", "build", str(spec_file), "--dry-run")
+    assert again["existing_version"] == built["version"] == again["current_version"]
+    # The packages it showed are the ones a build installs.
+    assert {(p["name"], p["version"], p["build"]) for p in plan["packages"]} == \
+        package_set(built["prefix"])
+
+
+def test_no_publish_builds_a_version_that_stays_out_of_service(cli: Cli) -> None:
+    v1 = cli.json("env", "build", str(cli.spec(CPU_SPEC)))
+    trial = cli.json("env", "build", str(cli.spec(CUDA_SPEC, "gpu.yml")), "--no-publish")
+    assert trial["status"] == "built" and trial["published"] is False
+    assert trial["version"] == 2 and trial["previous_current"] == 1
+    shown = cli.json("env", "show", "kern")
+    assert shown["version"] == 1 and shown["current"] is True
+    link = cli.root / "envs" / "kern"
+    assert os.path.realpath(link) == os.path.realpath(v1["prefix"])
+    # The trial runs by prefix, and publishing it later is a rollback --to.
+    out = cli("run", "-p", trial["prefix"], "--", "python", "-c",
+              "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)").stdout
+    assert out.strip() == "cuda124"
+    cli("env", "rollback", "kern", "--to", "2")
+    assert os.path.realpath(link) == os.path.realpath(trial["prefix"])
+    # A first build of a name with --no-publish leaves no current version at all.
+    cli.json("env", "build", str(cli.spec(CPU_SPEC)), "--name", "fresh", "--no-publish")
+    assert not (cli.root / "envs" / "fresh").exists()
+    fresh = cli("run", "-n", "fresh", "--", "true", check=False)
+    assert fresh.returncode != 0

@@ -143,7 +143,7 @@ class BuildResult:
 def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
               cuda_override: str | None = None, from_lock: Path | None = None,
               engine: Engine | None = None, on_progress: Progress | None = None,
-              make_current: bool = True) -> BuildResult:
+              make_current: bool = True, publish_build: bool = True) -> BuildResult:
     """Build ``spec`` (or recreate ``from_lock``) once, publish it, and return its record.
 
     ``from_lock``: a lockfile (hpcenv's, conda-lock/pixi) or an ``@EXPLICIT`` list, which is
@@ -154,6 +154,9 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     say whether that moved ``current``, e.g. undid a rollback).  False only ensures the build
     exists and never moves an existing ``current`` (``submit`` of a shared env); a name's first
     ready build still becomes current then, as there is nothing to move.
+    ``publish_build``: False builds (or finds) the version and leaves ``current`` and the
+    ``envs_dir/NAME`` link alone, even for a name's first build (``env build --no-publish``:
+    an experiment; ``hpcenv env rollback NAME --to V`` publishes it later).
     ``on_progress`` receives :class:`BuildEvent` objects.
     """
     started = time.monotonic()
@@ -170,6 +173,9 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
             return None
         previous = registry.current_version(plan.name)
         moved = False
+        if not publish_build:
+            return BuildResult(record, "reused", waited, time.monotonic() - started,
+                               previous_current=previous)
         # The link check heals a builder killed between the two publish steps.
         if (make_current or previous is None) and (
                 previous != record.version or not link_points_to(site, plan.name, record.prefix)):
@@ -204,10 +210,68 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
             report.step(note)
         engine = engine or _engine_for(site)
         record, warnings = _build_locked(spec, site, plan, registry, engine, from_lock, report)
+        if not publish_build:
+            return BuildResult(record, "built", waited, time.monotonic() - started,
+                               tuple(warnings),
+                               previous_current=registry.current_version(plan.name))
         previous = publish(site, registry, record, only_if_none=not make_current)
     return BuildResult(record, "built", waited, time.monotonic() - started, tuple(warnings),
                        made_current=make_current or previous is None,
                        previous_current=previous)
+
+
+@dataclass(frozen=True)
+class BuildPreview:
+    """What :func:`build_env` would do, without doing it (``env build --dry-run``): the solved
+    packages, the pip entries and variables, and whether a ready build of the key exists."""
+
+    name: str
+    key: str
+    cuda: str | None
+    notes: tuple[str, ...]
+    channels: tuple[str, ...]
+    packages: tuple[LockedPackage, ...]
+    pip: tuple[str, ...]
+    variables: dict[str, str]
+    existing: int | None            # the ready version with this key, which a build reuses
+    current: int | None             # the name's current version now
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "key": self.key, "cuda": self.cuda, "notes": list(self.notes),
+                "channels": list(self.channels),
+                "packages": [{"name": p.name, "version": p.version, "build": p.build,
+                              "channel": p.channel, "url": p.url} for p in self.packages],
+                "pip": list(self.pip), "variables": self.variables,
+                "existing_version": self.existing, "current_version": self.current}
+
+
+def preview_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
+                  cuda_override: str | None = None, from_lock: Path | None = None,
+                  engine: Engine | None = None,
+                  on_progress: Progress | None = None) -> BuildPreview:
+    """Plan and solve (or read the lock) as :func:`build_env` would, and stop there: nothing
+    is installed, no version allocated, nothing published."""
+    report = _Reporter(on_progress)
+    if from_lock is not None:
+        from_lock = _lockfile_for(Path(from_lock), spec, site, cuda_override, engine, report,
+                                  name)
+    plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
+    registry = Registry.for_site(site)
+    found = registry.find_ready(plan.key, plan.name)
+    packages, channels, cuda, _, extras = _packages_for(
+        spec, plan, engine or _engine_for(site), from_lock, report)
+    if extras.recorded or spec is None:
+        pip = tuple(f"{p.name}=={p.version}" for p in extras.pip)
+        variables = dict(extras.variables)
+    else:
+        pip, variables = spec.pip, dict(spec.variables)
+    return BuildPreview(name=plan.name, key=plan.key, cuda=cuda, notes=plan.notes,
+                        channels=tuple(channels),
+                        packages=tuple(sorted(packages, key=lambda p: p.name)), pip=tuple(pip),
+                        variables=variables,
+                        existing=found.version if found is not None and is_complete(found.prefix)
+                        else None,
+                        current=registry.current_version(plan.name))
 
 
 def _engine_for(site: SiteConfig) -> Engine:

@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     cuda.add_argument("--no-cuda", action="store_true", help="solve without __cuda (CPU builds)")
     p.add_argument("--from-lock", metavar="LOCK", type=Path,
                    help="recreate from a lockfile (hpcenv's, or an @EXPLICIT list) without solving")
+    trial = p.add_mutually_exclusive_group()
+    trial.add_argument("--dry-run", action="store_true",
+                       help="solve and show the plan (packages, pip, variables, reuse); build "
+                            "and publish nothing")
+    trial.add_argument("--no-publish", action="store_true",
+                       help="build (or reuse) a version but leave the current version and "
+                            "NAME's link alone; publish it later with 'env rollback NAME --to V'")
     p.set_defaults(handler=_build)
 
     p = sub.add_parser("list", parents=[common], help="list the registry's environments",
@@ -162,14 +169,27 @@ def _build(args: argparse.Namespace, ctx: Context) -> int:
     if args.file is None and args.from_lock is None:
         raise InvalidInput("nothing to build: give an environment FILE or --from-lock LOCK")
     spec = load_spec(args.file) if args.file is not None else None
+    if args.dry_run:
+        return _dry_run(args, ctx, spec)
     progress = _Progress(ctx)
     try:
         result = build_env(spec, ctx.site(), name=args.name,
                            cuda_override="" if args.no_cuda else args.cuda,
-                           from_lock=args.from_lock, on_progress=progress)
+                           from_lock=args.from_lock, on_progress=progress,
+                           publish_build=not args.no_publish)
     finally:
         progress.close()
     data = result.to_dict()
+    if args.no_publish:
+        data["published"] = False
+        ctx.emit(data, lambda d: (
+            f"{d['status']} {d['name']} version {d['version']} "
+            f"({'CUDA ' + d['cuda'] if d['cuda'] else 'no CUDA'}) in {d['seconds']:.2f}s; not "
+            f"published (current version: {d['previous_current'] or 'none'})\n"
+            f"  prefix:  {d['prefix']}\n"
+            f"  run:     hpcenv run -p {d['prefix']} -- python\n"
+            f"  publish: hpcenv env rollback {d['name']} --to {d['version']}"))
+        return 0
     note = result.current_note
     if note is not None and ctx.json:
         # --json keeps stdout pure JSON; the move of 'current' must still be seen.
@@ -179,6 +199,42 @@ def _build(args: argparse.Namespace, ctx: Context) -> int:
                               f"in {d['seconds']:.2f}s{'; ' + note if note else ''}\n"
                               f"  prefix: {d['prefix']}\n"
                               f"  run:    hpcenv run -n {d['name']} -- python"))
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, ctx: Context, spec: Any) -> int:
+    from hpcenv.build.builder import preview_build
+
+    progress = _Progress(ctx)
+    try:
+        preview = preview_build(spec, ctx.site(), name=args.name,
+                                cuda_override="" if args.no_cuda else args.cuda,
+                                from_lock=args.from_lock, on_progress=progress)
+    finally:
+        progress.close()
+
+    def human(d: dict[str, Any]) -> str:
+        if d["existing_version"] is not None:
+            action = f"would reuse {d['name']} version {d['existing_version']} (same build key)"
+        else:
+            action = f"would build a new version of {d['name']}"
+        current = d["current_version"]
+        lines = [f"{action}; current version now: {current if current is not None else 'none'}",
+                 f"  cuda:      {'; '.join(d['notes']) or d['cuda'] or 'none'}",
+                 f"  key:       {d['key']}",
+                 f"  channels:  {', '.join(d['channels']) or '-'}",
+                 f"  packages:  {len(d['packages'])}"]
+        width = max((len(p["name"]) for p in d["packages"]), default=0)
+        lines += [f"    {p['name']:<{width}}  {p['version']}  {p['build']}" for p in d["packages"]]
+        if d["pip"]:
+            lines.append(f"  pip:       {', '.join(d['pip'])}")
+        if d["variables"]:
+            lines.append(f"  variables: {', '.join(d['variables'])}")
+        lines.append("nothing was built or published (drop --dry-run to build; --no-publish "
+                     "builds without making it current)")
+        return "\n".join(lines)
+
+    ctx.emit(preview.to_dict() | {"dry_run": True}, human)
     return 0
 
 
