@@ -57,7 +57,11 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
               ) -> Iterator[tuple[str, ...]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
             for name, sub in action.choices.items():
+                if id(sub) in seen:
+                    continue  # an alias (env create = env build): its help is the command's
+                seen.add(id(sub))
                 yield (*path, name)
                 yield from _commands(sub, (*path, name))
 

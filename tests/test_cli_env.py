@@ -464,3 +464,17 @@ def test_no_publish_builds_a_version_that_stays_out_of_service(cli: Cli) -> None
     assert not (cli.root / "envs" / "fresh").exists()
     fresh = cli("run", "-n", "fresh", "--", "true", check=False)
     assert fresh.returncode != 0
+
+
+def test_conda_spellings_create_export_remove(cli: Cli) -> None:
+    spec_file = cli.spec(CPU_SPEC)
+    created = cli.json("env", "create", "-f", str(spec_file), "-n", "lab")
+    assert (created["name"], created["status"]) == ("lab", "built")
+    assert cli.json("env", "show", "-n", "lab")["version"] == 1
+    assert "name: lab" in cli("env", "export", "-n", "lab").stdout
+    assert cli.json("env", "build", "--file", str(spec_file), "--name", "lab")["status"] == \
+        "reused"
+    missing = cli("env", "export", check=False)
+    assert missing.returncode == 2 and "give the env NAME (or -n NAME)" in missing.stderr
+    cli("env", "remove", "-n", "lab", "--force")
+    assert cli.json("env", "list") == []

@@ -23,12 +23,19 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "build", parents=[common], help="build an env once and publish it to the registry",
+        "build", aliases=["create"], parents=[common],
+        help="build an env once and publish it to the registry (alias: create)",
         description="Build FILE (or recreate --from-lock LOCK) once per build key, publish it "
                     "as the current version of NAME, and report 'built' or 'reused'. Concurrent "
-                    "builders of the same key wait for the first one.")
-    p.add_argument("file", metavar="FILE", nargs="?", help="a conda environment.yml file")
-    p.add_argument("--name", help="env name (default: the file's 'name:')")
+                    "builders of the same key wait for the first one. conda's spelling works "
+                    "too: 'hpcenv env create -f environment.yml -n NAME'.")
+    # FILE positional or -f FILE (conda's spelling) land in one dest: the positional is only
+    # set when given (SUPPRESS), so it never overwrites -f.
+    p.add_argument("file", metavar="FILE", nargs="?", default=argparse.SUPPRESS,
+                   help="a conda environment.yml file")
+    p.add_argument("-f", "--file", dest="file", metavar="FILE", default=None,
+                   help="the environment file, as 'conda env create -f' takes it")
+    p.add_argument("-n", "--name", help="env name (default: the file's 'name:')")
     cuda = p.add_mutually_exclusive_group()
     cuda.add_argument("--cuda", metavar="X.Y", help="solve with __cuda=X.Y (default: inferred)")
     cuda.add_argument("--no-cuda", action="store_true", help="solve without __cuda (CPU builds)")
@@ -51,15 +58,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("show", parents=[common], help="show one env version in detail",
                        description="Show the registry record of NAME's current version "
                                    "(or --version V).")
-    p.add_argument("name", metavar="NAME")
+    _name_argument(p)
     p.add_argument("--version", type=int, metavar="V")
-    p.set_defaults(handler=_show)
+    p.set_defaults(handler=_needs_name(_show))
 
     p = sub.add_parser("history", parents=[common], help="list every version of an env",
                        description="List every version of NAME, oldest first; '*' marks the "
                                    "current one.")
-    p.add_argument("name", metavar="NAME")
-    p.set_defaults(handler=_history)
+    _name_argument(p)
+    p.set_defaults(handler=_needs_name(_history))
 
     p = sub.add_parser("export", parents=[common], help="print an env as environment.yml, lock "
                                                         "or @EXPLICIT list",
@@ -67,31 +74,32 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "environment.yml (as 'conda env export' writes it), its "
                                    "lockfile (--lock) or an @EXPLICIT list (--explicit). "
                                    "Each builds the same env again with 'hpcenv env build'.")
-    p.add_argument("name", metavar="NAME")
+    _name_argument(p)
     p.add_argument("--version", type=int, metavar="V")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--no-builds", action="store_true", help="environment.yml without build strings")
     form.add_argument("--lock", action="store_true", help="the lockfile written at build time")
     form.add_argument("--explicit", action="store_true", help="an @EXPLICIT url#sha256 list")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE, not stdout")
-    p.set_defaults(handler=_export)
+    p.set_defaults(handler=_needs_name(_export))
 
     p = sub.add_parser("rollback", parents=[common], help="make an earlier version current",
                        description="Make an earlier ready version of NAME current (default: "
                                    "the newest one before the current version).")
-    p.add_argument("name", metavar="NAME")
+    _name_argument(p)
     p.add_argument("--to", type=int, metavar="VERSION")
-    p.set_defaults(handler=_rollback)
+    p.set_defaults(handler=_needs_name(_rollback))
 
-    p = sub.add_parser("rm", parents=[common], help="retire an env version (or the whole env)",
+    p = sub.add_parser("rm", aliases=["remove"], parents=[common],
+                       help="retire an env version (or the whole env) (alias: remove)",
                        description="Delete the prefix of NAME --version V (its record and "
                                    "lockfile stay as history). Without --version, every version "
                                    "of NAME. The current version is only removed with --force. "
                                    "Files other versions use are hardlinks and stay.")
-    p.add_argument("name", metavar="NAME")
+    _name_argument(p)
     p.add_argument("--version", type=int, metavar="V")
     p.add_argument("--force", action="store_true", help="also remove the current version")
-    p.set_defaults(handler=_rm)
+    p.set_defaults(handler=_needs_name(_rm))
 
     p = sub.add_parser("gc", parents=[common], help="free unreferenced builds and cache entries",
                        description="Remove builds no registry record references, debris of "
@@ -99,6 +107,24 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "(like 'conda clean --all'); report bytes and files freed.")
     p.add_argument("--dry-run", action="store_true", help="report what would go; delete nothing")
     p.set_defaults(handler=_gc)
+
+
+def _name_argument(parser: argparse.ArgumentParser) -> None:
+    """NAME as a positional or as conda's ``-n/--name NAME`` (one dest, as for build's FILE)."""
+    parser.add_argument("name", metavar="NAME", nargs="?", default=argparse.SUPPRESS,
+                        help="env name")
+    parser.add_argument("-n", "--name", dest="name", metavar="NAME", default=None,
+                        help="env name, as conda spells it")
+
+
+def _needs_name(handler: Any) -> Any:
+    """``handler``, refusing a command line that gave NAME neither way."""
+
+    def checked(args: argparse.Namespace, ctx: Context) -> int:
+        if not args.name:
+            raise InvalidInput(f"hpcenv env {args.env_command}: give the env NAME (or -n NAME)")
+        return int(handler(args, ctx))
+    return checked
 
 
 # --- progress ---------------------------------------------------------------------------------
