@@ -156,6 +156,13 @@ def test_pip_failure_is_reported_and_nothing_published(site, tmp_path: Path) -> 
     reg = Registry(site.registry)
     assert [r.status for r in reg.versions("badpip")] == ["failed"]
     assert reg.current("badpip") is None
+    # The record keeps the one-line reason and the build log: steps, pip's output, the error.
+    (failed,) = reg.versions("badpip")
+    assert failed.error is not None and "pip install failed" in failed.error
+    assert "no-such-package-anywhere" in failed.error and "\n" not in failed.error
+    log = Path(failed.log_path or "").read_text()
+    assert "installing" in log and "$ " in log and "-m pip install" in log
+    assert log.rstrip().endswith(f"error: {failed.error}")
     assert not env_link(site, "badpip").exists()
     assert list(builds_dir(site).iterdir()) == []
 

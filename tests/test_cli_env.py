@@ -353,9 +353,10 @@ def test_walkthrough_failed_builds_leave_no_ghosts(cli: Cli) -> None:
     assert cli("env", "build", str(bad), check=False).returncode == 1
     cli("env", "build", str(cli.spec(CPU_SPEC)))
     listed = cli("env", "list").stdout.splitlines()
-    assert [line.split()[0] for line in listed[1:-1]] == ["kern"]
-    assert listed[-1] == ("pipfail: no ready version (v1 failed); see 'hpcenv env history "
+    assert [line.split()[0] for line in listed[1:-2]] == ["kern"]
+    assert listed[-2] == ("pipfail: no ready version (v1 failed); see 'hpcenv env history "
                           "pipfail', clear with 'hpcenv env rm pipfail'")
+    assert listed[-1].startswith("  last error: ") and "not-a-real-wheel" in listed[-1]
     assert [row["name"] for row in cli.json("env", "list")] == ["kern"]
     gone = cli("env", "rm", "pipfail")
     assert gone.stdout.strip() == "pipfail: removed version(s) 1; current: none"
@@ -478,3 +479,18 @@ def test_conda_spellings_create_export_remove(cli: Cli) -> None:
     assert missing.returncode == 2 and "give the env NAME (or -n NAME)" in missing.stderr
     cli("env", "remove", "-n", "lab", "--force")
     assert cli.json("env", "list") == []
+
+
+def test_failed_build_keeps_its_reason_for_show_list_and_gc(cli: Cli) -> None:
+    bad = cli.spec(CPU_SPEC.replace("name: kern", "name: broken")
+                   + "  - pip\n  - pip:\n    - no-such-package-anywhere==9.9\n", "bad.yml")
+    assert cli("env", "build", str(bad), check=False).returncode == 1
+    shown = cli("env", "show", "broken", "--version", "1").stdout
+    (error,) = [line for line in shown.splitlines() if line.strip().startswith("error:")]
+    assert "pip install failed" in error and "no-such-package-anywhere" in error
+    (log,) = [line.split(":", 1)[1].strip() for line in shown.splitlines()
+              if line.strip().startswith("build log:")]
+    assert "no-such-package-anywhere" in Path(log).read_text()
+    assert "last error: " in cli("env", "list").stdout
+    gc = cli("env", "gc").stdout
+    assert "retired record  broken version 1 (failed: " in gc and "pip install failed" in gc

@@ -87,21 +87,30 @@ Progress = Callable[[BuildEvent], None]
 
 @dataclass(frozen=True)
 class _Reporter:
-    """``on_progress`` with one method per event kind."""
+    """``on_progress`` with one method per event kind; every event, and tool output given to
+    :meth:`log`, is kept for the build log."""
 
     callback: Progress | None
+    lines: list[str] = field(default_factory=list)
 
     def step(self, text: str) -> None:
-        if self.callback is not None:
-            self.callback(BuildEvent("step", text))
+        self._event("step", text)
 
     def wait(self, text: str) -> None:
-        if self.callback is not None:
-            self.callback(BuildEvent("wait", text))
+        self._event("wait", text)
 
     def warn(self, text: str) -> None:
+        self._event("warning", text)
+
+    def log(self, text: str) -> None:
+        """Only into the build log (e.g. a tool's full output)."""
+        self.lines.append(text.rstrip("\n"))
+
+    def _event(self, kind: Literal["step", "wait", "warning"], text: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+        self.lines.append(f"{stamp} {'warning: ' if kind == 'warning' else ''}{text}")
         if self.callback is not None:
-            self.callback(BuildEvent("warning", text))
+            self.callback(BuildEvent(kind, text))
 
 
 @dataclass(frozen=True)
@@ -353,11 +362,12 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
         installed_pip: list[LockedPip] = []
         if extras.pip:
             report.step(f"pip: installing {len(extras.pip)} locked distributions")
-            installed_pip = _pip_install_locked(prefix, extras.pip, site, from_lock)
+            installed_pip = _pip_install_locked(prefix, extras.pip, site, from_lock,
+                                                 log=report.log)
         if pip_lines:
             assert spec is not None
             report.step(f"pip: installing {len(pip_lines)} entries with the env's python")
-            installed_pip += _pip_install(prefix, spec, site)
+            installed_pip += _pip_install(prefix, spec, site, log=report.log)
         _store_lock(registry, record, packages, channels, plan.platform, pip=installed_pip,
                     variables=variables)
         _verify(prefix, packages)
@@ -370,13 +380,40 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
         _write_marker(prefix, record)
         record = registry.update(replace(record, status="ready", size_bytes=size,
                                          file_count=count, packages=len(packages)))
-    except BaseException:
+    except BaseException as exc:
         try:
-            registry.set_status(record.name, record.version, "failed")
+            error = _one_line_reason(exc)
+            report.log(f"error: {error}")
+            if not isinstance(exc, (HpcenvError, KeyboardInterrupt)):
+                import traceback
+
+                report.log("".join(traceback.format_exception(exc)))
+            log = _store_build_log(registry, record, report)
+            registry.set_status(record.name, record.version, "failed", error=error,
+                                log_path=str(log) if log else None)
         finally:
             force_rmtree(prefix)
         raise
+    log = _store_build_log(registry, record, report)
+    if log is not None:
+        record = registry.update(replace(record, log_path=str(log)))
     return record, warnings
+
+
+def _one_line_reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, HpcenvError) else f"{type(exc).__name__}: {text}"
+
+
+def _store_build_log(registry: Registry, record: EnvRecord, report: _Reporter) -> Path | None:
+    """The build log into the registry; None when even that fails (the error still stands)."""
+    try:
+        return registry.write_build_log(record.name, record.version,
+                                        "".join(f"{line}\n" for line in report.lines))
+    except (OSError, HpcenvError):
+        return None
 
 
 def _culprit_line(spec: EnvSpec, message: str) -> str:
@@ -504,8 +541,8 @@ def _pip_env() -> dict[str, str]:
     return env
 
 
-def _run_pip(cmd: list[str], lines: Sequence[str], cwd: Path | None,
-             where: str) -> list[LockedPip]:
+def _run_pip(cmd: list[str], lines: Sequence[str], cwd: Path | None, where: str,
+             log: Callable[[str], None] | None = None) -> list[LockedPip]:
     """Run ``cmd -r REQUIREMENTS`` (``lines``) and return what pip installed, from its
     ``--report`` (pip >= 22.2; an older pip installs the same, and its distributions are
     recorded without a hash, which a later ``--from-lock`` build refuses)."""
@@ -521,6 +558,8 @@ def _run_pip(cmd: list[str], lines: Sequence[str], cwd: Path | None,
             argv.remove(str(report))
             proc = subprocess.run(argv, cwd=cwd, env=_pip_env(), capture_output=True, text=True,
                                   check=False)
+        if log is not None:
+            log(f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
         if proc.returncode != 0:
             output = (proc.stderr + proc.stdout).strip().splitlines()
             errors = [line.strip() for line in output if line.startswith("ERROR")]
@@ -547,17 +586,19 @@ def _installed_from_report(report: Path) -> list[LockedPip]:
     return installed
 
 
-def _pip_install(prefix: Path, spec: EnvSpec, site: SiteConfig) -> list[LockedPip]:
+def _pip_install(prefix: Path, spec: EnvSpec, site: SiteConfig,
+                 log: Callable[[str], None] | None = None) -> list[LockedPip]:
     """Run the spec's ``pip:`` section; return what pip installed."""
     # conda runs pip on a requirements file next to the env file, so relative -r/-e paths work.
     cwd = spec.source.parent if spec.source is not None else None
     line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
     return _run_pip(_pip_command(prefix, site), spec.pip, cwd,
-                    f"{spec.source or '<environment.yml>'}{line}")
+                    f"{spec.source or '<environment.yml>'}{line}", log)
 
 
 def _pip_install_locked(prefix: Path, locked: Sequence[LockedPip], site: SiteConfig,
-                        lock: Path | None) -> list[LockedPip]:
+                        lock: Path | None,
+                        log: Callable[[str], None] | None = None) -> list[LockedPip]:
     """Install exactly the locked distributions, each checked against its sha256.
 
     From the recorded URL, or, when that was a local file that is gone (the lock came from
@@ -571,7 +612,7 @@ def _pip_install_locked(prefix: Path, locked: Sequence[LockedPip], site: SiteCon
             f"{dist.name} @ {dist.url}"
         lines.append(f"{source} --hash=sha256:{dist.sha256}")
     cmd = [*_pip_command(prefix, site), "--no-deps", "--require-hashes"]
-    return _run_pip(cmd, lines, None, str(lock or "the lockfile"))
+    return _run_pip(cmd, lines, None, str(lock or "the lockfile"), log)
 
 
 def _verify(prefix: Path, packages: Sequence[LockedPackage]) -> None:

@@ -295,6 +295,8 @@ def _list(args: argparse.Namespace, ctx: Context) -> int:
             states = ", ".join(f"v{r.version} {r.status}" for r in records)
             lines.append(f"{name}: no ready version ({states}); see 'hpcenv env history {name}', "
                          f"clear with 'hpcenv env rm {name}'")
+            if records[-1].error:
+                lines.append(f"  last error: {records[-1].error}")
         return "\n".join(lines)
 
     ctx.emit(rows, human)
@@ -320,6 +322,10 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
             f"  lockfile:  {d['lock_path']}",
             f"  built by:  {d['creator']} at {d['created']}",
         ]
+        if d.get("error"):
+            lines.append(f"  error:     {d['error']}")
+        if d.get("log_path"):
+            lines.append(f"  build log: {d['log_path']}")
         if d.get("source"):
             lines.append(f"  from file: {d['source']}")
         if d.get("from_lock"):
@@ -415,7 +421,8 @@ def _gc(args: argparse.Namespace, ctx: Context) -> int:
         lines = [f"{'would remove' if d['dry_run'] else 'removed'} {i['kind']:<7} {i['path']} "
                  f"({_size(i['bytes'])}, {i['files']} files)" for i in d["removed"]]
         lines += [f"{'would retire' if d['dry_run'] else 'retired'} record  {r['name']} version "
-                  f"{r['version']} ({r['was']}: the build never finished)" for r in d["retired"]]
+                  f"{r['version']} ({r['was']}: {r['error'] or 'the build never finished'})"
+                  for r in d["retired"]]
         lines.append(f"{verb} {_size(d['bytes_freed'])} in {d['files_freed']} files "
                      f"({len(d['removed'])} items)")
         return "\n".join(lines)

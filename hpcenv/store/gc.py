@@ -55,6 +55,7 @@ class RetiredRecord:
     name: str
     version: int
     status: str   # what it was: "failed" or "building"
+    error: str | None = None   # the failed build's one-line reason, when it recorded one
 
 
 @dataclass
@@ -79,7 +80,8 @@ class GcReport:
             "removed": [{"kind": i.kind, "path": str(i.path), "bytes": i.bytes, "files": i.files}
                         for i in self.removed],
             "errors": list(self.errors),
-            "retired": [{"name": r.name, "version": r.version, "was": r.status}
+            "retired": [{"name": r.name, "version": r.version, "was": r.status,
+                         "error": r.error}
                         for r in self.retired],
         }
 
@@ -301,5 +303,6 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
                 continue
             if not dry_run:
                 registry.set_status(record.name, record.version, "retired")
-            report.retired.append(RetiredRecord(record.name, record.version, record.status))
+            report.retired.append(RetiredRecord(record.name, record.version, record.status,
+                                                record.error))
     return report

@@ -73,6 +73,10 @@ class EnvRecord:
     # version (ROCm, "cupy" without cuda-version...); None = unknown (records written before
     # the field existed, or a spec that does not say).
     gpu_required: bool | None = None
+    # A failed build's one-line reason, and its build log (steps, warnings, tool output, the
+    # error) under the registry; log_path is kept for ready builds too.
+    error: str | None = None
+    log_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,6 +277,11 @@ class Registry:
         validate_env_name(name)
         return self.root / name / f"{int(version)}.lock.yml"
 
+    def log_file(self, name: str, version: int) -> Path:
+        """Where the build log of ``name`` version ``version`` lives."""
+        validate_env_name(name)
+        return self.root / name / f"{int(version)}.build.log"
+
     # --- writing ------------------------------------------------------------------------------
 
     @contextmanager
@@ -311,6 +320,13 @@ class Registry:
         """Store the lockfile of an allocated version with the registry's mode and group."""
         self.get(name, version)
         path = self.lock_file(name, version)
+        self._write_text(path, text)
+        return path
+
+    def write_build_log(self, name: str, version: int, text: str) -> Path:
+        """Store the build log of an allocated version with the registry's mode and group."""
+        self.get(name, version)
+        path = self.log_file(name, version)
         self._write_text(path, text)
         return path
 
