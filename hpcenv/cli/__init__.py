@@ -66,7 +66,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hpcenv.cli import env_cmd, job_cmd, run_cmd, site_cmd
+    from hpcenv.cli import demo_cmd, env_cmd, job_cmd, run_cmd, site_cmd
 
     parser = _Parser(prog="hpcenv", description="Conda environments for Slurm clusters.")
     parser.add_argument("--version", action="version", version=f"hpcenv {__version__}")
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(common, suppress=True)
 
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (site_cmd, env_cmd, run_cmd, job_cmd):
+    for module in (site_cmd, env_cmd, run_cmd, job_cmd, demo_cmd):
         module.register(sub, common)
     return parser
 

@@ -160,11 +160,28 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.jobs.control import job_exit_code
 
     code = job_exit_code(info)
+    stdout, stderr = _output_paths(ctx, result.job_id or "")
+    if stdout is not None:
+        ctx.info(f"hpcenv: job {result.job_id} output: {stdout}"
+                 + (f", errors: {stderr}" if stderr else "")
+                 + f" (or: hpcenv logs {result.job_id})")
     if ctx.json:
         # One JSON document: the submission plus how the job ended.
         ctx.emit({**data, "state": info.state, "exit_code": code, "node": info.node,
-                  "elapsed": info.elapsed})
+                  "elapsed": info.elapsed, "stdout_path": str(stdout) if stdout else None,
+                  "stderr_path": str(stderr) if stderr else None})
     return code
+
+
+def _output_paths(ctx: Context, job_id: str) -> tuple[Path | None, Path | None]:
+    """Where a finished job's output went (None when the scheduler no longer says)."""
+    from hpcenv.errors import HpcenvError
+    from hpcenv.jobs.control import job_status, log_paths
+
+    try:
+        return log_paths(job_status(_scheduler(ctx), ctx.site().state_dir, job_id))
+    except HpcenvError:
+        return None, None
 
 
 def _local(d: dict[str, Any]) -> bool:
