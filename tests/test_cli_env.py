@@ -494,3 +494,19 @@ def test_failed_build_keeps_its_reason_for_show_list_and_gc(cli: Cli) -> None:
     assert "last error: " in cli("env", "list").stdout
     gc = cli("env", "gc").stdout
     assert "retired record  broken version 1 (failed: " in gc and "pip install failed" in gc
+
+
+def test_list_shows_unique_and_shared_bytes_and_counts_versions_in_service(cli: Cli) -> None:
+    v1 = cli.json("env", "build", str(cli.spec(CPU_SPEC)))
+    cli.json("env", "build", str(cli.spec(CUDA_SPEC, "gpu.yml")))
+    (row,) = cli.json("env", "list")
+    assert row["versions"] == 2
+    # The packages are hardlinks into the cache; only pip's files and metadata are the env's.
+    assert row["unique_bytes"] + row["shared_bytes"] == row["size_bytes"]
+    assert row["shared_bytes"] > 10 * row["unique_bytes"] > 0
+    header = cli("env", "list").stdout.splitlines()[0].split()
+    assert header[:6] == ["NAME", "CURRENT", "VERSIONS", "CUDA", "UNIQUE", "SHARED"]
+    # A retired version no longer counts as one of the env's versions.
+    cli("env", "rm", "kern", "--version", str(v1["version"]))
+    (row,) = cli.json("env", "list")
+    assert row["versions"] == 1

@@ -146,9 +146,10 @@ def test_resolve_summaries_history(tmp_path: Path) -> None:
     (tmp_path / "reg" / "not an env" / "1.json").write_text("{}")
     summaries = reg.summaries()
     assert [s.to_dict() for s in summaries] == [{
-        "name": "a", "current": 1, "versions": 2, "cuda": "12.4", "prefix": "/e/a-1",
+        # versions: the ready ones (v2 is retired)
+        "name": "a", "current": 1, "versions": 1, "cuda": "12.4", "prefix": "/e/a-1",
         "created": "2024-05-01T10:00:00+00:00", "creator": "alice@login1", "packages": 0,
-        "size_bytes": 0}]
+        "size_bytes": 0, "unique_bytes": None, "shared_bytes": None}]
     history = reg.history("a")
     assert [(h.version, h.current, h.status, h.lock) for h in history] == [
         (1, True, "ready", "/r/a/1.lock.yml"), (2, False, "retired", "/r/a/2.lock.yml")]

@@ -56,7 +56,8 @@ from hpcenv.engine.base import CHANNEL_ERRORS, LockedPackage
 from hpcenv.engine.lockfile import LockedPip, LockExtras, read_lock, read_lock_extras, write_lock
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.fsutil import atomic_write_json, chgrp, ensure_shared_dir, group_id, user_at_host
-from hpcenv.store.layout import MARKER, builds_dir, cache_lock, is_complete, key_lock, prefix_usage
+from hpcenv.store.layout import (MARKER, builds_dir, cache_lock, is_complete, key_lock,
+                                 prefix_unique_bytes, prefix_usage)
 from hpcenv.store.lifecycle import check_link_is_ours, link_points_to, publish
 from hpcenv.store.locking import LockHolder
 from hpcenv.store.registry import EnvRecord, Registry
@@ -376,10 +377,12 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
             warnings.append(warning)
             report.warn(warning)
         size, count = prefix_usage(prefix)
+        unique = prefix_unique_bytes(prefix)
         _fix_modes(prefix, site)
         _write_marker(prefix, record)
         record = registry.update(replace(record, status="ready", size_bytes=size,
-                                         file_count=count, packages=len(packages)))
+                                         unique_bytes=unique, file_count=count,
+                                         packages=len(packages)))
     except BaseException as exc:
         try:
             error = _one_line_reason(exc)

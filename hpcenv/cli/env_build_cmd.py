@@ -281,15 +281,19 @@ def _list(args: argparse.Namespace, ctx: Context) -> int:
     def human(data: list[dict[str, Any]]) -> str:
         lines = []
         if data:
-            lines.append(f"{'NAME':<24} {'CURRENT':>7} {'VERSIONS':>8} {'CUDA':<6} {'SIZE':>9}  "
-                         "CREATED BY")
+            lines.append(f"{'NAME':<24} {'CURRENT':>7} {'VERSIONS':>8} {'CUDA':<6} {'UNIQUE':>9} "
+                         f"{'SHARED':>9}  CREATED BY")
         elif not unfinished:
             return f"no environments in {registry.root}; build one with 'hpcenv env build FILE'"
         for r in data:
             current = str(r["current"]) if r["current"] is not None else "-"
-            size = _size(r["size_bytes"]) if r["size_bytes"] is not None else "-"
+            # UNIQUE: what only this env holds (removing it frees that); SHARED: hardlinks
+            # into the package cache, paid once however many envs use them.
+            unique = _size(r["unique_bytes"]) if r["unique_bytes"] is not None else "-"
+            shared = _size(r["shared_bytes"]) if r["shared_bytes"] is not None else "-"
             lines.append(f"{r['name']:<24} {current:>7} {r['versions']:>8} {r['cuda'] or '-':<6} "
-                         f"{size:>9}  {r['created'] or '-'} {r['creator'] or ''}".rstrip())
+                         f"{unique:>9} {shared:>9}  {r['created'] or '-'} "
+                         f"{r['creator'] or ''}".rstrip())
         # Names whose builds never finished are no environments: one hint line each.
         for name, records in unfinished.items():
             states = ", ".join(f"v{r.version} {r.status}" for r in records)
@@ -318,7 +322,9 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
             f"  key:       {d['key']}",
             f"  channels:  {', '.join(d['channels']) or '-'}",
             f"  platform:  {d['platform']}",
-            f"  packages:  {d['packages']}, {d['file_count']} files, {_size(d['size_bytes'])}",
+            f"  packages:  {d['packages']}, {d['file_count']} files, {_size(d['size_bytes'])}"
+            + (f" ({_size(d['unique_bytes'])} its own, the rest shared with the package cache)"
+               if d.get("unique_bytes") is not None else ""),
             f"  lockfile:  {d['lock_path']}",
             f"  built by:  {d['creator']} at {d['created']}",
         ]

@@ -64,6 +64,8 @@ class EnvRecord:
     channel_priority: str = "strict"
     engine: str = "rattler"
     size_bytes: int = 0           # apparent size of the prefix's files (hardlinks counted once)
+    # Of those, the bytes no other env or the package cache links (None: an older record).
+    unique_bytes: int | None = None
     file_count: int = 0
     packages: int = 0
     source: str | None = None     # the environment file it was built from
@@ -101,9 +103,17 @@ class EnvSummary:
     creator: str | None
     packages: int | None
     size_bytes: int | None
+    unique_bytes: int | None = None   # of size_bytes, what only this env holds
+
+    @property
+    def shared_bytes(self) -> int | None:
+        """Bytes hardlinked with the package cache (and so with other envs)."""
+        if self.size_bytes is None or self.unique_bytes is None:
+            return None
+        return self.size_bytes - self.unique_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"shared_bytes": self.shared_bytes}
 
 
 @dataclass(frozen=True)
@@ -229,12 +239,15 @@ class Registry:
             current = self.current_version(name)
             record = next((r for r in versions if r.version == current), None)
             out.append(EnvSummary(
-                name=name, current=current, versions=len(versions),
+                # Versions in service (ready), not retired or failed ones.
+                name=name, current=current,
+                versions=sum(1 for r in versions if r.status == "ready"),
                 cuda=record.cuda if record else None, prefix=record.prefix if record else None,
                 created=record.created if record else None,
                 creator=record.creator if record else None,
                 packages=record.packages if record else None,
-                size_bytes=record.size_bytes if record else None))
+                size_bytes=record.size_bytes if record else None,
+                unique_bytes=record.unique_bytes if record else None))
         return out
 
     def unfinished(self) -> dict[str, list[EnvRecord]]:
