@@ -1,4 +1,4 @@
-"""Locate files shipped with hpcenv (Slurm templates, site configs).
+"""Locate files shipped with hpcenv (Slurm templates, site configs, examples).
 
 In a source checkout or editable install they sit at the repository root; a wheel carries a
 copy under ``hpcenv/_data``.
@@ -12,7 +12,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def data_dir(name: str) -> Path:
-    """Return the directory of shipped data ``name`` (``slurm_templates`` or ``site_configs``)."""
+    """Return the directory of shipped data ``name`` (``slurm_templates``, ``site_configs`` or
+    ``examples``)."""
     for candidate in (_PACKAGE_DIR / "_data" / name, _PACKAGE_DIR.parent / name):
         if candidate.is_dir():
             return candidate

@@ -7,6 +7,7 @@ Sections (add new fixtures under a heading of their own):
   scheduler tests (plain names: ``from conftest import ...``)
 - terminal: running a command with stderr on a pseudo-terminal
 - console script: running the venv's ``hpcenv`` with no user or site config leaking in
+- privileges: what a test needs that only root (or a second group) has, skipped with the reason
 
 Service fixtures live in their own plugin modules: ``conftest_slurm`` (the real test Slurm
 cluster) and ``conftest_ssh`` (a key-only sshd on 127.0.0.1).
@@ -14,6 +15,7 @@ cluster) and ``conftest_ssh`` (a key-only sshd on 127.0.0.1).
 
 from __future__ import annotations
 
+import grp
 import os
 import subprocess
 import sys
@@ -174,3 +176,17 @@ def hpcenv(*args: str, env: dict[str, str] | None = None,
     """Run the console script with ``args``; output captured as text."""
     return subprocess.run([str(HPCENV), *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=60)
+
+
+# --- privileges ------------------------------------------------------------------------------
+
+def other_group() -> grp.struct_group:
+    """A group other than this process's that it may give files to (chgrp): any group for
+    root, else one of the user's supplementary groups.  Skips the test when there is none."""
+    if os.geteuid() == 0:
+        candidates = [g for g in grp.getgrall() if g.gr_gid != os.getgid()]
+    else:
+        candidates = [grp.getgrgid(gid) for gid in os.getgroups() if gid != os.getgid()]
+    if not candidates:
+        pytest.skip("needs root or membership in a second group (to test group ownership)")
+    return candidates[0]

@@ -28,7 +28,9 @@ CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
 class SlurmCluster:
     root: Path
     conf: Path          # the slurm.conf to export as SLURM_CONF
-    site: Path          # hpcenv site config for this cluster (tests/cluster/site.yaml)
+    # tests/cluster/site.yaml with envs, registry and job state in the session's temp dir:
+    # the state under the cluster root is the README's to try, and no test run leaks into it.
+    site: Path
     log_dir: Path
 
     @property
@@ -59,8 +61,25 @@ def _running(root: Path) -> bool:
         return False
 
 
+NEEDS_ROOT = ("needs root: tests/cluster/up installs Slurm and runs slurmctld, slurmd and munge "
+              "as root")
+
+
+def private_site(dest: Path) -> Path:
+    """``tests/cluster/site.yaml`` with its envs, package cache, registry and state under
+    ``dest`` instead of the cluster root."""
+    text = (CLUSTER_DIR / "site.yaml").read_text()
+    shared = "${HPCENV_SLURM_ROOT:-/tmp/hpcenv-slurm}/site"
+    assert text.count(shared) == 4, f"{CLUSTER_DIR / 'site.yaml'} changed its dirs"
+    path = dest / "cluster-site.yaml"
+    path.write_text(text.replace(shared, str(dest)))
+    return path
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[SlurmCluster]:
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    if os.geteuid() != 0:
+        pytest.skip(NEEDS_ROOT)
     root = Path(os.environ.get("HPCENV_SLURM_ROOT") or "/tmp/hpcenv-slurm")
     was_running = _running(root)
     proc = subprocess.run([str(CLUSTER_DIR / "up")], capture_output=True, text=True, timeout=600)
@@ -72,7 +91,8 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     conf = Path(exports["SLURM_CONF"])
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLURM_CONF", str(conf))
-        yield SlurmCluster(root=root, conf=conf, site=CLUSTER_DIR / "site.yaml",
+        yield SlurmCluster(root=root, conf=conf,
+                           site=private_site(tmp_path_factory.mktemp("cluster-site")),
                            log_dir=root / "log")
     if not was_running and os.environ.get("HPCENV_SLURM_KEEP") != "1":
         subprocess.run([str(CLUSTER_DIR / "down")], capture_output=True, timeout=120)

@@ -108,6 +108,9 @@ def _parse_env(text: str) -> dict[str, str]:
 
 
 def start_sshd(root: Path, setenv: Mapping[str, str] | None = None) -> SshServer:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: tests/ssh/up runs sshd, which needs /run/sshd and may install "
+                    "openssh-server")
     args = [str(SSH_DIR / "up"), "--root", str(root)]
     for key, value in (setenv or {}).items():
         args += ["--setenv", f"{key}={value}"]

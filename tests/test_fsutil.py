@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import pwd
@@ -14,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import other_group
+
 from hpcenv import fsutil
 from hpcenv.errors import HpcenvError
-
-
-def _other_group() -> grp.struct_group:
-    return next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
 
 
 def test_atomic_write_text_sets_mode_despite_umask(tmp_path: Path) -> None:
@@ -53,7 +50,7 @@ def test_atomic_write_replaces_and_keeps_old_file_on_failure(tmp_path: Path) -> 
 
 
 def test_atomic_write_text_gives_group(tmp_path: Path) -> None:
-    group = _other_group()
+    group = other_group()
     target = tmp_path / "g.txt"
     fsutil.atomic_write_text(target, "x", mode=0o664, group=group.gr_name)
     assert target.stat().st_gid == group.gr_gid
@@ -70,7 +67,7 @@ def test_atomic_write_into_missing_dir_fails_cleanly(tmp_path: Path) -> None:
 
 
 def test_ensure_shared_dir_applies_mode_and_group_to_every_created_dir(tmp_path: Path) -> None:
-    group = _other_group()
+    group = other_group()
     (tmp_path / "existing").mkdir(mode=0o700)
     target = tmp_path / "existing" / "a" / "b" / "c"
     old = os.umask(0o077)

@@ -60,6 +60,8 @@ def test_wheel_carries_templates_and_site_configs(wheel: Path) -> None:
     assert {f"hpcenv/_data/slurm_templates/{n}" for n in TEMPLATES} <= names
     assert {f"hpcenv/_data/site_configs/{n}" for n in SITE_CONFIGS} <= names
     assert local == (ROOT / "site_configs" / "local.yaml").read_bytes()
+    # `hpcenv demo DIR` copies the example spec and train.py from the wheel.
+    assert {"hpcenv/_data/examples/llm-finetune.yml", "hpcenv/_data/examples/train.py"} <= names
     assert "hpcenv/cli/__init__.py" in names and "hpcenv/resources.py" in names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 

@@ -33,14 +33,21 @@ class Check:
     detail: str
 
 
+# Seconds a remote channel gets to answer `site check`: long enough for a slow proxy, short
+# enough that an offline login node hears about it at once rather than at the first build.
+PROBE_TIMEOUT = 5.0
+
+
 def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None,
-               umask: int | None = None) -> list[Check]:
+               umask: int | None = None, probe_timeout: float = PROBE_TIMEOUT) -> list[Check]:
     """Probe the machine against the config: dirs, filesystems, channels, executables, group.
 
     Nothing is left behind: the only writes are the lock probe's temporary files
     (``hpcenv.store.locking.probe_lock_support``), one per envs dir.  With ``scheduler: slurm`` the
     partitions are compared with what Slurm reports (``live``, else queried with sinfo).
-    ``umask`` is the one lab users build under (default: this process's).
+    ``umask`` is the one lab users build under (default: this process's).  Remote channels
+    are asked for ``noarch/repodata.json`` (a HEAD request, ``probe_timeout`` seconds each, in
+    parallel).
     """
     checks: list[Check] = []
     for i, path in enumerate(site.envs_dirs):
@@ -50,7 +57,7 @@ def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None
     checks.append(_dir_check("registry", site.registry, must_write=True))
     checks.append(_dir_check("state_dir", site.state_dir, must_write=True))
     checks.append(_same_fs_check(site.envs_dirs[0], site.pkgs_dirs[0]))
-    checks.extend(_channel_checks(site))
+    checks.extend(_channel_checks(site, probe_timeout))
     checks.extend(_partition_checks(site))
     checks.append(_conda_check(site))
     if site.scheduler == "slurm":
@@ -126,7 +133,7 @@ def _file_url_path(url: str) -> Path:
     return Path(unquote(urlparse(url).path))
 
 
-def _channel_checks(site: SiteConfig) -> list[Check]:
+def _channel_checks(site: SiteConfig, probe_timeout: float) -> list[Check]:
     checks = []
     remote = []
     urls = list(effective_channels(site)) + [u for n, u in site.mirrors.items()
@@ -145,8 +152,51 @@ def _channel_checks(site: SiteConfig) -> list[Check]:
             subdirs = sorted(p.parent.name for p in path.glob("*/repodata.json"))
             checks.append(Check(f"channel {url}", "pass", f"local channel ({', '.join(subdirs)})"))
     if remote:
-        checks.append(Check("channels", "pass", f"{', '.join(remote)}: remote, not probed"))
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, len(remote))) as pool:
+            checks.extend(pool.map(lambda url: probe_channel(url, probe_timeout), remote))
     return checks
+
+
+def _channel_base_url(channel: str) -> str:
+    """The URL a channel name (``conda-forge``) stands for, as the rattler engine resolves it."""
+    if "://" in channel:
+        return channel
+    from rattler import Channel
+
+    return str(Channel(channel).base_url)
+
+
+def probe_channel(url: str, timeout: float = PROBE_TIMEOUT) -> Check:
+    """Whether the remote channel ``url`` answers for ``noarch/repodata.json`` (every conda
+    channel has one) within ``timeout`` seconds, and if not, what went wrong."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    name = f"channel {url}"
+    target = f"{_channel_base_url(url).rstrip('/')}/noarch/repodata.json"
+    started = time.monotonic()
+    try:
+        request = urllib.request.Request(target, method="HEAD",
+                                         headers={"User-Agent": "hpcenv-site-check"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        hint = ("not a conda channel, or a misspelt name" if exc.code == 404 else
+                "credentials needed (a token in the URL, or a proxy)" if exc.code in (401, 403)
+                else "the server failed")
+        return Check(name, "fail", f"HTTP {exc.code} for noarch/repodata.json: {hint}")
+    except (urllib.error.URLError, socket.timeout, TimeoutError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (socket.timeout, TimeoutError)) or "timed out" in str(reason):
+            reason = f"no answer within {timeout:g} s"
+        return Check(name, "fail", f"unreachable ({reason}): builds from it will fail here; "
+                     "use a reachable mirror (site 'mirrors:') or a local channel")
+    seconds = time.monotonic() - started
+    return Check(name, "pass", f"remote, reachable (HTTP {status} in {seconds:.1f} s)")
 
 
 def _partition_checks(site: SiteConfig) -> list[Check]:

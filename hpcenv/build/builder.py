@@ -47,12 +47,23 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote, urlparse
 
-from hpcenv.build.export import is_explicit_list, lock_from_explicit
+from hpcenv.build.export import (
+    explicit_list_omissions,
+    is_explicit_list,
+    lock_from_explicit,
+)
 from hpcenv.build.plan import BuildPlan, cuda_of_packages, plan_build
 from hpcenv.engine import get_engine
 from hpcenv.engine.base import CHANNEL_ERRORS, LockedPackage
-from hpcenv.engine.lockfile import read_lock, write_lock
+from hpcenv.engine.lockfile import (
+    LockedPip,
+    LockExtras,
+    read_lock,
+    read_lock_extras,
+    write_lock,
+)
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.fsutil import (
     atomic_write_json,
@@ -71,6 +82,7 @@ from hpcenv.store.layout import (
     cache_lock,
     is_complete,
     key_lock,
+    prefix_unique_bytes,
     prefix_usage,
 )
 from hpcenv.store.lifecycle import check_link_is_ours, link_points_to, publish
@@ -101,21 +113,30 @@ Progress = Callable[[BuildEvent], None]
 
 @dataclass(frozen=True)
 class _Reporter:
-    """``on_progress`` with one method per event kind."""
+    """``on_progress`` with one method per event kind; every event, and tool output given to
+    :meth:`log`, is kept for the build log."""
 
     callback: Progress | None
+    lines: list[str] = field(default_factory=list)
 
     def step(self, text: str) -> None:
-        if self.callback is not None:
-            self.callback(BuildEvent("step", text))
+        self._event("step", text)
 
     def wait(self, text: str) -> None:
-        if self.callback is not None:
-            self.callback(BuildEvent("wait", text))
+        self._event("wait", text)
 
     def warn(self, text: str) -> None:
+        self._event("warning", text)
+
+    def log(self, text: str) -> None:
+        """Only into the build log (e.g. a tool's full output)."""
+        self.lines.append(text.rstrip("\n"))
+
+    def _event(self, kind: Literal["step", "wait", "warning"], text: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+        self.lines.append(f"{stamp} {'warning: ' if kind == 'warning' else ''}{text}")
         if self.callback is not None:
-            self.callback(BuildEvent("warning", text))
+            self.callback(BuildEvent(kind, text))
 
 
 @dataclass(frozen=True)
@@ -158,7 +179,7 @@ class BuildResult:
 def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
               cuda_override: CudaTarget | None = None, from_lock: Path | None = None,
               engine: Engine | None = None, on_progress: Progress | None = None,
-              make_current: bool = True) -> BuildResult:
+              make_current: bool = True, publish_build: bool = True) -> BuildResult:
     """Build ``spec`` (or recreate ``from_lock``) once, publish it, and return its record.
 
     ``from_lock``: a lockfile (hpcenv's, conda-lock/pixi) or an ``@EXPLICIT`` list, which is
@@ -171,12 +192,16 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     ready build still becomes current then, as there is nothing to move.  Someone who may not
     change the env (:mod:`hpcenv.store.ownership`) gets the build without it becoming current,
     and a warning that says why.
+    ``publish_build``: False builds (or finds) the version and leaves ``current`` and the
+    ``envs_dir/NAME`` link alone, even for a name's first build (``env build --no-publish``:
+    an experiment; ``hpcenv env rollback NAME --to V`` publishes it later).
     ``on_progress`` receives :class:`BuildEvent` objects.
     """
     started = time.monotonic()
     report = _Reporter(on_progress)
     if from_lock is not None:
-        from_lock = _lockfile_for(Path(from_lock), site, cuda_override, engine, report, name)
+        from_lock = _lockfile_for(Path(from_lock), spec, site, cuda_override, engine, report,
+                                  name)
     plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
     registry = Registry.for_site(site)
     check_link_is_ours(site, plan.name)
@@ -192,6 +217,9 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
             return None
         previous = registry.current_version(plan.name)
         moved = False
+        if not publish_build:
+            return BuildResult(record, "reused", waited, time.monotonic() - started,
+                               previous_current=previous)
         # The link check heals a builder killed between the two publish steps.
         if (make_current or previous is None) and (
                 previous != record.version or not link_points_to(site, plan.name, record.prefix)):
@@ -226,10 +254,69 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
             report.step(note)
         engine = engine or _engine_for(site)
         record, warnings = _build_locked(spec, site, plan, registry, engine, from_lock, report)
+        if not publish_build:
+            return BuildResult(record, "built", waited, time.monotonic() - started,
+                               tuple(warnings),
+                               previous_current=registry.current_version(plan.name))
         previous = publish(site, registry, record, only_if_none=not make_current)
     return BuildResult(record, "built", waited, time.monotonic() - started, tuple(warnings),
                        made_current=make_current or previous is None,
                        previous_current=previous)
+
+
+@dataclass(frozen=True)
+class BuildPreview:
+    """What :func:`build_env` would do, without doing it (``env build --dry-run``): the solved
+    packages, the pip entries and variables, and whether a ready build of the key exists."""
+
+    name: str
+    key: str
+    cuda: CudaTarget
+    notes: tuple[str, ...]
+    channels: tuple[str, ...]
+    packages: tuple[LockedPackage, ...]
+    pip: tuple[str, ...]
+    variables: dict[str, str]
+    existing: int | None            # the ready version with this key, which a build reuses
+    current: int | None             # the name's current version now
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "key": self.key, "cuda": CUDA_JSON.encode(self.cuda),
+                "notes": list(self.notes),
+                "channels": list(self.channels),
+                "packages": [{"name": p.name, "version": p.version, "build": p.build,
+                              "channel": p.channel, "url": p.url} for p in self.packages],
+                "pip": list(self.pip), "variables": self.variables,
+                "existing_version": self.existing, "current_version": self.current}
+
+
+def preview_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None,
+                  cuda_override: CudaTarget | None = None, from_lock: Path | None = None,
+                  engine: Engine | None = None,
+                  on_progress: Progress | None = None) -> BuildPreview:
+    """Plan and solve (or read the lock) as :func:`build_env` would, and stop there: nothing
+    is installed, no version allocated, nothing published."""
+    report = _Reporter(on_progress)
+    if from_lock is not None:
+        from_lock = _lockfile_for(Path(from_lock), spec, site, cuda_override, engine, report,
+                                  name)
+    plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
+    registry = Registry.for_site(site)
+    found = registry.find_ready(plan.key, plan.name)
+    packages, channels, cuda, _, extras = _packages_for(
+        spec, plan, engine or _engine_for(site), from_lock, report)
+    if extras.recorded or spec is None:
+        pip = tuple(f"{p.name}=={p.version}" for p in extras.pip)
+        variables = dict(extras.variables)
+    else:
+        pip, variables = spec.pip, dict(spec.variables)
+    return BuildPreview(name=plan.name, key=plan.key, cuda=cuda, notes=plan.notes,
+                        channels=tuple(channels),
+                        packages=tuple(sorted(packages, key=lambda p: p.name)), pip=tuple(pip),
+                        variables=variables,
+                        existing=found.version if found is not None and is_complete(found.prefix)
+                        else None,
+                        current=registry.current_version(plan.name))
 
 
 def _engine_for(site: SiteConfig) -> Engine:
@@ -237,10 +324,12 @@ def _engine_for(site: SiteConfig) -> Engine:
                       repodata_cache=Path(site.state_dir) / "rattler-cache")
 
 
-def _lockfile_for(path: Path, site: SiteConfig, cuda_override: CudaTarget | None,
-                  engine: Engine | None, report: _Reporter, name: str | None) -> Path:
+def _lockfile_for(path: Path, spec: EnvSpec | None, site: SiteConfig,
+                  cuda_override: CudaTarget | None, engine: Engine | None, report: _Reporter,
+                  name: str | None) -> Path:
     """``path`` itself when it is a lockfile; the lockfile made from it when it is an
-    ``@EXPLICIT`` list (cached by content under the site's ``state_dir``)."""
+    ``@EXPLICIT`` list (cached by content under the site's ``state_dir``).  A list that says
+    it left out pip packages or variables is refused unless the spec brings them."""
 
     if not path.is_file():
         raise InvalidInput(f"--from-lock {path}: no such file; give a lockfile or an @EXPLICIT "
@@ -248,6 +337,13 @@ def _lockfile_for(path: Path, site: SiteConfig, cuda_override: CudaTarget | None
                            "'--explicit')")
     if not is_explicit_list(path):
         return path
+    omitted = explicit_list_omissions(path)
+    if omitted and (spec is None or (any(n.startswith("pip ") for n in omitted) and not spec.pip)
+                    or (any(n.startswith("variable ") for n in omitted) and not spec.variables)):
+        raise InvalidInput(f"--from-lock {path}: the env it was exported from also had "
+                           f"{', '.join(omitted)}, which an @EXPLICIT list cannot reproduce; "
+                           f"export it with 'hpcenv env export {name or 'NAME'} --lock', or "
+                           "build with 'hpcenv env build environment.yml --from-lock LIST'")
     report.step(f"reading @EXPLICIT list {path}")
     return lock_from_explicit(path, site, cuda_override=cuda_override, engine=engine)
 
@@ -257,7 +353,8 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
                   report: _Reporter) -> tuple[EnvRecord, list[str]]:
     # Solve (or read the lock) before allocating a version: a spec that cannot be built leaves
     # nothing behind, not even a failed record.
-    packages, channels, cuda, pinned = _packages_for(spec, plan, engine, from_lock, report)
+    packages, channels, cuda, pinned, extras = _packages_for(spec, plan, engine, from_lock,
+                                                             report)
     creator = user_at_host()
     builds = builds_dir(site)
     ensure_shared_dir(builds, mode=site.permissions.dir_mode, group=site.permissions.group)
@@ -282,10 +379,7 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
     warnings: list[str] = []
     try:
         # The engine writes where it likes; the registry stores it with the lab's mode/group.
-        with tempfile.TemporaryDirectory(prefix="hpcenv-lock-") as scratch:
-            written = Path(scratch) / "lock.yml"
-            write_lock(written, plan.name, packages, channels, plan.platform)
-            registry.write_lockfile(record.name, record.version, written.read_text())
+        _store_lock(registry, record, packages, channels, plan.platform)
         report.step(f"installing {len(packages)} packages into {prefix}")
         pkgs_dir = Path(site.pkgs_dirs[0])
         ensure_shared_dir(pkgs_dir, mode=site.permissions.dir_mode, group=site.permissions.group)
@@ -293,28 +387,71 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
                 "waiting for 'hpcenv env gc' to finish with the package cache")).hold(
                 exclusive=False):
             engine.install(prefix, packages, pkgs_dir=pkgs_dir)
-        if spec is not None and spec.variables:
-            _write_state(prefix, dict(spec.variables))
-        if spec is not None and spec.pip:
-            report.step(f"pip: installing {len(spec.pip)} entries with the env's python")
-            _pip_install(prefix, spec, site)
+        # A lock that records the whole env is followed as it is; otherwise the spec's pip:
+        # section and variables are applied on top of the (conda-only) packages.
+        if extras.recorded or spec is None:
+            variables, pip_lines = dict(extras.variables), ()
+        else:
+            variables, pip_lines = dict(spec.variables), spec.pip
+        if variables:
+            _write_state(prefix, variables)
+        installed_pip: list[LockedPip] = []
+        if extras.pip:
+            report.step(f"pip: installing {len(extras.pip)} locked distributions")
+            installed_pip = _pip_install_locked(prefix, extras.pip, site, from_lock,
+                                                 log=report.log)
+        if pip_lines:
+            assert spec is not None
+            report.step(f"pip: installing {len(pip_lines)} entries with the env's python")
+            installed_pip += _pip_install(prefix, spec, site, log=report.log)
+        _store_lock(registry, record, packages, channels, plan.platform, pip=installed_pip,
+                    variables=variables)
         _verify(prefix, packages)
         warning = _same_fs_warning(prefix, pkgs_dir)
         if warning:
             warnings.append(warning)
             report.warn(warning)
         size, count = prefix_usage(prefix)
+        unique = prefix_unique_bytes(prefix)
         _fix_modes(prefix, site)
         _write_marker(prefix, record)
         record = registry.update(replace(record, status="ready", size_bytes=size,
-                                         file_count=count, packages=len(packages)))
-    except BaseException:
+                                         unique_bytes=unique, file_count=count,
+                                         packages=len(packages)))
+    except BaseException as exc:
         try:
-            registry.set_status(record.name, record.version, "failed")
+            error = _one_line_reason(exc)
+            report.log(f"error: {error}")
+            if not isinstance(exc, (HpcenvError, KeyboardInterrupt)):
+                import traceback
+
+                report.log("".join(traceback.format_exception(exc)))
+            log = _store_build_log(registry, record, report)
+            registry.set_status(record.name, record.version, "failed", error=error,
+                                log_path=str(log) if log else None)
         finally:
             force_rmtree(prefix)
         raise
+    log = _store_build_log(registry, record, report)
+    if log is not None:
+        record = registry.update(replace(record, log_path=str(log)))
     return record, warnings
+
+
+def _one_line_reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, HpcenvError) else f"{type(exc).__name__}: {text}"
+
+
+def _store_build_log(registry: Registry, record: EnvRecord, report: _Reporter) -> Path | None:
+    """The build log into the registry; None when even that fails (the error still stands)."""
+    try:
+        return registry.write_build_log(record.name, record.version,
+                                        "".join(f"{line}\n" for line in report.lines))
+    except (OSError, HpcenvError):
+        return None
 
 
 def _culprit_line(spec: EnvSpec, message: str) -> str:
@@ -327,15 +464,33 @@ def _culprit_line(spec: EnvSpec, message: str) -> str:
     return ""
 
 
+def _store_lock(registry: Registry, record: EnvRecord, packages: Sequence[LockedPackage],
+                channels: Sequence[str], platform: str, *, pip: Sequence[LockedPip] = (),
+                variables: dict[str, str] | None = None) -> None:
+    """Write the build's lockfile into the registry: first the conda packages (before the
+    install, so a failed build still shows what it tried), then again with pip packages and
+    variables (``variables`` given), once they are installed: the lock of a ready build
+    holds the whole env."""
+    # The engine writes where it likes; the registry stores it with the lab's mode/group.
+    with tempfile.TemporaryDirectory(prefix="hpcenv-lock-") as scratch:
+        written = Path(scratch) / "lock.yml"
+        write_lock(written, record.name, packages, channels, platform, pip=pip,
+                   variables=variables)
+        registry.write_lockfile(record.name, record.version, written.read_text())
+
+
 def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lock: Path | None,
                   report: _Reporter) -> tuple[list[LockedPackage], tuple[str, ...], CudaTarget,
-                                          EnvSpec | None]:
-    """The exact packages of a build, its channels, the CUDA to record and, for a
-    ``--from-lock`` build without a spec, the pinned spec that stands for it."""
+                                          EnvSpec | None, LockExtras]:
+    """The exact packages of a build, its channels, the CUDA to record, for a ``--from-lock``
+    build without a spec the pinned spec that stands for it, and the lock's pip packages and
+    variables."""
     pinned = None
+    extras = LockExtras()
     if from_lock is not None:
         report.step(f"reading {from_lock}")
         packages = read_lock(Path(from_lock), platform=plan.platform)
+        extras = _lock_extras(Path(from_lock), plan, spec, report)
         channels = tuple(sorted({p.channel.rstrip("/") for p in packages if p.channel}))
         locked_cuda = cuda_of_packages(packages)
         if locked_cuda:
@@ -346,8 +501,9 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
         cuda = locked_cuda or plan.cuda
         if spec is None:
             pinned = EnvSpec(name=plan.name, channels=channels,
-                             conda=tuple(p.spec for p in packages), pip=(), variables=(),
-                             source=None)
+                             conda=tuple(p.spec for p in packages),
+                             pip=tuple(f"{p.name}=={p.version}" for p in extras.pip),
+                             variables=tuple(sorted(extras.variables.items())), source=None)
     else:
         assert spec is not None  # plan_build refuses a build with neither
         channels, cuda = plan.channels, plan.cuda
@@ -367,12 +523,34 @@ def _packages_for(spec: EnvSpec | None, plan: BuildPlan, engine: Engine, from_lo
                             f": {exc} (channels searched: "
                             f"{', '.join(channels)}{cuda_note}); fix the spec or the channels"
                             ) from None
-    if spec is not None and spec.pip and not any(p.name == "python" for p in packages):
+    if spec is not None and spec.pip and not extras.recorded \
+            and not any(p.name == "python" for p in packages):
         line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
         raise InvalidInput(f"{spec.source or '<environment.yml>'}{line}: a pip: section needs "
                            "python in the environment; add 'python' (and 'pip') to "
                            "dependencies")
-    return packages, channels, cuda, pinned
+    if extras.pip and not any(p.name == "python" for p in packages):
+        raise InvalidInput(f"{from_lock}: the lock has pip packages but no python package; "
+                           "it cannot be installed as it is")
+    return packages, channels, cuda, pinned, extras
+
+
+def _lock_extras(lock: Path, plan: BuildPlan, spec: EnvSpec | None,
+                 report: _Reporter) -> LockExtras:
+    """The lock's pip packages and variables; refuses a lock that cannot reproduce its pip
+    packages, and says so when a lock may have left pip packages or variables out."""
+    extras = read_lock_extras(lock, platform=plan.platform)
+    unverifiable = [p.name for p in extras.pip if not p.sha256]
+    if unverifiable:
+        raise InvalidInput(f"{lock}: pip package(s) {', '.join(unverifiable)} have no sha256 "
+                           "(installed from a directory or a VCS checkout), so the lock cannot "
+                           "reproduce them; build from the environment file instead")
+    if not extras.recorded and spec is None:
+        report.warn(f"{lock} does not say whether the env had pip packages or variables (not "
+                    "written by this hpcenv): only its conda packages are installed; if the "
+                    "env had a pip: section or variables, build with "
+                    "'hpcenv env build environment.yml --from-lock LOCK'")
+    return extras
 
 
 def _write_state(prefix: Path, env_vars: dict[str, str]) -> None:
@@ -382,7 +560,8 @@ def _write_state(prefix: Path, env_vars: dict[str, str]) -> None:
     env_state_vars(prefix)  # read back as activation will: a name no shell accepts fails here
 
 
-def _pip_install(prefix: Path, spec: EnvSpec, site: SiteConfig) -> None:
+def _pip_command(prefix: Path, site: SiteConfig) -> list[str]:
+    """``python -m pip install`` of the env, with the site's index settings."""
     python = prefix / "bin" / "python"
     cmd = [str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
            "--no-warn-script-location"]
@@ -394,25 +573,88 @@ def _pip_install(prefix: Path, spec: EnvSpec, site: SiteConfig) -> None:
         cmd += ["--index-url", site.pip.index_url]
     for url in site.pip.extra_index_urls:
         cmd += ["--extra-index-url", url]
+    return cmd
+
+
+def _pip_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_REQUIRE_VIRTUALENV", "PYTHONPATH",
                                                             "PYTHONHOME")}
     env["PYTHONNOUSERSITE"] = "1"
-    # conda runs pip on a requirements file next to the env file, so relative -r/-e paths work.
-    cwd = spec.source.parent if spec.source is not None else None
+    return env
+
+
+def _run_pip(cmd: list[str], lines: Sequence[str], cwd: Path | None, where: str,
+             log: Callable[[str], None] | None = None) -> list[LockedPip]:
+    """Run ``cmd -r REQUIREMENTS`` (``lines``) and return what pip installed, from its
+    ``--report`` (pip >= 22.2; an older pip installs the same, and its distributions are
+    recorded without a hash, which a later ``--from-lock`` build refuses)."""
     with tempfile.TemporaryDirectory(prefix="hpcenv-pip-") as scratch:
         requirements = Path(scratch) / "requirements.txt"
-        requirements.write_text("".join(f"{line}\n" for line in spec.pip))
-        proc = subprocess.run([*cmd, "-r", str(requirements)], cwd=cwd, env=env,
-                              capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        output = (proc.stderr + proc.stdout).strip().splitlines()
-        errors = [line.strip() for line in output if line.startswith("ERROR")]
-        reason = (errors or output or ["no output"])[0]
-        if "No module named pip" in proc.stderr:
-            reason += "; add 'pip' to the conda dependencies"
-        line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
-        raise HpcenvError(f"{spec.source or '<environment.yml>'}{line}: pip install failed: "
-                          f"{reason}")
+        requirements.write_text("".join(f"{line}\n" for line in lines))
+        report = Path(scratch) / "report.json"
+        argv = [*cmd, "--report", str(report), "-r", str(requirements)]
+        proc = subprocess.run(argv, cwd=cwd, env=_pip_env(), capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0 and "no such option: --report" in proc.stderr:
+            argv.remove("--report")
+            argv.remove(str(report))
+            proc = subprocess.run(argv, cwd=cwd, env=_pip_env(), capture_output=True, text=True,
+                                  check=False)
+        if log is not None:
+            log(f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+        if proc.returncode != 0:
+            output = (proc.stderr + proc.stdout).strip().splitlines()
+            errors = [line.strip() for line in output if line.startswith("ERROR")]
+            reason = (errors or output or ["no output"])[0]
+            if "No module named pip" in proc.stderr:
+                reason += "; add 'pip' to the conda dependencies"
+            raise HpcenvError(f"{where}: pip install failed: {reason}")
+        return _installed_from_report(report)
+
+
+def _installed_from_report(report: Path) -> list[LockedPip]:
+    try:
+        items = json.loads(report.read_text()).get("install") or []
+    except (OSError, ValueError):
+        return []
+    installed = []
+    for item in items:
+        info = item.get("download_info") or {}
+        hashes = (info.get("archive_info") or {}).get("hashes") or {}
+        metadata = item.get("metadata") or {}
+        installed.append(LockedPip(name=str(metadata.get("name", "")),
+                                   version=str(metadata.get("version", "")),
+                                   url=str(info.get("url", "")), sha256=hashes.get("sha256")))
+    return installed
+
+
+def _pip_install(prefix: Path, spec: EnvSpec, site: SiteConfig,
+                 log: Callable[[str], None] | None = None) -> list[LockedPip]:
+    """Run the spec's ``pip:`` section; return what pip installed."""
+    # conda runs pip on a requirements file next to the env file, so relative -r/-e paths work.
+    cwd = spec.source.parent if spec.source is not None else None
+    line = f":{spec.pip_lines[0]}" if spec.pip_lines else ""
+    return _run_pip(_pip_command(prefix, site), spec.pip, cwd,
+                    f"{spec.source or '<environment.yml>'}{line}", log)
+
+
+def _pip_install_locked(prefix: Path, locked: Sequence[LockedPip], site: SiteConfig,
+                        lock: Path | None,
+                        log: Callable[[str], None] | None = None) -> list[LockedPip]:
+    """Install exactly the locked distributions, each checked against its sha256.
+
+    From the recorded URL, or, when that was a local file that is gone (the lock came from
+    another site), ``NAME==VERSION`` through the site's pip index settings: the hash still
+    decides whether it is the same archive."""
+    lines = []
+    for dist in locked:
+        parsed = urlparse(dist.url)
+        gone = parsed.scheme == "file" and not Path(unquote(parsed.path)).is_file()
+        source = f"{dist.name}=={dist.version}" if gone or not dist.url else \
+            f"{dist.name} @ {dist.url}"
+        lines.append(f"{source} --hash=sha256:{dist.sha256}")
+    cmd = [*_pip_command(prefix, site), "--no-deps", "--require-hashes"]
+    return _run_pip(cmd, lines, None, str(lock or "the lockfile"), log)
 
 
 def _verify(prefix: Path, packages: Sequence[LockedPackage]) -> None:

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from hpcenv.engine import get_engine
 from hpcenv.engine.base import ARCHIVE_SUFFIXES, current_platform
-from hpcenv.engine.lockfile import write_lock
+from hpcenv.engine.lockfile import read_lock_extras, write_lock
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 from hpcenv.store.activation import env_state_vars
@@ -164,8 +164,25 @@ def export_explicit(prefix: Path, *, name: str | None = None) -> str:
         checksum = package.sha256 or package.md5
         lines.append(f"{package.url}#{checksum}" if checksum else package.url)
     for dist in pip_installed(prefix, packages):
-        lines.append(f"# pip: {dist.name}=={dist.version} (not installable from an explicit list)")
+        lines.append(f"{PIP_NOTE}{dist.name}=={dist.version} (not installable from an explicit list)")
+    for variable in env_state_vars(prefix):
+        lines.append(f"{VARIABLE_NOTE}{variable} (not settable from an explicit list)")
     return "\n".join(lines) + "\n"
+
+
+# Comment lines of an exported @EXPLICIT list naming what the list cannot carry.
+PIP_NOTE = "# pip: "
+VARIABLE_NOTE = "# variable: "
+
+
+def explicit_list_omissions(path: Path) -> list[str]:
+    """What an exported ``@EXPLICIT`` list says it left out: ``pip NAME==V``/``variable NAME``."""
+    notes = []
+    for raw in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        for prefix, kind in ((PIP_NOTE, "pip"), (VARIABLE_NOTE, "variable")):
+            if raw.startswith(prefix):
+                notes.append(f"{kind} {raw.removeprefix(prefix).split(' (', 1)[0]}")
+    return notes
 
 
 def export_lock(lock_path: Path) -> str:
@@ -195,12 +212,16 @@ def export_record(record: EnvRecord, form: ExportFormat = "environment.yml", *,
                                   no_builds=no_builds)
 
 
-def lock_omissions(record: EnvRecord) -> str | None:
+def lock_omissions(record: EnvRecord, form: ExportFormat = "lock") -> str | None:
     """What a lockfile or ``@EXPLICIT`` list of ``record`` leaves out (pip packages, variables)
-    and how to rebuild it all; None when it holds everything."""
+    and how to rebuild it all; None when it holds everything (a lock written by this hpcenv
+    holds the whole env)."""
 
     prefix = Path(record.prefix)
     if not (prefix / "conda-meta").is_dir():
+        return None
+    if form == "lock" and Path(record.lock_path).is_file() \
+            and read_lock_extras(Path(record.lock_path)).recorded:
         return None
     extras = []
     if dists := pip_installed(prefix):
@@ -209,7 +230,8 @@ def lock_omissions(record: EnvRecord) -> str | None:
         extras.append("variables")
     if not extras:
         return None
-    return (f"{record.name} also has {' and '.join(extras)}, which a lockfile does not hold; "
+    what = "an @EXPLICIT list" if form == "explicit" else "this (older) lockfile"
+    return (f"{record.name} also has {' and '.join(extras)}, which {what} does not hold; "
             f"rebuild with 'hpcenv env build {record.source or 'FILE'} --from-lock LOCK', or "
             "export environment.yml instead")
 

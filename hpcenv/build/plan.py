@@ -81,6 +81,8 @@ def resolve_cuda(spec: EnvSpec | None, cuda_override: CudaTarget | None
     """The ``__cuda`` of the solve (a version, or none), notes explaining the choice, and whether
     the env needs a GPU (``--cuda``: yes, ``--no-cuda``: no, else :func:`infer_cuda`'s
     ``gpu_required``, which is also True for GPU specs naming no CUDA, e.g. ROCm)."""
+    if cuda_override == NO_CUDA and spec is not None:
+        _refuse_no_cuda_for_a_cuda_pin(spec)
     if cuda_override is not None:
         if cuda_override.kind == "detect":
             raise ValueError("a build's __cuda is explicit: a version or none, never detected")
@@ -104,6 +106,20 @@ def resolve_cuda(spec: EnvSpec | None, cuda_override: CudaTarget | None
         return NO_CUDA, (f"the spec needs a GPU{evidence} but names no CUDA version: building "
                          "without __cuda; pass --cuda X.Y for CUDA builds",), True
     return NO_CUDA, (), req.gpu_required
+
+
+def _refuse_no_cuda_for_a_cuda_pin(spec: EnvSpec) -> None:
+    """``--no-cuda`` on a spec that pins its CUDA (``cuda-version=12.4``) would install the pin
+    with CPU builds around it: a contradiction worth an error rather than a surprise."""
+    req = infer_cuda(spec)
+    if not req.cuda or req.ambiguous or not req.evidence:
+        return
+    pin = req.evidence[0].lstrip("- ").strip()
+    line = next((f":{spec.conda_lines[i]}" for i, entry in enumerate(spec.conda)
+                 if entry.strip() == pin and i < len(spec.conda_lines)), "")
+    raise InvalidInput(f"--no-cuda: {spec.source or '<environment.yml>'}{line} pins CUDA "
+                       f"{req.cuda} ('{pin}'), which a build without __cuda contradicts; drop "
+                       "--no-cuda, or remove that line for a CPU build")
 
 
 def build_key(*, name: str, content: dict[str, object], platform: str, channels: Sequence[str],

@@ -23,7 +23,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors that say where to look for help."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"hpcenv: error: {message} (see '{self.prog} --help')\n")
+        line = f"{message} (see '{self.prog} --help')"
+        print(f"hpcenv: error: {line}", file=sys.stderr)
+        raise UsageError(line)
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:
@@ -34,6 +36,14 @@ class _Parser(argparse.ArgumentParser):
         if extra:
             _chosen_parser(self, parsed).error(_unknown_message(self, parsed, words, extra))
         return parsed
+
+
+class UsageError(SystemExit):
+    """A command line argparse refused (exit 2); ``message`` is the line printed for it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -57,7 +67,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hpcenv.cli import env_cmd, job_cmd, run_cmd, site_cmd
+    from hpcenv.cli import demo_cmd, env_cmd, job_cmd, run_cmd, site_cmd
 
     parser = _Parser(prog="hpcenv", description="Conda environments for Slurm clusters.")
     parser.add_argument("--version", action="version", version=f"hpcenv {__version__}")
@@ -66,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(common, suppress=True)
 
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (site_cmd, env_cmd, run_cmd, job_cmd):
+    for module in (site_cmd, env_cmd, run_cmd, job_cmd, demo_cmd):
         module.register(sub, common)
     return parser
 
@@ -76,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Until the arguments are parsed, -v is read from the raw words so that an error in parsing
     # itself still honours it.
     verbosity = 1 if any(a in ("-v", "--verbose") or a.startswith("-vv") for a in argv) else 0
+    json_errors = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -83,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is None:
             # `hpcenv` or `hpcenv env` alone: the usage of the deepest command named.
             _chosen_parser(parser, args).print_help(sys.stderr)
+            _json_error(json_errors, "no command given (see the usage above)", 2)
             return 2
         ctx = Context.from_args(args)
         verbosity = ctx.verbosity
@@ -100,9 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             import textwrap
 
             print(textwrap.indent(exc.details.rstrip("\n"), "  "), file=sys.stderr)
+        _json_error(json_errors, _one_line(exc), exc.exit_code, details=exc.details)
         return exc.exit_code
+    except UsageError as exc:
+        _json_error(json_errors, exc.message, 2)
+        raise
     except KeyboardInterrupt:
         print("hpcenv: interrupted", file=sys.stderr)
+        _json_error(json_errors, "interrupted", 130)
         return 130
     except BrokenPipeError:
         # The reader went away (`hpcenv ... | head`): point stdout at /dev/null so the
@@ -118,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hpcenv: internal error: {type(exc).__name__}{': ' + detail if detail else ''}"
               f" ({'please report this' if verbosity > 0 else 'rerun with -v for the traceback'}"
               ")", file=sys.stderr)
+        _json_error(json_errors, f"internal error: {type(exc).__name__}"
+                    f"{': ' + detail if detail else ''}", 1)
         return 1
 
 
@@ -188,6 +207,25 @@ def _moved_after_double_dash(words: list[str], extra: list[str]) -> list[str]:
         else:
             kept.append(word)
     return [*kept, "--", *extra, *tail]
+
+
+def _json_error(wanted: bool, message: str, exit_code: int, *,
+                details: str | None = None) -> None:
+    """Under ``--json``, a failure is the one JSON document on stdout too (as conda does), so
+    a script reading stdout always gets something to parse."""
+    if not wanted:
+        return
+    import json
+
+    error: dict[str, object] = {"error": message, "exit_code": exit_code}
+    if details:
+        error["details"] = details
+    try:
+        json.dump(error, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        pass  # nobody is reading (or stdout is closed): the stderr line is all there is
 
 
 def _one_line(exc: BaseException) -> str:

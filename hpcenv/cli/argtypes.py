@@ -21,6 +21,12 @@ class LocalFile(str):
     which ones to upload and point at their remote copies."""
 
 
+def local_file(text: str) -> LocalFile:
+    """The ``type`` of an argument naming a local file.  argparse passes a positional's string
+    default through ``type`` too; SUPPRESS (a positional another spelling shares) stays itself."""
+    return text if text is argparse.SUPPRESS else LocalFile(text)  # type: ignore[return-value]
+
+
 def add_sync_options(parser: argparse.ArgumentParser) -> None:
     """``--sync DIR``/``--exclude PATTERN``, for commands that run a job from local files."""
     group = parser.add_argument_group("with --remote")
@@ -49,4 +55,6 @@ def env_name(text: str) -> EnvName:
     """An env name argument, checked once here (InvalidInput, exit 2, names the rule)."""
     from hpcenv.spec.names import EnvName
 
+    if text is argparse.SUPPRESS:  # a positional's default passed through ``type``, see local_file
+        return text  # type: ignore[return-value]
     return EnvName.parse(text)

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcenv.cli.argtypes import LocalFile, cuda_version, env_name
+from hpcenv.cli.argtypes import cuda_version, env_name, local_file
 from hpcenv.cli.context import Context
 from hpcenv.errors import HpcenvError, InvalidInput
 
@@ -24,19 +24,32 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "build", parents=[common], help="build an env once and publish it to the registry",
+        "build", aliases=["create"], parents=[common],
+        help="build an env once and publish it to the registry (alias: create)",
         description="Build FILE (or recreate --from-lock LOCK) once per build key, publish it "
                     "as the current version of NAME, and report 'built' or 'reused'. Concurrent "
-                    "builders of the same key wait for the first one.")
-    p.add_argument("file", metavar="FILE", nargs="?", type=LocalFile,
+                    "builders of the same key wait for the first one. conda's spelling works "
+                    "too: 'hpcenv env create -f environment.yml -n NAME'.")
+    # FILE positional or -f FILE (conda's spelling) land in one dest: the positional is only
+    # set when given (SUPPRESS), so it never overwrites -f.
+    p.add_argument("file", metavar="FILE", nargs="?", default=argparse.SUPPRESS, type=local_file,
                    help="a conda environment.yml file")
-    p.add_argument("--name", help="env name (default: the file's 'name:')")
+    p.add_argument("-f", "--file", dest="file", metavar="FILE", default=None, type=local_file,
+                   help="the environment file, as 'conda env create -f' takes it")
+    p.add_argument("-n", "--name", help="env name (default: the file's 'name:')")
     cuda = p.add_mutually_exclusive_group()
     cuda.add_argument("--cuda", metavar="X.Y", type=cuda_version,
                       help="solve with __cuda=X.Y, a released CUDA (default: inferred)")
     cuda.add_argument("--no-cuda", action="store_true", help="solve without __cuda (CPU builds)")
-    p.add_argument("--from-lock", metavar="LOCK", type=LocalFile,
+    p.add_argument("--from-lock", metavar="LOCK", type=local_file,
                    help="recreate from a lockfile (hpcenv's, or an @EXPLICIT list) without solving")
+    trial = p.add_mutually_exclusive_group()
+    trial.add_argument("--dry-run", action="store_true",
+                       help="solve and show the plan (packages, pip, variables, reuse); build "
+                            "and publish nothing")
+    trial.add_argument("--no-publish", action="store_true",
+                       help="build (or reuse) a version but leave the current version and "
+                            "NAME's link alone; publish it later with 'env rollback NAME --to V'")
     p.set_defaults(handler=_build)
 
     p = sub.add_parser("list", parents=[common], help="list the registry's environments",
@@ -47,15 +60,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("show", parents=[common], help="show one env version in detail",
                        description="Show the registry record of NAME's current version "
                                    "(or --version V).")
-    p.add_argument("name", metavar="NAME", type=env_name)
+    _name_argument(p)
     p.add_argument("--version", type=int, metavar="V")
-    p.set_defaults(handler=_show)
+    p.set_defaults(handler=_needs_name(_show))
 
     p = sub.add_parser("history", parents=[common], help="list every version of an env",
                        description="List every version of NAME, oldest first; '*' marks the "
                                    "current one.")
-    p.add_argument("name", metavar="NAME", type=env_name)
-    p.set_defaults(handler=_history)
+    _name_argument(p)
+    p.set_defaults(handler=_needs_name(_history))
 
     p = sub.add_parser("export", parents=[common], help="print an env as environment.yml, lock "
                                                         "or @EXPLICIT list",
@@ -63,31 +76,32 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "environment.yml (as 'conda env export' writes it), its "
                                    "lockfile (--lock) or an @EXPLICIT list (--explicit). "
                                    "Each builds the same env again with 'hpcenv env build'.")
-    p.add_argument("name", metavar="NAME", type=env_name)
+    _name_argument(p)
     p.add_argument("--version", type=int, metavar="V")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--no-builds", action="store_true", help="environment.yml without build strings")
     form.add_argument("--lock", action="store_true", help="the lockfile written at build time")
     form.add_argument("--explicit", action="store_true", help="an @EXPLICIT url#sha256 list")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE, not stdout")
-    p.set_defaults(handler=_export)
+    p.set_defaults(handler=_needs_name(_export))
 
     p = sub.add_parser("rollback", parents=[common], help="make an earlier version current",
                        description="Make an earlier ready version of NAME current (default: "
                                    "the newest one before the current version).")
-    p.add_argument("name", metavar="NAME", type=env_name)
+    _name_argument(p)
     p.add_argument("--to", type=int, metavar="VERSION")
-    p.set_defaults(handler=_rollback)
+    p.set_defaults(handler=_needs_name(_rollback))
 
-    p = sub.add_parser("rm", parents=[common], help="retire an env version (or the whole env)",
+    p = sub.add_parser("rm", aliases=["remove"], parents=[common],
+                       help="retire an env version (or the whole env) (alias: remove)",
                        description="Delete the prefix of NAME --version V (its record and "
                                    "lockfile stay as history). Without --version, every version "
                                    "of NAME. The current version is only removed with --force. "
                                    "Files other versions use are hardlinks and stay.")
-    p.add_argument("name", metavar="NAME", type=env_name)
+    _name_argument(p)
     p.add_argument("--version", type=int, metavar="V")
     p.add_argument("--force", action="store_true", help="also remove the current version")
-    p.set_defaults(handler=_rm)
+    p.set_defaults(handler=_needs_name(_rm))
 
     p = sub.add_parser("gc", parents=[common], help="free unreferenced builds and cache entries",
                        description="Remove builds no registry record references, debris of "
@@ -95,6 +109,24 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "(like 'conda clean --all'); report bytes and files freed.")
     p.add_argument("--dry-run", action="store_true", help="report what would go; delete nothing")
     p.set_defaults(handler=_gc)
+
+
+def _name_argument(parser: argparse.ArgumentParser) -> None:
+    """NAME as a positional or as conda's ``-n/--name NAME`` (one dest, as for build's FILE)."""
+    parser.add_argument("name", metavar="NAME", nargs="?", default=argparse.SUPPRESS,
+                        type=env_name, help="env name")
+    parser.add_argument("-n", "--name", dest="name", metavar="NAME", default=None,
+                        type=env_name, help="env name, as conda spells it")
+
+
+def _needs_name(handler: Any) -> Any:
+    """``handler``, refusing a command line that gave NAME neither way."""
+
+    def checked(args: argparse.Namespace, ctx: Context) -> int:
+        if not args.name:
+            raise InvalidInput(f"hpcenv env {args.env_command}: give the env NAME (or -n NAME)")
+        return int(handler(args, ctx))
+    return checked
 
 
 # --- progress ---------------------------------------------------------------------------------
@@ -169,14 +201,27 @@ def _build(args: argparse.Namespace, ctx: Context) -> int:
     spec = load_spec(args.file) if args.file is not None else None
     if args.cuda is not None and (warning := args.cuda.warning()):
         ctx.warn(warning)
+    if args.dry_run:
+        return _dry_run(args, ctx, spec)
     progress = _Progress(ctx)
     try:
         result = build_env(spec, ctx.site(), name=args.name,
                            cuda_override=NO_CUDA if args.no_cuda else args.cuda,
-                           from_lock=Path(args.from_lock) if args.from_lock else None, on_progress=progress)
+                           from_lock=Path(args.from_lock) if args.from_lock else None,
+                           on_progress=progress, publish_build=not args.no_publish)
     finally:
         progress.close()
     data = result.to_dict()
+    if args.no_publish:
+        data["published"] = False
+        ctx.emit(data, lambda d: (
+            f"{d['status']} {d['name']} version {d['version']} "
+            f"({'CUDA ' + d['cuda'] if d['cuda'] else 'no CUDA'}) in {d['seconds']:.2f}s; not "
+            f"published (current version: {d['previous_current'] or 'none'})\n"
+            f"  prefix:  {d['prefix']}\n"
+            f"  run:     hpcenv run -p {d['prefix']} -- python\n"
+            f"  publish: hpcenv env rollback {d['name']} --to {d['version']}"))
+        return 0
     note = result.current_note
     if note is not None and ctx.json:
         # --json keeps stdout pure JSON; the move of 'current' must still be seen.
@@ -186,6 +231,45 @@ def _build(args: argparse.Namespace, ctx: Context) -> int:
                               f"in {d['seconds']:.2f}s{'; ' + note if note else ''}\n"
                               f"  prefix: {d['prefix']}\n"
                               f"  run:    hpcenv run -n {d['name']} -- python"))
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, ctx: Context, spec: Any) -> int:
+    from hpcenv.build.builder import preview_build
+
+    progress = _Progress(ctx)
+    try:
+        from hpcenv.spec.cuda_target import NO_CUDA
+
+        preview = preview_build(spec, ctx.site(), name=args.name,
+                                cuda_override=NO_CUDA if args.no_cuda else args.cuda,
+                                from_lock=Path(args.from_lock) if args.from_lock else None,
+                                on_progress=progress)
+    finally:
+        progress.close()
+
+    def human(d: dict[str, Any]) -> str:
+        if d["existing_version"] is not None:
+            action = f"would reuse {d['name']} version {d['existing_version']} (same build key)"
+        else:
+            action = f"would build a new version of {d['name']}"
+        current = d["current_version"]
+        lines = [f"{action}; current version now: {current if current is not None else 'none'}",
+                 f"  cuda:      {'; '.join(d['notes']) or d['cuda'] or 'none'}",
+                 f"  key:       {d['key']}",
+                 f"  channels:  {', '.join(d['channels']) or '-'}",
+                 f"  packages:  {len(d['packages'])}"]
+        width = max((len(p["name"]) for p in d["packages"]), default=0)
+        lines += [f"    {p['name']:<{width}}  {p['version']}  {p['build']}" for p in d["packages"]]
+        if d["pip"]:
+            lines.append(f"  pip:       {', '.join(d['pip'])}")
+        if d["variables"]:
+            lines.append(f"  variables: {', '.join(d['variables'])}")
+        lines.append("nothing was built or published (drop --dry-run to build; --no-publish "
+                     "builds without making it current)")
+        return "\n".join(lines)
+
+    ctx.emit(preview.to_dict() | {"dry_run": True}, human)
     return 0
 
 
@@ -206,20 +290,26 @@ def _list(args: argparse.Namespace, ctx: Context) -> int:
     def human(data: list[dict[str, Any]]) -> str:
         lines = []
         if data:
-            lines.append(f"{'NAME':<24} {'CURRENT':>7} {'VERSIONS':>8} {'CUDA':<6} {'SIZE':>9}  "
-                         "CREATED BY")
+            lines.append(f"{'NAME':<24} {'CURRENT':>7} {'VERSIONS':>8} {'CUDA':<6} {'UNIQUE':>9} "
+                         f"{'SHARED':>9}  CREATED BY")
         elif not unfinished:
             return f"no environments in {registry.root}; build one with 'hpcenv env build FILE'"
         for r in data:
             current = str(r["current"]) if r["current"] is not None else "-"
-            size = _size(r["size_bytes"]) if r["size_bytes"] is not None else "-"
+            # UNIQUE: what only this env holds (removing it frees that); SHARED: hardlinks
+            # into the package cache, paid once however many envs use them.
+            unique = _size(r["unique_bytes"]) if r["unique_bytes"] is not None else "-"
+            shared = _size(r["shared_bytes"]) if r["shared_bytes"] is not None else "-"
             lines.append(f"{r['name']:<24} {current:>7} {r['versions']:>8} {r['cuda'] or '-':<6} "
-                         f"{size:>9}  {r['created'] or '-'} {r['creator'] or ''}".rstrip())
+                         f"{unique:>9} {shared:>9}  {r['created'] or '-'} "
+                         f"{r['creator'] or ''}".rstrip())
         # Names whose builds never finished are no environments: one hint line each.
         for name, records in unfinished.items():
             states = ", ".join(f"v{r.version} {r.status}" for r in records)
             lines.append(f"{name}: no ready version ({states}); see 'hpcenv env history {name}', "
                          f"clear with 'hpcenv env rm {name}'")
+            if records[-1].error:
+                lines.append(f"  last error: {records[-1].error}")
         return "\n".join(lines)
 
     ctx.emit(rows, human)
@@ -241,10 +331,16 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
             f"  key:       {d['key']}",
             f"  channels:  {', '.join(d['channels']) or '-'}",
             f"  platform:  {d['platform']}",
-            f"  packages:  {d['packages']}, {d['file_count']} files, {_size(d['size_bytes'])}",
+            f"  packages:  {d['packages']}, {d['file_count']} files, {_size(d['size_bytes'])}"
+            + (f" ({_size(d['unique_bytes'])} its own, the rest shared with the package cache)"
+               if d.get("unique_bytes") is not None else ""),
             f"  lockfile:  {d['lock_path']}",
             f"  built by:  {d['creator']} at {d['created']}",
         ]
+        if d.get("error"):
+            lines.append(f"  error:     {d['error']}")
+        if d.get("log_path"):
+            lines.append(f"  build log: {d['log_path']}")
         if d.get("source"):
             lines.append(f"  from file: {d['source']}")
         if d.get("from_lock"):
@@ -279,7 +375,7 @@ def _export(args: argparse.Namespace, ctx: Context) -> int:
 
     record = _registry(ctx).resolve(args.name, args.version)
     form: ExportFormat = "lock" if args.lock else "explicit" if args.explicit else "environment.yml"
-    if form != "environment.yml" and (omitted := lock_omissions(record)):
+    if form != "environment.yml" and (omitted := lock_omissions(record, form)):
         ctx.warn(omitted)
     text = export_record(record, form, no_builds=args.no_builds)
     if args.output is not None:
@@ -341,7 +437,8 @@ def _gc(args: argparse.Namespace, ctx: Context) -> int:
         lines = [f"{'would remove' if d['dry_run'] else 'removed'} {i['kind']:<7} {i['path']} "
                  f"({_size(i['bytes'])}, {i['files']} files)" for i in d["removed"]]
         lines += [f"{'would retire' if d['dry_run'] else 'retired'} record  {r['name']} version "
-                  f"{r['version']} ({r['was']}: the build never finished)" for r in d["retired"]]
+                  f"{r['version']} ({r['was']}: {r['error'] or 'the build never finished'})"
+                  for r in d["retired"]]
         lines.append(f"{verb} {_size(d['bytes_freed'])} in {d['files_freed']} files "
                      f"({len(d['removed'])} items)")
         return "\n".join(lines)

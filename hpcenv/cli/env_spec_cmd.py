@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hpcenv.cli.argtypes import LocalFile
+from hpcenv.cli.argtypes import local_file
 from hpcenv.cli.context import Context
 
 # Full exports pin a dozen lock-step cuda-* packages; the first few make the point.
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description="Parse a conda environment file and show its channels, dependencies, "
                     "content hash and the CUDA runtime it needs (with the lines that decided "
                     "it). Nothing is built.")
-    parser.add_argument("file", metavar="FILE", type=LocalFile, help="a conda environment.yml file")
+    parser.add_argument("file", metavar="FILE", type=local_file, help="a conda environment.yml file")
     parser.set_defaults(handler=_inspect)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcenv.cli.argtypes import LocalFile, add_sync_options
+from hpcenv.cli.argtypes import LocalFile, add_sync_options, local_file
 from hpcenv.cli.context import Context
 from hpcenv.cli.submission import is_local, report_submission
 from hpcenv.errors import InvalidInput
@@ -68,7 +68,7 @@ def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentP
                     "Arguments for SCRIPT that look like options go after '--'.")
     p.add_argument("words", nargs="*", metavar="SCRIPT [ARGS...]", help=argparse.SUPPRESS)
     p.add_argument("--env", metavar="NAME", help="registered env to run in")
-    p.add_argument("--env-file", metavar="FILE", type=LocalFile, help="environment file: build (or reuse) the env "
+    p.add_argument("--env-file", metavar="FILE", type=local_file, help="environment file: build (or reuse) the env "
                    "from it first; NAME defaults to its name:")
     r = p.add_argument_group("resources (as sbatch; defaults from the site config)")
     r.add_argument("--gpus", type=int, metavar="N", help="GPUs per node (default: 1 for a CUDA env, "
@@ -156,7 +156,19 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
         ctx.emit(data, _dry_run_text)
         return 0
     wait = (lambda: _wait(result.job_id or "", ctx, site)) if args.wait else None
-    return report_submission(result.to_dict(), ctx, wait)
+    return report_submission(result.to_dict(), ctx, wait,
+                             outputs=lambda _info: _output_paths(ctx, result.job_id or ""))
+
+
+def _output_paths(ctx: Context, job_id: str) -> tuple[Path | None, Path | None]:
+    """Where a finished job's output went (None when the scheduler no longer says)."""
+    from hpcenv.errors import HpcenvError
+    from hpcenv.jobs.control import job_status, log_paths
+
+    try:
+        return log_paths(job_status(_scheduler(ctx), ctx.site().state_dir, job_id))
+    except HpcenvError:
+        return None, None
 
 
 def _launcher_text(d: dict[str, Any]) -> str:
@@ -258,8 +270,24 @@ def status_handler(args: argparse.Namespace, ctx: Context) -> int:
 def logs_handler(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.jobs.control import show_logs
 
-    show_logs(_scheduler(ctx), ctx.site().state_dir, args.job_id, out=sys.stdout.buffer,
-              err=sys.stderr.buffer, follow=args.follow, note=ctx.info)
+    if not ctx.json:
+        show_logs(_scheduler(ctx), ctx.site().state_dir, args.job_id, out=sys.stdout.buffer,
+                  err=sys.stderr.buffer, follow=args.follow, note=ctx.info)
+        return 0
+    import io
+
+    from hpcenv.jobs.control import log_paths
+
+    # One JSON document: the output so far (with -f, once the job has ended), not a stream.
+    out, err = io.BytesIO(), io.BytesIO()
+    view = show_logs(_scheduler(ctx), ctx.site().state_dir, args.job_id, out=out, err=err,
+                     follow=args.follow, note=ctx.info)
+    stdout_path, stderr_path = log_paths(view)
+    ctx.emit({"job_id": args.job_id, "state": view.info.state, "finished": view.info.finished,
+              "stdout_path": str(stdout_path) if stdout_path else None,
+              "stderr_path": str(stderr_path) if stderr_path else None,
+              "stdout": out.getvalue().decode(errors="replace"),
+              "stderr": err.getvalue().decode(errors="replace")})
     return 0
 
 

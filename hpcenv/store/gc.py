@@ -56,6 +56,7 @@ class RetiredRecord(JsonRecord):
     name: str
     version: int
     status: str = field(metadata=json_meta(key="was"))   # what it was: "failed" or "building"
+    error: str | None = None   # the failed build's one-line reason, when it recorded one
 
 
 @dataclass
@@ -294,5 +295,6 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
                 continue
             if not dry_run:
                 registry.set_status(record.name, record.version, "retired")
-            report.retired.append(RetiredRecord(record.name, record.version, record.status))
+            report.retired.append(RetiredRecord(record.name, record.version, record.status,
+                                                record.error))
     return report

@@ -66,6 +66,8 @@ class EnvRecord(JsonRecord):
     channel_priority: str = "strict"
     engine: str = "rattler"
     size_bytes: int = 0           # apparent size of the prefix's files (hardlinks counted once)
+    # Of those, the bytes no other env or the package cache links (None: an older record).
+    unique_bytes: int | None = None
     file_count: int = 0
     packages: int = 0
     source: str | None = None     # the environment file it was built from
@@ -75,6 +77,10 @@ class EnvRecord(JsonRecord):
     # version (ROCm, "cupy" without cuda-version...); None = unknown (records written before
     # the field existed, or a spec that does not say).
     gpu_required: bool | None = None
+    # A failed build's one-line reason, and its build log (steps, warnings, tool output, the
+    # error) under the registry; log_path is kept for ready builds too.
+    error: str | None = None
+    log_path: str | None = None
 
 
 
@@ -93,6 +99,16 @@ class EnvSummary(JsonRecord):
     creator: str | None
     packages: int | None
     size_bytes: int | None
+    unique_bytes: int | None = None   # of size_bytes, what only this env holds
+
+    @property
+    def shared_bytes(self) -> int | None:
+        """Bytes hardlinked with the package cache (and so with other envs)."""
+        if self.size_bytes is None or self.unique_bytes is None:
+            return None
+        return self.size_bytes - self.unique_bytes
+
+    JSON_PROPERTIES = ("shared_bytes",)
 
 
 @dataclass(frozen=True)
@@ -216,12 +232,16 @@ class Registry:
             current = self.current_version(name)
             record = next((r for r in versions if r.version == current), None)
             out.append(EnvSummary(
-                name=name, current=current, versions=len(versions),
-                cuda=record.cuda.version if record else None, prefix=record.prefix if record else None,
+                # Versions in service (ready), not retired or failed ones.
+                name=name, current=current,
+                versions=sum(1 for r in versions if r.status == "ready"),
+                cuda=record.cuda.version if record else None,
+                prefix=record.prefix if record else None,
                 created=record.created if record else None,
                 creator=record.creator if record else None,
                 packages=record.packages if record else None,
-                size_bytes=record.size_bytes if record else None))
+                size_bytes=record.size_bytes if record else None,
+                unique_bytes=record.unique_bytes if record else None))
         return out
 
     def unfinished(self) -> dict[str, list[EnvRecord]]:
@@ -264,6 +284,11 @@ class Registry:
         name = EnvName.of(name)
         return self.root / name / f"{int(version)}.lock.yml"
 
+    def log_file(self, name: EnvName | str, version: int) -> Path:
+        """Where the build log of ``name`` version ``version`` lives."""
+        name = EnvName.of(name)
+        return self.root / name / f"{int(version)}.build.log"
+
     # --- writing ------------------------------------------------------------------------------
 
     @contextmanager
@@ -304,6 +329,13 @@ class Registry:
         """Store the lockfile of an allocated version with the registry's mode and group."""
         self.get(name, version)
         path = self.lock_file(name, version)
+        self._write_text(path, text)
+        return path
+
+    def write_build_log(self, name: EnvName | str, version: int, text: str) -> Path:
+        """Store the build log of an allocated version with the registry's mode and group."""
+        self.get(name, version)
+        path = self.log_file(name, version)
         self._write_text(path, text)
         return path
 

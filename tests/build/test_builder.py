@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from builders import KERNELS_CPU, KERNELS_CUDA
 
+from conftest import other_group
+
 from hpcenv.build.builder import BuildEvent, build_env
 from hpcenv.build.plan import plan_build
 from hpcenv.demo.site import write_demo_site
@@ -135,6 +137,13 @@ def test_pip_failure_is_reported_and_nothing_published(site, tmp_path: Path) -> 
     reg = Registry(site.registry)
     assert [r.status for r in reg.versions("badpip")] == ["failed"]
     assert reg.current("badpip") is None
+    # The record keeps the one-line reason and the build log: steps, pip's output, the error.
+    (failed,) = reg.versions("badpip")
+    assert failed.error is not None and "pip install failed" in failed.error
+    assert "no-such-package-anywhere" in failed.error and "\n" not in failed.error
+    log = Path(failed.log_path or "").read_text()
+    assert "installing" in log and "$ " in log and "-m pip install" in log
+    assert log.rstrip().endswith(f"error: {failed.error}")
     assert not env_link(site, "badpip").exists()
     assert list(builds_dir(site).iterdir()) == []
 
@@ -209,6 +218,46 @@ def test_from_lock_gives_same_packages(site) -> None:
     assert run_py(again.prefix, "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cuda124"
     assert build_env(None, site, name="copy",
                      from_lock=Path(first.record.lock_path)).status == "reused"
+
+
+WITH_PIP = """\
+name: withpip
+dependencies:
+  - python=3.11
+  - pip
+  - pip:
+      - hpcdemo_extra
+variables:
+  MODE: fast
+"""
+
+
+def test_lock_holds_pip_packages_with_hashes_and_variables(site, tmp_path: Path) -> None:
+    first = build_env(spec(WITH_PIP), site)
+    lock = Path(first.record.lock_path)
+    text = lock.read_text()
+    assert "hpcdemo_extra-0.1.0-py3-none-any.whl#sha256=" in text
+    assert 'hpcenv: {"variables": {"MODE": "fast"}}' in text
+    again = build_env(None, site, name="copy", from_lock=lock)
+    assert installed(again.prefix) == installed(first.prefix)
+    assert run_py(again.prefix, "import hpcdemo_extra; print(hpcdemo_extra.__version__)") == "0.1.0"
+    state = again.prefix / "conda-meta" / "state"
+    assert state.read_text() == (first.prefix / "conda-meta" / "state").read_text()
+    assert Registry(site.registry).get("copy", 1).spec["pip"]["requirements"] == \
+        ["hpcdemo-extra==0.1.0"]
+
+    # A pip package whose archive is not the locked one fails the build, naming the lock.
+    sha = text.split("#sha256=", 1)[1][:64]
+    tampered = tmp_path / "tampered.lock.yml"
+    tampered.write_text(text.replace(sha, "0" * 64))
+    with pytest.raises(HpcenvError, match=rf"{tampered}: pip install failed: .*(HASH|hash)"):
+        build_env(None, site, name="tampered", from_lock=tampered)
+    # One without a hash (a directory or VCS install) cannot be reproduced: refused up front.
+    unhashed = tmp_path / "unhashed.lock.yml"
+    unhashed.write_text(text.replace(f"#sha256={sha}", ""))
+    with pytest.raises(InvalidInput, match=r"pip package\(s\) hpcdemo-extra have no sha256"):
+        build_env(None, site, name="unhashed", from_lock=unhashed)
+    assert Registry(site.registry).versions("unhashed") == []
 
 
 def test_versions_rollback_and_remove(site) -> None:
@@ -292,9 +341,8 @@ def test_debris_without_live_lock_is_cleaned(site) -> None:
 
 
 def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> None:
-    import grp
 
-    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    group = other_group()
     site = load_site(write_demo_site(
         tmp_path / "site", demo_channel,
         permissions=f'{{group: {group.gr_name}, dir_mode: "2775", '

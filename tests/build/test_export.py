@@ -127,9 +127,10 @@ def test_export_record_and_lock_omissions(env: Path, tmp_path: Path) -> None:
         export_record(record, "explicit")
     assert export_record(record, no_builds=True) == export_environment_yml(
         env, name="demo", no_builds=True)
+    # "version: 6" has no hpcenv: section, so it may lack pip packages and variables.
     assert lock_omissions(record) == (
-        "demo also has pip packages (hpcdemo_extra) and variables, which a lockfile does not "
-        "hold; rebuild with 'hpcenv env build /x/environment.yml --from-lock LOCK', or export "
+        "demo also has pip packages (hpcdemo_extra) and variables, which this (older) lockfile "
+        "does not hold; rebuild with 'hpcenv env build /x/environment.yml --from-lock LOCK', or export "
         "environment.yml instead")
     gone = EnvRecord(**{**record.to_dict(), "prefix": str(tmp_path / "gone"), "status": "retired"})
     assert lock_omissions(gone) is None

@@ -100,7 +100,6 @@ def test_key_changes_with_each_documented_input(site: SiteConfig, tmp_path: Path
                       site),
         "spec channel": key_of(KERN.replace("[conda-forge]", "[bioconda, conda-forge]"), site),
         "--cuda": key_of(KERN, site, cuda_override=CudaTarget.of("11.8")),
-        "--no-cuda": key_of(KERN, site, cuda_override=NO_CUDA),
         "priority": key_of(KERN, load_site(write_demo_site(
             tmp_path / "flex", demo_channel, channel_priority="flexible"))),
         # The same channel name mirrored elsewhere is another channel URL: another build.
@@ -131,6 +130,10 @@ def test_explicit_cuda_equal_to_the_inferred_one_is_the_same_build(site: SiteCon
     # On a CPU spec, --no-cuda changes nothing either: both solve without __cuda.
     cpu = KERN.replace("  - cuda-version=12.4\n", "")
     assert key_of(cpu, site) == key_of(cpu, site, cuda_override=NO_CUDA)
+    # --cuda on that CPU spec is another build; --no-cuda on the spec pinning 12.4 is refused.
+    assert key_of(cpu, site, cuda_override=CudaTarget.of("12.4")) != key_of(cpu, site)
+    with pytest.raises(InvalidInput, match="^--no-cuda: .* pins CUDA 12.4"):
+        plan_build(parse_spec(KERN), site, cuda_override=NO_CUDA)
 
 
 @pytest.mark.parametrize(("dependencies", "override", "cuda", "gpu", "note"), [
@@ -142,7 +145,7 @@ def test_explicit_cuda_equal_to_the_inferred_one_is_the_same_build(site: SiteCon
      "(candidates 11.8, 12.4; pass --cuda X.Y to choose)"),
     ("[cudnn]", None, "", True, "names no CUDA version: building without __cuda"),
     ("[cuda-version=12.4]", "11.8", "11.8", True, "CUDA 11.8 (--cuda)"),
-    ("[cuda-version=12.4]", "", "", False, "no CUDA (--no-cuda)"),
+    ("[hpcdemo-kernels]", "", "", False, "no CUDA (--no-cuda)"),
     ("[python]", "12.4.1", "12.4.1", True, "CUDA 12.4.1 (--cuda)"),
 ])
 def test_cuda_value_follows_override_then_inference(site: SiteConfig, dependencies: str,

@@ -57,7 +57,11 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
               ) -> Iterator[tuple[str, ...]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
             for name, sub in action.choices.items():
+                if id(sub) in seen:
+                    continue  # an alias (env create = env build): its help is the command's
+                seen.add(id(sub))
                 yield (*path, name)
                 yield from _commands(sub, (*path, name))
 
@@ -179,7 +183,9 @@ def test_unknown_options_name_the_sub_command_and_a_fix(
         main(list(args))
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
-    assert captured.out == ""
+    # Under --json the error is also the one JSON document on stdout.
+    expected_out = {"error": message, "exit_code": 2} if "--json" in args else None
+    assert (json.loads(captured.out) if captured.out else None) == expected_out
     assert captured.err == f"hpcenv: error: {message}\n"
 
 
@@ -444,3 +450,32 @@ def test_error_details_are_printed_indented_below_the_one_line_message(
         "  PARTITION  CUDA",
         "  gpu-a100   12.4",
     ]
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (("env", "show", "nope"), 1, "no environment 'nope'"),
+    (("env", "bild"), 2, "invalid choice: 'bild'"),
+    (("env", "inspect", "missing.yml"), 2, "missing.yml"),
+    (("env",), 2, "no command given"),
+    (("submit", "x.py", "--tiem", "5"), 2, "--tiem (did you mean --time?)"),
+], ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_json_errors_are_one_json_document_on_stdout(args: tuple[str, ...], code: int,
+                                                     fragment: str, env: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    proc = hpcenv("--json", *args, env=env, cwd=tmp_path)
+    assert proc.returncode == code, proc.stderr
+    document = json.loads(proc.stdout)  # the whole of stdout is one document
+    assert document["exit_code"] == code and fragment in document["error"]
+    # Humans still get the line (or, for a group without an action, its usage).
+    assert f"hpcenv: error: {document['error']}" in proc.stderr or \
+        proc.stderr.startswith("usage: hpcenv env")
+    # Without --json, stdout stays empty.
+    assert hpcenv(*args, env=env, cwd=tmp_path).stdout == ""
+
+
+def test_json_internal_error_is_a_json_document(tmp_path: Path) -> None:
+    proc = _patched("bug", "--json", "env", "inspect", "x.yml", tmp_path=tmp_path)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert json.loads(out) == {"error": "internal error: RuntimeError: boom second line",
+                               "exit_code": 1}

@@ -139,7 +139,19 @@ def test_export_builds_the_same_env_again(built: tuple[Cli, dict], form: str) ->
     exported = cli.root / f"export-{form}.txt"
     cli("env", "export", "kern", *flag, "-o", str(exported))
     name = f"again-{form}"
-    if form in ("lock", "explicit"):
+    if form == "explicit":
+        # An @EXPLICIT list cannot carry the pip packages and variables: alone, it is refused
+        # (exit 2, saying what it lacks); with the environment file, it rebuilds it all.
+        alone = cli("env", "build", "--from-lock", str(exported), "--name", name, check=False)
+        assert alone.returncode == 2, alone.stderr
+        assert "pip hpcdemo_extra==0.1.0" in alone.stderr and "variable KERN_MODE" in alone.stderr
+        assert "--lock" in alone.stderr
+        assert "hpcdemo_extra" in cli("env", "export", "kern", *flag).stderr
+        result = cli.json("env", "build", str(cli.root / "environment.yml"), "--from-lock",
+                          str(exported), "--name", name)
+    elif form == "lock":
+        # The lock holds the whole env: nothing to warn about, and the lock alone rebuilds it.
+        assert cli("env", "export", "kern", *flag).stderr == ""
         result = cli.json("env", "build", "--from-lock", str(exported), "--name", name)
     else:
         result = cli.json("env", "build", str(exported), "--name", name)
@@ -148,17 +160,9 @@ def test_export_builds_the_same_env_again(built: tuple[Cli, dict], form: str) ->
     assert result["cuda"] == first["cuda"] == "12.4"  # a CUDA env stays one for routing
     if form in ("lock", "explicit"):
         assert "12.4 (from the locked packages)" in cli("env", "show", name).stdout
-    if form in ("yml", "no-builds"):  # the pip section and variables travel in environment.yml
-        assert pip_set(result["prefix"]) == pip_set(first["prefix"])
-        assert json.loads((Path(result["prefix"]) / "conda-meta" / "state").read_text()) == \
-            {"env_vars": {"KERN_MODE": "fast"}}
-    else:  # a lock holds the conda part: the export says so, and FILE + lock rebuilds it all
-        warning = cli("env", "export", "kern", *flag).stderr
-        assert "hpcdemo_extra" in warning and "--from-lock" in warning
-        whole = cli.json("env", "build", str(cli.root / "environment.yml"), "--from-lock",
-                         str(exported), "--name", f"{name}-whole")
-        assert package_set(whole["prefix"]) == package_set(first["prefix"])
-        assert pip_set(whole["prefix"]) == pip_set(first["prefix"])
+    assert pip_set(result["prefix"]) == pip_set(first["prefix"])
+    assert json.loads((Path(result["prefix"]) / "conda-meta" / "state").read_text()) == \
+        {"env_vars": {"KERN_MODE": "fast"}}
 
 
 def test_explicit_list_with_a_vanished_package_names_the_line(cli: Cli, tmp_path: Path) -> None:
@@ -261,8 +265,10 @@ def test_waiting_builder_says_who_holds_the_lock(cli: Cli) -> None:
 def test_unsolvable_spec_is_one_line_exit_2_and_leaves_nothing(cli: Cli) -> None:
     spec = cli.spec("name: ghost\ndependencies:\n  - python=3.11\n  - doesnotexist\n")
     proc = cli("env", "build", str(spec), "--json", check=False)
-    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.returncode == 2
     (error,) = [line for line in proc.stderr.splitlines() if line.startswith("hpcenv: error:")]
+    assert json.loads(proc.stdout) == {"error": error.removeprefix("hpcenv: error: "),
+                                       "exit_code": 2}
     assert error.startswith(f"hpcenv: error: {spec}:4: ") and "doesnotexist" in error
     assert "channels searched: file://" in error and "Traceback" not in proc.stderr
     assert cli.json("env", "list") == []
@@ -347,9 +353,10 @@ def test_walkthrough_failed_builds_leave_no_ghosts(cli: Cli) -> None:
     assert cli("env", "build", str(bad), check=False).returncode == 1
     cli("env", "build", str(cli.spec(CPU_SPEC)))
     listed = cli("env", "list").stdout.splitlines()
-    assert [line.split()[0] for line in listed[1:-1]] == ["kern"]
-    assert listed[-1] == ("pipfail: no ready version (v1 failed); see 'hpcenv env history "
+    assert [line.split()[0] for line in listed[1:-2]] == ["kern"]
+    assert listed[-2] == ("pipfail: no ready version (v1 failed); see 'hpcenv env history "
                           "pipfail', clear with 'hpcenv env rm pipfail'")
+    assert listed[-1].startswith("  last error: ") and "not-a-real-wheel" in listed[-1]
     assert [row["name"] for row in cli.json("env", "list")] == ["kern"]
     gone = cli("env", "rm", "pipfail")
     assert gone.stdout.strip() == "pipfail: removed version(s) 1; current: none"
@@ -362,19 +369,17 @@ def test_walkthrough_failed_builds_leave_no_ghosts(cli: Cli) -> None:
     assert only.returncode == 1 and "rollback" not in only.stderr and "--force" in only.stderr
 
 
-def test_walkthrough_cpu_lock_of_a_cuda_pinning_spec_stays_cpu(cli: Cli) -> None:
-    """--no-cuda of a spec pinning cuda-version: its lock holds cuda-version but no CUDA
-    build, so a rebuild from it needs no GPU."""
-    built = cli.json("env", "build", str(cli.spec(CUDA_SPEC.replace("  - pip:\n    - hpcdemo_extra\n", ""))),
-                     "--no-cuda")
-    assert built["cuda"] is None
-    assert any(n == "cuda-version" for n, _, _ in package_set(built["prefix"]))
-    lock = cli.root / "cpu.lock.yml"
-    cli("env", "export", "kern", "--lock", "-o", str(lock))
-    again = cli("env", "build", "--from-lock", str(lock), "--name", "kern-copy")
-    assert "CUDA" not in again.stderr and again.stdout.startswith("built kern-copy version 1 (no CUDA)")
-    shown = cli.json("env", "show", "kern-copy")
-    assert shown["cuda"] is None and shown["gpu_required"] is not True
+def test_no_cuda_on_a_spec_pinning_cuda_version_is_refused(cli: Cli) -> None:
+    """--no-cuda of a spec pinning cuda-version would install the pin among CPU builds: refused
+    with the line, and nothing is built."""
+    spec_file = cli.spec(CUDA_SPEC)
+    pin_line = next(n for n, line in enumerate(spec_file.read_text().splitlines(), start=1)
+                    if "cuda-version" in line)
+    refused = cli("env", "build", str(spec_file), "--no-cuda", check=False)
+    assert refused.returncode == 2
+    assert f"--no-cuda: {spec_file}:{pin_line} pins CUDA 12.4" in refused.stderr
+    assert "remove that line" in refused.stderr
+    assert cli.json("env", "list") == []
 
 
 def test_walkthrough_explicit_header_command_works(cli: Cli) -> None:
@@ -419,3 +424,89 @@ def test_walkthrough_unreachable_and_unindexed_channels(cli: Cli, tmp_path: Path
     assert proc.returncode == 2
     assert proc.stderr.endswith(f"\nhpcenv: error: channel {(tmp_path / 'raw').as_uri()} has "
                                 "no noarch/repodata.json: build or index it first\n")
+
+
+def test_dry_run_shows_the_solved_plan_and_changes_nothing(cli: Cli) -> None:
+    spec_file = cli.spec(CUDA_SPEC)
+    plan = cli.json("env", "build", str(spec_file), "--dry-run")
+    assert plan["dry_run"] is True and plan["existing_version"] is None
+    assert plan["cuda"] == "12.4" and plan["pip"] == ["hpcdemo_extra"]
+    assert plan["variables"] == {"KERN_MODE": "fast"}
+    builds = {p["name"]: p["build"] for p in plan["packages"]}
+    assert builds["hpcdemo-kernels"].startswith("cuda124_")
+    assert cli.json("env", "list") == [] and not (cli.root / "envs" / "kern").exists()
+    assert "would build a new version of kern" in cli("env", "build", str(spec_file),
+                                                      "--dry-run").stdout
+    built = cli.json("env", "build", str(spec_file))
+    again = cli.json("env", "build", str(spec_file), "--dry-run")
+    assert again["existing_version"] == built["version"] == again["current_version"]
+    # The packages it showed are the ones a build installs.
+    assert {(p["name"], p["version"], p["build"]) for p in plan["packages"]} == \
+        package_set(built["prefix"])
+
+
+def test_no_publish_builds_a_version_that_stays_out_of_service(cli: Cli) -> None:
+    v1 = cli.json("env", "build", str(cli.spec(CPU_SPEC)))
+    trial = cli.json("env", "build", str(cli.spec(CUDA_SPEC, "gpu.yml")), "--no-publish")
+    assert trial["status"] == "built" and trial["published"] is False
+    assert trial["version"] == 2 and trial["previous_current"] == 1
+    shown = cli.json("env", "show", "kern")
+    assert shown["version"] == 1 and shown["current"] is True
+    link = cli.root / "envs" / "kern"
+    assert os.path.realpath(link) == os.path.realpath(v1["prefix"])
+    # The trial runs by prefix, and publishing it later is a rollback --to.
+    out = cli("run", "-p", trial["prefix"], "--", "python", "-c",
+              "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)").stdout
+    assert out.strip() == "cuda124"
+    cli("env", "rollback", "kern", "--to", "2")
+    assert os.path.realpath(link) == os.path.realpath(trial["prefix"])
+    # A first build of a name with --no-publish leaves no current version at all.
+    cli.json("env", "build", str(cli.spec(CPU_SPEC)), "--name", "fresh", "--no-publish")
+    assert not (cli.root / "envs" / "fresh").exists()
+    fresh = cli("run", "-n", "fresh", "--", "true", check=False)
+    assert fresh.returncode != 0
+
+
+def test_conda_spellings_create_export_remove(cli: Cli) -> None:
+    spec_file = cli.spec(CPU_SPEC)
+    created = cli.json("env", "create", "-f", str(spec_file), "-n", "lab")
+    assert (created["name"], created["status"]) == ("lab", "built")
+    assert cli.json("env", "show", "-n", "lab")["version"] == 1
+    assert "name: lab" in cli("env", "export", "-n", "lab").stdout
+    assert cli.json("env", "build", "--file", str(spec_file), "--name", "lab")["status"] == \
+        "reused"
+    missing = cli("env", "export", check=False)
+    assert missing.returncode == 2 and "give the env NAME (or -n NAME)" in missing.stderr
+    cli("env", "remove", "-n", "lab", "--force")
+    assert cli.json("env", "list") == []
+
+
+def test_failed_build_keeps_its_reason_for_show_list_and_gc(cli: Cli) -> None:
+    bad = cli.spec(CPU_SPEC.replace("name: kern", "name: broken")
+                   + "  - pip\n  - pip:\n    - no-such-package-anywhere==9.9\n", "bad.yml")
+    assert cli("env", "build", str(bad), check=False).returncode == 1
+    shown = cli("env", "show", "broken", "--version", "1").stdout
+    (error,) = [line for line in shown.splitlines() if line.strip().startswith("error:")]
+    assert "pip install failed" in error and "no-such-package-anywhere" in error
+    (log,) = [line.split(":", 1)[1].strip() for line in shown.splitlines()
+              if line.strip().startswith("build log:")]
+    assert "no-such-package-anywhere" in Path(log).read_text()
+    assert "last error: " in cli("env", "list").stdout
+    gc = cli("env", "gc").stdout
+    assert "retired record  broken version 1 (failed: " in gc and "pip install failed" in gc
+
+
+def test_list_shows_unique_and_shared_bytes_and_counts_versions_in_service(cli: Cli) -> None:
+    v1 = cli.json("env", "build", str(cli.spec(CPU_SPEC)))
+    cli.json("env", "build", str(cli.spec(CUDA_SPEC, "gpu.yml")))
+    (row,) = cli.json("env", "list")
+    assert row["versions"] == 2
+    # The packages are hardlinks into the cache; only pip's files and metadata are the env's.
+    assert row["unique_bytes"] + row["shared_bytes"] == row["size_bytes"]
+    assert row["shared_bytes"] > 10 * row["unique_bytes"] > 0
+    header = cli("env", "list").stdout.splitlines()[0].split()
+    assert header[:6] == ["NAME", "CURRENT", "VERSIONS", "CUDA", "UNIQUE", "SHARED"]
+    # A retired version no longer counts as one of the env's versions.
+    cli("env", "rm", "kern", "--version", str(v1["version"]))
+    (row,) = cli.json("env", "list")
+    assert row["versions"] == 1

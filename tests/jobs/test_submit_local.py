@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -193,6 +194,10 @@ def test_cli_json_dry_run_and_job_control(built, tmp_path: Path) -> None:
     follow = cli(site, "logs", job_id, "-f", cwd=tmp_path, timeout=60)
     assert follow.returncode == 0
     assert follow.stdout.splitlines()[-1] == "got SIGUSR1"
+    # Under --json the output is one JSON document, not the raw text.
+    logs = json.loads(cli(site, "--json", "logs", job_id, cwd=tmp_path).stdout)
+    assert logs["stdout"] == follow.stdout and logs["finished"] is True
+    assert logs["stdout_path"] == str(out)
 
     status = json.loads(cli(site, "--json", "status", job_id, cwd=tmp_path).stdout)
     assert status["state"] == "FAILED" and status["exit_code"] == 42
@@ -464,13 +469,18 @@ def test_wait_shows_a_live_status_line_on_a_tty_only(built, tmp_path: Path) -> N
     code, out, err = _wait_on_a_tty(site, tmp_path, "submit", "--env", "cpuenv", "--wait", "--",
                                     "bash", "-c", "sleep 1; exit 3")
     assert (code, out) == (3, "")
-    assert "\r\x1b[K" in err and err.endswith("exit 3\r\n")  # rewritten in place, then ended
+    # Rewritten in place, then ended; then where the output is.
+    assert "\r\x1b[K" in err and "exit 3\r\nhpcenv: job " in err
+    assert re.search(r"slurm-(\d+)\.out \(or: hpcenv logs \1\)\r\n$", err), err
     piped = cli(site, "submit", "--env", "cpuenv", "--wait", "--", "bash", "-c", "sleep 1; exit 3",
                 cwd=tmp_path)
     assert piped.returncode == 3 and "\r" not in piped.stderr and "\x1b" not in piped.stderr
-    last = piped.stderr.splitlines()[-1]
-    assert last.startswith("hpcenv: job ") and " FAILED (NonZeroExitCode) on local " in last
-    assert last.endswith(" exit 3")
+    ended, where = piped.stderr.splitlines()[-2:]
+    assert ended.startswith("hpcenv: job ") and " FAILED (NonZeroExitCode) on local " in ended
+    assert ended.endswith(" exit 3")
+    job_id = ended.split()[2]
+    assert where == (f"hpcenv: job {job_id} output: {tmp_path}/slurm-{job_id}.out "
+                     f"(or: hpcenv logs {job_id})")
     # --json --wait: exactly one JSON document on stdout, on a TTY too.
     code, out, err = _wait_on_a_tty(site, tmp_path, "--json", "submit", "--env", "cpuenv",
                                     "--wait", "--", "true")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import textwrap
@@ -510,7 +511,7 @@ def test_check_passes_on_writable_dirs_and_local_channel(tmp_path: Path,
         registry: {tmp_path}/registry
         state_dir: {tmp_path}/state
         channels: [{chan}]
-        permissions: {{group: root}}
+        permissions: {{group: {grp.getgrgid(os.getgid()).gr_name}}}
     """, env)
     checks = by_name(check_site(site))
     assert checks["envs_dirs[0]"].status == "pass" and "writable" in checks["envs_dirs[0]"].detail

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import other_group
+
 from hpcenv.store.locking import (
     BuildLock,
     CacheLock,
@@ -165,9 +167,8 @@ def test_lock_file_usable_by_every_builder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_missing_lock_dirs_get_the_site_mode_and_group(tmp_path: Path, method: str) -> None:
-    import grp
 
-    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    group = other_group()
     old = os.umask(0o077)
     try:
         with BuildLock(tmp_path / "locks" / "sub" / "k.lock", method=method, dir_mode=0o2775,

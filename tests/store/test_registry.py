@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import other_group
+
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.spec.cuda_target import CudaTarget
 from hpcenv.store.registry import EnvRecord, Registry
@@ -69,9 +71,8 @@ def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
 
 
 def test_files_are_group_readable_and_leave_no_temp_files(tmp_path: Path) -> None:
-    import grp
 
-    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    group = other_group()
     old = os.umask(0o077)
     try:
         reg = Registry(tmp_path / "reg", group=group.gr_name, dir_mode=0o2775)
@@ -94,7 +95,7 @@ def test_files_are_group_readable_and_leave_no_temp_files(tmp_path: Path) -> Non
 def test_concurrent_allocation_gives_distinct_versions(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
         from test_registry import record
         from hpcenv.store.registry import Registry
         reg = Registry({str(tmp_path)!r})
@@ -145,18 +146,18 @@ def test_resolve_summaries_history(tmp_path: Path) -> None:
     (tmp_path / "reg" / "not an env" / "1.json").write_text("{}")
     summaries = reg.summaries()
     assert [s.to_dict() for s in summaries] == [{
-        "name": "a", "current": 1, "versions": 2, "cuda": "12.4", "prefix": "/e/a-1",
+        # versions: the ready ones (v2 is retired)
+        "name": "a", "current": 1, "versions": 1, "cuda": "12.4", "prefix": "/e/a-1",
         "created": "2024-05-01T10:00:00+00:00", "creator": "alice@login1", "packages": 0,
-        "size_bytes": 0}]
+        "size_bytes": 0, "unique_bytes": None, "shared_bytes": None}]
     history = reg.history("a")
     assert [(h.version, h.current, h.status, h.lock) for h in history] == [
         (1, True, "ready", "/r/a/1.lock.yml"), (2, False, "retired", "/r/a/2.lock.yml")]
 
 
 def test_lockfile_is_stored_with_the_registry_mode(tmp_path: Path) -> None:
-    import grp
 
-    group = next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
+    group = other_group()
     reg = Registry(tmp_path / "reg", group=group.gr_name, dir_mode=0o2775)
     with pytest.raises(NotFound):
         reg.write_lockfile("x", 1, "version: 6\n")  # not allocated: nothing written
