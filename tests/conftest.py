@@ -7,6 +7,7 @@ Sections (add new fixtures under a heading of their own):
   scheduler tests (plain names: ``from conftest import ...``)
 - terminal: running a command with stderr on a pseudo-terminal
 - console script: running the venv's ``hpcenv`` with no user or site config leaking in
+- real conda: conda 26.7.1 from the shared test assets, with this checkout installed in it
 
 Service fixtures live in their own plugin modules: ``conftest_slurm`` (the real test Slurm
 cluster) and ``conftest_ssh`` (a key-only sshd on 127.0.0.1).
@@ -164,3 +165,49 @@ def hpcenv(*args: str, env: dict[str, str] | None = None,
     """Run the console script with ``args``; output captured as text."""
     return subprocess.run([str(HPCENV), *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=60)
+
+
+# --- real conda ------------------------------------------------------------------------------
+
+# A real conda (built from conda's source, classic solver) comes from the shared test assets
+# beside the checkout: ``<repo>/../shared/conda/install DEST``, or $HPCENV_CONDA_INSTALLER.
+CONDA_INSTALLER = Path(os.environ.get("HPCENV_CONDA_INSTALLER") or
+                       REPO.parent / "shared" / "conda" / "install")
+
+
+@pytest.fixture(scope="session")
+def real_conda(test_cache_dir: Path) -> Path:
+    """The ``conda`` command of a real conda installed once into the test cache, with this
+    checkout installed (editable) into conda's own environment, as a site would install hpcenv
+    for ``conda hpcenv``.  One conda per checkout, so worktrees do not fight over it."""
+    import hashlib
+
+    if not CONDA_INSTALLER.is_file():
+        pytest.skip(f"no conda installer at {CONDA_INSTALLER} (set HPCENV_CONDA_INSTALLER)")
+    tag = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+    dest = test_cache_dir / f"conda-{tag}"
+    proc = subprocess.run([str(CONDA_INSTALLER), str(dest)], capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, f"conda installer failed: {proc.stderr[-2000:]}"
+    conda = Path(proc.stdout.strip().splitlines()[-1])
+    python = dest / "venv" / "bin" / "python"
+    # cwd: not the checkout, whose hpcenv/ would be imported from the current directory
+    where = subprocess.run([str(python), "-c", "import hpcenv; print(hpcenv.__file__)"],
+                           capture_output=True, text=True, cwd=dest)
+    if where.stdout.strip() != str(REPO / "hpcenv" / "__init__.py"):
+        pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                              "--disable-pip-version-check", "-e", str(REPO)],
+                             capture_output=True, text=True, timeout=1800)
+        assert pip.returncode == 0, f"installing hpcenv into conda's env failed: {pip.stderr[-2000:]}"
+    return conda
+
+
+def conda_environ(home: Path, condarc: Path | None = None) -> dict[str, str]:
+    """A clean environment for running conda: HOME at ``home`` (no ~/.condarc of the machine),
+    ``CONDARC`` when given, the system PATH."""
+    env = isolated_environ(home)
+    env = {k: v for k, v in env.items() if not k.startswith(("CONDA", "MAMBA"))}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    if condarc is not None:
+        env["CONDARC"] = str(condarc)
+    return env

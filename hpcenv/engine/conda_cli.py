@@ -8,8 +8,8 @@ throw-away prefix path and the ``LINK`` actions become :class:`LockedPackage` s;
 priority through ``CONDA_CHANNEL_PRIORITY``/``MAMBA_CHANNEL_PRIORITY``.  Lockfiles are read and
 written with rattler (same format whatever engine solved).
 
-No conda/mamba/micromamba binary can be installed on the machines this was written on, so only
-the command construction and the parsing of the JSON reply are tested, not a real run.
+Tested against a real conda (26.7.1, classic solver: tests/engine/test_real_conda.py); mamba and
+micromamba only through the command construction and the parsing of their JSON replies.
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ class CondaCliEngine:
     def install_command(self, prefix: Path, explicit_file: Path, *, pkgs_dir: Path) -> Command:
         argv = [self.exe, "create", "--yes", "--json", "--prefix", str(prefix),
                 "--file", str(explicit_file)]
-        env = {"CONDA_PKGS_DIRS": str(pkgs_dir)}
+        # Not in ~/.conda/environments.txt: build prefixes are internal, conda finds the
+        # published envs_dir/NAME by scanning envs_dirs (and root's conda lists every user's file).
+        env = {"CONDA_PKGS_DIRS": str(pkgs_dir), "CONDA_REGISTER_ENVS": "false"}
         if self.flavor == "micromamba":
             env["MAMBA_PKGS_DIRS"] = str(pkgs_dir)
         return Command(tuple(argv), env)
