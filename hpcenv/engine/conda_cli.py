@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcenv.engine.base import ChannelPriority, LockedPackage, channel_url
-from hpcenv.errors import HpcenvError
+from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.spec.cuda_target import CudaTarget
 
 
@@ -51,7 +51,10 @@ class CondaCliEngine:
             "mamba" if base.startswith("mamba") else "conda")
 
     def _common_env(self, cuda: CudaTarget, channel_priority: ChannelPriority | None) -> dict[str, str]:
-        env: dict[str, str] = {}
+        # conda adds pip to every env with python (add_pip_as_python_dependency); py-rattler
+        # does not.  Off, a spec gets the same packages from either engine, and a channel
+        # without a pip package does not fail with a misleading "incompatible specs".
+        env: dict[str, str] = {"CONDA_ADD_PIP_AS_PYTHON_DEPENDENCY": "0"}
         if cuda.kind != "detect":
             env["CONDA_OVERRIDE_CUDA"] = cuda.version or ""
         if channel_priority is not None:
@@ -105,7 +108,9 @@ class CondaCliEngine:
                               "site config or use engine: rattler") from None
         if proc.returncode != 0:
             detail = _error_text(proc.stdout) or " / ".join(proc.stderr.strip().splitlines()[-3:])
-            raise HpcenvError(f"{' '.join(cmd.argv[:2])} failed (exit {proc.returncode}): {detail}")
+            # Specs no channel satisfies are the user's input (exit 2), as with py-rattler.
+            error = InvalidInput if _exception_name(proc.stdout) in _SPEC_ERRORS else HpcenvError
+            raise error(f"{' '.join(cmd.argv[:2])} failed (exit {proc.returncode}): {detail}")
         return proc.stdout
 
 
@@ -142,6 +147,20 @@ def parse_dry_run(output: str, platform: str) -> list[LockedPackage]:
     return packages
 
 
+# conda's ``exception_name`` (in its --json error reply) for specs that cannot be satisfied.
+_SPEC_ERRORS = frozenset({"PackagesNotFoundError", "PackagesNotFoundInChannelsError", "UnsatisfiableError", "ResolvePackageNotFound",
+                          "SpecsConfigurationConflictError", "InvalidMatchSpec",
+                          "InvalidSpec"})
+
+
+def _exception_name(output: str) -> str:
+    try:
+        data = json.loads(output)
+    except ValueError:
+        return ""
+    return str(data.get("exception_name", "")) if isinstance(data, dict) else ""
+
+
 def _error_text(output: str) -> str:
     try:
         data = json.loads(output)
@@ -150,4 +169,6 @@ def _error_text(output: str) -> str:
     if not isinstance(data, dict):
         return ""
     message = data.get("message") or data.get("error") or ""
+    # conda's advice to search a web index does not apply to the site's channels.
+    message = str(message).split("To search for alternate channels")[0]
     return " ".join(str(message).split())
