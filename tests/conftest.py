@@ -56,8 +56,8 @@ def demo_channel(test_cache_dir: Path) -> DemoChannel:
 
 # ``conda run -p PREFIX --no-capture-output CMD...`` as far as a job script can tell: activates,
 # then stays the program's parent and forwards no signal (a signal kills this shell, not its
-# child), so a signal that reaches the program proves the job script's own forwarding.  There
-# is no conda binary on these machines.
+# child), so a signal that reaches the program proves the job script's own forwarding.  The
+# real conda (``real_conda`` below) needs the shared test assets and takes seconds per call.
 FAKE_CONDA = """\
 #!/bin/bash
 [[ $1 == run && $2 == -p && $4 == --no-capture-output ]] || { echo "fake conda: bad args: $*" >&2; exit 99; }
