@@ -11,7 +11,9 @@ A modulefile sets what hpcenv's activation sets (:mod:`hpcenv.store.activation`)
 ``etc/conda/activate.d`` scripts through Lmod's ``source_sh``, which records what a script
 changed so ``module unload`` undoes it.  Variables use ``pushenv`` so unloading restores a
 value the user had before, and ``family("hpcenv")`` makes loading a second hpcenv env swap the
-first out, as conda's activation replaces the active env instead of stacking on it.
+first out, as conda's activation replaces the active env instead of stacking on it.  One
+difference remains: an env activated by conda before ``module load`` keeps its ``bin`` on PATH
+(after the module's); Lmod could remove it but not put it back on unload.
 
 The tree lives here, in the store layer, because :mod:`hpcenv.store.lifecycle` keeps it in step
 whenever ``current`` changes (:func:`sync_env_modules`): ``default`` follows rollbacks, retired

@@ -132,6 +132,8 @@ def test_avail_marks_the_current_version_default_through_rollback_and_rm(lmod, t
     remove_version(site, "modenv", 2)
     assert not (env_module_dir(site, "modenv") / "2.lua").exists()
     assert "hpcenv/modenv/2" not in avail()
+    again = hpcenv("--site", str(site_file), "env", "module", "modenv", "--version", "2", env=env)
+    assert again.returncode == 1 and "version 2 is retired, not a ready build" in again.stderr
 
     remove_env(site, "modenv", force=True)
     assert not env_module_dir(site, "modenv").exists()
