@@ -8,6 +8,7 @@ Sections (add new fixtures under a heading of their own):
 - terminal: running a command with stderr on a pseudo-terminal
 - console script: running the venv's ``hpcenv`` with no user or site config leaking in
 - privileges: what a test needs that only root (or a second group) has, skipped with the reason
+- real conda: conda 26.7.1 from the shared test assets, with this checkout installed in it
 
 Service fixtures live in their own plugin modules: ``conftest_slurm`` (the real test Slurm
 cluster) and ``conftest_ssh`` (a key-only sshd on 127.0.0.1).
@@ -67,8 +68,8 @@ def site(tmp_path: Path, demo_channel: DemoChannel) -> SiteConfig:
 
 # ``conda run -p PREFIX --no-capture-output CMD...`` as far as a job script can tell: activates,
 # then stays the program's parent and forwards no signal (a signal kills this shell, not its
-# child), so a signal that reaches the program proves the job script's own forwarding.  There
-# is no conda binary on these machines.
+# child), so a signal that reaches the program proves the job script's own forwarding.  The
+# real conda (``real_conda`` below) needs the shared test assets and takes seconds per call.
 FAKE_CONDA = """\
 #!/bin/bash
 [[ $1 == run && $2 == -p && $4 == --no-capture-output ]] || { echo "fake conda: bad args: $*" >&2; exit 99; }
@@ -190,3 +191,49 @@ def other_group() -> grp.struct_group:
     if not candidates:
         pytest.skip("needs root or membership in a second group (to test group ownership)")
     return candidates[0]
+
+
+# --- real conda ------------------------------------------------------------------------------
+
+# A real conda (built from conda's source, classic solver) comes from the shared test assets
+# beside the checkout: ``<repo>/../shared/conda/install DEST``, or $HPCENV_CONDA_INSTALLER.
+CONDA_INSTALLER = Path(os.environ.get("HPCENV_CONDA_INSTALLER") or
+                       REPO.parent / "shared" / "conda" / "install")
+
+
+@pytest.fixture(scope="session")
+def real_conda(test_cache_dir: Path) -> Path:
+    """The ``conda`` command of a real conda installed once into the test cache, with this
+    checkout installed (editable) into conda's own environment, as a site would install hpcenv
+    for ``conda hpcenv``.  One conda per checkout, so worktrees do not fight over it."""
+    import hashlib
+
+    if not CONDA_INSTALLER.is_file():
+        pytest.skip(f"no conda installer at {CONDA_INSTALLER} (set HPCENV_CONDA_INSTALLER)")
+    tag = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+    dest = test_cache_dir / f"conda-{tag}"
+    proc = subprocess.run([str(CONDA_INSTALLER), str(dest)], capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, f"conda installer failed: {proc.stderr[-2000:]}"
+    conda = Path(proc.stdout.strip().splitlines()[-1])
+    python = dest / "venv" / "bin" / "python"
+    # cwd: not the checkout, whose hpcenv/ would be imported from the current directory
+    where = subprocess.run([str(python), "-c", "import hpcenv; print(hpcenv.__file__)"],
+                           capture_output=True, text=True, cwd=dest)
+    if where.stdout.strip() != str(REPO / "hpcenv" / "__init__.py"):
+        pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                              "--disable-pip-version-check", "-e", str(REPO)],
+                             capture_output=True, text=True, timeout=1800)
+        assert pip.returncode == 0, f"installing hpcenv into conda's env failed: {pip.stderr[-2000:]}"
+    return conda
+
+
+def conda_environ(home: Path, condarc: Path | None = None) -> dict[str, str]:
+    """A clean environment for running conda: HOME at ``home`` (no ~/.condarc of the machine),
+    ``CONDARC`` when given, the system PATH."""
+    env = isolated_environ(home)
+    env = {k: v for k, v in env.items() if not k.startswith(("CONDA", "MAMBA"))}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    if condarc is not None:
+        env["CONDARC"] = str(condarc)
+    return env

@@ -81,6 +81,10 @@ def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None
         checks.append(_exists_check("templates_dir", site.templates_dir))
     if site.pip.wheel_dir is not None:
         checks.append(_exists_check("pip.wheel_dir", site.pip.wheel_dir))
+    # Written by admins (hpcenv env module / env kernel --site-wide), read by every user.
+    for key, directory in (("modules_dir", site.modules_dir), ("kernels_dir", site.kernels_dir)):
+        if directory is not None:
+            checks.append(_dir_check(key, directory, must_write=False))
     for name, remote in site.remotes.items():
         for label, file in (("identity_file", remote.identity_file),
                             ("known_hosts", remote.known_hosts)):

@@ -66,10 +66,10 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                              "or ~/.config/hpcenv/remotes.yaml")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "hpcenv") -> argparse.ArgumentParser:
     from hpcenv.cli import demo_cmd, env_cmd, job_cmd, run_cmd, site_cmd
 
-    parser = _Parser(prog="hpcenv", description="Conda environments for Slurm clusters.")
+    parser = _Parser(prog=prog, description="Conda environments for Slurm clusters.")
     parser.add_argument("--version", action="version", version=f"hpcenv {__version__}")
     _global_options(parser, suppress=False)
     common = _Parser(add_help=False)
@@ -81,14 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "hpcenv") -> int:
+    """Run one command; ``prog`` is what usage lines call the command (``conda hpcenv`` when
+    conda runs it through :mod:`hpcenv.cli.conda_plugin`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Until the arguments are parsed, -v is read from the raw words so that an error in parsing
     # itself still honours it.
     verbosity = 1 if any(a in ("-v", "--verbose") or a.startswith("-vv") for a in argv) else 0
     json_errors = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
     try:
-        parser = build_parser()
+        parser = build_parser(prog)
         args = parser.parse_args(argv)
         handler = getattr(args, "handler", None)
         if handler is None:

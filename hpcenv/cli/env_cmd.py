@@ -1,4 +1,5 @@
-"""The ``hpcenv env`` command group; its sub-commands live in env_spec_cmd and env_build_cmd."""
+"""The ``hpcenv env`` command group; its sub-commands live in env_spec_cmd, env_build_cmd and
+env_access_cmd."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from hpcenv.cli import env_build_cmd, env_spec_cmd
+    from hpcenv.cli import env_access_cmd, env_build_cmd, env_spec_cmd
 
     env = sub.add_parser("env", parents=[common], help="inspect, build, share and retire environments",
                          description="Inspect, build, share and retire conda environments.")
     env_sub = env.add_subparsers(dest="env_command", metavar="ACTION", parser_class=type(env))
     env_spec_cmd.register(env_sub, common)
     env_build_cmd.register(env_sub, common)
+    env_access_cmd.register(env_sub, common)

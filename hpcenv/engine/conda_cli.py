@@ -8,8 +8,8 @@ throw-away prefix path and the ``LINK`` actions become :class:`LockedPackage` s;
 priority through ``CONDA_CHANNEL_PRIORITY``/``MAMBA_CHANNEL_PRIORITY``.  Lockfiles are read and
 written with rattler (same format whatever engine solved).
 
-No conda/mamba/micromamba binary can be installed on the machines this was written on, so only
-the command construction and the parsing of the JSON reply are tested, not a real run.
+Tested against a real conda (26.7.1, classic solver: tests/engine/test_real_conda.py); mamba and
+micromamba only through the command construction and the parsing of their JSON replies.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcenv.engine.base import ChannelPriority, LockedPackage, channel_url
-from hpcenv.errors import HpcenvError
+from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.spec.cuda_target import CudaTarget
 
 
@@ -51,7 +51,10 @@ class CondaCliEngine:
             "mamba" if base.startswith("mamba") else "conda")
 
     def _common_env(self, cuda: CudaTarget, channel_priority: ChannelPriority | None) -> dict[str, str]:
-        env: dict[str, str] = {}
+        # conda adds pip to every env with python (add_pip_as_python_dependency); py-rattler
+        # does not.  Off, a spec gets the same packages from either engine, and a channel
+        # without a pip package does not fail with a misleading "incompatible specs".
+        env: dict[str, str] = {"CONDA_ADD_PIP_AS_PYTHON_DEPENDENCY": "0"}
         if cuda.kind != "detect":
             env["CONDA_OVERRIDE_CUDA"] = cuda.version or ""
         if channel_priority is not None:
@@ -74,7 +77,9 @@ class CondaCliEngine:
     def install_command(self, prefix: Path, explicit_file: Path, *, pkgs_dir: Path) -> Command:
         argv = [self.exe, "create", "--yes", "--json", "--prefix", str(prefix),
                 "--file", str(explicit_file)]
-        env = {"CONDA_PKGS_DIRS": str(pkgs_dir)}
+        # Not in ~/.conda/environments.txt: build prefixes are internal, conda finds the
+        # published envs_dir/NAME by scanning envs_dirs (and root's conda lists every user's file).
+        env = {"CONDA_PKGS_DIRS": str(pkgs_dir), "CONDA_REGISTER_ENVS": "false"}
         if self.flavor == "micromamba":
             env["MAMBA_PKGS_DIRS"] = str(pkgs_dir)
         return Command(tuple(argv), env)
@@ -103,7 +108,9 @@ class CondaCliEngine:
                               "site config or use engine: rattler") from None
         if proc.returncode != 0:
             detail = _error_text(proc.stdout) or " / ".join(proc.stderr.strip().splitlines()[-3:])
-            raise HpcenvError(f"{' '.join(cmd.argv[:2])} failed (exit {proc.returncode}): {detail}")
+            # Specs no channel satisfies are the user's input (exit 2), as with py-rattler.
+            error = InvalidInput if _exception_name(proc.stdout) in _SPEC_ERRORS else HpcenvError
+            raise error(f"{' '.join(cmd.argv[:2])} failed (exit {proc.returncode}): {detail}")
         return proc.stdout
 
 
@@ -140,6 +147,20 @@ def parse_dry_run(output: str, platform: str) -> list[LockedPackage]:
     return packages
 
 
+# conda's ``exception_name`` (in its --json error reply) for specs that cannot be satisfied.
+_SPEC_ERRORS = frozenset({"PackagesNotFoundError", "PackagesNotFoundInChannelsError", "UnsatisfiableError", "ResolvePackageNotFound",
+                          "SpecsConfigurationConflictError", "InvalidMatchSpec",
+                          "InvalidSpec"})
+
+
+def _exception_name(output: str) -> str:
+    try:
+        data = json.loads(output)
+    except ValueError:
+        return ""
+    return str(data.get("exception_name", "")) if isinstance(data, dict) else ""
+
+
 def _error_text(output: str) -> str:
     try:
         data = json.loads(output)
@@ -148,4 +169,6 @@ def _error_text(output: str) -> str:
     if not isinstance(data, dict):
         return ""
     message = data.get("message") or data.get("error") or ""
+    # conda's advice to search a web index does not apply to the site's channels.
+    message = str(message).split("To search for alternate channels")[0]
     return " ".join(str(message).split())

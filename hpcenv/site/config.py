@@ -325,6 +325,14 @@ class SiteConfig:
                                default_factory=PipSettings)
     templates_dir: Path | None = setting(PathValue(optional=True), "site job-script templates "
                                          "overriding the shipped ones", default=None)
+    modules_dir: Path | None = setting(PathValue(optional=True), "Lmod module tree (on users' "
+                                       "MODULEPATH): 'hpcenv env module' writes "
+                                       "hpcenv/NAME/VERSION.lua there", default=None)
+    modules_on_publish: bool = setting(Boolean(), "write the modulefile of every version that "
+                                       "becomes current (needs modules_dir)", default=False)
+    kernels_dir: Path | None = setting(PathValue(optional=True), "site Jupyter kernelspec dir "
+                                       "for 'hpcenv env kernel --site-wide' (e.g. one on "
+                                       "Open OnDemand's JUPYTER_PATH)", default=None)
     state_dir: Path = setting(PathValue(own_dir=True), "per-user state: job records, scripts, logs",
                               yaml_default=_DEFAULT_STATE)
     remotes: Mapping[str, Remote] = setting(
@@ -350,6 +358,10 @@ def _check_site(r: Reader, site: SiteConfig, items: Mapping[str, YNode], node: Y
         at = items.get(key)
         raise r.fail(at.line if at else None, key, f"{getattr(site, key)} needs a conda executable",
                      "set conda_exe: /path/to/conda (or mamba/micromamba)")
+    if site.modules_on_publish and site.modules_dir is None:
+        at = items.get("modules_on_publish")
+        raise r.fail(at.line if at else None, "modules_on_publish", "true needs a module tree",
+                     "set modules_dir: /path/to/modulefiles")
 
 
 # --------------------------------------------------------------------------- lookup

@@ -6,7 +6,8 @@ leaves ``current`` ahead of the symlink, both pointing at complete builds; the n
 either spec (``reused`` checks the symlink too), a rollback or :func:`sync_link` repairs it,
 and ``hpcenv run -n`` follows the registry meanwhile.  :func:`rollback`, :func:`remove_version`
 and :func:`remove_env` change ``current`` the same way (:func:`_switch_current`), under the
-registry's per-name lock.
+registry's per-name lock.  Each change also brings the env's Lmod modules in step
+(:func:`hpcenv.store.modules.sync_env_modules`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from hpcenv.errors import HpcenvError, NotFound
 from hpcenv.store.debris import builder_alive, force_rmtree
 from hpcenv.store.layout import env_link, is_complete, key_lock
+from hpcenv.store.modules import sync_env_modules
 from hpcenv.store.ownership import Actor, env_owner, user_of
 from hpcenv.store.registry import EnvRecord, Registry
 
@@ -50,6 +52,7 @@ def _switch_current(site: SiteConfig, registry: Registry, name: str,
         check_link_is_ours(site, name)
     registry.set_current(name, record.version if record is not None else None)
     _point_link(site, name, Path(record.prefix) if record is not None else None)
+    sync_env_modules(site, registry, name)  # the Lmod tree is another view of "current"
 
 
 def link_points_to(site: SiteConfig, name: str, prefix: Path | str) -> bool:
@@ -225,6 +228,7 @@ def _retire_locked(site: SiteConfig, registry: Registry, name: str, version: int
     target = os.path.realpath(record.prefix)
     shared = any(r.status in ("ready", "building") and os.path.realpath(r.prefix) == target
                  for r in registry.records())
+    sync_env_modules(site, registry, name)  # the retired version's modulefile goes
     return record, shared
 
 

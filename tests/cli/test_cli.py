@@ -442,7 +442,7 @@ def test_error_details_are_printed_indented_below_the_one_line_message(
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     commands.choices["site"].set_defaults(handler=failing)
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli, "build_parser", lambda prog="hpcenv": parser)
 
     assert cli.main(["site"]) == 2
     assert capsys.readouterr().err.splitlines() == [

@@ -133,7 +133,8 @@ def test_conda_install_command_and_explicit_file() -> None:
     cmd = mm.install_command(Path("/envs/x"), Path("/tmp/explicit.txt"), pkgs_dir=Path("/pkgs"))
     assert cmd.argv == ("/usr/bin/micromamba", "create", "--yes", "--json", "--prefix",
                         "/envs/x", "--file", "/tmp/explicit.txt")
-    assert cmd.env == {"CONDA_PKGS_DIRS": "/pkgs", "MAMBA_PKGS_DIRS": "/pkgs"}
+    assert cmd.env == {"CONDA_PKGS_DIRS": "/pkgs", "MAMBA_PKGS_DIRS": "/pkgs",
+                       "CONDA_REGISTER_ENVS": "false"}
     pkg = LockedPackage(name="a", version="1", build="0", build_number=0, subdir="noarch",
                         url="file:///c/noarch/a-1-0.conda", channel="file:///c",
                         file_name="a-1-0.conda", md5="f" * 32, sha256="e" * 64)

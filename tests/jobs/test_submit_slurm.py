@@ -1,9 +1,9 @@
 """hpcenv submit on the real test Slurm cluster (tests/cluster/up): routing by CUDA, the env's
 prefix inside the job, argument safety, and signals under both launchers.
 
-conda-run uses a fake ``conda`` (there is no conda binary here): it activates and stays the
-program's parent without forwarding signals, as ``conda run`` does, so a signal that reaches the
-program proves the job script's own forwarding.
+conda-run uses a fake ``conda`` (the real one: tests/jobs/test_conda_run_slurm.py): it activates
+and stays the program's parent without forwarding signals, as ``conda run`` does, so a signal
+that reaches the program proves the job script's own forwarding.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Job-script rendering: #SBATCH validation, quoting, and both launchers run for real with bash.
 
 The scripts are executed directly with bash here (no scheduler), which is what the local executor
-and slurmd do with them too.  conda-run uses a fake ``conda`` on PATH: there is no conda binary
-on these machines.  The fake behaves as ``conda run`` does where it matters for the wrapper: it
+and slurmd do with them too.  conda-run uses a fake ``conda`` on PATH (quick, and present without
+the shared test assets; tests/jobs/test_conda_run_slurm.py runs the real one).  The fake behaves as ``conda run`` does where it matters for the wrapper: it
 activates (sets CONDA_PREFIX and PATH), stays in between as the program's parent, and forwards no
 signal, so these tests show that the wrapper itself delivers signals to the program.
 """
