@@ -104,6 +104,9 @@ def test_pip_local_versions_and_index_urls() -> None:
     assert req.cuda == "12.4"
     req = infer("python", pip="-i https://wheels.example.org/whl/cu92;torch")
     assert req.cuda == "9.2"
+    # An abbreviated option pip accepts is the same index.
+    req = infer("python", pip="--extra-index https://wheels.example.org/whl/cu121;torch")
+    assert (req.cuda, req.ambiguous) == ("12.1", False)
 
 
 @pytest.mark.parametrize(("deps", "channels", "candidates"), [
