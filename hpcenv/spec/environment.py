@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcenv.errors import InvalidInput, shown_value, where
-from hpcenv.spec.pip_lines import pip_line_problem
+from hpcenv.spec.pip_lines import full_option_name, pip_line_problem
 from hpcenv.yamlio import YNode, closest, load_yaml_text, read_text_file
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -250,7 +250,7 @@ def split_pip_option(line: str) -> tuple[str, str | None] | None:
     if option is None:
         return None
     value = (option.group(2) or "").strip()
-    return option.group(1), value or None
+    return full_option_name(option.group(1)), value or None
 
 
 def canonical_pip_line(line: str) -> str:

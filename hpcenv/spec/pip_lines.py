@@ -92,6 +92,18 @@ class _Parser(optparse.OptionParser):
         raise _OptionError(msg)
 
 
+def full_option_name(flag: str) -> str:
+    """The option pip reads for ``flag``: ``--extra-index`` is ``--extra-index-url`` (pip, like
+    any optparse program, takes an unambiguous prefix of a long option); other flags as given."""
+    if not flag.startswith("--"):
+        return flag
+    names = [f for flags, _ in _OPTIONS for f in flags if f.startswith("--")]
+    if flag in names:
+        return flag
+    matches = [name for name in names if name.startswith(flag)]
+    return matches[0] if len(matches) == 1 else flag
+
+
 def is_url(text: str) -> bool:
     """pip's test for a URL requirement: a known scheme before the first ``:``."""
     scheme, sep, _ = text.partition(":")

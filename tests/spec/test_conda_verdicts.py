@@ -18,6 +18,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -95,3 +96,21 @@ def test_the_deliberate_differences_are_exactly_these(reference: dict[str, str])
         with pytest.raises(InvalidInput) as info:
             load_spec(path)
         assert re.match(rf"{re.escape(str(path))}:\d+: .*{re.escape(reason)}", str(info.value))
+
+
+def test_env_inspect_json_exits_as_conda_and_pip_judge(reference: dict[str, str]) -> None:
+    # The user-facing contract: `hpcenv env inspect --json` exits 0 on every file they accept,
+    # and 2 with one `file:line: ...` error line on every file they refuse.
+    hpcenv = Path(sys.executable).parent / "hpcenv"
+    for path in FILES:
+        result = subprocess.run([str(hpcenv), "env", "inspect", str(path), "--json"],
+                                capture_output=True, text=True, timeout=60)
+        if reference[str(path)] == "accept":
+            assert result.returncode == 0, (path.name, result.stderr)
+            assert json.loads(result.stdout)["file"] == str(path)
+        else:
+            assert result.returncode == 2, (path.name, result.stdout, result.stderr)
+            error = json.loads(result.stdout)
+            assert error["exit_code"] == 2
+            assert re.match(rf"{re.escape(str(path))}:\d+: ", error["error"]), (path.name, error)
+            assert result.stderr == f"hpcenv: error: {error['error']}\n"

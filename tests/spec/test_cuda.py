@@ -104,6 +104,9 @@ def test_pip_local_versions_and_index_urls() -> None:
     assert req.cuda == "12.4"
     req = infer("python", pip="-i https://wheels.example.org/whl/cu92;torch")
     assert req.cuda == "9.2"
+    # An abbreviated option pip accepts is the same index.
+    req = infer("python", pip="--extra-index https://wheels.example.org/whl/cu121;torch")
+    assert (req.cuda, req.ambiguous) == ("12.1", False)
 
 
 @pytest.mark.parametrize(("deps", "channels", "candidates"), [
@@ -245,3 +248,34 @@ def test_runtime_pins_lead_the_evidence_before_lockstep_components() -> None:
     req = infer("cuda-cudart=11.8.89=0;cuda-nvrtc=11.8.89=0;cudatoolkit=11.8.0=h4ba93d1_13")
     assert req.evidence == ("- cudatoolkit=11.8.0=h4ba93d1_13", "- cuda-cudart=11.8.89=0",
                             "- cuda-nvrtc=11.8.89=0")
+
+
+@pytest.mark.parametrize(("pip", "cuda"), [
+    ("https://wheels.example.org/cuda101/torch-1.4.0-cp37-cp37m-linux_x86_64.whl", "10.1"),
+    ("torch @ https://wheels.example.org/cuda-10.1/torch-1.4.0-cp37-none-any.whl", "10.1"),
+    ("https://download.example.org/whl/cu118/torch-2.1.0%2Bcu118-cp310-linux_x86_64.whl",
+     "11.8"),
+])
+def test_direct_wheel_urls_pin(pip: str, cuda: str) -> None:
+    req = infer("python", pip=pip)
+    assert (req.cuda, req.ambiguous, req.gpu_required) == (cuda, False, True)
+    assert req.evidence == (f"- {pip}",)
+
+
+def test_pins_of_another_major_or_newer_builds_conflict_components_only_support() -> None:
+    # A component of the pinned major, whatever its minor, supports; another major conflicts.
+    assert infer("pytorch-cuda=12.1;cuda-cccl=12.6.77").ambiguous is False
+    other_major = infer("pytorch-cuda=11.8;cuda-cccl=12.6.77")
+    assert (other_major.cuda, other_major.ambiguous, other_major.candidates) == \
+        ("11.8", True, ("11.8", "12.6"))
+    # A build for an older minor of the same major runs on the pin; a newer one does not.
+    assert infer("cuda-version=12.4;dgl=*=cuda121*").ambiguous is False
+    assert infer("cuda-version=12.1;dgl=*=cuda124*").ambiguous is True
+
+
+def test_tensorflow_gpu_pins_agree_or_disagree_with_runtime_pins() -> None:
+    agree = infer("cudatoolkit=11.0", pip="tensorflow-gpu==2.4.1")
+    assert (agree.cuda, agree.ambiguous) == ("11.0", False)
+    disagree = infer("cudatoolkit=10.1", pip="tensorflow-gpu==2.4.1")
+    assert (disagree.cuda, disagree.ambiguous, disagree.candidates) == \
+        ("11.0", True, ("10.1", "11.0"))

@@ -328,6 +328,10 @@ def test_shell_identifier_variable_names_are_kept(name: str) -> None:
     ("-r   reqs.txt ", ("-r", "reqs.txt")),
     ("--pre", ("--pre", None)),
     ("--no-deps=", ("--no-deps", None)),
+    # pip takes unambiguous prefixes of its long options.
+    ("--extra-index https://x.org/s", ("--extra-index-url", "https://x.org/s")),
+    ("--find https://x.org/w", ("--find-links", "https://x.org/w")),
+    ("--no https://x.org/s", ("--no", "https://x.org/s")),
     ("numpy>=1", None),
     ("-", None),
 ])
