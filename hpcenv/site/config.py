@@ -96,8 +96,10 @@ class Permissions:
 class LockSettings:
     method: LockMethod = "flock"
     timeout: float = 3600.0            # seconds a builder waits for another's build
-    stale_after: float | None = None   # seconds after which a lock held from another host (whose
-                                       # pid cannot be checked) counts as abandoned; None = never
+    # Seconds without heartbeat after which a lock held from another host (whose pid cannot be
+    # checked) counts as abandoned (None = never), and how often holders renew their lease.
+    stale_after: float | None = 60.0
+    heartbeat: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -759,7 +761,7 @@ class _Reader:
         return Permissions(**kw)
 
     def _locks(self, node: YNode, key: str) -> LockSettings:
-        items = self.mapping(node, key, ("method", "timeout", "stale_after"))
+        items = self.mapping(node, key, ("method", "timeout", "stale_after", "heartbeat"))
         kw: dict[str, Any] = {}
         for name, child in items.items():
             full = f"{key}.{name}"
@@ -768,7 +770,15 @@ class _Reader:
                 kw[name] = self.choice(child, full, ("flock", "mkdir"))
             else:
                 kw[name] = self.seconds(child, full, allow_none=name == "stale_after")
-        return LockSettings(**kw)
+        settings = LockSettings(**kw)
+        if settings.stale_after is not None and settings.heartbeat * 2 > settings.stale_after:
+            culprit = "heartbeat" if "heartbeat" in items else "stale_after"
+            raise self.fail(items[culprit], f"{key}.{culprit}",
+                            f"heartbeat {settings.heartbeat:g}s is more than half of "
+                            f"stale_after {settings.stale_after:g}s",
+                            "holders renew their lease every heartbeat seconds; keep it well "
+                            "below stale_after (e.g. heartbeat: 10, stale_after: 60)")
+        return settings
 
     def _pip(self, node: YNode, key: str) -> PipSettings:
         items = self.mapping(node, key, ("wheel_dir", "index_url", "extra_index_urls", "no_index"))

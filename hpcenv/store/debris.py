@@ -1,7 +1,10 @@
 """Crash debris: what a killed builder leaves behind, and how it is found and cleaned.
 
-A build prefix without a completion marker whose key lock nobody holds is debris (a crashed
-builder); its record is marked ``failed`` and the prefix removed.  A crashed builder's complete
+A build prefix without a completion marker whose builder is provably gone is debris (a crashed
+builder); its record is marked ``failed`` and the prefix removed.  "Provably gone" is what the
+key's lease lock says (:mod:`hpcenv.store.locking`): nobody holds it, or its holder ran on this
+host and its pid is dead, or its holder's heartbeat stopped ``locks.stale_after`` seconds ago.
+A build in progress on another login node is never debris: its builder keeps renewing its lease.  A crashed builder's complete
 build (killed between the marker and the registry update) is adopted: marked ``ready``.  The
 builder cleans debris under its key lock before building; ``env gc`` cleans it too.
 """
@@ -16,7 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcenv.store.layout import builds_dir, is_complete, key_lock, prefix_usage
+from hpcenv.store.layout import builds_dir, is_complete, key_lock, locks_dir, prefix_usage
+from hpcenv.store.locking import clean_lock_debris
 from hpcenv.store.registry import EnvRecord, Registry
 
 if TYPE_CHECKING:
@@ -61,9 +65,12 @@ def find_debris(site: SiteConfig, *, registry: Registry | None = None,
     builds = builds_dir(site)
     if not builds.is_dir():
         return []
+    # List the prefixes before reading the records: a builder writes its record before it
+    # creates its prefix, so every prefix listed here has its record in what we read next.
+    paths = sorted(builds.iterdir())
     by_prefix = {os.path.realpath(r.prefix): r for r in registry.records()}
     found = []
-    for path in sorted(builds.iterdir()):
+    for path in paths:
         if path.name.startswith(".") or is_complete(path):
             continue
         record = by_prefix.get(os.path.realpath(path))
@@ -75,8 +82,9 @@ def find_debris(site: SiteConfig, *, registry: Registry | None = None,
 
 
 def builder_alive(site: SiteConfig, record: EnvRecord, held_key: str | None = None) -> bool:
-    """Whether a live process holds the key lock of ``record`` (a ``building`` record whose
-    builder is gone is a crashed build); ``held_key`` is the caller's own lock."""
+    """Whether a builder may still be working on ``record``: someone holds its key lock and is
+    not provably gone (taking the lock breaks an abandoned lease, so False means proven dead).
+    ``held_key`` is the caller's own lock: whoever wrote a ``building`` record under it is gone."""
     if record.key == held_key:
         return False  # the caller holds this key's lock: whoever wrote the record is gone
     lock = key_lock(site, record.key, timeout=0)
@@ -100,6 +108,7 @@ def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
     ``failed`` (also those that never got as far as creating a prefix); a dead builder's
     ``building`` record whose prefix is complete is marked ``ready`` instead."""
     registry = registry or Registry.for_site(site)
+    clean_lock_debris(locks_dir(site), stale_after=site.locks.stale_after)  # killed lock takers
     removed = []
     # A builder killed between its completion marker and marking the record ready left a
     # verified build: adopt it rather than leave a "building" ghost that gc must keep forever.
