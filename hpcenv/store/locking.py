@@ -593,7 +593,7 @@ class CacheLock:
                 gate.release()
             return
         try:
-            lease = self._register_reader()
+            lease = self._register_reader(gate.path)
         finally:
             gate.release()
         beat = _Heartbeat(lease, self.heartbeat)
@@ -603,8 +603,9 @@ class CacheLock:
             beat.stop()
             lease.unlink(missing_ok=True)
 
-    def _register_reader(self) -> Path:
+    def _register_reader(self, clock_file: Path) -> Path:
         ensure_shared_dir(self.readers_dir, mode=self.dir_mode, group=self.group)
+        self._remove_stale_readers(clock_file, {})  # dead installs' leases: no need to wait for gc
         me = current_holder()
         lease = self.readers_dir / f"{_HOLDER_PREFIX}{me.token}{_HOLDER_SUFFIX}"
         # 0644 is enough: the writer only reads it, and removes it through the dir.
@@ -624,19 +625,7 @@ class CacheLock:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
-            for name in _listdir(self.readers_dir):
-                path = self.readers_dir / name
-                holder = None
-                try:
-                    holder = LockHolder.from_dict(json.loads(path.read_text()))
-                except FileNotFoundError:
-                    continue
-                except (OSError, ValueError, KeyError, TypeError):
-                    pass
-                state = _judge(holder, path, self.readers_dir, gate.path, self.stale_after,
-                               watches.setdefault(name, _Observation()))
-                if state.stale:
-                    path.unlink(missing_ok=True)
+            self._remove_stale_readers(gate.path, watches)
             if time.monotonic() >= deadline:
                 raise LockTimeout(f"{self.path}: gave up after {self.timeout:g}s waiting for "
                                   "builds installing from the package cache; try again later "
@@ -645,6 +634,22 @@ class CacheLock:
                 waited = True
                 on_wait(None)
             time.sleep(self.poll_interval)
+
+    def _remove_stale_readers(self, clock_file: Path, watches: dict[str, _Observation]) -> None:
+        """Unlink the reader leases whose holders are provably gone (caller holds the gate)."""
+        for name in _listdir(self.readers_dir):
+            path = self.readers_dir / name
+            holder = None
+            try:
+                holder = LockHolder.from_dict(json.loads(path.read_text()))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # torn or foreign: judged by its age alone
+            state = _judge(holder, path, self.readers_dir, clock_file, self.stale_after,
+                           watches.setdefault(name, _Observation()))
+            if state.stale:
+                path.unlink(missing_ok=True)
 
 
 def _listdir(path: Path) -> list[str]:
