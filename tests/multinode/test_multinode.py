@@ -209,3 +209,17 @@ def test_live_build_on_one_node_is_never_debris_for_the_other(two_nodes, demo_ch
     site_path = write_demo_site(two_nodes.shared / "lab", demo_channel,
                                 locks="{stale_after: 5, heartbeat: 1}")
     _takeover(two_nodes, site_path, 5.0, 1.0, live_checks=True)
+
+
+def test_site_check_on_a_node_names_the_filesystem_and_its_flock(two_nodes, demo_channel) -> None:
+    node_a = two_nodes.nodes[0]
+    site_path = write_demo_site(two_nodes.shared / "lab", demo_channel)
+    proc = node_a.run([HPCENV, "site", "check", "--site", str(site_path)],
+                      env=two_nodes.env(node_a))
+    lines = [line for line in proc.stdout.splitlines() if " locks " in f" {line}"]
+    assert len(lines) == 3, proc.stdout + proc.stderr
+    for line in lines:
+        assert line.startswith("PASS"), line
+        assert "(fuse): lease locks work" in line
+        assert "FUSE (fuse): flock is kept by this node's kernel (per node)" in line
+        assert "detected 60s after its last heartbeat" in line
