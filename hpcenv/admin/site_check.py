@@ -38,8 +38,9 @@ def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None
     """Probe the machine against the config: dirs, filesystems, channels, executables, group.
 
     Nothing is left behind: the only writes are the lock probe's temporary files
-    (``hpcenv.store.locking.probe_lock_support``), one per envs dir, package cache and registry.  With ``scheduler: slurm`` the
-    partitions are compared with what Slurm reports (``live``, else queried with sinfo).
+    (``hpcenv.store.locking.probe_lock_support``), one per envs dir, package cache and
+    registry.  With ``scheduler: slurm`` the partitions are compared with what Slurm reports
+    (``live``, else queried with sinfo).
     ``umask`` is the one lab users build under (default: this process's).
     """
     checks: list[Check] = []

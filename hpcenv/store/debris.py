@@ -4,9 +4,10 @@ A build prefix without a completion marker whose builder is provably gone is deb
 builder); its record is marked ``failed`` and the prefix removed.  "Provably gone" is what the
 key's lease lock says (:mod:`hpcenv.store.locking`): nobody holds it, or its holder ran on this
 host and its pid is dead, or its holder's heartbeat stopped ``locks.stale_after`` seconds ago.
-A build in progress on another login node is never debris: its builder keeps renewing its lease.  A crashed builder's complete
-build (killed between the marker and the registry update) is adopted: marked ``ready``.  The
-builder cleans debris under its key lock before building; ``env gc`` cleans it too.
+A build in progress on another login node is never debris: its builder keeps renewing its lease.
+A crashed builder's complete build (killed between the marker and the registry update) is
+adopted: marked ``ready``.  The builder cleans debris under its key lock before building;
+``env gc`` cleans it too.
 """
 
 from __future__ import annotations

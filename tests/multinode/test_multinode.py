@@ -174,7 +174,7 @@ def _takeover(two_nodes, site_path: Path, stale_after: float, heartbeat: float,
     # nodeA's last heartbeat came at most `heartbeat` s before the kill; nodeB cannot see nodeA's
     # pid, so only the lease's expiry lets it in: not before, and within one poll after.
     waited = took_over - killed
-    assert stale_after - heartbeat - 1 <= waited <= stale_after + 2, f"took over after {waited:.1f}s"
+    assert stale_after - heartbeat - 1 <= waited <= stale_after + 2, f"took over at {waited:.1f}s"
     site = load_site(site_path)
     registry = Registry(site.registry)
     versions = [(r.version, r.status) for r in registry.versions("kern")]
