@@ -102,8 +102,11 @@ def test_herds_on_two_nodes_build_once(two_nodes, demo_channel) -> None:
         for node, proc in runs:
             out, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, f"round {round_} on {node.name}: {err[-2000:]}"
-            results.append(json.loads(out))
+            results.append({**json.loads(out), "node": node.name})
         assert sorted(r["status"] for r in results) == ["built"] + ["reused"] * 7, round_
+        # The herd really met: builders on the node that did not build waited for the lock.
+        builder_node = next(r["node"] for r in results if r["status"] == "built")
+        assert any(r["waited"] for r in results if r["node"] != builder_node), round_
         assert {(r["version"], r["prefix"]) for r in results} == {
             (1, results[0]["prefix"])}, round_
         assert [(r.version, r.status) for r in registry.versions(name)] == [(1, "ready")]
