@@ -389,3 +389,35 @@ def test_flock_scope_from_mount_options(path: str, fstype: str, meaning: str) ->
 
 def test_flock_scope_unknown_filesystem() -> None:
     assert "unknown flock behaviour" in flock_scope(MountInfo("/x", "weirdfs", ()))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_waiter_keeps_the_same_node_flock(tmp_path: Path, method: str) -> None:
+    """While one process waits for a lease held elsewhere it keeps the node's flock, so the
+    node's other waiters queue in the kernel instead of polling the shared filesystem."""
+    import fcntl
+
+    path = tmp_path / "k.lock"
+    _plant(path, _elsewhere())
+    code = textwrap.dedent(f"""
+        from hpcenv.store.locking import BuildLock, LockTimeout
+        try:
+            BuildLock({str(path)!r}, method={method!r}, timeout=3).acquire()
+        except LockTimeout:
+            pass
+    """)
+    waiter = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(1.5)
+        assert waiter.poll() is None
+        with open(path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held_by_waiter = False
+            except BlockingIOError:
+                held_by_waiter = True
+        assert held_by_waiter == (method == "flock")
+    finally:
+        assert waiter.wait(timeout=20) == 0
+    with open(path) as fh:  # the waiter gave up: its flock went with it
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

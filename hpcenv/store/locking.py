@@ -341,10 +341,38 @@ class BuildLock:
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free (breaking an abandoned lease); never waits."""
+        return self._attempt(keep_local=False)
+
+    def acquire(self) -> None:
+        """Wait up to ``timeout`` seconds for the lock; LockTimeout names the holder.
+
+        A waiter keeps the same-node flock while it polls the lease, so the other waiters on
+        its node queue in the kernel and one process per node polls the shared filesystem."""
+        deadline = time.monotonic() + self.timeout
+        seen: object = _UNSEEN
+        try:
+            while not self._attempt(keep_local=True):
+                holder = self.holder()
+                if holder != seen:
+                    seen = holder
+                    if self.on_wait is not None:
+                        self.on_wait(holder)
+                if time.monotonic() >= deadline:
+                    who = holder.describe() if holder else "an unknown holder"
+                    raise LockTimeout(
+                        f"{self.path}: gave up after {self.timeout:g}s waiting for {who}; a "
+                        f"holder that died counts as gone {self.stale_after}s after its last "
+                        "heartbeat (locks.stale_after); otherwise raise locks.timeout")
+                time.sleep(self.poll_interval)
+        except BaseException:
+            self._unflock()
+            raise
+
+    def _attempt(self, *, keep_local: bool) -> bool:
         if self._me is not None:
             raise HpcenvError(f"{self.path}: lock already held by this object")
         self._open()
-        if not self._try_flock():
+        if not self._flocked and not self._try_flock():
             return False
         try:
             me = self._try_lease()
@@ -352,29 +380,12 @@ class BuildLock:
             self._unflock()
             raise
         if me is None:
-            self._unflock()
+            if not keep_local:
+                self._unflock()
             return False
         self._me = me
         self._beat = _Heartbeat(self.holder_path, self.heartbeat)
         return True
-
-    def acquire(self) -> None:
-        """Wait up to ``timeout`` seconds for the lock; LockTimeout names the holder."""
-        deadline = time.monotonic() + self.timeout
-        seen: object = _UNSEEN
-        while not self.try_acquire():
-            holder = self.holder()
-            if holder != seen:
-                seen = holder
-                if self.on_wait is not None:
-                    self.on_wait(holder)
-            if time.monotonic() >= deadline:
-                who = holder.describe() if holder else "an unknown holder"
-                raise LockTimeout(
-                    f"{self.path}: gave up after {self.timeout:g}s waiting for {who}; a holder "
-                    f"that died counts as gone {self.stale_after}s after its last heartbeat "
-                    "(locks.stale_after); otherwise raise locks.timeout")
-            time.sleep(self.poll_interval)
 
     def release(self) -> None:
         me, beat = self._me, self._beat
