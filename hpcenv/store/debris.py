@@ -95,6 +95,16 @@ def builder_alive(site: SiteConfig, record: EnvRecord, held_key: str | None = No
     return False
 
 
+def clean_lock_places(site: SiteConfig) -> list[Path]:
+    """Remove what killed lock takers left (staging dirs older than ``locks.stale_after``) in
+    every place hpcenv keeps locks: build locks, the package cache, the registry's names."""
+    places = [locks_dir(site), Path(site.pkgs_dirs[0]), Path(site.registry)]
+    if Path(site.registry).is_dir():
+        places += [p for p in Path(site.registry).iterdir() if p.is_dir()]
+    return [path for place in places
+            for path in clean_lock_debris(place, stale_after=site.locks.stale_after)]
+
+
 def _adopt(registry: Registry, record: EnvRecord) -> EnvRecord:
     prefix = Path(record.prefix)
     size, count = prefix_usage(prefix)
@@ -109,7 +119,7 @@ def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
     ``failed`` (also those that never got as far as creating a prefix); a dead builder's
     ``building`` record whose prefix is complete is marked ``ready`` instead."""
     registry = registry or Registry.for_site(site)
-    clean_lock_debris(locks_dir(site), stale_after=site.locks.stale_after)  # killed lock takers
+    clean_lock_places(site)
     removed = []
     # A builder killed between its completion marker and marking the record ready left a
     # verified build: adopt it rather than leave a "building" ghost that gc must keep forever.
