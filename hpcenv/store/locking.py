@@ -323,9 +323,9 @@ class BuildLock:
         if self._me is None:
             raise HpcenvError(f"{self.path}: lock not held")
         if self.lost or not self.holder_path.exists():
-            raise LockLost(f"{self.path}: our lease was broken by another process after our "
-                           f"heartbeat stopped for {self.stale_after:g}s (filesystem stall or "
-                           "stopped process?); rerun the command")
+            raise LockLost(f"{self.path}: our lease was broken by another process that found "
+                           "our heartbeat stopped too long (filesystem stall or stopped "
+                           "process?); rerun the command")
 
     def holder(self) -> LockHolder | None:
         """The current holder's record (None when the lock is free or the record unreadable)."""
@@ -359,10 +359,14 @@ class BuildLock:
                         self.on_wait(holder)
                 if time.monotonic() >= deadline:
                     who = holder.describe() if holder else "an unknown holder"
+                    expiry = ("never expires (locks.stale_after is null): remove "
+                              f"{self.lease_dir} if that process is gone"
+                              if self.stale_after is None else
+                              f"counts as gone {self.stale_after:g}s after its last heartbeat")
                     raise LockTimeout(
                         f"{self.path}: gave up after {self.timeout:g}s waiting for {who}; a "
-                        f"holder that died counts as gone {self.stale_after}s after its last "
-                        "heartbeat (locks.stale_after); otherwise raise locks.timeout")
+                        f"holder that died on another node {expiry}; otherwise raise "
+                        "locks.timeout")
                 time.sleep(self.poll_interval)
         except BaseException:
             self._unflock()
