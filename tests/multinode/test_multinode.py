@@ -226,3 +226,37 @@ def test_site_check_on_a_node_names_the_filesystem_and_its_flock(two_nodes, demo
         assert "(fuse): lease locks work" in line
         assert "FUSE (fuse): flock is kept by this node's kernel (per node)" in line
         assert "detected 60s after its last heartbeat" in line
+
+
+ALLOCATE = """
+import socket, sys
+from hpcenv.store.registry import EnvRecord, Registry
+registry = Registry(sys.argv[1])
+for _ in range(5):
+    record = registry.allocate("shared", lambda v: EnvRecord(
+        name="shared", version=v, key="0" * 64, spec={}, spec_hash="", lock_path="",
+        prefix=f"/nowhere/{v}", cuda=None, cuda_override=None, channels=[],
+        platform="linux-64", status="failed", creator=socket.gethostname(),
+        created="2024-01-01T00:00:00+00:00"))
+    print(record.version, flush=True)
+"""
+
+
+def test_registry_versions_stay_unique_across_nodes(two_nodes) -> None:
+    """2 nodes x 4 processes allocate 5 versions each of one name at once: 40 distinct
+    versions, 1 to 40, each record written by the process that was given it."""
+    root = two_nodes.shared / "registry"
+    procs = [(node, node.popen([sys.executable, "-c", ALLOCATE, str(root)],
+                               env=two_nodes.env(node)))
+             for node in two_nodes.nodes for _ in range(4)]
+    given: dict[int, str] = {}
+    for node, proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        for line in out.split():
+            assert int(line) not in given, f"version {line} given twice"
+            given[int(line)] = node.name
+    assert sorted(given) == list(range(1, 41))
+    records = Registry(root).versions("shared")
+    assert [(r.version, r.creator) for r in records] == sorted(given.items())
+    assert {name for name in given.values()} == {"nodeA", "nodeB"}
