@@ -227,7 +227,7 @@ def _judge(holder: LockHolder | None, record: Path | None, lease_dir: Path, cloc
            stale_after: float | None, watch: _Observation | None) -> LeaseState:
     """Whether the lease in ``lease_dir`` (holder record ``record``) is provably abandoned."""
     try:
-        mtime = os.stat(record if record is not None else lease_dir).st_mtime
+        mtime = _fresh_mtime(record if record is not None else lease_dir)
     except FileNotFoundError:
         return LeaseState(holder, record, False, None)  # released meanwhile: not ours to break
     age = fs_now(clock_file) - mtime
@@ -241,6 +241,16 @@ def _judge(holder: LockHolder | None, record: Path | None, lease_dir: Path, cloc
     if not stale and watch is not None:
         stale = watch.unchanged_for(holder.token if holder else "", mtime) > stale_after
     return LeaseState(holder, record, stale, age)
+
+
+def _fresh_mtime(path: Path) -> float:
+    """``path``'s mtime as the server has it: opening makes NFS clients revalidate cached
+    attributes (close-to-open consistency), so a stale cache cannot make a live lease look old."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
 
 
 def _read_holder(lease_dir: Path) -> tuple[LockHolder | None, Path | None]:
