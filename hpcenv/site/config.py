@@ -94,7 +94,7 @@ class Permissions:
 
 @dataclass(frozen=True)
 class LockSettings:
-    method: LockMethod = "flock"
+    method: LockMethod = "flock"       # flock: leases + same-node flock; mkdir: leases only
     timeout: float = 3600.0            # seconds a builder waits for another's build
     # Seconds without heartbeat after which a lock held from another host (whose pid cannot be
     # checked) counts as abandoned (None = never), and how often holders renew their lease.
