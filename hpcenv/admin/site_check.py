@@ -43,8 +43,9 @@ def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None
     """Probe the machine against the config: dirs, filesystems, channels, executables, group.
 
     Nothing is left behind: the only writes are the lock probe's temporary files
-    (``hpcenv.store.locking.probe_lock_support``), one per envs dir.  With ``scheduler: slurm`` the
-    partitions are compared with what Slurm reports (``live``, else queried with sinfo).
+    (``hpcenv.store.locking.probe_lock_support``), one per envs dir, package cache and
+    registry.  With ``scheduler: slurm`` the partitions are compared with what Slurm reports
+    (``live``, else queried with sinfo).
     ``umask`` is the one lab users build under (default: this process's).  Remote channels
     are asked for ``noarch/repodata.json`` (a HEAD request, ``probe_timeout`` seconds each, in
     parallel).
@@ -364,17 +365,27 @@ def _exists_check(name: str, path: Path) -> Check:
 
 
 def _lock_checks(site: SiteConfig) -> list[Check]:
-
+    """One check per place hpcenv keeps locks (build locks under each envs dir, the package
+    cache lock, the registry's name locks): the filesystem type and what its mount options mean
+    for ``flock`` across nodes, and whether the lease protocol's atomic rename and heartbeat
+    work there.  ``flock`` only ever serves as a same-node fast path, so a node-local or
+    failing flock is reported, not failed."""
+    places = [(f"locks envs_dirs[{i}]", path) for i, path in enumerate(site.envs_dirs)]
+    places += [("locks pkgs_dirs[0]", site.pkgs_dirs[0]), ("locks registry", site.registry)]
+    stale_after = site.locks.stale_after
     checks = []
-    for i, path in enumerate(site.envs_dirs):
+    for name, path in places:
         # Before the first build the dir may not exist; its nearest ancestor is on the same
         # filesystem in all but mount-point edge cases.
         ok, detail = probe_lock_support(_existing_ancestor(path))
-        status: CheckStatus = "pass"
         if not ok:
-            # mkdir locks need no flock, so a site that chose them only needs to know.
-            status = "fail" if site.locks.method == "flock" else "pass"
-            if site.locks.method == "mkdir":
-                detail += " (locks.method is mkdir: flock not needed)"
-        checks.append(Check(f"locks envs_dirs[{i}]", status, detail))
+            checks.append(Check(name, "fail", detail + "; put this dir on a filesystem with "
+                                "POSIX rename semantics"))
+        elif stale_after is None:
+            checks.append(Check(name, "warn", detail + "; locks.stale_after is null: a builder "
+                                "that dies on another login node keeps its lock until its "
+                                ".lease dir is removed by hand (set e.g. stale_after: 60)"))
+        else:
+            checks.append(Check(name, "pass", detail + f"; a holder that dies on another node "
+                                f"is detected {stale_after:g}s after its last heartbeat"))
     return checks

@@ -240,7 +240,7 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         who = holder.describe() if holder else "another builder"
         report.wait(f"waiting for {who} (building {plan.name}, key {plan.key[:12]})")
 
-    with key_lock(site, plan.key, on_wait=on_wait):
+    with key_lock(site, plan.key, on_wait=on_wait) as lock:
         # Debris first: it also adopts a finished build whose builder died before marking it
         # ready, which the lookup below then reuses.
         for path in clean_debris(site, registry=registry, held_key=plan.key):
@@ -254,6 +254,7 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
             report.step(note)
         engine = engine or _engine_for(site)
         record, warnings = _build_locked(spec, site, plan, registry, engine, from_lock, report)
+        lock.ensure_held()  # a lease broken while we stalled: another builder took over
         if not publish_build:
             return BuildResult(record, "built", waited, time.monotonic() - started,
                                tuple(warnings),

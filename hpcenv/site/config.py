@@ -231,13 +231,28 @@ class Permissions:
 @dataclass(frozen=True, kw_only=True)
 class LockSettings:
     method: LockMethod = setting(Choice(("flock", "mkdir")),
-                                 "build lock primitive; mkdir where flock does not work",
+                                 "flock: leases plus a same-node flock fast path; mkdir: leases "
+                                 "only (where flock fails, e.g. Lustre noflock)",
                                  default="flock")
     timeout: float = setting(Seconds(), "seconds a builder waits for another's build",
                              default=3600.0)
     stale_after: float | None = setting(
-        Seconds(optional=True), "seconds after which a lock held from another host (whose pid "
-        "cannot be checked) counts as abandoned; null = never", default=None)
+        Seconds(optional=True), "seconds without a heartbeat after which a lock held from "
+        "another host (whose pid cannot be checked) counts as abandoned; null = never",
+        default=60.0)
+    heartbeat: float = setting(Seconds(), "how often holders renew their lease (at most half "
+                               "of stale_after)", default=10.0)
+
+
+def _check_locks(r: Reader, locks: LockSettings, items: Mapping[str, YNode], node: YNode,
+                 key: str) -> None:
+    if locks.stale_after is not None and locks.heartbeat * 2 > locks.stale_after:
+        culprit = "heartbeat" if "heartbeat" in items else "stale_after"
+        raise r.fail(items.get(culprit, node), f"{key}.{culprit}",
+                     f"heartbeat {locks.heartbeat:g}s is more than half of "
+                     f"stale_after {locks.stale_after:g}s",
+                     "holders renew their lease every heartbeat seconds; keep it well "
+                     "below stale_after (e.g. heartbeat: 10, stale_after: 60)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,7 +334,7 @@ class SiteConfig:
         "partitions jobs may be routed to, in order of preference", default=())
     permissions: Permissions = setting(Section(Permissions), "shared-dir ownership and naming",
                                        default_factory=Permissions)
-    locks: LockSettings = setting(Section(LockSettings), "build locks",
+    locks: LockSettings = setting(Section(LockSettings, check=_check_locks), "build locks",
                                   default_factory=LockSettings)
     pip: PipSettings = setting(Section(PipSettings), "pip sections of env files",
                                default_factory=PipSettings)

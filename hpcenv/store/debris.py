@@ -1,9 +1,13 @@
 """Crash debris: what a killed builder leaves behind, and how it is found and cleaned.
 
-A build prefix without a completion marker whose key lock nobody holds is debris (a crashed
-builder); its record is marked ``failed`` and the prefix removed.  A crashed builder's complete
-build (killed between the marker and the registry update) is adopted: marked ``ready``.  The
-builder cleans debris under its key lock before building; ``env gc`` cleans it too.
+A build prefix without a completion marker whose builder is provably gone is debris (a crashed
+builder); its record is marked ``failed`` and the prefix removed.  "Provably gone" is what the
+key's lease lock says (:mod:`hpcenv.store.locking`): nobody holds it, or its holder ran on this
+host and its pid is dead, or its holder's heartbeat stopped ``locks.stale_after`` seconds ago.
+A build in progress on another login node is never debris: its builder keeps renewing its lease.
+A crashed builder's complete build (killed between the marker and the registry update) is
+adopted: marked ``ready``.  The builder cleans debris under its key lock before building;
+``env gc`` cleans it too.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcenv.store.layout import builds_dir, is_complete, key_lock, prefix_usage
+from hpcenv.store.layout import builds_dir, is_complete, key_lock, locks_dir, prefix_usage
+from hpcenv.store.locking import clean_lock_debris
 from hpcenv.store.registry import EnvRecord, Registry
 
 if TYPE_CHECKING:
@@ -61,9 +66,12 @@ def find_debris(site: SiteConfig, *, registry: Registry | None = None,
     builds = builds_dir(site)
     if not builds.is_dir():
         return []
+    # List the prefixes before reading the records: a builder writes its record before it
+    # creates its prefix, so every prefix listed here has its record in what we read next.
+    paths = sorted(builds.iterdir())
     by_prefix = {os.path.realpath(r.prefix): r for r in registry.records()}
     found = []
-    for path in sorted(builds.iterdir()):
+    for path in paths:
         if path.name.startswith(".") or is_complete(path):
             continue
         record = by_prefix.get(os.path.realpath(path))
@@ -75,8 +83,9 @@ def find_debris(site: SiteConfig, *, registry: Registry | None = None,
 
 
 def builder_alive(site: SiteConfig, record: EnvRecord, held_key: str | None = None) -> bool:
-    """Whether a live process holds the key lock of ``record`` (a ``building`` record whose
-    builder is gone is a crashed build); ``held_key`` is the caller's own lock."""
+    """Whether a builder may still be working on ``record``: someone holds its key lock and is
+    not provably gone (taking the lock breaks an abandoned lease, so False means proven dead).
+    ``held_key`` is the caller's own lock: whoever wrote a ``building`` record under it is gone."""
     if record.key == held_key:
         return False  # the caller holds this key's lock: whoever wrote the record is gone
     lock = key_lock(site, record.key, timeout=0)
@@ -84,6 +93,16 @@ def builder_alive(site: SiteConfig, record: EnvRecord, held_key: str | None = No
         return True
     lock.release()
     return False
+
+
+def clean_lock_places(site: SiteConfig) -> list[Path]:
+    """Remove what killed lock takers left (staging dirs older than ``locks.stale_after``) in
+    every place hpcenv keeps locks: build locks, the package cache, the registry's names."""
+    places = [locks_dir(site), Path(site.pkgs_dirs[0]), Path(site.registry)]
+    if Path(site.registry).is_dir():
+        places += [p for p in Path(site.registry).iterdir() if p.is_dir()]
+    return [path for place in places
+            for path in clean_lock_debris(place, stale_after=site.locks.stale_after)]
 
 
 def _adopt(registry: Registry, record: EnvRecord) -> EnvRecord:
@@ -100,6 +119,7 @@ def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
     ``failed`` (also those that never got as far as creating a prefix); a dead builder's
     ``building`` record whose prefix is complete is marked ``ready`` instead."""
     registry = registry or Registry.for_site(site)
+    clean_lock_places(site)
     removed = []
     # A builder killed between its completion marker and marking the record ready left a
     # verified build: adopt it rather than leave a "building" ghost that gc must keep forever.

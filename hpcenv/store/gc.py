@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 from hpcenv.engine.base import ARCHIVE_SUFFIXES
 from hpcenv.records import JsonRecord, json_meta
-from hpcenv.store.debris import builder_alive, find_debris, force_rmtree
+from hpcenv.store.debris import builder_alive, clean_lock_places, find_debris, force_rmtree
 from hpcenv.store.layout import builds_dir, cache_lock, is_complete
 from hpcenv.store.registry import Registry
 
@@ -272,6 +272,8 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
         registry = Registry.for_site(site)
         records = list(registry.records())
         debris = find_debris(site, registry=registry)
+        if not dry_run:
+            clean_lock_places(site)
         # A "building" record is live unless find_debris judged its builder dead.
         dead = {os.path.realpath(p) for p, _ in debris}
         keep = {Path(os.path.realpath(r.prefix)) for r in records

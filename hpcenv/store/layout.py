@@ -6,10 +6,13 @@ Layout under the first ``envs_dir`` (``E``)::
     E/.hpcenv/builds/NAME-V-KEY12/               one prefix per build (prefixes are not
                                                  relocatable, so each is installed in place)
     E/.hpcenv/builds/NAME-V-KEY12/.hpcenv-complete   completion marker, written last
-    E/.hpcenv/locks/KEY.lock                     one build lock per key
+    E/.hpcenv/locks/KEY.lock                     one build lock per key (the flock/clock
+    E/.hpcenv/locks/KEY.lock.lease/              file, and the lease dir while it is held;
+                                                 see hpcenv.store.locking)
 
 The package cache (the site's first ``pkgs_dir``) has ``.hpcenv-cache.lock``, which orders
-installs against ``env gc``.
+installs against ``env gc`` (with ``.hpcenv-cache.lock.lease/`` and ``.hpcenv-cache.lock.readers/``
+next to it while held).
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ def key_lock(site: SiteConfig, key: str, *, on_wait: Callable[[LockHolder | None
     """The build lock of ``key`` with the site's lock settings."""
     return BuildLock(locks_dir(site) / f"{key}.lock", method=site.locks.method,
                      timeout=site.locks.timeout if timeout is None else timeout,
-                     stale_after=site.locks.stale_after, on_wait=on_wait,
-                     dir_mode=site.permissions.dir_mode, group=site.permissions.group)
+                     stale_after=site.locks.stale_after, heartbeat=site.locks.heartbeat,
+                     on_wait=on_wait, dir_mode=site.permissions.dir_mode,
+                     group=site.permissions.group)
 
 
 def cache_lock(site: SiteConfig, pkgs_dir: Path, *,
@@ -59,8 +63,8 @@ def cache_lock(site: SiteConfig, pkgs_dir: Path, *,
     """The lock that keeps ``env gc`` out of ``pkgs_dir`` while installs link from it."""
     return CacheLock(Path(pkgs_dir) / CACHE_LOCK, method=site.locks.method,
                      timeout=site.locks.timeout, stale_after=site.locks.stale_after,
-                     on_wait=on_wait, dir_mode=site.permissions.dir_mode,
-                     group=site.permissions.group)
+                     heartbeat=site.locks.heartbeat, on_wait=on_wait,
+                     dir_mode=site.permissions.dir_mode, group=site.permissions.group)
 
 
 def is_complete(prefix: Path | str) -> bool:

@@ -1,30 +1,50 @@
-"""Build locks on a shared filesystem, with holder info and stale-lock breaking.
+"""Locks on a shared filesystem that hold across login nodes, with holder info and leases.
 
-One :class:`BuildLock` per build key serialises builders across processes, users and login nodes.
-Whoever holds a lock also publishes a small JSON holder record (user@host, pid, the pid's kernel
-start time, start time of the hold), so a late arrival can say *"waiting for alice@login1 pid 4242
-since 2024-05-01T10:00:00+00:00"* instead of hanging silently.
+On many clusters ``flock`` is not coherent across the nodes that share a filesystem (Lustre
+mounted ``localflock`` keeps locks per node, ``noflock`` makes flock fail, NFS can lose locks
+when its server restarts).  So the cross-node guard of every hpcenv lock is an atomic
+operation the filesystem's metadata server performs for all nodes alike, and ``flock`` is only
+a same-node fast path.
 
-Two methods (site option ``locks.method``):
+**Lease lock** (:class:`BuildLock`), for the lock ``PATH``::
 
-``flock`` (default)
-    ``fcntl.flock`` on ``PATH`` through :mod:`filelock` (never its soft fallback); the holder
-    record is ``PATH.holder``.  The kernel (or the NFS lock manager) drops the lock when its holder
-    dies, so a stale flock cannot exist; a leftover holder file from a dead holder is merely
-    overwritten by the next one.
-``mkdir``
-    For filesystems where ``flock`` is missing or only node-local (some NFSv3 mounts, old Lustre
-    and BeeGFS client settings; :func:`probe_lock_support` finds the obvious cases).  The lock is
-    the directory ``PATH.dir`` holding ``holder.json``; it is created complete in a temporary
-    directory and renamed into place, which is atomic on POSIX and NFS and fails while the lock
-    exists, so a lock directory never lacks its holder record.  Nothing releases it when its
-    holder dies, so waiters break it themselves: a holder on *this* host whose pid is gone (or
-    reused, told apart by the pid's start time) is dead; a holder on another host is only judged
-    abandoned after ``stale_after`` seconds (site ``locks.stale_after``, ``None`` = never).
-    Breaking renames the directory aside (one waiter wins the rename) and re-checks that what it
-    moved is the stale hold; a fresh hold moved by mistake is renamed back.  That re-check leaves
-    a window of a few microseconds in which two waiters could both believe they broke the same
-    stale lock; locks on flock-capable filesystems do not have it.
+    PATH                        plain file: same-node flock, and the clock probe (see below)
+    PATH.lease/                 exists while someone holds the lock ...
+    PATH.lease/holder.TOKEN.json    ... and names them: user, host, pid, start, TOKEN
+    .PATH.lease.XXXX.new/       a taker's staging dir, renamed to PATH.lease in one step
+
+- *Take*: build the lease dir complete (holder record inside) under a unique staging name,
+  then ``rename`` it to ``PATH.lease``.  The rename succeeds for exactly one taker while the
+  lease is free (absent, or an empty dir left by a release in progress) and fails with
+  EEXIST/ENOTEMPTY while a holder record is inside.  A lease is never without its holder record.
+- *Renew*: the holder's heartbeat thread sets the record's mtime every ``heartbeat`` seconds.
+- *Expire*: a lease from another host is stale when its record's mtime is more than
+  ``stale_after`` seconds older than the filesystem's own "now" (the mtime the filesystem gives
+  the ``PATH`` file when a waiter touches it: no remote wall clock is read), or when one waiter
+  has watched it unchanged for ``stale_after`` seconds of its own monotonic clock (this catches
+  a holder whose clock runs ahead).  A lease from this host (same hostname and pid namespace)
+  is stale as soon as its pid is gone or reused.
+- *Break*: ``unlink(PATH.lease/holder.TOKEN.json)``.  The record's name carries the token of
+  the hold judged stale, so the unlink cannot hit a newer hold, and it succeeds for exactly one
+  breaker: two breakers never both proceed.  The breaker then removes the empty dir and takes
+  the lock like anyone else.
+- *Release*: unlink the own record, then ``rmdir`` the dir (a newer holder's dir is never
+  empty, so this cannot remove it).  A holder whose record vanished was broken (its heartbeat
+  stopped for ``stale_after``): :attr:`BuildLock.lost` tells, and :meth:`BuildLock.ensure_held`
+  raises :class:`LockLost`.
+
+A dead holder on another node is thus detected ``stale_after`` (default 60 s) after its last
+heartbeat, plus one poll.  Assumptions: rename, mkdir, create-exclusive and unlink are atomic
+on the shared filesystem (POSIX; NFS and the parallel filesystems do them on the server); the
+filesystem stamps mtimes either from one clock (NFS: the server's) or from client clocks that
+agree to well under ``stale_after - heartbeat`` (NTP).  A live holder that cannot renew for
+``stale_after`` seconds (a filesystem stall, a stopped process) loses its lease.
+
+**Readers-writer lock** (:class:`CacheLock`): installs share a package cache, ``env gc`` needs
+it alone.  A *gate* lease lock orders them: a reader takes the gate, registers a heartbeated
+lease file in ``PATH.readers/``, and lets the gate go; the writer takes the gate and keeps it
+(no new readers), removes stale reader leases, and owns the cache once ``rmdir PATH.readers``
+succeeds: an rmdir that only the server can decide, so the writer never trusts a cached listing.
 """
 
 from __future__ import annotations
@@ -37,27 +57,36 @@ import secrets
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from hpcenv.errors import HpcenvError
-from hpcenv.fsutil import (
-    atomic_write_json,
-    current_user,
-    ensure_shared_dir,
-    process_start_time,
-)
+from hpcenv.fsutil import atomic_write_json, current_user, ensure_shared_dir, process_start_time
 
+# "flock": the lease protocol plus flock as a same-node fast path (skipped by itself where
+# flock fails); "mkdir": the lease protocol alone, never calling flock.
 LockMethod = Literal["flock", "mkdir"]
+
+DEFAULT_STALE_AFTER = 60.0
+DEFAULT_HEARTBEAT = 10.0
+
+_HOLDER_PREFIX, _HOLDER_SUFFIX = "holder.", ".json"
+# flock errors meaning "no usable flock here" (Lustre noflock, some FUSE and NFS setups).
+_NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL, errno.EIO}
 
 
 class LockTimeout(HpcenvError):
-    """Waited ``timeout`` seconds for a lock another builder holds."""
+    """Waited ``timeout`` seconds for a lock another process holds."""
+
+
+class LockLost(HpcenvError):
+    """The lease of a held lock was broken by another process (its heartbeat had stopped)."""
 
 
 @dataclass(frozen=True)
@@ -67,14 +96,16 @@ class LockHolder:
     user: str
     host: str
     pid: int
-    started: str                  # ISO time the hold began
+    started: str                  # ISO time the hold began (the holder's clock: for people)
     pid_start: int | None = None  # /proc/PID/stat starttime: tells a reused pid apart
+    token: str = ""               # names this hold's record: a breaker can only hit this hold
+    pid_ns: str | None = None     # the holder's pid namespace: pids compare only inside one
 
     def describe(self) -> str:
         return f"{self.user}@{self.host} pid {self.pid} since {self.started}"
 
     def on_this_host(self) -> bool:
-        return self.host == socket.gethostname()
+        return self.host == socket.gethostname() and self.pid_ns == _pid_namespace()
 
     def is_dead(self) -> bool | None:
         """True/False for a holder on this host; None (unknown) for one on another host."""
@@ -82,26 +113,29 @@ class LockHolder:
             return None
         return not _pid_alive(self.pid, self.pid_start)
 
-    def age_seconds(self) -> float:
-        try:
-            return time.time() - datetime.fromisoformat(self.started).timestamp()
-        except ValueError:
-            return 0.0
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LockHolder:
         return cls(user=str(data["user"]), host=str(data["host"]), pid=int(data["pid"]),
-                   started=str(data["started"]), pid_start=data.get("pid_start"))
+                   started=str(data["started"]), pid_start=data.get("pid_start"),
+                   token=str(data.get("token", "")), pid_ns=data.get("pid_ns"))
 
 
 def current_holder() -> LockHolder:
-    """A holder record for this process, now."""
+    """A holder record for this process, now, with a fresh token."""
     return LockHolder(user=current_user(), host=socket.gethostname(), pid=os.getpid(),
                       started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      pid_start=process_start_time(os.getpid()))
+                      pid_start=process_start_time(os.getpid()), token=secrets.token_hex(8),
+                      pid_ns=_pid_namespace())
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _pid_alive(pid: int, pid_start: int | None) -> bool:
@@ -111,108 +145,278 @@ def _pid_alive(pid: int, pid_start: int | None) -> bool:
         return False
     except PermissionError:
         pass  # another user's live process
-    if pid_start is not None:
-        now = process_start_time(pid)
-        if now is not None and now != pid_start:
-            return False  # the pid was reused by a younger process
-    return True
+    now = process_start_time(pid)
+    if now is None:
+        return False  # a zombie: it will do no more work
+    return pid_start is None or now == pid_start  # a changed start time: the pid was reused
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def fs_now(clock_file: Path) -> float:
+    """The shared filesystem's "now": the mtime it gives ``clock_file`` when we touch it.
+
+    Comparing a lease's mtime with this (rather than with ``time.time()``) compares two stamps
+    made by the same party: the server on NFS, or client clocks on filesystems that take them.
+    """
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        os.utime(clock_file)
+    except PermissionError:
+        return time.time()  # a lock file we may not touch (made by hand?): our own clock
+    return os.stat(clock_file).st_mtime
+
+
+class _Heartbeat:
+    """Renews one lease file (sets its mtime) every ``interval`` seconds in a daemon thread."""
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self.path = path
+        self.interval = interval
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease {path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                self.lost = True  # broken by a waiter that judged us dead
+                return
+            except OSError:
+                pass  # a filesystem hiccup: the next beat tries again
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=max(self.interval, 1.0) + 5)
+
+
+@dataclass
+class _Observation:
+    """What one waiter saw of a lease and when (its monotonic clock), to expire a lease whose
+    holder's clock runs ahead of the filesystem's."""
+
+    token: str = ""
+    mtime: float = 0.0
+    since: float = field(default_factory=time.monotonic)
+
+    def unchanged_for(self, token: str, mtime: float) -> float:
+        if (token, mtime) != (self.token, self.mtime):
+            self.token, self.mtime, self.since = token, mtime, time.monotonic()
+        return time.monotonic() - self.since
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """A lease as found on disk: its holder (None: no readable record) and its staleness."""
+
+    holder: LockHolder | None
+    record: Path | None       # the holder record (its mtime is the last heartbeat)
+    stale: bool
+    age: float | None         # seconds since the last heartbeat, by the filesystem's clock
+
+
+def _validate_timings(stale_after: float | None, heartbeat: float) -> None:
+    if heartbeat <= 0:
+        raise HpcenvError(f"lock heartbeat must be positive seconds, not {heartbeat!r}")
+    if stale_after is not None and heartbeat * 2 > stale_after:
+        raise HpcenvError(f"lock heartbeat {heartbeat:g}s must be at most half of stale_after "
+                          f"{stale_after:g}s, so one late beat does not expire a live lease")
+
+
+def _judge(holder: LockHolder | None, record: Path | None, lease_dir: Path, clock_file: Path,
+           stale_after: float | None, watch: _Observation | None) -> LeaseState:
+    """Whether the lease in ``lease_dir`` (holder record ``record``) is provably abandoned."""
+    try:
+        mtime = _fresh_mtime(record if record is not None else lease_dir)
+    except FileNotFoundError:
+        return LeaseState(holder, record, False, None)  # released meanwhile: not ours to break
+    age = fs_now(clock_file) - mtime
+    if holder is not None:
+        dead = holder.is_dead()
+        if dead is not None:
+            return LeaseState(holder, record, dead, age)
+    if stale_after is None:
+        return LeaseState(holder, record, False, age)
+    stale = age > stale_after
+    if not stale and watch is not None:
+        stale = watch.unchanged_for(holder.token if holder else "", mtime) > stale_after
+    return LeaseState(holder, record, stale, age)
+
+
+def _fresh_mtime(path: Path) -> float:
+    """``path``'s mtime as the server has it: opening makes NFS clients revalidate cached
+    attributes (close-to-open consistency), so a stale cache cannot make a live lease look old."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+
+
+def _read_holder(lease_dir: Path) -> tuple[LockHolder | None, Path | None]:
+    try:
+        names = os.listdir(lease_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    for name in names:
+        if name.startswith(_HOLDER_PREFIX) and name.endswith(_HOLDER_SUFFIX):
+            path = lease_dir / name
+            try:
+                return LockHolder.from_dict(json.loads(path.read_text())), path
+            except FileNotFoundError:
+                return None, None
+            except (OSError, ValueError, KeyError, TypeError):
+                return None, path  # torn by a filesystem hiccup: judged by its age alone
+    return None, None
 
 
 class BuildLock:
-    """An exclusive lock on ``path`` shared by every process that can see the filesystem.
+    """An exclusive lock on ``path`` for every process on every node that sees the filesystem.
 
     ``on_wait(holder)`` is called when the lock is busy, and again whenever the holder changes
-    (``holder`` is None if the holder has not published its record yet).  ``mode`` is the lock
-    file's mode: 0666 by default, because every user who may build must be able to open it for
-    locking (it holds no data).  A missing lock directory is created with ``dir_mode`` and
-    ``group`` (the site's ``permissions``), so the next lab member can create locks in it.
-    Usable as a context manager; not reentrant.
+    (``holder`` is None if no record can be read).  ``stale_after``: seconds without heartbeat
+    after which a holder on another host counts as dead (None = never); ``heartbeat``: how
+    often a holder renews its lease.  ``mode`` is the lock file's mode: 0666 by default, because
+    every user who may build must be able to open it for flock and touch it as clock probe (it
+    holds no data).  A missing lock directory is created with ``dir_mode`` and ``group`` (the
+    site's ``permissions``).  Usable as a context manager; not reentrant.
     """
 
     def __init__(self, path: Path | str, *, timeout: float = 3600.0, method: LockMethod = "flock",
                  on_wait: Callable[[LockHolder | None], None] | None = None,
-                 stale_after: float | None = None, poll_interval: float = 0.1,
+                 stale_after: float | None = DEFAULT_STALE_AFTER,
+                 heartbeat: float = DEFAULT_HEARTBEAT, poll_interval: float = 0.1,
                  mode: int = 0o666, dir_mode: int | None = None,
                  group: str | None = None) -> None:
         if method not in ("flock", "mkdir"):
             raise HpcenvError(f"unknown lock method {method!r}: use 'flock' or 'mkdir'")
+        _validate_timings(stale_after, heartbeat)
         self.path = Path(path)
         self.timeout = timeout
         self.method = method
         self.on_wait = on_wait
         self.stale_after = stale_after
+        self.heartbeat = heartbeat
         self.poll_interval = poll_interval
         self.mode = mode
         self.dir_mode = dir_mode
         self.group = group
-        self._flock: Any = None
-        self._held = False
+        self._fd = -1                 # the open lock file (flock fast path and clock probe)
+        self._flocked = False
+        self._flock_usable = method == "flock"
+        self._same_node: Any = None   # filelock.UnixFileLock, made on first use
         self._me: LockHolder | None = None
+        self._beat: _Heartbeat | None = None
+        self._watch = _Observation()
+
+    @property
+    def lease_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".lease")
 
     @property
     def holder_path(self) -> Path:
-        return (self.path.with_name(self.path.name + ".holder") if self.method == "flock"
-                else self.path.with_name(self.path.name + ".dir") / "holder.json")
+        """This object's own holder record while it holds the lock (else where one would be)."""
+        token = self._me.token if self._me is not None else "TOKEN"
+        return self.lease_dir / f"{_HOLDER_PREFIX}{token}{_HOLDER_SUFFIX}"
 
     @property
     def is_held(self) -> bool:
-        return self._held
+        return self._me is not None
+
+    @property
+    def lost(self) -> bool:
+        """Whether our lease was broken while we held it (our heartbeat had stopped too long)."""
+        return self._beat is not None and self._beat.lost
+
+    def ensure_held(self) -> None:
+        """Raise :class:`LockLost` if another process broke our lease (call before publishing
+        what the lock guards)."""
+        if self._me is None:
+            raise HpcenvError(f"{self.path}: lock not held")
+        if self.lost or not self.holder_path.exists():
+            raise LockLost(f"{self.path}: our lease was broken by another process that found "
+                           "our heartbeat stopped too long (filesystem stall or stopped "
+                           "process?); rerun the command")
 
     def holder(self) -> LockHolder | None:
-        """The published holder record (may be a leftover of a dead flock holder)."""
-        data = _read_json(self.holder_path)
-        try:
-            return LockHolder.from_dict(data) if data else None
-        except (KeyError, TypeError, ValueError):
+        """The current holder's record (None when the lock is free or the record unreadable)."""
+        return _read_holder(self.lease_dir)[0]
+
+    def state(self) -> LeaseState | None:
+        """The lease as found now, judged (None when the lock is free)."""
+        if not self.lease_dir.exists():
             return None
+        holder, record = _read_holder(self.lease_dir)
+        self._open()
+        return _judge(holder, record, self.lease_dir, self.path, self.stale_after, None)
 
     def try_acquire(self) -> bool:
-        """Take the lock if it is free (breaking a stale mkdir lock); never waits."""
-        if self._held:
-            raise HpcenvError(f"{self.path}: lock already held by this object")
-        ensure_shared_dir(self.path.parent, mode=self.dir_mode, group=self.group)
-        got = self._try_flock() if self.method == "flock" else self._try_mkdir()
-        if got:
-            self._held = True
-        return got
+        """Take the lock if it is free (breaking an abandoned lease); never waits."""
+        return self._attempt(keep_local=False)
 
     def acquire(self) -> None:
-        """Wait up to ``timeout`` seconds for the lock; LockTimeout names the holder."""
+        """Wait up to ``timeout`` seconds for the lock; LockTimeout names the holder.
+
+        A waiter keeps the same-node flock while it polls the lease, so the other waiters on
+        its node queue in the kernel and one process per node polls the shared filesystem."""
         deadline = time.monotonic() + self.timeout
         seen: object = _UNSEEN
-        while not self.try_acquire():
-            holder = self.holder()
-            if holder != seen:
-                seen = holder
-                if self.on_wait is not None:
-                    self.on_wait(holder)
-            if time.monotonic() >= deadline:
-                who = holder.describe() if holder else "an unknown holder"
-                raise LockTimeout(
-                    f"{self.path}: gave up after {self.timeout:g}s waiting for {who}; if that "
-                    f"process is gone, remove {self._artifact()} (or raise locks.timeout)")
-            time.sleep(self.poll_interval)
+        try:
+            while not self._attempt(keep_local=True):
+                holder = self.holder()
+                if holder != seen:
+                    seen = holder
+                    if self.on_wait is not None:
+                        self.on_wait(holder)
+                if time.monotonic() >= deadline:
+                    who = holder.describe() if holder else "an unknown holder"
+                    expiry = ("never expires (locks.stale_after is null): remove "
+                              f"{self.lease_dir} if that process is gone"
+                              if self.stale_after is None else
+                              f"counts as gone {self.stale_after:g}s after its last heartbeat")
+                    raise LockTimeout(
+                        f"{self.path}: gave up after {self.timeout:g}s waiting for {who}; a "
+                        f"holder that died on another node {expiry}; otherwise raise "
+                        "locks.timeout")
+                time.sleep(self.poll_interval)
+        except BaseException:
+            self._unflock()
+            raise
+
+    def _attempt(self, *, keep_local: bool) -> bool:
+        if self._me is not None:
+            raise HpcenvError(f"{self.path}: lock already held by this object")
+        self._open()
+        if not self._flocked and not self._try_flock():
+            return False
+        try:
+            me = self._try_lease()
+        except BaseException:
+            self._unflock()
+            raise
+        if me is None:
+            if not keep_local:
+                self._unflock()
+            return False
+        self._me = me
+        self._beat = _Heartbeat(self.holder_path, self.heartbeat)
+        return True
 
     def release(self) -> None:
-        if not self._held:
+        me, beat = self._me, self._beat
+        if me is None:
             return
-        self._held = False
-        if self.method == "flock":
-            if self.holder() == self._me:
-                self.holder_path.unlink(missing_ok=True)
-            self._flock.release()
-            self._flock = None
-        else:
-            lockdir = self.holder_path.parent
-            if self.holder() == self._me:
-                self._remove_dir(lockdir)
+        self._me = self._beat = None
+        if beat is not None:
+            beat.stop()
+        record = self.lease_dir / f"{_HOLDER_PREFIX}{me.token}{_HOLDER_SUFFIX}"
+        record.unlink(missing_ok=True)  # missing: broken after our heartbeat stopped
+        try:
+            os.rmdir(self.lease_dir)
+        except OSError:
+            pass  # gone, or already a newer holder's lease (never empty): not ours
+        self._unflock()
+        self._close()
 
     def __enter__(self) -> BuildLock:
         self.acquire()
@@ -221,96 +425,143 @@ class BuildLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def _artifact(self) -> Path:
-        return self.path if self.method == "flock" else self.holder_path.parent
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:  # __init__ may have raised before setting it
+            os.close(self._fd)
 
-    # --- flock --------------------------------------------------------------------------------
+    # --- the lock file: same-node flock, clock probe ------------------------------------------
+
+    def _open(self) -> None:
+        if self._fd >= 0:
+            return
+        ensure_shared_dir(self.path.parent, mode=self.dir_mode, group=self.group)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.mode)
+            try:
+                os.fchmod(self._fd, self.mode)  # the umask must not lock other users out
+            except PermissionError:
+                pass  # another user created it first
+        except PermissionError:
+            self._fd = os.open(self.path, os.O_RDONLY)
+
+    def _close(self) -> None:
+        self._unflock()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _try_flock(self) -> bool:
-        import filelock
+        if not self._flock_usable:
+            return True
+        import filelock  # the same-node fast path only; the lease alone needs none of it
 
-        if self._flock is None:
-            self._flock = filelock.UnixFileLock(self.path, timeout=0, mode=self.mode,
-                                                thread_local=False, fallback_to_soft=False)
+        if self._same_node is None:
+            # A second open file description of the lock file: the flock is its own, and the
+            # clock probe (self._fd) never disturbs it.  The file stays: it is the lock place.
+            self._same_node = filelock.UnixFileLock(
+                self.path, timeout=0, mode=self.mode, thread_local=False,
+                fallback_to_soft=False, preserve_lock_file=True)
         try:
-            self._flock.acquire(timeout=0)
+            self._same_node.acquire(timeout=0)
         except filelock.Timeout:
             return False
-        self._me = current_holder()
-        # Holder records are only ever replaced by rename, so 0644 lets every waiter read them.
-        atomic_write_json(self.holder_path, self._me.to_dict())
+        except OSError as exc:
+            if exc.errno not in _NO_FLOCK:
+                raise
+            self._flock_usable = False  # no flock on this mount: the lease alone guards
+            return True
+        self._flocked = True
         return True
 
-    # --- mkdir --------------------------------------------------------------------------------
+    def _unflock(self) -> None:
+        if self._flocked and self._same_node is not None:
+            self._same_node.release()
+            self._flocked = False
 
-    def _try_mkdir(self) -> bool:
-        lockdir = self.holder_path.parent
+    # --- the lease -----------------------------------------------------------------------------
+
+    def _try_lease(self) -> LockHolder | None:
+        for _ in range(3):  # more rounds after breaking an abandoned lease or clearing junk
+            holder, record = _read_holder(self.lease_dir)
+            if record is not None and not self._break_if_stale(holder, record):
+                return None
+            me = self._rename_into_place()
+            if me is not None:
+                return me
+            holder, record = _read_holder(self.lease_dir)
+            if record is None and not self._clear_junk():
+                return None
+        return None
+
+    def _rename_into_place(self) -> LockHolder | None:
         me = current_holder()
-        staging = Path(tempfile.mkdtemp(prefix=f".{lockdir.name}.", suffix=".new",
-                                        dir=lockdir.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.lease_dir.name}.", suffix=".new",
+                                        dir=self.path.parent))
         try:
-            # Other users read the holder record and may have to break the lock: mkdtemp made
-            # the dir 0700, give it the lock file's permissions (plus search).
+            # Other users read the record and may have to break the lease (unlink inside):
+            # mkdtemp made the dir 0700, give it the lock file's permissions (plus search).
             os.chmod(staging, 0o755 | (self.mode & 0o022))
-            atomic_write_json(staging / "holder.json", me.to_dict())
-            for _ in range(2):  # second round after breaking a stale lock
-                try:
-                    os.rename(staging, lockdir)
-                except OSError as exc:
-                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
-                        raise
-                    if not self._break_if_stale(lockdir):
-                        return False
-                    continue
-                self._me = me
-                return True
-            return False
+            record = f"{_HOLDER_PREFIX}{me.token}{_HOLDER_SUFFIX}"
+            atomic_write_json(staging / record, me.to_dict(), fsync=False)
+            try:
+                os.rename(staging, self.lease_dir)
+                return me
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+                    raise
+                # An NFS rename retried after a lost reply fails although it took effect.
+                return me if (self.lease_dir / record).exists() else None
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def _is_stale(self, holder: LockHolder | None, lockdir: Path) -> bool:
-        if holder is None:
-            # Lock dirs are renamed into place complete; an unreadable record is a torn copy
-            # from a filesystem hiccup: treat it as stale only after stale_after.
-            try:
-                age = time.time() - lockdir.stat().st_mtime
-            except OSError:
-                return False
-            return self.stale_after is not None and age > self.stale_after
-        dead = holder.is_dead()
-        if dead is not None:
-            return dead
-        return self.stale_after is not None and holder.age_seconds() > self.stale_after
-
-    def _break_if_stale(self, lockdir: Path) -> bool:
-        holder = self.holder()
-        if not self._is_stale(holder, lockdir):
-            return False
-        tomb = lockdir.with_name(f".{lockdir.name}.stale-{secrets.token_hex(6)}")
+    def _break_if_stale(self, holder: LockHolder | None, record: Path) -> bool:
+        """Break the hold whose record is ``record`` if its holder is provably gone; True when
+        the lease is free to take now."""
+        state = _judge(holder, record, self.lease_dir, self.path, self.stale_after, self._watch)
+        if not state.stale:
+            return not record.exists()
         try:
-            os.rename(lockdir, tomb)
+            os.unlink(record)  # names the stale hold's token: exactly one breaker gets here
         except FileNotFoundError:
-            return True  # someone else broke or released it: try again
-        moved = _read_json(tomb / "holder.json")
-        if holder is not None and moved != holder.to_dict():
-            # A fresh hold replaced the stale one between our read and our rename: put it back.
-            try:
-                os.rename(tomb, lockdir)
-            except OSError:
-                pass
-            return False
-        self._remove_dir(tomb)
+            return True  # released, or broken by another waiter: try to take it
+        try:
+            os.rmdir(self.lease_dir)
+        except OSError:
+            pass
         return True
 
-    @staticmethod
-    def _remove_dir(path: Path) -> None:
-        tomb = path.with_name(f".{path.name}.gone-{secrets.token_hex(6)}")
+    def _clear_junk(self) -> bool:
+        """A lease dir with no holder record that a rename cannot replace holds junk (a file
+        made by hand?): clear it once older than ``stale_after``.  Entries are removed one by
+        one and holder records skipped, so a hold taken meanwhile is never touched."""
+        if not self.lease_dir.exists():
+            return True
+        state = _judge(None, None, self.lease_dir, self.path, self.stale_after, self._watch)
+        if not state.stale:
+            return False
+        for name in _listdir(self.lease_dir):
+            if not (name.startswith(_HOLDER_PREFIX) and name.endswith(_HOLDER_SUFFIX)):
+                _remove_aside(self.lease_dir / name)
         try:
-            os.rename(path, tomb)
-        except FileNotFoundError:
-            return
+            os.rmdir(self.lease_dir)
+        except OSError:
+            pass
+        return True
+
+
+def _remove_aside(path: Path) -> None:
+    tomb = path.parent.parent / f".{path.parent.name}.{path.name}.gone-{secrets.token_hex(6)}"
+    try:
+        os.rename(path, tomb)
+    except FileNotFoundError:
+        return
+    if tomb.is_dir() and not tomb.is_symlink():
         shutil.rmtree(tomb, ignore_errors=True)
+    else:
+        tomb.unlink(missing_ok=True)
 
 
 _UNSEEN = object()
@@ -320,126 +571,280 @@ class CacheLock:
     """Readers-writer lock of a package cache: installs hold it shared, ``env gc`` exclusive.
 
     Without it gc could delete a cache entry an install has just extracted but not yet linked
-    (no ``conda-meta`` record names it yet).  ``flock``: ``LOCK_SH``/``LOCK_EX`` on ``path``,
-    so builds of different envs still install in parallel.  ``mkdir`` (no working flock): there
-    is no shared form, so every holder takes the exclusive :class:`BuildLock` and installs from
-    one cache run one at a time.  ``on_wait()`` is called once when the lock is busy.
+    (no ``conda-meta`` record names it yet).  Shared holders register a heartbeated lease file
+    in ``PATH.readers/`` under the gate lock ``PATH``; the exclusive holder keeps the gate and
+    waits until ``PATH.readers`` can be removed (see the module doc).  ``on_wait()`` is called
+    once when the lock is busy.
     """
 
     def __init__(self, path: Path | str, *, timeout: float = 3600.0, method: LockMethod = "flock",
-                 stale_after: float | None = None, on_wait: Callable[[], None] | None = None,
+                 stale_after: float | None = DEFAULT_STALE_AFTER,
+                 heartbeat: float = DEFAULT_HEARTBEAT, on_wait: Callable[[], None] | None = None,
                  poll_interval: float = 0.1, dir_mode: int | None = None,
                  group: str | None = None) -> None:
+        _validate_timings(stale_after, heartbeat)
         self.path = Path(path)
         self.timeout = timeout
         self.method = method
         self.stale_after = stale_after
+        self.heartbeat = heartbeat
         self.on_wait = on_wait
         self.poll_interval = poll_interval
         self.dir_mode = dir_mode
         self.group = group
 
+    @property
+    def readers_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".readers")
+
     @contextmanager
     def hold(self, *, exclusive: bool) -> Iterator[None]:
         """Hold the lock (shared or exclusive) for the ``with`` block; LockTimeout on timeout."""
-        if self.method == "mkdir":
-            on_wait = self.on_wait
-            with BuildLock(self.path, method="mkdir", timeout=self.timeout,
-                           stale_after=self.stale_after, dir_mode=self.dir_mode, group=self.group,
-                           on_wait=(lambda _holder: on_wait()) if on_wait else None):
+        waited = False
+
+        def gate_wait(_holder: LockHolder | None) -> None:
+            nonlocal waited
+            if not waited and self.on_wait is not None:
+                self.on_wait()
+            waited = True
+
+        deadline = time.monotonic() + self.timeout
+        gate = BuildLock(self.path, method=self.method, timeout=self.timeout,
+                         stale_after=self.stale_after, heartbeat=self.heartbeat,
+                         poll_interval=self.poll_interval, on_wait=gate_wait,
+                         dir_mode=self.dir_mode, group=self.group)
+        try:
+            gate.acquire()
+        except LockTimeout:
+            raise LockTimeout(f"{self.path}: gave up after {self.timeout:g}s waiting for "
+                              "'hpcenv env gc' cleaning the package cache; try again later "
+                              "(or raise locks.timeout)") from None
+        if exclusive:
+            try:
+                self._drain_readers(gate, deadline, waited, gate_wait)
                 yield
+            finally:
+                gate.release()
             return
-        ensure_shared_dir(self.path.parent, mode=self.dir_mode, group=self.group)
         try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
-            os.fchmod(fd, 0o666)  # the umask must not lock other users out of the cache
+            lease = self._register_reader(gate.path)
+        finally:
+            gate.release()
+        beat = _Heartbeat(lease, self.heartbeat)
         try:
-            self._wait(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, exclusive)
             yield
         finally:
-            os.close(fd)  # closing the descriptor drops the flock
+            beat.stop()
+            lease.unlink(missing_ok=True)
 
-    def _wait(self, fd: int, operation: int, exclusive: bool) -> None:
-        deadline = time.monotonic() + self.timeout
-        waited = False
+    def _register_reader(self, clock_file: Path) -> Path:
+        ensure_shared_dir(self.readers_dir, mode=self.dir_mode, group=self.group)
+        self._remove_stale_readers(clock_file, {})  # dead installs' leases: no need to wait for gc
+        me = current_holder()
+        lease = self.readers_dir / f"{_HOLDER_PREFIX}{me.token}{_HOLDER_SUFFIX}"
+        # 0644 is enough: the writer only reads it, and removes it through the dir.
+        atomic_write_json(lease, me.to_dict(), fsync=False)
+        return lease
+
+    def _drain_readers(self, gate: BuildLock, deadline: float, waited: bool,
+                       on_wait: Callable[[LockHolder | None], None]) -> None:
+        """With the gate held: wait until no live reader lease remains (removing stale ones)."""
+        watches: dict[str, _Observation] = {}
         while True:
             try:
-                fcntl.flock(fd, operation | fcntl.LOCK_NB)
+                os.rmdir(self.readers_dir)  # decided by the server: no cached listing trusted
                 return
-            except BlockingIOError:
-                pass
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            self._remove_stale_readers(gate.path, watches)
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"{self.path}: gave up after {self.timeout:g}s waiting for "
+                                  "builds installing from the package cache; try again later "
+                                  "(or raise locks.timeout)")
             if not waited:
                 waited = True
-                if self.on_wait is not None:
-                    self.on_wait()
-            if time.monotonic() >= deadline:
-                other = ("builds installing from the package cache" if exclusive
-                         else "'hpcenv env gc' cleaning the package cache")
-                raise LockTimeout(f"{self.path}: gave up after {self.timeout:g}s waiting for "
-                                  f"{other}; try again later (or raise locks.timeout)")
+                on_wait(None)
             time.sleep(self.poll_interval)
 
+    def _remove_stale_readers(self, clock_file: Path, watches: dict[str, _Observation]) -> None:
+        """Unlink the reader leases whose holders are provably gone (caller holds the gate)."""
+        for name in _listdir(self.readers_dir):
+            path = self.readers_dir / name
+            holder = None
+            try:
+                holder = LockHolder.from_dict(json.loads(path.read_text()))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # torn or foreign: judged by its age alone
+            state = _judge(holder, path, self.readers_dir, clock_file, self.stale_after,
+                           watches.setdefault(name, _Observation()))
+            if state.stale:
+                path.unlink(missing_ok=True)
 
-def filesystem_type(path: Path) -> str:
-    """The filesystem type of the mount holding ``path`` (from /proc/mounts; "unknown" elsewhere)."""
+
+def _listdir(path: Path) -> list[str]:
     try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return "unknown"
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+# --- what a filesystem means for locks (site check) ----------------------------------------------
+
+@dataclass(frozen=True)
+class MountInfo:
+    """The mount holding a path, from /proc/mounts."""
+
+    mountpoint: str
+    fstype: str
+    options: tuple[str, ...]
+
+
+def mount_of(path: Path, mounts_text: str | None = None) -> MountInfo:
+    """The mount holding ``path`` (longest matching mountpoint; "unknown" without /proc)."""
+    if mounts_text is None:
+        try:
+            mounts_text = Path("/proc/mounts").read_text()
+        except OSError:
+            return MountInfo("/", "unknown", ())
     target = str(Path(path).resolve())
-    best, fstype = "", "unknown"
-    for line in mounts:
+    best = MountInfo("", "unknown", ())
+    for line in mounts_text.splitlines():
         parts = line.split()
-        if len(parts) < 3:
+        if len(parts) < 4:
             continue
         mountpoint = parts[1].replace("\\040", " ")
         inside = target == mountpoint or target.startswith(mountpoint.rstrip("/") + "/")
-        if inside and len(mountpoint) > len(best):
-            best, fstype = mountpoint, parts[2]
-    return fstype
+        if inside and len(mountpoint) >= len(best.mountpoint):
+            best = MountInfo(mountpoint, parts[2], tuple(parts[3].split(",")))
+    return best
 
 
-# Filesystems where flock may be node-local or a no-op depending on mount options.
-_NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "fuse.sshfs", "ceph")
+def filesystem_type(path: Path) -> str:
+    """The filesystem type of the mount holding ``path`` ("unknown" without /proc/mounts)."""
+    return mount_of(path).fstype
+
+
+_LOCAL_FS = ("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "overlay", "f2fs")
+
+
+def flock_scope(mount: MountInfo) -> str:
+    """What ``flock`` means on ``mount`` for the nodes sharing it, in words."""
+    fstype, options = mount.fstype, set(mount.options)
+    if fstype == "lustre":
+        if "flock" in options:
+            return "Lustre mounted 'flock': flock is coherent across nodes"
+        if "noflock" in options:
+            return "Lustre mounted 'noflock': flock fails; hpcenv skips its same-node fast path"
+        return ("Lustre without 'flock' (localflock, the default): flock is per node only")
+    if fstype in ("nfs", "nfs4"):
+        return ("NFS: flock goes through the NFS lock manager when the mount has it ('nolock' "
+                "or 'local_lock' make it per node) and can be lost when the server restarts"
+                if "nolock" not in options and not any(o.startswith("local_lock=") and
+                                                      o != "local_lock=none" for o in options)
+                else "NFS mounted nolock/local_lock: flock is per node only")
+    if fstype == "gpfs":
+        return "GPFS: flock is coherent across nodes (the token manager)"
+    if fstype.startswith("fuse"):
+        return (f"FUSE ({fstype}): flock is kept by this node's kernel (per node) unless the "
+                "filesystem daemon forwards it")
+    if fstype in _LOCAL_FS:
+        return f"{fstype}: a node-local filesystem (not shared unless exported)"
+    return f"{fstype}: unknown flock behaviour across nodes"
 
 
 def probe_lock_support(directory: Path) -> tuple[bool, str]:
-    """Test whether ``flock`` works in ``directory`` (for ``hpcenv site check``).
+    """Check in ``directory`` what the lease locks need and describe what flock means there.
 
-    Two open file descriptions of one file must exclude each other.  That proves flock works on
-    this node; whether it also works *across* nodes of a network filesystem cannot be seen from
-    one node, so those filesystems get a note recommending a cross-node test or ``mkdir``.
+    Needed: a staging dir renames onto a free lease name and fails onto a held one (the
+    cross-node guard), and mtimes can be set (the heartbeat).  ``flock`` is probed too, but
+    only as the same-node fast path: its result never fails the check.  Nothing is left behind.
     """
     directory = Path(directory)
-    fstype = filesystem_type(directory)
+    mount = mount_of(directory)
+    where = f"{directory} ({mount.fstype})"
     try:
-        fd, name = tempfile.mkstemp(prefix=".hpcenv-lockprobe-", dir=directory)
+        probe = Path(tempfile.mkdtemp(prefix=".hpcenv-lockprobe-", dir=directory))
     except OSError as exc:
-        return False, f"{directory}: cannot create a probe file ({exc.strerror})"
+        return False, f"{where}: cannot create a probe dir ({exc.strerror})"
+    try:
+        first, second = probe / "a", probe / "b"
+        for staging in (first, second):
+            staging.mkdir()
+            (staging / "holder").write_text("probe")
+        target = probe / "lease"
+        os.rename(first, target)
+        try:
+            os.rename(second, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+                return False, f"{where}: rename onto a held lease failed oddly ({exc.strerror})"
+        else:
+            return False, (f"{where}: a directory renamed over a non-empty one replaced it; "
+                           "lease locks cannot work on this filesystem")
+        os.utime(target / "holder", (1_000_000, 1_000_000))
+        if int(os.stat(target / "holder").st_mtime) != 1_000_000:
+            return False, f"{where}: setting mtimes does not stick; lease heartbeats cannot work"
+        local = _probe_flock(probe / "flock")
+        return True, (f"{where}: lease locks work (atomic rename + heartbeat); "
+                      f"{flock_scope(mount)}; {local}")
+    except OSError as exc:
+        return False, f"{where}: lock probe failed ({exc.strerror or exc})"
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def _probe_flock(path: Path) -> str:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     second = -1
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            return False, (f"{directory} ({fstype}): flock fails ({exc.strerror}); set "
-                           "locks.method: mkdir in the site config")
-        second = os.open(name, os.O_RDWR)
+            return f"flock fails here ({exc.strerror}): no same-node fast path"
+        second = os.open(path, os.O_RDWR)
         try:
             fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pass
-        else:
-            return False, (f"{directory} ({fstype}): flock does not exclude (two holders got "
-                           "it); set locks.method: mkdir in the site config")
-        detail = f"{directory} ({fstype}): flock works"
-        if fstype.split(".")[0] in _NETWORK_FS or fstype in _NETWORK_FS:
-            detail += (" on this node; on a network filesystem check it across login nodes "
-                       "or set locks.method: mkdir")
-        return True, detail
+            return "flock excludes on this node (used as the same-node fast path only)"
+        return "flock does not exclude even on this node: no same-node fast path"
     finally:
         if second >= 0:
             os.close(second)
         os.close(fd)
-        os.unlink(name)
+
+
+def clean_lock_debris(directory: Path, *, stale_after: float | None) -> list[Path]:
+    """Remove what killed lock takers left in ``directory``: staging dirs (``.NAME.lease.*.new``,
+    which live for a moment while a lease is taken) and aside-moved junk (``.*.gone-*``) once
+    they are older than ``stale_after`` by the filesystem's clock.  Returns what was removed."""
+    directory = Path(directory)
+    if stale_after is None or not directory.is_dir():
+        return []
+    removed = []
+    now: float | None = None
+    for name in _listdir(directory):
+        if not (name.startswith(".") and (".lease." in name and name.endswith(".new")
+                                          or ".gone-" in name)):
+            continue
+        path = directory / name
+        try:
+            mtime = os.lstat(path).st_mtime
+        except FileNotFoundError:
+            continue
+        if now is None:
+            fd, clock_name = tempfile.mkstemp(prefix=".hpcenv-clock-", dir=directory)
+            os.close(fd)
+            clock = Path(clock_name)
+            try:
+                now = os.stat(clock).st_mtime
+            finally:
+                clock.unlink(missing_ok=True)
+        if now - mtime > stale_after:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

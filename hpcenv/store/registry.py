@@ -8,8 +8,10 @@ A plain directory on the shared filesystem, safe without a server::
     ROOT/<name>/.lock                short-lived lock: version allocation, current changes
 
 Every write is a temp file + fsync + rename, so readers see the old or the new file, never a torn
-one.  Version numbers are allocated under the per-name lock (site ``locks.method``), so two
-builders of one name never get the same number.  Files are written group-readable (0664 when the
+one.  Version numbers are allocated under the per-name lock (a lease lock that holds across
+login nodes, see :mod:`hpcenv.store.locking`), and a new record is put in place with ``link``,
+which fails when the file exists: even a lock broken from under a stalled holder cannot give
+two builders one version number.  Files are written group-readable (0664 when the
 site names a group, else 0644); directories get the site's ``dir_mode`` (e.g. 2775, setgid) so
 files inherit the lab group.
 
@@ -24,7 +26,10 @@ every change of ``current`` (see :mod:`hpcenv.store.lifecycle`).
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -36,7 +41,7 @@ from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
 from hpcenv.records import JsonRecord, json_meta
 from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, CudaTarget
 from hpcenv.spec.names import EnvName
-from hpcenv.store.locking import BuildLock, LockMethod
+from hpcenv.store.locking import DEFAULT_HEARTBEAT, DEFAULT_STALE_AFTER, BuildLock, LockMethod
 
 if TYPE_CHECKING:
     from hpcenv.site.config import SiteConfig
@@ -137,12 +142,15 @@ class Registry:
     """
 
     def __init__(self, root: Path | str, *, lock_method: LockMethod = "flock",
-                 lock_timeout: float = 3600.0, lock_stale_after: float | None = None,
+                 lock_timeout: float = 3600.0,
+                 lock_stale_after: float | None = DEFAULT_STALE_AFTER,
+                 lock_heartbeat: float = DEFAULT_HEARTBEAT,
                  group: str | None = None, dir_mode: int | None = None) -> None:
         self.root = Path(root)
         self.lock_method = lock_method
         self.lock_timeout = lock_timeout
         self.lock_stale_after = lock_stale_after
+        self.lock_heartbeat = lock_heartbeat
         self.group = group
         self.file_mode = 0o664 if group is not None else 0o644
         self.dir_mode = dir_mode
@@ -153,7 +161,8 @@ class Registry:
         for a few file writes, but a waiter behind a slow shared filesystem or a build holding
         it across a publish gets the same patience as a build lock) and permissions."""
         return cls(site.registry, lock_method=site.locks.method, lock_timeout=site.locks.timeout,
-                   lock_stale_after=site.locks.stale_after, group=site.permissions.group,
+                   lock_stale_after=site.locks.stale_after,
+                   lock_heartbeat=site.locks.heartbeat, group=site.permissions.group,
                    dir_mode=site.permissions.dir_mode)
 
     # --- reading ------------------------------------------------------------------------------
@@ -297,21 +306,23 @@ class Registry:
         name = EnvName.of(name)
         self._ensure_dir(self.root / name)
         with BuildLock(self.root / name / ".lock", method=self.lock_method,
-                       timeout=self.lock_timeout, stale_after=self.lock_stale_after):
+                       timeout=self.lock_timeout, stale_after=self.lock_stale_after,
+                       heartbeat=self.lock_heartbeat, dir_mode=self.dir_mode, group=self.group):
             yield
 
     def allocate(self, name: EnvName | str, make: Callable[[int], EnvRecord]) -> EnvRecord:
         """Write the record ``make(version)`` under the next free version number of ``name``."""
         name = EnvName.of(name)
         with self.name_lock(name):
-            existing = [r.version for r in self.versions(name)]
-            version = max(existing, default=0) + 1
-            record = make(version)
-            if record.name != name or record.version != version:
-                raise HpcenvError(f"registry: record for {record.name} v{record.version} does "
-                                  f"not match allocated {name} v{version}")
-            self._write_json(self._record_path(name, version), record.to_dict())
-            return record
+            version = max((r.version for r in self.versions(name)), default=0) + 1
+            while True:
+                record = make(version)
+                if record.name != name or record.version != version:
+                    raise HpcenvError(f"registry: record for {record.name} v{record.version} "
+                                      f"does not match allocated {name} v{version}")
+                if self._create_json(self._record_path(name, version), record.to_dict()):
+                    return record
+                version += 1  # taken meanwhile by a holder whose lease was broken
 
     def update(self, record: EnvRecord) -> EnvRecord:
         """Replace the stored record of ``record.name``/``record.version`` (it must exist)."""
@@ -373,6 +384,27 @@ class Registry:
 
     def _ensure_dir(self, path: Path) -> None:
         ensure_shared_dir(path, mode=self.dir_mode, group=self.group)
+
+    def _create_json(self, path: Path, data: dict[str, Any]) -> bool:
+        """Put a new file at ``path`` complete, only if none is there (False if one is)."""
+        self._ensure_dir(path.parent)
+        staged = path.with_name(f".{path.name}.{secrets.token_hex(6)}.new")
+        atomic_write_text(staged, json.dumps(data, indent=2, sort_keys=True) + "\n",
+                          mode=self.file_mode, group=self.group)
+        try:
+            os.link(staged, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            if path.exists():  # no hardlinks here: the name lock alone keeps versions unique
+                return False
+            os.replace(staged, path)
+            return True
+        finally:
+            staged.unlink(missing_ok=True)
+        return True
 
     def _write_json(self, path: Path, data: dict[str, Any]) -> None:
         self._write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

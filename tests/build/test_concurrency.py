@@ -219,16 +219,42 @@ def test_lock_timeout_names_holder(tmp_path: Path, demo_channel) -> None:
         lock.release()
 
 
-def test_stale_mkdir_lock_of_dead_builder_is_broken(tmp_path: Path, demo_channel) -> None:
+@pytest.mark.parametrize("method", ["flock", "mkdir"])
+def test_lease_of_dead_builder_is_broken(tmp_path: Path, demo_channel, method: str) -> None:
     site = load_site(write_demo_site(tmp_path / "site", demo_channel,
-                                     locks="{method: mkdir, timeout: 30}"))
+                                     locks=f"{{method: {method}, timeout: 30}}"))
     spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
     lock = key_lock(site, plan_build(spec, site).key)
     me = current_holder()
-    dead = LockHolder(me.user, me.host, me.pid, me.started, pid_start=(me.pid_start or 0) + 1)
-    lockdir = lock.holder_path.parent
-    lockdir.mkdir(parents=True)
-    lock.holder_path.write_text(json.dumps(dead.to_dict()))
+    dead = LockHolder.from_dict({**me.to_dict(), "pid_start": (me.pid_start or 0) + 1})
+    lock.lease_dir.mkdir(parents=True)
+    (lock.lease_dir / f"holder.{dead.token}.json").write_text(json.dumps(dead.to_dict()))
     result = build_env(spec, site)
-    assert result.status == "built"
-    assert not lockdir.exists()
+    assert result.status == "built" and not result.waited
+    assert not lock.lease_dir.exists()
+
+
+def test_builder_whose_lease_was_broken_does_not_publish(tmp_path: Path, demo_channel) -> None:
+    """A builder stalled past stale_after may have its lease broken by a builder on another
+    node; it finds out before publishing and stops instead of moving 'current'."""
+    from hpcenv.engine.rattler_engine import RattlerEngine
+    from hpcenv.store.locking import LockLost
+
+    site = load_site(write_demo_site(tmp_path / "site", demo_channel,
+                                     locks="{stale_after: 1, heartbeat: 0.2}"))
+    spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
+    lease = key_lock(site, plan_build(spec, site).key).lease_dir
+
+    class StallingEngine(RattlerEngine):
+        def install(self, prefix, packages, *, pkgs_dir):  # type: ignore[no-untyped-def]
+            super().install(prefix, packages, pkgs_dir=pkgs_dir)
+            for record in lease.glob("holder.*.json"):
+                record.unlink()  # what a breaker on another node does to a stale lease
+            time.sleep(0.6)  # long enough for our heartbeat to find its record gone
+
+    with pytest.raises(LockLost, match="our lease was broken"):
+        build_env(spec, site, engine=StallingEngine())
+    registry = Registry.for_site(site)
+    assert registry.current_version("kern") is None
+    assert not env_link(site, "kern").exists()
+    assert not lease.exists()

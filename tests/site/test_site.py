@@ -713,9 +713,21 @@ def test_check_probes_lock_support_per_envs_dir(tmp_path: Path, env: dict[str, s
     site = load_text(tmp_path, f"envs_dirs: [{tmp_path}/a, {tmp_path}/b/c]\n", env)
     checks = by_name(check_site(site))
     assert checks["locks envs_dirs[0]"].status == "pass"
-    assert "flock works" in checks["locks envs_dirs[0]"].detail
+    detail = checks["locks envs_dirs[0]"].detail
+    assert "lease locks work" in detail and "detected 60s after its last heartbeat" in detail
     assert str(tmp_path) in checks["locks envs_dirs[1]"].detail
+    assert {"locks pkgs_dirs[0]", "locks registry"} <= set(checks)
     assert list((tmp_path / "a").iterdir()) == []  # the probe leaves nothing behind
+    never = load_text(tmp_path, f"envs_dirs: [{tmp_path}/a]\nlocks: {{stale_after: null}}\n", env)
+    assert by_name(check_site(never))["locks envs_dirs[0]"].status == "warn"
+
+
+def test_lock_timings_validated(tmp_path: Path, env: dict[str, str]) -> None:
+    site = load_text(tmp_path, "locks: {stale_after: 6, heartbeat: 1}\n", env)
+    assert (site.locks.stale_after, site.locks.heartbeat) == (6.0, 1.0)
+    with pytest.raises(InvalidInput, match=r"site.yaml:1: locks.heartbeat: heartbeat 4s is more "
+                       r"than half of stale_after 6s"):
+        load_text(tmp_path, "locks: {stale_after: 6, heartbeat: 4}\n", env)
 
 
 def test_readme_reference_table_is_generated_from_the_declarations() -> None:

@@ -63,7 +63,7 @@ def test_mkdir_lock_of_a_killed_builder_is_provably_gone(tmp_path: Path, demo_ch
         assert find_debris(site) == []
     finally:
         kill(proc)
-    lockdir = builds_dir(site).parent / "locks" / f"{record.key}.lock.dir"
+    lockdir = builds_dir(site).parent / "locks" / f"{record.key}.lock.lease"
     assert lockdir.is_dir()  # left behind by the SIGKILL
     assert not builder_alive(site, record)
     assert [p for p, _ in find_debris(site)] == [Path(record.prefix)]

@@ -226,3 +226,50 @@ def test_gc_retires_records_of_builds_that_never_finished(demo_channel, tmp_path
     assert not Path(debris.prefix).exists() and killed.version == 1
     assert good.prefix.is_dir() and registry.current_version("k") == 1
     assert collect_garbage(site).retired == []
+
+
+def test_gc_leaves_a_build_alone_while_its_holder_elsewhere_renews_its_lease(
+        demo_channel, tmp_path: Path) -> None:
+    """A 'building' record whose key lease is held from another login node is in progress,
+    however old the build: gc keeps it until the lease is stale_after seconds without
+    heartbeat; then the prefix is debris.  Staging dirs of killed lock takers go once old."""
+    import json
+    import os
+    import time
+
+    from hpcenv.site.config import load_site
+    from hpcenv.store.gc import collect_garbage
+    from hpcenv.store.layout import builds_dir, key_lock, locks_dir
+    from hpcenv.store.locking import current_holder
+    from hpcenv.store.registry import EnvRecord, Registry
+
+    site = load_site(write_demo_site(tmp_path / "site", demo_channel,
+                                     locks="{stale_after: 30, heartbeat: 5}"))
+    registry = Registry.for_site(site)
+    key = "e" * 64
+    building = registry.allocate("far", lambda v: EnvRecord(
+        name="far", version=v, key=key, spec={}, spec_hash="", lock_path="",
+        prefix=str(builds_dir(site) / "far-1-eeeeeeeeeeee"), cuda=NO_CUDA, cuda_override=None,
+        channels=[], platform="linux-64", status="building", creator="bob@login2",
+        created="2024-01-01T00:00:00+00:00"))
+    Path(building.prefix, "conda-meta").mkdir(parents=True)
+    lease = key_lock(site, key).lease_dir
+    lease.mkdir(parents=True)
+    holder = {**current_holder().to_dict(), "host": "login2", "pid": 4242}
+    record = lease / f"holder.{holder['token']}.json"
+    record.write_text(json.dumps(holder))
+    staging = locks_dir(site) / f".{lease.name}.0123abcd.new"
+    staging.mkdir()
+    old = time.time() - 120
+    os.utime(staging, (old, old))
+
+    report = collect_garbage(site)
+    assert Path(building.prefix).is_dir() and report.retired == []
+    assert registry.get("far", 1).status == "building"
+    assert not staging.exists()
+
+    os.utime(record, (old, old))  # its holder stopped renewing two minutes ago
+    report = collect_garbage(site)
+    assert not Path(building.prefix).exists()
+    assert [(r.name, r.status) for r in report.retired] == [("far", "building")]
+    assert not lease.exists()

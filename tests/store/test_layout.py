@@ -129,7 +129,7 @@ def test_key_lock_takes_the_site_settings(tmp_path: Path, demo_channel) -> None:
     assert (lock.dir_mode, lock.group) == (0o2775, group.gr_name)
     assert key_lock(site, "k" * 64, timeout=0).timeout == 0  # 0 is "don't wait", not "default"
     with lock:
-        assert lock.holder_path == locks_dir(site) / f"{'k' * 64}.lock.dir" / "holder.json"
+        assert lock.holder_path.parent == locks_dir(site) / f"{'k' * 64}.lock.lease"
         assert lock.holder_path.is_file()
         assert not key_lock(site, "k" * 64, timeout=0).try_acquire()
     st = locks_dir(site).stat()
