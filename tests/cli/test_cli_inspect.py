@@ -110,15 +110,13 @@ def test_long_evidence_is_capped_in_human_output(tmp_path: Path) -> None:
 
 def _assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert result.returncode == 2
-    if "--json" in result.args:
-        # Under --json the error is also the one JSON document on stdout.
-        document = json.loads(result.stdout)
-        assert document["exit_code"] == 2 and all(f in document["error"] for f in fragments)
-    else:
-        assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("hpcenv: error: ")
+    # stdout: nothing, or under --json the error as the one JSON document.
+    expected = {"error": lines[0].removeprefix("hpcenv: error: "), "exit_code": 2}
+    assert result.stdout == "" if "--json" not in result.args else \
+        json.loads(result.stdout) == expected
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0]
