@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from test_builder import KERNELS_CPU
-from test_concurrency import BUILDER
+from builders import BUILDER, KERNELS_CPU
 
 from hpcenv.demo.site import write_demo_site
 from hpcenv.site.config import load_site
