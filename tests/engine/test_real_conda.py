@@ -75,8 +75,9 @@ def test_conda_gets_the_cuda_build_through_the_override(sites, tmp_path) -> None
     ran = hpcenv("--site", str(conda_site), "run", "-n", "gpu", "--", "python", "-c",
                  "import hpcdemo_kernels as k; print(k.VARIANT)", env=env)
     assert ran.stdout == "cuda124\n", ran.stderr
-    # the same spec without __cuda: the CUDA builds need it, so conda picks the CPU build
-    cpu = build(conda_site, env, tmp_path, "gpu2", "  - cuda-version=12.4\n", "--no-cuda")
+    # without __cuda (and without the pin, which --no-cuda would contradict): the CUDA builds
+    # need it, so conda picks the CPU build
+    cpu = build(conda_site, env, tmp_path, "gpu2", "", "--no-cuda")
     assert cpu.returncode == 0, cpu.stderr
     ran = hpcenv("--site", str(conda_site), "run", "-n", "gpu2", "--", "python", "-c",
                  "import hpcdemo_kernels as k; print(k.VARIANT)", env=env)
