@@ -14,6 +14,7 @@ import pytest
 from conftest import run_with_tty_stderr
 
 from hpcenv.demo.site import write_demo_site
+from hpcenv.store import store_for
 
 HPCENV = str(Path(sys.executable).with_name("hpcenv"))
 
@@ -245,7 +246,7 @@ def test_waiting_builder_says_who_holds_the_lock(cli: Cli) -> None:
     spec_path = cli.spec(CPU_SPEC)
     site = load_site(cli.site)
     plan = plan_build(load_spec(spec_path), site)
-    lock = key_lock(site, plan.key)
+    lock = key_lock(store_for(site), plan.key)
     lock.acquire()
     try:
         proc = subprocess.Popen(cli.argv("env", "build", str(spec_path), "--json"),
