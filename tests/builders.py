@@ -16,8 +16,9 @@ from pathlib import Path
 
 from hpcenv.site.config import SiteConfig
 from hpcenv.spec.cuda_target import NO_CUDA
+from hpcenv.store import store_for
 from hpcenv.store.layout import builds_dir
-from hpcenv.store.registry import EnvRecord, Registry, Status
+from hpcenv.store.registry import EnvRecord, Status
 
 KERNELS_CUDA = """\
 name: kern
@@ -108,8 +109,9 @@ LOCK_HOLDER = textwrap.dedent("""
     import sys
     from pathlib import Path
     from hpcenv.site.config import load_site
+    from hpcenv.store import store_for
     from hpcenv.store.layout import key_lock
-    lock = key_lock(load_site(Path(sys.argv[1])), sys.argv[2])
+    lock = key_lock(store_for(load_site(Path(sys.argv[1]))), sys.argv[2])
     lock.acquire()
     print("held", flush=True)
     sys.stdin.readline()
@@ -143,9 +145,9 @@ def kill(proc: subprocess.Popen[str]) -> None:
 def building_record(site: SiteConfig, name: str, key: str, prefix: Path | None = None,
                     status: Status = "building") -> EnvRecord:
     """A record as a builder allocates it (step 2 of a build)."""
-    registry = Registry.for_site(site)
+    registry = store_for(site).registry()
     return registry.allocate(name, lambda v: EnvRecord(
         name=name, version=v, key=key, spec={}, spec_hash="", lock_path="",
-        prefix=str(prefix or builds_dir(site) / f"{name}-{v}-{key[:12]}"), cuda=NO_CUDA,
+        prefix=str(prefix or builds_dir(store_for(site)) / f"{name}-{v}-{key[:12]}"), cuda=NO_CUDA,
         cuda_override=None, channels=[], platform="linux-64", status=status,
         creator="x@y", created="2024-01-01T00:00:00+00:00"))

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING
 
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
+from hpcenv.store import store_for
 from hpcenv.store.activation import activation_env, activation_script
 from hpcenv.store.layout import is_complete
-from hpcenv.store.registry import EnvRecord, Registry
+from hpcenv.store.registry import EnvRecord
 
 if TYPE_CHECKING:
     from hpcenv.site.config import SiteConfig
@@ -78,7 +79,7 @@ def install_kernel(site: SiteConfig, name: str, *, version: int | None = None,
     """Write the kernelspec ``hpcenv-NAME`` for NAME's current version (or ``version``) into
     ``kernels_dir`` (default: the site's when ``site_wide``, else the user's).  Refuses an env
     whose python cannot import ipykernel, naming what to add."""
-    record = Registry.for_site(site).resolve(name, version)
+    record = store_for(site).registry().resolve(name, version)
     if record.status != "ready" or not is_complete(record.prefix):
         raise HpcenvError(f"{name} version {record.version} is {record.status}, not a ready "
                           f"build; pick another with 'hpcenv env history {name}'")

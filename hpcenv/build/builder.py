@@ -74,10 +74,12 @@ from hpcenv.fsutil import (
 )
 from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, NO_CUDA, CudaTarget
 from hpcenv.spec.environment import EnvSpec
+from hpcenv.store import store_for
 from hpcenv.store.activation import env_state_vars
 from hpcenv.store.debris import clean_debris, force_rmtree
 from hpcenv.store.layout import (
     MARKER,
+    Store,
     builds_dir,
     cache_lock,
     is_complete,
@@ -203,10 +205,11 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         from_lock = _lockfile_for(Path(from_lock), spec, site, cuda_override, engine, report,
                                   name)
     plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
-    registry = Registry.for_site(site)
-    check_link_is_ours(site, plan.name)
+    store = store_for(site)
+    registry = store.registry()
+    check_link_is_ours(store, plan.name)
     owner = env_owner(registry.versions(plan.name))
-    if make_current and not Actor.current(site.permissions.admins).may_change(owner):
+    if make_current and not Actor.current(store.admins).may_change(owner):
         make_current = False
         report.warn(f"{plan.name} belongs to {owner}: this build will not become its current "
                     f"version (only {owner} or the site's admins may change that); run it with "
@@ -222,8 +225,8 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
                                previous_current=previous)
         # The link check heals a builder killed between the two publish steps.
         if (make_current or previous is None) and (
-                previous != record.version or not link_points_to(site, plan.name, record.prefix)):
-            previous = publish(site, registry, record, only_if_none=not make_current)
+                previous != record.version or not link_points_to(store, plan.name, record.prefix)):
+            previous = publish(store, registry, record, only_if_none=not make_current)
             moved = previous != record.version and (make_current or previous is None)
         return BuildResult(record, "reused", waited, time.monotonic() - started,
                            made_current=moved, previous_current=previous)
@@ -240,10 +243,10 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         who = holder.describe() if holder else "another builder"
         report.wait(f"waiting for {who} (building {plan.name}, key {plan.key[:12]})")
 
-    with key_lock(site, plan.key, on_wait=on_wait) as lock:
+    with key_lock(store, plan.key, on_wait=on_wait) as lock:
         # Debris first: it also adopts a finished build whose builder died before marking it
         # ready, which the lookup below then reuses.
-        for path in clean_debris(site, registry=registry, held_key=plan.key):
+        for path in clean_debris(store, registry=registry, held_key=plan.key):
             report.warn(f"removed debris of a crashed build: {path}")
         found = registry.find_ready(plan.key, plan.name)
         if found is not None:
@@ -253,13 +256,14 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         for note in plan.notes:
             report.step(note)
         engine = engine or _engine_for(site)
-        record, warnings = _build_locked(spec, site, plan, registry, engine, from_lock, report)
+        record, warnings = _build_locked(spec, site, store, plan, registry, engine, from_lock,
+                                         report)
         lock.ensure_held()  # a lease broken while we stalled: another builder took over
         if not publish_build:
             return BuildResult(record, "built", waited, time.monotonic() - started,
                                tuple(warnings),
                                previous_current=registry.current_version(plan.name))
-        previous = publish(site, registry, record, only_if_none=not make_current)
+        previous = publish(store, registry, record, only_if_none=not make_current)
     return BuildResult(record, "built", waited, time.monotonic() - started, tuple(warnings),
                        made_current=make_current or previous is None,
                        previous_current=previous)
@@ -302,7 +306,7 @@ def preview_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = 
         from_lock = _lockfile_for(Path(from_lock), spec, site, cuda_override, engine, report,
                                   name)
     plan = plan_build(spec, site, name=name, cuda_override=cuda_override, from_lock=from_lock)
-    registry = Registry.for_site(site)
+    registry = store_for(site).registry()
     found = registry.find_ready(plan.key, plan.name)
     packages, channels, cuda, _, extras = _packages_for(
         spec, plan, engine or _engine_for(site), from_lock, report)
@@ -349,7 +353,8 @@ def _lockfile_for(path: Path, spec: EnvSpec | None, site: SiteConfig,
     return lock_from_explicit(path, site, cuda_override=cuda_override, engine=engine)
 
 
-def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, registry: Registry,
+def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: BuildPlan,
+                  registry: Registry,
                   engine: Engine, from_lock: Path | None,
                   report: _Reporter) -> tuple[EnvRecord, list[str]]:
     # Solve (or read the lock) before allocating a version: a spec that cannot be built leaves
@@ -357,8 +362,8 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
     packages, channels, cuda, pinned, extras = _packages_for(spec, plan, engine, from_lock,
                                                              report)
     creator = user_at_host()
-    builds = builds_dir(site)
-    ensure_shared_dir(builds, mode=site.permissions.dir_mode, group=site.permissions.group)
+    builds = builds_dir(store)
+    ensure_shared_dir(builds, mode=store.dir_mode, group=store.group)
     recorded = pinned if pinned is not None else spec
     # From a lock, packages built for a CUDA prove the env needs a GPU; a lock without any
     # proves nothing (ROCm, or CPU): keep what the plan knew.
@@ -382,9 +387,9 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
         # The engine writes where it likes; the registry stores it with the lab's mode/group.
         _store_lock(registry, record, packages, channels, plan.platform)
         report.step(f"installing {len(packages)} packages into {prefix}")
-        pkgs_dir = Path(site.pkgs_dirs[0])
-        ensure_shared_dir(pkgs_dir, mode=site.permissions.dir_mode, group=site.permissions.group)
-        with cache_lock(site, pkgs_dir, on_wait=lambda: report.wait(
+        pkgs_dir = store.pkgs_dir
+        ensure_shared_dir(pkgs_dir, mode=store.dir_mode, group=store.group)
+        with cache_lock(store, pkgs_dir, on_wait=lambda: report.wait(
                 "waiting for 'hpcenv env gc' to finish with the package cache")).hold(
                 exclusive=False):
             engine.install(prefix, packages, pkgs_dir=pkgs_dir)
@@ -414,7 +419,7 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, plan: BuildPlan, regis
             report.warn(warning)
         size, count = prefix_usage(prefix)
         unique = prefix_unique_bytes(prefix)
-        _fix_modes(prefix, site)
+        _fix_modes(prefix, store.group)
         _write_marker(prefix, record)
         record = registry.update(replace(record, status="ready", size_bytes=size,
                                          unique_bytes=unique, file_count=count,
@@ -689,9 +694,9 @@ def _same_fs_warning(prefix: Path, pkgs_dir: Path) -> str | None:
             "files were copied, not hardlinked; put pkgs_dirs and envs_dirs on one filesystem")
 
 
-def _fix_modes(prefix: Path, site: SiteConfig) -> None:
-    """Readable by all (group/other per site), writable by nobody; group + setgid if configured."""
-    gid = group_id(site.permissions.group)
+def _fix_modes(prefix: Path, group: str | None) -> None:
+    """Readable by all, writable by nobody; ``group`` + setgid if the site names one."""
+    gid = group_id(group)
     setgid = stat.S_ISGID if gid is not None else 0
     for root, dirs, files in os.walk(prefix, topdown=False):
         for entry in files + dirs:

@@ -39,12 +39,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _module(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.store import store_for
     from hpcenv.store.modules import MODULE_CATEGORY, write_env_module
-    from hpcenv.store.registry import Registry
 
     site = ctx.site()
-    record = Registry.for_site(site).resolve(args.name, args.version)
-    path = write_env_module(site, record)
+    store = store_for(site)
+    record = store.registry().resolve(args.name, args.version)
+    path = write_env_module(store, record)
     ctx.emit({"name": record.name, "version": record.version, "modulefile": str(path),
               "module": f"{MODULE_CATEGORY}/{record.name}/{record.version}"},
              lambda d: f"wrote {d['modulefile']}: 'module load {d['module']}'")

@@ -185,9 +185,9 @@ class _Progress:
 # --- handlers ---------------------------------------------------------------------------------
 
 def _registry(ctx: Context) -> Registry:
-    from hpcenv.store.registry import Registry
+    from hpcenv.store import store_for
 
-    return Registry.for_site(ctx.site())
+    return store_for(ctx.site()).registry()
 
 
 def _build(args: argparse.Namespace, ctx: Context) -> int:
@@ -396,11 +396,12 @@ def _export(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rollback(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.store import store_for
     from hpcenv.store.lifecycle import rollback
 
     registry = _registry(ctx)
     before = registry.current_version(args.name)
-    record = rollback(ctx.site(), args.name, args.to)
+    record = rollback(store_for(ctx.site()), args.name, args.to)
     ctx.emit({"name": record.name, "version": record.version, "previous": before,
               "prefix": record.prefix},
              lambda d: f"{d['name']}: current version is now {d['version']} (was {d['previous']})")
@@ -408,13 +409,14 @@ def _rollback(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rm(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.store import store_for
     from hpcenv.store.lifecycle import remove_env, remove_version
 
     if args.version is not None:
-        records = [remove_version(ctx.site(), args.name, args.version, force=args.force,
+        records = [remove_version(store_for(ctx.site()), args.name, args.version, force=args.force,
                                   on_warning=ctx.warn)]
     else:
-        records = remove_env(ctx.site(), args.name, force=args.force, on_warning=ctx.warn)
+        records = remove_env(store_for(ctx.site()), args.name, force=args.force, on_warning=ctx.warn)
     removed = [r.version for r in records]
     after = _registry(ctx).current_version(args.name)
     ctx.emit({"name": args.name, "removed": removed, "current": after},
@@ -424,9 +426,10 @@ def _rm(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _gc(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.store import store_for
     from hpcenv.store.gc import collect_garbage
 
-    report = collect_garbage(ctx.site(), dry_run=args.dry_run, on_wait=lambda: print(
+    report = collect_garbage(store_for(ctx.site()), dry_run=args.dry_run, on_wait=lambda: print(
         "hpcenv: waiting for builds installing from the package cache", file=sys.stderr,
         flush=True))
     for error in report.errors:

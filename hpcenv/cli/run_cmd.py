@@ -55,12 +55,12 @@ def _registered_prefix(site: SiteConfig, name: str) -> Path | None:
     the registry does not know fall through to conda's lookup in ``envs_dirs``.
     """
     from hpcenv.spec.names import EnvName
+    from hpcenv.store import store_for
     from hpcenv.store.layout import is_complete
-    from hpcenv.store.registry import Registry
 
     if not EnvName.is_valid(name):
         return None  # not a name hpcenv builds; conda's lookup judges it
-    record = Registry.for_site(site).current(EnvName.parse(name))
+    record = store_for(site).registry().current(EnvName.parse(name))
     if record is None or not is_complete(record.prefix):
         return None
     return Path(record.prefix)

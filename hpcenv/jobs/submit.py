@@ -48,9 +48,9 @@ from hpcenv.scheduler.base import SchedulerUnreachable
 from hpcenv.scheduler.options import name_problem
 from hpcenv.spec.environment import load_spec
 from hpcenv.spec.names import EnvName
+from hpcenv.store import store_for
 from hpcenv.store.activation import activation_script
 from hpcenv.store.layout import is_complete
-from hpcenv.store.registry import Registry
 
 if TYPE_CHECKING:
     from hpcenv.scheduler.base import PartitionState, Scheduler
@@ -189,7 +189,7 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
     if name is None:
         raise InvalidInput("no env given: pass --env NAME (a registered env) or --env-file FILE")
     name = EnvName.of(name)
-    registry = Registry.for_site(site)
+    registry = store_for(site).registry()
     current = registry.current(name)
     usable = current is not None and current.status == "ready" and is_complete(current.prefix)
     if spec is None:

@@ -20,12 +20,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcenv.store.layout import builds_dir, is_complete, key_lock, locks_dir, prefix_usage
+from hpcenv.store.layout import (
+    builds_dir,
+    is_complete,
+    key_lock,
+    locks_dir,
+    prefix_usage,
+)
 from hpcenv.store.locking import clean_lock_debris
 from hpcenv.store.registry import EnvRecord, Registry
 
 if TYPE_CHECKING:
-    from hpcenv.site.config import SiteConfig
+    from hpcenv.store.layout import Store
 
 
 def force_rmtree(path: Path) -> None:
@@ -54,7 +60,7 @@ def force_rmtree(path: Path) -> None:
     shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
-def find_debris(site: SiteConfig, *, registry: Registry | None = None,
+def find_debris(store: Store, *, registry: Registry | None = None,
                 held_key: str | None = None) -> list[tuple[Path, EnvRecord | None]]:
     """Build prefixes that are not finished builds and that no live builder is working on.
 
@@ -62,8 +68,8 @@ def find_debris(site: SiteConfig, *, registry: Registry | None = None,
     ``retired``, when it has no record, or when its record is ``building`` but the key lock is
     free (or is ``held_key``, the lock the caller holds).
     """
-    registry = registry or Registry.for_site(site)
-    builds = builds_dir(site)
+    registry = registry or store.registry()
+    builds = builds_dir(store)
     if not builds.is_dir():
         return []
     # List the prefixes before reading the records: a builder writes its record before it
@@ -75,34 +81,34 @@ def find_debris(site: SiteConfig, *, registry: Registry | None = None,
         if path.name.startswith(".") or is_complete(path):
             continue
         record = by_prefix.get(os.path.realpath(path))
-        if record is not None and record.status == "building" and builder_alive(site, record,
+        if record is not None and record.status == "building" and builder_alive(store, record,
                                                                                   held_key):
             continue
         found.append((path, record))
     return found
 
 
-def builder_alive(site: SiteConfig, record: EnvRecord, held_key: str | None = None) -> bool:
+def builder_alive(store: Store, record: EnvRecord, held_key: str | None = None) -> bool:
     """Whether a builder may still be working on ``record``: someone holds its key lock and is
     not provably gone (taking the lock breaks an abandoned lease, so False means proven dead).
     ``held_key`` is the caller's own lock: whoever wrote a ``building`` record under it is gone."""
     if record.key == held_key:
         return False  # the caller holds this key's lock: whoever wrote the record is gone
-    lock = key_lock(site, record.key, timeout=0)
+    lock = key_lock(store, record.key, timeout=0)
     if not lock.try_acquire():
         return True
     lock.release()
     return False
 
 
-def clean_lock_places(site: SiteConfig) -> list[Path]:
+def clean_lock_places(store: Store) -> list[Path]:
     """Remove what killed lock takers left (staging dirs older than ``locks.stale_after``) in
     every place hpcenv keeps locks: build locks, the package cache, the registry's names."""
-    places = [locks_dir(site), Path(site.pkgs_dirs[0]), Path(site.registry)]
-    if Path(site.registry).is_dir():
-        places += [p for p in Path(site.registry).iterdir() if p.is_dir()]
+    places = [locks_dir(store), store.pkgs_dir, store.registry_root]
+    if store.registry_root.is_dir():
+        places += [p for p in store.registry_root.iterdir() if p.is_dir()]
     return [path for place in places
-            for path in clean_lock_debris(place, stale_after=site.locks.stale_after)]
+            for path in clean_lock_debris(place, stale_after=store.locks.stale_after)]
 
 
 def _adopt(registry: Registry, record: EnvRecord) -> EnvRecord:
@@ -113,21 +119,21 @@ def _adopt(registry: Registry, record: EnvRecord) -> EnvRecord:
                                    packages=packages))
 
 
-def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
+def clean_debris(store: Store, *, registry: Registry | None = None,
                  held_key: str | None = None) -> list[Path]:
     """Remove :func:`find_debris` prefixes and mark dead builders' ``building`` records
     ``failed`` (also those that never got as far as creating a prefix); a dead builder's
     ``building`` record whose prefix is complete is marked ``ready`` instead."""
-    registry = registry or Registry.for_site(site)
-    clean_lock_places(site)
+    registry = registry or store.registry()
+    clean_lock_places(store)
     removed = []
     # A builder killed between its completion marker and marking the record ready left a
     # verified build: adopt it rather than leave a "building" ghost that gc must keep forever.
     for record in registry.records():
         if (record.status == "building" and is_complete(record.prefix)
-                and not builder_alive(site, record, held_key)):
+                and not builder_alive(store, record, held_key)):
             _adopt(registry, record)
-    for path, owner in find_debris(site, registry=registry, held_key=held_key):
+    for path, owner in find_debris(store, registry=registry, held_key=held_key):
         if owner is not None and owner.status == "building":
             registry.set_status(owner.name, owner.version, "failed")
         force_rmtree(path)
@@ -135,6 +141,6 @@ def clean_debris(site: SiteConfig, *, registry: Registry | None = None,
     # A builder killed between allocating its version and creating its prefix left only a record.
     for record in registry.records():
         if (record.status == "building" and not os.path.lexists(record.prefix)
-                and not builder_alive(site, record, held_key)):
+                and not builder_alive(store, record, held_key)):
             registry.set_status(record.name, record.version, "failed")
     return removed

@@ -30,12 +30,16 @@ from typing import TYPE_CHECKING, Literal
 
 from hpcenv.engine.base import ARCHIVE_SUFFIXES
 from hpcenv.records import JsonRecord, json_meta
-from hpcenv.store.debris import builder_alive, clean_lock_places, find_debris, force_rmtree
+from hpcenv.store.debris import (
+    builder_alive,
+    clean_lock_places,
+    find_debris,
+    force_rmtree,
+)
 from hpcenv.store.layout import builds_dir, cache_lock, is_complete
-from hpcenv.store.registry import Registry
 
 if TYPE_CHECKING:
-    from hpcenv.site.config import SiteConfig
+    from hpcenv.store.layout import Store
 
 ItemKind = Literal["build", "debris", "package"]
 
@@ -252,7 +256,7 @@ def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: It
     return report
 
 
-def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
+def collect_garbage(store: Store, *, dry_run: bool = False,
                     on_wait: Callable[[], None] | None = None) -> GcReport:
     """``hpcenv env gc``: what :func:`plan_and_collect` does, for a site's builds and cache.
 
@@ -265,32 +269,32 @@ def collect_garbage(site: SiteConfig, *, dry_run: bool = False,
     throughout: installs hold it shared, so no install is linking from entries that no
     ``conda-meta`` record names yet (``on_wait()`` is called if gc has to wait for them).
     """
-    pkgs_dir = Path(site.pkgs_dirs[0]) if site.pkgs_dirs else None
-    guard = (cache_lock(site, pkgs_dir, on_wait=on_wait).hold(exclusive=True)
+    pkgs_dir = store.pkgs_dir
+    guard = (cache_lock(store, pkgs_dir, on_wait=on_wait).hold(exclusive=True)
              if pkgs_dir is not None and pkgs_dir.is_dir() else nullcontext())
     with guard:
-        registry = Registry.for_site(site)
+        registry = store.registry()
         records = list(registry.records())
-        debris = find_debris(site, registry=registry)
+        debris = find_debris(store, registry=registry)
         if not dry_run:
-            clean_lock_places(site)
+            clean_lock_places(store)
         # A "building" record is live unless find_debris judged its builder dead.
         dead = {os.path.realpath(p) for p, _ in debris}
         keep = {Path(os.path.realpath(r.prefix)) for r in records
                 if r.status == "ready" or (r.status == "building"
                                            and os.path.realpath(r.prefix) not in dead)}
-        builds_root = builds_dir(site)
+        builds_root = builds_dir(store)
         builds = []
         if builds_root.is_dir():
             builds = [p for p in sorted(builds_root.iterdir()) if not p.name.startswith(".")
                       and is_complete(p) and Path(os.path.realpath(p)) not in keep]
         report = plan_and_collect(builds=builds, debris=[p for p, _ in debris], keep=keep,
-                                  envs_dirs=site.envs_dirs, pkgs_dir=pkgs_dir, dry_run=dry_run)
+                                  envs_dirs=store.envs_dirs, pkgs_dir=pkgs_dir, dry_run=dry_run)
         removed = {os.path.realpath(i.path) for i in report.removed}
         for record in records:
             unfinished = record.status == "failed" or (
                 record.status == "building" and not is_complete(record.prefix)
-                and not builder_alive(site, record))
+                and not builder_alive(store, record))
             # A debris prefix gc could not remove keeps its record as the pointer to it.
             if not unfinished or (os.path.lexists(record.prefix)
                                   and os.path.realpath(record.prefix) not in removed):

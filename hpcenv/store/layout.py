@@ -20,51 +20,86 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from hpcenv.store.locking import BuildLock, CacheLock, LockHolder
-
-if TYPE_CHECKING:
-    from hpcenv.site.config import SiteConfig
+from hpcenv.store.locking import BuildLock, CacheLock, LockHolder, LockMethod
+from hpcenv.store.registry import Registry
 
 MARKER = ".hpcenv-complete"
 CACHE_LOCK = ".hpcenv-cache.lock"
 
 
-def envs_dir(site: SiteConfig) -> Path:
-    return Path(site.envs_dirs[0])
+@dataclass(frozen=True)
+class LockPolicy:
+    """How every lock of the store is taken (the site's ``locks:``)."""
+
+    method: LockMethod
+    timeout: float                 # seconds a waiter waits
+    stale_after: float | None      # seconds without a heartbeat before a holder counts as dead
+    heartbeat: float               # seconds between a holder's lease renewals
 
 
-def builds_dir(site: SiteConfig) -> Path:
-    return envs_dir(site) / ".hpcenv" / "builds"
+@dataclass(frozen=True)
+class Store:
+    """The shared store as the store and build layers see it: where things live, who owns
+    them, how locks are taken.  Built once from the site config at the edge
+    (:func:`hpcenv.store.store_for`), so the layers below never read the whole site config."""
+
+    envs_dirs: tuple[Path, ...]    # the first is where hpcenv builds and links names
+    pkgs_dir: Path                 # the package cache hpcenv writes (hardlinked into envs)
+    registry_root: Path
+    locks: LockPolicy
+    group: str | None = None       # given to everything hpcenv creates in shared dirs
+    dir_mode: int | None = None
+    admins: tuple[str, ...] = ()   # who may change any env (see hpcenv.store.ownership)
+    modules_dir: Path | None = None
+    modules_on_publish: bool = False
+    source: str = "the site config"   # where these settings come from, for messages
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.envs_dirs[0]
+
+    def registry(self) -> Registry:
+        """The lab registry, with the store's lock policy (the per-name lock is only held for a
+        few file writes, but a waiter behind a slow shared filesystem gets the same patience
+        as a build lock) and permissions."""
+        return Registry(self.registry_root, lock_method=self.locks.method,
+                        lock_timeout=self.locks.timeout, lock_stale_after=self.locks.stale_after,
+                        lock_heartbeat=self.locks.heartbeat, group=self.group,
+                        dir_mode=self.dir_mode)
 
 
-def locks_dir(site: SiteConfig) -> Path:
-    return envs_dir(site) / ".hpcenv" / "locks"
+def builds_dir(store: Store) -> Path:
+    return store.envs_dir / ".hpcenv" / "builds"
 
 
-def env_link(site: SiteConfig, name: str) -> Path:
-    return envs_dir(site) / name
+def locks_dir(store: Store) -> Path:
+    return store.envs_dir / ".hpcenv" / "locks"
 
 
-def key_lock(site: SiteConfig, key: str, *, on_wait: Callable[[LockHolder | None], None] | None = None,
+def env_link(store: Store, name: str) -> Path:
+    return store.envs_dir / name
+
+
+def key_lock(store: Store, key: str, *,
+             on_wait: Callable[[LockHolder | None], None] | None = None,
              timeout: float | None = None) -> BuildLock:
-    """The build lock of ``key`` with the site's lock settings."""
-    return BuildLock(locks_dir(site) / f"{key}.lock", method=site.locks.method,
-                     timeout=site.locks.timeout if timeout is None else timeout,
-                     stale_after=site.locks.stale_after, heartbeat=site.locks.heartbeat,
-                     on_wait=on_wait, dir_mode=site.permissions.dir_mode,
-                     group=site.permissions.group)
+    """The build lock of ``key`` with the store's lock policy."""
+    return BuildLock(locks_dir(store) / f"{key}.lock", method=store.locks.method,
+                     timeout=store.locks.timeout if timeout is None else timeout,
+                     stale_after=store.locks.stale_after, heartbeat=store.locks.heartbeat,
+                     on_wait=on_wait, dir_mode=store.dir_mode, group=store.group)
 
 
-def cache_lock(site: SiteConfig, pkgs_dir: Path, *,
+def cache_lock(store: Store, pkgs_dir: Path, *,
                on_wait: Callable[[], None] | None = None) -> CacheLock:
     """The lock that keeps ``env gc`` out of ``pkgs_dir`` while installs link from it."""
-    return CacheLock(Path(pkgs_dir) / CACHE_LOCK, method=site.locks.method,
-                     timeout=site.locks.timeout, stale_after=site.locks.stale_after,
-                     heartbeat=site.locks.heartbeat, on_wait=on_wait,
-                     dir_mode=site.permissions.dir_mode, group=site.permissions.group)
+    return CacheLock(Path(pkgs_dir) / CACHE_LOCK, method=store.locks.method,
+                     timeout=store.locks.timeout, stale_after=store.locks.stale_after,
+                     heartbeat=store.locks.heartbeat, on_wait=on_wait,
+                     dir_mode=store.dir_mode, group=store.group)
 
 
 def is_complete(prefix: Path | str) -> bool:

@@ -27,10 +27,10 @@ from hpcenv.store.ownership import Actor, env_owner, user_of
 from hpcenv.store.registry import EnvRecord, Registry
 
 if TYPE_CHECKING:
-    from hpcenv.site.config import SiteConfig
+    from hpcenv.store.layout import Store
 
 
-def publish(site: SiteConfig, registry: Registry, record: EnvRecord, *,
+def publish(store: Store, registry: Registry, record: EnvRecord, *,
             only_if_none: bool = False) -> int | None:
     """Make ``record`` the current version: registry first, then the ``envs_dir/NAME`` symlink.
     Returns the version current before (None: none).  ``only_if_none``: change nothing when
@@ -39,31 +39,31 @@ def publish(site: SiteConfig, registry: Registry, record: EnvRecord, *,
         previous = registry.current_version(record.name)
         if only_if_none and previous is not None:
             return previous
-        _switch_current(site, registry, record.name, record)
+        _switch_current(store, registry, record.name, record)
     return previous
 
 
-def _switch_current(site: SiteConfig, registry: Registry, name: str,
+def _switch_current(store: Store, registry: Registry, name: str,
                     record: EnvRecord | None) -> None:
     """Make ``record`` (None: nothing) current: the registry's ``current`` first (the source of
     truth), then the ``envs_dir/NAME`` symlink.  The caller holds the registry's name lock.
     An ``envs_dir/NAME`` hpcenv did not make is refused before anything moves."""
     if record is not None:
-        check_link_is_ours(site, name)
+        check_link_is_ours(store, name)
     registry.set_current(name, record.version if record is not None else None)
-    _point_link(site, name, Path(record.prefix) if record is not None else None)
-    sync_env_modules(site, registry, name)  # the Lmod tree is another view of "current"
+    _point_link(store, name, Path(record.prefix) if record is not None else None)
+    sync_env_modules(store, registry, name)  # the Lmod tree is another view of "current"
 
 
-def link_points_to(site: SiteConfig, name: str, prefix: Path | str) -> bool:
+def link_points_to(store: Store, name: str, prefix: Path | str) -> bool:
     """Whether ``envs_dir/NAME`` is a symlink resolving to ``prefix``."""
-    link = env_link(site, name)
+    link = env_link(store, name)
     return link.is_symlink() and os.path.realpath(link) == os.path.realpath(prefix)
 
 
-def _point_link(site: SiteConfig, name: str, prefix: Path | None) -> None:
+def _point_link(store: Store, name: str, prefix: Path | None) -> None:
     """Switch ``envs_dir/NAME``; the caller holds the registry's name lock."""
-    link = env_link(site, name)
+    link = env_link(store, name)
     # Under the name lock a temp link is always a killed publisher's leftover.
     for stale in link.parent.glob(f".{name}.link-*"):
         stale.unlink(missing_ok=True)
@@ -71,7 +71,7 @@ def _point_link(site: SiteConfig, name: str, prefix: Path | None) -> None:
         if link.is_symlink():
             link.unlink()
         return
-    check_link_is_ours(site, name)
+    check_link_is_ours(store, name)
     target = os.path.relpath(prefix, link.parent)
     tmp = link.with_name(f".{name}.link-{os.getpid()}-{secrets.token_hex(4)}")
     os.symlink(target, tmp)
@@ -82,23 +82,23 @@ def _point_link(site: SiteConfig, name: str, prefix: Path | None) -> None:
         raise
 
 
-def sync_link(site: SiteConfig, name: str) -> Path | None:
+def sync_link(store: Store, name: str) -> Path | None:
     """Rewrite ``envs_dir/NAME`` from the registry's current version (repairs a crash between the
     two publish steps); returns the prefix it points at."""
-    registry = Registry.for_site(site)
+    registry = store.registry()
     with registry.name_lock(name):
         current = registry.current(name)
         prefix = Path(current.prefix) if current is not None else None
-        _point_link(site, name, prefix)
+        _point_link(store, name, prefix)
     return prefix
 
 
-def rollback(site: SiteConfig, name: str, to_version: int | None = None) -> EnvRecord:
+def rollback(store: Store, name: str, to_version: int | None = None) -> EnvRecord:
     """Make an earlier ready version current (default: the newest ready one before current).
     Only the env's owner or an admin may (see :mod:`hpcenv.store.ownership`)."""
-    registry = Registry.for_site(site)
+    registry = store.registry()
     versions = _require_env(registry, name)
-    Actor.current(site.permissions.admins).check(env_owner(versions), name,
+    Actor.current(store.admins).check(env_owner(versions), name,
                                                  "change its current version")
     with registry.name_lock(name):
         current = registry.current_version(name)
@@ -120,7 +120,7 @@ def rollback(site: SiteConfig, name: str, to_version: int | None = None) -> EnvR
                 raise HpcenvError(f"{name} version {to_version} {what}; pick another with "
                                   f"'hpcenv env history {name}' or rebuild it with --from-lock "
                                   f"{record.lock_path}")
-        _switch_current(site, registry, name, record)
+        _switch_current(store, registry, name, record)
     return record
 
 
@@ -137,7 +137,7 @@ def _usable(record: EnvRecord) -> bool:
     return record.status == "ready" and is_complete(record.prefix)
 
 
-def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = False,
+def remove_version(store: Store, name: str, version: int, *, force: bool = False,
                    on_warning: Callable[[str], None] | None = None) -> EnvRecord:
     """Retire ``version`` of ``name`` and delete its prefix; refuses the current one unless
     ``force`` (then the newest other ready version becomes current, or none), and a version
@@ -150,24 +150,24 @@ def remove_version(site: SiteConfig, name: str, version: int, *, force: bool = F
     (status ``retired``).  Files this user may not delete (an admin removing a member's build)
     stay, whole, until their owner's or root's ``env gc``; ``on_warning`` hears so.
     """
-    registry = Registry.for_site(site)
+    registry = store.registry()
     record = registry.get(name, version)
-    actor = Actor.current(site.permissions.admins)
+    actor = Actor.current(store.admins)
     owner = env_owner(registry.versions(name))
     if user_of(record.creator) != actor.user or version == registry.current_version(name):
         # Anyone may clear away a version of their own that nobody runs as current.
         actor.check(owner, name, f"remove version {version}" + (
             " (its current version)" if version == registry.current_version(name) else ""))
-    lock = key_lock(site, record.key, timeout=0)
+    lock = key_lock(store, record.key, timeout=0)
     if not lock.try_acquire():
         if registry.get(name, version).status == "building":
             raise HpcenvError(f"{name} version {version} is still being built; wait for it "
                               f"('hpcenv env history {name}' shows when it is ready)")
-        lock = key_lock(site, record.key)  # a builder of another version of this key: wait
+        lock = key_lock(store, record.key)  # a builder of another version of this key: wait
         lock.acquire()
     try:
         with registry.name_lock(name):
-            record, shared = _retire_locked(site, registry, name, version, force)
+            record, shared = _retire_locked(store, registry, name, version, force)
     finally:
         lock.release()
     if not shared:
@@ -195,7 +195,7 @@ def _file_owner(path: Path) -> str:
         return f"uid {uid}"
 
 
-def _retire_locked(site: SiteConfig, registry: Registry, name: str, version: int,
+def _retire_locked(store: Store, registry: Registry, name: str, version: int,
                    force: bool) -> tuple[EnvRecord, bool]:
     """The part of :func:`remove_version` under the key and name locks: the retired record
     and whether another live record names its prefix (which then stays)."""
@@ -217,35 +217,35 @@ def _retire_locked(site: SiteConfig, registry: Registry, name: str, version: int
         # current moves before the record is retired: a crash in between leaves a ready
         # version that is not current, never a current one that is retired.
         others = [r for r in registry.versions(name) if r.version != version and _usable(r)]
-        _switch_current(site, registry, name, others[-1] if others else None)
-    elif link_points_to(site, name, record.prefix):
+        _switch_current(store, registry, name, others[-1] if others else None)
+    elif link_points_to(store, name, record.prefix):
         # A publisher died before switching the symlink: repair it before the prefix goes.
         current_record = registry.current(name)
-        _point_link(site, name, Path(current_record.prefix) if current_record else None)
+        _point_link(store, name, Path(current_record.prefix) if current_record else None)
     record = registry.set_status(name, version, "retired")
     # Versions never share a prefix when hpcenv made them, but a registry edited by hand
     # (or restored from backup) might: a prefix another live record names stays.
     target = os.path.realpath(record.prefix)
     shared = any(r.status in ("ready", "building") and os.path.realpath(r.prefix) == target
                  for r in registry.records())
-    sync_env_modules(site, registry, name)  # the retired version's modulefile goes
+    sync_env_modules(store, registry, name)  # the retired version's modulefile goes
     return record, shared
 
 
-def remove_env(site: SiteConfig, name: str, *, force: bool = False,
+def remove_env(store: Store, name: str, *, force: bool = False,
                on_warning: Callable[[str], None] | None = None) -> list[EnvRecord]:
     """Retire every version of ``name`` that is not retired yet with :func:`remove_version`,
     the current one last so the env stays usable until the very end.  Ready versions are only
     removed with ``force``; failed ones and those a dead builder left ``building`` need none.
     Refused while a builder of ``name`` is at work.  Returns the retired records."""
-    registry = Registry.for_site(site)
+    registry = store.registry()
     versions = _require_env(registry, name)
-    Actor.current(site.permissions.admins).check(env_owner(versions), name, "remove it")
+    Actor.current(store.admins).check(env_owner(versions), name, "remove it")
     left = [r for r in versions if r.status != "retired"]
     if not left:
         raise NotFound(f"environment {name!r} has no version left to remove (all are retired; "
                        f"see 'hpcenv env history {name}')")
-    busy = [r.version for r in left if r.status == "building" and builder_alive(site, r, None)]
+    busy = [r.version for r in left if r.status == "building" and builder_alive(store, r, None)]
     if busy:
         raise HpcenvError(f"{name} version {busy[0]} is still being built; wait for it, then "
                           f"run 'hpcenv env rm {name}' again")
@@ -256,13 +256,13 @@ def remove_env(site: SiteConfig, name: str, *, force: bool = False,
         also = f", the current version {current} included" if current in ready else ""
         raise HpcenvError(f"removing {name} removes its ready version(s) {which}{also}; pass "
                           "--force, or --version V for one")
-    return [remove_version(site, name, r.version, force=True, on_warning=on_warning)
+    return [remove_version(store, name, r.version, force=True, on_warning=on_warning)
             for r in sorted(left, key=lambda r: r.version == current)]
 
 
-def check_link_is_ours(site: SiteConfig, name: str) -> None:
+def check_link_is_ours(store: Store, name: str) -> None:
     """Refuse an ``envs_dir/NAME`` that hpcenv did not make: publishing would replace it."""
-    link = env_link(site, name)
+    link = env_link(store, name)
     if link.exists() and not link.is_symlink():
         raise HpcenvError(f"{link} exists and is not an hpcenv-managed symlink (a conda env made "
                           f"some other way?); move it away or build under another --name")

@@ -67,7 +67,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcenv.errors import HpcenvError
-from hpcenv.fsutil import atomic_write_json, current_user, ensure_shared_dir, process_start_time
+from hpcenv.fsutil import (
+    atomic_write_json,
+    current_user,
+    ensure_shared_dir,
+    process_start_time,
+)
 
 # "flock": the lease protocol plus flock as a same-node fast path (skipped by itself where
 # flock fails); "mkdir": the lease protocol alone, never calling flock.

@@ -36,25 +36,25 @@ from hpcenv.store.layout import is_complete
 from hpcenv.store.registry import EnvRecord, Registry
 
 if TYPE_CHECKING:
-    from hpcenv.site.config import SiteConfig
+    from hpcenv.store.layout import Store
 
 # The category every hpcenv module lives under: ``module load hpcenv/NAME``.
 MODULE_CATEGORY = "hpcenv"
 DEFAULT_LINK = "default"
 
 
-def modules_dir(site: SiteConfig) -> Path:
+def modules_dir(store: Store) -> Path:
     """The site's module tree; InvalidInput naming the key when the site sets none."""
-    if site.modules_dir is None:
-        where = site.source or "the site config"
+    if store.modules_dir is None:
+        where = store.source
         raise InvalidInput(f"{where}: no modules_dir is set; add 'modules_dir: /path/to/modulefiles' "
                            "(a directory on the MODULEPATH of your users) to write Lmod modules")
-    return site.modules_dir
+    return store.modules_dir
 
 
-def env_module_dir(site: SiteConfig, name: str) -> Path:
+def env_module_dir(store: Store, name: str) -> Path:
     """``MODULES_DIR/hpcenv/NAME``: the versions of one env."""
-    return modules_dir(site) / MODULE_CATEGORY / name
+    return modules_dir(store) / MODULE_CATEGORY / name
 
 
 def modulefile_text(record: EnvRecord) -> str:
@@ -83,52 +83,52 @@ def modulefile_text(record: EnvRecord) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_env_module(site: SiteConfig, record: EnvRecord) -> Path:
+def write_env_module(store: Store, record: EnvRecord) -> Path:
     """Write ``record``'s modulefile into the site tree and point ``default`` at the env's
     current version; returns the modulefile's path."""
     if record.status != "ready" or not is_complete(record.prefix):
         raise HpcenvError(f"{record.name} version {record.version} is {record.status}, not a "
                           "ready build; pick another with 'hpcenv env history "
                           f"{record.name}'")
-    path = env_module_dir(site, record.name) / f"{record.version}.lua"
-    registry = Registry.for_site(site)
+    path = env_module_dir(store, record.name) / f"{record.version}.lua"
+    registry = store.registry()
     with registry.name_lock(record.name):
-        _write(site, path, modulefile_text(record))
-        _point_default(site, registry, record.name)
+        _write(store, path, modulefile_text(record))
+        _point_default(store, registry, record.name)
     return path
 
 
-def sync_env_modules(site: SiteConfig, registry: Registry, name: str) -> None:
+def sync_env_modules(store: Store, registry: Registry, name: str) -> None:
     """Bring ``NAME``'s modules in step with the registry after ``current`` changed; the caller
     holds the registry's name lock.  Nothing happens without ``modules_dir``, or when the env
     has no modules and the site does not write them on publish."""
-    if site.modules_dir is None:
+    if store.modules_dir is None:
         return
-    directory = env_module_dir(site, name)
-    if not directory.is_dir() and not site.modules_on_publish:
+    directory = env_module_dir(store, name)
+    if not directory.is_dir() and not store.modules_on_publish:
         return
     try:
         current = registry.current(name)
-        if current is not None and (site.modules_on_publish or directory.is_dir()):
+        if current is not None and (store.modules_on_publish or directory.is_dir()):
             path = directory / f"{current.version}.lua"
             if not path.is_file():
-                _write(site, path, modulefile_text(current))
+                _write(store, path, modulefile_text(current))
         usable = {r.version for r in registry.versions(name)
                   if r.status == "ready" and is_complete(r.prefix)}
         for modulefile in directory.glob("*.lua") if directory.is_dir() else ():
             if not modulefile.stem.isdigit() or int(modulefile.stem) not in usable:
                 modulefile.unlink()
-        _point_default(site, registry, name)
+        _point_default(store, registry, name)
     except OSError as exc:
         raise HpcenvError(f"{directory}: cannot update the env's modules ({exc.strerror}); fix "
                           f"the directory's permissions, then run 'hpcenv env module {name}'"
                           ) from None
 
 
-def _point_default(site: SiteConfig, registry: Registry, name: str) -> None:
+def _point_default(store: Store, registry: Registry, name: str) -> None:
     """``default`` -> the current version's modulefile; the env's dir goes once it holds no
     modulefile (its last version retired)."""
-    directory = env_module_dir(site, name)
+    directory = env_module_dir(store, name)
     if not directory.is_dir():
         return
     current = registry.current_version(name)
@@ -145,9 +145,9 @@ def _point_default(site: SiteConfig, registry: Registry, name: str) -> None:
         shutil.rmtree(directory)
 
 
-def _write(site: SiteConfig, path: Path, text: str) -> None:
-    group = site.permissions.group
-    ensure_shared_dir(path.parent, mode=site.permissions.dir_mode, group=group)
+def _write(store: Store, path: Path, text: str) -> None:
+    group = store.group
+    ensure_shared_dir(path.parent, mode=store.dir_mode, group=group)
     atomic_write_text(path, text, mode=0o664 if group is not None else 0o644, group=group)
 
 

@@ -34,17 +34,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from hpcenv.errors import HpcenvError, NotFound
 from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
 from hpcenv.records import JsonRecord, json_meta
 from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, CudaTarget
 from hpcenv.spec.names import EnvName
-from hpcenv.store.locking import DEFAULT_HEARTBEAT, DEFAULT_STALE_AFTER, BuildLock, LockMethod
-
-if TYPE_CHECKING:
-    from hpcenv.site.config import SiteConfig
+from hpcenv.store.locking import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_STALE_AFTER,
+    BuildLock,
+    LockMethod,
+)
 
 Status = Literal["building", "ready", "retired", "failed"]
 STATUSES: tuple[Status, ...] = ("building", "ready", "retired", "failed")
@@ -154,16 +156,6 @@ class Registry:
         self.group = group
         self.file_mode = 0o664 if group is not None else 0o644
         self.dir_mode = dir_mode
-
-    @classmethod
-    def for_site(cls, site: SiteConfig) -> Registry:
-        """The registry ``site`` names, with its lock settings (the per-name lock is only held
-        for a few file writes, but a waiter behind a slow shared filesystem or a build holding
-        it across a publish gets the same patience as a build lock) and permissions."""
-        return cls(site.registry, lock_method=site.locks.method, lock_timeout=site.locks.timeout,
-                   lock_stale_after=site.locks.stale_after,
-                   lock_heartbeat=site.locks.heartbeat, group=site.permissions.group,
-                   dir_mode=site.permissions.dir_mode)
 
     # --- reading ------------------------------------------------------------------------------
 

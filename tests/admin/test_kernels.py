@@ -15,6 +15,7 @@ from hpcenv.build.builder import build_env
 from hpcenv.demo.site import write_demo_site
 from hpcenv.site.config import load_site
 from hpcenv.spec.environment import parse_spec
+from hpcenv.store import store_for
 from hpcenv.store.lifecycle import remove_version
 
 KERNEL_SPEC = """\
@@ -170,7 +171,7 @@ def test_kernel_of_a_removed_version_says_how_to_fix(kernel_site, tmp_path, demo
     out = hpcenv("--site", str(site_file), "env", "kernel", "kenv", "--dir", str(kernels),
                  env=isolated_environ(tmp_path / "home"))
     assert out.returncode == 0, out.stderr
-    remove_version(site, "kenv", record.version, force=True)
+    remove_version(store_for(site), "kenv", record.version, force=True)
     proc = subprocess.run(["/bin/bash", str(kernels / "hpcenv-kenv" / "launch.sh"), "-f", "x"],
                           capture_output=True, text=True)
     assert proc.returncode == 1

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from builders import KERNELS_CPU, KERNELS_CUDA
-
 from conftest import other_group
 
 from hpcenv.build.builder import BuildEvent, build_env
@@ -21,6 +20,7 @@ from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.site.config import load_site
 from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 from hpcenv.spec.environment import parse_spec
+from hpcenv.store import store_for
 from hpcenv.store.debris import clean_debris, find_debris
 from hpcenv.store.layout import MARKER, builds_dir, env_link
 from hpcenv.store.lifecycle import remove_version, rollback
@@ -58,12 +58,12 @@ def test_build_then_reuse(site, tmp_path: Path) -> None:
     rec = first.record
     assert (rec.name, rec.version, rec.status) == ("kern", 1, "ready")
     prefix = Path(rec.prefix)
-    assert prefix.parent == builds_dir(site)
+    assert prefix.parent == builds_dir(store_for(site))
     assert (prefix / MARKER).is_file()
     assert run_py(prefix, "import sys; print(sys.prefix)") == str(prefix)
     # The noarch entry point works and the link points at the build.
-    assert env_link(site, "kern").resolve() == prefix.resolve()
-    assert subprocess.run([str(env_link(site, "kern") / "bin" / "hpcdemo-info")],
+    assert env_link(store_for(site), "kern").resolve() == prefix.resolve()
+    assert subprocess.run([str(env_link(store_for(site), "kern") / "bin" / "hpcdemo-info")],
                           capture_output=True, check=False).returncode == 0
     assert Path(rec.lock_path).is_file() and rec.packages >= 4 and rec.file_count > 100
     steps = [e.text for e in progress if e.kind == "step"]
@@ -144,8 +144,8 @@ def test_pip_failure_is_reported_and_nothing_published(site, tmp_path: Path) -> 
     log = Path(failed.log_path or "").read_text()
     assert "installing" in log and "$ " in log and "-m pip install" in log
     assert log.rstrip().endswith(f"error: {failed.error}")
-    assert not env_link(site, "badpip").exists()
-    assert list(builds_dir(site).iterdir()) == []
+    assert not env_link(store_for(site), "badpip").exists()
+    assert list(builds_dir(store_for(site)).iterdir()) == []
 
 
 def test_pip_section_without_pip_or_python_gets_them_as_with_conda(site, tmp_path: Path) -> None:
@@ -178,8 +178,8 @@ def test_unsolvable_spec_fails_cleanly(site, tmp_path: Path, dependency: str) ->
     assert "\n" not in message
     assert Registry(site.registry).versions("x") == []
     assert not (Path(site.registry) / "x").exists()
-    assert not builds_dir(site).exists() or list(builds_dir(site).iterdir()) == []
-    assert not os.path.lexists(env_link(site, "x"))
+    assert not builds_dir(store_for(site)).exists() or list(builds_dir(store_for(site)).iterdir()) == []
+    assert not os.path.lexists(env_link(store_for(site), "x"))
 
 
 def test_cuda_of_packages() -> None:
@@ -265,23 +265,23 @@ def test_versions_rollback_and_remove(site) -> None:
     v2 = build_env(spec(KERNELS_CUDA), site).record
     assert (v1.version, v2.version) == (1, 2)
     reg = Registry(site.registry)
-    link = env_link(site, "kern")
+    link = env_link(store_for(site), "kern")
     assert reg.current_version("kern") == 2 and link.resolve() == Path(v2.prefix).resolve()
 
-    assert rollback(site, "kern").version == 1
+    assert rollback(store_for(site), "kern").version == 1
     assert reg.current_version("kern") == 1 and link.resolve() == Path(v1.prefix).resolve()
     with pytest.raises(HpcenvError, match="no ready version older"):
-        rollback(site, "kern")
-    assert rollback(site, "kern", to_version=2).version == 2
+        rollback(store_for(site), "kern")
+    assert rollback(store_for(site), "kern", to_version=2).version == 2
 
     with pytest.raises(HpcenvError, match="current version"):
-        remove_version(site, "kern", 2)
-    removed = remove_version(site, "kern", 1)
+        remove_version(store_for(site), "kern", 2)
+    removed = remove_version(store_for(site), "kern", 1)
     assert removed.status == "retired" and not Path(v1.prefix).exists()
     assert Path(v2.prefix, "bin", "python").exists()  # shared cache files survive
     with pytest.raises(HpcenvError, match="retired"):
-        rollback(site, "kern", to_version=1)
-    remove_version(site, "kern", 2, force=True)
+        rollback(store_for(site), "kern", to_version=1)
+    remove_version(store_for(site), "kern", 2, force=True)
     assert reg.current("kern") is None and not link.exists()
     with pytest.raises(NotFound):
         reg.get("kern", 7)
@@ -293,27 +293,27 @@ def test_rm_never_deletes_a_prefix_another_version_names(site) -> None:
     reg = Registry(site.registry)
     # Rebuilding, reusing and rolling back never make two versions share a prefix ...
     build_env(spec(KERNELS_CPU), site)
-    rollback(site, "kern", to_version=2)
+    rollback(store_for(site), "kern", to_version=2)
     versions = reg.versions("kern")
     assert [r.version for r in versions] == [1, 2]
     assert len({os.path.realpath(r.prefix) for r in versions}) == 2
     # ... but a registry edited by hand (a record restored from backup) can: v3 names v1's.
     reg.allocate("kern", lambda v: replace(v1, version=v, status="ready"))
-    removed = remove_version(site, "kern", 1)
+    removed = remove_version(store_for(site), "kern", 1)
     assert removed.status == "retired"
     assert Path(v1.prefix, MARKER).exists()
     assert run_py(Path(v1.prefix), "import hpcdemo_kernels; print(hpcdemo_kernels.VARIANT)") == "cpu"
-    remove_version(site, "kern", 3)  # the last record naming it: now it goes
+    remove_version(store_for(site), "kern", 3)  # the last record naming it: now it goes
     assert not Path(v1.prefix).exists() and Path(v2.prefix, MARKER).exists()
 
 
 def test_building_again_after_rollback_makes_it_current(site) -> None:
     build_env(spec(KERNELS_CPU), site)
     build_env(spec(KERNELS_CUDA), site)
-    rollback(site, "kern")
+    rollback(store_for(site), "kern")
     res = build_env(spec(KERNELS_CUDA), site)
     assert res.status == "reused" and Registry(site.registry).current_version("kern") == 2
-    rollback(site, "kern")
+    rollback(store_for(site), "kern")
     res = build_env(spec(KERNELS_CUDA), site, make_current=False)
     assert res.status == "reused" and Registry(site.registry).current_version("kern") == 1
 
@@ -325,19 +325,19 @@ def test_debris_without_live_lock_is_cleaned(site) -> None:
 
     dead = reg.allocate("kern", lambda v: EnvRecord(
         name="kern", version=v, key="0" * 64, spec={}, spec_hash="", lock_path="",
-        prefix=str(builds_dir(site) / f"kern-{v}-000000000000"), cuda=NO_CUDA, cuda_override=None,
+        prefix=str(builds_dir(store_for(site)) / f"kern-{v}-000000000000"), cuda=NO_CUDA, cuda_override=None,
         channels=[], platform=plan.platform, status="building", creator="x@y",
         created="2024-01-01T00:00:00+00:00"))
     Path(dead.prefix, "conda-meta").mkdir(parents=True)
     no_prefix = reg.allocate("kern", lambda v: replace(dead, version=v, key="1" * 64,
-                                                       prefix=str(builds_dir(site) / "never")))
-    assert [p for p, _ in find_debris(site)] == [Path(dead.prefix)]
+                                                       prefix=str(builds_dir(store_for(site)) / "never")))
+    assert [p for p, _ in find_debris(store_for(site))] == [Path(dead.prefix)]
     res = build_env(spec(KERNELS_CPU), site)
     assert res.record.version == 3
     assert not Path(dead.prefix).exists()
     assert reg.get("kern", dead.version).status == "failed"
     assert reg.get("kern", no_prefix.version).status == "failed"
-    assert clean_debris(site) == []
+    assert clean_debris(store_for(site)) == []
 
 
 def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> None:
@@ -362,7 +362,7 @@ def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> No
     assert (prefix / "conda-meta" / "history").stat().st_gid == group.gr_gid
     # Every directory hpcenv creates, not only the prefixes: the lab shares all of them.
     root = tmp_path / "site"
-    for directory in (root / "envs", builds_dir(site), root / "envs" / ".hpcenv" / "locks",
+    for directory in (root / "envs", builds_dir(store_for(site)), root / "envs" / ".hpcenv" / "locks",
                       root / "registry", root / "registry" / "ml-kern", root / "pkgs"):
         st = directory.stat()
         assert stat.S_IMODE(st.st_mode) == 0o2775, directory
@@ -437,18 +437,18 @@ def test_remove_env_retires_every_version_current_last(site) -> None:
 
     v1 = build_env(spec(KERNELS_CUDA), site).record
     v2 = build_env(spec(KERNELS_CPU), site).record
-    rollback(site, "kern", 1)
+    rollback(store_for(site), "kern", 1)
     with pytest.raises(HpcenvError, match=r"removes its ready version\(s\) 1, 2, the current "
                                           r"version 1 included; pass --force"):
-        remove_env(site, "kern")
+        remove_env(store_for(site), "kern")
     assert Path(v1.prefix).is_dir() and Path(v2.prefix).is_dir()
     with pytest.raises(NotFound, match="no environment 'other'"):
-        remove_env(site, "other", force=True)
-    removed = remove_env(site, "kern", force=True)
+        remove_env(store_for(site), "other", force=True)
+    removed = remove_env(store_for(site), "kern", force=True)
     assert [(r.version, r.status) for r in removed] == [(2, "retired"), (1, "retired")]
     reg = Registry(site.registry)
     assert reg.current_version("kern") is None
-    assert not env_link(site, "kern").is_symlink()
+    assert not env_link(store_for(site), "kern").is_symlink()
     assert not Path(v1.prefix).exists() and not Path(v2.prefix).exists()
 
 
@@ -472,7 +472,7 @@ def test_a_reuse_that_moves_current_says_so(site) -> None:
     # ... but a name's first build still becomes current: there was nothing to move.
     fresh = build_env(spec(KERNELS_CPU), site, name="fresh", make_current=False)
     assert fresh.made_current and Registry(site.registry).current_version("fresh") == 1
-    assert env_link(site, "fresh").resolve() == fresh.prefix.resolve()
+    assert env_link(store_for(site), "fresh").resolve() == fresh.prefix.resolve()
 
 
 def _dead_building_record(site, name: str):
@@ -481,7 +481,7 @@ def _dead_building_record(site, name: str):
     reg = Registry(site.registry)
     return reg.allocate(name, lambda v: EnvRecord(
         name=name, version=v, key=f"{v:064d}", spec={}, spec_hash="", lock_path="",
-        prefix=str(builds_dir(site) / f"{name}-{v}-000000000000"), cuda=NO_CUDA,
+        prefix=str(builds_dir(store_for(site)) / f"{name}-{v}-000000000000"), cuda=NO_CUDA,
         cuda_override=None, channels=[], platform="linux-64", status="building",
         creator="x@y", created="2024-01-01T00:00:00+00:00"))
 
@@ -502,35 +502,35 @@ def test_failed_and_interrupted_builds_are_removable(site, tmp_path: Path) -> No
     assert {n: [r.status for r in rs] for n, rs in reg.unfinished().items()} == \
         {"bad": ["failed"], "intr": ["building"]}
 
-    assert [(r.version, r.status) for r in remove_env(site, "bad")] == [(1, "retired")]
-    assert [(r.version, r.status) for r in remove_env(site, "intr")] == [(1, "retired")]
+    assert [(r.version, r.status) for r in remove_env(store_for(site), "bad")] == [(1, "retired")]
+    assert [(r.version, r.status) for r in remove_env(store_for(site), "intr")] == [(1, "retired")]
     assert not Path(dead.prefix).exists()
     assert reg.unfinished() == {} and reg.summaries() == []
     with pytest.raises(NotFound, match="no version left to remove"):
-        remove_env(site, "bad")
+        remove_env(store_for(site), "bad")
     # One version at a time works too, for a dead builder's record.
     dead2 = _dead_building_record(site, "intr")
-    assert remove_version(site, "intr", dead2.version).status == "retired"
+    assert remove_version(store_for(site), "intr", dead2.version).status == "retired"
 
 
 def test_rm_of_the_current_version_suggests_what_works(site) -> None:
     build_env(spec(KERNELS_CPU), site)
     with pytest.raises(HpcenvError) as only:
-        remove_version(site, "kern", 1)
+        remove_version(store_for(site), "kern", 1)
     assert "no other version is ready; pass --force" in str(only.value)
     assert "rollback" not in str(only.value)
     build_env(spec(KERNELS_CUDA), site)
     with pytest.raises(HpcenvError, match=r"'hpcenv env rollback kern --to 1'\) or pass --force"):
-        remove_version(site, "kern", 2)
-    rollback(site, "kern")
+        remove_version(store_for(site), "kern", 2)
+    rollback(store_for(site), "kern")
     # v1 is current and has no older version: the newer ready one is the way out.
     with pytest.raises(HpcenvError, match=r"'hpcenv env rollback kern --to 2'\)"):
-        remove_version(site, "kern", 1)
+        remove_version(store_for(site), "kern", 1)
 
 
 def test_rollback_of_an_unknown_env_names_the_registry(site) -> None:
     with pytest.raises(NotFound) as caught:
-        rollback(site, "nope")
+        rollback(store_for(site), "nope")
     assert str(caught.value) == (f"no environment 'nope' in the registry {site.registry}; "
                                  "see 'hpcenv env list'")
 

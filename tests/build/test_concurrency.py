@@ -19,6 +19,7 @@ from hpcenv.build.plan import plan_build
 from hpcenv.demo.site import write_demo_site
 from hpcenv.site.config import load_site
 from hpcenv.spec.environment import load_spec
+from hpcenv.store import store_for
 from hpcenv.store.layout import MARKER, builds_dir, env_link, key_lock
 from hpcenv.store.lifecycle import remove_version
 from hpcenv.store.locking import LockHolder, LockTimeout, current_holder
@@ -43,8 +44,8 @@ def test_16_concurrent_builders_build_exactly_once(site, tmp_path: Path) -> None
     assert {(r["name"], r["version"]) for r in results} == {("kern", 1)}
     reg = Registry(site.registry)
     assert [(r.version, r.status) for r in reg.versions("kern")] == [(1, "ready")]
-    assert [p.name for p in builds_dir(site).iterdir()] == [Path(results[0]["prefix"]).name]
-    assert env_link(site, "kern").resolve() == Path(results[0]["prefix"]).resolve()
+    assert [p.name for p in builds_dir(store_for(site)).iterdir()] == [Path(results[0]["prefix"]).name]
+    assert env_link(store_for(site), "kern").resolve() == Path(results[0]["prefix"]).resolve()
 
 
 def test_sigkill_mid_build_keeps_current_version(site, tmp_path: Path) -> None:
@@ -64,7 +65,7 @@ def test_sigkill_mid_build_keeps_current_version(site, tmp_path: Path) -> None:
 
     reg = Registry(site.registry)
     assert reg.current_version("kern") == 1
-    assert env_link(site, "kern").resolve() == Path(v1.prefix).resolve()
+    assert env_link(store_for(site), "kern").resolve() == Path(v1.prefix).resolve()
     assert reg.get("kern", 2).status == "building"
     assert reg.find_ready(reg.get("kern", 2).key) is None
 
@@ -90,7 +91,7 @@ def test_sigkill_during_rattler_install(site, tmp_path: Path) -> None:
     proc.communicate()
     reg = Registry(site.registry)
     assert reg.current_version("kern") == 1
-    assert env_link(site, "kern").resolve() == Path(v1.prefix).resolve()
+    assert env_link(store_for(site), "kern").resolve() == Path(v1.prefix).resolve()
     half = Path(reg.get("kern", 2).prefix)
     # The engine child got SIGKILL from the kernel too: the half prefix stops changing.
     time.sleep(0.5)
@@ -113,13 +114,13 @@ def test_sigkill_after_marker_before_ready_is_adopted(site, tmp_path: Path) -> N
     killed = reg.get("kern", 2)
     assert killed.status == "building" and Path(killed.prefix, MARKER).exists()
     assert reg.current_version("kern") == 1
-    assert env_link(site, "kern").resolve() == Path(v1.prefix).resolve()
+    assert env_link(store_for(site), "kern").resolve() == Path(v1.prefix).resolve()
 
     again = build_env(load_spec(v2_spec), site)
     assert (again.status, again.record.version) == ("reused", 2)
     assert again.record.status == "ready" and again.record.packages > 0
     assert reg.current_version("kern") == 2
-    assert env_link(site, "kern").resolve() == Path(killed.prefix).resolve()
+    assert env_link(store_for(site), "kern").resolve() == Path(killed.prefix).resolve()
     assert [r.version for r in reg.versions("kern")] == [1, 2]
 
 
@@ -136,7 +137,7 @@ def test_sigkill_between_registry_and_symlink_is_healed(site, tmp_path: Path, re
     reg = Registry(site.registry)
     v2 = reg.get("kern", 2)
     assert reg.current_version("kern") == 2 and v2.status == "ready"
-    link = env_link(site, "kern")
+    link = env_link(store_for(site), "kern")
     assert link.resolve() == Path(v1.prefix).resolve()  # the previous version, still whole
 
     hpcenv = str(Path(sys.executable).with_name("hpcenv"))
@@ -149,7 +150,7 @@ def test_sigkill_between_registry_and_symlink_is_healed(site, tmp_path: Path, re
         again = build_env(load_spec(v2_spec), site)
         assert (again.status, again.record.version) == ("reused", 2)
     else:  # removing the version the stale symlink names repairs the symlink first
-        remove_version(site, "kern", 1)
+        remove_version(store_for(site), "kern", 1)
         assert not Path(v1.prefix).exists()
     assert link.resolve() == Path(v2.prefix).resolve()
     assert not list(link.parent.glob(".kern.link-*"))
@@ -174,20 +175,20 @@ def test_gc_waits_for_an_install_in_progress(tmp_path: Path, demo_channel) -> No
         before = sorted(p.name for p in pkgs.iterdir())
         waits: list[str] = []
         with pytest.raises(LockTimeout, match="builds installing from the package cache"):
-            collect_garbage(site, on_wait=lambda: waits.append("waiting"))
+            collect_garbage(store_for(site), on_wait=lambda: waits.append("waiting"))
         assert waits == ["waiting"]
         assert sorted(p.name for p in pkgs.iterdir()) == before
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-    report = collect_garbage(site)  # the builder is gone: its lock went with it
+    report = collect_garbage(store_for(site))  # the builder is gone: its lock went with it
     assert Path(flag.read_text()) in [item.path for item in report.removed]
     assert not any(p.name.startswith("python-") for p in Path(site.pkgs_dirs[0]).iterdir())
 
 
 def test_late_arrival_waits_with_holder_info_then_builds(site, tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
-    lock_path = key_lock(site, plan_build(spec, site).key).path
+    lock_path = key_lock(store_for(site), plan_build(spec, site).key).path
     code = textwrap.dedent(f"""
         import sys, time
         from hpcenv.store.locking import BuildLock
@@ -210,7 +211,7 @@ def test_late_arrival_waits_with_holder_info_then_builds(site, tmp_path: Path) -
 def test_lock_timeout_names_holder(tmp_path: Path, demo_channel) -> None:
     site = load_site(write_demo_site(tmp_path / "site", demo_channel, locks="{timeout: 0.5}"))
     spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
-    lock = key_lock(site, plan_build(spec, site).key)
+    lock = key_lock(store_for(site), plan_build(spec, site).key)
     assert lock.try_acquire()
     try:
         with pytest.raises(LockTimeout, match=rf"pid {os.getpid()} since"):
@@ -224,7 +225,7 @@ def test_lease_of_dead_builder_is_broken(tmp_path: Path, demo_channel, method: s
     site = load_site(write_demo_site(tmp_path / "site", demo_channel,
                                      locks=f"{{method: {method}, timeout: 30}}"))
     spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
-    lock = key_lock(site, plan_build(spec, site).key)
+    lock = key_lock(store_for(site), plan_build(spec, site).key)
     me = current_holder()
     dead = LockHolder.from_dict({**me.to_dict(), "pid_start": (me.pid_start or 0) + 1})
     lock.lease_dir.mkdir(parents=True)
@@ -243,7 +244,7 @@ def test_builder_whose_lease_was_broken_does_not_publish(tmp_path: Path, demo_ch
     site = load_site(write_demo_site(tmp_path / "site", demo_channel,
                                      locks="{stale_after: 1, heartbeat: 0.2}"))
     spec = load_spec(write_spec(tmp_path, KERNELS_CPU))
-    lease = key_lock(site, plan_build(spec, site).key).lease_dir
+    lease = key_lock(store_for(site), plan_build(spec, site).key).lease_dir
 
     class StallingEngine(RattlerEngine):
         def install(self, prefix, packages, *, pkgs_dir):  # type: ignore[no-untyped-def]
@@ -254,7 +255,7 @@ def test_builder_whose_lease_was_broken_does_not_publish(tmp_path: Path, demo_ch
 
     with pytest.raises(LockLost, match="our lease was broken"):
         build_env(spec, site, engine=StallingEngine())
-    registry = Registry.for_site(site)
+    registry = store_for(site).registry()
     assert registry.current_version("kern") is None
-    assert not env_link(site, "kern").exists()
+    assert not env_link(store_for(site), "kern").exists()
     assert not lease.exists()

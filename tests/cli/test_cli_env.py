@@ -14,6 +14,7 @@ import pytest
 from conftest import run_with_tty_stderr
 
 from hpcenv.demo.site import write_demo_site
+from hpcenv.store import store_for
 
 HPCENV = str(Path(sys.executable).with_name("hpcenv"))
 
@@ -245,7 +246,7 @@ def test_waiting_builder_says_who_holds_the_lock(cli: Cli) -> None:
     spec_path = cli.spec(CPU_SPEC)
     site = load_site(cli.site)
     plan = plan_build(load_spec(spec_path), site)
-    lock = key_lock(site, plan.key)
+    lock = key_lock(store_for(site), plan.key)
     lock.acquire()
     try:
         proc = subprocess.Popen(cli.argv("env", "build", str(spec_path), "--json"),
@@ -510,3 +511,28 @@ def test_list_shows_unique_and_shared_bytes_and_counts_versions_in_service(cli: 
     cli("env", "rm", "kern", "--version", str(v1["version"]))
     (row,) = cli.json("env", "list")
     assert row["versions"] == 1
+
+
+@pytest.mark.parametrize(("cuda", "why"), [
+    ("12.7", "CUDA 12.7 was never released"),
+    ("twelve", "'twelve' is not a CUDA version"),
+    ("12.7.1", "CUDA 12.7 was never released"),
+])
+def test_cuda_option_takes_released_versions_only(cli: Cli, cuda: str, why: str) -> None:
+    """--cuda is parsed once, at the command line, by the rule site configs use for max_cuda:
+    nothing is solved or built for a CUDA that does not exist."""
+    refused = cli("env", "build", str(cli.spec(CPU_SPEC)), "--cuda", cuda, check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith(f"hpcenv: error: --cuda {cuda}: ") and why in refused.stderr
+    assert "--no-cuda" in refused.stderr
+    assert cli("--json", "env", "list").stdout.strip() in ("[]", "")
+
+
+def test_cuda_option_newer_than_the_driver_table_builds_with_a_warning(cli: Cli) -> None:
+    from hpcenv.spec.drivers import known_cuda_versions
+
+    newest = known_cuda_versions()[-1]
+    future = f"{int(newest.split('.')[0]) + 1}.0"
+    built = cli("env", "build", str(cli.spec(CPU_SPEC)), "--cuda", future, "--json")
+    assert "newer than hpcenv's driver table" in built.stderr
+    assert json.loads(built.stdout)["cuda"] == future

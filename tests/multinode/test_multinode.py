@@ -18,6 +18,7 @@ from builders import BUILDER, KERNELS_CPU
 
 from hpcenv.demo.site import write_demo_site
 from hpcenv.site.config import load_site
+from hpcenv.store import store_for
 from hpcenv.store.layout import builds_dir, locks_dir
 from hpcenv.store.locking import DEFAULT_HEARTBEAT, DEFAULT_STALE_AFTER
 from hpcenv.store.registry import Registry
@@ -70,7 +71,7 @@ def lock_leftovers(site_path: Path, *, readers: bool = True) -> list[str]:
     """Lease dirs, staging dirs and (with ``readers``) reader leases left under the site's lock
     places."""
     site = load_site(site_path)
-    places = [locks_dir(site), Path(site.pkgs_dirs[0]), Path(site.registry)]
+    places = [locks_dir(store_for(site)), Path(site.pkgs_dirs[0]), Path(site.registry)]
     places += [p for p in Path(site.registry).iterdir() if p.is_dir()]
     left = []
     for place in places:
@@ -109,7 +110,7 @@ def test_herds_on_two_nodes_build_once(two_nodes, demo_channel) -> None:
         assert {(r["version"], r["prefix"]) for r in results} == {
             (1, results[0]["prefix"])}, round_
         assert [(r.version, r.status) for r in registry.versions(name)] == [(1, "ready")]
-        prefixes = [p.name for p in builds_dir(load_site(site_path)).iterdir()
+        prefixes = [p.name for p in builds_dir(store_for(load_site(site_path))).iterdir()
                     if p.name.startswith(f"{name}-")]
         assert prefixes == [Path(results[0]["prefix"]).name], round_
     assert lock_leftovers(site_path) == []
@@ -182,7 +183,7 @@ def _takeover(two_nodes, site_path: Path, stale_after: float, heartbeat: float,
     versions = [(r.version, r.status) for r in registry.versions("kern")]
     assert versions == [(1, "failed"), (2, "ready")]
     assert not dead_prefix.exists()
-    kern = [p.name for p in builds_dir(site).iterdir() if p.name.startswith("kern-")]
+    kern = [p.name for p in builds_dir(store_for(site)).iterdir() if p.name.startswith("kern-")]
     assert kern == [Path(result["prefix"]).name]
     # nodeA's reader lease on the package cache may outlive its key lease by up to one
     # heartbeat: the next build or gc past its expiry removes it (checked below).

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from hpcenv.errors import InvalidInput
 from hpcenv.spec.environment import load_spec
 

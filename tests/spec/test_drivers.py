@@ -8,8 +8,8 @@ from hpcenv.errors import InvalidInput
 from hpcenv.spec.drivers import (
     cuda_satisfies,
     driver_problem,
-    driver_table_note,
     driver_supports,
+    driver_table_note,
     known_cuda_versions,
     max_cuda_for_driver,
     max_cuda_problem,

@@ -26,9 +26,9 @@ from hpcenv.build.builder import build_env
 from hpcenv.demo.site import write_demo_site
 from hpcenv.site.config import SiteConfig, load_site
 from hpcenv.spec.environment import parse_spec
+from hpcenv.store import store_for
 from hpcenv.store.debris import builder_alive, clean_debris, find_debris, force_rmtree
 from hpcenv.store.layout import MARKER, builds_dir, prefix_usage
-from hpcenv.store.registry import Registry
 
 # A stand-in builder: holds the key lock as a builder does, until told to go (a line on stdin)
 # or killed.
@@ -38,16 +38,16 @@ from hpcenv.store.registry import Registry
 
 def test_builder_alive_only_while_a_process_holds_the_key_lock(site: SiteConfig) -> None:
     record = building_record(site, "a", "a" * 64)
-    assert not builder_alive(site, record)
+    assert not builder_alive(store_for(site), record)
     proc = start_lock_holder(site, record.key)
     try:
-        assert builder_alive(site, record)
-        assert builder_alive(site, record)  # asking does not take the lock away
+        assert builder_alive(store_for(site), record)
+        assert builder_alive(store_for(site), record)  # asking does not take the lock away
         # The caller's own lock: whoever wrote the record is gone.
-        assert not builder_alive(site, record, held_key=record.key)
+        assert not builder_alive(store_for(site), record, held_key=record.key)
     finally:
         kill(proc)
-    assert not builder_alive(site, record)  # the kernel dropped the dead holder's flock
+    assert not builder_alive(store_for(site), record)  # the kernel dropped the dead holder's flock
 
 
 def test_mkdir_lock_of_a_killed_builder_is_provably_gone(tmp_path: Path, demo_channel) -> None:
@@ -59,18 +59,18 @@ def test_mkdir_lock_of_a_killed_builder_is_provably_gone(tmp_path: Path, demo_ch
     Path(record.prefix, "conda-meta").mkdir(parents=True)
     proc = start_lock_holder(site, record.key)
     try:
-        assert builder_alive(site, record)
-        assert find_debris(site) == []
+        assert builder_alive(store_for(site), record)
+        assert find_debris(store_for(site)) == []
     finally:
         kill(proc)
-    lockdir = builds_dir(site).parent / "locks" / f"{record.key}.lock.lease"
+    lockdir = builds_dir(store_for(site)).parent / "locks" / f"{record.key}.lock.lease"
     assert lockdir.is_dir()  # left behind by the SIGKILL
-    assert not builder_alive(site, record)
-    assert [p for p, _ in find_debris(site)] == [Path(record.prefix)]
+    assert not builder_alive(store_for(site), record)
+    assert [p for p, _ in find_debris(store_for(site))] == [Path(record.prefix)]
 
 
 def test_find_debris_classifies_every_unfinished_prefix(site: SiteConfig) -> None:
-    builds = builds_dir(site)
+    builds = builds_dir(store_for(site))
     complete = build_env(parse_spec(KERNELS_CPU), site).prefix  # finished: never debris
     orphan = builds / "nobody-1-000000000000"                    # no record at all
     (orphan / "conda-meta").mkdir(parents=True)
@@ -82,14 +82,14 @@ def test_find_debris_classifies_every_unfinished_prefix(site: SiteConfig) -> Non
         Path(record.prefix, "conda-meta").mkdir(parents=True)
     (builds / ".kern.tmp").mkdir()  # dot-names are not builds
     with lock_held(site, live.key):
-        found = {p.name: (r.name if r else None) for p, r in find_debris(site)}
+        found = {p.name: (r.name if r else None) for p, r in find_debris(store_for(site))}
         assert found == {orphan.name: None, Path(failed.prefix).name: "f",
                          Path(retired.prefix).name: "r", Path(dead.prefix).name: "d"}
         # Called under the live builder's own key (the builder cleaning before it builds),
         # the record is its own predecessor's: debris.
-        assert Path(live.prefix) in [p for p, _ in find_debris(site, held_key=live.key)]
-    assert Path(live.prefix) in [p for p, _ in find_debris(site)]
-    assert complete not in [p for p, _ in find_debris(site)]
+        assert Path(live.prefix) in [p for p, _ in find_debris(store_for(site), held_key=live.key)]
+    assert Path(live.prefix) in [p for p, _ in find_debris(store_for(site))]
+    assert complete not in [p for p, _ in find_debris(store_for(site))]
 
 
 def test_a_live_builders_prefix_is_never_touched(site: SiteConfig, tmp_path: Path) -> None:
@@ -106,29 +106,29 @@ def test_a_live_builders_prefix_is_never_touched(site: SiteConfig, tmp_path: Pat
         prefix = Path(flag.read_text())
         before = sorted(str(p) for p in prefix.rglob("*"))
         assert not (prefix / MARKER).exists() and len(before) > 100
-        assert clean_debris(site) == []
+        assert clean_debris(store_for(site)) == []
         assert sorted(str(p) for p in prefix.rglob("*")) == before
-        record = Registry.for_site(site).get("kern", 1)
-        assert record.status == "building" and builder_alive(site, record)
+        record = store_for(site).registry().get("kern", 1)
+        assert record.status == "building" and builder_alive(store_for(site), record)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
-    assert clean_debris(site) == [prefix]
+    assert clean_debris(store_for(site)) == [prefix]
     assert not prefix.exists()
-    assert Registry.for_site(site).get("kern", 1).status == "failed"
-    assert clean_debris(site) == []
+    assert store_for(site).registry().get("kern", 1).status == "failed"
+    assert clean_debris(store_for(site)) == []
 
 
 def test_finished_but_unpublished_build_is_adopted(site: SiteConfig) -> None:
     """Killed between the completion marker and the registry update: the record still says
     building with zero counts; cleaning marks it ready with the prefix's real numbers."""
     built = build_env(parse_spec(KERNELS_CUDA), site).record
-    registry = Registry.for_site(site)
+    registry = store_for(site).registry()
     registry.update(replace(built, status="building", size_bytes=0, file_count=0, packages=0))
     with lock_held(site, built.key):
-        assert clean_debris(site) == []  # its builder may still be about to mark it ready
+        assert clean_debris(store_for(site)) == []  # its builder may still be about to mark it ready
         assert registry.get("kern", 1).status == "building"
-    assert clean_debris(site) == []  # adopted, not removed
+    assert clean_debris(store_for(site)) == []  # adopted, not removed
     adopted = registry.get("kern", 1)
     size, count = prefix_usage(Path(built.prefix))
     packages = len(list(Path(built.prefix, "conda-meta").glob("*.json")))
@@ -143,12 +143,12 @@ def test_records_without_a_prefix(site: SiteConfig) -> None:
     it is failed once its builder is gone, not while it lives."""
     building_record(site, "x", "1" * 64)
     live = building_record(site, "x", "2" * 64)
-    registry = Registry.for_site(site)
+    registry = store_for(site).registry()
     with lock_held(site, live.key):
-        assert clean_debris(site) == []
+        assert clean_debris(store_for(site)) == []
         assert [(r.version, r.status) for r in registry.versions("x")] == \
             [(1, "failed"), (2, "building")]
-    clean_debris(site)
+    clean_debris(store_for(site))
     assert [r.status for r in registry.versions("x")] == ["failed", "failed"]
 
 

@@ -13,6 +13,7 @@ from hpcenv.demo.site import write_demo_site
 from hpcenv.engine.base import current_platform
 from hpcenv.engine.rattler_engine import RattlerEngine
 from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
+from hpcenv.store import store_for
 from hpcenv.store.gc import cache_entries, plan_and_collect, used_package_names
 
 
@@ -157,34 +158,33 @@ def test_collect_garbage_on_a_site(demo_channel, tmp_path: Path) -> None:
     from hpcenv.spec.environment import parse_spec
     from hpcenv.store.gc import collect_garbage
     from hpcenv.store.layout import MARKER, builds_dir
-    from hpcenv.store.registry import Registry
 
     site = load_site(write_demo_site(tmp_path / "site", demo_channel))
     cpu = build_env(parse_spec("name: k\ndependencies: [python=3.11, hpcdemo-kernels]\n"), site,
                     cuda_override=NO_CUDA)
     cuda = build_env(parse_spec("name: k\ndependencies: [python=3.11, hpcdemo-kernels]\n"), site,
                      cuda_override=CudaTarget.of("12.4"))
-    registry = Registry.for_site(site)
+    registry = store_for(site).registry()
     # A crash between the completion marker and the record update leaves exactly this behind.
     registry.update(replace(cpu.record, status="failed"))
-    debris = builds_dir(site) / "k-9-deadbeefdead"
+    debris = builds_dir(store_for(site)) / "k-9-deadbeefdead"
     (debris / "conda-meta").mkdir(parents=True)
     assert (cpu.prefix / MARKER).is_file()
 
-    dry = collect_garbage(site, dry_run=True)
+    dry = collect_garbage(store_for(site), dry_run=True)
     kinds = {(i.kind, i.path.name) for i in dry.removed}
     assert ("build", cpu.prefix.name) in kinds and ("debris", debris.name) in kinds
     assert any(k == "package" and "-cpu_" in n for k, n in kinds)
     assert cpu.prefix.is_dir() and debris.is_dir()
 
-    report = collect_garbage(site)
+    report = collect_garbage(store_for(site))
     assert report.to_dict() | {"dry_run": True} == dry.to_dict()
     assert not cpu.prefix.exists() and not debris.exists()
     assert cuda.prefix.is_dir() and not report.errors
     out = subprocess.run([cuda.prefix / "bin" / "python", "-c", "import hpcdemo_kernels"],
                          capture_output=True)
     assert out.returncode == 0, out.stderr
-    assert collect_garbage(site).removed == []
+    assert collect_garbage(store_for(site)).removed == []
 
 
 def test_gc_retires_records_of_builds_that_never_finished(demo_channel, tmp_path: Path) -> None:
@@ -195,11 +195,11 @@ def test_gc_retires_records_of_builds_that_never_finished(demo_channel, tmp_path
     from hpcenv.spec.environment import parse_spec
     from hpcenv.store.gc import collect_garbage
     from hpcenv.store.layout import builds_dir
-    from hpcenv.store.registry import EnvRecord, Registry
+    from hpcenv.store.registry import EnvRecord
 
     site = load_site(write_demo_site(tmp_path / "site", demo_channel))
     good = build_env(parse_spec("name: k\ndependencies: [python=3.11]\n"), site)
-    registry = Registry.for_site(site)
+    registry = store_for(site).registry()
 
     def record(name: str, status: str, prefix: str) -> EnvRecord:
         return registry.allocate(name, lambda v: EnvRecord(
@@ -208,24 +208,24 @@ def test_gc_retires_records_of_builds_that_never_finished(demo_channel, tmp_path
             platform="linux-64", status=status, creator="x@y",
             created="2024-01-01T00:00:00+00:00"))
 
-    failed = record("pipfail", "failed", str(builds_dir(site) / "pipfail-1-000000000000"))
-    killed = record("intr", "building", str(builds_dir(site) / "never-made"))
-    debris = record("intr", "building", str(builds_dir(site) / "intr-2-000000000000"))
+    failed = record("pipfail", "failed", str(builds_dir(store_for(site)) / "pipfail-1-000000000000"))
+    killed = record("intr", "building", str(builds_dir(store_for(site)) / "never-made"))
+    debris = record("intr", "building", str(builds_dir(store_for(site)) / "intr-2-000000000000"))
     Path(debris.prefix, "conda-meta").mkdir(parents=True)
     assert set(registry.unfinished()) == {"pipfail", "intr"}
 
-    dry = collect_garbage(site, dry_run=True)
+    dry = collect_garbage(store_for(site), dry_run=True)
     assert {(r.name, r.version, r.status) for r in dry.retired} == \
         {("pipfail", 1, "failed"), ("intr", 1, "building"), ("intr", 2, "building")}
     assert set(registry.unfinished()) == {"pipfail", "intr"}
-    report = collect_garbage(site)
+    report = collect_garbage(store_for(site))
     assert report.to_dict()["retired"] == dry.to_dict()["retired"]
     assert registry.unfinished() == {} and [s.name for s in registry.summaries()] == ["k"]
     assert {r.status for r in registry.versions("intr")} == {"retired"}
     assert registry.get("pipfail", failed.version).status == "retired"
     assert not Path(debris.prefix).exists() and killed.version == 1
     assert good.prefix.is_dir() and registry.current_version("k") == 1
-    assert collect_garbage(site).retired == []
+    assert collect_garbage(store_for(site)).retired == []
 
 
 def test_gc_leaves_a_build_alone_while_its_holder_elsewhere_renews_its_lease(
@@ -241,35 +241,35 @@ def test_gc_leaves_a_build_alone_while_its_holder_elsewhere_renews_its_lease(
     from hpcenv.store.gc import collect_garbage
     from hpcenv.store.layout import builds_dir, key_lock, locks_dir
     from hpcenv.store.locking import current_holder
-    from hpcenv.store.registry import EnvRecord, Registry
+    from hpcenv.store.registry import EnvRecord
 
     site = load_site(write_demo_site(tmp_path / "site", demo_channel,
                                      locks="{stale_after: 30, heartbeat: 5}"))
-    registry = Registry.for_site(site)
+    registry = store_for(site).registry()
     key = "e" * 64
     building = registry.allocate("far", lambda v: EnvRecord(
         name="far", version=v, key=key, spec={}, spec_hash="", lock_path="",
-        prefix=str(builds_dir(site) / "far-1-eeeeeeeeeeee"), cuda=NO_CUDA, cuda_override=None,
+        prefix=str(builds_dir(store_for(site)) / "far-1-eeeeeeeeeeee"), cuda=NO_CUDA, cuda_override=None,
         channels=[], platform="linux-64", status="building", creator="bob@login2",
         created="2024-01-01T00:00:00+00:00"))
     Path(building.prefix, "conda-meta").mkdir(parents=True)
-    lease = key_lock(site, key).lease_dir
+    lease = key_lock(store_for(site), key).lease_dir
     lease.mkdir(parents=True)
     holder = {**current_holder().to_dict(), "host": "login2", "pid": 4242}
     record = lease / f"holder.{holder['token']}.json"
     record.write_text(json.dumps(holder))
-    staging = locks_dir(site) / f".{lease.name}.0123abcd.new"
+    staging = locks_dir(store_for(site)) / f".{lease.name}.0123abcd.new"
     staging.mkdir()
     old = time.time() - 120
     os.utime(staging, (old, old))
 
-    report = collect_garbage(site)
+    report = collect_garbage(store_for(site))
     assert Path(building.prefix).is_dir() and report.retired == []
     assert registry.get("far", 1).status == "building"
     assert not staging.exists()
 
     os.utime(record, (old, old))  # its holder stopped renewing two minutes ago
-    report = collect_garbage(site)
+    report = collect_garbage(store_for(site))
     assert not Path(building.prefix).exists()
     assert [(r.name, r.status) for r in report.retired] == [("far", "building")]
     assert not lease.exists()

@@ -19,21 +19,19 @@ from hpcenv.build.builder import build_env
 from hpcenv.demo.site import write_demo_site
 from hpcenv.site.config import SiteConfig, load_site
 from hpcenv.spec.environment import parse_spec
+from hpcenv.store import store_for
 from hpcenv.store.layout import (
     CACHE_LOCK,
     MARKER,
     builds_dir,
     cache_lock,
     env_link,
-    envs_dir,
     is_complete,
     key_lock,
     locks_dir,
     prefix_usage,
 )
 from hpcenv.store.locking import LockHolder, LockTimeout
-
-
 
 
 def other_group() -> grp.struct_group:
@@ -44,10 +42,10 @@ def test_paths_are_under_the_first_envs_dir(tmp_path: Path, demo_channel) -> Non
     root = tmp_path / "site"
     site = load_site(write_demo_site(root, demo_channel,
                                      envs_dirs=f"[{root}/first, {root}/second]"))
-    assert envs_dir(site) == root / "first"
-    assert builds_dir(site) == root / "first" / ".hpcenv" / "builds"
-    assert locks_dir(site) == root / "first" / ".hpcenv" / "locks"
-    assert env_link(site, "kern") == root / "first" / "kern"
+    assert store_for(site).envs_dir == root / "first"
+    assert builds_dir(store_for(site)) == root / "first" / ".hpcenv" / "builds"
+    assert locks_dir(store_for(site)) == root / "first" / ".hpcenv" / "locks"
+    assert env_link(store_for(site), "kern") == root / "first" / "kern"
     # Nothing is created by asking.
     assert not (root / "first").exists()
 
@@ -58,12 +56,12 @@ def test_a_build_lands_where_the_layout_says(tmp_path: Path, demo_channel) -> No
                                      envs_dirs=f"[{root}/first, {root}/second]"))
     record = build_env(parse_spec(KERNELS_CPU), site).record
     prefix = Path(record.prefix)
-    assert prefix == builds_dir(site) / f"kern-1-{record.key[:12]}"
-    link = env_link(site, "kern")
+    assert prefix == builds_dir(store_for(site)) / f"kern-1-{record.key[:12]}"
+    link = env_link(store_for(site), "kern")
     # A relative link: the envs tree can be mounted elsewhere (or moved) and still resolve.
     assert os.readlink(link) == f".hpcenv/builds/{prefix.name}"
     assert link.resolve() == prefix.resolve()
-    assert (locks_dir(site) / f"{record.key}.lock").is_file()
+    assert (locks_dir(store_for(site)) / f"{record.key}.lock").is_file()
     assert not (root / "second").exists()
     assert (Path(site.pkgs_dirs[0]) / CACHE_LOCK).is_file()
 
@@ -123,18 +121,18 @@ def test_key_lock_takes_the_site_settings(tmp_path: Path, demo_channel) -> None:
     site = load_site(write_demo_site(
         tmp_path / "site", demo_channel, locks="{method: mkdir, timeout: 7, stale_after: 60}",
         permissions=f'{{group: {group.gr_name}, dir_mode: "2775"}}'))
-    lock = key_lock(site, "k" * 64)
-    assert lock.path == locks_dir(site) / f"{'k' * 64}.lock"
+    lock = key_lock(store_for(site), "k" * 64)
+    assert lock.path == locks_dir(store_for(site)) / f"{'k' * 64}.lock"
     assert (lock.method, lock.timeout, lock.stale_after) == ("mkdir", 7, 60)
     assert (lock.dir_mode, lock.group) == (0o2775, group.gr_name)
-    assert key_lock(site, "k" * 64, timeout=0).timeout == 0  # 0 is "don't wait", not "default"
+    assert key_lock(store_for(site), "k" * 64, timeout=0).timeout == 0  # 0 is "don't wait", not "default"
     with lock:
-        assert lock.holder_path.parent == locks_dir(site) / f"{'k' * 64}.lock.lease"
+        assert lock.holder_path.parent == locks_dir(store_for(site)) / f"{'k' * 64}.lock.lease"
         assert lock.holder_path.is_file()
-        assert not key_lock(site, "k" * 64, timeout=0).try_acquire()
-    st = locks_dir(site).stat()
+        assert not key_lock(store_for(site), "k" * 64, timeout=0).try_acquire()
+    st = locks_dir(store_for(site)).stat()
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o2775, group.gr_gid)
-    cache = cache_lock(site, tmp_path / "pkgs")
+    cache = cache_lock(store_for(site), tmp_path / "pkgs")
     assert cache.path == tmp_path / "pkgs" / CACHE_LOCK
     assert (cache.method, cache.timeout, cache.stale_after) == ("mkdir", 7, 60)
     assert (cache.dir_mode, cache.group) == (0o2775, group.gr_name)
@@ -146,8 +144,9 @@ def test_key_lock_excludes_another_process(site: SiteConfig, tmp_path: Path) -> 
         import sys, time
         from pathlib import Path
         from hpcenv.site.config import load_site
+        from hpcenv.store import store_for
         from hpcenv.store.layout import key_lock
-        with key_lock(load_site(Path({str(site.source)!r})), {key!r}):
+        with key_lock(store_for(load_site(Path({str(site.source)!r}))), {key!r}):
             print("held", flush=True)
             sys.stdin.readline()
     """)
@@ -155,20 +154,20 @@ def test_key_lock_excludes_another_process(site: SiteConfig, tmp_path: Path) -> 
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        assert not key_lock(site, key, timeout=0).try_acquire()
-        other_key = key_lock(site, "b" * 64, timeout=0)
+        assert not key_lock(store_for(site), key, timeout=0).try_acquire()
+        other_key = key_lock(store_for(site), "b" * 64, timeout=0)
         assert other_key.try_acquire()  # one lock per key: other builds go on
         other_key.release()
         seen: list[LockHolder | None] = []
         with pytest.raises(LockTimeout, match=rf"pid {holder.pid} since"):
-            key_lock(site, key, timeout=0.3, on_wait=seen.append).acquire()
+            key_lock(store_for(site), key, timeout=0.3, on_wait=seen.append).acquire()
         assert [h.pid for h in seen if h is not None] == [holder.pid]
     finally:
         assert holder.stdin is not None
         holder.stdin.write("\n")
         holder.stdin.close()
         holder.wait(timeout=30)
-    with key_lock(site, key, timeout=5):
+    with key_lock(store_for(site), key, timeout=5):
         pass
 
 
@@ -176,14 +175,14 @@ def test_cache_lock_lets_installs_share_and_keeps_gc_out(tmp_path: Path, demo_ch
     site = load_site(write_demo_site(tmp_path / "site", demo_channel, locks="{timeout: 0.3}"))
     pkgs = Path(site.pkgs_dirs[0])
     waits: list[str] = []
-    with cache_lock(site, pkgs).hold(exclusive=False):
-        with cache_lock(site, pkgs).hold(exclusive=False):  # two installs at once
+    with cache_lock(store_for(site), pkgs).hold(exclusive=False):
+        with cache_lock(store_for(site), pkgs).hold(exclusive=False):  # two installs at once
             pass
         with pytest.raises(LockTimeout, match=r"gave up after 0.3s waiting for builds installing"):
-            with cache_lock(site, pkgs, on_wait=lambda: waits.append("gc waits")).hold(
+            with cache_lock(store_for(site), pkgs, on_wait=lambda: waits.append("gc waits")).hold(
                     exclusive=True):
                 pass
     assert waits == ["gc waits"]
     assert stat.S_IMODE((pkgs / CACHE_LOCK).stat().st_mode) == 0o666
-    with cache_lock(site, pkgs).hold(exclusive=True):
+    with cache_lock(store_for(site), pkgs).hold(exclusive=True):
         pass

@@ -30,6 +30,7 @@ from hpcenv.errors import HpcenvError, NotFound
 from hpcenv.site.config import SiteConfig, load_site
 from hpcenv.spec.cuda_target import CudaTarget
 from hpcenv.spec.environment import parse_spec
+from hpcenv.store import store_for
 from hpcenv.store.debris import force_rmtree
 from hpcenv.store.layout import MARKER, env_link
 from hpcenv.store.lifecycle import (
@@ -49,21 +50,21 @@ CRASHING = textwrap.dedent("""
     from pathlib import Path
     import hpcenv.store.lifecycle as lifecycle
     from hpcenv.site.config import load_site
-    from hpcenv.store.registry import Registry
+    from hpcenv.store import store_for
 
     def die(*_args, **_kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
     lifecycle._point_link = die
-    site = load_site(Path(sys.argv[1]))
+    store = store_for(load_site(Path(sys.argv[1])))
     operation, version = sys.argv[2], int(sys.argv[3])
-    registry = Registry.for_site(site)
+    registry = store.registry()
     if operation == "publish":
-        lifecycle.publish(site, registry, registry.get("kern", version))
+        lifecycle.publish(store, registry, registry.get("kern", version))
     elif operation == "rollback":
-        lifecycle.rollback(site, "kern", version)
+        lifecycle.rollback(store, "kern", version)
     else:
-        lifecycle.remove_version(site, "kern", version, force=True)
+        lifecycle.remove_version(store, "kern", version, force=True)
     sys.exit(3)
 """)
 
@@ -84,10 +85,10 @@ class Lab:
 
     @property
     def link(self) -> Path:
-        return env_link(self.site, "kern")
+        return env_link(store_for(self.site), "kern")
 
     def points_at(self, record: EnvRecord) -> bool:
-        return link_points_to(self.site, "kern", record.prefix)
+        return link_points_to(store_for(self.site), "kern", record.prefix)
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def lab(tmp_path: Path, demo_channel) -> Lab:
     v1 = build_env(parse_spec(KERNELS_CPU), site).record
     v2 = build_env(parse_spec(KERNELS_CUDA), site).record
     v3 = build_env(parse_spec(KERNELS_CPU), site, cuda_override=CudaTarget.of("11.8")).record
-    registry = Registry.for_site(site)
+    registry = store_for(site).registry()
     assert [r.version for r in (v1, v2, v3)] == [1, 2, 3]
     assert registry.current_version("kern") == 3
     return Lab(site, registry, v1, v2, v3)
@@ -105,15 +106,15 @@ def lab(tmp_path: Path, demo_channel) -> Lab:
 # --- publish and sync_link ---------------------------------------------------------------------
 
 def test_publish_returns_what_was_current_and_only_if_none_changes_nothing(lab: Lab) -> None:
-    assert publish(lab.site, lab.registry, lab.v1) == 3
+    assert publish(store_for(lab.site), lab.registry, lab.v1) == 3
     assert lab.registry.current_version("kern") == 1 and lab.points_at(lab.v1)
-    assert publish(lab.site, lab.registry, lab.v1) == 1  # again: same state
+    assert publish(store_for(lab.site), lab.registry, lab.v1) == 1  # again: same state
     assert lab.points_at(lab.v1)
-    assert publish(lab.site, lab.registry, lab.v2, only_if_none=True) == 1
+    assert publish(store_for(lab.site), lab.registry, lab.v2, only_if_none=True) == 1
     assert lab.registry.current_version("kern") == 1 and lab.points_at(lab.v1)
     lab.registry.set_current("kern", None)
     lab.link.unlink()
-    assert publish(lab.site, lab.registry, lab.v2, only_if_none=True) is None
+    assert publish(store_for(lab.site), lab.registry, lab.v2, only_if_none=True) is None
     assert lab.registry.current_version("kern") == 2 and lab.points_at(lab.v2)
     # The link is relative, into the builds dir.
     assert not os.readlink(lab.link).startswith("/")
@@ -133,19 +134,19 @@ def test_crash_between_registry_and_symlink(lab: Lab, operation: str, version: i
     if operation == "rm":
         # current moved before the retirement: v3 is a ready, non-current version, whole.
         assert lab.registry.get("kern", 3).status == "ready"
-    healed = sync_link(lab.site, "kern")  # the name lock the killed process held is free
+    healed = sync_link(store_for(lab.site), "kern")  # the name lock the killed process held is free
     current = lab.registry.get("kern", now_current)
     assert healed == Path(current.prefix)
     assert lab.points_at(current)
     if operation == "rm":  # running it again finishes the job, --force no longer needed
-        assert remove_version(lab.site, "kern", 3).status == "retired"
+        assert remove_version(store_for(lab.site), "kern", 3).status == "retired"
         assert not Path(lab.v3.prefix).exists() and lab.points_at(current)
 
 
 def test_removing_the_version_a_stale_link_names_repairs_the_link(lab: Lab) -> None:
     crash_during(lab.site, "publish", 1)
     assert lab.registry.current_version("kern") == 1 and lab.points_at(lab.v3)
-    remove_version(lab.site, "kern", 3)  # not current: no --force needed
+    remove_version(store_for(lab.site), "kern", 3)  # not current: no --force needed
     assert lab.points_at(lab.v1)
     assert not Path(lab.v3.prefix).exists()
 
@@ -155,12 +156,12 @@ def test_sync_link_follows_the_registry(lab: Lab) -> None:
     leftover = lab.link.with_name(".kern.link-999999-deadbeef")
     leftover.symlink_to(f".hpcenv/builds/{Path(lab.v1.prefix).name}")
     lab.link.unlink()
-    assert sync_link(lab.site, "kern") == Path(lab.v3.prefix)
+    assert sync_link(store_for(lab.site), "kern") == Path(lab.v3.prefix)
     assert lab.points_at(lab.v3) and not os.path.lexists(leftover)
     lab.registry.set_current("kern", None)
-    assert sync_link(lab.site, "kern") is None
+    assert sync_link(store_for(lab.site), "kern") is None
     assert not os.path.lexists(lab.link)
-    assert sync_link(lab.site, "kern") is None  # nothing to remove: fine
+    assert sync_link(store_for(lab.site), "kern") is None  # nothing to remove: fine
 
 
 @pytest.mark.parametrize("foreign", ["directory", "file"])
@@ -171,9 +172,9 @@ def test_an_env_path_hpcenv_did_not_make_is_refused_before_anything_moves(
         (lab.link / "conda-meta").mkdir(parents=True)
     else:
         lab.link.write_text("not an env")
-    for attempt in (lambda: publish(lab.site, lab.registry, lab.v1),
-                    lambda: rollback(lab.site, "kern"),
-                    lambda: sync_link(lab.site, "kern")):
+    for attempt in (lambda: publish(store_for(lab.site), lab.registry, lab.v1),
+                    lambda: rollback(store_for(lab.site), "kern"),
+                    lambda: sync_link(store_for(lab.site), "kern")):
         with pytest.raises(HpcenvError, match=r"is not an hpcenv-managed symlink"):
             attempt()
         assert lab.registry.current_version("kern") == 3
@@ -184,34 +185,34 @@ def test_an_env_path_hpcenv_did_not_make_is_refused_before_anything_moves(
 
 def test_rollback_picks_the_newest_complete_ready_older_version(lab: Lab) -> None:
     force_rmtree(Path(lab.v2.prefix))  # ready in the registry, but its build is gone
-    assert rollback(lab.site, "kern").version == 1  # skips v2
+    assert rollback(store_for(lab.site), "kern").version == 1  # skips v2
     assert lab.registry.current_version("kern") == 1 and lab.points_at(lab.v1)
     with pytest.raises(HpcenvError, match=r"^kern: no ready version older than 1 to roll back "
                                           r"to; see 'hpcenv env history kern'$"):
-        rollback(lab.site, "kern")
+        rollback(store_for(lab.site), "kern")
     with pytest.raises(HpcenvError) as caught:
-        rollback(lab.site, "kern", to_version=2)
+        rollback(store_for(lab.site), "kern", to_version=2)
     message = str(caught.value)
     assert message.startswith(f"kern version 2 has no complete build at {lab.v2.prefix}; ")
     assert f"--from-lock {lab.v2.lock_path}" in message
     assert lab.registry.current_version("kern") == 1
     lab.registry.set_status("kern", 3, "failed")
     with pytest.raises(HpcenvError, match=r"^kern version 3 is failed, not a ready build"):
-        rollback(lab.site, "kern", to_version=3)
+        rollback(store_for(lab.site), "kern", to_version=3)
     with pytest.raises(NotFound, match=r"has no version 9 \(versions: 1, 2, 3\)"):
-        rollback(lab.site, "kern", to_version=9)
+        rollback(store_for(lab.site), "kern", to_version=9)
     lab.registry.set_current("kern", None)
     with pytest.raises(NotFound, match=r"no current version to roll back from; pick one with "
                                        r"--to VERSION"):
-        rollback(lab.site, "kern")
-    assert rollback(lab.site, "kern", to_version=1).version == 1
+        rollback(store_for(lab.site), "kern")
+    assert rollback(store_for(lab.site), "kern", to_version=1).version == 1
     assert lab.points_at(lab.v1)
 
 
 # --- removal -----------------------------------------------------------------------------------
 
 def test_remove_keeps_history_and_only_touches_its_own_prefix(lab: Lab) -> None:
-    removed = remove_version(lab.site, "kern", 2)
+    removed = remove_version(store_for(lab.site), "kern", 2)
     assert removed.status == "retired" == lab.registry.get("kern", 2).status
     assert not Path(lab.v2.prefix).exists()
     assert Path(lab.v2.lock_path).is_file()  # the lockfile stays, to rebuild from
@@ -223,18 +224,18 @@ def test_remove_keeps_history_and_only_touches_its_own_prefix(lab: Lab) -> None:
 
 
 def test_the_current_version_goes_only_with_force(lab: Lab) -> None:
-    rollback(lab.site, "kern", to_version=2)
+    rollback(store_for(lab.site), "kern", to_version=2)
     with pytest.raises(HpcenvError, match=r"^kern version 2 is the current version; make "
                                           r"another current first \('hpcenv env rollback kern "
                                           r"--to 1'\) or pass --force$"):
-        remove_version(lab.site, "kern", 2)
+        remove_version(store_for(lab.site), "kern", 2)
     assert Path(lab.v2.prefix, MARKER).is_file()
     # With force the newest other usable version becomes current.
-    remove_version(lab.site, "kern", 2, force=True)
+    remove_version(store_for(lab.site), "kern", 2, force=True)
     assert lab.registry.current_version("kern") == 3 and lab.points_at(lab.v3)
-    remove_version(lab.site, "kern", 3, force=True)
+    remove_version(store_for(lab.site), "kern", 3, force=True)
     assert lab.registry.current_version("kern") == 1 and lab.points_at(lab.v1)
-    remove_version(lab.site, "kern", 1, force=True)
+    remove_version(store_for(lab.site), "kern", 1, force=True)
     assert lab.registry.current_version("kern") is None
     assert not os.path.lexists(lab.link)
     assert [r.status for r in lab.registry.versions("kern")] == ["retired"] * 3
@@ -245,14 +246,14 @@ def test_a_version_whose_builder_is_at_work_is_refused(lab: Lab) -> None:
     Path(building.prefix, "conda-meta").mkdir(parents=True)
     with lock_held(lab.site, building.key):
         with pytest.raises(HpcenvError, match=r"^kern version 4 is still being built; wait"):
-            remove_version(lab.site, "kern", 4)
+            remove_version(store_for(lab.site), "kern", 4)
         with pytest.raises(HpcenvError, match=r"^kern version 4 is still being built; wait for "
                                               r"it, then run 'hpcenv env rm kern' again$"):
-            remove_env(lab.site, "kern", force=True)
+            remove_env(store_for(lab.site), "kern", force=True)
         assert Path(building.prefix, "conda-meta").is_dir()
         assert [r.status for r in lab.registry.versions("kern")] == ["ready"] * 3 + ["building"]
     # The builder was SIGKILLed: its record is removable like any other, without --force.
-    assert remove_version(lab.site, "kern", 4).status == "retired"
+    assert remove_version(store_for(lab.site), "kern", 4).status == "retired"
     assert not Path(building.prefix).exists()
 
 
@@ -271,7 +272,7 @@ def test_remove_waits_for_a_builder_of_another_version_of_its_key(lab: Lab) -> N
     try:
         started = time.monotonic()
         timer.start()
-        removed = remove_version(lab.site, "kern", 1)
+        removed = remove_version(store_for(lab.site), "kern", 1)
         waited = time.monotonic() - started
         assert holder.wait(timeout=30) == 0  # it finished on its own, not killed
     finally:
@@ -282,16 +283,16 @@ def test_remove_waits_for_a_builder_of_another_version_of_its_key(lab: Lab) -> N
 
 
 def test_remove_env_needs_force_for_ready_versions_and_retires_current_last(lab: Lab) -> None:
-    rollback(lab.site, "kern", to_version=2)
+    rollback(store_for(lab.site), "kern", to_version=2)
     lab.registry.set_status("kern", 1, "failed")
     with pytest.raises(HpcenvError, match=r"removes its ready version\(s\) 2, 3, the current "
                                           r"version 2 included; pass --force, or --version V"):
-        remove_env(lab.site, "kern")
+        remove_env(store_for(lab.site), "kern")
     assert all(Path(r.prefix).is_dir() for r in (lab.v1, lab.v2, lab.v3))
-    removed = remove_env(lab.site, "kern", force=True)
+    removed = remove_env(store_for(lab.site), "kern", force=True)
     assert [r.version for r in removed] == [1, 3, 2]  # the current one last
     assert lab.registry.current_version("kern") is None and not os.path.lexists(lab.link)
     with pytest.raises(NotFound, match=r"has no version left to remove \(all are retired"):
-        remove_env(lab.site, "kern", force=True)
+        remove_env(store_for(lab.site), "kern", force=True)
     with pytest.raises(NotFound, match=r"^no environment 'nope' in the registry "):
-        remove_env(lab.site, "nope")
+        remove_env(store_for(lab.site), "nope")

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import other_group
 
 from hpcenv.store.locking import (

@@ -15,6 +15,7 @@ from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import InvalidInput
 from hpcenv.site.config import load_site
 from hpcenv.spec.environment import parse_spec
+from hpcenv.store import store_for
 from hpcenv.store.lifecycle import remove_env, remove_version, rollback
 from hpcenv.store.modules import _lua_string, env_module_dir
 
@@ -70,7 +71,7 @@ def test_module_load_activates_the_env_and_unload_restores(lmod, two_versions, t
     out = hpcenv("--site", str(site_file), "env", "module", "modenv",
                  env=isolated_environ(home))
     assert out.returncode == 0, out.stderr
-    modulefile = env_module_dir(site, "modenv") / "2.lua"
+    modulefile = env_module_dir(store_for(site), "modenv") / "2.lua"
     assert str(modulefile) in out.stdout and modulefile.is_file()
     assert os.readlink(modulefile.with_name("default")) == "2.lua"
 
@@ -123,27 +124,27 @@ def test_avail_marks_the_current_version_default_through_rollback_and_rm(lmod, t
     assert "hpcenv/modenv/1" in listing and "hpcenv/modenv/2 (D)" in listing
     assert loaded_prefix() == v2.prefix
 
-    rollback(site, "modenv")
+    rollback(store_for(site), "modenv")
     listing = avail()
     assert "hpcenv/modenv/1 (D)" in listing and "hpcenv/modenv/2 (D)" not in listing
     assert "hpcenv/modenv/2" in listing
     assert loaded_prefix() == v1.prefix
 
-    remove_version(site, "modenv", 2)
-    assert not (env_module_dir(site, "modenv") / "2.lua").exists()
+    remove_version(store_for(site), "modenv", 2)
+    assert not (env_module_dir(store_for(site), "modenv") / "2.lua").exists()
     assert "hpcenv/modenv/2" not in avail()
     again = hpcenv("--site", str(site_file), "env", "module", "modenv", "--version", "2", env=env)
     assert again.returncode == 1 and "version 2 is retired, not a ready build" in again.stderr
 
-    remove_env(site, "modenv", force=True)
-    assert not env_module_dir(site, "modenv").exists()
+    remove_env(store_for(site), "modenv", force=True)
+    assert not env_module_dir(store_for(site), "modenv").exists()
 
 
 def test_modules_on_publish_writes_each_new_current_version(lmod, tmp_path, demo_channel):
     site = load_site(write_demo_site(tmp_path / "site", demo_channel, modules_on_publish="true",
                                      modules_dir=str(tmp_path / "modulefiles")))
     record = build_env(parse_spec(SPEC.format(greeting="published")), site).record
-    directory = env_module_dir(site, "modenv")
+    directory = env_module_dir(store_for(site), "modenv")
     assert sorted(p.name for p in directory.iterdir()) == ["1.lua", "default"]
     shell = module_shell("module load hpcenv/modenv && echo $MODENV_GREETING",
                          tmp_path / "modulefiles", tmp_path / "home")

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import other_group
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
@@ -172,12 +171,13 @@ def test_lockfile_is_stored_with_the_registry_mode(tmp_path: Path) -> None:
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o664, group.gr_gid)
 
 
-def test_for_site_uses_the_site_lock_settings(tmp_path: Path) -> None:
+def test_the_store_of_a_site_carries_its_lock_settings_to_the_registry(tmp_path: Path) -> None:
     from hpcenv.site.config import load_site
+    from hpcenv.store import store_for
 
     site_file = tmp_path / "site.yaml"
     site_file.write_text(f"registry: {tmp_path}/reg\nlocks: {{method: mkdir, timeout: 7, "
                          "stale_after: 60}\npermissions: {dir_mode: '2770'}\n")
-    reg = Registry.for_site(load_site(site_file))
+    reg = store_for(load_site(site_file)).registry()
     assert (reg.root, reg.lock_method, reg.lock_timeout, reg.lock_stale_after, reg.dir_mode) == (
         tmp_path / "reg", "mkdir", 7.0, 60.0, 0o2770)
