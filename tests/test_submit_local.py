@@ -354,7 +354,7 @@ def test_site_partitions_route_even_on_local_executor(demo_channel, built, tmp_p
               "  - {name: gpu-h100, gpu_type: h100, gpus_per_node: 4, max_cuda: '12.8'}\n"))
     gpu = submit(["true"], env_name="gpuenv", site=routed, dry_run=True,
                  options=SubmitOptions(workdir=tmp_path))
-    assert gpu.partition == "gpu-h100" and "#SBATCH --gres=gpu:1" in gpu.script_text
+    assert gpu.partition == "gpu-h100" and "#SBATCH --gpus-per-node=1" in gpu.script_text
     cpu = submit(["true"], env_name="cpuenv", site=routed, dry_run=True,
                  options=SubmitOptions(workdir=tmp_path))
     assert cpu.partition == "cpu"
@@ -382,7 +382,7 @@ def test_gpu_env_naming_no_cuda_is_routed_to_a_gpu_partition(demo_channel, built
     result = submit(["true"], env_name="rocmenv", site=routed, dry_run=True,
                     options=SubmitOptions(workdir=tmp_path))
     assert (result.partition, result.gpus) == ("gpu-mi250", 1)
-    assert "#SBATCH --gres=gpu:1" in result.script_text
+    assert "#SBATCH --gpus-per-node=1" in result.script_text
     assert "names no CUDA version" in result.reason
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from hpcenv.errors import HpcenvError
-from hpcenv.scheduler import get_scheduler
+from hpcenv.scheduler import select_scheduler
 from hpcenv.site.config import SiteConfig, effective_channels
 from hpcenv.spec import drivers
 from hpcenv.store.locking import probe_lock_support
@@ -38,8 +38,9 @@ def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None
     """Probe the machine against the config: dirs, filesystems, channels, executables, group.
 
     Nothing is left behind: the only writes are the lock probe's temporary files
-    (``hpcenv.store.locking.probe_lock_support``), one per envs dir.  With ``scheduler: slurm`` the
-    partitions are compared with what Slurm reports (``live``, else queried with sinfo).
+    (``hpcenv.store.locking.probe_lock_support``), one per envs dir.  On a Slurm site it says
+    which backend ``scheduler`` picks here, and the partitions are compared with what Slurm
+    reports (``live``, else asked through that backend).
     ``umask`` is the one lab users build under (default: this process's).
     """
     checks: list[Check] = []
@@ -53,19 +54,8 @@ def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None
     checks.extend(_channel_checks(site))
     checks.extend(_partition_checks(site))
     checks.append(_conda_check(site))
-    if site.scheduler == "slurm":
-        import shutil
-
-        sbatch = shutil.which("sbatch")
-        checks.append(Check("scheduler", "pass", f"slurm: sbatch at {sbatch}") if sbatch else
-                      Check("scheduler", "warn", "slurm, but sbatch is not on PATH here: this "
-                            "host cannot submit (use --remote from a laptop)"))
-        if live is None and sbatch:
-            live, failure = _query_slurm()
-            if failure:
-                checks.append(failure)
-        if live is not None:
-            checks.extend(_live_partition_checks(site, live))
+    if site.scheduler != "local":
+        checks.extend(_scheduler_checks(site, live))
     if site.permissions.group is not None:
         checks.append(_group_check(site.permissions.group))
         checks.append(_shared_cache_check(site.pkgs_dirs[0], site.permissions.group,
@@ -151,9 +141,10 @@ def _channel_checks(site: SiteConfig) -> list[Check]:
 
 def _partition_checks(site: SiteConfig) -> list[Check]:
     if not site.partitions:
-        status: CheckStatus = "warn" if site.scheduler == "slurm" else "pass"
+        slurm = site.scheduler != "local"
+        status: CheckStatus = "warn" if slurm else "pass"
         return [Check("partitions", status, "none listed: jobs go to Slurm's default partition"
-                      if site.scheduler == "slurm" else "none listed (local scheduler)")]
+                      if slurm else "none listed (local scheduler)")]
     checks = []
     for p in site.partitions:
         if not p.is_gpu:
@@ -178,12 +169,33 @@ def _partition_checks(site: SiteConfig) -> list[Check]:
     return checks
 
 
-def _query_slurm() -> tuple[list[PartitionState] | None, Check | None]:
+def _scheduler_checks(site: SiteConfig, live: Sequence[PartitionState] | None) -> list[Check]:
+    """Which Slurm backend the site's ``scheduler`` picks here (and why), then the partitions
+    compared with what it reports (``live``, else asked through that backend)."""
+    import shutil
 
+    bin_dir = site.slurm.bin_dir
+    sbatch = str(bin_dir / "sbatch") if bin_dir and (bin_dir / "sbatch").is_file() else \
+        None if bin_dir else shutil.which("sbatch")
+    if sbatch is None:
+        where = f"in slurm.bin_dir {bin_dir}" if bin_dir else "on PATH"
+        return [Check("scheduler", "warn", f"{site.scheduler}, but sbatch is not {where} here: "
+                      "this host cannot submit (use --remote from a laptop)")]
     try:
-        return get_scheduler("slurm-cli", timeout=20.0).partitions(), None
+        selection = select_scheduler(site.scheduler, state_dir=site.state_dir, bin_dir=bin_dir,
+                                     timeout=20.0)
     except HpcenvError as exc:
-        return None, Check("slurm", "warn", f"cannot ask Slurm for its partitions: {exc}")
+        return [Check("scheduler", "fail", str(exc))]
+    checks = [Check("scheduler", "pass", f"backend {selection.scheduler.kind} "
+                    f"({selection.why}); sbatch at {sbatch}")]
+    if live is None:
+        try:
+            live = selection.scheduler.partitions()
+        except HpcenvError as exc:
+            checks.append(Check("slurm", "warn", f"cannot ask Slurm for its partitions: {exc}"))
+    if live is not None:
+        checks.extend(_live_partition_checks(site, live))
+    return checks
 
 
 def _live_partition_checks(site: SiteConfig, live: Sequence[PartitionState]) -> list[Check]:

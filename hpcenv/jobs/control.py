@@ -40,7 +40,7 @@ class SubmissionRecord:
     """What hpcenv submitted: the env, the routing decision and where the output goes."""
 
     job_id: str
-    scheduler: str                   # job_namespace(): slurm or local
+    scheduler: str                   # job_namespace(): slurm or local (whose job ids)
     env: str
     env_version: int | None
     prefix: str
@@ -57,6 +57,8 @@ class SubmissionRecord:
     launcher: str = "activate"
     submitted: float = 0.0           # Unix time
     user: str | None = None
+    backend: str | None = None       # the Scheduler.kind that submitted it: slurm-cli, pyslurm, local
+    options: dict[str, Any] = field(default_factory=dict)  # JobOptions.to_dict() as rendered
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import signal as _signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hpcenv.errors import HpcenvError, InvalidInput
+
+if TYPE_CHECKING:
+    from hpcenv.scheduler.job_options import JobOptions
 
 
 class SchedulerUnreachable(HpcenvError):
@@ -137,6 +140,23 @@ class PartitionState:
                 "nodes": [n.to_dict() for n in self.nodes]}
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by each backend so callers ask it instead of its kind."""
+
+    arrays: bool               # --array
+    dependencies: bool         # --dependency
+    time_limit_signals: bool   # --signal SIG@SECS before the time limit
+    partitions: bool           # real partitions with live node state (features, free GPUs)
+    gpus: bool                 # GPU allocation
+    multi_node: bool           # jobs spanning several nodes (srun)
+    history: bool              # finished jobs stay visible after the queue forgets them
+
+
+SLURM_CAPABILITIES = Capabilities(arrays=True, dependencies=True, time_limit_signals=True,
+                                  partitions=True, gpus=True, multi_node=True, history=True)
+
+
 class JobStatusSource(Protocol):
     """What waiting for a job needs: its state on demand (a Scheduler, or a remote login
     node's ``hpcenv status``)."""
@@ -150,10 +170,17 @@ class JobStatusSource(Protocol):
 class Scheduler(Protocol):
     """What hpcenv needs from a batch system."""
 
-    kind: str
+    kind: str                  # "slurm-cli", "pyslurm" or "local"
+    capabilities: Capabilities
 
-    def submit(self, script_path: Path, *, workdir: Path) -> str:
-        """Submit a job script; return its job id.  Raises HpcenvError when rejected."""
+    def submit(self, script_path: Path, *, workdir: Path,
+               options: JobOptions | None = None) -> str:
+        """Submit a job script; return its job id.  Raises HpcenvError when rejected.
+
+        ``options`` are the job's options as hpcenv rendered them into the script's ``#SBATCH``
+        lines; a backend that cannot hand the script's header to Slurm (pyslurm) or runs it
+        itself (local) uses them instead of reading the header back.  Without them it reads the
+        header (:func:`hpcenv.scheduler.job_options.from_script`)."""
         ...
 
     def status(self, job_id: str) -> JobInfo:

@@ -39,7 +39,8 @@ DEFAULT = "default"  # provenance of a value no file set
 ChannelPriority = Literal["strict", "flexible"]
 Engine = Literal["rattler", "conda"]
 Launcher = Literal["auto", "conda-run", "activate"]
-Scheduler = Literal["slurm", "local"]
+# slurm: pyslurm when it matches the cluster's release, else the CLI; slurm-cli/pyslurm: that one.
+Scheduler = Literal["slurm", "slurm-cli", "pyslurm", "local"]
 LockMethod = Literal["flock", "mkdir"]
 
 
@@ -82,6 +83,7 @@ class SlurmDefaults:
     mem: str | None = None            # sbatch --mem: "16G", "4000M"
     cpus_per_task: int | None = None
     extra_args: tuple[str, ...] = ()  # extra sbatch options, one per item ("--exclusive")
+    bin_dir: Path | None = None       # where sbatch/scontrol/... are (default: PATH)
 
 
 @dataclass(frozen=True)
@@ -324,7 +326,8 @@ def site_to_dict(site: SiteConfig) -> dict[str, Any]:
         "conda_exe": site.conda_exe,
         "launcher": site.launcher,
         "scheduler": site.scheduler,
-        "slurm": {**_fields(site.slurm), "extra_args": list(site.slurm.extra_args)},
+        "slurm": {**_fields(site.slurm), "extra_args": list(site.slurm.extra_args),
+                  "bin_dir": str(site.slurm.bin_dir) if site.slurm.bin_dir else None},
         "cuda_compat": site.cuda_compat,
         "partitions": [{k: v for k, v in _fields(p).items() if v not in (None, 0) or k == "name"}
                        for p in site.partitions],
@@ -638,13 +641,15 @@ class _Reader:
 
     def _slurm(self, node: YNode, key: str) -> SlurmDefaults:
         items = self.mapping(node, key, ("account", "qos", "time", "mem", "cpus_per_task",
-                                         "extra_args"))
+                                         "extra_args", "bin_dir"))
         kw: dict[str, Any] = {}
         for name, child in items.items():
             full = f"{key}.{name}"
             self.record(full, child)
             if name == "cpus_per_task":
                 kw[name] = None if child.value is None else self.integer(child, full, minimum=1)
+            elif name == "bin_dir":
+                kw[name] = None if child.value is None else self.path(child, full)
             elif name == "extra_args":
                 # Checked as submit checks --sbatch-arg: a value it refuses would pass
                 # 'site check' here and then fail every submission.
@@ -835,7 +840,7 @@ class _Reader:
         "engine": lambda self, n, k: self.choice(n, k, ("rattler", "conda")),
         "conda_exe": _conda_exe,
         "launcher": lambda self, n, k: self.choice(n, k, ("auto", "conda-run", "activate")),
-        "scheduler": lambda self, n, k: self.choice(n, k, ("slurm", "local")),
+        "scheduler": lambda self, n, k: self.choice(n, k, ("slurm", "slurm-cli", "pyslurm", "local")),
         "slurm": _slurm,
         "cuda_compat": lambda self, n, k: self.choice(n, k, ("strict", "minor")),
         "partitions": _partitions,
