@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_slurm import CLUSTER_DIR, SlurmCluster
+from conftest_slurm import CLI_TARGETS, CLUSTER_DIR, SlurmCluster
 
 pytestmark = pytest.mark.slurm
 
@@ -27,7 +27,14 @@ def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=True)
 
 
-def test_layout(slurm_cluster: SlurmCluster) -> None:  # noqa: F811
+def exports(cluster: SlurmCluster) -> str:
+    return f"export SLURM_CONF={cluster.conf}\nexport PATH={cluster.bin_dir}:$PATH\n"
+
+
+# Both releases: Debian's 22.05 and 25.11 built from source (skipped when it cannot be built).
+@pytest.mark.parametrize("slurm_target", CLI_TARGETS, indirect=True)
+def test_layout(slurm_target: SlurmCluster) -> None:
+    slurm_cluster = slurm_target
     out = run(["sinfo", "-h", "-N", "-o", "%N %P %f %G %T"], slurm_cluster.env).stdout
     rows = sorted(tuple(line.split()) for line in out.splitlines())
     assert [r[:4] for r in rows] == [
@@ -40,15 +47,19 @@ def test_layout(slurm_cluster: SlurmCluster) -> None:  # noqa: F811
     ]
     # Other tests' jobs may still hold a node; none may be down or drained.
     assert {r[4] for r in rows} <= {"idle", "mixed", "allocated", "completing"}
-    assert (slurm_cluster.root / "env.sh").read_text() == f"export SLURM_CONF={slurm_cluster.conf}\n"
+    assert (slurm_cluster.root / "env.sh").read_text() == exports(slurm_cluster)
+    version = run(["sinfo", "--version"], slurm_cluster.env).stdout.split()[-1]
+    assert version.startswith(slurm_cluster.release + ".")
 
 
-def test_up_again_is_a_no_op(slurm_cluster: SlurmCluster) -> None:  # noqa: F811
+@pytest.mark.parametrize("slurm_target", CLI_TARGETS, indirect=True)
+def test_up_again_is_a_no_op(slurm_target: SlurmCluster) -> None:
+    slurm_cluster = slurm_target
     before = pids(slurm_cluster.root)
     assert set(before) == {"munged", "slurmctld", "slurmd-cpu1", "slurmd-cpu2", "slurmd-a100n1",
                            "slurmd-a100n2", "slurmd-v100n1", "slurmd-h100n1"}
-    proc = run([str(CLUSTER_DIR / "up")], slurm_cluster.env)
-    assert proc.stdout == f"export SLURM_CONF={slurm_cluster.conf}\n"
+    proc = run([str(CLUSTER_DIR / "up")], slurm_cluster.up_env)
+    assert proc.stdout == exports(slurm_cluster)
     assert "already up" in proc.stderr
     assert pids(slurm_cluster.root) == before
 

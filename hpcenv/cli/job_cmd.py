@@ -77,7 +77,8 @@ def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentP
                    help="override the site's launcher")
     p.add_argument("--dry-run", action="store_true",
                    help="print the job script, partition and reason; submit (and build) "
-                        "nothing, ask no controller (routing by the site config alone)")
+                        "nothing; works without a controller (then routing uses the site "
+                        "config alone, and says so)")
     p.add_argument("--wait", action="store_true",
                    help="wait for the job to end and exit with its exit code")
     p.set_defaults(handler=submit_handler)
@@ -195,10 +196,7 @@ def _no_partition(d: dict[str, Any]) -> str:
 
 
 def _live_text(d: dict[str, Any]) -> str:
-    if _local(d) or d.get("live_state"):
-        return ""
-    return ("# live:      not consulted (dry run: routed on the site config alone; free GPUs "
-            "and node features were not read)\n")
+    return f"# live:      {d['live_note']}\n" if d.get("live_note") else ""
 
 
 def _dry_run_text(d: dict[str, Any]) -> str:

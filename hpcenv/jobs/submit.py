@@ -45,6 +45,7 @@ from hpcenv.scheduler import Selection, select_scheduler
 from hpcenv.scheduler.base import SLURM_CAPABILITIES, Capabilities, SchedulerUnreachable
 from hpcenv.scheduler.job_options import JobOptions, job_fields, min_nodes, sbatch_lines
 from hpcenv.scheduler.options import name_problem
+from hpcenv.scheduler.slurm_cli import SlurmCLI
 from hpcenv.spec.environment import load_spec, validate_env_name
 from hpcenv.store.activation import activation_script
 from hpcenv.store.layout import is_complete
@@ -89,6 +90,7 @@ class SubmitResult:
     warnings: tuple[str, ...] = ()        # e.g. options the local executor ignores
     options: JobOptions = field(repr=False, default=JobOptions())  # as rendered
     live_state: bool = False              # routing saw the scheduler's node state
+    live_note: str | None = None          # why it did not (a dry run without an answer)
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "partition": self.partition, "constraint": self.constraint,
@@ -96,7 +98,8 @@ class SubmitResult:
                 "script": str(self.script), "reason": self.reason, "gpus": self.gpus,
                 "launcher": self.launcher, "scheduler": self.scheduler,
                 "env_status": self.env_status, "dry_run": self.dry_run,
-                "live_state": self.live_state, "warnings": list(self.warnings),
+                "live_state": self.live_state, "live_note": self.live_note,
+                "warnings": list(self.warnings),
                 "options": self.options.to_dict(),
                 "routing": self.routing.to_dict() if self.routing else None}
 
@@ -236,6 +239,28 @@ def site_selection(site: SiteConfig) -> Selection:
 
 def site_scheduler(site: SiteConfig) -> Scheduler:
     return site_selection(site).scheduler
+
+
+# A dry run asks the controller for node state only this long: it must work (quickly) where no
+# controller answers, e.g. before the cluster is up or on a machine with client tools only.
+DRY_RUN_QUERY_TIMEOUT = 5.0
+
+
+def _dry_run_live_state(site: SiteConfig, scheduler: Scheduler | None
+                        ) -> tuple[list[PartitionState] | None, str | None]:
+    """Node state for a dry run's routing when a controller answers at once, else None and why
+    not.  Asked through the Slurm command line (read-only, bounded by a timeout), whichever
+    backend would submit: importing pyslurm where no Slurm is configured ends the process."""
+    if scheduler is not None and not scheduler.capabilities.partitions:
+        return None, None
+    if not site.partitions:
+        return None, None
+    reader = scheduler if scheduler is not None else SlurmCLI(
+        timeout=DRY_RUN_QUERY_TIMEOUT, bin_dir=site.slurm.bin_dir)
+    try:
+        return reader.partitions(), None
+    except HpcenvError as exc:
+        return None, f"not consulted (dry run, no answer from Slurm: {exc}); routed on the site config alone"
 
 
 def _live_state(scheduler: Scheduler, site: SiteConfig, say: Progress) -> list[PartitionState] | None:
@@ -385,7 +410,8 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
            progress: Progress | None = None) -> SubmitResult:
     """Submit ``script_or_cmd`` (a script path, or a command as a list of words) to run in env
     ``env_name``; see the module doc for the steps.  ``dry_run`` renders and keeps the script but
-    submits nothing, builds nothing and asks no controller: routing uses the site config alone."""
+    submits nothing and builds nothing; it routes with live node state only when a controller
+    answers within DRY_RUN_QUERY_TIMEOUT, else on the site config alone (and says so)."""
     say = progress or (lambda _m: None)
     program = resolve_program(script_or_cmd, args)
     options = _with_site_defaults(options, site)
@@ -400,8 +426,8 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     sbatch_lines(options)  # bad options fail now, not after a long env build
     if scheduler is None and not (dry_run and site.scheduler != "local"):
         scheduler = site_scheduler(site)
-    # A dry run on a Slurm site consults no controller, so it needs no backend: Slurm's
-    # capabilities are the same whichever of the two would submit.
+    # A dry run on a Slurm site picks no backend (pyslurm would need a configured Slurm to
+    # import): Slurm's capabilities are the same whichever of the two would submit.
     caps = scheduler.capabilities if scheduler is not None else SLURM_CAPABILITIES
     kind = scheduler.kind if scheduler is not None else site.scheduler
     options, warnings = _unsupported(options, site, caps)
@@ -419,7 +445,10 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
                            gpu_required=True if record.gpu_required else None,
                            gpus=options.gpus_per_node_wanted, gpu_type=options.gpu_type,
                            partition=options.partition, nodes=min_nodes(options.nodes))
-    live = _live_state(scheduler, site, say) if scheduler is not None and not dry_run else None
+    if dry_run:
+        live, live_note = _dry_run_live_state(site, scheduler)
+    else:
+        live, live_note = _live_state(scheduler, site, say), None
     decision = route(request, site.partitions, compat=site.cuda_compat, live=live)
     options = _routed(options, decision)
 
@@ -440,7 +469,7 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
         env_status=env_status, script_text=text, routing=decision, dry_run=dry_run,
         warnings=warnings, options=JobOptions(**{f.name: getattr(options, f.name)
                                                  for f in job_fields()}),
-        live_state=live is not None)
+        live_state=live is not None, live_note=live_note)
     if dry_run or scheduler is None:
         return result
 

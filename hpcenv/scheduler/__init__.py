@@ -28,6 +28,7 @@ from hpcenv.scheduler.base import (
 from hpcenv.scheduler.local import LocalExecutor
 from hpcenv.scheduler.pyslurm_backend import (
     PyslurmScheduler,
+    import_problem,
     pyslurm_version,
     same_release,
 )
@@ -62,9 +63,10 @@ def select_scheduler(kind: str, **opts: Any) -> Selection:
     if kind == "pyslurm":
         backend = PyslurmScheduler.create(history=cli)
         if backend is None:
-            raise HpcenvError("scheduler 'pyslurm' asked for, but the pyslurm module does not "
-                              "import; install pyslurm built for this cluster's Slurm, or use "
-                              "'scheduler: slurm' (pyslurm when it fits, else the CLI)")
+            why = import_problem() or "not installed"
+            raise HpcenvError(f"scheduler 'pyslurm' asked for, but the pyslurm module does not "
+                              f"import ({why}); install pyslurm built for this cluster's Slurm, "
+                              "or use 'scheduler: slurm' (pyslurm when it fits, else the CLI)")
         return Selection(backend, "scheduler: pyslurm")
     # "slurm": pyslurm only when it was built for the very release the cluster runs; a
     # mismatched pyslurm talks a different RPC protocol and fails in obscure ways.
@@ -77,8 +79,8 @@ def select_scheduler(kind: str, **opts: Any) -> Selection:
                               f"{release or '(unknown)'}, so the Slurm CLI")
     backend = PyslurmScheduler.create(history=cli)
     if backend is None:
-        return Selection(cli, f"scheduler: slurm; pyslurm {built_for} does not import, so the "
-                              "Slurm CLI")
+        return Selection(cli, f"scheduler: slurm; pyslurm {built_for} does not import "
+                              f"({import_problem()}), so the Slurm CLI")
     return Selection(backend, f"scheduler: slurm; pyslurm {built_for} matches Slurm {release}")
 
 

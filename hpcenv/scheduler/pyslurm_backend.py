@@ -26,6 +26,10 @@ What this module does about pyslurm 25.11.2's rough edges, found there:
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,12 +42,13 @@ from hpcenv.scheduler.base import (
     JobInfo,
     NodeState,
     PartitionState,
+    SchedulerUnreachable,
     is_finished,
     signal_number,
 )
 from hpcenv.scheduler.job_options import JobOptions, from_script, min_nodes
 from hpcenv.scheduler.options import parse_time_limit, signal_spec_problem
-from hpcenv.scheduler.slurm_cli import SlurmCLI, array_info
+from hpcenv.scheduler.slurm_cli import REJECTION_HINTS, SlurmCLI, array_info
 
 _INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID in Slurm's slurm_errno.h
 
@@ -56,6 +61,22 @@ def pyslurm_version() -> str | None:
         return None
 
 
+def import_problem() -> str | None:
+    """Why ``import pyslurm`` would fail here, or None.  Tried in a child process: when libslurm
+    finds no configuration (no ``SLURM_CONF``, no slurm.conf, no DNS SRV record) its
+    ``slurm_init()`` ends the whole process ("fatal: Could not establish a configuration
+    source") instead of raising, and hpcenv must survive that to fall back to the CLI."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", "import pyslurm"], capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"importing pyslurm did not finish ({exc})"
+    if proc.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    return lines[-1] if lines else f"importing pyslurm failed (exit {proc.returncode})"
+
+
 def same_release(pyslurm_ver: str, slurm_ver: str) -> bool:
     """pyslurm ``25.11.2`` was built for Slurm ``25.11.x``: the first two numbers must agree."""
     return bool(slurm_ver) and pyslurm_ver.split(".")[:2] == slurm_ver.split(".")[:2]
@@ -63,7 +84,21 @@ def same_release(pyslurm_ver: str, slurm_ver: str) -> bool:
 
 def _rpc_error(action: str, exc: Exception) -> HpcenvError:
     message = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+    if "Unable to contact slurm controller" in message:
+        return SchedulerUnreachable(f"cannot reach the Slurm controller ({message}); check that "
+                                    "slurmctld runs and SLURM_CONF points at its config")
     return HpcenvError(f"Slurm {action}: {message}")
+
+
+def _rejection(exc: Exception) -> HpcenvError:
+    """A refused submission, worded (and classed) as the CLI backend words sbatch's refusal."""
+    message = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+    hint = REJECTION_HINTS.get(message)
+    if hint:  # the job asked for something this cluster does not have: bad input
+        return InvalidInput(f"Slurm rejected the job: {message}; {hint}")
+    if "Unable to contact slurm controller" in message:
+        return _rpc_error("rejected the job", exc)
+    return HpcenvError(f"Slurm rejected the job: {message}")
 
 
 def _path(value: object) -> Path | None:
@@ -181,6 +216,9 @@ def description_fields(o: JobOptions, *, script: Path, workdir: Path) -> dict[st
 
     kw: dict[str, Any] = {
         "script": str(script), "working_directory": str(run_dir),
+        # What sbatch hands a job: this environment (--export=ALL) and where it was submitted.
+        "environment": {**os.environ, "SLURM_SUBMIT_DIR": str(workdir),
+                        "SLURM_SUBMIT_HOST": socket.gethostname()},
         "name": o.job_name or script.name, "partitions": o.partition,
         "constraints": o.constraint, "account": o.account, "qos": o.qos,
         "array": o.array, "dependencies": o.dependency, "comment": o.comment,
@@ -218,7 +256,10 @@ class PyslurmScheduler:
 
     @classmethod
     def create(cls, history: SlurmCLI | None = None) -> PyslurmScheduler | None:
-        """The backend, or None when pyslurm does not import (missing, or libslurm mismatch)."""
+        """The backend, or None when pyslurm does not import (missing, libslurm mismatch, or no
+        Slurm configuration to be found)."""
+        if "pyslurm" not in sys.modules and import_problem() is not None:
+            return None
         try:
             import pyslurm
         except Exception:  # noqa: BLE001 - an ABI mismatch surfaces as ImportError or OSError
@@ -244,7 +285,7 @@ class PyslurmScheduler:
         try:
             return str(ps.JobSubmitDescription(**kw).submit())
         except ps.RPCError as exc:
-            raise _rpc_error("rejected the job", exc) from None
+            raise _rejection(exc) from None
         except ValueError as exc:  # pyslurm's own validation of the options
             raise InvalidInput(f"{script_path}: {exc}") from None
 

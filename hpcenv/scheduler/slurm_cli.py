@@ -157,7 +157,7 @@ def _failure(tool: str, proc: subprocess.CompletedProcess[str]) -> HpcenvError:
 
 
 # What to do about sbatch's refusals of what the job asks for (its own text is terse).
-_REJECTION_HINTS = {
+REJECTION_HINTS = {
     "Invalid partition name specified":
         "check --partition (and --sbatch-arg) against 'sinfo -s' and the site config's partitions",
     "Requested node configuration is not available":
@@ -229,7 +229,7 @@ class SlurmCLI:
                 raise SchedulerUnreachable(f"cannot reach the Slurm controller to submit the job "
                                            f"({message}); check that slurmctld runs and "
                                            "SLURM_CONF points at its config")
-            hint = _REJECTION_HINTS.get(message)
+            hint = REJECTION_HINTS.get(message)
             if hint:  # the job asked for something this cluster does not have: bad input
                 raise InvalidInput(f"Slurm rejected the job: {message}; {hint}")
             raise HpcenvError(f"Slurm rejected the job: {message}")
@@ -269,27 +269,7 @@ class SlurmCLI:
                           "-o", ",".join(_SACCT_FIELDS)], check=False)
         if proc.returncode != 0:
             return None
-        for line in reversed(proc.stdout.splitlines()):  # a requeued job logs more than once
-            fields = line.split(_SEP)
-            if len(fields) < len(_SACCT_FIELDS):
-                continue
-            row = dict(zip(_SACCT_FIELDS[:-1], fields[:len(_SACCT_FIELDS) - 1]))
-            row["JobName"] = _SEP.join(fields[len(_SACCT_FIELDS) - 1:])
-            if row["JobIDRaw"] != job_id:
-                continue
-            state = row["State"].split(" ", 1)[0] if row["State"] else "UNKNOWN"
-            code, sig = parse_exit_code(row["ExitCode"])
-            workdir = _value(row["WorkDir"])
-            return JobInfo(
-                job_id=job_id, name=row["JobName"], state=state,
-                reason=None if state != "UNKNOWN" else "its completion record is garbled "
-                "(sacct -c cannot parse job names with spaces)",
-                exit_code=code, signal=sig, node=_value(row["NodeList"]),
-                elapsed=parse_duration(row["Elapsed"]), partition=_value(row["Partition"]),
-                workdir=Path(workdir) if workdir else None,
-                start_time=parse_time(row["Start"]), end_time=parse_time(row["End"]),
-                user=_user_name(row["User"]), source="jobcomp")
-        return None
+        return parse_sacct(proc.stdout, job_id)
 
     def _jobcomp_file(self) -> Path | None:
         """The job completion file when Slurm writes one (jobcomp/filetxt), else None."""
@@ -321,12 +301,13 @@ class SlurmCLI:
                 continue
             f = parse_scontrol_line(line)
             if f.get("ArrayJobId") == array_id and f.get("ArrayTaskId", "").isdigit():
-                info = self._from_jobcomp(f)
+                info = self.from_jobcomp(f)
                 tasks[info.job_id] = info  # a requeued task is logged again: the last one counts
         return list(tasks.values())
 
     @staticmethod
-    def _from_jobcomp(f: Mapping[str, str]) -> JobInfo:
+    def from_jobcomp(f: Mapping[str, str]) -> JobInfo:
+        """One array task's line of the job completion file (parsed as scontrol's)."""
         state = (f.get("JobState") or "UNKNOWN").split(" ", 1)[0]
         code, sig = parse_exit_code(f.get("ExitCode"))
         start, end = parse_time(f.get("StartTime")), parse_time(f.get("EndTime"))
@@ -465,3 +446,28 @@ def parse_partitions(text: str, nodes: Sequence[NodeState]) -> list[PartitionSta
 
 def _int(text: str | None) -> int:
     return int(text) if text and text.isdigit() else 0
+
+
+def parse_sacct(text: str, job_id: str) -> JobInfo | None:
+    """Job ``job_id`` in ``sacct -c -n -P --delimiter=US -o`` :data:`_SACCT_FIELDS` output."""
+    for line in reversed(text.splitlines()):  # a requeued job logs more than once
+        fields = line.split(_SEP)
+        if len(fields) < len(_SACCT_FIELDS):
+            continue
+        row = dict(zip(_SACCT_FIELDS[:-1], fields[:len(_SACCT_FIELDS) - 1]))
+        row["JobName"] = _SEP.join(fields[len(_SACCT_FIELDS) - 1:])
+        if row["JobIDRaw"] != job_id:
+            continue
+        state = row["State"].split(" ", 1)[0] if row["State"] else "UNKNOWN"
+        code, sig = parse_exit_code(row["ExitCode"])
+        workdir = _value(row["WorkDir"])
+        return JobInfo(
+            job_id=job_id, name=row["JobName"], state=state,
+            reason=None if state != "UNKNOWN" else "its completion record is garbled "
+            "(sacct -c cannot parse job names with spaces)",
+            exit_code=code, signal=sig, node=_value(row["NodeList"]),
+            elapsed=parse_duration(row["Elapsed"]), partition=_value(row["Partition"]),
+            workdir=Path(workdir) if workdir else None,
+            start_time=parse_time(row["Start"]), end_time=parse_time(row["End"]),
+            user=_user_name(row["User"]), source="jobcomp")
+    return None
