@@ -110,7 +110,7 @@ def test_good_site_defaults_render(tmp_path: Path) -> None:
 
 
 def test_signal_specs_use_the_cancel_validator() -> None:
-    from hpcenv.scheduler.base import signal_name, signal_number
+    from hpcenv.scheduler.options import signal_name, signal_number
 
     assert signal_spec_problem("USR1@120") is None and signal_spec_problem("B:10") is None
     # sbatch and scancel refuse PIPE by name: both paths refuse it before anything is built.

@@ -177,18 +177,21 @@ def _scheduler_checks(site: SiteConfig, live: Sequence[PartitionState] | None) -
     bin_dir = site.slurm.bin_dir
     sbatch = str(bin_dir / "sbatch") if bin_dir and (bin_dir / "sbatch").is_file() else \
         None if bin_dir else shutil.which("sbatch")
+    checks: list[Check] = []
+    selection = None
     if sbatch is None:
         where = f"in slurm.bin_dir {bin_dir}" if bin_dir else "on PATH"
-        return [Check("scheduler", "warn", f"{site.scheduler}, but sbatch is not {where} here: "
-                      "this host cannot submit (use --remote from a laptop)")]
-    try:
-        selection = select_scheduler(site.scheduler, state_dir=site.state_dir, bin_dir=bin_dir,
-                                     timeout=20.0)
-    except HpcenvError as exc:
-        return [Check("scheduler", "fail", str(exc))]
-    checks = [Check("scheduler", "pass", f"backend {selection.scheduler.kind} "
-                    f"({selection.why}); sbatch at {sbatch}")]
-    if live is None:
+        checks.append(Check("scheduler", "warn", f"{site.scheduler}, but sbatch is not {where} "
+                            "here: this host cannot submit (use --remote from a laptop)"))
+    else:
+        try:
+            selection = select_scheduler(site.scheduler, state_dir=site.state_dir,
+                                         bin_dir=bin_dir, timeout=20.0)
+            checks.append(Check("scheduler", "pass", f"backend {selection.scheduler.kind} "
+                                f"({selection.why}); sbatch at {sbatch}"))
+        except HpcenvError as exc:
+            checks.append(Check("scheduler", "fail", str(exc)))
+    if live is None and selection is not None:
         try:
             live = selection.scheduler.partitions()
         except HpcenvError as exc:

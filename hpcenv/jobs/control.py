@@ -25,8 +25,8 @@ from hpcenv.scheduler.base import (
     JobStatusSource,
     Scheduler,
     expand_output_pattern,
-    signal_number,
 )
+from hpcenv.scheduler.options import signal_number
 
 # Polling for --wait and logs -f: quick at first (short jobs end in about a second on an idle
 # cluster), then backing off so a day-long job costs a query every POLL_MAX seconds.

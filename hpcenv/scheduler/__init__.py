@@ -80,7 +80,7 @@ def select_scheduler(kind: str, **opts: Any) -> Selection:
     backend = PyslurmScheduler.create(history=cli)
     if backend is None:
         return Selection(cli, f"scheduler: slurm; pyslurm {built_for} does not import "
-                              f"({import_problem()}), so the Slurm CLI")
+                              f"({import_problem() or 'it failed in this process'}), so the Slurm CLI")
     return Selection(backend, f"scheduler: slurm; pyslurm {built_for} matches Slurm {release}")
 
 

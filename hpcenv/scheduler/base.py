@@ -7,12 +7,11 @@ and cluster state, and cancels jobs.  Backends: the Slurm command line (``slurm_
 
 from __future__ import annotations
 
-import signal as _signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from hpcenv.errors import HpcenvError, InvalidInput
+from hpcenv.errors import HpcenvError
 
 if TYPE_CHECKING:
     from hpcenv.scheduler.job_options import JobOptions
@@ -202,39 +201,6 @@ class Scheduler(Protocol):
 
     def nodes(self) -> list[NodeState]:
         ...
-
-
-# The signal names sbatch --signal and scancel --signal know (Slurm's sig_name2num table, checked
-# against sbatch 22.05); anything else they refuse only after the env was built.  Numbers of real
-# signals are accepted by both.
-SLURM_SIGNAL_NAMES = ("HUP", "INT", "QUIT", "ABRT", "KILL", "ALRM", "TERM", "USR1", "USR2", "URG",
-                      "CONT", "STOP", "TSTP", "TTIN", "TTOU", "XCPU")
-
-
-def signal_number(sig: str | int) -> int:
-    """``"TERM"``, ``"SIGTERM"``, ``"term"``, ``15`` -> 15; InvalidInput for anything else,
-    including names Slurm does not know (PIPE, WINCH, ...: give their number instead).  The one
-    validator of ``cancel --signal`` and ``submit --signal``."""
-    hint = f"use one of {', '.join(SLURM_SIGNAL_NAMES)} or a signal number"
-    if isinstance(sig, int) or (isinstance(sig, str) and sig.isdigit()):
-        number = int(sig)
-        try:
-            _signal.Signals(number)
-        except ValueError:
-            raise InvalidInput(f"unknown signal number {number}; {hint}") from None
-        return number
-    name = sig.upper().removeprefix("SIG")
-    if name not in SLURM_SIGNAL_NAMES:
-        raise InvalidInput(f"unknown signal {sig!r}; {hint}")
-    return int(_signal.Signals[f"SIG{name}"])
-
-
-def signal_name(sig: str | int) -> str:
-    """What Slurm and kill(1) accept: ``15`` or ``"SIGTERM"`` -> ``"TERM"``; a signal Slurm has
-    no name for stays a number (``13`` -> ``"13"``)."""
-    number = signal_number(sig)
-    name = _signal.Signals(number).name.removeprefix("SIG")
-    return name if name in SLURM_SIGNAL_NAMES else str(number)
 
 
 def expand_output_pattern(pattern: str, *, job_id: str, name: str, user: str | None = None,

@@ -42,10 +42,9 @@ from hpcenv.scheduler.base import (
     PartitionState,
     expand_output_pattern,
     is_finished,
-    signal_number,
 )
 from hpcenv.scheduler.job_options import JobOptions, from_script
-from hpcenv.scheduler.options import parse_time_limit, time_problem
+from hpcenv.scheduler.options import parse_time_limit, signal_number, time_problem
 
 NODE_NAME = "local"
 KILL_WAIT = 5.0          # default seconds between SIGTERM and SIGKILL, like Slurm's KillWait

@@ -26,10 +26,12 @@ What this module does about pyslurm 25.11.2's rough edges, found there:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -44,10 +46,13 @@ from hpcenv.scheduler.base import (
     PartitionState,
     SchedulerUnreachable,
     is_finished,
-    signal_number,
 )
 from hpcenv.scheduler.job_options import JobOptions, from_script, min_nodes
-from hpcenv.scheduler.options import parse_time_limit, signal_spec_problem
+from hpcenv.scheduler.options import (
+    parse_time_limit,
+    signal_number,
+    signal_spec_problem,
+)
 from hpcenv.scheduler.slurm_cli import REJECTION_HINTS, SlurmCLI, array_info
 
 _INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID in Slurm's slurm_errno.h
@@ -101,6 +106,20 @@ def _rejection(exc: Exception) -> HpcenvError:
     return HpcenvError(f"Slurm rejected the job: {message}")
 
 
+@contextlib.contextmanager
+def _libslurm_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null while libslurm runs (it writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _path(value: object) -> Path | None:
     return Path(str(value)) if value else None
 
@@ -120,8 +139,10 @@ def job_info(job: Any) -> JobInfo:
     reason = getattr(job, "state_reason", None)
     job_id = str(job.id)
     array_id, task = getattr(job, "array_id", None), getattr(job, "array_task_id", None)
-    if array_id and task is not None:
-        job_id = f"{array_id}_{task}"
+    if array_id and not getattr(job, "array_tasks_waiting", None):
+        # pyslurm 25.11 reads task id 0 as "not set" (None); only the record of an array's
+        # tasks still waiting (array_tasks_waiting "1-9") has no task id of its own.
+        job_id = f"{array_id}_{task or 0}"
     return JobInfo(
         job_id=job_id, name=str(getattr(job, "name", "") or ""), state=state,
         reason=reason if reason not in (None, "", "None") else None,
@@ -283,7 +304,10 @@ class PyslurmScheduler:
                 raise InvalidInput(f"cannot read job script {script_path}: {exc.strerror}") from None
         kw = description_fields(options, script=script_path, workdir=Path(workdir).absolute())
         try:
-            return str(ps.JobSubmitDescription(**kw).submit())
+            # libslurm also logs a refusal on stderr ("python: error: invalid partition ..."):
+            # hpcenv says it once, in its own words.
+            with _libslurm_stderr_silenced():
+                return str(ps.JobSubmitDescription(**kw).submit())
         except ps.RPCError as exc:
             raise _rejection(exc) from None
         except ValueError as exc:  # pyslurm's own validation of the options

@@ -45,9 +45,8 @@ from hpcenv.scheduler.base import (
     PartitionState,
     SchedulerUnreachable,
     is_finished,
-    signal_name,
 )
-from hpcenv.scheduler.options import parse_time_limit
+from hpcenv.scheduler.options import parse_time_limit, signal_name
 
 if TYPE_CHECKING:
     from hpcenv.scheduler.job_options import JobOptions
