@@ -117,3 +117,18 @@ def test_restart_wipes_state_and_down_stops_only_its_own(
     assert all(alive(p) for p in pids(slurm_cluster.root).values())  # the session's cluster
     assert run(["sinfo", "-h", "-o", "%P"], slurm_cluster.env).stdout.split() == [
         "cpu*", "gpu-a100", "gpu-v100", "gpu-h100"]
+
+
+def test_up_names_a_release_it_cannot_start(tmp_path: Path) -> None:
+    env = {**os.environ, "HPCENV_SLURM_ROOT": str(tmp_path / "c"), "HPCENV_SLURM_PORT": "7917"}
+    unknown = subprocess.run([str(CLUSTER_DIR / "up"), "--release", "24.11"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert unknown.stderr == "up: unknown release '24.11': use 22.05 (Debian's) or 25.11\n"
+    # Without the 25.11 build script: exit 3 and one line, which the fixture's skip repeats.
+    missing = subprocess.run([str(CLUSTER_DIR / "up"), "--release=25.11"], capture_output=True,
+                             text=True, timeout=60,
+                             env={**env, "HPCENV_SLURM_BUILD": str(tmp_path / "no-build")})
+    assert (missing.returncode, missing.stdout) == (3, "")
+    assert missing.stderr == (f"up: Slurm 25.11 unavailable: no build script at "
+                              f"{tmp_path / 'no-build'} (set HPCENV_SLURM_BUILD)\n")

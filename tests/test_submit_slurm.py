@@ -437,6 +437,9 @@ def test_probe_lands_by_feature_reports_its_backend_and_gets_its_argument(
     assert shown["argv"] == [hostile] and shown["gpus"] == "0"
     status = json.loads(_cli(site, slurm_cluster, tmp_path, "--json", "status", data["job_id"]).stdout)
     assert (status["state"], status["exit_code"]) == ("COMPLETED", 0)
+    check = _cli(site, slurm_cluster, tmp_path, "site", "check").stdout
+    assert f"backend {slurm_cluster.scheduler} (scheduler: {slurm_cluster.scheduler}); " \
+           f"sbatch at {slurm_cluster.bin_dir}/sbatch" in check
 
     running = json.loads(_cli(site, slurm_cluster, tmp_path, "--json", "submit", "--env", "cpu-env",
                               "--", "sleep", "120").stdout)["job_id"]

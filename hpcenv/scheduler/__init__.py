@@ -73,7 +73,11 @@ def select_scheduler(kind: str, **opts: Any) -> Selection:
     built_for = pyslurm_version()
     if built_for is None:
         return Selection(cli, "scheduler: slurm; pyslurm is not installed, so the Slurm CLI")
-    release = cli.version()
+    try:
+        release = cli.version()
+    except HpcenvError as exc:
+        return Selection(cli, f"scheduler: slurm; the Slurm release could not be read ({exc}), "
+                              "so the Slurm CLI")
     if not same_release(built_for, release):
         return Selection(cli, f"scheduler: slurm; pyslurm {built_for} does not match Slurm "
                               f"{release or '(unknown)'}, so the Slurm CLI")
