@@ -291,6 +291,9 @@ def _with_site_defaults(options: SubmitOptions, site: SiteConfig) -> SubmitOptio
             changes[f.name] = (*default, *options.extra_args)
         elif getattr(options, f.name) is None and default is not None:
             changes[f.name] = default
+    if options.cpus_per_gpu is not None:
+        # sbatch refuses --cpus-per-task beside --cpus-per-gpu: the user's choice wins.
+        changes.pop("cpus_per_task", None)
     return replace(options, **changes)
 
 
