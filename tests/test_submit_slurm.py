@@ -457,11 +457,14 @@ RANKS = ("import os, sys; print(os.environ['SLURM_PROCID'], os.environ['SLURMD_N
          "sys.prefix == os.environ['CONDA_PREFIX'], *sys.argv[1:])")
 
 
-def test_two_nodes_with_two_tasks_each_run_four_ranks(site: SiteConfig, tmp_path: Path) -> None:
-    result = submit(["python", "-c", RANKS, "x y"], env_name="cpu-env", site=site,
+@pytest.mark.parametrize("launcher", ["activate", "conda-run"])
+def test_two_nodes_with_two_tasks_each_run_four_ranks(site: SiteConfig, conda_site: SiteConfig,
+                                                      tmp_path: Path, launcher: str) -> None:
+    chosen = conda_site if launcher == "conda-run" else site
+    result = submit(["python", "-c", RANKS, "x y"], env_name="cpu-env", site=chosen,
                     options=SubmitOptions(workdir=tmp_path, nodes=2, ntasks_per_node=2))
-    assert 'hpcenv_cmd=(srun ' in result.script_text
-    info = wait_for(site_scheduler(site), result.job_id or "", first=0.2, most=1.0)
+    assert 'hpcenv_cmd=(srun ' in result.script_text and result.launcher == launcher
+    info = wait_for(site_scheduler(chosen), result.job_id or "", first=0.2, most=1.0)
     out = (tmp_path / f"slurm-{result.job_id}.out").read_text()
     assert info.state == "COMPLETED", out
     rows = sorted(line.split(" ", 3) for line in out.splitlines())

@@ -448,7 +448,7 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
                            gpu_required=True if record.gpu_required else None,
                            gpus=options.gpus_per_node_wanted, gpu_type=options.gpu_type,
                            partition=options.partition, nodes=min_nodes(options.nodes))
-    if dry_run:
+    if dry_run or scheduler is None:
         live, live_note = _dry_run_live_state(site, scheduler)
     else:
         live, live_note = _live_state(scheduler, site, say), None

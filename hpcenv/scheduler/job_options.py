@@ -301,9 +301,8 @@ def extra_arg(arg: str) -> str:
     return _ok("--sbatch-arg", arg, extra_arg_problem(arg))
 
 
-def _cli_type(f: Any) -> Callable[[str], Any] | None:
-    kind = str(f.type)
-    return int if kind.startswith("int") else None
+def _cli_type(f: Any) -> Callable[[str], Any]:
+    return int if str(f.type).startswith("int") else str
 
 
 def add_arguments(parser: argparse.ArgumentParser,
