@@ -70,7 +70,9 @@ def second_cluster(slurm_cluster: SlurmCluster) -> Iterator[dict[str, str]]:  # 
     """Another cluster beside the session's, on other ports and its own root.  Not under
     pytest's tmp_path: munged wants every parent of its socket world-searchable."""
     root = Path(tempfile.mkdtemp(prefix="hpcenv-slurm-test-", dir="/tmp"))
-    env = {**os.environ, "HPCENV_SLURM_ROOT": str(root), "HPCENV_SLURM_PORT": "7817",
+    # The 22.05 cluster's environment: its client tools first on PATH, whichever release's
+    # tests run around this one.
+    env = {**slurm_cluster.env, "HPCENV_SLURM_ROOT": str(root), "HPCENV_SLURM_PORT": "7817",
            "SLURM_CONF": str(root / "etc" / "slurm.conf")}
     try:
         yield env
