@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from hpcenv.errors import HpcenvError
-from hpcenv.scheduler import get_scheduler
+from hpcenv.scheduler import select_scheduler
 from hpcenv.site.config import SiteConfig, effective_channels
 from hpcenv.spec import drivers
 from hpcenv.store.locking import probe_lock_support
@@ -44,11 +44,11 @@ def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None
 
     Nothing is left behind: the only writes are the lock probe's temporary files
     (``hpcenv.store.locking.probe_lock_support``), one per envs dir, package cache and
-    registry.  With ``scheduler: slurm`` the partitions are compared with what Slurm reports
-    (``live``, else queried with sinfo).
-    ``umask`` is the one lab users build under (default: this process's).  Remote channels
-    are asked for ``noarch/repodata.json`` (a HEAD request, ``probe_timeout`` seconds each, in
-    parallel).
+    registry.  On a Slurm site it says which backend ``scheduler`` picks here, and the
+    partitions are compared with what Slurm reports (``live``, else asked through that
+    backend).  ``umask`` is the one lab users build under (default: this process's).  Remote
+    channels are asked for ``noarch/repodata.json`` (a HEAD request, ``probe_timeout`` seconds
+    each, in parallel).
     """
     checks: list[Check] = []
     for i, path in enumerate(site.envs_dirs):
@@ -61,19 +61,8 @@ def check_site(site: SiteConfig, *, live: Sequence[PartitionState] | None = None
     checks.extend(_channel_checks(site, probe_timeout))
     checks.extend(_partition_checks(site))
     checks.append(_conda_check(site))
-    if site.scheduler == "slurm":
-        import shutil
-
-        sbatch = shutil.which("sbatch")
-        checks.append(Check("scheduler", "pass", f"slurm: sbatch at {sbatch}") if sbatch else
-                      Check("scheduler", "warn", "slurm, but sbatch is not on PATH here: this "
-                            "host cannot submit (use --remote from a laptop)"))
-        if live is None and sbatch:
-            live, failure = _query_slurm()
-            if failure:
-                checks.append(failure)
-        if live is not None:
-            checks.extend(_live_partition_checks(site, live))
+    if site.scheduler != "local":
+        checks.extend(_scheduler_checks(site, live))
     if site.permissions.group is not None:
         checks.append(_group_check(site.permissions.group))
         checks.append(_shared_cache_check(site.pkgs_dirs[0], site.permissions.group,
@@ -206,9 +195,10 @@ def probe_channel(url: str, timeout: float = PROBE_TIMEOUT) -> Check:
 
 def _partition_checks(site: SiteConfig) -> list[Check]:
     if not site.partitions:
-        status: CheckStatus = "warn" if site.scheduler == "slurm" else "pass"
+        slurm = site.scheduler != "local"
+        status: CheckStatus = "warn" if slurm else "pass"
         return [Check("partitions", status, "none listed: jobs go to Slurm's default partition"
-                      if site.scheduler == "slurm" else "none listed (local scheduler)")]
+                      if slurm else "none listed (local scheduler)")]
     checks = []
     for p in site.partitions:
         if not p.is_gpu:
@@ -233,12 +223,36 @@ def _partition_checks(site: SiteConfig) -> list[Check]:
     return checks
 
 
-def _query_slurm() -> tuple[list[PartitionState] | None, Check | None]:
+def _scheduler_checks(site: SiteConfig, live: Sequence[PartitionState] | None) -> list[Check]:
+    """Which Slurm backend the site's ``scheduler`` picks here (and why), then the partitions
+    compared with what it reports (``live``, else asked through that backend)."""
+    import shutil
 
-    try:
-        return get_scheduler("slurm-cli", timeout=20.0).partitions(), None
-    except HpcenvError as exc:
-        return None, Check("slurm", "warn", f"cannot ask Slurm for its partitions: {exc}")
+    bin_dir = site.slurm.bin_dir
+    sbatch = str(bin_dir / "sbatch") if bin_dir and (bin_dir / "sbatch").is_file() else \
+        None if bin_dir else shutil.which("sbatch")
+    checks: list[Check] = []
+    selection = None
+    if sbatch is None:
+        where = f"in slurm.bin_dir {bin_dir}" if bin_dir else "on PATH"
+        checks.append(Check("scheduler", "warn", f"{site.scheduler}, but sbatch is not {where} "
+                            "here: this host cannot submit (use --remote from a laptop)"))
+    else:
+        try:
+            selection = select_scheduler(site.scheduler, state_dir=site.state_dir,
+                                         bin_dir=bin_dir, timeout=20.0)
+            checks.append(Check("scheduler", "pass", f"backend {selection.scheduler.kind} "
+                                f"({selection.why}); sbatch at {sbatch}"))
+        except HpcenvError as exc:
+            checks.append(Check("scheduler", "fail", str(exc)))
+    if live is None and selection is not None:
+        try:
+            live = selection.scheduler.partitions()
+        except HpcenvError as exc:
+            checks.append(Check("slurm", "warn", f"cannot ask Slurm for its partitions: {exc}"))
+    if live is not None:
+        checks.extend(_live_partition_checks(site, live))
+    return checks
 
 
 def _live_partition_checks(site: SiteConfig, live: Sequence[PartitionState]) -> list[Check]:

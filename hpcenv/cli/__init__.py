@@ -12,6 +12,7 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from hpcenv import __version__
 from hpcenv.cli.argtypes import check_sync_options
@@ -20,7 +21,13 @@ from hpcenv.errors import HpcenvError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors that say where to look for help."""
+    """argparse with one-line errors that say where to look for help, and no abbreviations:
+    ``--ntasks 4`` must not quietly become ``--ntasks-per-node 4``, nor ``--mem`` something
+    else once options are added."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         line = f"{message} (see '{self.prog} --help')"

@@ -16,7 +16,6 @@ from hpcenv.text_table import text_table
 
 if TYPE_CHECKING:
     from hpcenv.scheduler.base import JobInfo, Scheduler
-    from hpcenv.site.config import SiteConfig
 
 SUBMIT_USAGE = ("hpcenv submit SCRIPT [ARGS...] --env NAME [options] [-- MORE ARGS...]\n"
                 "       hpcenv submit --env NAME [options] -- CMD [ARGS...]")
@@ -70,32 +69,18 @@ def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     p.add_argument("--env", metavar="NAME", help="registered env to run in")
     p.add_argument("--env-file", metavar="FILE", type=local_file, help="environment file: build (or reuse) the env "
                    "from it first; NAME defaults to its name:")
-    r = p.add_argument_group("resources (as sbatch; defaults from the site config)")
-    r.add_argument("--gpus", type=int, metavar="N", help="GPUs per node (default: 1 for a CUDA env, "
-                   "0 otherwise; --gpus 0 runs a CUDA env on a CPU partition)")
-    r.add_argument("--gpu-type", metavar="T", help="GPU type, e.g. a100 (restricts partitions)")
-    r.add_argument("--partition", "-p", metavar="P|auto", help="partition (default auto: by CUDA)")
-    r.add_argument("--time", "-t", metavar="TIME", help="time limit: MIN, HH:MM:SS, D-HH:MM:SS")
-    r.add_argument("--mem", metavar="SIZE", help="memory per node, e.g. 16G")
-    r.add_argument("--cpus-per-task", "-c", type=int, metavar="N")
-    r.add_argument("--nodes", "-N", type=int, metavar="N")
-    r.add_argument("--ntasks-per-node", type=int, metavar="N")
-    r.add_argument("--account", "-A", metavar="ACCOUNT")
-    r.add_argument("--qos", metavar="QOS")
-    r.add_argument("--array", metavar="SPEC", help="job array, e.g. 0-9 or 0-99%%10")
-    r.add_argument("--dependency", "-d", metavar="SPEC", help="e.g. afterok:1234")
-    r.add_argument("--job-name", "-J", metavar="NAME", help="default: the script's name")
-    r.add_argument("--output", "-o", metavar="PATTERN", help="stdout file (default slurm-%%j.out "
-                   "in the working directory)")
-    r.add_argument("--error", "-e", metavar="PATTERN", help="stderr file (default: with stdout)")
-    r.add_argument("--signal", metavar="SIG[@SECS]", help="send SIG to the program SECS before the "
-                   "time limit (e.g. USR1@120), delivered through the batch shell")
-    r.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                   help="extra sbatch option, repeatable (e.g. --sbatch-arg=--exclusive)")
-    r.add_argument("--launcher", choices=("conda-run", "activate"),
+    # The Slurm options come from the one table (hpcenv.scheduler.job_options), spelled as
+    # sbatch spells them.
+    from hpcenv.scheduler.job_options import add_arguments
+
+    add_arguments(p, {"resources": "resources (as sbatch; defaults from the site config)",
+                      "job": "job (as sbatch)"})
+    p.add_argument("--launcher", choices=("conda-run", "activate"),
                    help="override the site's launcher")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the job script, partition and reason; submit (and build) nothing")
+                   help="print the job script, partition and reason; submit (and build) "
+                        "nothing; works without a controller (then routing uses the site "
+                        "config alone, and says so)")
     p.add_argument("--wait", action="store_true",
                    help="wait for the job to end and exit with its exit code")
     add_sync_options(p)
@@ -134,20 +119,19 @@ def _split_at_double_dash(parser: argparse.ArgumentParser) -> None:
 
 def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.jobs.submit import SubmitOptions, submit
+    from hpcenv.scheduler.job_options import from_namespace
 
     if args.script is None and not args.program_cmd:
         raise InvalidInput(f"nothing to run; usage: {SUBMIT_USAGE.splitlines()[0]}")
     options = SubmitOptions(
-        gpus=args.gpus, gpu_type=args.gpu_type, partition=args.partition, time=args.time,
-        mem=args.mem, cpus_per_task=args.cpus_per_task, nodes=args.nodes,
-        ntasks_per_node=args.ntasks_per_node, account=args.account, qos=args.qos,
-        array=args.array, dependency=args.dependency, job_name=args.job_name, output=args.output,
-        error=args.error, signal=args.signal, sbatch_args=tuple(args.sbatch_arg),
-        env_file=Path(args.env_file) if args.env_file else None, launcher=args.launcher)
+        **from_namespace(args), env_file=Path(args.env_file) if args.env_file else None,
+        launcher=args.launcher)
     target = args.script if args.script is not None else args.program_cmd
     site = ctx.site()
+    # A dry run asks no controller, so it picks no backend (see jobs.submit.submit).
+    scheduler = None if args.dry_run and site.scheduler != "local" else _scheduler(ctx)
     result = submit(target, args.program_args, env_name=args.env, site=site, options=options,
-                    dry_run=args.dry_run, progress=ctx.info)
+                    scheduler=scheduler, dry_run=args.dry_run, progress=ctx.info)
     for warning in result.warnings:
         ctx.warn(warning)
     if args.dry_run:
@@ -155,7 +139,8 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
         data["script_text"] = result.script_text
         ctx.emit(data, _dry_run_text)
         return 0
-    wait = (lambda: _wait(result.job_id or "", ctx, site)) if args.wait else None
+    wait = (lambda: _wait(result.job_id or "", ctx, scheduler or _scheduler(ctx))) \
+        if args.wait else None
     return report_submission(result.to_dict(), ctx, wait,
                              outputs=lambda _info: _output_paths(ctx, result.job_id or ""))
 
@@ -192,6 +177,10 @@ def _no_partition(d: dict[str, Any]) -> str:
     return "none (the local executor has none)" if is_local(d) else "the cluster's default"
 
 
+def _live_text(d: dict[str, Any]) -> str:
+    return f"# live:      {d['live_note']}\n" if d.get("live_note") else ""
+
+
 def _dry_run_text(d: dict[str, Any]) -> str:
     return (f"{d['script_text']}"
             f"# --- dry run: nothing submitted ---\n"
@@ -200,21 +189,25 @@ def _dry_run_text(d: dict[str, Any]) -> str:
             f"# reason:    {d['reason']}\n"
             f"# env:       {d['env']} v{d['env_version']} at {d['prefix']}\n"
             f"# launcher:  {_launcher_text(d)}\n"
+            f"# scheduler: {d['scheduler']}\n"
+            f"{_live_text(d)}"
             f"# script:    {d['script']}")
 
 
-def _wait(job_id: str, ctx: Context, site: SiteConfig) -> JobInfo:
+def _wait(job_id: str, ctx: Context, scheduler: Scheduler) -> JobInfo:
     from hpcenv.jobs.control import live_status, wait_for
-    from hpcenv.jobs.submit import site_scheduler
 
     with live_status(sys.stderr, enabled=ctx.verbosity >= 0) as show:
-        return wait_for(site_scheduler(site), job_id, on_poll=show, on_outage=ctx.info)
+        return wait_for(scheduler, job_id, on_poll=show, on_outage=ctx.info)
 
 
 def _scheduler(ctx: Context) -> Scheduler:
-    from hpcenv.jobs.submit import site_scheduler
+    """The site's backend; -v says which one and why."""
+    from hpcenv.jobs.submit import site_selection
 
-    return site_scheduler(ctx.site())
+    selection = site_selection(ctx.site())
+    ctx.debug(f"hpcenv: scheduler backend {selection.scheduler.kind} ({selection.why})")
+    return selection.scheduler
 
 
 def jobs_handler(args: argparse.Namespace, ctx: Context) -> int:

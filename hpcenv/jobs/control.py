@@ -26,8 +26,8 @@ from hpcenv.scheduler.base import (
     Scheduler,
     SchedulerUnreachable,
     expand_output_pattern,
-    signal_number,
 )
+from hpcenv.scheduler.options import signal_number
 
 # Polling for --wait and logs -f: quick at first (short jobs end in about a second on an idle
 # cluster), then backing off so a day-long job costs a query every POLL_MAX seconds.
@@ -45,7 +45,7 @@ class SubmissionRecord:
     """What hpcenv submitted: the env, the routing decision and where the output goes."""
 
     job_id: str
-    scheduler: str                   # job_namespace(): slurm or local
+    scheduler: str                   # job_namespace(): slurm or local (whose job ids)
     env: str
     env_version: int | None
     prefix: str
@@ -62,6 +62,8 @@ class SubmissionRecord:
     launcher: str = "activate"
     submitted: float = 0.0           # Unix time
     user: str | None = None
+    backend: str | None = None       # the Scheduler.kind that submitted it: slurm-cli, pyslurm, local
+    options: dict[str, Any] = field(default_factory=dict)  # JobOptions.to_dict() as rendered
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

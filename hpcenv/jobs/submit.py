@@ -25,7 +25,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,14 +38,14 @@ from hpcenv.jobs.routing import RouteRequest, RoutingDecision, route
 from hpcenv.jobs.templates import (
     JobScript,
     Launcher,
-    SbatchOptions,
     job_name_from,
     render_job_script,
-    sbatch_lines,
 )
-from hpcenv.scheduler import get_scheduler
-from hpcenv.scheduler.base import SchedulerUnreachable
+from hpcenv.scheduler import Selection, select_scheduler
+from hpcenv.scheduler.base import SLURM_CAPABILITIES, Capabilities, SchedulerUnreachable
+from hpcenv.scheduler.job_options import JobOptions, job_fields, min_nodes, sbatch_lines
 from hpcenv.scheduler.options import name_problem
+from hpcenv.scheduler.slurm_cli import SlurmCLI
 from hpcenv.spec.environment import load_spec
 from hpcenv.spec.names import EnvName
 from hpcenv.store import store_for
@@ -61,26 +61,11 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class SubmitOptions:
-    """``hpcenv submit``'s options; None means the site default (or Slurm's)."""
+class SubmitOptions(JobOptions):
+    """``hpcenv submit``'s options: the job's Slurm options (the table in
+    :mod:`hpcenv.scheduler.job_options`; None means the site default, or Slurm's) plus what only
+    hpcenv uses."""
 
-    gpus: int | None = None
-    gpu_type: str | None = None
-    partition: str | None = None          # None or "auto": routed
-    time: str | None = None
-    mem: str | None = None
-    cpus_per_task: int | None = None
-    nodes: int | None = None
-    ntasks_per_node: int | None = None
-    account: str | None = None
-    qos: str | None = None
-    array: str | None = None
-    dependency: str | None = None
-    job_name: str | None = None
-    output: str | None = None
-    error: str | None = None
-    signal: str | None = None             # e.g. "USR1@120": sent to the program before the limit
-    sbatch_args: tuple[str, ...] = ()
     env_file: Path | None = None
     workdir: Path | None = None           # default: the current directory
     launcher: Launcher | None = None      # default: the site's (auto: conda-run if conda exists)
@@ -104,6 +89,9 @@ class SubmitResult:
     routing: RoutingDecision | None = field(repr=False, default=None)
     dry_run: bool = False
     warnings: tuple[str, ...] = ()        # e.g. options the local executor ignores
+    options: JobOptions = field(repr=False, default=JobOptions())  # as rendered
+    live_state: bool = False              # routing saw the scheduler's node state
+    live_note: str | None = None          # why it did not (a dry run without an answer)
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "partition": self.partition, "constraint": self.constraint,
@@ -111,7 +99,9 @@ class SubmitResult:
                 "script": str(self.script), "reason": self.reason, "gpus": self.gpus,
                 "launcher": self.launcher, "scheduler": self.scheduler,
                 "env_status": self.env_status, "dry_run": self.dry_run,
+                "live_state": self.live_state, "live_note": self.live_note,
                 "warnings": list(self.warnings),
+                "options": self.options.to_dict(),
                 "routing": self.routing.to_dict() if self.routing else None}
 
 
@@ -241,14 +231,42 @@ def _conda_available(conda_exe: str) -> bool:
     return shutil.which(conda_exe) is not None
 
 
-def site_scheduler(site: SiteConfig) -> Scheduler:
+def site_selection(site: SiteConfig) -> Selection:
+    """The site's scheduler backend and why it was chosen (``scheduler: slurm`` picks pyslurm
+    or the CLI by the installed pyslurm and the cluster's release)."""
+    return select_scheduler(site.scheduler, state_dir=site.state_dir,
+                            bin_dir=site.slurm.bin_dir)
 
-    return get_scheduler(site.scheduler, state_dir=site.state_dir)
+
+def site_scheduler(site: SiteConfig) -> Scheduler:
+    return site_selection(site).scheduler
+
+
+# A dry run asks the controller for node state only this long: it must work (quickly) where no
+# controller answers, e.g. before the cluster is up or on a machine with client tools only.
+DRY_RUN_QUERY_TIMEOUT = 5.0
+
+
+def _dry_run_live_state(site: SiteConfig, scheduler: Scheduler | None
+                        ) -> tuple[list[PartitionState] | None, str | None]:
+    """Node state for a dry run's routing when a controller answers at once, else None and why
+    not.  Asked through the Slurm command line (read-only, bounded by a timeout), whichever
+    backend would submit: importing pyslurm where no Slurm is configured ends the process."""
+    if scheduler is not None and not scheduler.capabilities.partitions:
+        return None, None
+    if not site.partitions:
+        return None, None
+    reader = scheduler if scheduler is not None else SlurmCLI(
+        timeout=DRY_RUN_QUERY_TIMEOUT, bin_dir=site.slurm.bin_dir)
+    try:
+        return reader.partitions(), None
+    except HpcenvError as exc:
+        return None, f"not consulted (dry run, no answer from Slurm: {exc}); routed on the site config alone"
 
 
 def _live_state(scheduler: Scheduler, site: SiteConfig, say: Progress) -> list[PartitionState] | None:
-    # The local executor's single "local" partition says nothing about the site's partitions.
-    if scheduler.kind == "local" or not site.partitions:
+    # A backend without real partitions (the local executor) says nothing about the site's.
+    if not scheduler.capabilities.partitions or not site.partitions:
         return None
     try:
         return scheduler.partitions()
@@ -262,50 +280,92 @@ def _live_state(scheduler: Scheduler, site: SiteConfig, say: Progress) -> list[P
 # --- submit -----------------------------------------------------------------------------------------
 
 def _with_site_defaults(options: SubmitOptions, site: SiteConfig) -> SubmitOptions:
-    d = site.slurm
-    return replace(
-        options,
-        account=options.account or d.account, qos=options.qos or d.qos,
-        time=options.time or d.time, mem=options.mem or d.mem,
-        cpus_per_task=options.cpus_per_task if options.cpus_per_task is not None else d.cpus_per_task,
-        sbatch_args=(*d.extra_args, *options.sbatch_args),
-    )
+    """The site's ``slurm:`` defaults for every option the user left unset (``extra_args``:
+    the site's first, then the user's)."""
+    table = {f.name for f in job_fields()}
+    changes: dict[str, Any] = {}
+    for f in fields(site.slurm):
+        if f.name not in table:
+            continue
+        default = getattr(site.slurm, f.name)
+        if f.name == "extra_args":
+            changes[f.name] = (*default, *options.extra_args)
+        elif getattr(options, f.name) is None and default is not None:
+            changes[f.name] = default
+    if options.cpus_per_gpu is not None:
+        # sbatch refuses --cpus-per-task beside --cpus-per-gpu: the user's choice wins.
+        changes.pop("cpus_per_task", None)
+    return replace(options, **changes)
 
 
-def _local_executor_warnings(options: SubmitOptions, site: SiteConfig) -> tuple[str, ...]:
-    """What the local executor cannot honour.  Every job runs on this machine, so a partition
-    the site config does not list is refused as on Slurm (where ``sinfo`` would refuse it);
-    the rest is accepted, so the same command works on the cluster, but said once."""
+def _unsupported(options: SubmitOptions, site: SiteConfig,
+                 caps: Capabilities) -> tuple[SubmitOptions, tuple[str, ...]]:
+    """What the backend cannot honour, dropped from the options and said once.  Every job of
+    a backend without partitions runs on one machine, so a partition the site config does not
+    list is refused as on Slurm (where ``sinfo`` would refuse it); the rest is accepted, so the
+    same command works on the cluster."""
     partition = options.partition if options.partition not in (None, "", "auto") else None
-    if partition is not None and not site.partitions and partition != "local":
+    if not caps.partitions and partition is not None and not site.partitions:
         where = f" ({site.source})" if site.source else ""
         raise InvalidInput(f"--partition {partition}: the local executor has no partitions and "
                            f"the site config{where} lists none; drop --partition")
     ignored: dict[str, str] = {}
-    if partition is not None and site.partitions:
+    drop: dict[str, Any] = {}
+    if not caps.partitions and partition is not None and site.partitions:
         ignored[f"--partition {partition}"] = "partitions"
-    if options.gpus:
-        ignored[f"--gpus {options.gpus}"] = "GPU allocation"
-    if options.gpu_type:
-        ignored[f"--gpu-type {options.gpu_type}"] = "GPU allocation"
-    if options.nodes is not None and options.nodes > 1:
-        ignored[f"--nodes {options.nodes}"] = "multi-node jobs"
-    if options.signal:
+    if not caps.gpus:
+        for flag, value in (("--gpus", options.gpus), ("--gpus-per-node", options.gpus_per_node),
+                            ("--gpu-type", options.gpu_type)):
+            if value:
+                ignored[f"{flag} {value}"] = "GPU allocation"
+    if not caps.multi_node:
+        if min_nodes(options.nodes) > 1:
+            ignored[f"--nodes {options.nodes}"] = "multi-node jobs"
+        for flag, value in (("--ntasks", options.ntasks),
+                            ("--ntasks-per-node", options.ntasks_per_node)):
+            if value is not None and value > 1:
+                ignored[f"{flag} {value}"] = "multi-task jobs (srun)"
+        # No srun there: the program runs once, in the batch shell.
+        drop.update(nodes=None, ntasks=None, ntasks_per_node=None)
+    if not caps.time_limit_signals and options.signal:
         ignored[f"--signal {options.signal}"] = "signals before the time limit"
+    options = replace(options, **drop)
     if not ignored:
-        return ()
+        return options, ()
     lacks = " or ".join(dict.fromkeys(ignored.values()))
-    return (f"the local executor runs every job on this machine and has no {lacks}: "
-            f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored",)
+    return options, (f"the local executor runs every job on this machine and has no {lacks}: "
+                     f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored",)
 
 
 def _check_gpu_options(options: SubmitOptions) -> None:
     """What ``sbatch_lines`` cannot check before routing decided the GPUs."""
-    if options.gpus is not None and options.gpus < 0:
-        raise InvalidInput(f"--gpus {options.gpus}: must be 0 or more (0 runs the job without "
-                           "GPUs, even in a CUDA env)")
+    for flag, value in (("--gpus", options.gpus), ("--gpus-per-node", options.gpus_per_node)):
+        if value is not None and value < 0:
+            raise InvalidInput(f"{flag} {value}: must be 0 or more (0 runs the job without "
+                               "GPUs, even in a CUDA env)")
+    if options.gpus is not None and options.gpus_per_node is not None:
+        raise InvalidInput(f"--gpus {options.gpus} and --gpus-per-node {options.gpus_per_node}: "
+                           "give one (--gpus counts the whole job's GPUs, --gpus-per-node each "
+                           "node's)")
     if options.gpu_type is not None and (problem := name_problem(options.gpu_type, "a GPU type")):
         raise InvalidInput(f"--gpu-type {options.gpu_type!r}: {problem}")
+
+
+def _routed(options: SubmitOptions, decision: RoutingDecision) -> SubmitOptions:
+    """The options with routing's partition, node features and GPUs: the user's ``--gpus``
+    (whole job) stays a job total, anything else becomes GPUs per node."""
+    constraint = decision.constraint
+    if options.constraint and constraint:
+        constraint = f"{options.constraint}&({constraint})" if "|" in constraint else \
+            f"{options.constraint}&{constraint}"
+    elif options.constraint:
+        constraint = options.constraint
+    if options.gpus is not None and options.gpus > 0 and decision.gpus > 0:
+        gpus: dict[str, Any] = {"gpus": options.gpus, "gpus_per_node": None}
+    else:
+        gpus = {"gpus": None, "gpus_per_node": decision.gpus or None}
+    return replace(options, partition=decision.partition, constraint=constraint,
+                   gpu_type=decision.gpu_type, **gpus)
 
 
 def _make_log_dirs(workdir: Path, patterns: Sequence[tuple[str, str | None]],
@@ -354,7 +414,8 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
            progress: Progress | None = None) -> SubmitResult:
     """Submit ``script_or_cmd`` (a script path, or a command as a list of words) to run in env
     ``env_name``; see the module doc for the steps.  ``dry_run`` renders and keeps the script but
-    submits nothing (and builds nothing)."""
+    submits nothing and builds nothing; it routes with live node state only when a controller
+    answers within DRY_RUN_QUERY_TIMEOUT, else on the site config alone (and says so)."""
     say = progress or (lambda _m: None)
     program = resolve_program(script_or_cmd, args)
     options = _with_site_defaults(options, site)
@@ -363,17 +424,17 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
         raise InvalidInput(f"--workdir {workdir}: no such directory")
     job_name = options.job_name or job_name_from(program.args, program.script)
     output = options.output or str(workdir / ("slurm-%A_%a.out" if options.array else "slurm-%j.out"))
-    sbatch = SbatchOptions(
-        job_name=job_name, time=options.time, mem=options.mem,
-        cpus_per_task=options.cpus_per_task,
-        nodes=str(options.nodes) if options.nodes is not None else None,
-        ntasks_per_node=options.ntasks_per_node, account=options.account, qos=options.qos,
-        array=options.array, dependency=options.dependency, output=output, error=options.error,
-        signal=options.signal, extra_args=options.sbatch_args)
-    sbatch_lines(sbatch)  # bad options fail now, not after a long env build
+    nodes = str(options.nodes) if options.nodes is not None else None
+    options = replace(options, job_name=job_name, output=output, nodes=nodes)
     _check_gpu_options(options)
-    scheduler = scheduler or site_scheduler(site)
-    warnings = _local_executor_warnings(options, site) if scheduler.kind == "local" else ()
+    sbatch_lines(options)  # bad options fail now, not after a long env build
+    if scheduler is None and not (dry_run and site.scheduler != "local"):
+        scheduler = site_scheduler(site)
+    # A dry run on a Slurm site picks no backend (pyslurm would need a configured Slurm to
+    # import): Slurm's capabilities are the same whichever of the two would submit.
+    caps = scheduler.capabilities if scheduler is not None else SLURM_CAPABILITIES
+    kind = scheduler.kind if scheduler is not None else site.scheduler
+    options, warnings = _unsupported(options, site, caps)
     launcher = choose_launcher(site, options.launcher)
     search = [program.script.parent, workdir] if program.script else [workdir]
     env_file = options.env_file.expanduser().resolve() if options.env_file else None
@@ -386,17 +447,19 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     # decides, as for records written before the field existed.
     request = RouteRequest(cuda=record.cuda,
                            gpu_required=True if record.gpu_required else None,
-                           gpus=options.gpus, gpu_type=options.gpu_type,
-                           partition=options.partition, nodes=options.nodes or 1)
-    decision = route(request, site.partitions, compat=site.cuda_compat,
-                     live=_live_state(scheduler, site, say))
+                           gpus=options.gpus_per_node_wanted, gpu_type=options.gpu_type,
+                           partition=options.partition, nodes=min_nodes(options.nodes))
+    if dry_run or scheduler is None:
+        live, live_note = _dry_run_live_state(site, scheduler)
+    else:
+        live, live_note = _live_state(scheduler, site, say), None
+    decision = route(request, site.partitions, compat=site.cuda_compat, live=live)
+    options = _routed(options, decision)
 
-    sbatch = replace(sbatch, partition=decision.partition, constraint=decision.constraint,
-                     gpus=decision.gpus, gpu_type=decision.gpu_type)
     activation = ""
     if launcher == "activate":
         activation = activation_script(prefix, name=record.name)
-    job = JobScript(options=sbatch, launcher=launcher, command=program.argv(prefix), prefix=prefix,
+    job = JobScript(options=options, launcher=launcher, command=program.argv(prefix), prefix=prefix,
                     env_name=record.name, env_version=str(record.version),
                     conda_exe=site.conda_exe, activation=activation)
     text = render_job_script(job, templates_dir=site.templates_dir)
@@ -404,18 +467,20 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     script = _job_dir(site, job_name) / "job.sh"
     script.write_text(text)
     result = SubmitResult(
-        job_id=None, partition=decision.partition, constraint=decision.constraint,
+        job_id=None, partition=decision.partition, constraint=options.constraint,
         env=record.name, env_version=record.version, prefix=str(prefix), script=script,
-        reason=decision.reason, gpus=decision.gpus, launcher=launcher, scheduler=scheduler.kind,
+        reason=decision.reason, gpus=decision.gpus, launcher=launcher, scheduler=kind,
         env_status=env_status, script_text=text, routing=decision, dry_run=dry_run,
-        warnings=warnings)
-    if dry_run:
+        warnings=warnings, options=JobOptions(**{f.name: getattr(options, f.name)
+                                                 for f in job_fields()}),
+        live_state=live is not None, live_note=live_note)
+    if dry_run or scheduler is None:
         return result
 
     created: list[Path] = []
     try:
         _make_log_dirs(workdir, (("--output", output), ("--error", options.error)), created)
-        job_id = scheduler.submit(script, workdir=workdir)
+        job_id = scheduler.submit(script, workdir=workdir, options=result.options)
     except BaseException:
         # Nothing of a refused job stays: neither its job dir nor log dirs made for it.
         shutil.rmtree(script.parent, ignore_errors=True)
@@ -425,8 +490,9 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
         raise
     save_submission(site.state_dir, SubmissionRecord(
         job_id=job_id, scheduler=job_namespace(scheduler), env=record.name, env_version=record.version,
-        prefix=str(prefix), partition=decision.partition, constraint=decision.constraint,
+        prefix=str(prefix), partition=decision.partition, constraint=options.constraint,
         gpus=decision.gpus, reason=decision.reason, script=str(script), workdir=str(workdir),
         job_name=job_name, output=output, error=options.error, command=list(job.command),
-        launcher=launcher, submitted=time.time(), user=current_user()))
+        launcher=launcher, submitted=time.time(), user=current_user(),
+        backend=scheduler.kind, options=result.options.to_dict()))
     return replace(result, job_id=job_id)

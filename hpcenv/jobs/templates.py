@@ -1,5 +1,10 @@
 """Job scripts from Jinja2 templates: the ``#SBATCH`` header, then the launcher.
 
+The header comes from :func:`hpcenv.scheduler.job_options.sbatch_lines` (the option table).  A
+job of several tasks or nodes runs its program under ``srun`` (once per task, the activated
+environment inherited); a single-task job runs it directly in the batch shell.  Output is opened
+with ``--open-mode=append``, so a requeued job's log keeps every run.
+
 Nothing a user typed reaches the script unchecked.  ``#SBATCH`` values are validated here (Slurm
 parses those lines itself, so quoting would not help: a newline or a space would start a new
 option); program arguments are shell-quoted with :func:`shlex.quote` by the templates' ``quote``
@@ -37,16 +42,7 @@ from typing import Any, Literal
 from hpcenv import __version__
 from hpcenv.errors import InvalidInput
 from hpcenv.resources import data_dir
-from hpcenv.scheduler.options import (
-    NAME,
-    TOKEN,
-    control_problem,
-    extra_arg_problem,
-    mem_problem,
-    name_problem,
-    signal_spec_problem,
-    time_problem,
-)
+from hpcenv.scheduler.job_options import JobOptions, min_nodes, sbatch_lines
 
 Launcher = Literal["conda-run", "activate"]
 
@@ -56,42 +52,11 @@ TEMPLATE_NAME = "job.sh.j2"
 # is sent by Slurm itself to every process before TERM, forwarding it would be redundant.
 FORWARDED_SIGNALS = ("TERM", "INT", "HUP", "USR1", "USR2")
 
-_NODES = re.compile(r"^\d+(?:-\d+)?$")
-_ARRAY = re.compile(r"^[0-9][0-9,\-:]*(?:%\d+)?$")
-_DEPENDENCY = re.compile(r"^[A-Za-z_]+(?::[0-9_+:*]+)?(?:[,?][A-Za-z_]+(?::[0-9_+:*]+)?)*$")
-_JOB_NAME = re.compile(r"^[A-Za-z0-9_.+@:,-]{1,128}$")
-_PARTITIONS = re.compile(r"^[A-Za-z0-9_.-]+(?:,[A-Za-z0-9_.-]+)*$")
-
-
-@dataclass(frozen=True)
-class SbatchOptions:
-    """The ``#SBATCH`` options of one job, as the user and the router gave them."""
-
-    job_name: str
-    partition: str | None = None
-    constraint: str | None = None
-    gpus: int = 0                       # per node, as --gres=gpu[:type]:N
-    gpu_type: str | None = None
-    time: str | None = None
-    mem: str | None = None
-    cpus_per_task: int | None = None
-    nodes: str | None = None            # "2" or "1-4"
-    ntasks_per_node: int | None = None
-    account: str | None = None
-    qos: str | None = None
-    array: str | None = None
-    dependency: str | None = None
-    output: str | None = None
-    error: str | None = None
-    signal: str | None = None           # "USR1@120" -> --signal=B:USR1@120 (the batch shell)
-    extra_args: tuple[str, ...] = ()
-
-
 @dataclass(frozen=True)
 class JobScript:
     """Everything a template needs to render one job script."""
 
-    options: SbatchOptions
+    options: JobOptions
     launcher: Launcher
     command: tuple[str, ...]            # the program's argv, verbatim
     prefix: Path
@@ -101,104 +66,12 @@ class JobScript:
     activation: str = ""                # bash text for the activate launcher
     forwarded_signals: tuple[str, ...] = field(default=FORWARDED_SIGNALS)
 
-
-def _check(flag: str, value: str, pattern: re.Pattern[str], expected: str) -> str:
-    problem = control_problem(value) or (None if pattern.match(value) else expected)
-    return _ok(flag, value, problem)
-
-
-def _ok(flag: str, value: str, problem: str | None) -> str:
-    if problem is not None:
-        raise InvalidInput(f"{flag} {value!r}: {problem}")
-    return value
-
-
-def _positive(flag: str, value: int) -> str:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput(f"{flag} {value!r}: must be a whole number of at least 1")
-    return str(value)
-
-
-def _nodes_problem(value: str) -> str | None:
-    """``N`` or ``MIN-MAX``, each at least 1 (Slurm reads ``--nodes=0`` as "no nodes")."""
-    if control_problem(value) is not None or not _NODES.match(value):
-        return "use N or MIN-MAX, e.g. 2 or 2-4"
-    low, _, high = value.partition("-")
-    if int(low) < 1 or (high and int(high) < int(low)):
-        return "a job needs at least 1 node: use N or MIN-MAX with 1 <= MIN <= MAX"
-    return None
-
-
-def _path_value(flag: str, value: str) -> str:
-    return _check(flag, value, TOKEN, "paths in Slurm options may not contain spaces, quotes, "
-                  "'$', '`', ';', '#' or backslashes; pick a simpler path")
-
-
-def sbatch_signal(value: str) -> str:
-    """``USR1@120`` -> ``B:USR1@120``: hpcenv's programs run in the batch step (no srun), and
-    Slurm only signals the batch shell when asked with ``B:``."""
-    _ok("--signal", value, signal_spec_problem(value))
-    return value if ":" in value else f"B:{value}"
-
-
-def sbatch_lines(opts: SbatchOptions) -> list[str]:
-    """Validated ``--option=value`` strings for the ``#SBATCH`` header, in a stable order."""
-    lines = [f"--job-name={check_job_name(opts.job_name)}"]
-    if opts.partition:
-        lines.append(f"--partition={_check('--partition', opts.partition, _PARTITIONS, 'not a partition name')}")
-    if opts.constraint:
-        lines.append(f"--constraint={_check('--constraint', opts.constraint, TOKEN, 'not a Slurm feature expression')}")
-    if opts.gpus:
-        count = _positive("--gpus", opts.gpus)
-        if opts.gpu_type:
-            _check("--gpu-type", opts.gpu_type, NAME, "use the GPU type name from the site config")
-            lines.append(f"--gres=gpu:{opts.gpu_type}:{count}")
-        else:
-            lines.append(f"--gres=gpu:{count}")
-    if opts.time:
-        lines.append(f"--time={_ok('--time', opts.time, time_problem(opts.time))}")
-    if opts.mem:
-        lines.append(f"--mem={_ok('--mem', opts.mem, mem_problem(opts.mem))}")
-    if opts.cpus_per_task is not None:
-        lines.append(f"--cpus-per-task={_positive('--cpus-per-task', opts.cpus_per_task)}")
-    if opts.nodes is not None:
-        lines.append(f"--nodes={_ok('--nodes', str(opts.nodes), _nodes_problem(str(opts.nodes)))}")
-    if opts.ntasks_per_node is not None:
-        lines.append(f"--ntasks-per-node={_positive('--ntasks-per-node', opts.ntasks_per_node)}")
-    if opts.account:
-        lines.append(f"--account={_ok('--account', opts.account, name_problem(opts.account, 'an account name'))}")
-    if opts.qos:
-        lines.append(f"--qos={_ok('--qos', opts.qos, name_problem(opts.qos, 'a QOS name'))}")
-    if opts.array:
-        lines.append(f"--array={_check('--array', opts.array, _ARRAY, 'use e.g. 0-9, 1,3,5 or 0-99%10')}")
-    if opts.dependency:
-        lines.append(f"--dependency={_check('--dependency', opts.dependency, _DEPENDENCY, 'use e.g. afterok:123 or afterany:1:2')}")
-    if opts.output:
-        lines.append(f"--output={_path_value('--output', opts.output)}")
-    if opts.error:
-        lines.append(f"--error={_path_value('--error', opts.error)}")
-    if opts.signal:
-        lines.append(f"--signal={sbatch_signal(opts.signal)}")
-    for arg in opts.extra_args:
-        lines.append(extra_arg(arg))
-    return lines
-
-
-def check_job_name(name: str) -> str:
-    """A job name Slurm keeps intact.  Spaces are refused rather than replaced: the job would
-    be listed under a name the user never typed, and a space garbles the job's record in the
-    job completion log (``sacct -c``), so its status is lost once it leaves the queue."""
-    safe = re.sub(r"[^A-Za-z0-9_.+@:,-]", "_", name)[:128]
-    hint = f"; e.g. --job-name {safe}" if safe.strip("_") else ""
-    if " " in name:
-        return _check("--job-name", name, _JOB_NAME,
-                      f"spaces are not allowed (Slurm's job completion log cannot record them){hint}")
-    return _check("--job-name", name, _JOB_NAME, f"use letters, digits and ._+@:,- (at most 128){hint}")
-
-
-def extra_arg(arg: str) -> str:
-    """Validate one ``--sbatch-arg`` value (``--exclusive``, ``--mail-type=END``)."""
-    return _ok("--sbatch-arg", arg, extra_arg_problem(arg))
+    @property
+    def srun(self) -> bool:
+        """Run the program under ``srun``, once per task: a job of several tasks or nodes.
+        Without it the batch script runs on the first node only, once."""
+        o = self.options
+        return o.tasks > 1 or min_nodes(o.nodes) > 1
 
 
 def job_name_from(command: Sequence[str], script: Path | None) -> str:
@@ -252,7 +125,7 @@ def render_job_script(job: JobScript, *, templates_dir: Path | None = None,
     env.filters["comment"] = _comment
 
     context: dict[str, Any] = {
-        "job": job, "opts": job.options, "sbatch": sbatch_lines(job.options),
+        "job": job, "opts": job.options, "sbatch": sbatch_lines(job.options), "srun": job.srun,
         "launcher": job.launcher, "command": list(job.command), "prefix": str(job.prefix),
         "env_name": job.env_name, "env_version": job.env_version, "conda_exe": job.conda_exe,
         "activation": job.activation, "signals": list(job.forwarded_signals),

@@ -7,12 +7,14 @@ and cluster state, and cancels jobs.  Backends: the Slurm command line (``slurm_
 
 from __future__ import annotations
 
-import signal as _signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from hpcenv.errors import HpcenvError, InvalidInput
+from hpcenv.errors import HpcenvError
+
+if TYPE_CHECKING:
+    from hpcenv.scheduler.job_options import JobOptions
 
 
 class SchedulerUnreachable(HpcenvError):
@@ -137,6 +139,23 @@ class PartitionState:
                 "nodes": [n.to_dict() for n in self.nodes]}
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by each backend so callers ask it instead of its kind."""
+
+    arrays: bool               # --array
+    dependencies: bool         # --dependency
+    time_limit_signals: bool   # --signal SIG@SECS before the time limit
+    partitions: bool           # real partitions with live node state (features, free GPUs)
+    gpus: bool                 # GPU allocation
+    multi_node: bool           # jobs spanning several nodes (srun)
+    history: bool              # finished jobs stay visible after the queue forgets them
+
+
+SLURM_CAPABILITIES = Capabilities(arrays=True, dependencies=True, time_limit_signals=True,
+                                  partitions=True, gpus=True, multi_node=True, history=True)
+
+
 class JobStatusSource(Protocol):
     """What waiting for a job needs: its state on demand (a Scheduler, or a remote login
     node's ``hpcenv status``)."""
@@ -150,10 +169,17 @@ class JobStatusSource(Protocol):
 class Scheduler(Protocol):
     """What hpcenv needs from a batch system."""
 
-    kind: str
+    kind: str                  # "slurm-cli", "pyslurm" or "local"
+    capabilities: Capabilities
 
-    def submit(self, script_path: Path, *, workdir: Path) -> str:
-        """Submit a job script; return its job id.  Raises HpcenvError when rejected."""
+    def submit(self, script_path: Path, *, workdir: Path,
+               options: JobOptions | None = None) -> str:
+        """Submit a job script; return its job id.  Raises HpcenvError when rejected.
+
+        ``options`` are the job's options as hpcenv rendered them into the script's ``#SBATCH``
+        lines; a backend that cannot hand the script's header to Slurm (pyslurm) or runs it
+        itself (local) uses them instead of reading the header back.  Without them it reads the
+        header (:func:`hpcenv.scheduler.job_options.from_script`)."""
         ...
 
     def status(self, job_id: str) -> JobInfo:
@@ -175,39 +201,6 @@ class Scheduler(Protocol):
 
     def nodes(self) -> list[NodeState]:
         ...
-
-
-# The signal names sbatch --signal and scancel --signal know (Slurm's sig_name2num table, checked
-# against sbatch 22.05); anything else they refuse only after the env was built.  Numbers of real
-# signals are accepted by both.
-SLURM_SIGNAL_NAMES = ("HUP", "INT", "QUIT", "ABRT", "KILL", "ALRM", "TERM", "USR1", "USR2", "URG",
-                      "CONT", "STOP", "TSTP", "TTIN", "TTOU", "XCPU")
-
-
-def signal_number(sig: str | int) -> int:
-    """``"TERM"``, ``"SIGTERM"``, ``"term"``, ``15`` -> 15; InvalidInput for anything else,
-    including names Slurm does not know (PIPE, WINCH, ...: give their number instead).  The one
-    validator of ``cancel --signal`` and ``submit --signal``."""
-    hint = f"use one of {', '.join(SLURM_SIGNAL_NAMES)} or a signal number"
-    if isinstance(sig, int) or (isinstance(sig, str) and sig.isdigit()):
-        number = int(sig)
-        try:
-            _signal.Signals(number)
-        except ValueError:
-            raise InvalidInput(f"unknown signal number {number}; {hint}") from None
-        return number
-    name = sig.upper().removeprefix("SIG")
-    if name not in SLURM_SIGNAL_NAMES:
-        raise InvalidInput(f"unknown signal {sig!r}; {hint}")
-    return int(_signal.Signals[f"SIG{name}"])
-
-
-def signal_name(sig: str | int) -> str:
-    """What Slurm and kill(1) accept: ``15`` or ``"SIGTERM"`` -> ``"TERM"``; a signal Slurm has
-    no name for stays a number (``13`` -> ``"13"``)."""
-    number = signal_number(sig)
-    name = _signal.Signals(number).name.removeprefix("SIG")
-    return name if name in SLURM_SIGNAL_NAMES else str(number)
 
 
 def expand_output_pattern(pattern: str, *, job_id: str, name: str, user: str | None = None,

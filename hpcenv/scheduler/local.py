@@ -2,8 +2,9 @@
 
 Each job gets an id from a lock-protected counter and a JSON record under
 ``<state_dir>/local-jobs/`` (written atomically).  Submitting copies the script (as sbatch does),
-reads its ``#SBATCH`` lines (``--job-name``, ``--output``, ``--error``, ``--chdir``,
-``--cpus-per-task``, ``--ntasks``, ``--time``) and starts a small supervisor process in a new
+takes the job's options (``--job-name``, ``--output``, ``--error``, ``--chdir``,
+``--cpus-per-task``, ``--time``) from the caller, or from the script's ``#SBATCH`` lines for a
+script hpcenv did not render, and starts a small supervisor process in a new
 session, so the job survives the submitting process.  The supervisor runs ``bash SCRIPT`` in its
 own process group with the SLURM_* variables a job script reads, waits for it and records the
 exit code.  ``cancel`` sends SIGTERM (then SIGKILL after ``kill_wait`` seconds) to the job's
@@ -18,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shlex
 import signal as _signal
 import socket
 import subprocess
@@ -36,22 +36,22 @@ from hpcenv.fsutil import (
     process_start_time,
 )
 from hpcenv.scheduler.base import (
+    Capabilities,
     JobInfo,
     NodeState,
     PartitionState,
     expand_output_pattern,
     is_finished,
-    signal_number,
 )
-from hpcenv.scheduler.options import parse_time_limit, time_problem
+from hpcenv.scheduler.job_options import JobOptions, from_script
+from hpcenv.scheduler.options import parse_time_limit, signal_number, time_problem
 
 NODE_NAME = "local"
 KILL_WAIT = 5.0          # default seconds between SIGTERM and SIGKILL, like Slurm's KillWait
 _POLL = 0.1              # how often the supervisor looks for exits, cancels and time limits
 
-# #SBATCH options the executor understands, by their long name; short forms map onto them.
-_SHORT = {"-J": "job-name", "-o": "output", "-e": "error", "-D": "chdir", "-c": "cpus-per-task",
-          "-n": "ntasks", "-t": "time", "-p": "partition", "-N": "nodes", "-G": "gpus"}
+LOCAL_CAPABILITIES = Capabilities(arrays=False, dependencies=False, time_limit_signals=False,
+                                  partitions=False, gpus=False, multi_node=False, history=True)
 
 
 @dataclass
@@ -79,37 +79,6 @@ class LocalJob:
     supervisor_start: int | None = None  # /proc start ticks, to tell a reused pid apart
     cancel_requested: float | None = None
     kill_wait: float = KILL_WAIT
-
-
-def parse_sbatch_options(script: str) -> dict[str, str]:
-    """The ``#SBATCH`` options of a job script, by long name.  Like sbatch, parsing stops at the
-    first line that is neither blank nor a comment."""
-    options: dict[str, str] = {}
-    for line in script.splitlines()[1 if script.startswith("#!") else 0:]:
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            break
-        if not stripped.startswith("#SBATCH"):
-            continue
-        try:
-            words = shlex.split(stripped[len("#SBATCH"):], comments=True)
-        except ValueError:
-            continue
-        i = 0
-        while i < len(words):
-            word = words[i]
-            if word.startswith("--"):
-                key, eq, value = word[2:].partition("=")
-                if not eq and i + 1 < len(words) and not words[i + 1].startswith("-"):
-                    value, i = words[i + 1], i + 1
-                options[key] = value
-            elif word[:2] in _SHORT:
-                value = word[2:]
-                if not value and i + 1 < len(words):
-                    value, i = words[i + 1], i + 1
-                options[_SHORT[word[:2]]] = value
-            i += 1
-    return options
 
 
 def _become_subreaper() -> None:
@@ -146,6 +115,7 @@ class LocalExecutor:
     """Scheduler protocol on this machine; ``state_dir`` holds the job records."""
 
     kind = "local"
+    capabilities: Capabilities = LOCAL_CAPABILITIES
 
     def __init__(self, state_dir: Path, *, kill_wait: float = KILL_WAIT) -> None:
         self.root = Path(state_dir) / "local-jobs"
@@ -201,35 +171,34 @@ class LocalExecutor:
             return str(last + 1)
 
     # -- the protocol ---------------------------------------------------------------------------
-    def submit(self, script_path: Path, *, workdir: Path) -> str:
+    def submit(self, script_path: Path, *, workdir: Path,
+               options: JobOptions | None = None) -> str:
         script_path = Path(script_path)
         try:
             text = script_path.read_text()
         except OSError as exc:
             raise InvalidInput(f"cannot read job script {script_path}: {exc.strerror}") from None
-        opts = parse_sbatch_options(text)
+        opts = options if options is not None else from_script(text)
         # Running these as a plain job would silently do something else than asked.
-        for unsupported, instead in (("array", "loop over the tasks in the script"),
-                                     ("dependency", "submit the job once the other one ended")):
-            if opts.get(unsupported):
-                raise InvalidInput(f"the local executor does not support "
-                                   f"--{unsupported} ({opts[unsupported]}); use a Slurm site or "
-                                   f"{instead}")
+        for unsupported, value, instead in (
+                ("array", opts.array, "loop over the tasks in the script"),
+                ("dependency", opts.dependency, "submit the job once the other one ended")):
+            if value:
+                raise InvalidInput(f"the local executor does not support --{unsupported} "
+                                   f"({value}); use a Slurm site or {instead}")
         time_limit = None
-        if "time" in opts:
-            problem = time_problem(opts["time"])
+        if opts.time:
+            problem = time_problem(opts.time)
             if problem is not None:
-                raise InvalidInput(f"{script_path}: #SBATCH --time {opts['time']!r}: {problem}")
-            time_limit = parse_time_limit(opts["time"])
-        cpus = opts.get("cpus-per-task", "")
-        if cpus and not cpus.isdigit():
-            raise InvalidInput(f"{script_path}: #SBATCH --cpus-per-task {cpus!r} is not a number")
+                raise InvalidInput(f"{script_path}: --time {opts.time!r}: {problem}")
+            time_limit = parse_time_limit(opts.time)
+        cpus = str(opts.cpus_per_task) if opts.cpus_per_task else ""
 
         job_id = self._next_id()
-        name = opts.get("job-name") or script_path.name
+        name = opts.job_name or script_path.name
         user = current_user()
         submit_dir = Path(workdir).resolve()
-        run_dir = Path(submit_dir, opts["chdir"]) if opts.get("chdir") else submit_dir
+        run_dir = Path(submit_dir, opts.chdir) if opts.chdir else submit_dir
         if not run_dir.is_dir():
             raise InvalidInput(f"{script_path}: working directory {run_dir} does not exist")
 
@@ -238,14 +207,14 @@ class LocalExecutor:
                                              node=NODE_NAME)
             return str(Path(run_dir, expanded))
 
-        stdout = out_path(opts.get("output") or "slurm-%j.out")
-        stderr = out_path(opts["error"]) if opts.get("error") else stdout
+        stdout = out_path(opts.output or "slurm-%j.out")
+        stderr = out_path(opts.error) if opts.error else stdout
         env = {
             "SLURM_JOB_ID": job_id, "SLURM_JOBID": job_id, "SLURM_JOB_NAME": name,
             "SLURM_SUBMIT_DIR": str(submit_dir), "SLURM_SUBMIT_HOST": socket.gethostname(),
             "SLURMD_NODENAME": NODE_NAME, "SLURM_JOB_NODELIST": NODE_NAME,
             "SLURM_NODELIST": NODE_NAME, "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1",
-            "SLURM_NTASKS": opts.get("ntasks") or "1", "SLURM_JOB_PARTITION": "local",
+            "SLURM_NTASKS": "1", "SLURM_JOB_PARTITION": "local",
             "SLURM_CLUSTER_NAME": "local", "SLURM_JOB_USER": user,
             "SLURM_JOB_UID": str(os.getuid()), "SLURM_JOB_CPUS_PER_NODE": cpus or "1",
         }

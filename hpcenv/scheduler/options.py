@@ -16,9 +16,9 @@ Standard library only: :mod:`hpcenv.site.config` imports this module.
 from __future__ import annotations
 
 import re
+import signal as _signal
 
 from hpcenv.errors import InvalidInput
-from hpcenv.scheduler.base import signal_number
 
 # Characters that can reach an #SBATCH value.  sbatch splits these lines on whitespace and
 # handles quotes and backslashes itself; none of those (nor $, `, ;, #) appear in any legitimate
@@ -140,6 +140,39 @@ def parse_time_limit(text: str) -> float | None:
     return float(h * 3600 + m * 60 + s)
 
 
+# The signal names sbatch --signal and scancel --signal know (Slurm's sig_name2num table, checked
+# against sbatch 22.05); anything else they refuse only after the env was built.  Numbers of real
+# signals are accepted by both.
+SLURM_SIGNAL_NAMES = ("HUP", "INT", "QUIT", "ABRT", "KILL", "ALRM", "TERM", "USR1", "USR2", "URG",
+                      "CONT", "STOP", "TSTP", "TTIN", "TTOU", "XCPU")
+
+
+def signal_number(sig: str | int) -> int:
+    """``"TERM"``, ``"SIGTERM"``, ``"term"``, ``15`` -> 15; InvalidInput for anything else,
+    including names Slurm does not know (PIPE, WINCH, ...: give their number instead).  The one
+    validator of ``cancel --signal`` and ``submit --signal``."""
+    hint = f"use one of {', '.join(SLURM_SIGNAL_NAMES)} or a signal number"
+    if isinstance(sig, int) or (isinstance(sig, str) and sig.isdigit()):
+        number = int(sig)
+        try:
+            _signal.Signals(number)
+        except ValueError:
+            raise InvalidInput(f"unknown signal number {number}; {hint}") from None
+        return number
+    name = sig.upper().removeprefix("SIG")
+    if name not in SLURM_SIGNAL_NAMES:
+        raise InvalidInput(f"unknown signal {sig!r}; {hint}")
+    return int(_signal.Signals[f"SIG{name}"])
+
+
+def signal_name(sig: str | int) -> str:
+    """What Slurm and kill(1) accept: ``15`` or ``"SIGTERM"`` -> ``"TERM"``; a signal Slurm has
+    no name for stays a number (``13`` -> ``"13"``)."""
+    number = signal_number(sig)
+    name = _signal.Signals(number).name.removeprefix("SIG")
+    return name if name in SLURM_SIGNAL_NAMES else str(number)
+
+
 # sbatch --signal: [R|B|RB:]SIG[@SECONDS]; SECONDS is at most 65535 (a 16-bit field in Slurm).
 _SIGNAL_SPEC = re.compile(r"^(?:([RB]{1,2}):)?([^@:]+)(?:@(\d+))?$", re.IGNORECASE)
 SIGNAL_HELP = "use SIG[@SECONDS], e.g. USR1@120 or TERM@60"
@@ -148,7 +181,7 @@ MAX_SIGNAL_SECONDS = 65535
 
 def signal_spec_problem(value: str) -> str | None:
     """Why ``value`` is not an sbatch ``--signal``; None if it is.  The signal itself is checked
-    by :func:`hpcenv.scheduler.base.signal_number`, the validator ``cancel --signal`` uses."""
+    by :func:`signal_number`, the validator ``cancel --signal`` uses."""
 
     if (problem := control_problem(value)) is not None:
         return problem

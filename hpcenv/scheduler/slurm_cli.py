@@ -1,11 +1,15 @@
 """Slurm through its command-line tools (sbatch, scontrol, squeue, sinfo, sacct, scancel).
 
-Written for Slurm 22.05 and later.  Quirks of 22.05 this module works around:
+Tested on Slurm 22.05 (Debian's) and 25.11 (built from source).  Every query reads the one-line
+``Key=value`` records of ``scontrol -o`` (jobs, nodes with ``-d`` for the GPUs in use,
+partitions), which both releases print alike.  The ``--json`` output of squeue/sinfo/scontrol is
+not used: it differs between releases, 22.05's ignores ``-j``/``-u``/``-p``/``-t``, and a Slurm
+built without a JSON library (json-c is optional) has none at all ("could not find plugin for
+application/json"), as the 25.11 build of the test cluster shows.  Parsers are unit-tested on
+recorded output of both releases (``tests/data/slurm-*``).  Quirks worked around:
 
-* ``squeue --json`` and ``sinfo --json`` ignore ``-j``/``-u``/``-p``/``-t``: hpcenv filters itself,
-  and ``standard_output`` there is the unexpanded ``--output`` pattern (expanded here).
-* ``scontrol`` has no JSON; ``scontrol show job -o ID`` is one ``Key=value`` line with paths
-  expanded, and "Invalid job id specified" once the job is purged (``MinJobAge``).
+* ``scontrol show job -o ID`` has the output paths expanded, and says "Invalid job id
+  specified" once the job is purged (``MinJobAge``).
 * Without slurmdbd, ``sacct -c`` reads the job completion file (``JobCompType=jobcomp/filetxt``)
   and is the only record of a purged job.  That file is ``Key=value`` text, so a job name with a
   space garbles its record (sacct then prints an empty state): such jobs come back ``UNKNOWN``.
@@ -23,27 +27,29 @@ Every call has a timeout; Slurm's own error text becomes a one-line ``HpcenvErro
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import current_user
 from hpcenv.scheduler.base import (
+    SLURM_CAPABILITIES,
+    Capabilities,
     JobInfo,
     NodeState,
     PartitionState,
     SchedulerUnreachable,
-    expand_output_pattern,
     is_finished,
-    signal_name,
 )
-from hpcenv.scheduler.options import parse_time_limit
+from hpcenv.scheduler.options import parse_time_limit, signal_name
+
+if TYPE_CHECKING:
+    from hpcenv.scheduler.job_options import JobOptions
 
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 # `Key=value` pairs of scontrol's one-line output; keys look like `JobId`, `CPUs/Task`,
@@ -150,7 +156,7 @@ def _failure(tool: str, proc: subprocess.CompletedProcess[str]) -> HpcenvError:
 
 
 # What to do about sbatch's refusals of what the job asks for (its own text is terse).
-_REJECTION_HINTS = {
+REJECTION_HINTS = {
     "Invalid partition name specified":
         "check --partition (and --sbatch-arg) against 'sinfo -s' and the site config's partitions",
     "Requested node configuration is not available":
@@ -161,51 +167,38 @@ _REJECTION_HINTS = {
 
 class SlurmCLI:
     """The Slurm CLI backend.  ``env`` overrides the environment of every Slurm command (e.g. a
-    ``SLURM_CONF``); ``timeout`` bounds each call in seconds."""
+    ``SLURM_CONF``); ``timeout`` bounds each call in seconds; ``bin_dir`` is where the client
+    tools are (default: PATH), for hosts with more than one Slurm release installed: client and
+    controller must be of the same release."""
 
     kind = "slurm-cli"
+    capabilities: Capabilities = SLURM_CAPABILITIES
 
-    def __init__(self, *, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *, timeout: float = 60.0, env: Mapping[str, str] | None = None,
+                 bin_dir: Path | None = None) -> None:
         self.timeout = timeout
+        self.bin_dir = Path(bin_dir) if bin_dir is not None else None
         self._env = {**os.environ, **env} if env else None
         self._jobcomp: tuple[Path | None] | None = None  # (JobCompLoc,) once asked
 
     # -- plumbing -------------------------------------------------------------------------------
     def _run(self, argv: Sequence[str], *, cwd: Path | None = None,
              check: bool = True) -> subprocess.CompletedProcess[str]:
+        tool = argv[0]
+        command = [str(self.bin_dir / tool) if self.bin_dir else tool, *argv[1:]]
         try:
-            proc = subprocess.run(list(argv), cwd=cwd, env=self._env, capture_output=True,
+            proc = subprocess.run(command, cwd=cwd, env=self._env, capture_output=True,
                                   text=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
         except FileNotFoundError:
-            raise HpcenvError(f"{argv[0]} not found on PATH: run hpcenv on a Slurm login node, or "
-                              "set 'scheduler: local' in the site config") from None
+            where = f"in {self.bin_dir} (slurm.bin_dir)" if self.bin_dir else "on PATH"
+            raise HpcenvError(f"{tool} not found {where}: run hpcenv on a Slurm login node, "
+                              "fix slurm.bin_dir, or set 'scheduler: local' in the site config") from None
         except subprocess.TimeoutExpired:
             raise HpcenvError(f"'{' '.join(argv)}' did not answer within {self.timeout:.0f} s: "
                               "is the Slurm controller (slurmctld) up?") from None
         if check and proc.returncode != 0:
             raise _failure(argv[0], proc)
         return proc
-
-    def _json(self, argv: Sequence[str]) -> dict[str, Any]:
-        out = self._run(argv).stdout
-        try:
-            data = json.loads(out)
-        except json.JSONDecodeError:
-            raise HpcenvError(f"'{' '.join(argv)}' printed no JSON (Slurm too old? hpcenv "
-                              "needs Slurm 22.05 or later)") from None
-        if not isinstance(data, dict):
-            raise HpcenvError(f"'{' '.join(argv)}' printed unexpected JSON")
-        # 22.05 exits 0 with an empty list and an "errors" entry when its RPC failed (e.g. the
-        # controller is down): taken at face value, that reads as "no jobs" or "no nodes".
-        errors = [e for e in data.get("errors") or () if isinstance(e, dict)]
-        if errors:
-            first = errors[0]
-            what = first.get("description") or first.get("error") or "unspecified error"
-            source = f" in {first['source']}" if first.get("source") else ""
-            raise SchedulerUnreachable(f"no answer from the Slurm controller to '{' '.join(argv)}' "
-                                       f"({what}{source}); check that slurmctld runs "
-                                       "('scontrol ping') and SLURM_CONF points at its config")
-        return data
 
     @staticmethod
     def _check_id(job_id: str) -> str:
@@ -220,7 +213,10 @@ class SlurmCLI:
         out = self._run(["sinfo", "--version"]).stdout.split()
         return out[-1] if out else ""
 
-    def submit(self, script_path: Path, *, workdir: Path) -> str:
+    def submit(self, script_path: Path, *, workdir: Path,
+               options: JobOptions | None = None) -> str:
+        """sbatch reads every option from the script's own ``#SBATCH`` lines: ``options``
+        (the same values) are not needed."""
         script_path = Path(script_path)
         # The submit directory is sbatch's cwd, not --chdir: an option on the command line
         # would override the script's own #SBATCH --chdir.
@@ -232,7 +228,7 @@ class SlurmCLI:
                 raise SchedulerUnreachable(f"cannot reach the Slurm controller to submit the job "
                                            f"({message}); check that slurmctld runs and "
                                            "SLURM_CONF points at its config")
-            hint = _REJECTION_HINTS.get(message)
+            hint = REJECTION_HINTS.get(message)
             if hint:  # the job asked for something this cluster does not have: bad input
                 raise InvalidInput(f"Slurm rejected the job: {message}; {hint}")
             raise HpcenvError(f"Slurm rejected the job: {message}")
@@ -247,7 +243,7 @@ class SlurmCLI:
         proc = self._run(["scontrol", "show", "job", "-o", job_id], check=False)
         if proc.returncode == 0 and proc.stdout.strip():
             # An array's id gives one line per task (and one for its not yet started tasks).
-            infos = [self._from_scontrol(parse_scontrol_line(line))
+            infos = [job_from_scontrol(parse_scontrol_line(line))
                      for line in proc.stdout.splitlines() if line.strip()]
             return infos[0] if len(infos) == 1 and infos[0].job_id == job_id else array_info(job_id, infos)
         if "Invalid job id" not in proc.stderr:
@@ -272,27 +268,7 @@ class SlurmCLI:
                           "-o", ",".join(_SACCT_FIELDS)], check=False)
         if proc.returncode != 0:
             return None
-        for line in reversed(proc.stdout.splitlines()):  # a requeued job logs more than once
-            fields = line.split(_SEP)
-            if len(fields) < len(_SACCT_FIELDS):
-                continue
-            row = dict(zip(_SACCT_FIELDS[:-1], fields[:len(_SACCT_FIELDS) - 1]))
-            row["JobName"] = _SEP.join(fields[len(_SACCT_FIELDS) - 1:])
-            if row["JobIDRaw"] != job_id:
-                continue
-            state = row["State"].split(" ", 1)[0] if row["State"] else "UNKNOWN"
-            code, sig = parse_exit_code(row["ExitCode"])
-            workdir = _value(row["WorkDir"])
-            return JobInfo(
-                job_id=job_id, name=row["JobName"], state=state,
-                reason=None if state != "UNKNOWN" else "its completion record is garbled "
-                "(sacct -c cannot parse job names with spaces)",
-                exit_code=code, signal=sig, node=_value(row["NodeList"]),
-                elapsed=parse_duration(row["Elapsed"]), partition=_value(row["Partition"]),
-                workdir=Path(workdir) if workdir else None,
-                start_time=parse_time(row["Start"]), end_time=parse_time(row["End"]),
-                user=_user_name(row["User"]), source="jobcomp")
-        return None
+        return parse_sacct(proc.stdout, job_id)
 
     def _jobcomp_file(self) -> Path | None:
         """The job completion file when Slurm writes one (jobcomp/filetxt), else None."""
@@ -324,12 +300,13 @@ class SlurmCLI:
                 continue
             f = parse_scontrol_line(line)
             if f.get("ArrayJobId") == array_id and f.get("ArrayTaskId", "").isdigit():
-                info = self._from_jobcomp(f)
+                info = self.from_jobcomp(f)
                 tasks[info.job_id] = info  # a requeued task is logged again: the last one counts
         return list(tasks.values())
 
     @staticmethod
-    def _from_jobcomp(f: Mapping[str, str]) -> JobInfo:
+    def from_jobcomp(f: Mapping[str, str]) -> JobInfo:
+        """One array task's line of the job completion file (parsed as scontrol's)."""
         state = (f.get("JobState") or "UNKNOWN").split(" ", 1)[0]
         code, sig = parse_exit_code(f.get("ExitCode"))
         start, end = parse_time(f.get("StartTime")), parse_time(f.get("EndTime"))
@@ -346,9 +323,8 @@ class SlurmCLI:
         """Jobs slurmctld still holds for ``user`` (default: you): queued, running and finished
         within ``MinJobAge``."""
         user = user or current_user()
-        data = self._json(["squeue", "--json"])
-        return [self._from_squeue(j) for j in data.get("jobs", [])
-                if str(j.get("user_name")) == user]
+        out = self._run(["scontrol", "show", "job", "-o"]).stdout
+        return [job for job in parse_jobs(out) if job.user == user]
 
     def cancel(self, job_id: str, signal: str | int | None = None) -> None:
         info = self.status(job_id)  # NotFound for unknown ids: scancel would say nothing
@@ -362,120 +338,14 @@ class SlurmCLI:
         self._run([*argv, info.job_id])
 
     def nodes(self) -> list[NodeState]:
-        data = self._json(["sinfo", "--json"])
-        return [self._node(n) for n in data.get("nodes", [])]
+        # -d (details) adds GresUsed: the GPUs in use, which routing compares.
+        return parse_nodes(self._run(["scontrol", "-d", "show", "node", "-o"]).stdout)
 
     def partitions(self) -> list[PartitionState]:
         nodes = self.nodes()
-        out = self._run(["scontrol", "show", "partition", "-o"]).stdout
-        result = []
-        for line in out.splitlines():
-            if not line.strip():
-                continue
-            p = parse_scontrol_line(line)
-            name = p.get("PartitionName", "")
-            result.append(PartitionState(
-                name=name, nodes=tuple(n for n in nodes if name in n.partitions),
-                default=p.get("Default") == "YES", state=p.get("State", "UP").lower()))
-        return result
+        return parse_partitions(self._run(["scontrol", "show", "partition", "-o"]).stdout, nodes)
 
     # -- record conversion --------------------------------------------------------------------
-    @staticmethod
-    def _from_scontrol(f: Mapping[str, str]) -> JobInfo:
-        state = f.get("JobState", "UNKNOWN")
-        code, sig = parse_exit_code(f.get("ExitCode"))
-        finished = is_finished(state)
-        stdout, stderr, workdir = (_value(f.get(k)) for k in ("StdOut", "StdErr", "WorkDir"))
-        job_id = f.get("JobId", "")
-        task = f.get("ArrayTaskId", "")
-        if f.get("ArrayJobId") and task.isdigit():
-            job_id = f"{f['ArrayJobId']}_{task}"  # how users (and sbatch's %A_%a) name a task
-        return JobInfo(
-            job_id=job_id, name=f.get("JobName", ""), state=state,
-            reason=_value(f.get("Reason")),
-            exit_code=code if finished else None, signal=sig if finished else None,
-            node=_value(f.get("NodeList")), elapsed=parse_duration(f.get("RunTime")),
-            partition=_value(f.get("Partition")),
-            stdout=Path(stdout) if stdout else None, stderr=Path(stderr) if stderr else None,
-            workdir=Path(workdir) if workdir else None,
-            submit_time=parse_time(f.get("SubmitTime")), start_time=parse_time(f.get("StartTime")),
-            end_time=parse_time(f.get("EndTime")) if finished else None,
-            user=_user_name(f.get("UserId")), comment=_value(f.get("Comment")),
-            constraint=_value(f.get("Features")), source="queue")
-
-    @staticmethod
-    def _from_squeue(j: Mapping[str, Any]) -> JobInfo:
-        job_id = str(j.get("job_id", ""))
-        own_id = job_id
-        array_id, task = j.get("array_job_id"), j.get("array_task_id")
-        if isinstance(array_id, dict):  # 23.02+: {"set": bool, "number": int}
-            array_id = array_id.get("number") if array_id.get("set") else None
-        if isinstance(task, dict):
-            task = task.get("number") if task.get("set") else None
-        is_task = bool(array_id) and isinstance(task, int)
-        if is_task:
-            job_id = f"{array_id}_{task}"
-        name = str(j.get("name", ""))
-        state = j.get("job_state", "UNKNOWN")
-        if isinstance(state, list):  # 23.02+: a list of state flags
-            state = state[0] if state else "UNKNOWN"
-        node = _value(str(j.get("nodes") or "")) or None
-        user = j.get("user_name")
-        finished = is_finished(str(state))
-        code, sig = _decode_squeue_exit(j.get("exit_code"))
-
-        def number(key: str) -> float | None:
-            value = j.get(key)
-            if isinstance(value, dict):  # 23.02+: {"set": bool, "number": int}
-                value = value.get("number") if value.get("set") else None
-            return float(value) if value else None
-
-        start, end = number("start_time"), number("end_time")
-        elapsed = None
-        if start:
-            elapsed = max((end if finished and end else time.time()) - start, 0.0)
-
-        def path(key: str) -> Path | None:
-            pattern = j.get(key) or ""
-            if not pattern:
-                return None
-            text = expand_output_pattern(pattern, job_id=own_id, name=name, user=user, node=node,
-                                         array_job_id=str(array_id) if is_task else None,
-                                         array_task_id=str(task) if is_task else None)
-            cwd = j.get("current_working_directory") or ""
-            return Path(cwd, text) if cwd else Path(text)
-
-        stdout = path("standard_output")
-        cwd = j.get("current_working_directory")
-        return JobInfo(
-            job_id=job_id, name=name, state=str(state),
-            reason=_value(str(j.get("state_reason") or "")),
-            exit_code=code if finished else None, signal=sig if finished else None,
-            node=node, elapsed=elapsed, partition=j.get("partition") or None,
-            stdout=stdout, stderr=path("standard_error") or stdout,
-            workdir=Path(cwd) if cwd else None, submit_time=number("submit_time"),
-            start_time=start, end_time=end if finished else None, user=user,
-            comment=j.get("comment") or None, constraint=j.get("features") or None, source="queue")
-
-    @staticmethod
-    def _node(n: Mapping[str, Any]) -> NodeState:
-        features = n.get("active_features", n.get("features", ""))
-        if isinstance(features, str):
-            features = [f for f in features.split(",") if f]
-        state = n.get("state", "unknown")
-        if isinstance(state, list):  # 23.02+: ["IDLE", "DRAIN"]
-            state = "+".join(state)
-        state = str(state).lower()
-        if n.get("state_flags"):
-            state = "+".join([state, *(str(s).lower() for s in n["state_flags"])])
-        gpu_type, gpus = parse_gres_gpus(n.get("gres"))
-        _, used = parse_gres_gpus(n.get("gres_used"))
-        return NodeState(
-            name=str(n.get("name", "")), partitions=tuple(n.get("partitions") or ()),
-            features=tuple(features), state=state, gpu_type=gpu_type, gpus=gpus,
-            gpus_allocated=used, cpus=int(n.get("cpus") or 0),
-            cpus_allocated=int(n.get("alloc_cpus") or 0))
-
 
 def array_info(array_id: str, tasks: Sequence[JobInfo]) -> JobInfo:
     """A job array as one job: still running while any task is, else failed (with the worst
@@ -509,16 +379,94 @@ def array_info(array_id: str, tasks: Sequence[JobInfo]) -> JobInfo:
                            key=lambda i: [int(p) if p.isdigit() else -1 for p in i.split("_")])))
 
 
-def _decode_squeue_exit(value: Any) -> tuple[int | None, int | None]:
-    """squeue's exit code: a raw wait status on 22.05, a dict on 23.02+."""
-    if isinstance(value, dict):
-        code = value.get("return_code")
-        if isinstance(code, dict):
-            code = code.get("number") if code.get("set") else None
-        sig = (value.get("signal") or {}).get("id")
-        if isinstance(sig, dict):
-            sig = sig.get("number") if sig.get("set") else None
-        return code, (sig or None)
-    if isinstance(value, int):
-        return (value >> 8) & 0xFF, (value & 0x7F) or None
-    return None, None
+def job_from_scontrol(f: Mapping[str, str]) -> JobInfo:
+    """One record of ``scontrol show job -o`` as a JobInfo."""
+    state = f.get("JobState", "UNKNOWN")
+    code, sig = parse_exit_code(f.get("ExitCode"))
+    finished = is_finished(state)
+    stdout, stderr, workdir = (_value(f.get(k)) for k in ("StdOut", "StdErr", "WorkDir"))
+    job_id = f.get("JobId", "")
+    task = f.get("ArrayTaskId", "")
+    if f.get("ArrayJobId") and task.isdigit():
+        job_id = f"{f['ArrayJobId']}_{task}"  # how users (and sbatch's %A_%a) name a task
+    return JobInfo(
+        job_id=job_id, name=f.get("JobName", ""), state=state,
+        reason=_value(f.get("Reason")),
+        exit_code=code if finished else None, signal=sig if finished else None,
+        node=_value(f.get("NodeList")), elapsed=parse_duration(f.get("RunTime")),
+        partition=_value(f.get("Partition")),
+        stdout=Path(stdout) if stdout else None,
+        stderr=Path(stderr) if stderr else Path(stdout) if stdout else None,  # 25.11: empty
+        workdir=Path(workdir) if workdir else None,
+        submit_time=parse_time(f.get("SubmitTime")), start_time=parse_time(f.get("StartTime")),
+        end_time=parse_time(f.get("EndTime")) if finished else None,
+        user=_user_name(f.get("UserId")), comment=_value(f.get("Comment")),
+        constraint=_value(f.get("Features")), source="queue")
+
+
+def parse_jobs(text: str) -> list[JobInfo]:
+    """``scontrol show job -o`` (every job slurmctld holds; "No jobs in the system" when none)."""
+    return [job_from_scontrol(parse_scontrol_line(line)) for line in text.splitlines()
+            if line.startswith("JobId=")]
+
+
+def parse_nodes(text: str) -> list[NodeState]:
+    """``scontrol -d show node -o``: one ``NodeName=...`` record per node."""
+    nodes = []
+    for line in text.splitlines():
+        if not line.startswith("NodeName="):
+            continue
+        f = parse_scontrol_line(line)
+        features = _value(f.get("ActiveFeatures")) or _value(f.get("AvailableFeatures")) or ""
+        gpu_type, gpus = parse_gres_gpus(f.get("Gres"))
+        _, used = parse_gres_gpus(f.get("GresUsed"))
+        nodes.append(NodeState(
+            name=f.get("NodeName", ""),
+            partitions=tuple(p for p in (_value(f.get("Partitions")) or "").split(",") if p),
+            features=tuple(x for x in features.split(",") if x),
+            state=f.get("State", "UNKNOWN").lower(), gpu_type=gpu_type, gpus=gpus,
+            gpus_allocated=used, cpus=_int(f.get("CPUTot")), cpus_allocated=_int(f.get("CPUAlloc"))))
+    return nodes
+
+
+def parse_partitions(text: str, nodes: Sequence[NodeState]) -> list[PartitionState]:
+    """``scontrol show partition -o`` with the nodes (from :func:`parse_nodes`) of each."""
+    result = []
+    for line in text.splitlines():
+        if not line.startswith("PartitionName="):
+            continue
+        p = parse_scontrol_line(line)
+        name = p.get("PartitionName", "")
+        result.append(PartitionState(
+            name=name, nodes=tuple(n for n in nodes if name in n.partitions),
+            default=p.get("Default") == "YES", state=p.get("State", "UP").lower()))
+    return result
+
+
+def _int(text: str | None) -> int:
+    return int(text) if text and text.isdigit() else 0
+
+
+def parse_sacct(text: str, job_id: str) -> JobInfo | None:
+    """Job ``job_id`` in ``sacct -c -n -P --delimiter=US -o`` :data:`_SACCT_FIELDS` output."""
+    for line in reversed(text.splitlines()):  # a requeued job logs more than once
+        fields = line.split(_SEP)
+        if len(fields) < len(_SACCT_FIELDS):
+            continue
+        row = dict(zip(_SACCT_FIELDS[:-1], fields[:len(_SACCT_FIELDS) - 1]))
+        row["JobName"] = _SEP.join(fields[len(_SACCT_FIELDS) - 1:])
+        if row["JobIDRaw"] != job_id:
+            continue
+        state = row["State"].split(" ", 1)[0] if row["State"] else "UNKNOWN"
+        code, sig = parse_exit_code(row["ExitCode"])
+        workdir = _value(row["WorkDir"])
+        return JobInfo(
+            job_id=job_id, name=row["JobName"], state=state,
+            reason=None if state != "UNKNOWN" else "its completion record is garbled "
+            "(sacct -c cannot parse job names with spaces)",
+            exit_code=code, signal=sig, node=_value(row["NodeList"]),
+            elapsed=parse_duration(row["Elapsed"]), partition=_value(row["Partition"]),
+            workdir=Path(workdir) if workdir else None,
+            start_time=parse_time(row["Start"]), end_time=parse_time(row["End"]),
+            user=_user_name(row["User"]), source="jobcomp")
+    return None

@@ -66,7 +66,8 @@ SYSTEM_SITE = Path("/etc/hpcenv/site.yaml")
 ChannelPriority = Literal["strict", "flexible"]
 Engine = Literal["rattler", "conda"]
 Launcher = Literal["auto", "conda-run", "activate"]
-Scheduler = Literal["slurm", "local"]
+# slurm: pyslurm when it matches the cluster's release, else the CLI; slurm-cli/pyslurm: that one.
+Scheduler = Literal["slurm", "slurm-cli", "pyslurm", "local"]
 LockMethod = Literal["flock", "mkdir"]
 
 
@@ -205,6 +206,8 @@ class SlurmDefaults:
     extra_args: tuple[str, ...] = setting(ListOf(Text(check=_extra_arg), shape="list of options"),
                                           "extra sbatch options, one per item (\"--exclusive\")",
                                           default=())
+    bin_dir: Path | None = setting(PathValue(optional=True), "where sbatch, scontrol, ... are "
+                                   "(default: PATH): pick one Slurm release's tools", default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,9 +323,10 @@ class SiteConfig:
     launcher: Launcher = setting(Choice(("auto", "conda-run", "activate")),
                                  "how jobs enter the env: conda run, or hpcenv's activation "
                                  "(auto: conda-run when conda_exe works)", default="auto")
-    scheduler: Scheduler = setting(Choice(("slurm", "local")),
-                                   "slurm (pyslurm when it matches the cluster, else the CLI) or "
-                                   "the local executor", default="local")
+    scheduler: Scheduler = setting(Choice(("slurm", "slurm-cli", "pyslurm", "local")),
+                                   "slurm: pyslurm when it matches the cluster's release, else the "
+                                   "Slurm CLI; slurm-cli or pyslurm: that backend; local: the "
+                                   "local executor", default="local")
     slurm: SlurmDefaults = setting(Section(SlurmDefaults), "defaults for every job",
                                    default_factory=SlurmDefaults)
     cuda_compat: CudaCompat = setting(Choice(("strict", "minor")),

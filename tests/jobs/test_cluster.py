@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_slurm import CLUSTER_DIR, NEEDS_ROOT, SlurmCluster
+from conftest_slurm import CLI_TARGETS, CLUSTER_DIR, NEEDS_ROOT, SlurmCluster
 
 pytestmark = pytest.mark.slurm
 
@@ -27,7 +27,14 @@ def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=True)
 
 
-def test_layout(slurm_cluster: SlurmCluster) -> None:  # noqa: F811
+def exports(cluster: SlurmCluster) -> str:
+    return f"export SLURM_CONF={cluster.conf}\nexport PATH={cluster.bin_dir}:$PATH\n"
+
+
+# Both releases: Debian's 22.05 and 25.11 built from source (skipped when it cannot be built).
+@pytest.mark.parametrize("slurm_target", CLI_TARGETS, indirect=True)
+def test_layout(slurm_target: SlurmCluster) -> None:
+    slurm_cluster = slurm_target
     out = run(["sinfo", "-h", "-N", "-o", "%N %P %f %G %T"], slurm_cluster.env).stdout
     rows = sorted(tuple(line.split()) for line in out.splitlines())
     assert [r[:4] for r in rows] == [
@@ -40,15 +47,20 @@ def test_layout(slurm_cluster: SlurmCluster) -> None:  # noqa: F811
     ]
     # Other tests' jobs may still hold a node; none may be down or drained.
     assert {r[4] for r in rows} <= {"idle", "mixed", "allocated", "completing"}
-    assert (slurm_cluster.root / "env.sh").read_text() == f"export SLURM_CONF={slurm_cluster.conf}\n"
+    # Other sessions share the 22.05 root, and an older up writes only the first line.
+    assert exports(slurm_cluster).startswith((slurm_cluster.root / "env.sh").read_text())
+    version = run(["sinfo", "--version"], slurm_cluster.env).stdout.split()[-1]
+    assert version.startswith(slurm_cluster.release + ".")
 
 
-def test_up_again_is_a_no_op(slurm_cluster: SlurmCluster) -> None:  # noqa: F811
+@pytest.mark.parametrize("slurm_target", CLI_TARGETS, indirect=True)
+def test_up_again_is_a_no_op(slurm_target: SlurmCluster) -> None:
+    slurm_cluster = slurm_target
     before = pids(slurm_cluster.root)
     assert set(before) == {"munged", "slurmctld", "slurmd-cpu1", "slurmd-cpu2", "slurmd-a100n1",
                            "slurmd-a100n2", "slurmd-v100n1", "slurmd-h100n1"}
-    proc = run([str(CLUSTER_DIR / "up")], slurm_cluster.env)
-    assert proc.stdout == f"export SLURM_CONF={slurm_cluster.conf}\n"
+    proc = run([str(CLUSTER_DIR / "up")], slurm_cluster.up_env)
+    assert proc.stdout == exports(slurm_cluster)
     assert "already up" in proc.stderr
     assert pids(slurm_cluster.root) == before
 
@@ -58,7 +70,9 @@ def second_cluster(slurm_cluster: SlurmCluster) -> Iterator[dict[str, str]]:  # 
     """Another cluster beside the session's, on other ports and its own root.  Not under
     pytest's tmp_path: munged wants every parent of its socket world-searchable."""
     root = Path(tempfile.mkdtemp(prefix="hpcenv-slurm-test-", dir="/tmp"))
-    env = {**os.environ, "HPCENV_SLURM_ROOT": str(root), "HPCENV_SLURM_PORT": "7817",
+    # The 22.05 cluster's environment: its client tools first on PATH, whichever release's
+    # tests run around this one.
+    env = {**slurm_cluster.env, "HPCENV_SLURM_ROOT": str(root), "HPCENV_SLURM_PORT": "7817",
            "SLURM_CONF": str(root / "etc" / "slurm.conf")}
     try:
         yield env
@@ -122,3 +136,18 @@ def test_session_site_keeps_test_state_out_of_the_readme_site(
     for path in (*private.envs_dirs, *private.pkgs_dirs, private.registry, private.state_dir):
         assert Path(path).is_relative_to(here), path
     assert not Path(readme.registry).is_relative_to(here)
+
+
+def test_up_names_a_release_it_cannot_start(tmp_path: Path) -> None:
+    env = {**os.environ, "HPCENV_SLURM_ROOT": str(tmp_path / "c"), "HPCENV_SLURM_PORT": "7917"}
+    unknown = subprocess.run([str(CLUSTER_DIR / "up"), "--release", "24.11"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert unknown.stderr == "up: unknown release '24.11': use 22.05 (Debian's) or 25.11\n"
+    # Without the 25.11 build script: exit 3 and one line, which the fixture's skip repeats.
+    missing = subprocess.run([str(CLUSTER_DIR / "up"), "--release=25.11"], capture_output=True,
+                             text=True, timeout=60,
+                             env={**env, "HPCENV_SLURM_BUILD": str(tmp_path / "no-build")})
+    assert (missing.returncode, missing.stdout) == (3, "")
+    assert missing.stderr == (f"up: Slurm 25.11 unavailable: no build script at "
+                              f"{tmp_path / 'no-build'} (set HPCENV_SLURM_BUILD)\n")

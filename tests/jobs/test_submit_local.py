@@ -298,7 +298,10 @@ def test_bad_signal_and_counts_fail_before_anything_else(built, tmp_path: Path) 
                             (("--signal", "USR1@70000"), "at most 65535 seconds"),
                             (("--nodes", "0"), "--nodes '0': a job needs at least 1 node"),
                             (("--gpus", "-1"), "--gpus -1: must be 0 or more"),
-                            (("--ntasks-per-node", "0"), "--ntasks-per-node 0: must be")):
+                            (("--ntasks-per-node", "0"), "--ntasks-per-node 0: must be"),
+                            (("--ntasks", "0"), "--ntasks 0: must be"),
+                            (("--mail-type", "SOMETIMES"), "unknown mail type 'SOMETIMES'"),
+                            (("--gpus", "2", "--gpus-per-node", "1"), "give one (--gpus counts")):
         bad = cli(site, "submit", "--env-file", "fresh.yml", *option, "--", "true", cwd=tmp_path)
         assert (bad.returncode, bad.stdout) == (2, ""), option
         assert bad.stderr.startswith(f"hpcenv: error: {option[0]} ") and message in bad.stderr
@@ -359,7 +362,7 @@ def test_site_partitions_route_even_on_local_executor(demo_channel, built, tmp_p
               "  - {name: gpu-h100, gpu_type: h100, gpus_per_node: 4, max_cuda: '12.8'}\n"))
     gpu = submit(["true"], env_name="gpuenv", site=routed, dry_run=True,
                  options=SubmitOptions(workdir=tmp_path))
-    assert gpu.partition == "gpu-h100" and "#SBATCH --gres=gpu:1" in gpu.script_text
+    assert gpu.partition == "gpu-h100" and "#SBATCH --gpus-per-node=1" in gpu.script_text
     cpu = submit(["true"], env_name="cpuenv", site=routed, dry_run=True,
                  options=SubmitOptions(workdir=tmp_path))
     assert cpu.partition == "cpu"
@@ -387,7 +390,7 @@ def test_gpu_env_naming_no_cuda_is_routed_to_a_gpu_partition(demo_channel, built
     result = submit(["true"], env_name="rocmenv", site=routed, dry_run=True,
                     options=SubmitOptions(workdir=tmp_path))
     assert (result.partition, result.gpus) == ("gpu-mi250", 1)
-    assert "#SBATCH --gres=gpu:1" in result.script_text
+    assert "#SBATCH --gpus-per-node=1" in result.script_text
     assert "names no CUDA version" in result.reason
 
 
@@ -485,3 +488,25 @@ def test_wait_shows_a_live_status_line_on_a_tty_only(built, tmp_path: Path) -> N
     code, out, err = _wait_on_a_tty(site, tmp_path, "--json", "submit", "--env", "cpuenv",
                                     "--wait", "--", "true")
     assert code == 0 and json.loads(out)["state"] == "COMPLETED"
+
+
+def test_options_are_never_abbreviated_and_sbatch_spellings_render(built, tmp_path: Path) -> None:
+    site, _ = built
+    # argparse would have read --ntask as --ntasks-per-node (or --ntasks): now it is an error.
+    for word in ("--ntask", "--gpus-per", "--exclu", "--dry"):
+        bad = cli(site, "submit", "--env", "cpuenv", word, "1", "--", "true", cwd=tmp_path)
+        assert (bad.returncode, bad.stdout) == (2, ""), word
+        assert bad.stderr.startswith(f"hpcenv: error: unknown option {word} ") and bad.stderr.count("\n") == 1
+    dry = cli(site, "--json", "submit", "--env", "cpuenv", "--dry-run", "-n", "4", "-C", "ib",
+              "--exclusive", "--mail-type", "end,fail", "--mail-user", "me@lab.org",
+              "--comment", "run-7", "--requeue", "--cpus-per-gpu", "2", "--", "true", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    data = json.loads(dry.stdout)
+    # The local executor runs one task and has no node features' choice, but renders the rest.
+    assert data["options"]["exclusive"] is True and data["options"]["mail_type"] == "end,fail"
+    for line in ("--constraint=ib", "--exclusive", "--mail-type=END,FAIL", "--mail-user=me@lab.org",
+                 "--comment=run-7", "--requeue", "--cpus-per-gpu=2", "--open-mode=append"):
+        assert f"#SBATCH {line}\n" in data["script_text"], line
+    assert "--ntasks" not in data["script_text"] and "srun" not in data["script_text"]
+    assert data["warnings"] == ["the local executor runs every job on this machine and has no "
+                                "multi-task jobs (srun): --ntasks 4 is ignored"]

@@ -1,5 +1,7 @@
-"""hpcenv submit on the real test Slurm cluster (tests/cluster/up): routing by CUDA, the env's
-prefix inside the job, argument safety, and signals under both launchers.
+"""hpcenv submit on the real test Slurm clusters (tests/cluster/up): routing by CUDA, the env's
+prefix inside the job, argument safety, signals under both launchers, multi-task jobs under srun,
+requeued jobs' logs, arrays, dependencies and purged jobs.  Every test runs on each target of
+``slurm_target``: Slurm 22.05 and 25.11 through the CLI backend, 25.11 through pyslurm.
 
 conda-run uses a fake ``conda`` (the real one: tests/jobs/test_conda_run_slurm.py): it activates
 and stays the program's parent without forwarding signals, as ``conda run`` does, so a signal
@@ -53,33 +55,49 @@ print(json.dumps({"argv": sys.argv[1:], "prefix": sys.prefix,
 
 
 def write_site(path: Path, root: Path, demo_channel, extra: str = "",
-               partitions: str = PARTITIONS) -> SiteConfig:
-    """The demo site on the test cluster: Slurm scheduler, its partitions, strict CUDA."""
-    return load_site(write_demo_site(root, demo_channel, path=path, extra=partitions + extra,
-                                     scheduler="slurm", slurm="{time: '5'}",
-                                     cuda_compat="strict"))
+               partitions: str = PARTITIONS, *, cluster: SlurmCluster) -> SiteConfig:
+    """The demo site on the test cluster: the target's backend and client tools, its
+    partitions, strict CUDA.  Job state is per target (job ids of the two releases' clusters
+    overlap); the envs are shared."""
+    return load_site(write_demo_site(
+        root, demo_channel, path=path, extra=partitions + extra, scheduler=cluster.scheduler,
+        slurm=f"{{time: '5', bin_dir: {cluster.bin_dir}}}", cuda_compat="strict",
+        state_dir=str(root / f"state-{cluster.release}-{cluster.scheduler}")))
 
 
-@pytest.fixture(scope="module")
-def site(slurm_cluster: SlurmCluster, demo_channel,  # noqa: F811
-         tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
+@pytest.fixture(scope="session")
+def envs_root(demo_channel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The envs every target's site uses, built once."""
     from hpcenv.build.builder import build_env
     from hpcenv.spec.environment import parse_spec
 
     root = tmp_path_factory.mktemp("slurm-site")
-    site = write_site(root / "site.yaml", root, demo_channel)
+    site = load_site(write_demo_site(root, demo_channel, path=root / "build.yaml"))
     for name, text in ENVS.items():
         build_env(parse_spec(text), site, name=name)
-    return site
+    return root
 
 
 @pytest.fixture(scope="module")
-def conda_site(site: SiteConfig, demo_channel, tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
+def slurm_cluster(slurm_target: SlurmCluster) -> SlurmCluster:
+    """This module's cluster: the target's (shadows the session's 22.05 one)."""
+    return slurm_target
+
+
+@pytest.fixture(scope="module")
+def site(slurm_cluster: SlurmCluster, demo_channel, envs_root: Path) -> SiteConfig:  # noqa: F811
+    name = f"site-{slurm_cluster.release}-{slurm_cluster.scheduler}.yaml"
+    return write_site(envs_root / name, envs_root, demo_channel, cluster=slurm_cluster)
+
+
+@pytest.fixture(scope="module")
+def conda_site(site: SiteConfig, slurm_cluster: SlurmCluster, demo_channel,
+               tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
     """The same envs, launched through (fake) conda run."""
     root = Path(site.registry).parent
     fake = write_fake_conda(tmp_path_factory.mktemp("fakeconda"))
-    return write_site(root / "conda-site.yaml", root, demo_channel,
-                      f"launcher: conda-run\nconda_exe: {fake}\n")
+    return write_site(root / f"conda-{Path(str(site.source)).name}", root, demo_channel,
+                      f"launcher: conda-run\nconda_exe: {fake}\n", cluster=slurm_cluster)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +191,7 @@ def test_slurm_rejection_is_one_line_and_not_recorded(site: SiteConfig, tmp_path
     before = len(list_submissions(site.state_dir, "slurm"))
     with pytest.raises(HpcenvError) as err:
         submit(["true"], env_name="cpu-env", site=site,
-               options=SubmitOptions(workdir=tmp_path, sbatch_args=("--constraint=nosuchfeature",),
+               options=SubmitOptions(workdir=tmp_path, constraint="nosuchfeature",
                                      output="made/for/it/%j.out"))
     assert "\n" not in str(err.value)
     assert len(list_submissions(site.state_dir, "slurm")) == before
@@ -188,7 +206,8 @@ def test_cli_slurm_errors_are_one_line_and_nothing_is_recorded(
     # A site that lists no partitions hands --partition and --gpu-type to Slurm unchecked, so
     # Slurm itself refuses them.
     root = Path(site.registry).parent
-    bare = write_site(tmp_path / "bare.yaml", root, demo_channel, partitions="")
+    bare = write_site(tmp_path / "bare.yaml", root, demo_channel, partitions="",
+                      cluster=slurm_cluster)
     down_conf = tmp_path / "down.conf"
     down_conf.write_text("\n".join("SlurmctldPort=1" if ln.startswith("SlurmctldPort=") else ln
                                    for ln in slurm_cluster.conf.read_text().splitlines()))
@@ -207,8 +226,7 @@ def test_cli_slurm_errors_are_one_line_and_nothing_is_recorded(
          "hpcenv: error: Slurm rejected the job: Invalid partition name specified; check --partition"),
         (cli(bare.source, "--gpus", "1", "--gpu-type", "k80"), 2,
          "hpcenv: error: Slurm rejected the job: Requested node configuration is not available; "),
-        (cli(site.source, conf=down_conf), 1,
-         "hpcenv: error: no answer from the Slurm controller to 'sinfo --json'"),
+        (cli(site.source, conf=down_conf), 1, "hpcenv: error: cannot reach the Slurm controller"),
     ]
     for proc, code, start in cases:
         assert (proc.returncode, proc.stdout) == (code, ""), proc.stderr
@@ -391,3 +409,110 @@ def test_status_and_logs_after_the_job_was_purged(site: SiteConfig,
     assert (task["state"], task["exit_code"], task["env"]) == ("FAILED", 3, "cpu-env")
     assert task["stdout"] == str(array_dir / "logs" / "new" / f"{array_id}_1.txt")
     assert cli("logs", f"{array_id}_2").stdout == "task 2\n"
+
+
+def _cli(site: SiteConfig, cluster: SlurmCluster, cwd: Path, *argv: str,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(site.source), *argv],
+                          cwd=cwd, capture_output=True, text=True, timeout=180,
+                          env=env or cluster.env)
+
+
+def test_probe_lands_by_feature_reports_its_backend_and_gets_its_argument(
+        site: SiteConfig, slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    probe = tmp_path / "probe.py"
+    probe.write_text(SHOW)
+    hostile = "a b $(echo pwned)"
+    proc = _cli(site, slurm_cluster, tmp_path, "-v", "submit", str(probe), hostile, "--env",
+                "cuda124-env", "--gpus", "1", "--wait", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    # -v says which backend the site's scheduler setting picked, --json names it.
+    assert data["scheduler"] == slurm_cluster.scheduler
+    assert f"hpcenv: scheduler backend {slurm_cluster.scheduler} (scheduler: " in proc.stderr
+    assert (data["state"], data["node"], data["partition"]) == ("COMPLETED", "a100n1", "gpu-a100")
+    assert data["constraint"] == "cuda12.4" and data["options"]["gpus"] == 1
+    assert "#SBATCH --gpus=1\n" in Path(data["script"]).read_text()  # the whole job's
+    shown = json.loads((tmp_path / f"slurm-{data['job_id']}.out").read_text())
+    assert shown["argv"] == [hostile] and shown["gpus"] == "0"
+    status = json.loads(_cli(site, slurm_cluster, tmp_path, "--json", "status", data["job_id"]).stdout)
+    assert (status["state"], status["exit_code"]) == ("COMPLETED", 0)
+    check = _cli(site, slurm_cluster, tmp_path, "site", "check").stdout
+    assert f"backend {slurm_cluster.scheduler} (scheduler: {slurm_cluster.scheduler}); " \
+           f"sbatch at {slurm_cluster.bin_dir}/sbatch" in check
+
+    running = json.loads(_cli(site, slurm_cluster, tmp_path, "--json", "submit", "--env", "cpu-env",
+                              "--", "sleep", "120").stdout)["job_id"]
+    scheduler = site_scheduler(site)
+    deadline = time.monotonic() + 60
+    while scheduler.status(running).state != "RUNNING":
+        assert time.monotonic() < deadline, f"job {running} did not start"
+        time.sleep(0.3)
+    cancelled = _cli(site, slurm_cluster, tmp_path, "cancel", running)
+    assert (cancelled.returncode, cancelled.stdout) == (0, f"cancelled job {running}\n")
+    assert wait_for(scheduler, running, first=0.2, most=1.0).state == "CANCELLED"
+
+
+RANKS = ("import os, sys; print(os.environ['SLURM_PROCID'], os.environ['SLURMD_NODENAME'], "
+         "sys.prefix == os.environ['CONDA_PREFIX'], *sys.argv[1:])")
+
+
+@pytest.mark.parametrize("launcher", ["activate", "conda-run"])
+def test_two_nodes_with_two_tasks_each_run_four_ranks(site: SiteConfig, conda_site: SiteConfig,
+                                                      tmp_path: Path, launcher: str) -> None:
+    chosen = conda_site if launcher == "conda-run" else site
+    result = submit(["python", "-c", RANKS, "x y"], env_name="cpu-env", site=chosen,
+                    options=SubmitOptions(workdir=tmp_path, nodes=2, ntasks_per_node=2))
+    assert 'hpcenv_cmd=(srun ' in result.script_text and result.launcher == launcher
+    info = wait_for(site_scheduler(chosen), result.job_id or "", first=0.2, most=1.0)
+    out = (tmp_path / f"slurm-{result.job_id}.out").read_text()
+    assert info.state == "COMPLETED", out
+    rows = sorted(line.split(" ", 3) for line in out.splitlines())
+    assert [r[0] for r in rows] == ["0", "1", "2", "3"], out
+    assert sorted(r[1] for r in rows) == ["cpu1", "cpu1", "cpu2", "cpu2"]
+    assert {(r[2], r[3]) for r in rows} == {("True", "x y")}  # the env, the argument intact
+
+
+def test_a_requeued_jobs_log_holds_both_runs(site: SiteConfig, slurm_cluster: SlurmCluster,  # noqa: F811
+                                             tmp_path: Path) -> None:
+    body = 'echo "run ${SLURM_RESTART_COUNT:-0}"; [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ] || sleep 300'
+    result = submit(["bash", "-c", body], env_name="cpu-env", site=site,
+                    options=SubmitOptions(workdir=tmp_path, requeue=True))
+    assert "#SBATCH --requeue\n" in result.script_text
+    assert "#SBATCH --open-mode=append\n" in result.script_text
+    log = tmp_path / f"slurm-{result.job_id}.out"
+    deadline = time.monotonic() + 60
+    while "run 0" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"job {result.job_id} did not start"
+        time.sleep(0.3)
+    # What a node failure or preemption does: the job goes back to the queue.  Slurm holds a
+    # requeued job back for a while (BeginTime); releasing it now keeps the test short.
+    subprocess.run(["scontrol", "requeue", result.job_id or ""], check=True, timeout=60,
+                   env=slurm_cluster.env)
+    while subprocess.run(["scontrol", "update", f"JobId={result.job_id}", "StartTime=now"],
+                         capture_output=True, timeout=60, env=slurm_cluster.env).returncode:
+        assert time.monotonic() < deadline + 60, "the requeued job could not be released"
+        time.sleep(0.5)
+    info = wait_for(site_scheduler(site), result.job_id or "", first=0.2, most=1.0)
+    runs = [line for line in log.read_text().splitlines() if line.startswith("run ")]
+    assert (info.state, runs) == ("COMPLETED", ["run 0", "run 1"])
+
+
+def test_dry_run_needs_no_controller(site: SiteConfig, slurm_cluster: SlurmCluster,  # noqa: F811
+                                     tmp_path: Path) -> None:
+    dead = tmp_path / "dead.conf"
+    dead.write_text("\n".join("SlurmctldPort=1" if ln.startswith("SlurmctldPort=") else ln
+                              for ln in slurm_cluster.conf.read_text().splitlines()))
+    started = time.monotonic()
+    proc = _cli(site, slurm_cluster, tmp_path, "submit", "--env", "cuda124-env", "--dry-run",
+                "--", "true", env={**slurm_cluster.env, "SLURM_CONF": str(dead)})
+    # A Slurm client waits 9-18 s for a controller that does not answer; a dry run gives up
+    # after DRY_RUN_QUERY_TIMEOUT and routes on the site config alone.
+    assert proc.returncode == 0 and time.monotonic() - started < 12, proc.stderr
+    # Without the nodes' features gpu-a100 cannot be judged: gpu-h100 (max CUDA 12.8) it is.
+    assert "# partition: gpu-h100\n" in proc.stdout
+    assert f"# scheduler: {slurm_cluster.scheduler}\n" in proc.stdout
+    assert "# live:      not consulted (dry run, no answer from Slurm: " in proc.stdout
+    live = _cli(site, slurm_cluster, tmp_path, "submit", "--env", "cuda124-env", "--dry-run",
+                "--", "true")
+    assert "#SBATCH --constraint=cuda12.4\n" in live.stdout and "# live:" not in live.stdout

@@ -21,12 +21,8 @@ import pytest
 from conftest import write_fake_conda
 
 from hpcenv.errors import InvalidInput
-from hpcenv.jobs.templates import (
-    JobScript,
-    SbatchOptions,
-    render_job_script,
-    sbatch_lines,
-)
+from hpcenv.jobs.templates import JobScript, render_job_script
+from hpcenv.scheduler.job_options import JobOptions, from_script, sbatch_lines
 from hpcenv.store.activation import activation_script
 
 NASTY = ["$(touch pwned)", "`touch pwned2`", "a\nb", "'; touch pwned3 #", "  spaced  ", "", "*",
@@ -74,7 +70,7 @@ def fake_conda(tmp_path: Path) -> Path:
 
 def job(prefix: Path, command: list[str], launcher: str = "activate", conda: Path | None = None,
         **opts: object) -> JobScript:
-    options = SbatchOptions(job_name="t", **opts)  # type: ignore[arg-type]
+    options = JobOptions(job_name="t", **opts)  # type: ignore[arg-type]
     return JobScript(options=options, launcher=launcher, command=tuple(command),  # type: ignore[arg-type]
                      prefix=prefix, env_name="demo", env_version="1",
                      conda_exe=str(conda) if conda else None,
@@ -90,36 +86,58 @@ def write(tmp_path: Path, text: str) -> Path:
 # --- #SBATCH header ------------------------------------------------------------------------------
 
 def test_header_has_every_option_in_order() -> None:
-    lines = sbatch_lines(SbatchOptions(
-        job_name="train", partition="gpu-a100", constraint="cuda12.2|cuda12.4", gpus=2,
+    options = JobOptions(
+        job_name="train", partition="gpu-a100", constraint="cuda12.2|cuda12.4", gpus_per_node=2,
         gpu_type="a100", time="1-02:00:00", mem="16G", cpus_per_task=8, nodes="2",
         ntasks_per_node=4, account="lab", qos="high", array="0-9%2", dependency="afterok:12:13",
-        output="/scratch/out-%j.txt", error="err-%A_%a.txt", signal="USR1@120",
-        extra_args=("--exclusive", "--mail-type=END,FAIL")))
+        output="/scratch/out-%j.txt", error="err-%A_%a.txt", signal="USR1@120", exclusive=True,
+        requeue=True, mail_type="end,fail", mail_user="me@lab.org", comment="run-7",
+        cpus_per_gpu=4, extra_args=("--reservation=maint",))
+    lines = sbatch_lines(options)
     assert lines == [
         "--job-name=train", "--partition=gpu-a100", "--constraint=cuda12.2|cuda12.4",
-        "--gres=gpu:a100:2", "--time=1-02:00:00", "--mem=16G", "--cpus-per-task=8", "--nodes=2",
-        "--ntasks-per-node=4", "--account=lab", "--qos=high", "--array=0-9%2",
-        "--dependency=afterok:12:13", "--output=/scratch/out-%j.txt", "--error=err-%A_%a.txt",
-        "--signal=B:USR1@120", "--exclusive", "--mail-type=END,FAIL"]
+        "--nodes=2", "--ntasks-per-node=4", "--cpus-per-task=8", "--gpus-per-node=a100:2",
+        "--cpus-per-gpu=4", "--mem=16G", "--time=1-02:00:00", "--exclusive", "--account=lab",
+        "--qos=high", "--array=0-9%2", "--dependency=afterok:12:13",
+        "--output=/scratch/out-%j.txt", "--error=err-%A_%a.txt", "--open-mode=append",
+        "--requeue", "--signal=B:USR1@120", "--mail-type=END,FAIL", "--mail-user=me@lab.org",
+        "--comment=run-7", "--reservation=maint"]
+    # Read back from the header, the same options (the signal as sbatch was given it).
+    back = from_script("#!/bin/bash\n" + "".join(f"#SBATCH {line}\n" for line in lines))
+    assert back == JobOptions(**{**options.__dict__, "signal": "B:USR1@120",
+                                 "mail_type": "END,FAIL"})
 
 
-def test_gres_without_type_and_no_gres_for_cpu_jobs() -> None:
-    assert "--gres=gpu:1" in sbatch_lines(SbatchOptions(job_name="x", gpus=1))
-    assert not any(s.startswith("--gres") for s in sbatch_lines(SbatchOptions(job_name="x")))
+def test_gpus_is_per_job_and_gpus_per_node_per_node() -> None:
+    assert "--gpus=3" in sbatch_lines(JobOptions(job_name="x", gpus=3))
+    assert "--gpus=a100:3" in sbatch_lines(JobOptions(job_name="x", gpus=3, gpu_type="a100"))
+    assert "--gpus-per-node=1" in sbatch_lines(JobOptions(job_name="x", gpus_per_node=1))
+    assert not any(s.startswith("--gpu") for s in sbatch_lines(JobOptions(job_name="x")))
+    assert not any(s.startswith("--gpu") for s in sbatch_lines(JobOptions(job_name="x", gpus=0)))
+    # Tasks: sbatch's arithmetic, which decides whether the program runs under srun.
+    assert JobOptions(nodes="2", ntasks_per_node=2).tasks == 4
+    assert JobOptions(ntasks=3).tasks == 3 and JobOptions().tasks == 1
+    assert JobOptions(nodes="2", gpus=3).gpus_per_node_wanted == 2
+
+
+def test_header_reader_keeps_unknown_options_and_short_forms() -> None:
+    opts = from_script("#!/bin/bash\n#SBATCH -p cpu -J j1 -o out-%j -n 2\n#SBATCH --gres=gpu:1\n"
+                       "echo\n#SBATCH --time=5\n")
+    assert (opts.partition, opts.job_name, opts.output, opts.ntasks) == ("cpu", "j1", "out-%j", 2)
+    assert opts.extra_args == ("--gres=gpu:1",) and opts.time is None  # after the first command
 
 
 def test_signal_keeps_explicit_batch_or_r_prefix() -> None:
-    assert "--signal=B:TERM@60" in sbatch_lines(SbatchOptions(job_name="x", signal="B:TERM@60"))
-    assert "--signal=R:USR2" in sbatch_lines(SbatchOptions(job_name="x", signal="R:USR2"))
+    assert "--signal=B:TERM@60" in sbatch_lines(JobOptions(job_name="x", signal="B:TERM@60"))
+    assert "--signal=R:USR2" in sbatch_lines(JobOptions(job_name="x", signal="R:USR2"))
     # Names sbatch knows, any case, with SIG; numbers; the 16-bit limit on the seconds.
     for value in ("usr1@90", "SIGTERM", "13@60", "RB:XCPU", "USR2@65535"):
-        assert sbatch_lines(SbatchOptions(job_name="x", signal=value))[-1].startswith("--signal=")
+        assert sbatch_lines(JobOptions(job_name="x", signal=value))[-1].startswith("--signal=")
 
 
 def test_node_counts_start_at_one() -> None:
-    assert "--nodes=1-4" in sbatch_lines(SbatchOptions(job_name="x", nodes="1-4"))
-    assert "--nodes=2" in sbatch_lines(SbatchOptions(job_name="x", nodes="2"))
+    assert "--nodes=1-4" in sbatch_lines(JobOptions(job_name="x", nodes="1-4"))
+    assert "--nodes=2" in sbatch_lines(JobOptions(job_name="x", nodes="2"))
 
 
 @pytest.mark.parametrize(("field", "value", "flag"), [
@@ -137,6 +155,9 @@ def test_node_counts_start_at_one() -> None:
     ("constraint", "cuda12.4'", "--constraint"),
     ("signal", "USR1@60;id", "--signal"),
     ("gpu_type", "a100:2", "--gpu-type"),
+    ("mail_type", "END,SOMETIMES", "--mail-type"),
+    ("mail_user", "a b@c", "--mail-user"),
+    ("comment", "two words", "--comment"),
     ("signal", "FOO@60", "--signal"),
     ("signal", "WINCH", "--signal"),
     ("signal", "USR1@65536", "--signal"),
@@ -148,7 +169,7 @@ def test_node_counts_start_at_one() -> None:
 def test_bad_sbatch_values_are_rejected(field: str, value: str, flag: str) -> None:
     opts: dict[str, object] = {"job_name": "x", "gpus": 1, field: value}
     with pytest.raises(InvalidInput) as err:
-        sbatch_lines(SbatchOptions(**opts))  # type: ignore[arg-type]
+        sbatch_lines(JobOptions(**opts))  # type: ignore[arg-type]
     message = str(err.value)
     assert message.startswith(flag) and "\n" not in message
 
@@ -161,7 +182,7 @@ def test_bad_sbatch_values_are_rejected(field: str, value: str, flag: str) -> No
 ])
 def test_job_name_errors_say_what_would_work(name: str, hint: str) -> None:
     with pytest.raises(InvalidInput) as err:
-        sbatch_lines(SbatchOptions(job_name=name))
+        sbatch_lines(JobOptions(job_name=name))
     assert hint in str(err.value) and str(err.value).startswith("--job-name")
 
 
@@ -169,13 +190,13 @@ def test_job_name_errors_say_what_would_work(name: str, hint: str) -> None:
                                  "--wrap=rm -rf", "--wrap=id"])
 def test_bad_sbatch_args_are_rejected(arg: str) -> None:
     with pytest.raises(InvalidInput, match="--sbatch-arg"):
-        sbatch_lines(SbatchOptions(job_name="x", extra_args=(arg,)))
+        sbatch_lines(JobOptions(job_name="x", extra_args=(arg,)))
 
 
 @pytest.mark.parametrize("bad", [0, -1])
 def test_counts_must_be_positive(bad: int) -> None:
     with pytest.raises(InvalidInput, match="--cpus-per-task"):
-        sbatch_lines(SbatchOptions(job_name="x", cpus_per_task=bad))
+        sbatch_lines(JobOptions(job_name="x", cpus_per_task=bad))
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -227,7 +248,7 @@ def test_template_errors_name_the_file(prefix: Path, tmp_path: Path) -> None:
 def test_comment_lines_cannot_be_broken_out_of(tmp_path: Path) -> None:
     evil = tmp_path / "x\ntouch pwned"
     (evil / "conda-meta").mkdir(parents=True)
-    text = render_job_script(JobScript(SbatchOptions(job_name="t"), "activate", ("true",), evil,
+    text = render_job_script(JobScript(JobOptions(job_name="t"), "activate", ("true",), evil,
                                        "demo", activation=""))
     assert "\ntouch pwned" not in text.split("hpcenv_cmd=")[0]
 

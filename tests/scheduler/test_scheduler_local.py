@@ -16,7 +16,8 @@ from conftest import SIGNAL_CHILD, wait_for_file
 from hpcenv.errors import InvalidInput, NotFound
 from hpcenv.scheduler import get_scheduler
 from hpcenv.scheduler.base import JobInfo, Scheduler
-from hpcenv.scheduler.local import LocalExecutor, parse_sbatch_options
+from hpcenv.scheduler.job_options import JobOptions, from_script
+from hpcenv.scheduler.local import LocalExecutor
 
 
 @pytest.fixture
@@ -204,19 +205,19 @@ def test_partitions_and_factory(tmp_path: Path) -> None:
         get_scheduler("pbs")
 
 
-def test_parse_sbatch_options() -> None:
+def test_header_is_read_into_job_options() -> None:
     script = ("#!/bin/bash\n#SBATCH -J name -o out.log\n#SBATCH --error=e.log --cpus-per-task 2\n"
               "# a comment\n\n#SBATCH -t1:00 --chdir 'with space'  # trailing comment\n"
               "echo hi\n#SBATCH --job-name=ignored-after-commands\n")
-    assert parse_sbatch_options(script) == {
-        "job-name": "name", "output": "out.log", "error": "e.log", "cpus-per-task": "2",
-        "time": "1:00", "chdir": "with space"}
+    assert from_script(script) == JobOptions(
+        job_name="name", output="out.log", error="e.log", cpus_per_task=2, time="1:00",
+        chdir="with space")
 
 
 def test_a_bad_time_limit_is_refused_naming_the_script(executor: LocalExecutor,
                                                       tmp_path: Path) -> None:
     script = write_job(tmp_path, "true", "--time=1h")
-    with pytest.raises(InvalidInput, match=r"job\.sh: #SBATCH --time '1h': expected a Slurm time limit"):
+    with pytest.raises(InvalidInput, match=r"job\.sh: --time '1h': expected a Slurm time limit"):
         executor.submit(script, workdir=tmp_path)
     assert executor.jobs() == []
 

@@ -121,19 +121,19 @@ def test_site_defaults_are_checked_by_the_same_rules(tmp_path: Path, slurm: str,
 
 
 def test_good_site_defaults_render(tmp_path: Path) -> None:
-    from hpcenv.jobs.templates import SbatchOptions, sbatch_lines
+    from hpcenv.scheduler.job_options import JobOptions, sbatch_lines
     from hpcenv.site.config import load_site
 
     cfg = tmp_path / "site.yaml"
     cfg.write_text("slurm:\n  time: 1-00:00\n  mem: 16G\n  extra_args: [--exclusive]\n")
     site = load_site(cfg)
-    lines = sbatch_lines(SbatchOptions(job_name="x", time=site.slurm.time, mem=site.slurm.mem,
-                                       extra_args=site.slurm.extra_args))
+    lines = sbatch_lines(JobOptions(job_name="x", time=site.slurm.time, mem=site.slurm.mem,
+                                    extra_args=site.slurm.extra_args))
     assert "--time=1-00:00" in lines and "--mem=16G" in lines and "--exclusive" in lines
 
 
 def test_signal_specs_use_the_cancel_validator() -> None:
-    from hpcenv.scheduler.base import signal_name, signal_number
+    from hpcenv.scheduler.options import signal_name, signal_number
 
     assert signal_spec_problem("USR1@120") is None and signal_spec_problem("B:10") is None
     # sbatch and scancel refuse PIPE by name: both paths refuse it before anything is built.
