@@ -94,6 +94,10 @@ def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentP
                    help="extra sbatch option, repeatable (e.g. --sbatch-arg=--exclusive)")
     r.add_argument("--launcher", choices=("conda-run", "activate"),
                    help="override the site's launcher")
+    r.add_argument("--stage", action="store_true",
+                   help="unpack the env's pack ('hpcenv env pack') on each node's local disk "
+                        "(site stage_dir, else $TMPDIR) once per node and run from there; "
+                        "falls back to the shared prefix with a warning")
     p.add_argument("--dry-run", action="store_true",
                    help="print the job script, partition and reason; submit (and build) nothing")
     p.add_argument("--wait", action="store_true",
@@ -143,7 +147,8 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
         ntasks_per_node=args.ntasks_per_node, account=args.account, qos=args.qos,
         array=args.array, dependency=args.dependency, job_name=args.job_name, output=args.output,
         error=args.error, signal=args.signal, sbatch_args=tuple(args.sbatch_arg),
-        env_file=Path(args.env_file) if args.env_file else None, launcher=args.launcher)
+        env_file=Path(args.env_file) if args.env_file else None, launcher=args.launcher,
+        stage=args.stage)
     target = args.script if args.script is not None else args.program_cmd
     site = ctx.site()
     result = submit(target, args.program_args, env_name=args.env, site=site, options=options,

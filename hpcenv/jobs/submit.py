@@ -35,6 +35,7 @@ from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import current_user
 from hpcenv.jobs.control import SubmissionRecord, job_namespace, save_submission
 from hpcenv.jobs.routing import RouteRequest, RoutingDecision, route
+from hpcenv.jobs.staging import PREFIX_VAR, plan_staging
 from hpcenv.jobs.templates import (
     JobScript,
     Launcher,
@@ -84,6 +85,7 @@ class SubmitOptions:
     env_file: Path | None = None
     workdir: Path | None = None           # default: the current directory
     launcher: Launcher | None = None      # default: the site's (auto: conda-run if conda exists)
+    stage: bool = False                   # run from a node-local copy (hpcenv.jobs.staging)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class SubmitResult:
     routing: RoutingDecision | None = field(repr=False, default=None)
     dry_run: bool = False
     warnings: tuple[str, ...] = ()        # e.g. options the local executor ignores
+    pack: str | None = None               # --stage: the pack the job unpacks
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "partition": self.partition, "constraint": self.constraint,
@@ -111,7 +114,7 @@ class SubmitResult:
                 "script": str(self.script), "reason": self.reason, "gpus": self.gpus,
                 "launcher": self.launcher, "scheduler": self.scheduler,
                 "env_status": self.env_status, "dry_run": self.dry_run,
-                "warnings": list(self.warnings),
+                "warnings": list(self.warnings), "pack": self.pack,
                 "routing": self.routing.to_dict() if self.routing else None}
 
 
@@ -374,7 +377,12 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     _check_gpu_options(options)
     scheduler = scheduler or site_scheduler(site)
     warnings = _local_executor_warnings(options, site) if scheduler.kind == "local" else ()
-    launcher = choose_launcher(site, options.launcher)
+    if options.stage and options.launcher == "conda-run":
+        raise InvalidInput("--stage runs the node-local copy with hpcenv's activation; drop "
+                           "--launcher conda-run")
+    # A staged copy is activated by hpcenv: conda on the node would start from the shared
+    # filesystem again, which staging is there to avoid.
+    launcher = "activate" if options.stage else choose_launcher(site, options.launcher)
     search = [program.script.parent, workdir] if program.script else [workdir]
     env_file = options.env_file.expanduser().resolve() if options.env_file else None
     record, env_status = ensure_env(site, env_name, env_file=env_file, search_dirs=search,
@@ -393,13 +401,18 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
 
     sbatch = replace(sbatch, partition=decision.partition, constraint=decision.constraint,
                      gpus=decision.gpus, gpu_type=decision.gpu_type)
+    stage = plan_staging(site, record) if options.stage else None
+    if stage is not None and stage.warning:
+        warnings = (*warnings, stage.warning)
     activation = ""
     if launcher == "activate":
-        activation = activation_script(prefix, name=record.name)
+        activation = activation_script(prefix, name=record.name,
+                                       prefix_var=PREFIX_VAR if stage is not None else None)
     job = JobScript(options=sbatch, launcher=launcher, command=program.argv(prefix), prefix=prefix,
                     env_name=record.name, env_version=str(record.version),
                     conda_exe=site.conda_exe, activation=activation)
-    text = render_job_script(job, templates_dir=site.templates_dir)
+    text = render_job_script(job, templates_dir=site.templates_dir,
+                             extra={"stage": stage.context} if stage is not None else None)
 
     script = _job_dir(site, job_name) / "job.sh"
     script.write_text(text)
@@ -408,7 +421,7 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
         env=record.name, env_version=record.version, prefix=str(prefix), script=script,
         reason=decision.reason, gpus=decision.gpus, launcher=launcher, scheduler=scheduler.kind,
         env_status=env_status, script_text=text, routing=decision, dry_run=dry_run,
-        warnings=warnings)
+        warnings=warnings, pack=str(stage.pack) if stage is not None else None)
     if dry_run:
         return result
 
