@@ -1,0 +1,181 @@
+"""Env packs: real envs from the demo channel packed, unpacked elsewhere and run from there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcenv.build.builder import build_env
+from hpcenv.errors import HpcenvError, NotFound
+from hpcenv.site.config import SiteConfig
+from hpcenv.spec.environment import parse_spec
+from hpcenv.store import relocate
+from hpcenv.store.activation import activation_env
+from hpcenv.store.pack import create_pack, find_pack, packs_dir, read_manifest, unpack
+from hpcenv.store.registry import EnvRecord
+
+# Conda packages (a text placeholder, entry points, activate.d), a pip: section (files no
+# package owns: hpcdemo-extra's console script) and variables: in conda-meta/state.
+PACKED_ENV = """\
+name: packed
+dependencies:
+  - python=3.11
+  - hpcdemo-kernels
+  - hpcdemo-tools
+  - pip
+  - pip:
+    - hpcdemo_extra
+variables:
+  PACKED_MODE: fast
+"""
+
+PROBE = """\
+import json, os, sys
+import hpcdemo_kernels, hpcdemo_tools, hpcdemo_extra
+print(json.dumps({"prefix": sys.prefix, "executable": sys.executable,
+                  "build_prefix": hpcdemo_kernels.build_info()["prefix"],
+                  "files": [m.__file__ for m in (hpcdemo_kernels, hpcdemo_tools, hpcdemo_extra, os)]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory, demo_channel) -> tuple[SiteConfig, EnvRecord]:
+    from hpcenv.demo.site import write_demo_site
+    from hpcenv.site.config import load_site
+
+    site = load_site(write_demo_site(tmp_path_factory.mktemp("packsite"), demo_channel))
+    return site, build_env(parse_spec(PACKED_ENV), site).record
+
+
+def files_naming(root: Path, text: str) -> list[str]:
+    """Files under ``root`` that contain ``text``, but compiled bytecode, package records
+    (which name the package cache) and the pack's own manifest."""
+    needle = text.encode()
+    out = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if (path.is_symlink() or not path.is_file() or rel.endswith(".pyc")
+                or rel.startswith(("conda-meta/", ".hpcenv-pack/"))):
+            continue
+        if needle in path.read_bytes():
+            out.append(rel)
+    return sorted(out)
+
+
+def test_pack_lists_every_file_that_embeds_the_prefix(packed) -> None:
+    site, record = packed
+    result = create_pack(site, record, compression="zstd")
+    assert result.created and result.path.parent == packs_dir(site)
+    assert result.path.name == f"{Path(record.prefix).name}.tar.zst"
+    manifest = read_manifest(result.path)
+    assert manifest.prefix == record.prefix and manifest.python == "bin/python3"
+    listed = {f.path: f.mode for f in manifest.files}
+    # Exactly the files that name the prefix, found through paths_data and by scanning the
+    # files pip installed (its console script), none missed and none extra.
+    assert sorted(listed) == files_naming(Path(record.prefix), record.prefix)
+    assert {"bin/hpcdemo-extra", "bin/hpcdemo-info", "share/hpcdemo-kernels/build.json"} <= set(listed)
+    assert set(listed.values()) == {"text"}
+    assert manifest.file_count > 1000 and manifest.unpacked_bytes > 10 * 1024 * 1024
+    again = create_pack(site, record)
+    assert not again.created and again.path == result.path
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_unpacked_copy_runs_without_the_shared_prefix(packed, tmp_path: Path, compression) -> None:
+    site, record = packed
+    pack = create_pack(site, record, compression=compression, force=True).path
+    assert find_pack(site, record) == pack and pack.name.endswith(
+        ".tar.zst" if compression == "zstd" else ".tar.gz")
+    dest = unpack(pack, tmp_path / "node-local" / "copy")
+    assert files_naming(dest, record.prefix) == []
+    shared = Path(record.prefix)
+    hidden = shared.with_name(shared.name + ".away")
+    # Nothing of the shared prefix may be needed: move it away while the copy runs.
+    os.rename(shared, hidden)
+    try:
+        env = activation_env(dest, {"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+                             name="packed")
+        out = subprocess.run(["python", "-c", PROBE], env=env, capture_output=True, text=True,
+                             check=True)
+        tool = subprocess.run(["hpcdemo-info"], env=env, capture_output=True, text=True,
+                              check=True)
+        extra = subprocess.run(["hpcdemo-extra"], env=env, capture_output=True, text=True)
+    finally:
+        os.rename(hidden, shared)
+    seen = json.loads(out.stdout)
+    assert seen["prefix"] == seen["build_prefix"] == str(dest)
+    assert seen["executable"].startswith(f"{dest}/bin/python")
+    assert all(f.startswith(f"{dest}/") for f in seen["files"])
+    assert f"prefix={dest}\n" in tool.stdout and "activated=cpu" in tool.stdout
+    assert extra.returncode == 0, extra.stderr
+    # activate.d scripts and variables: of the copy.
+    assert env["HPCDEMO_KERNELS_HOME"] == f"{dest}/share/hpcdemo-kernels"
+    assert env["PACKED_MODE"] == "fast" and env["CONDA_PREFIX"] == str(dest)
+
+
+def test_pack_of_a_missing_pack_file_and_of_a_non_pack(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="no such pack"):
+        read_manifest(tmp_path / "x.tar.zst")
+    bogus = tmp_path / "bogus.tar.gz"
+    subprocess.run(["gzip"], input=b"not a tar archive" * 100, stdout=bogus.open("wb"), check=True)
+    with pytest.raises(HpcenvError, match="not a readable env pack"):
+        read_manifest(bogus)
+
+
+def test_cli_env_pack(packed, tmp_path: Path) -> None:
+    site, record = packed
+    base = [sys.executable, "-m", "hpcenv", "--site", str(site.source)]
+    out = subprocess.run([*base, "env", "pack", "packed", "--force", "--compression", "gzip",
+                          "--json"], capture_output=True, text=True, check=True)
+    data = json.loads(out.stdout)
+    assert data["created"] and data["pack"].endswith(".tar.gz") and data["relocated_files"] >= 4
+    assert not Path(data["pack"]).with_name(f"{Path(record.prefix).name}.tar.zst").exists()
+    text = subprocess.run([*base, "env", "pack", "packed"], capture_output=True, text=True)
+    assert text.returncode == 0 and text.stdout.startswith("kept the existing pack of packed v1")
+    missing = subprocess.run([*base, "env", "pack", "nosuchenv"], capture_output=True, text=True)
+    assert missing.returncode == 1 and "nosuchenv" in missing.stderr
+
+
+# --- relocation rules (pure byte logic) -------------------------------------------------------
+
+OLD = b"/shared/envs/.hpcenv/builds/x-1-abc"
+
+
+def test_binary_relocation_pads_and_keeps_offsets() -> None:
+    data = b"\x7fELF\0" + OLD + b"/lib:" + OLD + b"/lib64\0tail" + OLD + b"\0end"
+    out = relocate.relocate_binary(data, OLD, b"/tmp/s/x")
+    assert len(out) == len(data)
+    assert out.index(b"tail") == data.index(b"tail") and out.endswith(b"\0end")
+    strings = [s for s in out.split(b"\0") if s]
+    assert strings[1] == b"/tmp/s/x/lib:/tmp/s/x/lib64" and strings[2] == b"tail/tmp/s/x"
+    with pytest.raises(relocate.PrefixTooLong):
+        relocate.relocate_binary(data, OLD, OLD + b"-longer")
+
+
+def test_long_shebang_becomes_env(tmp_path: Path) -> None:
+    script = b"#!" + OLD + b"/bin/python3.11 -u\nprint('" + OLD + b"')\n"
+    new = b"/" + b"n" * 130
+    out = relocate.relocate_text(script, OLD, new, "bin/tool")
+    assert out == b"#!/usr/bin/env python3.11 -u\nprint('" + new + b"')\n"
+    assert relocate.relocate_text(script, OLD, b"/s", "bin/tool").startswith(b"#!/s/bin/python3.11 -u\n")
+
+
+def test_relocate_refuses_a_longer_prefix_for_binary_files_before_changing_anything(tmp_path: Path) -> None:
+    (tmp_path / ".hpcenv-pack").mkdir()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "a.txt").write_bytes(OLD + b"/x\n")
+    (tmp_path / "lib" / "b.so").write_bytes(b"\0" + OLD + b"/lib\0")
+    (tmp_path / ".hpcenv-pack" / "manifest.json").write_text(json.dumps({
+        "prefix": OLD.decode(), "files": [{"path": "lib/a.txt", "mode": "text"},
+                                          {"path": "lib/b.so", "mode": "binary"}]}))
+    longer = "/" + "y" * len(OLD)
+    assert relocate.main(["relocate.py", str(tmp_path), longer]) == relocate.EXIT_TOO_LONG
+    assert (tmp_path / "lib" / "a.txt").read_bytes() == OLD + b"/x\n"
+    assert relocate.main(["relocate.py", str(tmp_path), "/tmp/s"]) == 0
+    assert (tmp_path / "lib" / "a.txt").read_bytes() == b"/tmp/s/x\n"
+    assert (tmp_path / "lib" / "b.so").read_bytes() == b"\0/tmp/s/lib" + b"\0" * (len(OLD) - 6 + 1)
