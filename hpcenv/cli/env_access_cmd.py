@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from hpcenv.cli.argtypes import env_name
 from hpcenv.cli.context import Context
@@ -92,10 +93,10 @@ def _pack(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _pack_text(d: dict[str, object]) -> str:
+def _pack_text(d: dict[str, Any]) -> str:
     mib = 1024 * 1024
     verb = "packed" if d["created"] else "kept the existing pack of"
     return (f"{verb} {d['name']} v{d['version']}: {d['pack']} "
-            f"({int(d['packed_bytes']) / mib:.1f} MiB, {d['file_count']} files, "  # type: ignore[call-overload]
-            f"{int(d['unpacked_bytes']) / mib:.1f} MiB unpacked; "  # type: ignore[call-overload]
+            f"({d['packed_bytes'] / mib:.1f} MiB, {d['file_count']} files, "
+            f"{d['unpacked_bytes'] / mib:.1f} MiB unpacked; "
             f"{d['relocated_files']} files relocated on unpack)")

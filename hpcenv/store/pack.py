@@ -38,7 +38,7 @@ import stat
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
@@ -322,15 +322,19 @@ def create_pack(site: SiteConfig, record: EnvRecord, *, compression: Compression
                       created=True)
 
 
-def remove_packs(site: SiteConfig, prefix: Path | str) -> list[Path]:
-    """Delete the packs of the build at ``prefix`` (when the build itself goes)."""
-    removed = []
-    for suffix in SUFFIXES.values():
-        path = packs_dir(site) / f"{Path(prefix).name}{suffix}"
-        if path.is_file():
-            path.unlink()
-            removed.append(path)
-    return removed
+def orphan_packs(site: SiteConfig, live_prefixes: Iterable[Path]) -> list[Path]:
+    """Packs in the site's packs dir whose build is not among ``live_prefixes`` (for gc)."""
+    directory = packs_dir(site)
+    if not directory.is_dir():
+        return []
+    live = {Path(p).name for p in live_prefixes}
+    out = []
+    for path in sorted(directory.iterdir()):
+        build = next((path.name[: -len(s)] for s in SUFFIXES.values()
+                      if path.name.endswith(s)), None)
+        if build is not None and not path.name.startswith(".") and build not in live:
+            out.append(path)
+    return out
 
 
 # --- reading and unpacking --------------------------------------------------------------------

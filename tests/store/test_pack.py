@@ -179,3 +179,23 @@ def test_relocate_refuses_a_longer_prefix_for_binary_files_before_changing_anyth
     assert relocate.main(["relocate.py", str(tmp_path), "/tmp/s"]) == 0
     assert (tmp_path / "lib" / "a.txt").read_bytes() == b"/tmp/s/x\n"
     assert (tmp_path / "lib" / "b.so").read_bytes() == b"\0/tmp/s/lib" + b"\0" * (len(OLD) - 6 + 1)
+
+
+def test_gc_removes_the_packs_of_removed_builds(site, tmp_path: Path) -> None:
+    from hpcenv.store.gc import collect_garbage
+    from hpcenv.store.lifecycle import remove_version
+
+    first = build_env(parse_spec("name: gcpack\ndependencies:\n  - python=3.11\n"), site).record
+    second = build_env(parse_spec("name: gcpack\ndependencies:\n  - python=3.11\n"
+                                  "  - hpcdemo-tools\n"), site).record
+    old_pack = create_pack(site, first).path
+    live_pack = create_pack(site, second).path
+    stray = packs_dir(site) / "notes.txt"
+    stray.write_text("not a pack")
+    assert not [i for i in collect_garbage(site, dry_run=True).removed if i.kind == "pack"]
+    remove_version(site, "gcpack", 1)
+    planned = collect_garbage(site, dry_run=True)
+    assert [i.path for i in planned.removed if i.kind == "pack"] == [old_pack] and old_pack.exists()
+    report = collect_garbage(site)
+    assert [i.path for i in report.removed if i.kind == "pack"] == [old_pack]
+    assert not old_pack.exists() and live_pack.is_file() and stray.is_file()
