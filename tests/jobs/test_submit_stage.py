@@ -207,4 +207,6 @@ def _uid() -> int:
 
 
 def _hostname() -> str:
-    return subprocess.run(["hostname"], capture_output=True, text=True, check=True).stdout.strip()
+    import socket
+
+    return socket.gethostname()
