@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpcenv.errors import InvalidInput
 from hpcenv.store.pack import (
     compression_of,
     default_compression,
@@ -34,6 +35,9 @@ DEFAULT_STAGE_ROOT = "${TMPDIR:-/tmp}"
 # prefix when staging was impossible.
 PREFIX_VAR = "hpcenv_prefix"
 _DECOMPRESSORS = {"zstd": "zstd", "gzip": "gzip"}
+# The staging part's first line: a site job.sh.j2 that leaves out the include would make
+# --stage do nothing, silently.
+STAGE_MARK = "# --- hpcenv: node-local staging (submit --stage) ---"
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,14 @@ def plan_staging(site: SiteConfig, record: EnvRecord) -> StagePlan:
         "root": site.stage_dir or DEFAULT_STAGE_ROOT,
     }
     return StagePlan(pack=pack, exists=found is not None, context=context, warning=warning)
+
+
+def check_staged_script(text: str, site: SiteConfig) -> None:
+    """Refuse a rendered job script that lost the staging part (a site's own ``job.sh.j2``
+    written before staging existed)."""
+    if STAGE_MARK not in text:
+        where = site.templates_dir or "the site's templates_dir"
+        raise InvalidInput(f"--stage: the job template in {where} does not include "
+                           "stage.sh.j2; add '{% if stage is defined and stage %}{% include "
+                           "\"stage.sh.j2\" %}{% endif %}' before the launcher, as the shipped "
+                           "job.sh.j2 does, or submit without --stage")

@@ -35,7 +35,7 @@ from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import current_user
 from hpcenv.jobs.control import SubmissionRecord, job_namespace, save_submission
 from hpcenv.jobs.routing import RouteRequest, RoutingDecision, route
-from hpcenv.jobs.staging import PREFIX_VAR, plan_staging
+from hpcenv.jobs.staging import PREFIX_VAR, check_staged_script, plan_staging
 from hpcenv.jobs.templates import (
     JobScript,
     Launcher,
@@ -413,6 +413,8 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
                     conda_exe=site.conda_exe, activation=activation)
     text = render_job_script(job, templates_dir=site.templates_dir,
                              extra={"stage": stage.context} if stage is not None else None)
+    if stage is not None:
+        check_staged_script(text, site)
 
     script = _job_dir(site, job_name) / "job.sh"
     script.write_text(text)

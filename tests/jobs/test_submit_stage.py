@@ -210,3 +210,19 @@ def _hostname() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def test_a_site_job_template_without_the_staging_part_is_refused(env_site, demo_channel,
+                                                                  tmp_path: Path) -> None:
+    root, _ = env_site
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "job.sh.j2").write_text('#!/bin/bash\n{% include "sbatch_header.sh.j2" %}\n'
+                                        '{{ activation }}exec {{ command | join(" ") }}\n')
+    site = site_with(root, demo_channel, tmp_path, templates_dir=str(templates))
+    with pytest.raises(InvalidInput, match=r"--stage: the job template in .*templates does not "
+                                           r"include stage.sh.j2"):
+        submit(["true"], env_name="staged", site=site, dry_run=True,
+               options=SubmitOptions(workdir=tmp_path, stage=True))
+    assert submit(["true"], env_name="staged", site=site, dry_run=True,
+                  options=SubmitOptions(workdir=tmp_path)).script_text.startswith("#!/bin/bash")
