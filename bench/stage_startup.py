@@ -97,13 +97,13 @@ def _first_line_seconds(script: Path, env: dict[str, str]) -> tuple[float, str]:
     return seconds, line.strip()
 
 
-def _strace_counts(script: Path, env: dict[str, str], shared: Path, log: Path) -> tuple[int, int]:
-    """(file-system calls naming ``shared``, all syscalls) of one run of ``script``."""
+def _shared_fs_calls(script: Path, env: dict[str, str], shared: Path, log: Path) -> int:
+    """Path-based file-system calls naming ``shared`` in one run of ``script``."""
     subprocess.run(["strace", "-f", "-qq", "-e", "trace=%file", "-o", str(log), "bash",
                     str(script)], env=env, check=True, capture_output=True)
     needle = f'"{shared}/'
     on_shared = sum(1 for line in log.read_text(errors="replace").splitlines() if needle in line)
-    return on_shared, 0
+    return on_shared
 
 
 def _total_syscalls(script: Path, env: dict[str, str], log: Path) -> int:
@@ -151,13 +151,13 @@ def run() -> BenchResult:
         calls: dict[str, int] = {}
         totals: dict[str, int] = {}
         if shutil.which("strace"):
-            calls["unstaged"], _ = _strace_counts(unstaged, env, shared, work / "u.log")
+            calls["unstaged"] = _shared_fs_calls(unstaged, env, shared, work / "u.log")
             totals["unstaged"] = _total_syscalls(unstaged, env, work / "u.c")
             cold()
-            calls["cold"], _ = _strace_counts(staged, env, shared, work / "c.log")
+            calls["cold"] = _shared_fs_calls(staged, env, shared, work / "c.log")
             cold()
             totals["cold"] = _total_syscalls(staged, env, work / "c.c")
-            calls["warm"], _ = _strace_counts(staged, env, shared, work / "w.log")
+            calls["warm"] = _shared_fs_calls(staged, env, shared, work / "w.log")
             totals["warm"] = _total_syscalls(staged, env, work / "w.c")
         manifest = pack.manifest
 
