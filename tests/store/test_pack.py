@@ -199,3 +199,39 @@ def test_gc_removes_the_packs_of_removed_builds(site, tmp_path: Path) -> None:
     report = collect_garbage(site)
     assert [i.path for i in report.removed if i.kind == "pack"] == [old_pack]
     assert not old_pack.exists() and live_pack.is_file() and stray.is_file()
+
+
+def test_binary_files_are_padded_and_a_longer_prefix_is_refused(site, tmp_path: Path) -> None:
+    """A file with NUL bytes naming the prefix (as a compiled library with a built-in path
+    would) is found by the scan, packed as binary, padded on unpack, and makes a longer
+    destination impossible."""
+    import shutil
+    import stat
+    import tempfile
+
+    record = build_env(parse_spec("name: binenv\ndependencies:\n  - python=3.11\n"), site).record
+    prefix = Path(record.prefix)
+    lib = prefix / "lib"
+    mode = lib.stat().st_mode
+    lib.chmod(mode | stat.S_IWUSR)  # published builds are read-only; this one gets a library
+    blob = b"\x7fELF\0\0" + f"{prefix}/lib/plugins\0".encode() + b"\x01\x02end\0"
+    (lib / "libfake.so").write_bytes(blob)
+    lib.chmod(mode)
+    pack = create_pack(site, record).path
+    assert ("lib/libfake.so", "binary") in {(f.path, f.mode) for f in read_manifest(pack).files}
+
+    too_long = tmp_path / ("x" * (len(str(prefix)) + 10))
+    with pytest.raises(HpcenvError, match="longer than the packed prefix"):
+        unpack(pack, too_long)
+    assert not too_long.exists()
+
+    short_root = Path(tempfile.mkdtemp(prefix="hp", dir="/tmp"))
+    try:
+        dest = unpack(pack, short_root / "c")
+        out = (dest / "lib" / "libfake.so").read_bytes()
+        assert len(out) == len(blob) and out.endswith(b"\x01\x02end\0")
+        assert out.startswith(b"\x7fELF\0\0" + f"{dest}/lib/plugins\0".encode())
+        assert subprocess.run([str(dest / "bin" / "python"), "-c", "import sys; print(sys.prefix)"],
+                              capture_output=True, text=True, check=True).stdout.strip() == str(dest)
+    finally:
+        shutil.rmtree(short_root)
