@@ -226,3 +226,31 @@ def test_a_site_job_template_without_the_staging_part_is_refused(env_site, demo_
                options=SubmitOptions(workdir=tmp_path, stage=True))
     assert submit(["true"], env_name="staged", site=site, dry_run=True,
                   options=SubmitOptions(workdir=tmp_path)).script_text.startswith("#!/bin/bash")
+
+
+def test_a_stage_path_too_long_for_binary_files_falls_back(demo_channel, tmp_path: Path) -> None:
+    """relocate.py refuses a longer prefix when binary files embed the old one; the job says so
+    and runs from the shared prefix."""
+    import stat
+
+    from hpcenv.build.builder import build_env
+    from hpcenv.spec.environment import parse_spec
+
+    deep = tmp_path / ("d" * 120)
+    site = load_site(write_demo_site(tmp_path / "site", demo_channel, stage_dir=str(deep)))
+    record = build_env(parse_spec("name: binjob\ndependencies:\n  - python=3.11\n"), site).record
+    lib = Path(record.prefix) / "lib"
+    mode = lib.stat().st_mode
+    lib.chmod(mode | stat.S_IWUSR)  # a library with a built-in path, as compiled code has
+    (lib / "libfake.so").write_bytes(b"\0" + f"{record.prefix}/lib\0".encode())
+    lib.chmod(mode)
+    create_pack(site, record)
+    result = submit(["python", "-c", "import sys; print(sys.prefix)"], env_name="binjob",
+                    site=site, options=SubmitOptions(workdir=tmp_path, stage=True,
+                                                     error=str(tmp_path / "err-%j.txt")))
+    assert job_exit_code(wait_for(site_scheduler(site), result.job_id or "")) == 0
+    assert (tmp_path / f"slurm-{result.job_id}.out").read_text().strip() == record.prefix
+    [line] = (tmp_path / f"err-{result.job_id}.txt").read_text().splitlines()
+    assert line.startswith("hpcenv: warning: not staged (relocate: ")
+    assert "longer than the packed prefix" in line and line.endswith(record.prefix)
+    assert not any(deep.glob(f"hpcenv-*/{Path(record.prefix).name}*.tmp.*"))
