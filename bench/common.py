@@ -254,6 +254,8 @@ def _fmt_ratio(ratio: float | None) -> str:
     if ratio is None:
         return "-"
     # Tiny ratios read better as "1/N" than as 0.00x.
+    if ratio == 0:
+        return "0x"
     return f"{ratio:.2f}x" if ratio >= 0.01 else f"1/{1 / ratio:,.0f}"
 
 

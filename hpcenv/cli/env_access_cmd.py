@@ -1,12 +1,15 @@
-"""``hpcenv env module|kernel``: reach a published env through Lmod or Jupyter.
+"""``hpcenv env module|kernel|pack``: reach a published env through Lmod, Jupyter or a pack
+for node-local staging.
 
-Handlers only call :mod:`hpcenv.store.modules` and :mod:`hpcenv.admin.kernels`, and print.
+Handlers only call :mod:`hpcenv.store.modules`, :mod:`hpcenv.admin.kernels` and
+:mod:`hpcenv.store.pack`, and print.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from hpcenv.cli.argtypes import env_name
 from hpcenv.cli.context import Context
@@ -37,6 +40,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        help="into DIR (a 'kernels' directory on Jupyter's path)")
     p.set_defaults(handler=_kernel)
 
+    p = sub.add_parser("pack", parents=[common], help="pack an env into one file for node-local staging",
+                       description="Pack NAME's current version (or --version V) into one file "
+                                   "in the site's packs_dir (a tar archive, zstd- or "
+                                   "gzip-compressed, with what is needed to relocate the prefix), "
+                                   "so 'hpcenv submit --stage' can unpack it on each node's local "
+                                   "disk instead of starting from the shared filesystem. An "
+                                   "existing pack of the same build is kept unless --force.")
+    p.add_argument("name", metavar="NAME", type=env_name)
+    p.add_argument("--version", type=int, metavar="V")
+    p.add_argument("--compression", choices=("zstd", "gzip"),
+                   help="default: zstd when installed (unpacks faster), else gzip")
+    p.add_argument("--force", action="store_true", help="pack again even if a pack exists")
+    p.set_defaults(handler=_pack)
+
 
 def _module(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.store import store_for
@@ -63,3 +80,24 @@ def _kernel(args: argparse.Namespace, ctx: Context) -> int:
              lambda d: f"registered Jupyter kernel {d['kernel']} ({d['display_name']}) in "
                        f"{d['directory']}")
     return 0
+
+
+def _pack(args: argparse.Namespace, ctx: Context) -> int:
+    from hpcenv.store import store_for
+    from hpcenv.store.pack import create_pack
+
+    store = store_for(ctx.site())
+    record = store.registry().resolve(args.name, args.version)
+    result = create_pack(store, record, compression=args.compression, force=args.force,
+                         progress=ctx.info)
+    ctx.emit(result.to_dict(), _pack_text)
+    return 0
+
+
+def _pack_text(d: dict[str, Any]) -> str:
+    mib = 1024 * 1024
+    verb = "packed" if d["created"] else "kept the existing pack of"
+    return (f"{verb} {d['name']} v{d['version']}: {d['pack']} "
+            f"({d['packed_bytes'] / mib:.1f} MiB, {d['file_count']} files, "
+            f"{d['unpacked_bytes'] / mib:.1f} MiB unpacked; "
+            f"{d['relocated_files']} files relocated on unpack)")

@@ -77,6 +77,10 @@ def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentP
                       "job": "job (as sbatch)"})
     p.add_argument("--launcher", choices=("conda-run", "activate"),
                    help="override the site's launcher")
+    p.add_argument("--stage", action="store_true",
+                   help="unpack the env's pack ('hpcenv env pack') on each node's local disk "
+                        "(site stage_dir, else $TMPDIR) once per node and run from there; "
+                        "falls back to the shared prefix with a warning")
     p.add_argument("--dry-run", action="store_true",
                    help="print the job script, partition and reason; submit (and build) "
                         "nothing; works without a controller (then routing uses the site "
@@ -125,7 +129,7 @@ def submit_handler(args: argparse.Namespace, ctx: Context) -> int:
         raise InvalidInput(f"nothing to run; usage: {SUBMIT_USAGE.splitlines()[0]}")
     options = SubmitOptions(
         **from_namespace(args), env_file=Path(args.env_file) if args.env_file else None,
-        launcher=args.launcher)
+        launcher=args.launcher, stage=args.stage)
     target = args.script if args.script is not None else args.program_cmd
     site = ctx.site()
     # A dry run asks no controller, so it picks no backend (see jobs.submit.submit).

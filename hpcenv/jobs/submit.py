@@ -35,6 +35,7 @@ from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import current_user
 from hpcenv.jobs.control import SubmissionRecord, job_namespace, save_submission
 from hpcenv.jobs.routing import RouteRequest, RoutingDecision, route
+from hpcenv.jobs.staging import PREFIX_VAR, check_staged_script, plan_staging
 from hpcenv.jobs.templates import (
     JobScript,
     Launcher,
@@ -69,6 +70,7 @@ class SubmitOptions(JobOptions):
     env_file: Path | None = None
     workdir: Path | None = None           # default: the current directory
     launcher: Launcher | None = None      # default: the site's (auto: conda-run if conda exists)
+    stage: bool = False                   # run from a node-local copy (hpcenv.jobs.staging)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class SubmitResult:
     options: JobOptions = field(repr=False, default=JobOptions())  # as rendered
     live_state: bool = False              # routing saw the scheduler's node state
     live_note: str | None = None          # why it did not (a dry run without an answer)
+    pack: str | None = None               # --stage: the pack the job unpacks
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "partition": self.partition, "constraint": self.constraint,
@@ -100,7 +103,7 @@ class SubmitResult:
                 "launcher": self.launcher, "scheduler": self.scheduler,
                 "env_status": self.env_status, "dry_run": self.dry_run,
                 "live_state": self.live_state, "live_note": self.live_note,
-                "warnings": list(self.warnings),
+                "warnings": list(self.warnings), "pack": self.pack,
                 "options": self.options.to_dict(),
                 "routing": self.routing.to_dict() if self.routing else None}
 
@@ -435,7 +438,12 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     caps = scheduler.capabilities if scheduler is not None else SLURM_CAPABILITIES
     kind = scheduler.kind if scheduler is not None else site.scheduler
     options, warnings = _unsupported(options, site, caps)
-    launcher = choose_launcher(site, options.launcher)
+    if options.stage and options.launcher == "conda-run":
+        raise InvalidInput("--stage runs the node-local copy with hpcenv's activation; drop "
+                           "--launcher conda-run")
+    # A staged copy is activated by hpcenv: conda on the node would start from the shared
+    # filesystem again, which staging is there to avoid.
+    launcher = "activate" if options.stage else choose_launcher(site, options.launcher)
     search = [program.script.parent, workdir] if program.script else [workdir]
     env_file = options.env_file.expanduser().resolve() if options.env_file else None
     record, env_status = ensure_env(site, env_name, env_file=env_file, search_dirs=search,
@@ -456,13 +464,20 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     decision = route(request, site.partitions, compat=site.cuda_compat, live=live)
     options = _routed(options, decision)
 
+    stage = plan_staging(site, record) if options.stage else None
+    if stage is not None and stage.warning:
+        warnings = (*warnings, stage.warning)
     activation = ""
     if launcher == "activate":
-        activation = activation_script(prefix, name=record.name)
+        activation = activation_script(prefix, name=record.name,
+                                       prefix_var=PREFIX_VAR if stage is not None else None)
     job = JobScript(options=options, launcher=launcher, command=program.argv(prefix), prefix=prefix,
                     env_name=record.name, env_version=str(record.version),
                     conda_exe=site.conda_exe, activation=activation)
-    text = render_job_script(job, templates_dir=site.templates_dir)
+    text = render_job_script(job, templates_dir=site.templates_dir,
+                             extra={"stage": stage.context} if stage is not None else None)
+    if stage is not None:
+        check_staged_script(text, site)
 
     script = _job_dir(site, job_name) / "job.sh"
     script.write_text(text)
@@ -473,7 +488,8 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
         env_status=env_status, script_text=text, routing=decision, dry_run=dry_run,
         warnings=warnings, options=JobOptions(**{f.name: getattr(options, f.name)
                                                  for f in job_fields()}),
-        live_state=live is not None, live_note=live_note)
+        live_state=live is not None, live_note=live_note,
+        pack=str(stage.pack) if stage is not None else None)
     if dry_run or scheduler is None:
         return result
 

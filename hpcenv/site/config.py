@@ -104,6 +104,19 @@ def _node_feature(feature: str) -> str | None:
             "'_' or '-'; write the feature pattern your nodes carry, e.g. \"cuda{cuda}\"")
 
 
+# A path the job script expands on the node: literal path characters and $VAR / ${VAR}
+# references only, so it can sit in double quotes without running anything.
+_NODE_PATH = re.compile(r"(?:[A-Za-z0-9_./+@%,:=-]|\$[A-Za-z_][A-Za-z0-9_]*|\$\{[A-Za-z_][A-Za-z0-9_]*\})+")
+
+
+def _stage_dir_problem(text: str) -> str | None:
+    if _NODE_PATH.fullmatch(text) and text.startswith(("/", "$")):
+        return None
+    return (f"{text!r} is not a node-local path: use an absolute path with only letters, "
+            "digits, ./_-+@%,:= and $VAR or ${VAR} (expanded on the node), e.g. "
+            "\"/local/scratch/$USER\"")
+
+
 def _name_pattern(text: str) -> str | None:
     try:
         env_name_regex(text)
@@ -352,6 +365,13 @@ class SiteConfig:
     kernels_dir: Path | None = setting(PathValue(optional=True), "site Jupyter kernelspec dir "
                                        "for 'hpcenv env kernel --site-wide' (e.g. one on "
                                        "Open OnDemand's JUPYTER_PATH)", default=None)
+    packs_dir: Path | None = setting(PathValue(optional=True), "where 'hpcenv env pack' writes "
+                                     "env packs for submit --stage (default: envs_dirs[0]/"
+                                     ".hpcenv/packs)", default=None)
+    stage_dir: str | None = setting(
+        Text(check=_stage_dir_problem, shape="node path"),
+        "node-local dir submit --stage unpacks into, expanded on the node (\"/local/$USER\"; "
+        "default: $TMPDIR, else /tmp)", default=None)
     state_dir: Path = setting(PathValue(own_dir=True), "per-user state: job records, scripts, logs",
                               yaml_default=_DEFAULT_STATE)
     remotes: Mapping[str, Remote] = setting(

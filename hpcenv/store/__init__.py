@@ -26,5 +26,5 @@ def store_for(site: SiteConfig) -> Store:
                                   heartbeat=site.locks.heartbeat),
                  group=site.permissions.group, dir_mode=site.permissions.dir_mode,
                  admins=tuple(site.permissions.admins), modules_dir=site.modules_dir,
-                 modules_on_publish=site.modules_on_publish,
+                 modules_on_publish=site.modules_on_publish, packs_dir=site.packs_dir,
                  source=str(site.source) if site.source else "the embedded site config")

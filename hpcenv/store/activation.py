@@ -157,17 +157,30 @@ def activation_env(prefix: Path, base_env: Mapping[str, str], *, name: str | Non
     return result
 
 
-def activation_script(prefix: Path, *, name: str | None = None) -> str:
+def activation_script(prefix: Path, *, name: str | None = None,
+                      prefix_var: str | None = None) -> str:
     """Bash text that activates ``prefix`` in the current shell, for job scripts without conda.
 
     The list of activate.d scripts and the ``conda-meta/state`` variables are read now: a build
-    prefix is immutable once published, so they cannot change before the job runs.
+    prefix is immutable once published, so they cannot change before the job runs.  With
+    ``prefix_var`` the text activates the prefix that shell variable holds when it runs (a
+    copy of ``prefix`` staged on the node, whose path is only known there).
     """
     prefix = Path(prefix)
     q = shlex.quote
+    if prefix_var is not None and not _VAR_NAME.fullmatch(prefix_var):
+        raise InvalidInput(f"prefix_var {prefix_var!r}: not a shell variable name")
+
+    def at(rel: str) -> str:
+        """The shell word for ``prefix/rel`` (``rel`` empty: the prefix)."""
+        if prefix_var is None:
+            return q(str(prefix / rel) if rel else str(prefix))
+        return f'"${prefix_var}"' + (q(f"/{rel}") if rel else "")
+
     env_name = _env_name(prefix, name)
     lines = [
-        f"# hpcenv: activate {prefix}",
+        f"# hpcenv: activate {prefix}" if prefix_var is None
+        else f"# hpcenv: activate the copy of {prefix} at ${prefix_var}",
         "if [ -n \"${CONDA_PREFIX:-}\" ]; then",
         "    __hpcenv_path=",
         "    while IFS= read -r -d : __hpcenv_dir; do",
@@ -179,14 +192,14 @@ def activation_script(prefix: Path, *, name: str | None = None) -> str:
         "    unset __hpcenv_path __hpcenv_dir",
         "    export \"CONDA_PREFIX_${CONDA_SHLVL:-0}=$CONDA_PREFIX\"",
         "fi",
-        f"export PATH={q(str(prefix / 'bin'))}\"${{PATH:+:$PATH}}\"",
+        f"export PATH={at('bin')}\"${{PATH:+:$PATH}}\"",
         "export CONDA_SHLVL=$(( ${CONDA_SHLVL:-0} + 1 ))",
-        f"export CONDA_PREFIX={q(str(prefix))}",
+        f"export CONDA_PREFIX={at('')}",
         f"export CONDA_DEFAULT_ENV={q(env_name)}",
         f"export CONDA_PROMPT_MODIFIER={q(f'({env_name}) ')}",
     ]
     lines += [f"export {key}={q(value)}" for key, value in env_state_vars(prefix).items()]
-    lines += [f". {q(str(script))}" for script in activate_scripts(prefix)]
+    lines += [f". {at(script.relative_to(prefix).as_posix())}" for script in activate_scripts(prefix)]
     return "\n".join(lines) + "\n"
 
 

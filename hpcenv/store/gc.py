@@ -1,4 +1,5 @@
-"""Garbage collection: unreferenced builds, build debris and unused package-cache entries.
+"""Garbage collection: unreferenced builds, build debris, unused package-cache entries, and the
+packs of builds that are gone.
 
 What is live:
 
@@ -37,11 +38,12 @@ from hpcenv.store.debris import (
     force_rmtree,
 )
 from hpcenv.store.layout import builds_dir, cache_lock, is_complete
+from hpcenv.store.pack import orphan_packs
 
 if TYPE_CHECKING:
     from hpcenv.store.layout import Store
 
-ItemKind = Literal["build", "debris", "package"]
+ItemKind = Literal["build", "debris", "package", "pack"]
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,16 @@ def collect_garbage(store: Store, *, dry_run: bool = False,
                       and is_complete(p) and Path(os.path.realpath(p)) not in keep]
         report = plan_and_collect(builds=builds, debris=[p for p, _ in debris], keep=keep,
                                   envs_dirs=store.envs_dirs, pkgs_dir=pkgs_dir, dry_run=dry_run)
+        # Packs (``env pack``) of builds no live record names: the build is gone or going.
+        for pack in orphan_packs(store, keep):
+            item = GcItem("pack", pack, pack.stat().st_blocks * 512, 1)
+            if not dry_run:
+                try:
+                    pack.unlink()
+                except OSError as exc:
+                    report.errors.append(f"{pack}: not removed ({exc.strerror or exc})")
+                    continue
+            report.removed.append(item)
         removed = {os.path.realpath(i.path) for i in report.removed}
         for record in records:
             unfinished = record.status == "failed" or (

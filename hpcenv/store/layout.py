@@ -55,6 +55,7 @@ class Store:
     admins: tuple[str, ...] = ()   # who may change any env (see hpcenv.store.ownership)
     modules_dir: Path | None = None
     modules_on_publish: bool = False
+    packs_dir: Path | None = None  # env packs; None: envs_dir/.hpcenv/packs
     source: str = "the site config"   # where these settings come from, for messages
 
     @property
