@@ -227,3 +227,18 @@ def slurm_target(request: pytest.FixtureRequest, slurm_clusters: Clusters) -> It
         mp.setenv("SLURM_CONF", str(cluster.conf))
         mp.setenv("PATH", f"{cluster.bin_dir}:{os.environ.get('PATH', '')}")
         yield replace(cluster, scheduler=target.scheduler)
+
+
+@pytest.fixture(autouse=True)
+def _slurm_tools_of_the_cluster(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests on the 22.05 cluster (``slurm_cluster`` without a ``slurm_target``) get its client
+    tools first on PATH: a session-scoped ``slurm_target`` of another release may still hold
+    PATH, and one release's tools must not talk to another's controller."""
+    if "slurm_cluster" not in request.fixturenames or "slurm_target" in request.fixturenames:
+        yield
+        return
+    cluster: SlurmCluster = request.getfixturevalue("slurm_cluster")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{cluster.bin_dir}:{os.environ.get('PATH', '')}")
+        mp.setenv("SLURM_CONF", str(cluster.conf))
+        yield

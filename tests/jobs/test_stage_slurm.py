@@ -49,7 +49,8 @@ def stage_site(slurm_cluster: SlurmCluster, demo_channel,
     return site, node_dir, record.prefix
 
 
-def run_staged(site: SiteConfig, workdir: Path, **opts: object) -> tuple[dict, list[str], str]:
+def run_staged(site: SiteConfig, workdir: Path,
+               **opts: object) -> tuple[list[dict], list[str], str]:
     script = workdir / "show.py"
     script.write_text(SHOW)
     result = submit(script, env_name="stagecpu", site=site,
@@ -59,12 +60,13 @@ def run_staged(site: SiteConfig, workdir: Path, **opts: object) -> tuple[dict, l
     out = workdir / f"slurm-{result.job_id}.out"
     err = (workdir / f"err-{result.job_id}.txt").read_text().splitlines()
     assert info.state == "COMPLETED", (out.read_text() if out.exists() else info, err)
-    return json.loads(out.read_text()), err, result.job_id or ""
+    # One line per task: a multi-node job runs the program once on every node (srun).
+    return [json.loads(line) for line in out.read_text().splitlines()], err, result.job_id or ""
 
 
 def test_staged_job_runs_from_the_node_local_copy(stage_site, tmp_path: Path) -> None:
     site, node_dir, shared = stage_site
-    seen, err, job_id = run_staged(site, tmp_path)
+    [seen], err, job_id = run_staged(site, tmp_path)
     copy = node_dir / job_id / f"hpcenv-{os.getuid()}" / Path(shared).name
     assert err == []
     assert seen["prefix"] == seen["conda_prefix"] == str(copy)
@@ -76,9 +78,11 @@ def test_two_node_job_stages_through_srun(stage_site, tmp_path: Path) -> None:
     site, node_dir, shared = stage_site
     seen, err, job_id = run_staged(site, tmp_path, nodes=2, partition="cpu")
     copy = node_dir / job_id / f"hpcenv-{os.getuid()}" / Path(shared).name
-    # SLURM_JOB_NUM_NODES=2 took the srun branch (one task per node); a failed step would have
-    # left a warning and the shared prefix.
-    assert seen["nodes"] == "2" and err == [] and seen["prefix"] == str(copy)
+    # SLURM_JOB_NUM_NODES=2 took the srun branch (one staging task per node); a failed step
+    # would have left a warning and the shared prefix.  The program runs once per node, each
+    # from that node's copy.
+    assert err == [] and sorted(line["node"] for line in seen) == ["cpu1", "cpu2"]
+    assert all(line["nodes"] == "2" and line["prefix"] == str(copy) for line in seen)
 
 
 def test_missing_pack_on_slurm_warns_and_runs_shared(stage_site, tmp_path: Path) -> None:
@@ -92,7 +96,7 @@ def test_missing_pack_on_slurm_warns_and_runs_shared(stage_site, tmp_path: Path)
     result = submit(script, env_name="stagecpu", site=site,
                     options=SubmitOptions(workdir=tmp_path, stage=True,
                                           error=str(tmp_path / "err-%j.txt"),
-                                          sbatch_args=("--hold",)))
+                                          extra_args=("--hold",)))
     # The pack goes away between submission and start: the job finds out on the node.
     pack.rename(hidden)
     try:
