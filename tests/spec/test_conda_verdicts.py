@@ -7,9 +7,8 @@ beside this file, run by conda's Python).  hpcenv must accept a file exactly whe
 and name file:line when it refuses.  The few files hpcenv refuses although conda's loader
 takes them are listed in STRICTER, each with its reason.
 
-The real conda comes from the shared directory beside the checkout
-(``<repo>/../shared/conda``, or ``HPCENV_SHARED_CONDA``); its install script is idempotent and
-installs into ``HPCENV_CONDA_DEST`` (default: a per-user directory under the system temp dir).
+The real conda is the suite's ``real_conda`` fixture (tests/conftest.py), which installs it once
+into the test cache from the shared test assets (``HPCENV_CONDA_INSTALLER``) or skips, saying why.
 """
 
 from __future__ import annotations
@@ -19,19 +18,14 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from hpcenv.errors import InvalidInput
 from hpcenv.spec.environment import load_spec
 
 HERE = Path(__file__).resolve().parent
-SHARED_CONDA = Path(os.environ.get("HPCENV_SHARED_CONDA") or REPO.parent / "shared" / "conda")
-CONDA_DEST = Path(os.environ.get("HPCENV_CONDA_DEST") or
-                  Path(tempfile.gettempdir()) / f"hpcenv-test-conda-{os.getuid()}")
 FILES = sorted([*(HERE / "data" / "conda-verdicts").glob("*.yml"),
                 *(HERE / "data" / "realworld").glob("*.yml")])
 # Files conda's loader takes that hpcenv refuses on purpose, and why.
@@ -47,16 +41,11 @@ STRICTER = {
 }
 STRICTER_DIR = HERE / "data" / "hpcenv-stricter"
 
-pytestmark = pytest.mark.skipif(not (SHARED_CONDA / "install").is_file(),
-                                reason=f"no real conda to compare with at {SHARED_CONDA}")
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    install = subprocess.run([str(SHARED_CONDA / "install"), str(CONDA_DEST)],
-                             capture_output=True, text=True, timeout=900)
-    assert install.returncode == 0, install.stderr
-    python = CONDA_DEST / "venv" / "bin" / "python"
+def reference(real_conda: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    # The suite's one real conda (tests/conftest.py: skips, saying why, where there is none):
+    # its installer puts conda's own python at DEST/venv, beside DEST/bin/conda.
+    python = real_conda.parent.parent / "venv" / "bin" / "python"
     out = tmp_path_factory.mktemp("verdicts") / "verdicts.json"
     env = {**os.environ, "CONDA_PKGS_DIRS": str(out.parent / "pkgs")}
     files = [*FILES, *sorted(STRICTER_DIR.glob("*.yml"))]
