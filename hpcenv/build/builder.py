@@ -363,7 +363,8 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: Bu
                   engine: Engine, from_lock: Path | None, report: _Reporter,
                   call: RattlerCall) -> tuple[EnvRecord, list[str]]:
     # Solve (or read the lock) before allocating a version: a spec that cannot be built leaves
-    # nothing behind, not even a failed record.
+    # nothing behind, not even a failed record.  A cache we cannot write fails first of all.
+    _check_cache_writable(store.pkgs_dir)
     packages, channels, cuda, pinned, extras = _packages_for(spec, plan, engine, from_lock,
                                                              report)
     creator = user_at_host()
@@ -394,7 +395,6 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: Bu
         report.step(f"installing {len(packages)} packages into {prefix}")
         pkgs_dir = store.pkgs_dir
         ensure_shared_dir(pkgs_dir, mode=store.dir_mode, group=store.group)
-        _check_cache_writable(pkgs_dir)
         verified = VerifiedFiles.load(record_path(Path(site.state_dir), pkgs_dir))
         with cache_lock(store, pkgs_dir, on_wait=lambda: report.wait(
                 "waiting for 'hpcenv env gc' to finish with the package cache")).hold(
