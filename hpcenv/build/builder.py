@@ -42,7 +42,8 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -423,8 +424,10 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: Bu
         if warning:
             warnings.append(warning)
             report.warn(warning)
-        walked = _seal_prefix(prefix, store.group)
-        _verify(prefix, packages, walked.paths)
+        # The env's python is checked while the prefix is walked (-B: it writes nothing there).
+        with _python_probe(prefix) as probe:
+            walked = _seal_prefix(prefix, store.group)
+            _verify(prefix, packages, walked.paths, probe)
         _write_marker(prefix, record)
         record = registry.update(replace(record, status="ready", size_bytes=walked.size,
                                          unique_bytes=walked.unique, file_count=walked.count,
@@ -669,9 +672,28 @@ def _pip_install_locked(prefix: Path, locked: Sequence[LockedPip], site: SiteCon
     return _run_pip(cmd, lines, None, str(lock or "the lockfile"), log)
 
 
-def _verify(prefix: Path, packages: Sequence[LockedPackage], present: set[str]) -> None:
+@contextmanager
+def _python_probe(prefix: Path) -> Iterator[subprocess.Popen[str] | None]:
+    """The env's python asked for its ``sys.prefix``, started now (None without a python)."""
+    python = prefix / "bin" / "python"
+    if not os.path.lexists(python):
+        yield None
+        return
+    proc = subprocess.Popen([str(python), "-B", "-c", "import sys; print(sys.prefix)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONNOUSERSITE": "1"})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def _verify(prefix: Path, packages: Sequence[LockedPackage], present: set[str],
+            probe: subprocess.Popen[str] | None) -> None:
     """Every ``conda-meta`` record's files are among ``present`` (the prefix's paths, from
-    :func:`_seal_prefix`) and the env's python runs from the prefix."""
+    :func:`_seal_prefix`) and the env's python (``probe``) runs from the prefix."""
     meta = prefix / "conda-meta"
     installed: set[str] = set()
     for path in sorted(meta.glob("*.json")):
@@ -687,12 +709,16 @@ def _verify(prefix: Path, packages: Sequence[LockedPackage], present: set[str]) 
     if missing:
         raise HpcenvError(f"{prefix}: no conda-meta record for {', '.join(missing)} after install")
     if "python" in installed:
-        proc = subprocess.run([str(prefix / "bin" / "python"), "-c", "import sys; print(sys.prefix)"],
-                              capture_output=True, text=True, check=False, timeout=120,
-                              env={**os.environ, "PYTHONNOUSERSITE": "1"})
-        reported = proc.stdout.strip()
-        if proc.returncode != 0 or os.path.realpath(reported) != os.path.realpath(prefix):
-            detail = (proc.stderr.strip().splitlines() or [reported or "no output"])[-1]
+        if probe is None:
+            raise HpcenvError(f"{prefix}: python is installed but bin/python is missing")
+        try:
+            out, err = probe.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            probe.kill()
+            out, err = probe.communicate()
+        reported = out.strip()
+        if probe.returncode != 0 or os.path.realpath(reported) != os.path.realpath(prefix):
+            detail = (err.strip().splitlines() or [reported or "no output"])[-1]
             raise HpcenvError(f"{prefix}: the env's python does not run from its prefix: {detail}")
 
 

@@ -163,8 +163,12 @@ class RattlerChild:
             raise error(reply["error"])
         return reply
 
-    def close(self) -> None:
+    def close(self, *, kill: bool = False) -> None:
+        """End the child: after its current request, or at once with ``kill`` (the caller is
+        unwinding an error or an interrupt, and nothing it asked for is wanted any more)."""
         if self._proc is not None:
+            if kill and self._proc.poll() is None:
+                self._proc.kill()
             self._finish()
         if self._stderr is not None:
             self._stderr.close()
@@ -191,8 +195,8 @@ class RattlerChild:
     def __enter__(self) -> RattlerChild:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(kill=exc_type is not None)
 
 
 def _child_cuda(cuda: CudaTarget) -> str | None:
