@@ -247,8 +247,12 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         report.wait(f"waiting for {who} (building {plan.name}, key {plan.key[:12]})")
 
     with key_lock(store, plan.key, on_wait=on_wait) as lock:
-        # Debris first: it also adopts a finished build whose builder died before marking it
-        # ready, which the lookup below then reuses.
+        # What a waiter usually finds: the build it waited for, reused without more work.
+        found = registry.find_ready(plan.key, plan.name)
+        if found is not None and (result := reuse(found, waited)) is not None:
+            return result
+        # Debris before building: it also adopts a finished build whose builder died before
+        # marking it ready, which the lookup below then reuses.
         for path in clean_debris(store, registry=registry, held_key=plan.key):
             report.warn(f"removed debris of a crashed build: {path}")
         found = registry.find_ready(plan.key, plan.name)
