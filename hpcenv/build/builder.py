@@ -735,7 +735,7 @@ def _install_checked(engine: Engine, prefix: Path, packages: Sequence[LockedPack
     tampered = check_env(prefix, verified)
     if tampered:
         for bad in tampered:
-            moved = quarantine(bad.entry)
+            moved = quarantine(bad)
             report.warn(f"{bad.describe()}: moved the entry aside to {moved} and extracted "
                         "the package again")
         force_rmtree(prefix)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcenv.errors import HpcenvError
 from hpcenv.fsutil import atomic_write_json, current_user
 
 QUARANTINE_PREFIX = ".hpcenv-quarantine."
@@ -84,11 +85,17 @@ class VerifiedFiles:
             return cls(path, {}, {})   # no record (or a damaged one): verify everything
 
     def save(self) -> None:
+        """Write the record; one that cannot be written (a read-only ``state_dir``) only
+        means the next build hashes again."""
         if not self.changed:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_json(self.path, {"version": _RECORD_VERSION, "files": self.files,
-                                      "paths_json": self.paths_json}, mode=0o600, fsync=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write_json(self.path, {"version": _RECORD_VERSION, "files": self.files,
+                                          "paths_json": self.paths_json}, mode=0o600,
+                              fsync=False)
+        except OSError:
+            return
         self.changed = False
 
 
@@ -203,9 +210,17 @@ def _check_package(prefix: Path, entry: Path, record: dict[str, Any],
     return None
 
 
-def quarantine(entry: Path) -> Path:
+def quarantine(bad: Tampered) -> Path:
     """Move a tampered cache entry aside in its cache (never deleted: an admin looks at it);
     the engine extracts the package again on the next install."""
+    try:
+        return _move_aside(bad.entry)
+    except OSError as exc:
+        raise HpcenvError(f"{bad.describe()}; cannot move {bad.entry} aside ({exc.strerror}): "
+                          f"ask whoever administers {bad.entry.parent} to remove it") from None
+
+
+def _move_aside(entry: Path) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     target = entry.with_name(f"{QUARANTINE_PREFIX}{entry.name}.{stamp}.{current_user()}")
     n = 0

@@ -389,9 +389,8 @@ class BuildLock:
                         f"{self.path}: gave up after {self.timeout:g}s waiting for {who}; a "
                         f"holder that died on another node {expiry}; otherwise raise "
                         "locks.timeout")
-                if self._flock_usable and not self._flocked:
-                    self._wait_for_flock(deadline)   # held on this node: wake when let go
-                    delay = self.poll_interval
+                if self._flock_usable and not self._flocked and self._wait_for_flock(deadline):
+                    delay = self.poll_interval   # held on this node: woken when let go
                 else:
                     time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                     delay = min(delay * 2, max(self.poll_interval, _MAX_POLL_INTERVAL))
@@ -399,30 +398,35 @@ class BuildLock:
             self._unflock()
             raise
 
-    def _wait_for_flock(self, deadline: float) -> None:
+    def _wait_for_flock(self, deadline: float) -> bool:
         """Block until the process on this node that has the lock file's flock lets it go, or
-        until ``deadline``; takes nothing (the caller then tries the lock again).  The blocking
-        flock runs in a helper thread so the deadline holds; one left blocked past it takes
-        and drops the flock when it is let go, and exits."""
+        until ``deadline``; takes nothing (the caller then tries the lock again).  False when
+        it cannot block (the file cannot be opened or flocked): the caller polls instead.
+        The blocking flock runs in a helper thread so the deadline holds; one left blocked
+        past it takes and drops the flock when it is let go, and exits."""
         released = threading.Event()
+        blocked: list[bool] = []
 
         def block() -> None:
             try:
                 fd = os.open(self.path, os.O_RDONLY)
             except OSError:
+                blocked.append(False)
                 released.set()
                 return
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 fcntl.flock(fd, fcntl.LOCK_UN)
+                blocked.append(True)
             except OSError:
-                pass   # no flock here after all: the caller's next attempt finds out
+                blocked.append(False)
             finally:
                 os.close(fd)
                 released.set()
 
         threading.Thread(target=block, name="hpcenv-flock-wait", daemon=True).start()
         released.wait(max(0.0, deadline - time.monotonic()))
+        return blocked != [False]   # still blocked at the deadline counts as having waited
 
     def _attempt(self, *, keep_local: bool) -> bool:
         if self._me is not None:
