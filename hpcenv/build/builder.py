@@ -731,8 +731,9 @@ def _install_checked(engine: Engine, prefix: Path, packages: Sequence[LockedPack
     """Install, then check what was linked from the shared cache against the packages' hashes
     before anything in the env runs (:mod:`hpcenv.store.cache_integrity`); tampered entries
     are moved aside and the env installed again from fresh extractions."""
+    before = frozenset(os.listdir(pkgs_dir))
     engine.install(prefix, packages, pkgs_dir=pkgs_dir)
-    tampered = check_env(prefix, verified)
+    tampered = check_env(prefix, verified, frozenset(os.listdir(pkgs_dir)) - before)
     if tampered:
         for bad in tampered:
             moved = quarantine(bad)

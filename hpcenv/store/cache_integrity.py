@@ -22,7 +22,8 @@ their owner (this user) can write them or set their times; a replacement is a ne
 by whoever made it.  The ctime cannot be part of the key: every hardlink the engine makes into
 a new env changes it.  Files another user owns (an entry they extracted) are hashed again on
 every build, because their owner could rewrite them in place and put the mtime back.  The
-record lives in the user's own ``state_dir``, never in the shared cache.
+record lives in the user's own ``state_dir``, never in the shared cache.  Entries the build's
+own install just extracted are recorded without hashing (see :func:`check_env`).
 
 A tampered entry is moved aside inside the cache (``.hpcenv-quarantine.ENTRY.STAMP``, which
 ``env gc`` leaves alone, for an admin to look at) so the engine extracts it again.
@@ -135,9 +136,14 @@ def _source_path(rel: str, noarch_python: bool) -> str:
     return rel
 
 
-def check_env(prefix: Path, verified: VerifiedFiles) -> list[Tampered]:
+def check_env(prefix: Path, verified: VerifiedFiles,
+              extracted: frozenset[str] = frozenset()) -> list[Tampered]:
     """Every cache-linked file of the freshly installed ``prefix`` checked (see module doc);
-    the files found tampered with, at most one per cache entry.  Updates ``verified``."""
+    the files found tampered with, at most one per cache entry.  Updates ``verified``.
+
+    ``extracted``: cache entries this user's own install just created.  Their files that this
+    user owns came from the package archive as in any install, so they are recorded without
+    hashing; a file someone swapped in meanwhile is theirs, not this user's, and is hashed."""
     found: list[Tampered] = []
     for meta in sorted((Path(prefix) / "conda-meta").glob("*.json")):
         try:
@@ -147,14 +153,15 @@ def check_env(prefix: Path, verified: VerifiedFiles) -> list[Tampered]:
         entry_dir = record.get("extracted_package_dir")
         if not entry_dir:
             continue
-        bad = _check_package(Path(prefix), Path(entry_dir), record, verified)
+        bad = _check_package(Path(prefix), Path(entry_dir), record, verified,
+                             Path(entry_dir).name in extracted)
         if bad is not None:
             found.append(bad)
     return found
 
 
 def _check_package(prefix: Path, entry: Path, record: dict[str, Any],
-                   verified: VerifiedFiles) -> Tampered | None:
+                   verified: VerifiedFiles, extracted_now: bool) -> Tampered | None:
     name = entry.name
     paths_json = entry / "info" / "paths.json"
     try:
@@ -191,7 +198,7 @@ def _check_package(prefix: Path, entry: Path, record: dict[str, Any],
             return Tampered(name, entry, source_rel, owner=_owner(st.st_uid),
                             reason="is not a regular file")
         key = _identity(st, expected)
-        if st.st_uid == me and key in known:
+        if st.st_uid == me and (key in known or extracted_now):
             checked.append(key)
             continue
         # (A rewritten file's recorded size is the env copy's, so only the hash is compared.)

@@ -104,3 +104,17 @@ def test_a_changed_file_with_the_same_stat_key_is_not_trusted_from_another_owner
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     [bad] = check_env(built.prefix, record)
     assert bad.path == FILE and bad.owner == "nobody"
+
+
+def test_entries_the_build_extracted_itself_are_recorded_without_hashing(
+        site: SiteConfig, monkeypatch) -> None:
+    real = cache_integrity._sha256
+
+    def only_paths_json(path: Path) -> str:
+        assert path.name == "paths.json", f"hashed {path}, which this build extracted itself"
+        return real(path)
+
+    monkeypatch.setattr(cache_integrity, "_sha256", only_paths_json)
+    build(site, "first")                     # an empty cache: every entry extracted now
+    record = VerifiedFiles.load(record_path(Path(site.state_dir), Path(site.pkgs_dirs[0])))
+    assert record.files.get(ENTRY)
