@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BenchResult, Check, format_result, machine_info, run_timed  # noqa: E402
 
 # Name -> module in bench/ exposing run() -> BenchResult; cheap ones first.
-BENCHMARKS = ("cli_startup", "spec_corpus", "build_reuse", "disk_sharing", "concurrent_build",
+BENCHMARKS = ("cli_startup", "spec_corpus", "build_reuse", "disk_sharing", "build_engine",
               "build_memory", "stage_startup")
 
 

@@ -42,11 +42,12 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlparse
 
 from hpcenv.build.export import (
@@ -64,10 +65,12 @@ from hpcenv.engine.lockfile import (
     read_lock_extras,
     write_lock,
 )
+from hpcenv.engine.rattler_engine import RattlerEngine, call_rattler
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.fsutil import (
     atomic_write_json,
     chgrp,
+    current_user,
     ensure_shared_dir,
     group_id,
     user_at_host,
@@ -76,6 +79,7 @@ from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, NO_CUDA, Cuda
 from hpcenv.spec.environment import EnvSpec
 from hpcenv.store import store_for
 from hpcenv.store.activation import env_state_vars
+from hpcenv.store.cache_integrity import VerifiedFiles, check_env, quarantine, record_path
 from hpcenv.store.debris import clean_debris, force_rmtree
 from hpcenv.store.layout import (
     MARKER,
@@ -84,8 +88,6 @@ from hpcenv.store.layout import (
     cache_lock,
     is_complete,
     key_lock,
-    prefix_unique_bytes,
-    prefix_usage,
 )
 from hpcenv.store.lifecycle import check_link_is_ours, link_points_to, publish
 from hpcenv.store.locking import LockHolder
@@ -111,6 +113,7 @@ class BuildEvent:
 
 
 Progress = Callable[[BuildEvent], None]
+RattlerCall = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -244,8 +247,12 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         report.wait(f"waiting for {who} (building {plan.name}, key {plan.key[:12]})")
 
     with key_lock(store, plan.key, on_wait=on_wait) as lock:
-        # Debris first: it also adopts a finished build whose builder died before marking it
-        # ready, which the lookup below then reuses.
+        # What a waiter usually finds: the build it waited for, reused without more work.
+        found = registry.find_ready(plan.key, plan.name)
+        if found is not None and (result := reuse(found, waited)) is not None:
+            return result
+        # Debris before building: it also adopts a finished build whose builder died before
+        # marking it ready, which the lookup below then reuses.
         for path in clean_debris(store, registry=registry, held_key=plan.key):
             report.warn(f"removed debris of a crashed build: {path}")
         found = registry.find_ready(plan.key, plan.name)
@@ -256,8 +263,11 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         for note in plan.notes:
             report.step(note)
         engine = engine or _engine_for(site)
-        record, warnings = _build_locked(spec, site, store, plan, registry, engine, from_lock,
-                                         report)
+        # One rattler child, started now, serves the solve, both lockfiles and the install.
+        rattler = engine if isinstance(engine, RattlerEngine) else RattlerEngine()
+        with rattler.serving() as call:
+            record, warnings = _build_locked(spec, site, store, plan, registry, engine,
+                                             from_lock, report, call)
         lock.ensure_held()  # a lease broken while we stalled: another builder took over
         if not publish_build:
             return BuildResult(record, "built", waited, time.monotonic() - started,
@@ -355,10 +365,11 @@ def _lockfile_for(path: Path, spec: EnvSpec | None, site: SiteConfig,
 
 def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: BuildPlan,
                   registry: Registry,
-                  engine: Engine, from_lock: Path | None,
-                  report: _Reporter) -> tuple[EnvRecord, list[str]]:
+                  engine: Engine, from_lock: Path | None, report: _Reporter,
+                  call: RattlerCall) -> tuple[EnvRecord, list[str]]:
     # Solve (or read the lock) before allocating a version: a spec that cannot be built leaves
-    # nothing behind, not even a failed record.
+    # nothing behind, not even a failed record.  A cache we cannot write fails first of all.
+    _check_cache_writable(store.pkgs_dir)
     packages, channels, cuda, pinned, extras = _packages_for(spec, plan, engine, from_lock,
                                                              report)
     creator = user_at_host()
@@ -385,14 +396,15 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: Bu
     warnings: list[str] = []
     try:
         # The engine writes where it likes; the registry stores it with the lab's mode/group.
-        _store_lock(registry, record, packages, channels, plan.platform)
+        _store_lock(registry, record, packages, channels, plan.platform, call=call)
         report.step(f"installing {len(packages)} packages into {prefix}")
         pkgs_dir = store.pkgs_dir
         ensure_shared_dir(pkgs_dir, mode=store.dir_mode, group=store.group)
+        verified = VerifiedFiles.load(record_path(Path(site.state_dir), pkgs_dir))
         with cache_lock(store, pkgs_dir, on_wait=lambda: report.wait(
                 "waiting for 'hpcenv env gc' to finish with the package cache")).hold(
                 exclusive=False):
-            engine.install(prefix, packages, pkgs_dir=pkgs_dir)
+            _install_checked(engine, prefix, packages, pkgs_dir, verified, report)
         # A lock that records the whole env is followed as it is; otherwise the spec's pip:
         # section and variables are applied on top of the (conda-only) packages.
         if extras.recorded or spec is None:
@@ -411,18 +423,18 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: Bu
             report.step(f"pip: installing {len(pip_lines)} entries with the env's python")
             installed_pip += _pip_install(prefix, spec, site, log=report.log)
         _store_lock(registry, record, packages, channels, plan.platform, pip=installed_pip,
-                    variables=variables)
-        _verify(prefix, packages)
+                    variables=variables, call=call)
         warning = _same_fs_warning(prefix, pkgs_dir)
         if warning:
             warnings.append(warning)
             report.warn(warning)
-        size, count = prefix_usage(prefix)
-        unique = prefix_unique_bytes(prefix)
-        _fix_modes(prefix, store.group)
+        # The env's python is checked while the prefix is walked (-B: it writes nothing there).
+        with _python_probe(prefix) as probe:
+            walked = _seal_prefix(prefix, store.group)
+            _verify(prefix, packages, walked.paths, probe)
         _write_marker(prefix, record)
-        record = registry.update(replace(record, status="ready", size_bytes=size,
-                                         unique_bytes=unique, file_count=count,
+        record = registry.update(replace(record, status="ready", size_bytes=walked.size,
+                                         unique_bytes=walked.unique, file_count=walked.count,
                                          packages=len(packages)))
     except BaseException as exc:
         try:
@@ -472,7 +484,8 @@ def _culprit_line(spec: EnvSpec, message: str) -> str:
 
 def _store_lock(registry: Registry, record: EnvRecord, packages: Sequence[LockedPackage],
                 channels: Sequence[str], platform: str, *, pip: Sequence[LockedPip] = (),
-                variables: dict[str, str] | None = None) -> None:
+                variables: dict[str, str] | None = None,
+                call: RattlerCall = call_rattler) -> None:
     """Write the build's lockfile into the registry: first the conda packages (before the
     install, so a failed build still shows what it tried), then again with pip packages and
     variables (``variables`` given), once they are installed: the lock of a ready build
@@ -481,7 +494,7 @@ def _store_lock(registry: Registry, record: EnvRecord, packages: Sequence[Locked
     with tempfile.TemporaryDirectory(prefix="hpcenv-lock-") as scratch:
         written = Path(scratch) / "lock.yml"
         write_lock(written, record.name, packages, channels, platform, pip=pip,
-                   variables=variables)
+                   variables=variables, call=call)
         registry.write_lockfile(record.name, record.version, written.read_text())
 
 
@@ -663,14 +676,36 @@ def _pip_install_locked(prefix: Path, locked: Sequence[LockedPip], site: SiteCon
     return _run_pip(cmd, lines, None, str(lock or "the lockfile"), log)
 
 
-def _verify(prefix: Path, packages: Sequence[LockedPackage]) -> None:
+@contextmanager
+def _python_probe(prefix: Path) -> Iterator[subprocess.Popen[str] | None]:
+    """The env's python asked for its ``sys.prefix``, started now (None without a python)."""
+    python = prefix / "bin" / "python"
+    if not os.path.lexists(python):
+        yield None
+        return
+    proc = subprocess.Popen([str(python), "-B", "-c", "import sys; print(sys.prefix)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONNOUSERSITE": "1"})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def _verify(prefix: Path, packages: Sequence[LockedPackage], present: set[str],
+            probe: subprocess.Popen[str] | None) -> None:
+    """Every ``conda-meta`` record's files are among ``present`` (the prefix's paths, from
+    :func:`_seal_prefix`) and the env's python (``probe``) runs from the prefix."""
     meta = prefix / "conda-meta"
     installed: set[str] = set()
     for path in sorted(meta.glob("*.json")):
         record = json.loads(path.read_text())
         installed.add(record.get("name", ""))
         for rel in record.get("files") or []:
-            if not os.path.lexists(prefix / rel):
+            # lexists too: a file under a symlinked dir, which the walk does not enter
+            if os.path.normpath(rel) not in present and not os.path.lexists(prefix / rel):
                 raise HpcenvError(f"{prefix}: file {rel} of {record.get('name')} is missing "
                                   "after install; the package cache may be damaged (run "
                                   "'hpcenv env gc' and build again)")
@@ -678,13 +713,73 @@ def _verify(prefix: Path, packages: Sequence[LockedPackage]) -> None:
     if missing:
         raise HpcenvError(f"{prefix}: no conda-meta record for {', '.join(missing)} after install")
     if "python" in installed:
-        proc = subprocess.run([str(prefix / "bin" / "python"), "-c", "import sys; print(sys.prefix)"],
-                              capture_output=True, text=True, check=False, timeout=120,
-                              env={**os.environ, "PYTHONNOUSERSITE": "1"})
-        reported = proc.stdout.strip()
-        if proc.returncode != 0 or os.path.realpath(reported) != os.path.realpath(prefix):
-            detail = (proc.stderr.strip().splitlines() or [reported or "no output"])[-1]
+        if probe is None:
+            raise HpcenvError(f"{prefix}: python is installed but bin/python is missing")
+        try:
+            out, err = probe.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            probe.kill()
+            out, err = probe.communicate()
+        reported = out.strip()
+        if probe.returncode != 0 or os.path.realpath(reported) != os.path.realpath(prefix):
+            detail = (err.strip().splitlines() or [reported or "no output"])[-1]
             raise HpcenvError(f"{prefix}: the env's python does not run from its prefix: {detail}")
+
+
+def _install_checked(engine: Engine, prefix: Path, packages: Sequence[LockedPackage],
+                     pkgs_dir: Path, verified: VerifiedFiles, report: _Reporter) -> None:
+    """Install, then check what was linked from the shared cache against the packages' hashes
+    before anything in the env runs (:mod:`hpcenv.store.cache_integrity`); tampered entries
+    are moved aside and the env installed again from fresh extractions."""
+    before = frozenset(os.listdir(pkgs_dir))
+    engine.install(prefix, packages, pkgs_dir=pkgs_dir)
+    tampered = check_env(prefix, verified, frozenset(os.listdir(pkgs_dir)) - before)
+    if tampered:
+        for bad in tampered:
+            moved = quarantine(bad)
+            report.warn(f"{bad.describe()}: moved the entry aside to {moved} and extracted "
+                        "the package again")
+        force_rmtree(prefix)
+        engine.install(prefix, packages, pkgs_dir=pkgs_dir)
+        still = check_env(prefix, verified)
+        if still:
+            raise HpcenvError(f"{still[0].describe()}, even after extracting it again; ask "
+                              f"whoever administers {pkgs_dir} to look at it")
+    verified.save()
+
+
+def _check_cache_writable(pkgs_dir: Path) -> None:
+    """Refuse, in one line naming the owner and the fix, a package cache this user cannot
+    write: the engine would fail with "failed to acquire global cache lock"."""
+    for path in (pkgs_dir, pkgs_dir / ".cache.lock"):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if os.access(path, os.W_OK):
+            continue
+        owner, group = _owner_names(st)
+        what = "package cache" if path == pkgs_dir else "package cache lock file"
+        raise HpcenvError(
+            f"{what} {path} is owned by {owner}:{group} (mode {stat.S_IMODE(st.st_mode):o}) and "
+            f"{current_user()} cannot write it: ask {owner} to make it writable for group "
+            f"{group} (chmod g+w; umask 002 for builders) or set pkgs_dirs to a cache you can "
+            "write")
+
+
+def _owner_names(st: os.stat_result) -> tuple[str, str]:
+    import grp
+    import pwd
+
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {st.st_uid}"
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = f"gid {st.st_gid}"
+    return owner, group
 
 
 def _same_fs_warning(prefix: Path, pkgs_dir: Path) -> str | None:
@@ -694,27 +789,57 @@ def _same_fs_warning(prefix: Path, pkgs_dir: Path) -> str | None:
             "files were copied, not hardlinked; put pkgs_dirs and envs_dirs on one filesystem")
 
 
-def _fix_modes(prefix: Path, group: str | None) -> None:
-    """Readable by all, writable by nobody; ``group`` + setgid if the site names one."""
+@dataclass(frozen=True)
+class _Walked:
+    """What the one walk over a finished prefix found."""
+
+    paths: set[str]     # every path under the prefix, relative, normalised
+    size: int           # apparent bytes, each inode once
+    count: int          # non-directory entries
+    unique: int         # bytes of files nothing outside the prefix links
+
+
+def _seal_prefix(prefix: Path, group: str | None) -> _Walked:
+    """One walk over the finished prefix: fix modes (readable by all, writable by nobody: an
+    edit in a hardlinked env would corrupt the shared cache; ``group`` + setgid if the site
+    names one) and gather what the record and :func:`_verify` need."""
     gid = group_id(group)
     setgid = stat.S_ISGID if gid is not None else 0
-    for root, dirs, files in os.walk(prefix, topdown=False):
-        for entry in files + dirs:
-            path = os.path.join(root, entry)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            if gid is not None and st.st_gid != gid:
-                chgrp(path, gid)
-            mode = stat.S_IMODE(st.st_mode)
-            if stat.S_ISDIR(st.st_mode):
-                new = (mode | 0o555 | setgid) & ~0o222
-            else:
-                new = (mode | 0o444 | (0o111 if mode & 0o100 else 0)) & ~0o222
-            if new != mode:
-                os.chmod(path, new)
+    paths: set[str] = set()
+    seen: dict[int, list[int]] = {}   # inode -> [size, links here, links in total]
+    size = count = 0
+    root_len = len(str(prefix)) + 1
+    stack = [str(prefix)]
+    while stack:
+        directory = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                paths.add(entry.path[root_len:])
+                mode = stat.S_IMODE(st.st_mode)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                    new = (mode | 0o555 | setgid) & ~0o222
+                else:
+                    count += 1
+                    inode = seen.get(st.st_ino)
+                    if inode is None:
+                        size += st.st_size
+                        inode = seen[st.st_ino] = [st.st_size, 0, st.st_nlink]
+                    if stat.S_ISLNK(st.st_mode):
+                        inode[1] = -1   # never "unique": only regular files count there
+                        continue
+                    if inode[1] >= 0:
+                        inode[1] += 1
+                    new = (mode | 0o444 | (0o111 if mode & 0o100 else 0)) & ~0o222
+                if gid is not None and st.st_gid != gid:
+                    chgrp(entry.path, gid)
+                if new != mode:
+                    os.chmod(entry.path, new)
     if gid is not None:
         chgrp(prefix, gid)
+    unique = sum(s for s, here, total in seen.values() if here >= total)
+    return _Walked(paths, size, count, unique)
 
 
 def _write_marker(prefix: Path, record: EnvRecord) -> None:

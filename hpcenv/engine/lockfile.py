@@ -14,7 +14,7 @@ left them out).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,11 +56,13 @@ class LockExtras:
 
 def write_lock(path: Path, env_name: str, packages: Sequence[LockedPackage],
                channels: Sequence[str], platform: str, *, pip: Sequence[LockedPip] = (),
-               variables: Mapping[str, str] | None = None) -> None:
+               variables: Mapping[str, str] | None = None,
+               call: Callable[[dict[str, Any]], dict[str, Any]] = call_rattler) -> None:
     """Write a lockfile with one environment ``env_name`` holding ``packages`` for ``platform``,
-    and, unless ``variables`` is None, the env's pip packages and variables (the whole env)."""
+    and, unless ``variables`` is None, the env's pip packages and variables (the whole env).
+    ``call``: the rattler child to use (a build's serving child; default a fresh one)."""
     extension = None if variables is None else {"variables": dict(variables)}
-    call_rattler({"op": "write_lock", "path": str(path), "env_name": env_name,
+    call({"op": "write_lock", "path": str(path), "env_name": env_name,
                   "packages": [p.to_dict() for p in packages],
                   "channels": [channel_url(c) for c in channels], "platform": platform,
                   "pypi": [{"name": p.name, "version": p.version, "location": p.location}

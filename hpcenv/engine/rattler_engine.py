@@ -2,11 +2,11 @@
 
 Why a child process: after async rattler calls the interpreter sometimes crashes at exit
 (SIGSEGV/SIGABRT, a few % of runs, py-rattler 0.28.0), although the work succeeded.  The CLI and
-any library user must never inherit that, so every engine call runs in
-``python -m hpcenv.engine.rattler_engine``: a JSON request on stdin, a JSON reply on a private
-pipe, and the child leaves with ``os._exit`` after flushing.  That costs one interpreter start plus
-the rattler import per call (~0.2 s, measured in the report), small against a solve+install and
-never paid on the "reused" fast path.  The child also asks the kernel to kill it when its parent
+any library user must never inherit that, so engine calls run in
+``python -m hpcenv.engine.rattler_engine``: JSON requests on stdin, JSON replies on a private
+pipe, one line each, and the child leaves with ``os._exit`` after flushing.  A build keeps one
+child (:meth:`RattlerEngine.serving`) for its solve, lockfiles and install, so it pays one
+interpreter start plus ``import rattler`` (~70-110 ms), never paid on the "reused" fast path.  The child also asks the kernel to kill it when its parent
 dies (``PR_SET_PDEATHSIG``), so a builder killed with SIGKILL does not leave an orphan still
 writing into a prefix the next builder is about to clean.
 
@@ -28,7 +28,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ class RattlerEngine:
     def __init__(self, repodata_cache: Path | None = None, python: str | None = None) -> None:
         self.repodata_cache = repodata_cache
         self.python = python or sys.executable
+        self._child: RattlerChild | None = None
 
     def solve(self, specs: Sequence[str], *, channels: Sequence[str], platform: str,
               cuda: CudaTarget, channel_priority: ChannelPriority = "strict") -> list[LockedPackage]:
@@ -70,53 +72,131 @@ class RattlerEngine:
         self._call({"op": "install", "prefix": str(prefix), "pkgs_dir": str(pkgs_dir),
                     "packages": [p.to_dict() for p in packages]})
 
-    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+    @contextmanager
+    def serving(self) -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
+        """One child, started now, for every call of this engine inside the block; yields the
+        call (for lockfiles: :func:`hpcenv.engine.lockfile.write_lock`'s ``call``)."""
+        if self._child is not None:   # nested: the outer block's child serves
+            yield self.call
+            return
+        with RattlerChild(self.python) as child:
+            child.start()
+            self._child = child
+            try:
+                yield self.call
+            finally:
+                self._child = None
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request to the serving child, or to a fresh one outside :meth:`serving`."""
+        if self._child is not None:
+            return self._child.call(request)
         return call_rattler(request, self.python)
+
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.call(request)
 
 
 def call_rattler(request: dict[str, Any], python: str | None = None) -> dict[str, Any]:
-    """Run one request in a fresh rattler child (``python -m hpcenv.engine.rattler_engine``) and
-    return its reply; a reply with an error is raised as the classified hpcenv error."""
-    python = python or sys.executable
-    read_fd, write_fd = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            [python, "-m", "hpcenv.engine.rattler_engine", str(write_fd)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            pass_fds=(write_fd,), text=True)
-    except OSError as exc:
-        os.close(read_fd)
-        raise HpcenvError(f"cannot start the rattler engine with {python}: "
-                          f"{exc.strerror}") from None
-    finally:
-        os.close(write_fd)
-    with os.fdopen(read_fd, "r") as reply_pipe:
-        assert proc.stdin is not None and proc.stderr is not None
+    """Run one request in a fresh rattler child and return its reply; a reply with an error is
+    raised as the classified hpcenv error."""
+    with RattlerChild(python) as child:
+        return child.call(request)
+
+
+class RattlerChild:
+    """One ``python -m hpcenv.engine.rattler_engine`` child serving requests one after another
+    (one JSON line each way), so a build pays one interpreter start and one ``import rattler``
+    for its solve, lockfiles and install instead of one per call.  Started on first use (or
+    by :meth:`start`, to let the import run while the parent works); a context manager."""
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+        self._proc: subprocess.Popen[str] | None = None
+        self._replies: Any = None      # the read end of the private reply pipe
+        self._stderr: Any = None       # a temp file: a full pipe could block a long-lived child
+
+    def start(self) -> None:
+        if self._proc is not None:
+            return
+        read_fd, write_fd = os.pipe()
+        self._stderr = tempfile.TemporaryFile(mode="w+", prefix="hpcenv-rattler-")
         try:
-            proc.stdin.write(json.dumps(request))
-            proc.stdin.close()
+            self._proc = subprocess.Popen(
+                [self.python, "-m", "hpcenv.engine.rattler_engine", str(write_fd)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                pass_fds=(write_fd,), text=True)
+        except OSError as exc:
+            os.close(read_fd)
+            self._stderr.close()
+            raise HpcenvError(f"cannot start the rattler engine with {self.python}: "
+                              f"{exc.strerror}") from None
+        finally:
+            os.close(write_fd)
+        self._replies = os.fdopen(read_fd, "r")
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The child's reply to ``request``, or the classified error it reports."""
+        self.start()
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
         except BrokenPipeError:
             pass  # the child died before reading: its exit code and stderr say why
-        # The child writes the reply before its stderr closes; read the reply first so a large
-        # reply cannot block the child while we wait on stderr.
-        raw = reply_pipe.read()
-    stderr = proc.stderr.read()
-    proc.stderr.close()
-    code = proc.wait()
-    try:
-        reply = json.loads(raw) if raw else None
-    except ValueError:
-        reply = None
-    if reply is None:
-        tail = " / ".join(stderr.strip().splitlines()[-3:]) or "no output"
-        raise HpcenvError(f"rattler engine ({request['op']}) died with exit code {code}: {tail}")
-    if "error" in reply:
-        error = {"invalid": InvalidInput, "unreachable": ChannelUnreachable,
-                 "missing": ChannelMissing}.get(reply.get("kind", ""), HpcenvError)
-        if reply.get("chain"):
-            raise error(reply["error"]) from EngineErrorChain(reply["chain"])
-        raise error(reply["error"])
-    return reply
+        raw = self._replies.readline()
+        try:
+            reply = json.loads(raw) if raw else None
+        except ValueError:
+            reply = None
+        if reply is None:
+            code = self._finish()
+            self._stderr.seek(0)
+            tail = " / ".join(self._stderr.read().strip().splitlines()[-3:]) or "no output"
+            raise HpcenvError(f"rattler engine ({request['op']}) died with exit code {code}: "
+                              f"{tail}")
+        if "error" in reply:
+            error = {"invalid": InvalidInput, "unreachable": ChannelUnreachable,
+                     "missing": ChannelMissing}.get(reply.get("kind", ""), HpcenvError)
+            if reply.get("chain"):
+                raise error(reply["error"]) from EngineErrorChain(reply["chain"])
+            raise error(reply["error"])
+        return reply
+
+    def close(self, *, kill: bool = False) -> None:
+        """End the child: after its current request, or at once with ``kill`` (the caller is
+        unwinding an error or an interrupt, and nothing it asked for is wanted any more)."""
+        if self._proc is not None:
+            if kill and self._proc.poll() is None:
+                self._proc.kill()
+            self._finish()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def _finish(self) -> int:
+        """End of input for the child; its exit code."""
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        if self._replies is not None:
+            self._replies.close()
+            self._replies = None
+        return code
+
+    def __enter__(self) -> RattlerChild:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(kill=exc_type is not None)
 
 
 def _child_cuda(cuda: CudaTarget) -> str | None:
@@ -283,36 +363,41 @@ class _Invalid(Exception):
     """Bad input detected in the child; maps to InvalidInput in the parent."""
 
 
-def _child_main(reply_fd: int) -> None:
+def _handle(request: dict[str, Any]) -> dict[str, Any]:
     import asyncio
 
-    _die_with_parent()
-    request = json.loads(sys.stdin.read())
-    op = request["op"]
+    op = request.get("op")
     try:
         if op == "solve":
-            reply = asyncio.run(_solve(request))
-        elif op == "install":
-            reply = asyncio.run(_install(request))
-        elif op == "write_lock":
-            reply = _write_lock(request)
-        elif op == "read_lock":
-            reply = _read_lock(request)
-        else:
-            reply = {"error": f"unknown engine op {op!r}"}
+            return asyncio.run(_solve(request))
+        if op == "install":
+            return asyncio.run(_install(request))
+        if op == "write_lock":
+            return _write_lock(request)
+        if op == "read_lock":
+            return _read_lock(request)
+        return {"error": f"unknown engine op {op!r}"}
     except _Invalid as exc:
-        reply = {"error": str(exc), "kind": "invalid"}
+        return {"error": str(exc), "kind": "invalid"}
     except Exception as exc:  # noqa: BLE001 - rattler's exception classes are not importable types
         classified = _classify(exc, request.get("channels") or [])
         if classified is not None:
-            reply = {"error": classified[1], "kind": classified[0], "chain": str(exc)}
-        else:
-            # Unsatisfiable specs are the user's input (exit 2); channel and I/O errors are not.
-            kind = "invalid" if type(exc).__name__ == "SolverError" else None
-            reply = {"error": _one_line(op, exc)} | ({"kind": kind} if kind else {})
+            return {"error": classified[1], "kind": classified[0], "chain": str(exc)}
+        # Unsatisfiable specs are the user's input (exit 2); channel and I/O errors are not.
+        kind = "invalid" if type(exc).__name__ == "SolverError" else None
+        return {"error": _one_line(str(op), exc)} | ({"kind": kind} if kind else {})
+
+
+def _child_main(reply_fd: int) -> None:
+    """Serve one JSON request per stdin line, one JSON reply per line, until stdin closes."""
+    _die_with_parent()
+    import rattler  # noqa: F401 - now, while the parent prepares its first request
+
     with os.fdopen(reply_fd, "w") as out:
-        json.dump(reply, out)
-        out.flush()
+        for line in sys.stdin:
+            if line.strip():
+                out.write(json.dumps(_handle(json.loads(line))) + "\n")
+                out.flush()
     sys.stderr.flush()
     os._exit(0)  # quirk #3: skip interpreter teardown, where rattler sometimes crashes
 

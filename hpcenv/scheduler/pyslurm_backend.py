@@ -32,7 +32,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,10 @@ _INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID in Slurm's slurm_errno.h
 
 def pyslurm_version() -> str | None:
     """The installed pyslurm's version without importing it (importing initialises libslurm)."""
+    # importlib.metadata costs ~25 ms to import; every CLI call (a cache hit too) imports
+    # this module, few of them ask for pyslurm's version.
+    from importlib import metadata
+
     try:
         return metadata.version("pyslurm")
     except metadata.PackageNotFoundError:

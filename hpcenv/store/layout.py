@@ -18,7 +18,6 @@ next to it while held).
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,17 +119,3 @@ def prefix_usage(prefix: Path) -> tuple[int, int]:
                 seen.add(st.st_ino)
                 size += st.st_size
     return size, count
-
-
-def prefix_unique_bytes(prefix: Path) -> int:
-    """Bytes of the files under ``prefix`` that nothing outside it links (what removing it
-    frees); the rest are hardlinks shared with the package cache and other envs."""
-    inodes: dict[int, list[int]] = {}  # inode -> [size, links seen here, links in total]
-    for root, _dirs, files in os.walk(prefix):
-        for entry in files:
-            st = os.lstat(os.path.join(root, entry))
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            seen = inodes.setdefault(st.st_ino, [st.st_size, 0, st.st_nlink])
-            seen[1] += 1
-    return sum(size for size, here, total in inodes.values() if here >= total)

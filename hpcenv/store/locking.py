@@ -82,6 +82,9 @@ DEFAULT_STALE_AFTER = 60.0
 DEFAULT_HEARTBEAT = 10.0
 
 _HOLDER_PREFIX, _HOLDER_SUFFIX = "holder.", ".json"
+# The longest pause between two looks at a lease held on another node (waiters back off from
+# poll_interval to this).
+_MAX_POLL_INTERVAL = 1.0
 # flock errors meaning "no usable flock here" (Lustre noflock, some FUSE and NFS setups).
 _NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL, errno.EIO}
 
@@ -363,9 +366,12 @@ class BuildLock:
         """Wait up to ``timeout`` seconds for the lock; LockTimeout names the holder.
 
         A waiter keeps the same-node flock while it polls the lease, so the other waiters on
-        its node queue in the kernel and one process per node polls the shared filesystem."""
+        its node block in the kernel (woken when the flock is let go, not polling) and one
+        process per node polls the shared filesystem, with backoff: a lease held on another
+        node ends by a release or a heartbeat that stopped, both seconds apart."""
         deadline = time.monotonic() + self.timeout
         seen: object = _UNSEEN
+        delay = self.poll_interval
         try:
             while not self._attempt(keep_local=True):
                 holder = self.holder()
@@ -383,10 +389,44 @@ class BuildLock:
                         f"{self.path}: gave up after {self.timeout:g}s waiting for {who}; a "
                         f"holder that died on another node {expiry}; otherwise raise "
                         "locks.timeout")
-                time.sleep(self.poll_interval)
+                if self._flock_usable and not self._flocked and self._wait_for_flock(deadline):
+                    delay = self.poll_interval   # held on this node: woken when let go
+                else:
+                    time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                    delay = min(delay * 2, max(self.poll_interval, _MAX_POLL_INTERVAL))
         except BaseException:
             self._unflock()
             raise
+
+    def _wait_for_flock(self, deadline: float) -> bool:
+        """Block until the process on this node that has the lock file's flock lets it go, or
+        until ``deadline``; takes nothing (the caller then tries the lock again).  False when
+        it cannot block (the file cannot be opened or flocked): the caller polls instead.
+        The blocking flock runs in a helper thread so the deadline holds; one left blocked
+        past it takes and drops the flock when it is let go, and exits."""
+        released = threading.Event()
+        blocked: list[bool] = []
+
+        def block() -> None:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                blocked.append(False)
+                released.set()
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                blocked.append(True)
+            except OSError:
+                blocked.append(False)
+            finally:
+                os.close(fd)
+                released.set()
+
+        threading.Thread(target=block, name="hpcenv-flock-wait", daemon=True).start()
+        released.wait(max(0.0, deadline - time.monotonic()))
+        return blocked != [False]   # still blocked at the deadline counts as having waited
 
     def _attempt(self, *, keep_local: bool) -> bool:
         if self._me is not None:

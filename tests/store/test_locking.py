@@ -421,3 +421,32 @@ def test_a_waiter_keeps_the_same_node_flock(tmp_path: Path, method: str) -> None
         assert waiter.wait(timeout=20) == 0
     with open(path) as fh:  # the waiter gave up: its flock went with it
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_same_node_waiter_is_woken_by_the_release_not_by_its_poll(tmp_path: Path) -> None:
+    """A waiter on the holder's node blocks in flock: it takes the lock as soon as the holder
+    lets go, although its poll interval (60 s) is far longer than this test may run."""
+    import threading
+
+    path = tmp_path / "key.lock"
+    holder = BuildLock(path)
+    holder.acquire()
+    took = threading.Event()
+    waits: list[object] = []
+
+    def waiter() -> None:
+        lock = BuildLock(path, poll_interval=60.0, timeout=120.0, on_wait=waits.append)
+        lock.acquire()
+        took.set()
+        lock.release()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    try:
+        while not waits:            # the waiter found the lock busy ...
+            thread.join(0.01)
+        assert not took.wait(0.3)   # ... and stays blocked while it is held
+    finally:
+        holder.release()
+    assert took.wait(20), "the waiter was not woken by the release"
+    thread.join(20)
