@@ -192,9 +192,10 @@ def remove_version(store: Store, name: str, version: int, *, force: bool = False
         # Anyone may clear away a version of their own that nobody runs as current.
         actor.check(owner, name, f"remove version {version}" + (
             " (its current version)" if version == registry.current_version(name) else ""))
-    # Asked before anything changes: a refusal leaves the version as it was.
-    use = ask_build_use(jobs_using, force=force, what=f"{name} version {version}",
-                        on_warning=on_warning)
+    # Asked before anything changes: a refusal leaves the version as it was.  Only a
+    # complete build can have been submitted to, so a failed one needs no answer.
+    use = ask_build_use(jobs_using if is_complete(record.prefix) else None, force=force,
+                        what=f"{name} version {version}", on_warning=on_warning)
     lock = key_lock(store, record.key, timeout=0)
     if not lock.try_acquire():
         if registry.get(name, version).status == "building":
@@ -300,7 +301,8 @@ def remove_env(store: Store, name: str, *, force: bool = False,
         also = f", the current version {current} included" if current in ready else ""
         raise HpcenvError(f"removing {name} removes its ready version(s) {which}{also}; pass "
                           "--force, or --version V for one")
-    use = ask_build_use(jobs_using, force=force, what=f"the builds of {name}",
+    runnable = any(is_complete(r.prefix) for r in left)
+    use = ask_build_use(jobs_using if runnable else None, force=force, what=f"the builds of {name}",
                         on_warning=on_warning)
     asked: BuildUseLookup | None = (lambda: use) if use is not None else None
     return [remove_version(store, name, r.version, force=True, on_warning=on_warning,

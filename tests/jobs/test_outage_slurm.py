@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slurm
 OUTAGE = 40.0
 V1 = "name: q\ndependencies:\n  - python=3.11\n"
 V2 = "name: q\ndependencies:\n  - python=3.11\n  - hpcdemo-tools\n"
+V3 = "name: q\ndependencies:\n  - python=3.11\n  - hpcdemo-kernels\n"
 
 
 def _ctld_pid(cluster: SlurmCluster) -> int | None:
@@ -75,8 +76,8 @@ def test_wait_rides_out_a_stopped_controller_and_gets_the_exit_code(
     site_file = write_demo_site(tmp_path / "site", demo_channel, scheduler="slurm-cli",
                                 slurm=f"{{bin_dir: {slurm_cluster.bin_dir}}}")
     site = load_site(site_file)
-    v1 = build_env(parse_spec(V1), site).record
-    build_env(parse_spec(V2), site)  # v2 current: v1 is a version nobody runs as current
+    v1, v2 = (build_env(parse_spec(text), site).record for text in (V1, V2))
+    build_env(parse_spec(V3), site)  # v3 current: v1 and v2 are versions nobody runs as current
 
     name = f"outage-{os.getpid()}"
     waiting = _cli(site_file, "submit", "--env", "q", "--job-name", name, "--wait", "--",
@@ -91,17 +92,25 @@ def test_wait_rides_out_a_stopped_controller_and_gets_the_exit_code(
         _stop_ctld(slurm_cluster)
         stopped = time.monotonic()
 
-        # Whether a job runs in v1 cannot be known now: its removal is refused, in one line.
+        # Whether a job runs in v1 cannot be known now: its removal is refused, in one line;
+        # --force removes v2 regardless and says what that risks.  (Side by side: each waits
+        # for scontrol to give up, ~18 s.)
         refused = _cli(site_file, "env", "rm", "q", "--version", "1", cluster=slurm_cluster,
                        cwd=tmp_path)
+        forced = _cli(site_file, "env", "rm", "q", "--version", "2", "--force",
+                      cluster=slurm_cluster, cwd=tmp_path)
         _, err = refused.communicate(timeout=120)
         assert refused.returncode == 1, err
         assert err.count("\n") == 1 and "cannot ask the scheduler" in err and "--force" in err
-        assert Path(v1.prefix, "bin", "python").exists()
+        _, forced_err = forced.communicate(timeout=120)
+        assert forced.returncode == 0, forced_err
+        assert "deleting q version 2 anyway (--force): a pending or running job in it fails" \
+            in forced_err
+        assert Path(v1.prefix, "bin", "python").exists() and not Path(v2.prefix).exists()
         history = _cli(site_file, "--json", "env", "history", "q", cluster=slurm_cluster,
                        cwd=tmp_path)
         assert [r["status"] for r in json.loads(history.communicate(timeout=60)[0])] == [
-            "ready", "ready"]
+            "ready", "retired", "ready"]
 
         time.sleep(max(0.0, OUTAGE - (time.monotonic() - stopped)))
         assert waiting.poll() is None, "--wait gave up during the outage"

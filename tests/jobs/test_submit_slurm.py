@@ -23,7 +23,7 @@ from conftest_slurm import SlurmCluster
 
 from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import HpcenvError, InvalidInput
-from hpcenv.jobs.control import job_exit_code, list_submissions, wait_for
+from hpcenv.jobs.control import job_exit_code, list_submissions, load_submission, wait_for
 from hpcenv.jobs.submit import SubmitOptions, site_scheduler, submit
 from hpcenv.site.config import SiteConfig, load_site
 
@@ -161,6 +161,16 @@ def test_env_lands_where_its_cuda_runs(site: SiteConfig, tmp_path: Path, env: st
     assert (result.partition, result.constraint) == (partition, constraint)
     assert data["node"] in nodes
     assert (data["gpus"] is None) == (partition == "cpu")
+    # The record holds what Slurm got, read back after the submit: partition, features, GPUs
+    # (22.05 spells them gres:gpu:a100:1, 25.11 gres/gpu:a100:1) and the build in the comment.
+    record = load_submission(site.state_dir, "slurm", result.job_id or "")
+    assert record is not None and record.read_back
+    assert (record.partition, record.constraint) == (partition, constraint)
+    if partition == "cpu":
+        assert record.gres is None
+    else:
+        assert record.gres and f"gpu:{partition.removeprefix('gpu-')}:1" in record.gres
+    assert record.comment == f"hpcenv-build={Path(result.prefix).resolve()}"
 
 
 def test_cuda124_with_both_a100_gpus_busy_still_never_uses_a100n2(site: SiteConfig,
