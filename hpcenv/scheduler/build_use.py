@@ -47,13 +47,6 @@ def build_of(comment: str | None) -> str | None:
     return comment.rpartition(BUILD_TAG)[2].strip() or None
 
 
-def user_comment(comment: str | None) -> str | None:
-    """The user's part of a job comment (what ``--comment`` asked for), without hpcenv's tag."""
-    if not comment or BUILD_TAG not in comment:
-        return comment or None
-    return comment.rpartition(BUILD_TAG)[0].removesuffix(",") or None
-
-
 @dataclass(frozen=True)
 class BuildJob(JsonRecord):
     """A pending or running job that runs in a build."""

@@ -15,7 +15,6 @@ from hpcenv.scheduler.build_use import (
     describe,
     tag_comment,
     use_from,
-    user_comment,
 )
 
 
@@ -23,12 +22,11 @@ def test_the_tag_follows_the_users_own_comment_and_reads_back(tmp_path: Path) ->
     prefix = tmp_path / "builds" / "q-1-abc"
     alone = tag_comment(None, prefix)
     assert alone == f"hpcenv-build={prefix}"
-    assert (build_of(alone), user_comment(alone)) == (str(prefix), None)
+    assert build_of(alone) == str(prefix)
     both = tag_comment("run-7", prefix)
     assert both == f"run-7,hpcenv-build={prefix}"
-    assert (build_of(both), user_comment(both)) == (str(prefix), "run-7")
-    assert (build_of("run-7"), user_comment("run-7")) == (None, "run-7")
-    assert build_of(None) is None
+    assert build_of(both) == str(prefix)
+    assert build_of("run-7") is None and build_of(None) is None
 
 
 def test_the_tag_names_the_real_build_not_a_symlink_to_it(tmp_path: Path) -> None:
