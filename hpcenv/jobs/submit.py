@@ -49,7 +49,7 @@ from hpcenv.scheduler.base import (
     JobInfo,
     SchedulerUnreachable,
 )
-from hpcenv.scheduler.build_use import tag_comment
+from hpcenv.scheduler.build_use import build_of, tag_comment
 from hpcenv.scheduler.job_options import JobOptions, job_fields, min_nodes, sbatch_lines
 from hpcenv.scheduler.options import name_problem
 from hpcenv.scheduler.slurm_cli import SlurmCLI
@@ -520,7 +520,14 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
         launcher=launcher, submitted=time.time(), user=current_user(),
         backend=scheduler.kind, options=result.options.to_dict(), gres=asked.gres,
         comment=asked.comment, read_back=asked.read_back))
-    return replace(result, job_id=job_id, partition=asked.partition, constraint=asked.constraint)
+    warnings = result.warnings
+    if asked.read_back and build_of(asked.comment) is None:
+        warnings = (*warnings, f"job {job_id}'s comment, as the scheduler holds it "
+                    f"({asked.comment or 'none'}), does not name the env build it runs in (a "
+                    "site template's own --comment line?): 'env rm' and 'env gc' cannot tell "
+                    f"that it runs in {prefix}")
+    return replace(result, job_id=job_id, partition=asked.partition, constraint=asked.constraint,
+                   warnings=warnings)
 
 
 @dataclass(frozen=True)
