@@ -19,6 +19,7 @@ from hpcenv.errors import HpcenvError, InvalidInput
 
 if TYPE_CHECKING:
     from hpcenv.build.builder import BuildEvent
+    from hpcenv.scheduler.build_use import BuildUse, BuildUseLookup
     from hpcenv.store.registry import Registry
 
 
@@ -97,17 +98,26 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        description="Delete the prefix of NAME --version V (its record and "
                                    "lockfile stay as history). Without --version, every version "
                                    "of NAME. The current version is only removed with --force. "
-                                   "Files other versions use are hardlinks and stay.")
+                                   "Files other versions use are hardlinks and stay. A build a "
+                                   "pending or running job (anyone's) runs in is retired at once "
+                                   "but kept until 'env gc' finds no job in it.")
     _name_argument(p)
     p.add_argument("--version", type=int, metavar="V")
-    p.add_argument("--force", action="store_true", help="also remove the current version")
+    p.add_argument("--force", action="store_true",
+                   help="also remove the current version; delete even when the scheduler "
+                        "cannot say whether a job runs in the build")
     p.set_defaults(handler=_needs_name(_rm))
 
     p = sub.add_parser("gc", parents=[common], help="free unreferenced builds and cache entries",
                        description="Remove builds no registry record references, debris of "
                                    "crashed builds, and package-cache entries no live env uses "
-                                   "(like 'conda clean --all'); report bytes and files freed.")
+                                   "(like 'conda clean --all'); report bytes and files freed. "
+                                   "Builds a pending or running job (anyone's) runs in stay "
+                                   "until a later gc.")
     p.add_argument("--dry-run", action="store_true", help="report what would go; delete nothing")
+    p.add_argument("--force", action="store_true",
+                   help="delete unreferenced builds even when the scheduler cannot say whether "
+                        "a job runs in them")
     p.set_defaults(handler=_gc)
 
 
@@ -408,20 +418,38 @@ def _rollback(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def _build_use(ctx: Context) -> BuildUseLookup:
+    """Asks the site's scheduler, when the store needs to know, which builds jobs run in."""
+    site = ctx.site()
+
+    def ask() -> BuildUse:
+        from hpcenv.scheduler import select_scheduler
+        from hpcenv.scheduler.build_use import builds_in_use
+
+        return builds_in_use(select_scheduler(site.scheduler, state_dir=site.state_dir,
+                                              bin_dir=site.slurm.bin_dir).scheduler)
+    return ask
+
+
 def _rm(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.store import store_for
     from hpcenv.store.lifecycle import remove_env, remove_version
 
     if args.version is not None:
         records = [remove_version(store_for(ctx.site()), args.name, args.version, force=args.force,
-                                  on_warning=ctx.warn)]
+                                  on_warning=ctx.warn, jobs_using=_build_use(ctx))]
     else:
-        records = remove_env(store_for(ctx.site()), args.name, force=args.force, on_warning=ctx.warn)
+        records = remove_env(store_for(ctx.site()), args.name, force=args.force, on_warning=ctx.warn,
+                             jobs_using=_build_use(ctx))
     removed = [r.version for r in records]
+    # Retired, but their files stay: a job runs in them, or they belong to someone else.
+    kept = [r.version for r in records if Path(r.prefix).exists()]
     after = _registry(ctx).current_version(args.name)
-    ctx.emit({"name": args.name, "removed": removed, "current": after},
-             lambda d: f"{d['name']}: removed version(s) {', '.join(map(str, d['removed'])) or 'none'}; "
-                       f"current: {d['current'] if d['current'] is not None else 'none'}")
+    ctx.emit({"name": args.name, "removed": removed, "kept_files": kept, "current": after},
+             lambda d: f"{d['name']}: removed version(s) {', '.join(map(str, d['removed'])) or 'none'}"
+                       + (f" (files of {', '.join(map(str, d['kept_files']))} kept, see above)"
+                          if d["kept_files"] else "")
+                       + f"; current: {d['current'] if d['current'] is not None else 'none'}")
     return 0
 
 
@@ -431,7 +459,7 @@ def _gc(args: argparse.Namespace, ctx: Context) -> int:
 
     report = collect_garbage(store_for(ctx.site()), dry_run=args.dry_run, on_wait=lambda: print(
         "hpcenv: waiting for builds installing from the package cache", file=sys.stderr,
-        flush=True))
+        flush=True), jobs_using=_build_use(ctx), force=args.force, on_warning=ctx.warn)
     for error in report.errors:
         ctx.warn(error)
 
@@ -442,6 +470,10 @@ def _gc(args: argparse.Namespace, ctx: Context) -> int:
         lines += [f"{'would retire' if d['dry_run'] else 'retired'} record  {r['name']} version "
                   f"{r['version']} ({r['was']}: {r['error'] or 'the build never finished'})"
                   for r in d["retired"]]
+        lines += [f"kept    build   {k['path']}: in use by "
+                  + ", ".join(f"job {j['job_id']} ({j['user'] or 'unknown user'}, "
+                              f"{j['state'].lower()})" for j in k["jobs"])
+                  + "; a later gc removes it once they end" for k in d["kept"]]
         lines.append(f"{verb} {_size(d['bytes_freed'])} in {d['files_freed']} files "
                      f"({len(d['removed'])} items)")
         return "\n".join(lines)

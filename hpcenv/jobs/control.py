@@ -64,6 +64,11 @@ class SubmissionRecord:
     user: str | None = None
     backend: str | None = None       # the Scheduler.kind that submitted it: slurm-cli, pyslurm, local
     options: dict[str, Any] = field(default_factory=dict)  # JobOptions.to_dict() as rendered
+    # partition, constraint, gres and comment as the scheduler reported them after the submit
+    # (read_back), not as hpcenv meant them; see hpcenv.jobs.submit._asked_of.
+    gres: str | None = None
+    comment: str | None = None       # carries the env build the job runs in (build_use)
+    read_back: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -43,7 +43,13 @@ from hpcenv.jobs.templates import (
     render_job_script,
 )
 from hpcenv.scheduler import Selection, select_scheduler
-from hpcenv.scheduler.base import SLURM_CAPABILITIES, Capabilities, SchedulerUnreachable
+from hpcenv.scheduler.base import (
+    SLURM_CAPABILITIES,
+    Capabilities,
+    JobInfo,
+    SchedulerUnreachable,
+)
+from hpcenv.scheduler.build_use import build_of, tag_comment
 from hpcenv.scheduler.job_options import JobOptions, job_fields, min_nodes, sbatch_lines
 from hpcenv.scheduler.options import name_problem
 from hpcenv.scheduler.slurm_cli import SlurmCLI
@@ -462,7 +468,8 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     else:
         live, live_note = _live_state(scheduler, site, say), None
     decision = route(request, site.partitions, compat=site.cuda_compat, live=live)
-    options = _routed(options, decision)
+    # The comment names the build the job runs in, for everyone removing builds (build_use).
+    options = replace(_routed(options, decision), comment=tag_comment(options.comment, prefix))
 
     stage = plan_staging(site, record) if options.stage else None
     if stage is not None and stage.warning:
@@ -504,11 +511,48 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise
+    asked = _asked_of(scheduler, job_id, result)
     save_submission(site.state_dir, SubmissionRecord(
         job_id=job_id, scheduler=job_namespace(scheduler), env=record.name, env_version=record.version,
-        prefix=str(prefix), partition=decision.partition, constraint=options.constraint,
+        prefix=str(prefix), partition=asked.partition, constraint=asked.constraint,
         gpus=decision.gpus, reason=decision.reason, script=str(script), workdir=str(workdir),
         job_name=job_name, output=output, error=options.error, command=list(job.command),
         launcher=launcher, submitted=time.time(), user=current_user(),
-        backend=scheduler.kind, options=result.options.to_dict()))
-    return replace(result, job_id=job_id)
+        backend=scheduler.kind, options=result.options.to_dict(), gres=asked.gres,
+        comment=asked.comment, read_back=asked.read_back))
+    warnings = result.warnings
+    if asked.read_back and build_of(asked.comment) is None:
+        warnings = (*warnings, f"job {job_id}'s comment, as the scheduler holds it "
+                    f"({asked.comment or 'none'}), does not name the env build it runs in (a "
+                    "site template's own --comment line?): 'env rm' and 'env gc' cannot tell "
+                    f"that it runs in {prefix}")
+    return replace(result, job_id=job_id, partition=asked.partition, constraint=asked.constraint,
+                   warnings=warnings)
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """Where a job was sent, as its record states it."""
+
+    partition: str | None
+    constraint: str | None
+    gres: str | None
+    comment: str | None
+    read_back: bool        # the scheduler's own account of the job, not what hpcenv meant
+
+
+def _asked_of(scheduler: Scheduler, job_id: str, result: SubmitResult) -> _Asked:
+    """The job's routing as the scheduler holds it (one ``scontrol show job``), so a record
+    never claims a partition, GPUs or features Slurm did not get (an ``#SBATCH`` line of a
+    site template, a submit filter).  The local executor has no partitions: what hpcenv
+    decided stands there.  A controller that stops answering right after the submit leaves
+    what hpcenv asked for, marked as not read back."""
+    try:
+        info: JobInfo | None = scheduler.status(job_id)
+    except HpcenvError:
+        info = None
+    options = result.options
+    if info is None or not scheduler.capabilities.partitions:
+        return _Asked(result.partition, options.constraint, None,
+                      info.comment if info is not None else options.comment, info is not None)
+    return _Asked(info.partition, info.constraint, info.gres, info.comment, True)

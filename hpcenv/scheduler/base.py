@@ -61,6 +61,7 @@ class JobInfo:
     user: str | None = None
     comment: str | None = None
     constraint: str | None = None
+    gres: str | None = None          # generic resources asked for, e.g. gres:gpu:a100:1 (per node)
     source: str = "queue"            # where the record came from: queue, jobcomp, local
     tasks: tuple[str, ...] = ()      # a job array as a whole: its tasks' ids ("12_0", ...)
 
@@ -186,8 +187,10 @@ class Scheduler(Protocol):
         """State of one job, also after it finished.  Raises NotFound for unknown ids."""
         ...
 
-    def jobs(self, user: str | None = None) -> list[JobInfo]:
-        """Queued and running jobs of ``user`` (default: the current user)."""
+    def jobs(self, user: str | None = None, *, all_users: bool = False) -> list[JobInfo]:
+        """Queued and running jobs of ``user`` (default: the current user), or with
+        ``all_users`` every user's the scheduler shows (which builds jobs run in:
+        :mod:`hpcenv.scheduler.build_use`)."""
         ...
 
     def cancel(self, job_id: str, signal: str | int | None = None) -> None:

@@ -73,6 +73,14 @@ def _ok(flag: str, value: str, problem: str | None) -> str:
     return value
 
 
+COMMENT_RULE = "use letters, digits and _.,:=+@%/- (no spaces), at most 250"
+
+
+def comment_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a job's ``--comment``, or None."""
+    return control_problem(text) or (None if _COMMENT.match(text) else COMMENT_RULE)
+
+
 def _match(pattern: re.Pattern[str], expected: str) -> Render:
     def render(flag: str, value: Any, _o: JobOptions) -> str:
         text = str(value)
@@ -230,8 +238,7 @@ class JobOptions:
     mail_user: str | None = _opt("--mail-user", metavar="ADDRESS", group="job",
                                  render=_match(_MAIL_USER, "expected a user name or an e-mail address"))
     comment: str | None = _opt("--comment", metavar="TEXT", group="job",
-                               render=_match(_COMMENT, "use letters, digits and _.,:=+@%/- "
-                                                       "(no spaces), at most 250"))
+                               render=_match(_COMMENT, COMMENT_RULE))
     extra_args: tuple[str, ...] = _opt(None, (), render=None, metavar="ARG",
                                        help="another sbatch option, repeatable "
                                             "(e.g. --sbatch-arg=--reservation=maint)")

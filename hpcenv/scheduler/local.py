@@ -3,7 +3,7 @@
 Each job gets an id from a lock-protected counter and a JSON record under
 ``<state_dir>/local-jobs/`` (written atomically).  Submitting copies the script (as sbatch does),
 takes the job's options (``--job-name``, ``--output``, ``--error``, ``--chdir``,
-``--cpus-per-task``, ``--time``) from the caller, or from the script's ``#SBATCH`` lines for a
+``--cpus-per-task``, ``--time``, ``--comment``) from the caller, or from the script's ``#SBATCH`` lines for a
 script hpcenv did not render, and starts a small supervisor process in a new
 session, so the job survives the submitting process.  The supervisor runs ``bash SCRIPT`` in its
 own process group with the SLURM_* variables a job script reads, waits for it and records the
@@ -79,6 +79,7 @@ class LocalJob:
     supervisor_start: int | None = None  # /proc start ticks, to tell a reused pid apart
     cancel_requested: float | None = None
     kill_wait: float = KILL_WAIT
+    comment: str | None = None      # --comment: names the env build the job runs in
 
 
 def _become_subreaper() -> None:
@@ -227,7 +228,7 @@ class LocalExecutor:
         job = LocalJob(job_id=job_id, name=name, state="PENDING", script=str(copy),
                        workdir=str(run_dir), stdout=stdout, stderr=stderr, user=user,
                        submit_time=time.time(), time_limit=time_limit, env=env,
-                       kill_wait=self.kill_wait)
+                       kill_wait=self.kill_wait, comment=opts.comment)
         self._save(job)
         log = open(self.root / f"{job_id}.supervisor.log", "ab")
         try:
@@ -256,7 +257,7 @@ class LocalExecutor:
                     self._save(job)
         return self._info(job)
 
-    def jobs(self, user: str | None = None) -> list[JobInfo]:
+    def jobs(self, user: str | None = None, *, all_users: bool = False) -> list[JobInfo]:
         user = user or current_user()
         if not self.root.is_dir():
             return []
@@ -267,7 +268,7 @@ class LocalExecutor:
                 info = self.status(str(job_id))
             except (NotFound, HpcenvError):
                 continue  # removed or being written right now
-            if info.user == user:
+            if all_users or info.user == user:
                 out.append(info)
         return out
 
@@ -315,7 +316,7 @@ class LocalExecutor:
             node=NODE_NAME if job.start_time else None, elapsed=elapsed, partition="local",
             stdout=Path(job.stdout), stderr=Path(job.stderr), workdir=Path(job.workdir),
             submit_time=job.submit_time, start_time=job.start_time, end_time=job.end_time,
-            user=job.user, source="local")
+            user=job.user, comment=job.comment, source="local")
 
     # -- the supervisor (runs in its own process) ------------------------------------------------
     def supervise(self, job_id: str) -> None:

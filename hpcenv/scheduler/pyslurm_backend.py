@@ -158,7 +158,20 @@ def job_info(job: Any) -> JobInfo:
         end_time=getattr(job, "end_time", None) if finished else None,
         user=getattr(job, "user_name", None),
         comment=getattr(job, "comment", None) or None, constraint=constraints or None,
-        source="queue")
+        gres=_asked_gres(job), source="queue")
+
+
+def _asked_gres(job: Any) -> str | None:
+    """The generic resources a job asked for, per job then per node, in the CLI's spelling
+    where pyslurm gives a dict (``{"gpu:a100": 1}`` -> ``gres/gpu:a100:1``)."""
+    asked = []
+    for names in (("tres_per_job",), ("tres_per_node", "gres_per_node")):
+        value = next((v for n in names if (v := getattr(job, n, None))), None)
+        if isinstance(value, dict):
+            value = ",".join(f"gres/{str(k).removeprefix('gres/')}:{v}" for k, v in value.items())
+        if value:
+            asked.append(str(value))
+    return ",".join(asked) or None
 
 
 def _gpu_count(gres: dict[str, Any]) -> tuple[str | None, int]:
@@ -344,14 +357,14 @@ class PyslurmScheduler:
                            "completion log; check the id")
         return info
 
-    def jobs(self, user: str | None = None) -> list[JobInfo]:
+    def jobs(self, user: str | None = None, *, all_users: bool = False) -> list[JobInfo]:
         ps = self._pyslurm
         user = user or current_user()
         try:
             jobs = ps.Jobs.load()
         except ps.RPCError as exc:
             raise _rpc_error("could not list jobs", exc) from None
-        return [job_info(j) for j in jobs.values() if j.user_name == user]
+        return [job_info(j) for j in jobs.values() if all_users or j.user_name == user]
 
     def cancel(self, job_id: str, signal: str | int | None = None) -> None:
         ps = self._pyslurm

@@ -319,12 +319,12 @@ class SlurmCLI:
             submit_time=parse_time(f.get("SubmitTime")), start_time=start, end_time=end,
             user=_user_name(f.get("UserId")), source="jobcomp")
 
-    def jobs(self, user: str | None = None) -> list[JobInfo]:
-        """Jobs slurmctld still holds for ``user`` (default: you): queued, running and finished
-        within ``MinJobAge``."""
+    def jobs(self, user: str | None = None, *, all_users: bool = False) -> list[JobInfo]:
+        """Jobs slurmctld still holds for ``user`` (default: you; every user's with
+        ``all_users``): queued, running and finished within ``MinJobAge``."""
         user = user or current_user()
         out = self._run(["scontrol", "show", "job", "-o"]).stdout
-        return [job for job in parse_jobs(out) if job.user == user]
+        return [job for job in parse_jobs(out) if all_users or job.user == user]
 
     def cancel(self, job_id: str, signal: str | int | None = None) -> None:
         info = self.status(job_id)  # NotFound for unknown ids: scancel would say nothing
@@ -374,7 +374,7 @@ def array_info(array_id: str, tasks: Sequence[JobInfo]) -> JobInfo:
         submit_time=min((t.submit_time for t in tasks if t.submit_time), default=None),
         start_time=min((t.start_time for t in tasks if t.start_time), default=None),
         end_time=max((t.end_time or 0 for t in tasks), default=None) if finished else None,
-        comment=first.comment, constraint=first.constraint, source=first.source,
+        comment=first.comment, constraint=first.constraint, gres=first.gres, source=first.source,
         tasks=tuple(sorted((t.job_id for t in tasks),
                            key=lambda i: [int(p) if p.isdigit() else -1 for p in i.split("_")])))
 
@@ -401,7 +401,15 @@ def job_from_scontrol(f: Mapping[str, str]) -> JobInfo:
         submit_time=parse_time(f.get("SubmitTime")), start_time=parse_time(f.get("StartTime")),
         end_time=parse_time(f.get("EndTime")) if finished else None,
         user=_user_name(f.get("UserId")), comment=_value(f.get("Comment")),
-        constraint=_value(f.get("Features")), source="queue")
+        constraint=_value(f.get("Features")), gres=_gres(f), source="queue")
+
+
+def _gres(f: Mapping[str, str]) -> str | None:
+    """The generic resources a job asked for: per job (``--gpus``), then per node (``--gres``,
+    ``--gpus-per-node``), as Slurm prints them (``gres:gpu:a100:1`` on 22.05, ``gres/gpu:...``
+    on 25.11)."""
+    asked = [v for k in ("TresPerJob", "TresPerNode") if (v := _value(f.get(k)))]
+    return ",".join(asked) or None
 
 
 def parse_jobs(text: str) -> list[JobInfo]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 from hpcenv.engine.base import ARCHIVE_SUFFIXES
 from hpcenv.records import JsonRecord, json_meta
+from hpcenv.scheduler.build_use import BuildJob, BuildUseLookup
 from hpcenv.store.debris import (
     builder_alive,
     clean_lock_places,
@@ -38,6 +39,7 @@ from hpcenv.store.debris import (
     force_rmtree,
 )
 from hpcenv.store.layout import builds_dir, cache_lock, is_complete
+from hpcenv.store.lifecycle import ask_build_use
 from hpcenv.store.pack import orphan_packs
 
 if TYPE_CHECKING:
@@ -65,12 +67,21 @@ class RetiredRecord(JsonRecord):
     error: str | None = None   # the failed build's one-line reason, when it recorded one
 
 
+@dataclass(frozen=True)
+class KeptBuild(JsonRecord):
+    """An unreferenced build gc leaves because pending or running jobs still run in it."""
+
+    path: Path
+    jobs: tuple[BuildJob, ...]
+
+
 @dataclass
 class GcReport(JsonRecord):
     dry_run: bool
     removed: list[GcItem] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     retired: list[RetiredRecord] = field(default_factory=list)
+    kept: list[KeptBuild] = field(default_factory=list)
 
     JSON_PROPERTIES = ("bytes_freed", "files_freed")
 
@@ -259,7 +270,9 @@ def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: It
 
 
 def collect_garbage(store: Store, *, dry_run: bool = False,
-                    on_wait: Callable[[], None] | None = None) -> GcReport:
+                    on_wait: Callable[[], None] | None = None,
+                    jobs_using: BuildUseLookup | None = None, force: bool = False,
+                    on_warning: Callable[[str], None] | None = None) -> GcReport:
     """``hpcenv env gc``: what :func:`plan_and_collect` does, for a site's builds and cache.
 
     Live builds are those a ``ready`` or ``building`` registry record names (a build between
@@ -270,6 +283,11 @@ def collect_garbage(store: Store, *, dry_run: bool = False,
     environments.  The package cache's :class:`~hpcenv.store.locking.CacheLock` is held exclusive
     throughout: installs hold it shared, so no install is linking from entries that no
     ``conda-meta`` record names yet (``on_wait()`` is called if gc has to wait for them).
+
+    An unreferenced build a pending or running job (anyone's) runs in, as ``jobs_using`` says,
+    stays with its packs and packages (``report.kept``); a later gc removes it once the jobs
+    ended.  The scheduler is asked only when there are builds to remove; when it cannot be
+    asked gc refuses before removing anything, unless ``force`` (``on_warning`` hears the risk).
     """
     pkgs_dir = store.pkgs_dir
     guard = (cache_lock(store, pkgs_dir, on_wait=on_wait).hold(exclusive=True)
@@ -278,8 +296,6 @@ def collect_garbage(store: Store, *, dry_run: bool = False,
         registry = store.registry()
         records = list(registry.records())
         debris = find_debris(store, registry=registry)
-        if not dry_run:
-            clean_lock_places(store)
         # A "building" record is live unless find_debris judged its builder dead.
         dead = {os.path.realpath(p) for p, _ in debris}
         keep = {Path(os.path.realpath(r.prefix)) for r in records
@@ -290,8 +306,17 @@ def collect_garbage(store: Store, *, dry_run: bool = False,
         if builds_root.is_dir():
             builds = [p for p in sorted(builds_root.iterdir()) if not p.name.startswith(".")
                       and is_complete(p) and Path(os.path.realpath(p)) not in keep]
+        # Asked before anything is removed: a refusal leaves everything as it was.
+        use = ask_build_use(jobs_using, force=force, what="unreferenced builds",
+                            on_warning=on_warning) if builds else None
+        kept = [KeptBuild(p, jobs) for p in builds if use is not None and (jobs := use.of(p))]
+        keep |= {Path(os.path.realpath(k.path)) for k in kept}
+        builds = [p for p in builds if Path(os.path.realpath(p)) not in keep]
+        if not dry_run:
+            clean_lock_places(store)
         report = plan_and_collect(builds=builds, debris=[p for p, _ in debris], keep=keep,
                                   envs_dirs=store.envs_dirs, pkgs_dir=pkgs_dir, dry_run=dry_run)
+        report.kept = kept
         # Packs (``env pack``) of builds no live record names: the build is gone or going.
         for pack in orphan_packs(store, keep):
             item = GcItem("pack", pack, pack.stat().st_blocks * 512, 1)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcenv.errors import HpcenvError, NotFound
+from hpcenv.scheduler.build_use import BuildJob, BuildUse, BuildUseLookup, describe
 from hpcenv.store.debris import builder_alive, force_rmtree
 from hpcenv.store.layout import env_link, is_complete, key_lock
 from hpcenv.store.modules import sync_env_modules
@@ -137,8 +138,35 @@ def _usable(record: EnvRecord) -> bool:
     return record.status == "ready" and is_complete(record.prefix)
 
 
+def ask_build_use(jobs_using: BuildUseLookup | None, *, force: bool, what: str,
+                  on_warning: Callable[[str], None] | None) -> BuildUse | None:
+    """Which jobs run in which build, before deleting ``what``; None when nobody can say
+    (no lookup given).  A scheduler that cannot be asked refuses the removal, unless
+    ``force``: then deleting goes ahead blind, and ``on_warning`` hears what that risks."""
+    if jobs_using is None:
+        return None
+    try:
+        return jobs_using()
+    except HpcenvError as exc:
+        reason = str(exc).rstrip(".")
+        if not force:
+            raise HpcenvError(f"cannot ask the scheduler whether a pending or running job runs "
+                              f"in {what} ({reason}); nothing removed: try again once it answers, "
+                              "or pass --force to delete regardless (such a job would fail)"
+                              ) from None
+        if on_warning is not None:
+            on_warning(f"the scheduler does not answer ({reason}); deleting {what} anyway "
+                       "(--force): a pending or running job in it fails")
+        return None
+
+
+def _jobs_in(use: BuildUse | None, prefix: str) -> tuple[BuildJob, ...]:
+    return use.of(prefix) if use is not None else ()
+
+
 def remove_version(store: Store, name: str, version: int, *, force: bool = False,
-                   on_warning: Callable[[str], None] | None = None) -> EnvRecord:
+                   on_warning: Callable[[str], None] | None = None,
+                   jobs_using: BuildUseLookup | None = None) -> EnvRecord:
     """Retire ``version`` of ``name`` and delete its prefix; refuses the current one unless
     ``force`` (then the newest other ready version becomes current, or none), and a version
     whose builder is still at work.  A ``failed`` version, or a ``building`` one whose builder
@@ -149,6 +177,12 @@ def remove_version(store: Store, name: str, version: int, *, force: bool = False
     another live record also names is kept.  The record and its lockfile stay as history
     (status ``retired``).  Files this user may not delete (an admin removing a member's build)
     stay, whole, until their owner's or root's ``env gc``; ``on_warning`` hears so.
+
+    ``jobs_using`` (see :mod:`hpcenv.scheduler.build_use`) says which pending or running jobs,
+    of anyone, run in which build: a version some job runs in is retired at once (no longer
+    current or resolvable) but its files stay until a later ``env gc`` finds no job in it;
+    ``on_warning`` names the jobs.  When the scheduler cannot be asked nothing is removed,
+    unless ``force`` (see :func:`ask_build_use`).
     """
     registry = store.registry()
     record = registry.get(name, version)
@@ -158,6 +192,10 @@ def remove_version(store: Store, name: str, version: int, *, force: bool = False
         # Anyone may clear away a version of their own that nobody runs as current.
         actor.check(owner, name, f"remove version {version}" + (
             " (its current version)" if version == registry.current_version(name) else ""))
+    # Asked before anything changes: a refusal leaves the version as it was.  Only a
+    # complete build can have been submitted to, so a failed one needs no answer.
+    use = ask_build_use(jobs_using if is_complete(record.prefix) else None, force=force,
+                        what=f"{name} version {version}", on_warning=on_warning)
     lock = key_lock(store, record.key, timeout=0)
     if not lock.try_acquire():
         if registry.get(name, version).status == "building":
@@ -170,7 +208,12 @@ def remove_version(store: Store, name: str, version: int, *, force: bool = False
             record, shared = _retire_locked(store, registry, name, version, force)
     finally:
         lock.release()
-    if not shared:
+    if jobs := _jobs_in(use, record.prefix):
+        if on_warning is not None:
+            on_warning(f"retired {name} version {version}; its files at {record.prefix} stay "
+                       f"while {describe(jobs)} run{'s' if len(jobs) == 1 else ''} in them: "
+                       "'hpcenv env gc' removes them once no job does")
+    elif not shared:
         try:
             force_rmtree(Path(record.prefix))
         except PermissionError:
@@ -233,11 +276,13 @@ def _retire_locked(store: Store, registry: Registry, name: str, version: int,
 
 
 def remove_env(store: Store, name: str, *, force: bool = False,
-               on_warning: Callable[[str], None] | None = None) -> list[EnvRecord]:
+               on_warning: Callable[[str], None] | None = None,
+               jobs_using: BuildUseLookup | None = None) -> list[EnvRecord]:
     """Retire every version of ``name`` that is not retired yet with :func:`remove_version`,
     the current one last so the env stays usable until the very end.  Ready versions are only
     removed with ``force``; failed ones and those a dead builder left ``building`` need none.
-    Refused while a builder of ``name`` is at work.  Returns the retired records."""
+    Refused while a builder of ``name`` is at work.  Builds a job runs in are kept, as by
+    :func:`remove_version` (the scheduler is asked once).  Returns the retired records."""
     registry = store.registry()
     versions = _require_env(registry, name)
     Actor.current(store.admins).check(env_owner(versions), name, "remove it")
@@ -256,7 +301,12 @@ def remove_env(store: Store, name: str, *, force: bool = False,
         also = f", the current version {current} included" if current in ready else ""
         raise HpcenvError(f"removing {name} removes its ready version(s) {which}{also}; pass "
                           "--force, or --version V for one")
-    return [remove_version(store, name, r.version, force=True, on_warning=on_warning)
+    runnable = any(is_complete(r.prefix) for r in left)
+    use = ask_build_use(jobs_using if runnable else None, force=force, what=f"the builds of {name}",
+                        on_warning=on_warning)
+    asked: BuildUseLookup | None = (lambda: use) if use is not None else None
+    return [remove_version(store, name, r.version, force=True, on_warning=on_warning,
+                           jobs_using=asked)
             for r in sorted(left, key=lambda r: r.version == current)]
 
 

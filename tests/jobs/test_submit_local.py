@@ -505,8 +505,11 @@ def test_options_are_never_abbreviated_and_sbatch_spellings_render(built, tmp_pa
     # The local executor runs one task and has no node features' choice, but renders the rest.
     assert data["options"]["exclusive"] is True and data["options"]["mail_type"] == "end,fail"
     for line in ("--constraint=ib", "--exclusive", "--mail-type=END,FAIL", "--mail-user=me@lab.org",
-                 "--comment=run-7", "--requeue", "--cpus-per-gpu=2", "--open-mode=append"):
+                 "--requeue", "--cpus-per-gpu=2", "--open-mode=append"):
         assert f"#SBATCH {line}\n" in data["script_text"], line
+    # The user's comment, then the env build the job runs in (hpcenv.scheduler.build_use).
+    assert f"#SBATCH --comment=run-7,hpcenv-build={Path(data['prefix']).resolve()}\n" \
+        in data["script_text"]
     assert "--ntasks" not in data["script_text"] and "srun" not in data["script_text"]
     assert data["warnings"] == ["the local executor runs every job on this machine and has no "
                                 "multi-task jobs (srun): --ntasks 4 is ignored"]

@@ -23,7 +23,7 @@ from conftest_slurm import SlurmCluster
 
 from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import HpcenvError, InvalidInput
-from hpcenv.jobs.control import job_exit_code, list_submissions, wait_for
+from hpcenv.jobs.control import job_exit_code, list_submissions, load_submission, wait_for
 from hpcenv.jobs.submit import SubmitOptions, site_scheduler, submit
 from hpcenv.site.config import SiteConfig, load_site
 
@@ -161,6 +161,16 @@ def test_env_lands_where_its_cuda_runs(site: SiteConfig, tmp_path: Path, env: st
     assert (result.partition, result.constraint) == (partition, constraint)
     assert data["node"] in nodes
     assert (data["gpus"] is None) == (partition == "cpu")
+    # The record holds what Slurm got, read back after the submit: partition, features, GPUs
+    # (22.05 spells them gres:gpu:1, 25.11 gres/gpu:1) and the build in the comment.
+    record = load_submission(site.state_dir, "slurm", result.job_id or "")
+    assert record is not None and record.read_back
+    assert (record.partition, record.constraint) == (partition, constraint)
+    if partition == "cpu":
+        assert record.gres is None
+    else:
+        assert record.gres in ("gres:gpu:1", "gres/gpu:1")
+    assert record.comment == f"hpcenv-build={Path(result.prefix).resolve()}"
 
 
 def test_cuda124_with_both_a100_gpus_busy_still_never_uses_a100n2(site: SiteConfig,
@@ -172,6 +182,30 @@ def test_cuda124_with_both_a100_gpus_busy_still_never_uses_a100n2(site: SiteConf
     data, second = run_show(site, "cuda124-env", tmp_path, gpus=2, gpu_type="a100")
     assert data["node"] == "a100n1"
     assert wait_for(site_scheduler(site), first.job_id or "").node == "a100n1"
+
+
+def test_the_record_says_where_slurm_put_the_job_not_where_hpcenv_meant_to(
+        site: SiteConfig, slurm_cluster: SlurmCluster, demo_channel, tmp_path: Path) -> None:
+    if slurm_cluster.scheduler == "pyslurm":
+        pytest.skip("pyslurm submits hpcenv's options, not the script's #SBATCH header: a "
+                    "site template's own lines never reach Slurm there")
+    # A site template whose own #SBATCH lines come after hpcenv's: sbatch takes the last.
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "sbatch_header.sh.j2").write_text(
+        "{% for line in sbatch %}#SBATCH {{ line }}\n{% endfor %}"
+        "#SBATCH --partition=gpu-h100\n#SBATCH --comment=site\n")
+    root = Path(site.registry).parent
+    templated = write_site(tmp_path / "templated.yaml", root, demo_channel,
+                           f"templates_dir: {templates}\n", cluster=slurm_cluster)
+    result = submit(["true"], env_name="cpu-env", site=templated,
+                    options=SubmitOptions(workdir=tmp_path))
+    assert result.routing is not None and result.routing.partition == "cpu"  # hpcenv's choice
+    record = load_submission(templated.state_dir, "slurm", result.job_id or "")
+    assert record is not None and record.read_back
+    assert (record.partition, record.comment, result.partition) == ("gpu-h100", "site", "gpu-h100")
+    # The job's comment lost the build it runs in: submit says env rm/gc cannot see it.
+    assert any("does not name the env build" in w and "env gc" in w for w in result.warnings)
 
 
 def test_explicit_incompatible_partition_is_refused_before_slurm(site: SiteConfig, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,15 +89,17 @@ class Lab:
     site: Path
     hpcenv: Path
 
-    def run(self, user: str, *args: str, umask: str = "002",
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+    def run(self, user: str, *args: str, umask: str = "002", check: bool = False,
+            env: Mapping[str, str] | None = None,
+            cwd: Path | str = "/") -> subprocess.CompletedProcess[str]:
+        """``hpcenv ARGS`` as ``user``; ``env`` adds variables (e.g. ``SLURM_CONF``)."""
         home = pwd.getpwnam(user).pw_dir
         env = {"PATH": f"{self.hpcenv.parent}:/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8",
-               "HPCENV_SITE": str(self.site)}
+               "HPCENV_SITE": str(self.site), **(env or {})}
         command = f"umask {umask} && exec \"$@\""
         proc = subprocess.run([RUNUSER, "-u", user, "--", "bash", "-c", command, "bash",
                                str(self.hpcenv), *args], env=env, capture_output=True,
-                              text=True, timeout=600, cwd="/")
+                              text=True, timeout=600, cwd=cwd)
         if check and proc.returncode != 0:
             raise AssertionError(f"{user}: hpcenv {' '.join(args)} failed ({proc.returncode}):\n"
                                  f"{proc.stderr}")

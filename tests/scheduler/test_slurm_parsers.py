@@ -63,6 +63,8 @@ def test_jobs(release: str) -> None:
     gpu = jobs[known["gpu"]]
     assert (gpu.state, gpu.name, gpu.partition, gpu.node) == ("RUNNING", "gpu-run", "gpu-a100", "a100n1")
     assert (gpu.constraint, gpu.comment, gpu.exit_code, gpu.end_time) == ("cuda12.4", "rec", None, None)
+    # What the job asked for in GPUs, as each release spells it (read back into records).
+    assert gpu.gres == {"22.05": "gres:gpu:a100:1", "25.11": "gres/gpu:a100:1"}[release]
     assert gpu.stdout is not None and gpu.stdout.name == f"gpu-run-{known['gpu']}.out"
     assert gpu.stderr == gpu.stdout  # 25.11 prints StdErr= empty when it goes with stdout
     assert gpu.elapsed is not None and gpu.start_time and gpu.user
