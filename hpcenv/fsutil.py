@@ -119,6 +119,51 @@ def ensure_shared_dir(path: Path | str, *, mode: int | None, group: str | None) 
     return path
 
 
+def lab_only_mode(mode: int | None) -> int | None:
+    """A shared dir's ``mode`` without any access for others: the mode of dirs holding locks,
+    whose files nobody outside the lab may open (None stays None: the umask decides)."""
+    return None if mode is None else mode & ~0o007
+
+
+def shared_file_mode(group: str | None) -> int:
+    """The mode of data files hpcenv writes into shared dirs (registry records, logs,
+    modulefiles): the lab group may replace them when the site names one; others may at most
+    read them, never write."""
+    return 0o664 if group is not None else 0o644
+
+
+def permission_problem(exc: PermissionError, action: str = "") -> HpcenvError:
+    """One line for a refused file operation: what we tried, who owns the place, what to do."""
+    import grp
+    import pwd
+
+    what = f"cannot {action}: " if action else ""
+    path = Path(exc.filename) if exc.filename else None
+    if path is None:
+        return HpcenvError(f"{what}permission denied ({exc.strerror})")
+    place = path
+    while not place.exists() and place != place.parent:
+        place = place.parent  # what refused a create is the nearest existing dir
+    try:
+        st = place.stat()
+        owner = _name_of(pwd.getpwuid, st.st_uid)
+        group = _name_of(grp.getgrgid, st.st_gid)
+        whose = f"{place} belongs to {owner}:{group} with mode {st.st_mode & 0o7777:04o}"
+    except OSError:
+        whose = f"{place} cannot be read either"
+        group = None
+    fix = (f"ask to be added to group {group} (or use a site whose store you may write)"
+           if group is not None else "check the permissions of the site's shared dirs")
+    return HpcenvError(f"{what}{path}: permission denied for {current_user()} ({whose}); {fix}")
+
+
+def _name_of(lookup: Any, ident: int) -> str:
+    try:
+        return str(lookup(ident)[0])
+    except KeyError:
+        return str(ident)
+
+
 def current_user() -> str:
     """This process's user name from the password database (the uid when it has no entry,
     as in some containers); never ``$USER``/``$LOGNAME``, which any caller can set."""

@@ -88,7 +88,7 @@ from hpcenv.store.layout import (
     prefix_usage,
 )
 from hpcenv.store.lifecycle import check_link_is_ours, link_points_to, publish
-from hpcenv.store.locking import LockHolder
+from hpcenv.store.locking import LockHolder, describe_holder
 from hpcenv.store.ownership import Actor, env_owner
 from hpcenv.store.registry import EnvRecord, Registry
 
@@ -240,10 +240,11 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     def on_wait(holder: LockHolder | None) -> None:
         nonlocal waited
         waited = True
-        who = holder.describe() if holder else "another builder"
-        report.wait(f"waiting for {who} (building {plan.name}, key {plan.key[:12]})")
+        report.wait(f"waiting for {describe_holder(holder)} (lock of {plan.name}'s build key "
+                    f"{plan.key[:12]})")
 
-    with key_lock(store, plan.key, on_wait=on_wait) as lock:
+    with key_lock(store, plan.key, on_wait=on_wait,
+                  doing=f"building {plan.name}, key {plan.key[:12]}") as lock:
         # Debris first: it also adopts a finished build whose builder died before marking it
         # ready, which the lookup below then reuses.
         for path in clean_debris(store, registry=registry, held_key=plan.key):
@@ -389,9 +390,9 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: Bu
         report.step(f"installing {len(packages)} packages into {prefix}")
         pkgs_dir = store.pkgs_dir
         ensure_shared_dir(pkgs_dir, mode=store.dir_mode, group=store.group)
-        with cache_lock(store, pkgs_dir, on_wait=lambda: report.wait(
-                "waiting for 'hpcenv env gc' to finish with the package cache")).hold(
-                exclusive=False):
+        with cache_lock(store, pkgs_dir, on_wait=lambda who: report.wait(
+                f"waiting for {who} (package cache {pkgs_dir})")).hold(
+                exclusive=False, doing=f"installing {record.name} into {prefix}"):
             engine.install(prefix, packages, pkgs_dir=pkgs_dir)
         # A lock that records the whole env is followed as it is; otherwise the spec's pip:
         # section and variables are applied on top of the (conda-only) packages.

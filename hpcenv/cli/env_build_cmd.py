@@ -401,7 +401,7 @@ def _rollback(args: argparse.Namespace, ctx: Context) -> int:
 
     registry = _registry(ctx)
     before = registry.current_version(args.name)
-    record = rollback(store_for(ctx.site()), args.name, args.to)
+    record = rollback(store_for(ctx.site()), args.name, args.to, on_wait=ctx.info)
     ctx.emit({"name": record.name, "version": record.version, "previous": before,
               "prefix": record.prefix},
              lambda d: f"{d['name']}: current version is now {d['version']} (was {d['previous']})")
@@ -414,9 +414,10 @@ def _rm(args: argparse.Namespace, ctx: Context) -> int:
 
     if args.version is not None:
         records = [remove_version(store_for(ctx.site()), args.name, args.version, force=args.force,
-                                  on_warning=ctx.warn)]
+                                  on_warning=ctx.warn, on_wait=ctx.info)]
     else:
-        records = remove_env(store_for(ctx.site()), args.name, force=args.force, on_warning=ctx.warn)
+        records = remove_env(store_for(ctx.site()), args.name, force=args.force, on_warning=ctx.warn,
+                             on_wait=ctx.info)
     removed = [r.version for r in records]
     after = _registry(ctx).current_version(args.name)
     ctx.emit({"name": args.name, "removed": removed, "current": after},
@@ -429,9 +430,8 @@ def _gc(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.store import store_for
     from hpcenv.store.gc import collect_garbage
 
-    report = collect_garbage(store_for(ctx.site()), dry_run=args.dry_run, on_wait=lambda: print(
-        "hpcenv: waiting for builds installing from the package cache", file=sys.stderr,
-        flush=True))
+    report = collect_garbage(store_for(ctx.site()), dry_run=args.dry_run, on_wait=lambda who: print(
+        f"hpcenv: waiting for {who} (package cache)", file=sys.stderr, flush=True))
     for error in report.errors:
         ctx.warn(error)
 

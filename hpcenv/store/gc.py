@@ -259,7 +259,7 @@ def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: It
 
 
 def collect_garbage(store: Store, *, dry_run: bool = False,
-                    on_wait: Callable[[], None] | None = None) -> GcReport:
+                    on_wait: Callable[[str], None] | None = None) -> GcReport:
     """``hpcenv env gc``: what :func:`plan_and_collect` does, for a site's builds and cache.
 
     Live builds are those a ``ready`` or ``building`` registry record names (a build between
@@ -269,10 +269,12 @@ def collect_garbage(store: Store, *, dry_run: bool = False,
     ``building`` with a dead builder and no complete prefix) are retired: they are history, not
     environments.  The package cache's :class:`~hpcenv.store.locking.CacheLock` is held exclusive
     throughout: installs hold it shared, so no install is linking from entries that no
-    ``conda-meta`` record names yet (``on_wait()`` is called if gc has to wait for them).
+    ``conda-meta`` record names yet (``on_wait(who)`` is called if gc has to wait, naming
+    the holders).
     """
     pkgs_dir = store.pkgs_dir
-    guard = (cache_lock(store, pkgs_dir, on_wait=on_wait).hold(exclusive=True)
+    guard = (cache_lock(store, pkgs_dir, on_wait=on_wait).hold(
+        exclusive=True, doing=f"env gc: cleaning the package cache {pkgs_dir}")
              if pkgs_dir is not None and pkgs_dir.is_dir() else nullcontext())
     with guard:
         registry = store.registry()

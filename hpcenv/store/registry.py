@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcenv.errors import HpcenvError, NotFound
-from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
+from hpcenv.fsutil import atomic_write_text, ensure_shared_dir, shared_file_mode
 from hpcenv.records import JsonRecord, json_meta
 from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, CudaTarget
 from hpcenv.spec.names import EnvName
@@ -45,7 +45,9 @@ from hpcenv.store.locking import (
     DEFAULT_HEARTBEAT,
     DEFAULT_STALE_AFTER,
     BuildLock,
+    LockHolder,
     LockMethod,
+    describe_holder,
 )
 
 Status = Literal["building", "ready", "retired", "failed"]
@@ -154,7 +156,7 @@ class Registry:
         self.lock_stale_after = lock_stale_after
         self.lock_heartbeat = lock_heartbeat
         self.group = group
-        self.file_mode = 0o664 if group is not None else 0o644
+        self.file_mode = shared_file_mode(group)
         self.dir_mode = dir_mode
 
     # --- reading ------------------------------------------------------------------------------
@@ -293,19 +295,27 @@ class Registry:
     # --- writing ------------------------------------------------------------------------------
 
     @contextmanager
-    def name_lock(self, name: EnvName | str) -> Iterator[None]:
-        """Serialise version allocation and ``current`` changes of one name."""
+    def name_lock(self, name: EnvName | str, *, doing: str = "",
+                  on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Serialise version allocation and ``current`` changes of one name.  ``doing`` tells
+        waiters what we do under it; ``on_wait(message)`` hears who holds it while we wait."""
         name = EnvName.of(name)
         self._ensure_dir(self.root / name)
+
+        def waiting(holder: LockHolder | None) -> None:
+            if on_wait is not None:
+                on_wait(f"waiting for {describe_holder(holder)} to finish with {name}")
+
         with BuildLock(self.root / name / ".lock", method=self.lock_method,
                        timeout=self.lock_timeout, stale_after=self.lock_stale_after,
-                       heartbeat=self.lock_heartbeat, dir_mode=self.dir_mode, group=self.group):
+                       heartbeat=self.lock_heartbeat, dir_mode=self.dir_mode, group=self.group,
+                       doing=doing or f"changing {name} in the registry", on_wait=waiting):
             yield
 
     def allocate(self, name: EnvName | str, make: Callable[[int], EnvRecord]) -> EnvRecord:
         """Write the record ``make(version)`` under the next free version number of ``name``."""
         name = EnvName.of(name)
-        with self.name_lock(name):
+        with self.name_lock(name, doing=f"allocating a version of {name}"):
             version = max((r.version for r in self.versions(name)), default=0) + 1
             while True:
                 record = make(version)

@@ -245,7 +245,10 @@ def test_a_version_whose_builder_is_at_work_is_refused(lab: Lab) -> None:
     building = building_record(lab.site, "kern", "b" * 64)
     Path(building.prefix, "conda-meta").mkdir(parents=True)
     with lock_held(lab.site, building.key):
-        with pytest.raises(HpcenvError, match=r"^kern version 4 is still being built; wait"):
+        # The refusal names the builder and what it does.
+        with pytest.raises(HpcenvError, match=r"^kern version 4 is still being built by \S+@\S+ "
+                                              r"pid \d+ since \S+ \(building \(a test's lock "
+                                              r"holder\)\); wait"):
             remove_version(store_for(lab.site), "kern", 4)
         with pytest.raises(HpcenvError, match=r"^kern version 4 is still being built; wait for "
                                               r"it, then run 'hpcenv env rm kern' again$"):
