@@ -70,6 +70,8 @@ from hpcenv.fsutil import (
     chgrp,
     ensure_shared_dir,
     group_id,
+    lab_only_mode,
+    shared_umask,
     user_at_host,
 )
 from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, NO_CUDA, CudaTarget
@@ -389,10 +391,13 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: Bu
         _store_lock(registry, record, packages, channels, plan.platform)
         report.step(f"installing {len(packages)} packages into {prefix}")
         pkgs_dir = store.pkgs_dir
-        ensure_shared_dir(pkgs_dir, mode=store.dir_mode, group=store.group)
+        # The cache is the lab's alone: the engine's own lock files there must not be open to
+        # outsiders' flocks, and whatever it creates must be usable by the next member.
+        ensure_shared_dir(pkgs_dir, mode=lab_only_mode(store.dir_mode), group=store.group)
         with cache_lock(store, pkgs_dir, on_wait=lambda who: report.wait(
                 f"waiting for {who} (package cache {pkgs_dir})")).hold(
-                exclusive=False, doing=f"installing {record.name} into {prefix}"):
+                exclusive=False, doing=f"installing {record.name} into {prefix}"), \
+                shared_umask(store.dir_mode, store.group):
             engine.install(prefix, packages, pkgs_dir=pkgs_dir)
         # A lock that records the whole env is followed as it is; otherwise the spec's pip:
         # section and variables are applied on top of the (conda-only) packages.

@@ -70,11 +70,15 @@ class Store:
     def registry(self) -> Registry:
         """The lab registry, with the store's lock policy (the per-name lock is only held for a
         few file writes, but a waiter behind a slow shared filesystem gets the same patience
-        as a build lock) and permissions."""
-        return Registry(self.registry_root, lock_method=self.locks.method,
-                        lock_timeout=self.locks.timeout, lock_stale_after=self.locks.stale_after,
-                        lock_heartbeat=self.locks.heartbeat, group=self.group,
-                        dir_mode=self.dir_mode)
+        as a build lock) and permissions.  Refused when the registry records builds of
+        another ``envs_dirs[0]`` (see :meth:`Registry.check_store`)."""
+        registry = Registry(self.registry_root, lock_method=self.locks.method,
+                            lock_timeout=self.locks.timeout,
+                            lock_stale_after=self.locks.stale_after,
+                            lock_heartbeat=self.locks.heartbeat, group=self.group,
+                            dir_mode=self.dir_mode, envs_dir=self.envs_dir)
+        registry.check_store(self.source)
+        return registry
 
 
 def builds_dir(store: Store) -> Path:

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -545,3 +546,53 @@ def test_missing_name_and_empty_name_are_bad_input(site, tmp_path: Path) -> None
         plan_build(spec("dependencies: [python]\n"), site)
     with pytest.raises(InvalidInput, match=r"^--name '': invalid environment name ''"):
         plan_build(spec(KERNELS_CPU), site, name="")
+
+
+def test_variable_values_reach_the_env_byte_exact_as_conda_activates_them(
+        site, tmp_path: Path, real_conda: Path) -> None:
+    """A trailing newline (and a carriage return) in a ``variables:`` value is kept, as real
+    conda keeps it: hpcenv's activation and conda's give the program the same bytes."""
+    from conftest import conda_environ
+
+    from hpcenv.store.activation import activation_script
+
+    text = KERNELS_CPU + 'variables:\n  TRAIL: "line\\n"\n  CR: "a\\rb"\n'
+    res = build_env(spec(text, tmp_path), site, name="bytes")
+    show = "import os; print(repr((os.environ['TRAIL'], os.environ['CR'])))"
+    ours = subprocess.run(["bash", "-c", activation_script(res.prefix) +
+                           f'\nexec python -c "{show}"'], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert ours == repr(("line\n", "a\rb"))
+    home = tmp_path / "home"
+    home.mkdir()
+    conda = subprocess.run(["bash", "-c", f'eval "$("{real_conda}" shell.bash activate '
+                            f'{res.prefix})" && exec python -c "{show}"'],
+                           env=conda_environ(home), capture_output=True, text=True)
+    assert conda.returncode == 0, conda.stderr
+    assert conda.stdout.strip() == ours
+
+
+def test_two_sites_sharing_a_registry_must_share_their_envs_dir(tmp_path: Path,
+                                                                 demo_channel) -> None:
+    """Records name build prefixes, which are not relocatable: a second site with another
+    envs_dirs[0] would link its names into the first site's store.  It is refused, in one
+    line naming both dirs, before anything is written; a site reaching the same envs dir
+    through a symlink shares the registry fine."""
+    registry = tmp_path / "registry"
+    first = load_site(write_demo_site(tmp_path / "a", demo_channel, registry=str(registry)))
+    built = build_env(spec(KERNELS_CPU, tmp_path), first, name="kern")
+    second = load_site(write_demo_site(tmp_path / "b", demo_channel, registry=str(registry)))
+    with pytest.raises(InvalidInput) as info:
+        build_env(spec(KERNELS_CPU, tmp_path), second, name="kern")
+    message = str(info.value)
+    assert f"records builds in envs dir {first.envs_dirs[0]}" in message
+    assert f"has envs_dirs[0] {second.envs_dirs[0]}" in message and "\n" not in message
+    assert not (tmp_path / "b" / "envs").exists()  # nothing linked into the other store
+    cli = subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(second.source), "env",
+                          "list"], capture_output=True, text=True)
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+    (tmp_path / "alias").symlink_to(first.envs_dirs[0])
+    third = load_site(write_demo_site(tmp_path / "c", demo_channel, registry=str(registry),
+                                      envs_dirs=f"[{tmp_path / 'alias'}]"))
+    again = build_env(spec(KERNELS_CPU, tmp_path), third, name="kern")
+    assert (again.status, again.record.version) == ("reused", built.record.version)
