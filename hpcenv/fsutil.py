@@ -118,6 +118,9 @@ def ensure_shared_dir(path: Path | str, *, mode: int | None, group: str | None) 
             chgrp(directory, gid)
         if mode is not None:
             os.chmod(directory, mode)  # after chgrp, which clears setgid on some systems
+        elif os.stat(directory).st_mode & 0o002:
+            # No site mode: the umask decides, but never a world-writable dir (umask 000).
+            os.chmod(directory, os.stat(directory).st_mode & 0o7775)
     return path
 
 
