@@ -242,8 +242,7 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     def on_wait(holder: LockHolder | None) -> None:
         nonlocal waited
         waited = True
-        report.wait(f"waiting for {describe_holder(holder)} (lock of {plan.name}'s build key "
-                    f"{plan.key[:12]})")
+        report.wait(f"waiting for {describe_holder(holder)} before building {plan.name}")
 
     with key_lock(store, plan.key, on_wait=on_wait,
                   doing=f"building {plan.name}, key {plan.key[:12]}") as lock:

@@ -361,23 +361,26 @@ def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> No
         assert st.st_gid == group.gr_gid
         assert st.st_mode & stat.S_ISGID, f"{path} lacks setgid"
     assert (prefix / "conda-meta" / "history").stat().st_gid == group.gr_gid
-    # Every directory hpcenv creates, not only the prefixes: the lab shares all of them.
+    # Every directory hpcenv creates, not only the prefixes: the lab shares all of them; the
+    # places holding locks (build locks, the package cache) are the lab's alone.
     root = tmp_path / "site"
-    for directory in (root / "envs", builds_dir(store_for(site)), root / "envs" / ".hpcenv" / "locks",
-                      root / "registry", root / "registry" / "ml-kern", root / "pkgs"):
+    for directory, mode in ((root / "envs", 0o2775), (builds_dir(store_for(site)), 0o2775),
+                            (root / "envs" / ".hpcenv" / "locks", 0o2770),
+                            (root / "registry", 0o2775), (root / "registry" / "ml-kern", 0o2775),
+                            (root / "pkgs", 0o2770)):
         st = directory.stat()
-        assert stat.S_IMODE(st.st_mode) == 0o2775, directory
+        assert stat.S_IMODE(st.st_mode) == mode, directory
         assert st.st_gid == group.gr_gid, directory
     # Registry files, the lockfile included, are group-writable with the lab group.
     for path in (root / "registry" / "ml-kern" / "1.json", Path(result.record.lock_path),
                  root / "registry" / "ml-kern" / "current"):
         st = path.stat()
         assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (group.gr_gid, 0o664), path
-    # Build-lock files: any lab member must be able to open them for locking.
+    # Build-lock files: any lab member must be able to open them for locking, nobody else.
     lock_files = list((root / "envs" / ".hpcenv" / "locks").glob("*.lock"))
     assert lock_files
     for path in lock_files:
-        assert stat.S_IMODE(path.stat().st_mode) & 0o066 == 0o066, path
+        assert (path.stat().st_gid, stat.S_IMODE(path.stat().st_mode)) == (group.gr_gid, 0o660)
 
 
 def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:
