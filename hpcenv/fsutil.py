@@ -18,6 +18,8 @@ import json
 import os
 import secrets
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +118,78 @@ def ensure_shared_dir(path: Path | str, *, mode: int | None, group: str | None) 
             chgrp(directory, gid)
         if mode is not None:
             os.chmod(directory, mode)  # after chgrp, which clears setgid on some systems
+        elif os.stat(directory).st_mode & 0o002:
+            # No site mode: the umask decides, but never a world-writable dir (umask 000).
+            os.chmod(directory, os.stat(directory).st_mode & 0o7775)
     return path
+
+
+def lab_only_mode(mode: int | None) -> int | None:
+    """A shared dir's ``mode`` without any access for others: the mode of dirs holding locks,
+    whose files nobody outside the lab may open (None stays None: the umask decides)."""
+    return None if mode is None else mode & ~0o007
+
+
+@contextmanager
+def shared_umask(dir_mode: int | None, group: str | None) -> Iterator[None]:
+    """Within: the umask a shared dir of ``dir_mode`` implies (2775 -> 002, 2770 -> 007), for
+    what other programs (the engine and its child processes) create in the shared package
+    cache: under the builder's own umask 022 the next lab member could not use those files.
+    Without a site group nothing changes (a per-user store)."""
+    if group is None:
+        yield
+        return
+    mask = (~dir_mode & 0o777) if dir_mode is not None else 0o002
+    previous = os.umask(mask & ~0o070)  # the group always keeps rw(x)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def shared_file_mode(group: str | None) -> int:
+    """The mode of data files hpcenv writes into shared dirs (registry records, logs,
+    modulefiles): the lab group may replace them when the site names one; others may at most
+    read them, never write."""
+    return 0o664 if group is not None else 0o644
+
+
+def permission_problem(exc: PermissionError, action: str = "") -> HpcenvError:
+    """One line for a refused file operation: what we tried, who owns the place, what to do."""
+    import grp
+    import pwd
+
+    what = f"cannot {action}: " if action else ""
+    path = Path(exc.filename) if exc.filename else None
+    if path is None:
+        return HpcenvError(f"{what}permission denied ({exc.strerror})")
+    # What refused us is the nearest place we can see: the file, or the dir that would not
+    # let us in or create it.
+    place, st = path, None
+    while st is None:
+        try:
+            st = place.lstat()
+        except OSError:
+            if place == place.parent:
+                break
+            place = place.parent
+    group = None
+    if st is None:
+        whose = f"{path} cannot be reached"
+    else:
+        owner = _name_of(pwd.getpwuid, st.st_uid)
+        group = _name_of(grp.getgrgid, st.st_gid)
+        whose = f"{place} belongs to {owner}:{group} with mode {st.st_mode & 0o7777:04o}"
+    fix = (f"ask to be added to group {group} (or use a site whose store you may write)"
+           if group is not None else "check the permissions of the site's shared dirs")
+    return HpcenvError(f"{what}{path}: permission denied for {current_user()} ({whose}); {fix}")
+
+
+def _name_of(lookup: Any, ident: int) -> str:
+    try:
+        return str(lookup(ident)[0])
+    except KeyError:
+        return str(ident)
 
 
 def current_user() -> str:

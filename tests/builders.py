@@ -111,7 +111,8 @@ LOCK_HOLDER = textwrap.dedent("""
     from hpcenv.site.config import load_site
     from hpcenv.store import store_for
     from hpcenv.store.layout import key_lock
-    lock = key_lock(store_for(load_site(Path(sys.argv[1]))), sys.argv[2])
+    lock = key_lock(store_for(load_site(Path(sys.argv[1]))), sys.argv[2],
+                    doing="building (a test's lock holder)")
     lock.acquire()
     print("held", flush=True)
     sys.stdin.readline()

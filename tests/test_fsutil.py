@@ -126,3 +126,13 @@ def test_a_zombie_counts_as_gone() -> None:
         assert fsutil.process_start_time(child.pid) is None
     finally:
         child.wait()
+
+
+def test_shared_dirs_are_never_world_writable_even_under_umask_000(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        fsutil.ensure_shared_dir(tmp_path / "a" / "b", mode=None, group=None)
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o775, path

@@ -73,6 +73,8 @@ from hpcenv.fsutil import (
     current_user,
     ensure_shared_dir,
     group_id,
+    lab_only_mode,
+    shared_umask,
     user_at_host,
 )
 from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, NO_CUDA, CudaTarget
@@ -90,7 +92,7 @@ from hpcenv.store.layout import (
     key_lock,
 )
 from hpcenv.store.lifecycle import check_link_is_ours, link_points_to, publish
-from hpcenv.store.locking import LockHolder
+from hpcenv.store.locking import LockHolder, describe_holder
 from hpcenv.store.ownership import Actor, env_owner
 from hpcenv.store.registry import EnvRecord, Registry
 
@@ -243,10 +245,10 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     def on_wait(holder: LockHolder | None) -> None:
         nonlocal waited
         waited = True
-        who = holder.describe() if holder else "another builder"
-        report.wait(f"waiting for {who} (building {plan.name}, key {plan.key[:12]})")
+        report.wait(f"waiting for {describe_holder(holder)} before building {plan.name}")
 
-    with key_lock(store, plan.key, on_wait=on_wait) as lock:
+    with key_lock(store, plan.key, on_wait=on_wait,
+                  doing=f"building {plan.name}, key {plan.key[:12]}") as lock:
         # What a waiter usually finds: the build it waited for, reused without more work.
         found = registry.find_ready(plan.key, plan.name)
         if found is not None and (result := reuse(found, waited)) is not None:
@@ -399,11 +401,14 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: Bu
         _store_lock(registry, record, packages, channels, plan.platform, call=call)
         report.step(f"installing {len(packages)} packages into {prefix}")
         pkgs_dir = store.pkgs_dir
-        ensure_shared_dir(pkgs_dir, mode=store.dir_mode, group=store.group)
+        # The cache is the lab's alone: the engine's own lock files there must not be open to
+        # outsiders' flocks, and whatever it creates must be usable by the next member.
+        ensure_shared_dir(pkgs_dir, mode=lab_only_mode(store.dir_mode), group=store.group)
         verified = VerifiedFiles.load(record_path(Path(site.state_dir), pkgs_dir))
-        with cache_lock(store, pkgs_dir, on_wait=lambda: report.wait(
-                "waiting for 'hpcenv env gc' to finish with the package cache")).hold(
-                exclusive=False):
+        with cache_lock(store, pkgs_dir, on_wait=lambda who: report.wait(
+                f"waiting for {who} (package cache {pkgs_dir})")).hold(
+                exclusive=False, doing=f"installing {record.name} into {prefix}"), \
+                shared_umask(store.dir_mode, store.group):
             _install_checked(engine, prefix, packages, pkgs_dir, verified, report)
         # A lock that records the whole env is followed as it is; otherwise the spec's pip:
         # section and variables are applied on top of the (conda-only) packages.

@@ -137,6 +137,16 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "hpcenv") -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except PermissionError as exc:
+        # The shared store refused us (an outsider, a missing group bit): who owns what, in
+        # one line, never an internal error.
+        from hpcenv.fsutil import permission_problem
+
+        _print_traceback(verbosity)
+        message = _one_line(permission_problem(exc))
+        print(f"hpcenv: error: {message}", file=sys.stderr)
+        _json_error(json_errors, message, 1)
+        return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence for users
         # A bug, not bad input: one line by default, the whole story with -v.
         _print_traceback(verbosity)

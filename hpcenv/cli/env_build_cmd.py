@@ -411,7 +411,7 @@ def _rollback(args: argparse.Namespace, ctx: Context) -> int:
 
     registry = _registry(ctx)
     before = registry.current_version(args.name)
-    record = rollback(store_for(ctx.site()), args.name, args.to)
+    record = rollback(store_for(ctx.site()), args.name, args.to, on_wait=ctx.info)
     ctx.emit({"name": record.name, "version": record.version, "previous": before,
               "prefix": record.prefix},
              lambda d: f"{d['name']}: current version is now {d['version']} (was {d['previous']})")
@@ -437,10 +437,11 @@ def _rm(args: argparse.Namespace, ctx: Context) -> int:
 
     if args.version is not None:
         records = [remove_version(store_for(ctx.site()), args.name, args.version, force=args.force,
-                                  on_warning=ctx.warn, jobs_using=_build_use(ctx))]
+                                  on_warning=ctx.warn, on_wait=ctx.info,
+                                  jobs_using=_build_use(ctx))]
     else:
         records = remove_env(store_for(ctx.site()), args.name, force=args.force, on_warning=ctx.warn,
-                             jobs_using=_build_use(ctx))
+                             on_wait=ctx.info, jobs_using=_build_use(ctx))
     removed = [r.version for r in records]
     # Retired, but their files stay: a job runs in them, or they belong to someone else.
     kept = [r.version for r in records if Path(r.prefix).exists()]
@@ -457,9 +458,9 @@ def _gc(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.store import store_for
     from hpcenv.store.gc import collect_garbage
 
-    report = collect_garbage(store_for(ctx.site()), dry_run=args.dry_run, on_wait=lambda: print(
-        "hpcenv: waiting for builds installing from the package cache", file=sys.stderr,
-        flush=True), jobs_using=_build_use(ctx), force=args.force, on_warning=ctx.warn)
+    report = collect_garbage(store_for(ctx.site()), dry_run=args.dry_run, on_wait=lambda who: print(
+        f"hpcenv: waiting for {who} (package cache)", file=sys.stderr, flush=True),
+        jobs_using=_build_use(ctx), force=args.force, on_warning=ctx.warn)
     for error in report.errors:
         ctx.warn(error)
 

@@ -176,9 +176,11 @@ class LocalExecutor:
                options: JobOptions | None = None) -> str:
         script_path = Path(script_path)
         try:
-            text = script_path.read_text()
+            # Bytes: a text read would turn every "\r" (in a quoted argument, say) into "\n".
+            data = script_path.read_bytes()
         except OSError as exc:
             raise InvalidInput(f"cannot read job script {script_path}: {exc.strerror}") from None
+        text = data.decode("utf-8", errors="surrogateescape")
         opts = options if options is not None else from_script(text)
         # Running these as a plain job would silently do something else than asked.
         for unsupported, value, instead in (
@@ -224,7 +226,7 @@ class LocalExecutor:
 
         self.root.mkdir(parents=True, exist_ok=True)
         copy = self.root / f"{job_id}.sh"
-        copy.write_text(text)
+        copy.write_bytes(data)  # as sbatch keeps it: byte for byte
         job = LocalJob(job_id=job_id, name=name, state="PENDING", script=str(copy),
                        workdir=str(run_dir), stdout=stdout, stderr=stderr, user=user,
                        submit_time=time.time(), time_limit=time_limit, env=env,

@@ -417,7 +417,12 @@ class OctalMode(Kind):
         if not re.fullmatch(r"0?[0-7]{3,4}", text):
             raise r.fail(node, key, f"{text!r} is not an octal mode",
                          "write it like \"2775\" (setgid, group-writable)")
-        return int(text, 8)
+        mode = int(text, 8)
+        if mode & 0o002:
+            # Anyone could then plant files in the lab's dirs, or lock files the lab must open.
+            raise r.fail(node, key, f"{text!r} lets everyone write the shared dirs",
+                         "write \"2775\" (everyone reads) or \"2770\" (the group alone)")
+        return mode
 
     def dump(self, value: Any) -> Any:
         return None if value is None else format(value, "04o")

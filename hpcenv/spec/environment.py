@@ -404,6 +404,13 @@ class _Builder:
             raise self.fail(node.line, f"{what} must be a single value, not {node.describe()}")
         return node.text.strip()
 
+    def variable_value(self, node: YNode) -> str:
+        """A ``variables:`` value byte for byte as conda keeps it: a quoted or block value
+        keeps its leading and trailing whitespace (a trailing newline too), as YAML gives it."""
+        if node.quoted and node.text is not None:
+            return node.text
+        return self.scalar(node, "a 'variables' value")
+
     def text_value(self, node: YNode, what: str) -> str:
         """A scalar that conda's YAML 1.2 reads as text, as conda requires (``name: 1.10`` is
         a number, ``name: yes`` is text)."""
@@ -530,8 +537,11 @@ class _Builder:
                 if not is_variable_name(var):
                     raise self.fail(value_node.key_line, f"invalid variable name {var!r} in "
                                     f"'variables': {_VARIABLE_NAME_RULE}")
-                value = "" if value_node.is_null else self.scalar(value_node,
-                                                                  "a 'variables' value")
+                value = "" if value_node.is_null else self.variable_value(value_node)
+                if "\0" in value:
+                    raise self.fail(value_node.line, f"the value of variable {var} holds a NUL "
+                                    "character, which no environment variable can carry; "
+                                    "remove it from 'variables'")
                 variables.append((var, value))
 
         # Checked last so a more specific problem in another section is reported first.

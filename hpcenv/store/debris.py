@@ -94,7 +94,9 @@ def builder_alive(store: Store, record: EnvRecord, held_key: str | None = None) 
     ``held_key`` is the caller's own lock: whoever wrote a ``building`` record under it is gone."""
     if record.key == held_key:
         return False  # the caller holds this key's lock: whoever wrote the record is gone
-    lock = key_lock(store, record.key, timeout=0)
+    lock = key_lock(store, record.key, timeout=0,
+                    doing=f"checking whether the builder of {record.name} version "
+                          f"{record.version} is alive")
     if not lock.try_acquire():
         return True
     lock.release()

@@ -270,7 +270,7 @@ def plan_and_collect(*, builds: Iterable[Path], debris: Iterable[Path], keep: It
 
 
 def collect_garbage(store: Store, *, dry_run: bool = False,
-                    on_wait: Callable[[], None] | None = None,
+                    on_wait: Callable[[str], None] | None = None,
                     jobs_using: BuildUseLookup | None = None, force: bool = False,
                     on_warning: Callable[[str], None] | None = None) -> GcReport:
     """``hpcenv env gc``: what :func:`plan_and_collect` does, for a site's builds and cache.
@@ -282,7 +282,8 @@ def collect_garbage(store: Store, *, dry_run: bool = False,
     ``building`` with a dead builder and no complete prefix) are retired: they are history, not
     environments.  The package cache's :class:`~hpcenv.store.locking.CacheLock` is held exclusive
     throughout: installs hold it shared, so no install is linking from entries that no
-    ``conda-meta`` record names yet (``on_wait()`` is called if gc has to wait for them).
+    ``conda-meta`` record names yet (``on_wait(who)`` is called if gc has to wait, naming
+    the holders).
 
     An unreferenced build a pending or running job (anyone's) runs in, as ``jobs_using`` says,
     stays with its packs and packages (``report.kept``); a later gc removes it once the jobs
@@ -290,7 +291,8 @@ def collect_garbage(store: Store, *, dry_run: bool = False,
     asked gc refuses before removing anything, unless ``force`` (``on_warning`` hears the risk).
     """
     pkgs_dir = store.pkgs_dir
-    guard = (cache_lock(store, pkgs_dir, on_wait=on_wait).hold(exclusive=True)
+    guard = (cache_lock(store, pkgs_dir, on_wait=on_wait).hold(
+        exclusive=True, doing=f"env gc: cleaning the package cache {pkgs_dir}")
              if pkgs_dir is not None and pkgs_dir.is_dir() else nullcontext())
     with guard:
         registry = store.registry()

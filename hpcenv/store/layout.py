@@ -10,6 +10,10 @@ Layout under the first ``envs_dir`` (``E``)::
     E/.hpcenv/locks/KEY.lock.lease/              file, and the lease dir while it is held;
                                                  see hpcenv.store.locking)
 
+``E/.hpcenv/locks`` is the lab's alone (``dir_mode`` without access for others, lock files
+0660): whoever can open a lock file can flock it, and a flock held by someone outside the lab
+would stall every builder on that node.
+
 The package cache (the site's first ``pkgs_dir``) has ``.hpcenv-cache.lock``, which orders
 installs against ``env gc`` (with ``.hpcenv-cache.lock.lease/`` and ``.hpcenv-cache.lock.readers/``
 next to it while held).
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcenv.fsutil import ensure_shared_dir, lab_only_mode
 from hpcenv.store.locking import BuildLock, CacheLock, LockHolder, LockMethod
 from hpcenv.store.registry import Registry
 
@@ -64,11 +69,15 @@ class Store:
     def registry(self) -> Registry:
         """The lab registry, with the store's lock policy (the per-name lock is only held for a
         few file writes, but a waiter behind a slow shared filesystem gets the same patience
-        as a build lock) and permissions."""
-        return Registry(self.registry_root, lock_method=self.locks.method,
-                        lock_timeout=self.locks.timeout, lock_stale_after=self.locks.stale_after,
-                        lock_heartbeat=self.locks.heartbeat, group=self.group,
-                        dir_mode=self.dir_mode)
+        as a build lock) and permissions.  Refused when the registry records builds of
+        another ``envs_dirs[0]`` (see :meth:`Registry.check_store`)."""
+        registry = Registry(self.registry_root, lock_method=self.locks.method,
+                            lock_timeout=self.locks.timeout,
+                            lock_stale_after=self.locks.stale_after,
+                            lock_heartbeat=self.locks.heartbeat, group=self.group,
+                            dir_mode=self.dir_mode, envs_dir=self.envs_dir)
+        registry.check_store(self.source)
+        return registry
 
 
 def builds_dir(store: Store) -> Path:
@@ -83,18 +92,23 @@ def env_link(store: Store, name: str) -> Path:
     return store.envs_dir / name
 
 
-def key_lock(store: Store, key: str, *,
+def key_lock(store: Store, key: str, *, doing: str = "",
              on_wait: Callable[[LockHolder | None], None] | None = None,
              timeout: float | None = None) -> BuildLock:
-    """The build lock of ``key`` with the store's lock policy."""
+    """The build lock of ``key`` with the store's lock policy; ``doing`` tells waiters what
+    the holder does ("building NAME")."""
+    # .hpcenv is as public as the store (builds are read by everyone the site lets in); only
+    # its locks dir is the lab's alone.
+    ensure_shared_dir(locks_dir(store).parent, mode=store.dir_mode, group=store.group)
     return BuildLock(locks_dir(store) / f"{key}.lock", method=store.locks.method,
                      timeout=store.locks.timeout if timeout is None else timeout,
                      stale_after=store.locks.stale_after, heartbeat=store.locks.heartbeat,
-                     on_wait=on_wait, dir_mode=store.dir_mode, group=store.group)
+                     on_wait=on_wait, dir_mode=lab_only_mode(store.dir_mode), group=store.group,
+                     doing=doing)
 
 
 def cache_lock(store: Store, pkgs_dir: Path, *,
-               on_wait: Callable[[], None] | None = None) -> CacheLock:
+               on_wait: Callable[[str], None] | None = None) -> CacheLock:
     """The lock that keeps ``env gc`` out of ``pkgs_dir`` while installs link from it."""
     return CacheLock(Path(pkgs_dir) / CACHE_LOCK, method=store.locks.method,
                      timeout=store.locks.timeout, stale_after=store.locks.stale_after,

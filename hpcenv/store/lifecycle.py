@@ -23,6 +23,7 @@ from hpcenv.errors import HpcenvError, NotFound
 from hpcenv.scheduler.build_use import BuildJob, BuildUse, BuildUseLookup, describe
 from hpcenv.store.debris import builder_alive, force_rmtree
 from hpcenv.store.layout import env_link, is_complete, key_lock
+from hpcenv.store.locking import LockHolder, describe_holder
 from hpcenv.store.modules import sync_env_modules
 from hpcenv.store.ownership import Actor, env_owner, user_of
 from hpcenv.store.registry import EnvRecord, Registry
@@ -36,7 +37,8 @@ def publish(store: Store, registry: Registry, record: EnvRecord, *,
     """Make ``record`` the current version: registry first, then the ``envs_dir/NAME`` symlink.
     Returns the version current before (None: none).  ``only_if_none``: change nothing when
     another version is current (decided under the name lock, so two publishers cannot race)."""
-    with registry.name_lock(record.name):
+    with registry.name_lock(record.name,
+                            doing=f"publishing {record.name} version {record.version}"):
         previous = registry.current_version(record.name)
         if only_if_none and previous is not None:
             return previous
@@ -87,21 +89,23 @@ def sync_link(store: Store, name: str) -> Path | None:
     """Rewrite ``envs_dir/NAME`` from the registry's current version (repairs a crash between the
     two publish steps); returns the prefix it points at."""
     registry = store.registry()
-    with registry.name_lock(name):
+    with registry.name_lock(name, doing=f"repairing the {name} link"):
         current = registry.current(name)
         prefix = Path(current.prefix) if current is not None else None
         _point_link(store, name, prefix)
     return prefix
 
 
-def rollback(store: Store, name: str, to_version: int | None = None) -> EnvRecord:
+def rollback(store: Store, name: str, to_version: int | None = None, *,
+             on_wait: Callable[[str], None] | None = None) -> EnvRecord:
     """Make an earlier ready version current (default: the newest ready one before current).
-    Only the env's owner or an admin may (see :mod:`hpcenv.store.ownership`)."""
+    Only the env's owner or an admin may (see :mod:`hpcenv.store.ownership`).  ``on_wait``
+    hears who holds the name while we wait for it."""
     registry = store.registry()
     versions = _require_env(registry, name)
     Actor.current(store.admins).check(env_owner(versions), name,
                                                  "change its current version")
-    with registry.name_lock(name):
+    with registry.name_lock(name, doing=f"rolling back {name}", on_wait=on_wait):
         current = registry.current_version(name)
         if to_version is None:
             if current is None:
@@ -166,7 +170,8 @@ def _jobs_in(use: BuildUse | None, prefix: str) -> tuple[BuildJob, ...]:
 
 def remove_version(store: Store, name: str, version: int, *, force: bool = False,
                    on_warning: Callable[[str], None] | None = None,
-                   jobs_using: BuildUseLookup | None = None) -> EnvRecord:
+                   jobs_using: BuildUseLookup | None = None,
+                   on_wait: Callable[[str], None] | None = None) -> EnvRecord:
     """Retire ``version`` of ``name`` and delete its prefix; refuses the current one unless
     ``force`` (then the newest other ready version becomes current, or none), and a version
     whose builder is still at work.  A ``failed`` version, or a ``building`` one whose builder
@@ -182,7 +187,8 @@ def remove_version(store: Store, name: str, version: int, *, force: bool = False
     of anyone, run in which build: a version some job runs in is retired at once (no longer
     current or resolvable) but its files stay until a later ``env gc`` finds no job in it;
     ``on_warning`` names the jobs.  When the scheduler cannot be asked nothing is removed,
-    unless ``force`` (see :func:`ask_build_use`).
+    unless ``force`` (see :func:`ask_build_use`).  ``on_wait`` hears who holds a lock we wait
+    for.
     """
     registry = store.registry()
     record = registry.get(name, version)
@@ -196,15 +202,23 @@ def remove_version(store: Store, name: str, version: int, *, force: bool = False
     # complete build can have been submitted to, so a failed one needs no answer.
     use = ask_build_use(jobs_using if is_complete(record.prefix) else None, force=force,
                         what=f"{name} version {version}", on_warning=on_warning)
-    lock = key_lock(store, record.key, timeout=0)
+    doing = f"removing {name} version {version}"
+    lock = key_lock(store, record.key, timeout=0, doing=doing)
     if not lock.try_acquire():
         if registry.get(name, version).status == "building":
-            raise HpcenvError(f"{name} version {version} is still being built; wait for it "
-                              f"('hpcenv env history {name}' shows when it is ready)")
-        lock = key_lock(store, record.key)  # a builder of another version of this key: wait
+            raise HpcenvError(f"{name} version {version} is still being built by "
+                              f"{describe_holder(lock.holder())}; wait for it ('hpcenv env "
+                              f"history {name}' shows when it is ready)")
+
+        def waiting(holder: LockHolder | None) -> None:
+            if on_wait is not None:
+                on_wait(f"waiting for {describe_holder(holder)}")
+
+        # A builder of another version of this key: wait.
+        lock = key_lock(store, record.key, doing=doing, on_wait=waiting)
         lock.acquire()
     try:
-        with registry.name_lock(name):
+        with registry.name_lock(name, doing=doing, on_wait=on_wait):
             record, shared = _retire_locked(store, registry, name, version, force)
     finally:
         lock.release()
@@ -277,7 +291,8 @@ def _retire_locked(store: Store, registry: Registry, name: str, version: int,
 
 def remove_env(store: Store, name: str, *, force: bool = False,
                on_warning: Callable[[str], None] | None = None,
-               jobs_using: BuildUseLookup | None = None) -> list[EnvRecord]:
+               jobs_using: BuildUseLookup | None = None,
+               on_wait: Callable[[str], None] | None = None) -> list[EnvRecord]:
     """Retire every version of ``name`` that is not retired yet with :func:`remove_version`,
     the current one last so the env stays usable until the very end.  Ready versions are only
     removed with ``force``; failed ones and those a dead builder left ``building`` need none.
@@ -306,7 +321,7 @@ def remove_env(store: Store, name: str, *, force: bool = False,
                         on_warning=on_warning)
     asked: BuildUseLookup | None = (lambda: use) if use is not None else None
     return [remove_version(store, name, r.version, force=True, on_warning=on_warning,
-                           jobs_using=asked)
+                           jobs_using=asked, on_wait=on_wait)
             for r in sorted(left, key=lambda r: r.version == current)]
 
 

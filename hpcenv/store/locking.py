@@ -56,6 +56,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -69,8 +70,12 @@ from typing import Any, Literal
 from hpcenv.errors import HpcenvError
 from hpcenv.fsutil import (
     atomic_write_json,
+    chgrp,
     current_user,
     ensure_shared_dir,
+    group_id,
+    lab_only_mode,
+    permission_problem,
     process_start_time,
 )
 
@@ -80,6 +85,9 @@ LockMethod = Literal["flock", "mkdir"]
 
 DEFAULT_STALE_AFTER = 60.0
 DEFAULT_HEARTBEAT = 10.0
+# Lock files hold no data, but whoever can open one can flock it and stall every waiter on its
+# node: only the owner and the lab group (the dir's, or the site's permissions.group) may.
+LOCK_FILE_MODE = 0o660
 
 _HOLDER_PREFIX, _HOLDER_SUFFIX = "holder.", ".json"
 # The longest pause between two looks at a lease held on another node (waiters back off from
@@ -108,9 +116,11 @@ class LockHolder:
     pid_start: int | None = None  # /proc/PID/stat starttime: tells a reused pid apart
     token: str = ""               # names this hold's record: a breaker can only hit this hold
     pid_ns: str | None = None     # the holder's pid namespace: pids compare only inside one
+    doing: str = ""               # what the holder does under the lock, for waiters' messages
 
     def describe(self) -> str:
-        return f"{self.user}@{self.host} pid {self.pid} since {self.started}"
+        who = f"{self.user}@{self.host} pid {self.pid} since {self.started}"
+        return f"{who} ({self.doing})" if self.doing else who
 
     def on_this_host(self) -> bool:
         return self.host == socket.gethostname() and self.pid_ns == _pid_namespace()
@@ -128,15 +138,33 @@ class LockHolder:
     def from_dict(cls, data: dict[str, Any]) -> LockHolder:
         return cls(user=str(data["user"]), host=str(data["host"]), pid=int(data["pid"]),
                    started=str(data["started"]), pid_start=data.get("pid_start"),
-                   token=str(data.get("token", "")), pid_ns=data.get("pid_ns"))
+                   token=str(data.get("token", "")), pid_ns=data.get("pid_ns"),
+                   doing=str(data.get("doing", "")))
 
 
-def current_holder() -> LockHolder:
-    """A holder record for this process, now, with a fresh token."""
+def describe_holder(holder: LockHolder | None) -> str:
+    """``user@host pid N since T (what it does)``, or words for a hold without a readable record."""
+    return holder.describe() if holder is not None else "a holder whose record cannot be read"
+
+
+def current_holder(doing: str = "") -> LockHolder:
+    """A holder record for this process, now, with a fresh token; ``doing`` says what for."""
     return LockHolder(user=current_user(), host=socket.gethostname(), pid=os.getpid(),
                       started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       pid_start=process_start_time(os.getpid()), token=secrets.token_hex(8),
-                      pid_ns=_pid_namespace())
+                      pid_ns=_pid_namespace(), doing=doing)
+
+
+def _record_mode(file_mode: int) -> int:
+    """A holder record's mode next to a lock file of ``file_mode``: who may open the lock may
+    read who holds it; only its writer may change it (a break unlinks it through the dir)."""
+    return (file_mode & 0o444) | 0o200
+
+
+def _lease_dir_mode(file_mode: int) -> int:
+    """A lease dir's mode: search and write (to break a stale hold) for whoever may open the
+    lock file, nothing for anyone else."""
+    return 0o700 | (file_mode & 0o066) | ((file_mode & 0o044) >> 2)
 
 
 def _pid_namespace() -> str | None:
@@ -284,18 +312,20 @@ class BuildLock:
     ``on_wait(holder)`` is called when the lock is busy, and again whenever the holder changes
     (``holder`` is None if no record can be read).  ``stale_after``: seconds without heartbeat
     after which a holder on another host counts as dead (None = never); ``heartbeat``: how
-    often a holder renews its lease.  ``mode`` is the lock file's mode: 0666 by default, because
-    every user who may build must be able to open it for flock and touch it as clock probe (it
-    holds no data).  A missing lock directory is created with ``dir_mode`` and ``group`` (the
-    site's ``permissions``).  Usable as a context manager; not reentrant.
+    often a holder renews its lease.  ``mode`` is the lock file's mode: 0660 by default, so the
+    lab (the group) can open it for flock and touch it as clock probe, and nobody outside it
+    can open it at all (a flock held by an outsider would stall every builder on the node).
+    A missing lock directory is created with ``dir_mode`` and ``group`` (the site's
+    ``permissions``).  ``doing`` goes into the holder record: waiters say what the holder is
+    doing.  Usable as a context manager; not reentrant.
     """
 
     def __init__(self, path: Path | str, *, timeout: float = 3600.0, method: LockMethod = "flock",
                  on_wait: Callable[[LockHolder | None], None] | None = None,
                  stale_after: float | None = DEFAULT_STALE_AFTER,
                  heartbeat: float = DEFAULT_HEARTBEAT, poll_interval: float = 0.1,
-                 mode: int = 0o666, dir_mode: int | None = None,
-                 group: str | None = None) -> None:
+                 mode: int = LOCK_FILE_MODE, dir_mode: int | None = None,
+                 group: str | None = None, doing: str = "") -> None:
         if method not in ("flock", "mkdir"):
             raise HpcenvError(f"unknown lock method {method!r}: use 'flock' or 'mkdir'")
         _validate_timings(stale_after, heartbeat)
@@ -309,6 +339,7 @@ class BuildLock:
         self.mode = mode
         self.dir_mode = dir_mode
         self.group = group
+        self.doing = doing
         self._fd = -1                 # the open lock file (flock fast path and clock probe)
         self._flocked = False
         self._flock_usable = method == "flock"
@@ -479,17 +510,24 @@ class BuildLock:
     def _open(self) -> None:
         if self._fd >= 0:
             return
-        ensure_shared_dir(self.path.parent, mode=self.dir_mode, group=self.group)
         try:
-            self._fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.mode)
+            ensure_shared_dir(self.path.parent, mode=self.dir_mode, group=self.group)
             try:
-                os.fchmod(self._fd, self.mode)  # the umask must not lock other users out
+                self._fd = os.open(self.path, os.O_RDWR)
+            except FileNotFoundError:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.mode)
             except PermissionError:
-                pass  # another user created it first
-        except PermissionError:
-            self._fd = os.open(self.path, os.O_RDONLY)
+                self._fd = os.open(self.path, os.O_RDONLY)
+        except PermissionError as exc:
+            raise permission_problem(exc, "take the lock") from None
+        st = os.fstat(self._fd)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != self.mode:
+            # Ours: the umask must neither lock the lab out nor (an older hpcenv's 0666) let
+            # outsiders in.
+            os.fchmod(self._fd, self.mode)
+            gid = group_id(self.group)
+            if gid is not None and st.st_gid != gid:
+                chgrp(self.path, gid)
 
     def _close(self) -> None:
         self._unflock()
@@ -541,15 +579,16 @@ class BuildLock:
         return None
 
     def _rename_into_place(self) -> LockHolder | None:
-        me = current_holder()
+        me = current_holder(self.doing)
         staging = Path(tempfile.mkdtemp(prefix=f".{self.lease_dir.name}.", suffix=".new",
                                         dir=self.path.parent))
         try:
-            # Other users read the record and may have to break the lease (unlink inside):
-            # mkdtemp made the dir 0700, give it the lock file's permissions (plus search).
-            os.chmod(staging, 0o755 | (self.mode & 0o022))
             record = f"{_HOLDER_PREFIX}{me.token}{_HOLDER_SUFFIX}"
-            atomic_write_json(staging / record, me.to_dict(), fsync=False)
+            atomic_write_json(staging / record, me.to_dict(), fsync=False,
+                              mode=_record_mode(self.mode), group=self.group)
+            # Other lab members read the record and may have to break the lease (unlink
+            # inside): mkdtemp made the dir 0700, give it the lock file's audience.
+            os.chmod(staging, _lease_dir_mode(self.mode))
             try:
                 os.rename(staging, self.lease_dir)
                 return me
@@ -618,13 +657,16 @@ class CacheLock:
     Without it gc could delete a cache entry an install has just extracted but not yet linked
     (no ``conda-meta`` record names it yet).  Shared holders register a heartbeated lease file
     in ``PATH.readers/`` under the gate lock ``PATH``; the exclusive holder keeps the gate and
-    waits until ``PATH.readers`` can be removed (see the module doc).  ``on_wait()`` is called
-    once when the lock is busy.
+    waits until ``PATH.readers`` can be removed (see the module doc).  ``on_wait(who)`` is
+    called once when the lock is busy, ``who`` naming the holders as ``user@host pid N since
+    T (what they do)``.  The readers dir gets ``dir_mode`` without any access for others, like
+    the gate's lock file: an outsider can neither register nor hold anything here.
     """
 
     def __init__(self, path: Path | str, *, timeout: float = 3600.0, method: LockMethod = "flock",
                  stale_after: float | None = DEFAULT_STALE_AFTER,
-                 heartbeat: float = DEFAULT_HEARTBEAT, on_wait: Callable[[], None] | None = None,
+                 heartbeat: float = DEFAULT_HEARTBEAT,
+                 on_wait: Callable[[str], None] | None = None,
                  poll_interval: float = 0.1, dir_mode: int | None = None,
                  group: str | None = None) -> None:
         _validate_timings(stale_after, heartbeat)
@@ -643,36 +685,40 @@ class CacheLock:
         return self.path.with_name(self.path.name + ".readers")
 
     @contextmanager
-    def hold(self, *, exclusive: bool) -> Iterator[None]:
-        """Hold the lock (shared or exclusive) for the ``with`` block; LockTimeout on timeout."""
+    def hold(self, *, exclusive: bool, doing: str = "") -> Iterator[None]:
+        """Hold the lock (shared or exclusive) for the ``with`` block; LockTimeout on timeout.
+        ``doing`` tells waiters what this holder does with the cache."""
         waited = False
+        gate_holder: list[LockHolder | None] = [None]
 
-        def gate_wait(_holder: LockHolder | None) -> None:
+        def gate_wait(holder: LockHolder | None) -> None:
             nonlocal waited
+            gate_holder[0] = holder
             if not waited and self.on_wait is not None:
-                self.on_wait()
+                self.on_wait(describe_holder(holder))
             waited = True
 
         deadline = time.monotonic() + self.timeout
         gate = BuildLock(self.path, method=self.method, timeout=self.timeout,
                          stale_after=self.stale_after, heartbeat=self.heartbeat,
                          poll_interval=self.poll_interval, on_wait=gate_wait,
-                         dir_mode=self.dir_mode, group=self.group)
+                         dir_mode=self.dir_mode, group=self.group,
+                         doing=doing if exclusive else f"registering: {doing}")
         try:
             gate.acquire()
         except LockTimeout:
             raise LockTimeout(f"{self.path}: gave up after {self.timeout:g}s waiting for "
-                              "'hpcenv env gc' cleaning the package cache; try again later "
-                              "(or raise locks.timeout)") from None
+                              f"{describe_holder(gate_holder[0])}; try again later (or raise "
+                              "locks.timeout)") from None
         if exclusive:
             try:
-                self._drain_readers(gate, deadline, waited, gate_wait)
+                self._drain_readers(gate, deadline, waited)
                 yield
             finally:
                 gate.release()
             return
         try:
-            lease = self._register_reader(gate.path)
+            lease = self._register_reader(gate.path, doing)
         finally:
             gate.release()
         beat = _Heartbeat(lease, self.heartbeat)
@@ -682,17 +728,17 @@ class CacheLock:
             beat.stop()
             lease.unlink(missing_ok=True)
 
-    def _register_reader(self, clock_file: Path) -> Path:
-        ensure_shared_dir(self.readers_dir, mode=self.dir_mode, group=self.group)
+    def _register_reader(self, clock_file: Path, doing: str) -> Path:
+        ensure_shared_dir(self.readers_dir, mode=lab_only_mode(self.dir_mode), group=self.group)
         self._remove_stale_readers(clock_file, {})  # dead installs' leases: no need to wait for gc
-        me = current_holder()
+        me = current_holder(doing)
         lease = self.readers_dir / f"{_HOLDER_PREFIX}{me.token}{_HOLDER_SUFFIX}"
-        # 0644 is enough: the writer only reads it, and removes it through the dir.
-        atomic_write_json(lease, me.to_dict(), fsync=False)
+        # The writer only reads it, and removes it through the dir.
+        atomic_write_json(lease, me.to_dict(), fsync=False, mode=_record_mode(LOCK_FILE_MODE),
+                          group=self.group)
         return lease
 
-    def _drain_readers(self, gate: BuildLock, deadline: float, waited: bool,
-                       on_wait: Callable[[LockHolder | None], None]) -> None:
+    def _drain_readers(self, gate: BuildLock, deadline: float, waited: bool) -> None:
         """With the gate held: wait until no live reader lease remains (removing stale ones)."""
         watches: dict[str, _Observation] = {}
         while True:
@@ -704,18 +750,22 @@ class CacheLock:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
-            self._remove_stale_readers(gate.path, watches)
+            readers = self._remove_stale_readers(gate.path, watches)
             if time.monotonic() >= deadline:
                 raise LockTimeout(f"{self.path}: gave up after {self.timeout:g}s waiting for "
-                                  "builds installing from the package cache; try again later "
-                                  "(or raise locks.timeout)")
+                                  f"{_describe_readers(readers)}; try again later (or raise "
+                                  "locks.timeout)")
             if not waited:
                 waited = True
-                on_wait(None)
+                if self.on_wait is not None:
+                    self.on_wait(_describe_readers(readers))
             time.sleep(self.poll_interval)
 
-    def _remove_stale_readers(self, clock_file: Path, watches: dict[str, _Observation]) -> None:
-        """Unlink the reader leases whose holders are provably gone (caller holds the gate)."""
+    def _remove_stale_readers(self, clock_file: Path,
+                              watches: dict[str, _Observation]) -> list[LockHolder | None]:
+        """Unlink the reader leases whose holders are provably gone (caller holds the gate);
+        returns the holders of the leases left."""
+        left: list[LockHolder | None] = []
         for name in _listdir(self.readers_dir):
             path = self.readers_dir / name
             holder = None
@@ -729,6 +779,15 @@ class CacheLock:
                            watches.setdefault(name, _Observation()))
             if state.stale:
                 path.unlink(missing_ok=True)
+            else:
+                left.append(holder)
+        return left
+
+
+def _describe_readers(readers: list[LockHolder | None]) -> str:
+    if not readers:
+        return "installs that are finishing"
+    return "; ".join(describe_holder(holder) for holder in readers)
 
 
 def _listdir(path: Path) -> list[str]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcenv.errors import HpcenvError, InvalidInput
-from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
+from hpcenv.fsutil import atomic_write_text, ensure_shared_dir, shared_file_mode
 from hpcenv.store.activation import activate_scripts, env_state_vars
 from hpcenv.store.layout import is_complete
 from hpcenv.store.registry import EnvRecord, Registry
@@ -148,7 +148,7 @@ def _point_default(store: Store, registry: Registry, name: str) -> None:
 def _write(store: Store, path: Path, text: str) -> None:
     group = store.group
     ensure_shared_dir(path.parent, mode=store.dir_mode, group=group)
-    atomic_write_text(path, text, mode=0o664 if group is not None else 0o644, group=group)
+    atomic_write_text(path, text, mode=shared_file_mode(group), group=group)
 
 
 def _lua_string(text: str) -> str:

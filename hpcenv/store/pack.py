@@ -45,7 +45,7 @@ from typing import IO, TYPE_CHECKING, Literal
 
 from hpcenv import __version__
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
-from hpcenv.fsutil import ensure_shared_dir
+from hpcenv.fsutil import ensure_shared_dir, shared_file_mode
 from hpcenv.records import JsonRecord
 from hpcenv.store import relocate as relocate_module
 from hpcenv.store.layout import is_complete
@@ -307,7 +307,7 @@ def create_pack(store: Store, record: EnvRecord, *, compression: Compression | N
 
             with gzip.open(tmp, "wb", compresslevel=6) as sink:
                 _write_archive(sink, prefix, manifest)  # type: ignore[arg-type]
-        os.chmod(tmp, 0o664 if group is not None else 0o644)
+        os.chmod(tmp, shared_file_mode(group))
         if group is not None:
             shutil.chown(tmp, group=group)
         for other in SUFFIXES.values():  # one pack per build: a re-pack replaces the other kind

@@ -6,6 +6,11 @@ A plain directory on the shared filesystem, safe without a server::
     ROOT/<name>/<version>.lock.yml   the lockfile of that version (exact URLs + sha256)
     ROOT/<name>/current              the current version number, as text
     ROOT/<name>/.lock                short-lived lock: version allocation, current changes
+    ROOT/.hpcenv-store.json          the envs_dirs[0] whose builds the records name
+
+Records name build prefixes, which are not relocatable: a registry belongs to one store.  The
+first version allocated writes ``.hpcenv-store.json``; a site whose ``envs_dirs[0]`` differs
+is refused (:meth:`Registry.check_store`), since its links would point into the other store.
 
 Every write is a temp file + fsync + rename, so readers see the old or the new file, never a torn
 one.  Version numbers are allocated under the per-name lock (a lease lock that holds across
@@ -36,8 +41,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from hpcenv.errors import HpcenvError, NotFound
-from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
+from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.fsutil import atomic_write_text, ensure_shared_dir, shared_file_mode
 from hpcenv.records import JsonRecord, json_meta
 from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, CudaTarget
 from hpcenv.spec.names import EnvName
@@ -45,8 +50,12 @@ from hpcenv.store.locking import (
     DEFAULT_HEARTBEAT,
     DEFAULT_STALE_AFTER,
     BuildLock,
+    LockHolder,
     LockMethod,
+    describe_holder,
 )
+
+STORE_MARKER = ".hpcenv-store.json"
 
 Status = Literal["building", "ready", "retired", "failed"]
 STATUSES: tuple[Status, ...] = ("building", "ready", "retired", "failed")
@@ -147,15 +156,44 @@ class Registry:
                  lock_timeout: float = 3600.0,
                  lock_stale_after: float | None = DEFAULT_STALE_AFTER,
                  lock_heartbeat: float = DEFAULT_HEARTBEAT,
-                 group: str | None = None, dir_mode: int | None = None) -> None:
+                 group: str | None = None, dir_mode: int | None = None,
+                 envs_dir: Path | None = None) -> None:
         self.root = Path(root)
+        self.envs_dir = envs_dir  # the store this registry's builds live in (None: unchecked)
         self.lock_method = lock_method
         self.lock_timeout = lock_timeout
         self.lock_stale_after = lock_stale_after
         self.lock_heartbeat = lock_heartbeat
         self.group = group
-        self.file_mode = 0o664 if group is not None else 0o644
+        self.file_mode = shared_file_mode(group)
         self.dir_mode = dir_mode
+
+    # --- the store it belongs to ---------------------------------------------------------------
+
+    def check_store(self, source: str = "the site config") -> None:
+        """Refuse a registry whose records name builds of another ``envs_dirs[0]``: a second
+        site sharing it would link its names into the other store."""
+        if self.envs_dir is None:
+            return
+        try:
+            data = json.loads((self.root / STORE_MARKER).read_text())
+            theirs = str(data["envs_dir"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError):
+            raise HpcenvError(f"{self.root / STORE_MARKER}: unreadable; it names the envs dir "
+                              "whose builds this registry records (envs_dir: PATH), restore "
+                              "it") from None
+        if os.path.realpath(theirs) != os.path.realpath(self.envs_dir):
+            raise InvalidInput(f"registry {self.root} records builds in envs dir {theirs}, but "
+                               f"{source} has envs_dirs[0] {self.envs_dir}: sites sharing a "
+                               "registry must share envs_dirs[0]; give this site its own "
+                               "registry or the same envs_dirs[0]")
+
+    def _claim_store(self) -> None:
+        if self.envs_dir is not None and not (self.root / STORE_MARKER).exists():
+            self._create_json(self.root / STORE_MARKER, {"envs_dir": str(self.envs_dir)})
+            self.check_store()  # another site may have claimed it first
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -293,19 +331,28 @@ class Registry:
     # --- writing ------------------------------------------------------------------------------
 
     @contextmanager
-    def name_lock(self, name: EnvName | str) -> Iterator[None]:
-        """Serialise version allocation and ``current`` changes of one name."""
+    def name_lock(self, name: EnvName | str, *, doing: str = "",
+                  on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Serialise version allocation and ``current`` changes of one name.  ``doing`` tells
+        waiters what we do under it; ``on_wait(message)`` hears who holds it while we wait."""
         name = EnvName.of(name)
         self._ensure_dir(self.root / name)
+
+        def waiting(holder: LockHolder | None) -> None:
+            if on_wait is not None:
+                on_wait(f"waiting for {describe_holder(holder)} to finish with {name}")
+
         with BuildLock(self.root / name / ".lock", method=self.lock_method,
                        timeout=self.lock_timeout, stale_after=self.lock_stale_after,
-                       heartbeat=self.lock_heartbeat, dir_mode=self.dir_mode, group=self.group):
+                       heartbeat=self.lock_heartbeat, dir_mode=self.dir_mode, group=self.group,
+                       doing=doing or f"changing {name} in the registry", on_wait=waiting):
             yield
 
     def allocate(self, name: EnvName | str, make: Callable[[int], EnvRecord]) -> EnvRecord:
         """Write the record ``make(version)`` under the next free version number of ``name``."""
         name = EnvName.of(name)
-        with self.name_lock(name):
+        self._claim_store()
+        with self.name_lock(name, doing=f"allocating a version of {name}"):
             version = max((r.version for r in self.versions(name)), default=0) + 1
             while True:
                 record = make(version)

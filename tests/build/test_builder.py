@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -360,23 +361,26 @@ def test_group_permissions_and_naming_policy(tmp_path: Path, demo_channel) -> No
         assert st.st_gid == group.gr_gid
         assert st.st_mode & stat.S_ISGID, f"{path} lacks setgid"
     assert (prefix / "conda-meta" / "history").stat().st_gid == group.gr_gid
-    # Every directory hpcenv creates, not only the prefixes: the lab shares all of them.
+    # Every directory hpcenv creates, not only the prefixes: the lab shares all of them; the
+    # places holding locks (build locks, the package cache) are the lab's alone.
     root = tmp_path / "site"
-    for directory in (root / "envs", builds_dir(store_for(site)), root / "envs" / ".hpcenv" / "locks",
-                      root / "registry", root / "registry" / "ml-kern", root / "pkgs"):
+    for directory, mode in ((root / "envs", 0o2775), (builds_dir(store_for(site)), 0o2775),
+                            (root / "envs" / ".hpcenv" / "locks", 0o2770),
+                            (root / "registry", 0o2775), (root / "registry" / "ml-kern", 0o2775),
+                            (root / "pkgs", 0o2770)):
         st = directory.stat()
-        assert stat.S_IMODE(st.st_mode) == 0o2775, directory
+        assert stat.S_IMODE(st.st_mode) == mode, directory
         assert st.st_gid == group.gr_gid, directory
     # Registry files, the lockfile included, are group-writable with the lab group.
     for path in (root / "registry" / "ml-kern" / "1.json", Path(result.record.lock_path),
                  root / "registry" / "ml-kern" / "current"):
         st = path.stat()
         assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (group.gr_gid, 0o664), path
-    # Build-lock files: any lab member must be able to open them for locking.
+    # Build-lock files: any lab member must be able to open them for locking, nobody else.
     lock_files = list((root / "envs" / ".hpcenv" / "locks").glob("*.lock"))
     assert lock_files
     for path in lock_files:
-        assert stat.S_IMODE(path.stat().st_mode) & 0o066 == 0o066, path
+        assert (path.stat().st_gid, stat.S_IMODE(path.stat().st_mode)) == (group.gr_gid, 0o660)
 
 
 def test_cache_on_other_filesystem_warns(tmp_path: Path, demo_channel) -> None:
@@ -545,3 +549,53 @@ def test_missing_name_and_empty_name_are_bad_input(site, tmp_path: Path) -> None
         plan_build(spec("dependencies: [python]\n"), site)
     with pytest.raises(InvalidInput, match=r"^--name '': invalid environment name ''"):
         plan_build(spec(KERNELS_CPU), site, name="")
+
+
+def test_variable_values_reach_the_env_byte_exact_as_conda_activates_them(
+        site, tmp_path: Path, real_conda: Path) -> None:
+    """A trailing newline (and a carriage return) in a ``variables:`` value is kept, as real
+    conda keeps it: hpcenv's activation and conda's give the program the same bytes."""
+    from conftest import conda_environ
+
+    from hpcenv.store.activation import activation_script
+
+    text = KERNELS_CPU + 'variables:\n  TRAIL: "line\\n"\n  CR: "a\\rb"\n'
+    res = build_env(spec(text, tmp_path), site, name="bytes")
+    show = "import os; print(repr((os.environ['TRAIL'], os.environ['CR'])))"
+    ours = subprocess.run(["bash", "-c", activation_script(res.prefix) +
+                           f'\nexec python -c "{show}"'], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert ours == repr(("line\n", "a\rb"))
+    home = tmp_path / "home"
+    home.mkdir()
+    conda = subprocess.run(["bash", "-c", f'eval "$("{real_conda}" shell.bash activate '
+                            f'{res.prefix})" && exec python -c "{show}"'],
+                           env=conda_environ(home), capture_output=True, text=True)
+    assert conda.returncode == 0, conda.stderr
+    assert conda.stdout.strip() == ours
+
+
+def test_two_sites_sharing_a_registry_must_share_their_envs_dir(tmp_path: Path,
+                                                                 demo_channel) -> None:
+    """Records name build prefixes, which are not relocatable: a second site with another
+    envs_dirs[0] would link its names into the first site's store.  It is refused, in one
+    line naming both dirs, before anything is written; a site reaching the same envs dir
+    through a symlink shares the registry fine."""
+    registry = tmp_path / "registry"
+    first = load_site(write_demo_site(tmp_path / "a", demo_channel, registry=str(registry)))
+    built = build_env(spec(KERNELS_CPU, tmp_path), first, name="kern")
+    second = load_site(write_demo_site(tmp_path / "b", demo_channel, registry=str(registry)))
+    with pytest.raises(InvalidInput) as info:
+        build_env(spec(KERNELS_CPU, tmp_path), second, name="kern")
+    message = str(info.value)
+    assert f"records builds in envs dir {first.envs_dirs[0]}" in message
+    assert f"has envs_dirs[0] {second.envs_dirs[0]}" in message and "\n" not in message
+    assert not (tmp_path / "b" / "envs").exists()  # nothing linked into the other store
+    cli = subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(second.source), "env",
+                          "list"], capture_output=True, text=True)
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+    (tmp_path / "alias").symlink_to(first.envs_dirs[0])
+    third = load_site(write_demo_site(tmp_path / "c", demo_channel, registry=str(registry),
+                                      envs_dirs=f"[{tmp_path / 'alias'}]"))
+    again = build_env(spec(KERNELS_CPU, tmp_path), third, name="kern")
+    assert (again.status, again.record.version) == ("reused", built.record.version)

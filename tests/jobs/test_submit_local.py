@@ -24,8 +24,9 @@ from hpcenv.jobs.control import (
 from hpcenv.jobs.submit import SubmitOptions, site_scheduler, submit
 from hpcenv.site.config import SiteConfig, load_site
 
+# Carriage returns too: the local executor copies the job script byte for byte, as sbatch does.
 NASTY = ["$(touch pwned)", "`touch pwned2`", "line1\nline2", "'; touch pwned3 #", "", "*",
-         "${HOME}", "--lr=0.1"]
+         "${HOME}", "--lr=0.1", "cr\rinside", "crlf\r\n", "\r"]
 
 SHOW = """\
 import json, os, sys

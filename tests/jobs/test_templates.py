@@ -26,7 +26,7 @@ from hpcenv.scheduler.job_options import JobOptions, from_script, sbatch_lines
 from hpcenv.store.activation import activation_script
 
 NASTY = ["$(touch pwned)", "`touch pwned2`", "a\nb", "'; touch pwned3 #", "  spaced  ", "", "*",
-         "\\n", "${HOME}", "ünïcode", "--flag=x y"]
+         "\\n", "${HOME}", "ünïcode", "--flag=x y", "cr\rinside", "crlf\r\n"]
 
 SHOW_ARGS = """\
 import json, os, sys

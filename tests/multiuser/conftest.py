@@ -105,6 +105,18 @@ class Lab:
                                  f"{proc.stderr}")
         return proc
 
+    def spawn_python(self, user: str, code: str, *args: str) -> subprocess.Popen[str]:
+        """``code`` run by the lab's python (hpcenv importable) as ``user``, in the background:
+        the process itself, so killing it ends it (runuser would stay in between)."""
+        account = pwd.getpwnam(user)
+        groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
+        python = self.hpcenv.parent / "python"
+        return subprocess.Popen([str(python), "-c", code, *args], cwd="/", user=account.pw_uid,
+                                group=account.pw_gid, extra_groups=groups, umask=0o022,
+                                env={"PATH": "/usr/bin:/bin", "HOME": account.pw_dir,
+                                     "LANG": "C.UTF-8"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
     def write(self, name: str, text: str) -> Path:
         """A world-readable file in the lab (specs the users build)."""
         path = self.root / "files" / name

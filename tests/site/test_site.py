@@ -328,6 +328,7 @@ ERRORS = [
     ("state_dir: ${NOT_SET_ANYWHERE}/x\n", 1, "environment variable NOT_SET_ANYWHERE is not set"),
     ("channels: ['conda forge!']\n", 1, "is not a channel name (like conda-forge), a URL"),
     ("permissions: {dir_mode: '999'}\n", 1, "'999' is not an octal mode"),
+    ("permissions: {dir_mode: '2777'}\n", 1, "'2777' lets everyone write the shared dirs"),
     ("permissions: {env_name_pattern: '(unclosed'}\n", 1, "invalid regular expression"),
     ("engine: conda\n", 1, "engine: conda needs a conda executable"),
     ("slurm: {time: forever}\n", 1, "slurm.time: 'forever' is not a valid sbatch value"),

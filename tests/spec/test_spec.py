@@ -305,6 +305,7 @@ def test_bad_specs_name_file_line_and_key(text: str, line: int, fragment: str) -
     "A-B",
     "é",
     "A\nB",
+    "A\0B",
 ])
 def test_variable_names_must_be_shell_identifiers(name: str) -> None:
     text = f"dependencies:\n  - numpy\nvariables:\n  OK: 1\n  {json.dumps(name)}: x\n"
@@ -313,6 +314,28 @@ def test_variable_names_must_be_shell_identifiers(name: str) -> None:
     message = str(info.value)
     assert message.startswith("env.yml:5: invalid variable name "), message
     assert "^[A-Za-z_][A-Za-z0-9_]*$" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "\x00", "trailing\x00"])
+def test_a_nul_in_a_variable_value_is_refused_at_parse_time(value: str) -> None:
+    text = f"dependencies:\n  - numpy\nvariables:\n  OK: 1\n  BAD: {json.dumps(value)}\n"
+    with pytest.raises(InvalidInput) as info:
+        parse_spec(text, source=Path("env.yml"))
+    message = str(info.value)
+    assert message.startswith("env.yml:5: the value of variable BAD holds a NUL character")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("source", "value"), [
+    ('"line\\n"', "line\n"),            # a trailing newline, as conda keeps it
+    ('"  padded  "', "  padded  "),
+    ('"cr\\r"', "cr\r"),
+    ("|\n    block\n", "block\n"),      # a block scalar keeps its final newline (clip)
+    ("plain  ", "plain"),
+])
+def test_variable_values_are_kept_byte_exact(source: str, value: str) -> None:
+    spec = parse_spec(f"dependencies: [numpy]\nvariables:\n  V: {source}\n")
+    assert spec.variables == (("V", value),)
 
 
 @pytest.mark.parametrize("name", ["A", "_", "_private", "OMP_NUM_THREADS", "cuda_home2"])

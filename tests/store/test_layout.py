@@ -124,13 +124,16 @@ def test_key_lock_takes_the_site_settings(tmp_path: Path, demo_channel) -> None:
     lock = key_lock(store_for(site), "k" * 64)
     assert lock.path == locks_dir(store_for(site)) / f"{'k' * 64}.lock"
     assert (lock.method, lock.timeout, lock.stale_after) == ("mkdir", 7, 60)
-    assert (lock.dir_mode, lock.group) == (0o2775, group.gr_name)
+    # The store is 2775 (everyone reads builds); its locks dir is the lab's alone.
+    assert (lock.dir_mode, lock.group) == (0o2770, group.gr_name)
     assert key_lock(store_for(site), "k" * 64, timeout=0).timeout == 0  # 0 is "don't wait", not "default"
     with lock:
         assert lock.holder_path.parent == locks_dir(store_for(site)) / f"{'k' * 64}.lock.lease"
         assert lock.holder_path.is_file()
         assert not key_lock(store_for(site), "k" * 64, timeout=0).try_acquire()
     st = locks_dir(store_for(site)).stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o2770, group.gr_gid)
+    st = locks_dir(store_for(site)).parent.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o2775, group.gr_gid)
     cache = cache_lock(store_for(site), tmp_path / "pkgs")
     assert cache.path == tmp_path / "pkgs" / CACHE_LOCK
@@ -175,14 +178,14 @@ def test_cache_lock_lets_installs_share_and_keeps_gc_out(tmp_path: Path, demo_ch
     site = load_site(write_demo_site(tmp_path / "site", demo_channel, locks="{timeout: 0.3}"))
     pkgs = Path(site.pkgs_dirs[0])
     waits: list[str] = []
-    with cache_lock(store_for(site), pkgs).hold(exclusive=False):
+    with cache_lock(store_for(site), pkgs).hold(exclusive=False, doing="installing env a"):
         with cache_lock(store_for(site), pkgs).hold(exclusive=False):  # two installs at once
             pass
-        with pytest.raises(LockTimeout, match=r"gave up after 0.3s waiting for builds installing"):
-            with cache_lock(store_for(site), pkgs, on_wait=lambda: waits.append("gc waits")).hold(
-                    exclusive=True):
+        with pytest.raises(LockTimeout, match=r"gave up after 0.3s waiting for \S+ pid "
+                                              rf"{os.getpid()} since \S+ \(installing env a\)"):
+            with cache_lock(store_for(site), pkgs, on_wait=waits.append).hold(exclusive=True):
                 pass
-    assert waits == ["gc waits"]
-    assert stat.S_IMODE((pkgs / CACHE_LOCK).stat().st_mode) == 0o666
+    assert len(waits) == 1 and waits[0].endswith("(installing env a)")
+    assert stat.S_IMODE((pkgs / CACHE_LOCK).stat().st_mode) == 0o660
     with cache_lock(store_for(site), pkgs).hold(exclusive=True):
         pass

@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -245,7 +245,10 @@ def test_a_version_whose_builder_is_at_work_is_refused(lab: Lab) -> None:
     building = building_record(lab.site, "kern", "b" * 64)
     Path(building.prefix, "conda-meta").mkdir(parents=True)
     with lock_held(lab.site, building.key):
-        with pytest.raises(HpcenvError, match=r"^kern version 4 is still being built; wait"):
+        # The refusal names the builder and what it does.
+        with pytest.raises(HpcenvError, match=r"^kern version 4 is still being built by \S+@\S+ "
+                                              r"pid \d+ since \S+ \(building \(a test's lock "
+                                              r"holder\)\); wait"):
             remove_version(store_for(lab.site), "kern", 4)
         with pytest.raises(HpcenvError, match=r"^kern version 4 is still being built; wait for "
                                               r"it, then run 'hpcenv env rm kern' again$"):
@@ -296,3 +299,33 @@ def test_remove_env_needs_force_for_ready_versions_and_retires_current_last(lab:
         remove_env(store_for(lab.site), "kern", force=True)
     with pytest.raises(NotFound, match=r"^no environment 'nope' in the registry "):
         remove_env(store_for(lab.site), "nope")
+
+
+NAME_HOLDER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from hpcenv.site.config import load_site
+    from hpcenv.store import store_for
+    with store_for(load_site(Path(sys.argv[1]))).registry().name_lock(
+            "kern", doing="publishing kern version 9"):
+        print("held", flush=True)
+        sys.stdin.readline()
+""")
+
+
+def test_a_blocked_rollback_says_who_holds_the_name_and_what_for(lab: Lab) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", NAME_HOLDER, str(lab.site.source)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        store = store_for(lab.site)
+        short = replace(store, locks=replace(store.locks, timeout=0.5))
+        heard: list[str] = []
+        with pytest.raises(HpcenvError, match=rf"waiting for \S+@\S+ pid {holder.pid} since \S+ "
+                                              r"\(publishing kern version 9\)"):
+            rollback(short, "kern", on_wait=heard.append)
+        assert len(heard) == 1 and heard[0].startswith("waiting for ")
+        assert heard[0].endswith("(publishing kern version 9) to finish with kern")
+    finally:
+        kill(holder)
+    assert lab.registry.current_version("kern") == 3  # nothing moved

@@ -42,8 +42,8 @@ def _holder_process(path: Path, ready: Path, *, method: str = "flock", host: str
     so, and sleeps until killed; ``host`` makes it believe it runs on another host."""
     fake_host = f"import socket; socket.gethostname = lambda: {host!r}" if host else ""
     kw = f"method={method!r}, timeout=10, stale_after={stale_after}, heartbeat={heartbeat}"
-    take = (f"CacheLock({str(path)!r}, {kw}).hold(exclusive={exclusive})" if exclusive is not None
-            else f"BuildLock({str(path)!r}, {kw})")
+    take = (f"CacheLock({str(path)!r}, {kw}).hold(exclusive={exclusive}, doing='test holding')"
+            if exclusive is not None else f"BuildLock({str(path)!r}, {kw}, doing='test holding')")
     code = textwrap.dedent(f"""
         {fake_host}
         import time
@@ -254,17 +254,45 @@ def test_lock_debris_of_killed_takers_is_cleaned_once_old(tmp_path: Path) -> Non
     assert clean_lock_debris(tmp_path, stale_after=None) == []
 
 
-def test_lock_file_usable_by_every_builder(tmp_path: Path) -> None:
-    old = os.umask(0o022)
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o000])
+def test_lock_file_usable_by_the_lab_and_closed_to_others(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
     try:
         lock = BuildLock(tmp_path / "k.lock")
         with lock:
-            assert stat.S_IMODE(lock.path.stat().st_mode) == 0o666
-            # Other users unlink a dead holder's record: the lease dir must let them.
-            assert stat.S_IMODE(lock.lease_dir.stat().st_mode) == 0o777
-            assert stat.S_IMODE(lock.holder_path.stat().st_mode) == 0o644
+            # The group opens it (flock, clock probe); others cannot even open it, so an
+            # outsider's flock cannot stall the lab.
+            assert stat.S_IMODE(lock.path.stat().st_mode) == 0o660
+            # Lab members unlink a dead holder's record: the lease dir lets the group in.
+            assert stat.S_IMODE(lock.lease_dir.stat().st_mode) == 0o770
+            assert stat.S_IMODE(lock.holder_path.stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def test_an_old_world_writable_lock_file_of_ours_is_closed(tmp_path: Path) -> None:
+    path = tmp_path / "k.lock"
+    path.touch()
+    path.chmod(0o666)  # as an older hpcenv made them
+    with BuildLock(path):
+        pass
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
+
+
+def test_a_waiter_hears_who_holds_the_lock_and_what_for(tmp_path: Path) -> None:
+    holder = _holder_process(tmp_path / "k.lock", tmp_path / "ready")
+    try:
+        seen: list[str] = []
+        with pytest.raises(LockTimeout, match=r"waiting for \S+@\S+ pid \d+ since \S+ "
+                                              r"\(test holding\)"):
+            BuildLock(tmp_path / "k.lock", timeout=0.3,
+                      on_wait=lambda h: seen.append(h.describe() if h else "?")).acquire()
+        me = current_holder()
+        assert len(seen) == 1 and seen[0].startswith(f"{me.user}@{me.host} pid {holder.pid} "
+                                                     "since ")
+        assert seen[0].endswith(" (test holding)")
+    finally:
+        _kill(holder)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -299,19 +327,20 @@ def test_cache_lock_shared_holders_coexist_and_exclude_gc(tmp_path: Path, method
     try:
         with CacheLock(path, method=method, timeout=0.3).hold(exclusive=False):  # no wait
             pass
-        waits: list[int] = []
-        with pytest.raises(LockTimeout, match="builds installing from the package cache"):
+        waits: list[str] = []
+        with pytest.raises(LockTimeout, match=rf"waiting for \S+ pid {installer.pid} since "
+                                              r"\S+ \(test holding\)"):
             with CacheLock(path, method=method, timeout=0.3,
-                           on_wait=lambda: waits.append(1)).hold(exclusive=True):
+                           on_wait=waits.append).hold(exclusive=True):
                 pass
-        assert waits == [1]
+        assert len(waits) == 1 and f"pid {installer.pid} " in waits[0]
     finally:
         _kill(installer)
     started = time.monotonic()
     with CacheLock(path, method=method, timeout=5).hold(exclusive=True):
         pass  # the installer died on this host: its reader lease is dead by pid
     assert time.monotonic() - started < 2
-    assert stat.S_IMODE(path.stat().st_mode) == 0o666
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hpcenv-cache.lock", "ready"]
 
 
@@ -319,12 +348,14 @@ def test_cache_lock_gc_keeps_installs_out(tmp_path: Path) -> None:
     path = tmp_path / ".hpcenv-cache.lock"
     gc = _holder_process(path, tmp_path / "ready", exclusive=True)
     try:
-        waits: list[int] = []
-        with pytest.raises(LockTimeout, match="'hpcenv env gc' cleaning the package cache"):
-            with CacheLock(path, timeout=0.3, on_wait=lambda: waits.append(1)).hold(
-                    exclusive=False):
+        waits: list[str] = []
+        # The waiter names the holder and what it does (here "test holding"), not a command
+        # it guesses.
+        with pytest.raises(LockTimeout, match=rf"waiting for \S+ pid {gc.pid} since \S+ "
+                                              r"\(test holding\)"):
+            with CacheLock(path, timeout=0.3, on_wait=waits.append).hold(exclusive=False):
                 pass
-        assert waits == [1]
+        assert len(waits) == 1 and f"pid {gc.pid} " in waits[0]
     finally:
         _kill(gc)
     with CacheLock(path, timeout=5).hold(exclusive=False):
@@ -337,7 +368,7 @@ def test_cache_lock_reader_on_another_host_holds_gc_off_until_its_lease_expires(
     installer = _holder_process(path, tmp_path / "ready", host="nodeB", stale_after=1.0,
                                 heartbeat=0.2, exclusive=False)
     try:
-        with pytest.raises(LockTimeout, match="builds installing"):
+        with pytest.raises(LockTimeout, match=r"@nodeB pid \d+ since \S+ \(test holding\)"):
             with CacheLock(path, timeout=2.0, stale_after=1.0, heartbeat=0.2).hold(
                     exclusive=True):
                 pass  # 2 s > stale_after: the installer's heartbeat kept its lease
