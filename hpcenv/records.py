@@ -12,6 +12,7 @@ leaves missing ones at their defaults (older writers).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -59,16 +60,48 @@ class JsonRecord:
         return from_json(cls, data)
 
 
+@dataclasses.dataclass(frozen=True)
+class _FieldPlan:
+    """How one field of a record class is written and read: computed once per class, as
+    reading a class's annotations costs far more than converting a record (a registry reads
+    thousands)."""
+
+    name: str
+    key: str
+    codec: Codec | None
+    hint: Any
+    init: bool
+    plain: bool          # no codec, and the JSON value is the value (str, int, bool, None)
+
+
+@functools.cache
+def _plan(cls: type) -> tuple[_FieldPlan, ...]:
+    """The JSON fields of record class ``cls`` (those not ``omit``-ted), in field order."""
+    hints = typing.get_type_hints(cls)
+    return tuple(_FieldPlan(f.name, f.metadata.get("json_key", f.name),
+                            f.metadata.get("json_codec"), hints[f.name], f.init,
+                            "json_codec" not in f.metadata and _is_plain(hints[f.name]))
+                 for f in dataclasses.fields(cls) if f.metadata.get("json", True) is not False)
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _is_plain(hint: Any) -> bool:
+    """Whether values of type ``hint`` are their own JSON (so need no conversion either way)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return all(_is_plain(a) for a in typing.get_args(hint))
+    return hint in _PLAIN or typing.get_origin(hint) is typing.Literal
+
+
 def to_json(value: Any) -> Any:
     """``value`` as JSON-able data (see the module doc)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(value):
-            if f.metadata.get("json", True) is False:
-                continue
+        for f in _plan(type(value)):
             item = getattr(value, f.name)
-            codec = f.metadata.get("json_codec")
-            out[f.metadata.get("json_key", f.name)] = codec.encode(item) if codec else to_json(item)
+            out[f.key] = (item if f.plain else f.codec.encode(item) if f.codec
+                          else to_json(item))
         for name in getattr(value, "JSON_PROPERTIES", ()):
             out[name] = to_json(getattr(value, name))
         return out
@@ -83,15 +116,13 @@ def to_json(value: Any) -> Any:
 
 def from_json(cls: type[R], data: Mapping[str, Any]) -> R:
     """A ``cls`` record from JSON data written by :func:`to_json` (see the module doc)."""
-    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        key = f.metadata.get("json_key", f.name)
-        if f.metadata.get("json", True) is False or key not in data or not f.init:
+    for f in _plan(cls):
+        if f.key not in data or not f.init:
             continue
-        codec = f.metadata.get("json_codec")
-        raw = data[key]
-        values[f.name] = codec.decode(raw) if codec else _typed(hints[f.name], raw)
+        raw = data[f.key]
+        values[f.name] = (raw if f.plain else f.codec.decode(raw) if f.codec
+                          else _typed(f.hint, raw))
     return cls(**values)
 
 
