@@ -6,13 +6,15 @@ key's lease lock says (:mod:`hpcenv.store.locking`): nobody holds it, or its hol
 host and its pid is dead, or its holder's heartbeat stopped ``locks.stale_after`` seconds ago.
 A build in progress on another login node is never debris: its builder keeps renewing its lease.
 A crashed builder's complete build (killed between the marker and the registry update) is
-adopted: marked ``ready``.  The builder cleans debris under its key lock before building;
-``env gc`` cleans it too.
+adopted: marked ``ready``.  The builder cleans its own key's debris under that key's lock
+before building (:func:`clean_key_debris`: the name's index and one listing of the builds dir,
+never every record of the registry); ``env gc`` cleans everything (:func:`clean_debris`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 from collections.abc import Callable
@@ -117,6 +119,46 @@ def _adopt(registry: Registry, record: EnvRecord) -> EnvRecord:
     packages = len(list((prefix / "conda-meta").glob("*.json")))
     return registry.update(replace(record, status="ready", size_bytes=size, file_count=count,
                                    packages=packages))
+
+
+def clean_key_debris(store: Store, name: str, key: str, *,
+                     registry: Registry | None = None) -> list[Path]:
+    """What crashed builders of ``key`` (an env ``name``'s build key) left, for a caller that
+    holds the key's lock (so every other builder of the key is gone): prefixes of the key
+    without completion marker are removed (a ``building`` record of one is marked ``failed``),
+    a ``building`` record whose prefix is complete is adopted (marked ``ready``), one without
+    a prefix is marked ``failed``.  Other keys' leftovers are their builders' and ``env gc``'s:
+    a build costs the same in a registry of 10 or 10,000 envs."""
+    registry = registry or store.registry()
+    for place in (locks_dir(store), store.registry_root / name):
+        clean_lock_debris(place, stale_after=store.locks.stale_after)
+    mine = {os.path.realpath(e.prefix): e.version for e in registry.entries(name)
+            if e.key == key}
+    # The builder names prefixes NAME-V-KEY12; one without a record (or whose record names
+    # another prefix) is found by that name.
+    named = re.compile(rf"{re.escape(name)}-\d+-{re.escape(key[:12])}")
+    removed = []
+    builds = builds_dir(store)
+    listing = sorted(builds.iterdir()) if builds.is_dir() else []
+    for path in listing:
+        version = mine.get(os.path.realpath(path))
+        if version is None and not named.fullmatch(path.name):
+            continue
+        if is_complete(path):
+            continue
+        if version is not None and registry.get(name, version).status == "building":
+            registry.set_status(name, version, "failed")
+        force_rmtree(path)
+        removed.append(path)
+    for version in mine.values():
+        record = registry.get(name, version)
+        if record.status != "building":
+            continue
+        if is_complete(record.prefix):
+            _adopt(registry, record)
+        elif not os.path.lexists(record.prefix):
+            registry.set_status(name, version, "failed")
+    return removed
 
 
 def clean_debris(store: Store, *, registry: Registry | None = None,

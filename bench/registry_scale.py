@@ -1,0 +1,169 @@
+"""registry_scale: `env list`, `env history`, a new build and a reuse with a registry of 10,000.
+
+Target (issue 10): with 10,000 envs in the registry, or one env with 10,000 versions, each of
+`hpcenv env list`, `hpcenv env history NAME`, a new build and a reuse (cache hit) takes at most
+1.5x what it takes with 10.  Four throw-away sites: 10 and 10,000 envs of one ready version
+each, and one env (`deep`) with 10 and 10,000 versions.  The filler records are written in the
+registry's on-disk format (no builds behind them); the builds measured are real builds of
+`cpu-analysis.yml` against the demo channel, as a user runs them: whole `hpcenv` processes,
+medians.  A new build is a spec nobody built yet (a new name in the envs sites, a new version
+of `deep` in the versions sites); a reuse builds one of them again.
+
+The registry's index is a cache its readers keep: the first `env list` after the filler was
+written builds it (shown on its own line, as "first list"); the timed runs find it in place.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import (
+    BUILD_NOTE,
+    EXAMPLES,
+    HPCENV,
+    BenchResult,
+    Check,
+    Metric,
+    build_argv,
+    demo_channel,
+    scratch,
+    time_command,
+    timed_metric,
+    write_site,
+)
+
+SMALL, LARGE = 10, 10_000
+SPEC = EXAMPLES / "cpu-analysis.yml"
+NEW_BUILDS = 3
+REUSES = 5
+READ_RUNS = 7
+TARGET_RATIO = 1.5
+DEEP = "deep"
+
+
+@dataclass
+class Figures:
+    """What one site measured, in seconds."""
+
+    first_list: float
+    lists: list[float]
+    histories: list[float]
+    builds: list[float]
+    reuses: list[float]
+    statuses: list[str]
+
+
+def run() -> BenchResult:
+    result = BenchResult("registry_scale")
+    channel = demo_channel()
+    figures: dict[tuple[str, int], Figures] = {}
+    with scratch("registry-scale") as root:
+        for shape in ("envs", "versions"):
+            for count in (SMALL, LARGE):
+                site = write_site(root / f"{shape}-{count}" / "site", channel)
+                start = time.perf_counter()
+                _fill(site, shape, count)
+                fill = time.perf_counter() - start
+                result.notes.append(f"{shape} x {count:,}: filler records written in "
+                                    f"{fill:.1f} s")
+                figures[shape, count] = _measure(site, root / f"{shape}-{count}", shape)
+
+    statuses_ok = True
+    for shape, what in (("envs", "envs"), ("versions", f"versions of {DEEP}")):
+        small, large = figures[shape, SMALL], figures[shape, LARGE]
+        label = f"{LARGE:,} {what}"
+        base = f"{SMALL} {what}"
+        rows = [("env list", large.lists, small.lists),
+                (f"env history {'NAME' if shape == 'envs' else DEEP}",
+                 large.histories, small.histories),
+                ("new build", large.builds, small.builds),
+                ("reuse (cache hit)", large.reuses, small.reuses)]
+        result.metrics.append(timed_metric(f"first env list after filling, {label}",
+                                           [large.first_list], "ms",
+                                           baseline=[small.first_list], baseline_name=base))
+        for metric, value, baseline in rows:
+            m = timed_metric(f"{metric}, {label}", value, "ms", baseline=baseline,
+                             baseline_name=base)
+            result.metrics.append(m)
+            result.checks.append(_target(m))
+        for count in (SMALL, LARGE):
+            statuses_ok &= figures[shape, count].statuses == (["built"] * NEW_BUILDS
+                                                              + ["reused"] * REUSES)
+    result.checks.append(Check("every new build built, every repeat reused", statuses_ok,
+                               kind="invariant"))
+    result.notes += [BUILD_NOTE, f"spec: {SPEC.relative_to(EXAMPLES.parent)} (a `variables:` "
+                     "entry makes each new build a new build key)"]
+    return result
+
+
+def _target(metric: Metric) -> Check:
+    ratio = metric.ratio or 0.0
+    return Check(f"{metric.name} <= {TARGET_RATIO}x", ratio <= TARGET_RATIO,
+                 f"{ratio:.2f}x")
+
+
+def _fill(site: Path, shape: str, count: int) -> None:
+    """``count`` filler envs of one ready version (``shape`` "envs"), or ``count`` versions of
+    ``deep``, written as the registry writes them: one JSON record per version, ``current``."""
+    from hpcenv.site.config import load_site
+    from hpcenv.spec.cuda_target import NO_CUDA
+    from hpcenv.store import store_for
+    from hpcenv.store.layout import builds_dir
+    from hpcenv.store.registry import EnvRecord
+
+    store = store_for(load_site(site))
+    builds = builds_dir(store)
+    names = [f"filler-{i:05d}" for i in range(count)] if shape == "envs" else [DEEP]
+    versions = range(1, 2) if shape == "envs" else range(1, count + 1)
+    for name in names:
+        directory = store.registry_root / name
+        directory.mkdir(parents=True)
+        for version in versions:
+            key = secrets.token_hex(32)
+            record = EnvRecord(
+                name=name, version=version, key=key, spec={"name": name}, spec_hash=key,
+                lock_path=str(directory / f"{version}.lock.yml"),
+                prefix=str(builds / f"{name}-{version}-{key[:12]}"), cuda=NO_CUDA,
+                cuda_override=None, channels=["conda-forge"], platform="linux-64",
+                status="ready", creator="bench@login1", created="2026-12-01T00:00:00+00:00",
+                size_bytes=70_000_000, unique_bytes=1_000_000, file_count=1900, packages=40)
+            (directory / f"{version}.json").write_text(
+                json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n")
+        (directory / "current").write_text(f"{versions[-1]}\n")
+
+
+def _measure(site: Path, root: Path, shape: str) -> Figures:
+    hpcenv = [str(HPCENV), "--site", str(site)]
+    first_list = time_command([*hpcenv, "env", "list"], 1)[0]
+    specs = []
+    for i in range(NEW_BUILDS):
+        name = f"new-{i}" if shape == "envs" else DEEP
+        spec = root / f"new-{i}.yml"
+        spec.write_text(SPEC.read_text().replace("name: cpu-analysis", f"name: {name}")
+                        + f"variables:\n  BENCH_BUILD: \"{i}\"\n")
+        specs.append(spec)
+    builds, statuses = _builds(site, specs)
+    reuses, reuse_statuses = _builds(site, [specs[-1]] * REUSES)
+    history_name = DEEP if shape == "versions" else "new-0"
+    lists = time_command([*hpcenv, "env", "list"], READ_RUNS)
+    histories = time_command([*hpcenv, "env", "history", history_name], READ_RUNS)
+    return Figures(first_list, lists, histories, builds, reuses, statuses + reuse_statuses)
+
+
+def _builds(site: Path, specs: list[Path]) -> tuple[list[float], list[str]]:
+    seconds, statuses = [], []
+    for spec in specs:
+        start = time.perf_counter()
+        proc = subprocess.run(build_argv(site, spec), capture_output=True, text=True,
+                              check=False)
+        seconds.append(time.perf_counter() - start)
+        if proc.returncode != 0:
+            raise RuntimeError(f"env build {spec.name} exited {proc.returncode}: "
+                               f"{proc.stderr[-800:]}")
+        statuses.append(json.loads(proc.stdout)["status"])
+    return seconds, statuses
