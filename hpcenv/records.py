@@ -69,9 +69,9 @@ class _FieldPlan:
     name: str
     key: str
     codec: Codec | None
-    hint: Any
     init: bool
-    plain: bool          # no codec, and the JSON value is the value (str, int, bool, None)
+    plain: bool          # no codec, and the value is its own JSON (str, int, bool, None)
+    read: Callable[[Any], Any] | None   # JSON to value (no codec); None: the JSON is the value
 
 
 @functools.cache
@@ -79,8 +79,9 @@ def _plan(cls: type) -> tuple[_FieldPlan, ...]:
     """The JSON fields of record class ``cls`` (those not ``omit``-ted), in field order."""
     hints = typing.get_type_hints(cls)
     return tuple(_FieldPlan(f.name, f.metadata.get("json_key", f.name),
-                            f.metadata.get("json_codec"), hints[f.name], f.init,
-                            "json_codec" not in f.metadata and _is_plain(hints[f.name]))
+                            f.metadata.get("json_codec"), f.init,
+                            "json_codec" not in f.metadata and _is_plain(hints[f.name]),
+                            _reader(hints[f.name]))
                  for f in dataclasses.fields(cls) if f.metadata.get("json", True) is not False)
 
 
@@ -121,28 +122,28 @@ def from_json(cls: type[R], data: Mapping[str, Any]) -> R:
         if f.key not in data or not f.init:
             continue
         raw = data[f.key]
-        values[f.name] = (raw if f.plain else f.codec.decode(raw) if f.codec
-                          else _typed(f.hint, raw))
+        values[f.name] = (f.codec.decode(raw) if f.codec else raw if f.read is None
+                          else f.read(raw))
     return cls(**values)
 
 
-def _typed(hint: Any, raw: Any) -> Any:
-    """``raw`` JSON as the annotated type: tuples, paths and nested records; else unchanged."""
-    if raw is None:
-        return None
+def _reader(hint: Any) -> Callable[[Any], Any] | None:
+    """How JSON becomes a value of the annotated type: tuples, paths and nested records (null
+    stays None); None when the JSON is the value as it is."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _typed(options[0], raw) if len(options) == 1 else raw
-    if origin is tuple:
+        return _reader(options[0]) if len(options) == 1 else None
+    if origin in (tuple, list):
         args = typing.get_args(hint)
-        item = args[0] if args else Any
-        return tuple(_typed(item, v) for v in raw)
-    if origin is list:
-        args = typing.get_args(hint)
-        return [_typed(args[0], v) for v in raw] if args else list(raw)
+        item = _reader(args[0]) if args else None
+        make = tuple if origin is tuple else list
+        if item is None:
+            return lambda raw: None if raw is None else make(raw)
+        return lambda raw: None if raw is None else make(
+            None if v is None else item(v) for v in raw)
     if hint is Path:
-        return Path(raw)
-    if isinstance(hint, type) and issubclass(hint, JsonRecord) and isinstance(raw, Mapping):
-        return from_json(hint, raw)
-    return raw
+        return lambda raw: None if raw is None else Path(raw)
+    if isinstance(hint, type) and issubclass(hint, JsonRecord):
+        return lambda raw: from_json(hint, raw) if isinstance(raw, Mapping) else raw
+    return None

@@ -10,10 +10,10 @@ takes the key's :class:`~hpcenv.store.locking.BuildLock`; late arrivals wait (``
 ``wait`` :class:`BuildEvent` "waiting for USER@HOST pid N since T") and then find the ready
 build.  The lock holder:
 
-1. cleans its key's debris (a crashed builder of the key): prefixes without a completion
-   marker, marking their records ``failed``; a crashed builder's complete build (killed
-   between the marker and the registry update) is marked ``ready`` and reused.  Other keys'
-   debris is left to their builders and ``env gc``, so a build never reads the whole registry;
+1. cleans its env's debris: builds without a completion marker whose key lock nobody holds (a
+   crashed builder), marking their records ``failed``; a crashed builder's complete build
+   (killed between the marker and the registry update) is marked ``ready`` and reused.  Other
+   envs' debris is left to their builders and ``env gc``: a build never reads every record;
 2. allocates a version in the registry (record status ``building``);
 3. solves (or reads ``--from-lock``, converting an ``@EXPLICIT`` list to a lockfile first: the
    locked packages then say which CUDA the env needs),
@@ -77,7 +77,7 @@ from hpcenv.spec.cuda_target import CUDA_JSON, CUDA_OVERRIDE_JSON, NO_CUDA, Cuda
 from hpcenv.spec.environment import EnvSpec
 from hpcenv.store import store_for
 from hpcenv.store.activation import env_state_vars
-from hpcenv.store.debris import clean_key_debris, force_rmtree
+from hpcenv.store.debris import clean_name_debris, force_rmtree
 from hpcenv.store.layout import (
     MARKER,
     Store,
@@ -247,7 +247,7 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     with key_lock(store, plan.key, on_wait=on_wait) as lock:
         # Debris first: it also adopts a finished build whose builder died before marking it
         # ready, which the lookup below then reuses.
-        for path in clean_key_debris(store, plan.name, plan.key, registry=registry):
+        for path in clean_name_debris(store, plan.name, registry=registry, held_key=plan.key):
             report.warn(f"removed debris of a crashed build: {path}")
         found = registry.find_ready(plan.key, plan.name)
         if found is not None:

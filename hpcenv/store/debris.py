@@ -7,8 +7,8 @@ host and its pid is dead, or its holder's heartbeat stopped ``locks.stale_after`
 A build in progress on another login node is never debris: its builder keeps renewing its lease.
 A crashed builder's complete build (killed between the marker and the registry update) is
 adopted: marked ``ready``.  The builder cleans its own key's debris under that key's lock
-before building (:func:`clean_key_debris`: the name's index and one listing of the builds dir,
-never every record of the registry); ``env gc`` cleans everything (:func:`clean_debris`).
+before building (:func:`clean_name_debris`: its env's debris, through the name's index and one
+listing of the builds dir, never every record); ``env gc`` cleans everything (:func:`clean_debris`).
 """
 
 from __future__ import annotations
@@ -121,43 +121,50 @@ def _adopt(registry: Registry, record: EnvRecord) -> EnvRecord:
                                    packages=packages))
 
 
-def clean_key_debris(store: Store, name: str, key: str, *,
-                     registry: Registry | None = None) -> list[Path]:
-    """What crashed builders of ``key`` (an env ``name``'s build key) left, for a caller that
-    holds the key's lock (so every other builder of the key is gone): prefixes of the key
-    without completion marker are removed (a ``building`` record of one is marked ``failed``),
-    a ``building`` record whose prefix is complete is adopted (marked ``ready``), one without
-    a prefix is marked ``failed``.  Other keys' leftovers are their builders' and ``env gc``'s:
-    a build costs the same in a registry of 10 or 10,000 envs."""
+def clean_name_debris(store: Store, name: str, *, registry: Registry | None = None,
+                      held_key: str | None = None) -> list[Path]:
+    """:func:`clean_debris` for the builds of one env ``name`` (what its builder does under a
+    key lock, ``held_key``): found through the name's index and one listing of the builds
+    dir, never by reading every record of the registry, so a build costs the same in a
+    registry of 10 or 10,000 envs.  Other names' leftovers are their builders' and
+    ``env gc``'s."""
     registry = registry or store.registry()
     for place in (locks_dir(store), store.registry_root / name):
         clean_lock_debris(place, stale_after=store.locks.stale_after)
-    mine = {os.path.realpath(e.prefix): e.version for e in registry.entries(name)
-            if e.key == key}
-    # The builder names prefixes NAME-V-KEY12; one without a record (or whose record names
-    # another prefix) is found by that name.
-    named = re.compile(rf"{re.escape(name)}-\d+-{re.escape(key[:12])}")
-    removed = []
+    entries = {Path(e.prefix).name: e for e in registry.entries(name)}
+
+    def dead_builder(version: int) -> EnvRecord | None:
+        """The record of ``version`` if it is ``building`` and its builder is gone."""
+        record = registry.get(name, version)
+        if record.status != "building" or builder_alive(store, record, held_key):
+            return None
+        return record
+
+    # A builder killed between its completion marker and marking the record ready left a
+    # verified build: adopt it rather than leave a "building" ghost that gc must keep forever.
+    for entry in entries.values():
+        if entry.status == "building" and is_complete(entry.prefix):
+            if (record := dead_builder(entry.version)) is not None:
+                _adopt(registry, record)
+    # The builder names prefixes NAME-V-KEY12.
+    named = re.compile(rf"{re.escape(name)}-\d+-[0-9a-f]{{12}}")
     builds = builds_dir(store)
-    listing = sorted(builds.iterdir()) if builds.is_dir() else []
-    for path in listing:
-        version = mine.get(os.path.realpath(path))
-        if version is None and not named.fullmatch(path.name):
+    removed = []
+    for path in sorted(builds.iterdir()) if builds.is_dir() else ():
+        if not named.fullmatch(path.name) or is_complete(path):
             continue
-        if is_complete(path):
-            continue
-        if version is not None and registry.get(name, version).status == "building":
-            registry.set_status(name, version, "failed")
+        entry = entries.get(path.name)
+        if entry is not None and entry.status == "building":
+            if dead_builder(entry.version) is None:
+                continue   # a live builder's prefix
+            registry.set_status(name, entry.version, "failed")
         force_rmtree(path)
         removed.append(path)
-    for version in mine.values():
-        record = registry.get(name, version)
-        if record.status != "building":
-            continue
-        if is_complete(record.prefix):
-            _adopt(registry, record)
-        elif not os.path.lexists(record.prefix):
-            registry.set_status(name, version, "failed")
+    # A builder killed between allocating its version and creating its prefix left only a record.
+    for entry in entries.values():
+        if entry.status == "building" and not os.path.lexists(entry.prefix):
+            if dead_builder(entry.version) is not None:
+                registry.set_status(name, entry.version, "failed")
     return removed
 
 

@@ -47,7 +47,12 @@ from hpcenv.store.locking import (
     BuildLock,
     LockMethod,
 )
-from hpcenv.store.registry_index import EnvSummary, RegistryIndex, VersionEntry
+from hpcenv.store.registry_index import (
+    SUMMARY_COLUMNS,
+    EnvSummary,
+    RegistryIndex,
+    VersionEntry,
+)
 
 __all__ = ["STATUSES", "EnvRecord", "EnvSummary", "HistoryEntry", "Registry", "Status",
            "VersionEntry"]
@@ -210,25 +215,41 @@ class Registry:
         """Every environment with its current version, by name: the names with at least one
         ``ready`` version (a name whose builds all failed, or were all removed, is history
         only; see :meth:`unfinished`)."""
-        return [e.summary for e in self.index.list_entries() if e.summary is not None]
+        return [EnvSummary.from_dict(row) for row in self.listing()[0]]
 
     def unfinished(self) -> dict[str, list[VersionEntry]]:
         """Names with no ``ready`` version but some ``failed`` or ``building`` ones (a build
         failed, was interrupted, or is under way), with those versions."""
-        return {e.name: list(e.pending) for e in self.index.list_entries()
-                if e.summary is None and e.pending}
+        return self.listing()[1]
+
+    def listing(self) -> tuple[list[dict[str, Any]], dict[str, list[VersionEntry]]]:
+        """What ``env list`` shows, in one pass over the index: :meth:`summaries` as JSON
+        (``EnvSummary.to_dict()``, as the index keeps them) and :meth:`unfinished`."""
+        lines = self.index.list_lines()
+        return ([dict(zip(SUMMARY_COLUMNS, summary))
+                 for _stamp, _settled, summary, _pending in lines.values() if summary],
+                {name: [VersionEntry.from_dict(p) for p in pending]
+                 for name, (_stamp, _settled, summary, pending) in lines.items()
+                 if summary is None and pending})
 
     def history(self, name: EnvName | str) -> list[HistoryEntry]:
         """Every version of ``name``, oldest first; NotFound when it has none."""
-        index = self.index.name_index(EnvName.of(name))
-        if not index.versions:
+        return [HistoryEntry.from_dict(row) for row in self.history_rows(name)]
+
+    def history_rows(self, name: EnvName | str) -> list[dict[str, Any]]:
+        """:meth:`history` as JSON (``HistoryEntry.to_dict()``), made straight from the index:
+        what ``env history`` prints."""
+        name = EnvName.of(name)
+        _, versions = self.index.version_rows(name)
+        if not versions:
             raise NotFound(f"no environment {name!r} in the registry {self.root}; "
                            "see 'hpcenv env list'")
         current = self.current_version(name)
-        return [HistoryEntry(version=e.version, current=e.version == current, status=e.status,
-                             cuda=e.cuda, key=e.key, created=e.created, creator=e.creator,
-                             packages=e.packages, prefix=e.prefix, lock=e.lock,
-                             from_lock=e.from_lock) for e in index.versions]
+        return [{"version": v["version"], "current": v["version"] == current,
+                 "status": v["status"], "cuda": v["cuda"], "key": v["key"],
+                 "created": v["created"], "creator": v["creator"], "packages": v["packages"],
+                 "prefix": v["prefix"], "lock": v["lock"], "from_lock": v["from_lock"]}
+                for v in versions]
 
     def find_ready(self, key: str, name: EnvName | str | None = None) -> EnvRecord | None:
         """The newest ``ready`` record built with ``key`` (only under ``name`` when given, as

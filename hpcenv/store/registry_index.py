@@ -37,9 +37,9 @@ import os
 import secrets
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
 from hpcenv.records import JsonRecord
@@ -112,24 +112,21 @@ class EnvSummary(JsonRecord):
 
 
 @dataclass(frozen=True)
-class ListEntry(JsonRecord):
-    """What ``env list`` shows of one name, as of ROOT/NAME's mtime ``stamp``: its summary (None:
-    no ready version) and, for a name without a ready version, its failed and building ones."""
-
-    name: str
-    stamp: int
-    settled: bool
-    summary: EnvSummary | None
-    pending: tuple[VersionEntry, ...] = ()
-
-
-@dataclass(frozen=True)
 class ListIndex(JsonRecord):
-    entries: tuple[ListEntry, ...]
+    """``list.json``: per name directory, what ``env list`` shows of it, as of the directory's
+    mtime: ``[stamp, settled, summary, pending]``, where ``summary`` is the values of
+    ``EnvSummary.to_dict()`` in ``columns`` order (null: no ready version), and ``pending`` the
+    failed and building versions of a name without a ready one (``VersionEntry.to_dict()``).
+    Kept as plain JSON rows: ``env list`` prints them as they are, and 10,000 records made
+    only to be turned back into JSON would cost more than the rest of the command."""
+
+    columns: list[str]
+    names: dict[str, list[Any]]
     format: int = FORMAT
 
 
-_Index = TypeVar("_Index", NameIndex, ListIndex)
+# The keys of EnvSummary.to_dict(), in its order: a list.json of other columns is rebuilt.
+SUMMARY_COLUMNS = [f.name for f in fields(EnvSummary)] + list(EnvSummary.JSON_PROPERTIES)
 
 
 class RegistryIndex:
@@ -148,13 +145,40 @@ class RegistryIndex:
 
     def name_index(self, name: EnvName) -> NameIndex:
         """``name``'s versions, from the index when ROOT/NAME has not changed since."""
+        data = self._valid_name_data(name)
+        return NameIndex.from_dict(data) if data is not None else self._refresh(name)
+
+    def version_rows(self, name: EnvName) -> tuple[int | None, list[dict[str, Any]]]:
+        """``name``'s current version and its versions as JSON (``VersionEntry.to_dict()``),
+        oldest first: :meth:`name_index` for a caller that prints them (``env history``)."""
+        data = self._valid_name_data(name)
+        if data is not None:
+            return data["current"], data["versions"]
+        index = self._refresh(name)
+        return index.current, [e.to_dict() for e in index.versions]
+
+    def _valid_name_data(self, name: EnvName) -> dict[str, Any] | None:
+        """The JSON of ``name``'s index when it may be used: settled, and ROOT/NAME's mtime
+        is the one it was made at."""
         try:
             stamp = os.stat(self.root / name).st_mtime_ns
         except FileNotFoundError:
+            return None
+        data = self._load_json(self._name_path(name))
+        if (data is None or data.get("settled") is not True or data.get("stamp") != stamp
+                or not isinstance(data.get("versions"), list)):
+            return None
+        return data
+
+    def _refresh(self, name: EnvName) -> NameIndex:
+        """Read ROOT/NAME again (what changed of it) and save the result."""
+        if not (self.root / name).is_dir():
             return NameIndex(name, 0, False, None, ())
-        cached = self._load(self._name_path(name), NameIndex)
-        if cached is not None and cached.settled and cached.stamp == stamp:
-            return cached
+        data = self._load_json(self._name_path(name))
+        try:
+            cached = NameIndex.from_dict(data) if data is not None else None
+        except (TypeError, ValueError, AttributeError, KeyError):
+            cached = None
         index = self._read_name(name, cached)
         if index != cached:
             self._save(self._name_path(name), index)
@@ -191,30 +215,40 @@ class RegistryIndex:
 
     # --- every name -----------------------------------------------------------------------
 
-    def list_entries(self) -> list[ListEntry]:
-        """One entry per name directory, by name: from ``list.json`` for the names whose
-        directory has not changed since, re-read for the others."""
-        cached = self._load(self._list_path(), ListIndex)
-        known = {e.name: e for e in cached.entries} if cached is not None else {}
-        out, changed = [], cached is None
+    def list_lines(self) -> dict[str, list[Any]]:
+        """Per name directory, by name, its ``list.json`` line (see :class:`ListIndex`): kept
+        for the names whose directory has not changed since, made anew for the others."""
+        data = self._load_json(self._list_path())
+        known = data.get("names") if data is not None else None
+        changed = not isinstance(known, dict) or data.get("columns") != SUMMARY_COLUMNS
+        if changed:
+            known = {}
+        out: dict[str, list[Any]] = {}
         try:
-            with os.scandir(self.root) as listing:
-                names = sorted(d.name for d in listing
-                               if d.is_dir() and EnvName.is_valid(d.name))
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
-            return []
-        for text in names:
-            entry = known.get(text)
-            try:
-                stamp = os.stat(self.root / text).st_mtime_ns
-            except FileNotFoundError:
-                continue
-            if entry is None or not entry.settled or entry.stamp != stamp:
-                entry = _list_entry(self.name_index(EnvName.parse(text)))
-                changed = True
-            out.append(entry)
+            return {}
+        try:
+            with os.scandir(root) as listing:
+                # A name in list.json was checked when it was added.
+                names = sorted(d.name for d in listing if d.is_dir()
+                               and (d.name in known or EnvName.is_valid(d.name)))
+            for text in names:
+                line = known.get(text)
+                try:
+                    # Relative to the open root: one lookup per name, not one per component.
+                    stamp = os.stat(text, dir_fd=root).st_mtime_ns
+                except FileNotFoundError:
+                    continue
+                if not (isinstance(line, list) and len(line) == 4 and line[0] == stamp
+                        and line[1] is True):
+                    line = _list_line(self.name_index(EnvName.parse(text)))
+                    changed = True
+                out[text] = line
+        finally:
+            os.close(root)
         if changed or len(out) != len(known):
-            self._save(self._list_path(), ListIndex(tuple(out)))
+            self._save(self._list_path(), ListIndex(SUMMARY_COLUMNS, out))
         return out
 
     # --- files ----------------------------------------------------------------------------
@@ -225,14 +259,14 @@ class RegistryIndex:
     def _list_path(self) -> Path:
         return self.root / INDEX_DIR / "list.json"
 
-    def _load(self, path: Path, kind: type[_Index]) -> _Index | None:
+    @staticmethod
+    def _load_json(path: Path) -> dict[str, Any] | None:
+        """An index file's JSON; None when missing, torn or of another format (rebuilt)."""
         try:
             data = json.loads(path.read_text())
-            if data.get("format") != FORMAT:
-                return None
-            return kind.from_dict(data)
-        except (OSError, ValueError, TypeError, AttributeError, KeyError):
-            return None   # missing, torn or from another version: rebuilt
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
     def _save(self, path: Path, index: NameIndex | ListIndex) -> None:
         """Write an index file; a reader who may not (permissions, read-only mount) just goes
@@ -269,13 +303,13 @@ def _current_version(directory: Path) -> int | None:
         return None   # a broken ``current`` is reported by Registry.current_version
 
 
-def _list_entry(index: NameIndex) -> ListEntry:
-    """The ``env list`` entry of a name: the names with at least one ``ready`` version are
+def _list_line(index: NameIndex) -> list[Any]:
+    """The ``list.json`` line of a name: the names with at least one ``ready`` version are
     environments; a name whose builds all failed, or were all removed, is history only."""
     ready = [e for e in index.versions if e.status == "ready"]
     if not ready:
-        pending = tuple(e for e in index.versions if e.status in ("failed", "building"))
-        return ListEntry(index.name, index.stamp, index.settled, None, pending)
+        pending = [e.to_dict() for e in index.versions if e.status in ("failed", "building")]
+        return [index.stamp, index.settled, None, pending]
     current = next((e for e in index.versions if e.version == index.current), None)
     summary = EnvSummary(
         name=index.name, current=index.current, versions=len(ready),
@@ -285,5 +319,5 @@ def _list_entry(index: NameIndex) -> ListEntry:
         creator=current.creator if current else None,
         packages=current.packages if current else None,
         size_bytes=current.size_bytes if current else None,
-        unique_bytes=current.unique_bytes if current else None)
-    return ListEntry(index.name, index.stamp, index.settled, summary)
+        unique_bytes=current.unique_bytes if current else None).to_dict()
+    return [index.stamp, index.settled, [summary[c] for c in SUMMARY_COLUMNS], []]
