@@ -209,7 +209,8 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     store = store_for(site)
     registry = store.registry()
     check_link_is_ours(store, plan.name)
-    owner = env_owner(registry.entries(plan.name))
+    first = registry.first_entry(plan.name)
+    owner = env_owner([first] if first is not None else [])
     if make_current and not Actor.current(store.admins).may_change(owner):
         make_current = False
         report.warn(f"{plan.name} belongs to {owner}: this build will not become its current "

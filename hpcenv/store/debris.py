@@ -131,7 +131,7 @@ def clean_name_debris(store: Store, name: str, *, registry: Registry | None = No
     registry = registry or store.registry()
     for place in (locks_dir(store), store.registry_root / name):
         clean_lock_debris(place, stale_after=store.locks.stale_after)
-    entries = {Path(e.prefix).name: e for e in registry.entries(name)}
+    entries = {os.path.basename(e.prefix): e for e in registry.entries(name)}
 
     def dead_builder(version: int) -> EnvRecord | None:
         """The record of ``version`` if it is ``building`` and its builder is gone."""

@@ -32,7 +32,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,6 +116,9 @@ class HistoryEntry(JsonRecord):
     prefix: str
     lock: str
     from_lock: str | None
+
+
+HISTORY_FIELDS = [f.name for f in fields(HistoryEntry)]
 
 
 class Registry:
@@ -209,7 +212,7 @@ class Registry:
     def entries(self, name: EnvName | str) -> list[VersionEntry]:
         """What the index keeps of every record of ``name``, oldest first: the listing fields,
         without reading each record file (see :mod:`hpcenv.store.registry_index`)."""
-        return list(self.index.name_index(EnvName.of(name)).versions)
+        return self.index.name_index(EnvName.of(name)).entries()
 
     def summaries(self) -> list[EnvSummary]:
         """Every environment with its current version, by name: the names with at least one
@@ -240,16 +243,21 @@ class Registry:
         """:meth:`history` as JSON (``HistoryEntry.to_dict()``), made straight from the index:
         what ``env history`` prints."""
         name = EnvName.of(name)
-        _, versions = self.index.version_rows(name)
-        if not versions:
+        index = self.index.name_index(name)
+        if not index.versions:
             raise NotFound(f"no environment {name!r} in the registry {self.root}; "
                            "see 'hpcenv env list'")
         current = self.current_version(name)
-        return [{"version": v["version"], "current": v["version"] == current,
-                 "status": v["status"], "cuda": v["cuda"], "key": v["key"],
-                 "created": v["created"], "creator": v["creator"], "packages": v["packages"],
-                 "prefix": v["prefix"], "lock": v["lock"], "from_lock": v["from_lock"]}
-                for v in versions]
+        # HistoryEntry's fields but "current" are VersionEntry's (its "lock" included).
+        version = index.columns.index("version")
+        columns = [(f, index.columns.index(f if f != "current" else "version"))
+                   for f in HISTORY_FIELDS]
+        return [{f: row[i] if f != "current" else row[version] == current
+                 for f, i in columns} for row in index.versions]
+
+    def first_entry(self, name: EnvName | str) -> VersionEntry | None:
+        """The index entry of ``name``'s oldest version (its builder owns the env)."""
+        return self.index.name_index(EnvName.of(name)).first()
 
     def find_ready(self, key: str, name: EnvName | str | None = None) -> EnvRecord | None:
         """The newest ``ready`` record built with ``key`` (only under ``name`` when given, as
@@ -257,12 +265,11 @@ class Registry:
         which has the last word."""
         found = []
         for each in [EnvName.of(name)] if name is not None else self.names():
-            for entry in reversed(self.entries(each)):
-                if entry.key == key and entry.status == "ready":
-                    record = self._load(self._record_path(each, entry.version))
-                    if record is not None and record.key == key and record.status == "ready":
-                        found.append(record)
-                        break
+            for version in self.index.name_index(each).newest(key, "ready"):
+                record = self._load(self._record_path(each, version))
+                if record is not None and record.key == key and record.status == "ready":
+                    found.append(record)
+                    break
         return max(found, key=lambda r: r.version) if found else None
 
     def records(self) -> Iterator[EnvRecord]:

@@ -73,16 +73,42 @@ class VersionEntry(JsonRecord):
     signature: str = ""
 
 
+# The values of a VersionEntry, in this order, are a row of a NameIndex.
+ENTRY_COLUMNS = [f.name for f in fields(VersionEntry)]
+_VERSION, _STATUS, _KEY, _SIGNATURE = (ENTRY_COLUMNS.index(c)
+                                       for c in ("version", "status", "key", "signature"))
+
+
 @dataclass(frozen=True)
 class NameIndex(JsonRecord):
-    """One name's versions, oldest first, as of ROOT/NAME's mtime ``stamp``."""
+    """``names/NAME.json``: one name's versions, oldest first, as of ROOT/NAME's mtime
+    ``stamp``; each a row of :class:`VersionEntry` values in ``columns`` order.  Rows, not
+    objects: a reader of 10,000 versions parses a fifth of the JSON, and makes objects only
+    of the rows it uses."""
 
     name: str
     stamp: int
     settled: bool
     current: int | None
-    versions: tuple[VersionEntry, ...]
+    columns: list[str]
+    versions: list[Any]      # rows (lists), ordered by version
+
     format: int = FORMAT
+
+    def entries(self) -> list[VersionEntry]:
+        return [VersionEntry(*row) for row in self.versions]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The versions as ``VersionEntry.to_dict()`` gives them."""
+        return [dict(zip(self.columns, row)) for row in self.versions]
+
+    def first(self) -> VersionEntry | None:
+        return VersionEntry(*self.versions[0]) if self.versions else None
+
+    def newest(self, key: str, status: str) -> list[int]:
+        """Versions built with ``key`` in ``status``, newest first."""
+        return [row[_VERSION] for row in reversed(self.versions)
+                if row[_KEY] == key and row[_STATUS] == status]
 
 
 @dataclass(frozen=True)
@@ -144,74 +170,71 @@ class RegistryIndex:
     # --- one name -------------------------------------------------------------------------
 
     def name_index(self, name: EnvName) -> NameIndex:
-        """``name``'s versions, from the index when ROOT/NAME has not changed since."""
-        data = self._valid_name_data(name)
-        return NameIndex.from_dict(data) if data is not None else self._refresh(name)
-
-    def version_rows(self, name: EnvName) -> tuple[int | None, list[dict[str, Any]]]:
-        """``name``'s current version and its versions as JSON (``VersionEntry.to_dict()``),
-        oldest first: :meth:`name_index` for a caller that prints them (``env history``)."""
-        data = self._valid_name_data(name)
-        if data is not None:
-            return data["current"], data["versions"]
-        index = self._refresh(name)
-        return index.current, [e.to_dict() for e in index.versions]
-
-    def _valid_name_data(self, name: EnvName) -> dict[str, Any] | None:
-        """The JSON of ``name``'s index when it may be used: settled, and ROOT/NAME's mtime
-        is the one it was made at."""
+        """``name``'s versions: from the index while ROOT/NAME has not changed since, else
+        read again (only the record files that changed) and saved."""
         try:
             stamp = os.stat(self.root / name).st_mtime_ns
-        except FileNotFoundError:
-            return None
-        data = self._load_json(self._name_path(name))
-        if (data is None or data.get("settled") is not True or data.get("stamp") != stamp
-                or not isinstance(data.get("versions"), list)):
-            return None
-        return data
-
-    def _refresh(self, name: EnvName) -> NameIndex:
-        """Read ROOT/NAME again (what changed of it) and save the result."""
-        if not (self.root / name).is_dir():
-            return NameIndex(name, 0, False, None, ())
-        data = self._load_json(self._name_path(name))
-        try:
-            cached = NameIndex.from_dict(data) if data is not None else None
-        except (TypeError, ValueError, AttributeError, KeyError):
-            cached = None
+        except (FileNotFoundError, NotADirectoryError):
+            return NameIndex(name, 0, False, None, ENTRY_COLUMNS, [])
+        cached = self._load_name(name)
+        if cached is not None and cached.settled and cached.stamp == stamp:
+            return cached
         index = self._read_name(name, cached)
-        if index != cached:
+        # An index as unsettled as the one there, with the same rows, helps nobody: not saved.
+        if cached is None or index.settled or (index.current, index.versions) != (
+                cached.current, cached.versions):
             self._save(self._name_path(name), index)
         return index
 
+    def _load_name(self, name: EnvName) -> NameIndex | None:
+        data = self._load_json(self._name_path(name))
+        if data is None or data.get("columns") != ENTRY_COLUMNS:
+            return None
+        try:
+            index = NameIndex.from_dict(data)
+        except (TypeError, ValueError):
+            return None
+        width = len(ENTRY_COLUMNS)
+        if not (isinstance(index.stamp, int) and isinstance(index.current, int | None)
+                and isinstance(index.versions, list)
+                and all(isinstance(row, list) and len(row) == width and
+                        isinstance(row[_VERSION], int) for row in index.versions)):
+            return None   # damaged: read every record
+        return index
+
     def _read_name(self, name: EnvName, cached: NameIndex | None) -> NameIndex:
-        """Read ROOT/NAME again, reusing ``cached`` entries whose record file is unchanged."""
+        """Read ROOT/NAME again, reusing ``cached`` rows whose record file is unchanged."""
         directory = self.root / name
         now = self._filesystem_now()   # before the stat below: see the module doc
         stamp = os.stat(directory).st_mtime_ns
-        known = {e.version: e for e in cached.versions} if cached is not None else {}
-        entries = []
-        with os.scandir(directory) as listing:
-            files = [(d.name, d.path) for d in listing
-                     if d.name.endswith(".json") and d.name[:-5].isdigit()]
-        for filename, path in files:
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            settled = now is not None and st.st_mtime_ns < now - SETTLE_NS
-            signature = (f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-                         if settled else "")
-            entry = known.get(int(filename[:-5]))
-            if entry is None or not signature or entry.signature != signature:
-                # The stat came first: a record replaced meanwhile is read newer than its
-                # signature says, so the next reader reads it again rather than trust it.
-                entry = self.read_entry(Path(path), signature)
-            if entry is not None:
-                entries.append(entry)
-        entries.sort(key=lambda e: e.version)
+        known = {row[_VERSION]: row for row in cached.versions} if cached is not None else {}
+        rows = []
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with os.scandir(fd) as listing:
+                files = [d.name for d in listing
+                         if d.name.endswith(".json") and d.name[:-5].isdigit()]
+            for filename in files:
+                try:
+                    st = os.stat(filename, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                settled = now is not None and st.st_mtime_ns < now - SETTLE_NS
+                signature = (f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+                             if settled else "")
+                row = known.get(int(filename[:-5]))
+                if row is None or not signature or row[_SIGNATURE] != signature:
+                    # The stat came first: a record replaced meanwhile is read newer than its
+                    # signature says, so the next reader reads it again rather than trust it.
+                    entry = self.read_entry(directory / filename, signature)
+                    row = None if entry is None else [getattr(entry, c) for c in ENTRY_COLUMNS]
+                if row is not None:
+                    rows.append(row)
+        finally:
+            os.close(fd)
+        rows.sort(key=lambda row: row[_VERSION])
         return NameIndex(name, stamp, now is not None and stamp < now - SETTLE_NS,
-                         _current_version(directory), tuple(entries))
+                         _current_version(directory), ENTRY_COLUMNS, rows)
 
     # --- every name -----------------------------------------------------------------------
 
@@ -241,7 +264,7 @@ class RegistryIndex:
                 except FileNotFoundError:
                     continue
                 if not (isinstance(line, list) and len(line) == 4 and line[0] == stamp
-                        and line[1] is True):
+                        and line[1] is True and _well_formed(line)):
                     line = _list_line(self.name_index(EnvName.parse(text)))
                     changed = True
                 out[text] = line
@@ -303,16 +326,29 @@ def _current_version(directory: Path) -> int | None:
         return None   # a broken ``current`` is reported by Registry.current_version
 
 
+_ENTRY_KEYS = {f.name for f in fields(VersionEntry)}
+
+
+def _well_formed(line: list[Any]) -> bool:
+    """Whether a ``list.json`` line has the shape :func:`_list_line` gives it."""
+    _stamp, _settled, summary, pending = line
+    return (summary is None or isinstance(summary, list) and len(summary) == len(SUMMARY_COLUMNS)
+            ) and isinstance(pending, list) and all(
+        isinstance(p, dict) and _ENTRY_KEYS <= p.keys() for p in pending)
+
+
 def _list_line(index: NameIndex) -> list[Any]:
     """The ``list.json`` line of a name: the names with at least one ``ready`` version are
     environments; a name whose builds all failed, or were all removed, is history only."""
-    ready = [e for e in index.versions if e.status == "ready"]
+    ready = sum(1 for row in index.versions if row[_STATUS] == "ready")
     if not ready:
-        pending = [e.to_dict() for e in index.versions if e.status in ("failed", "building")]
+        pending = [dict(zip(ENTRY_COLUMNS, row)) for row in index.versions
+                   if row[_STATUS] in ("failed", "building")]
         return [index.stamp, index.settled, None, pending]
-    current = next((e for e in index.versions if e.version == index.current), None)
+    current = next((VersionEntry(*row) for row in index.versions
+                    if row[_VERSION] == index.current), None)
     summary = EnvSummary(
-        name=index.name, current=index.current, versions=len(ready),
+        name=index.name, current=index.current, versions=ready,
         cuda=current.cuda if current else None,
         prefix=current.prefix if current else None,
         created=current.created if current else None,
