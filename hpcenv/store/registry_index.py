@@ -166,6 +166,9 @@ class RegistryIndex:
         self.file_mode = file_mode
         self.dir_mode = dir_mode
         self.group = group
+        # Settled name indexes this object read or made: valid while their stamp is, like the
+        # files, and not parsed again (a build looks a name up several times).
+        self._settled: dict[str, NameIndex] = {}
 
     # --- one name -------------------------------------------------------------------------
 
@@ -176,10 +179,16 @@ class RegistryIndex:
             stamp = os.stat(self.root / name).st_mtime_ns
         except (FileNotFoundError, NotADirectoryError):
             return NameIndex(name, 0, False, None, ENTRY_COLUMNS, [])
+        held = self._settled.get(name)
+        if held is not None and held.stamp == stamp:
+            return held
         cached = self._load_name(name)
         if cached is not None and cached.settled and cached.stamp == stamp:
+            self._settled[name] = cached
             return cached
         index = self._read_name(name, cached)
+        if index.settled:
+            self._settled[name] = index
         # An index as unsettled as the one there, with the same rows, helps nobody: not saved.
         if cached is None or index.settled or (index.current, index.versions) != (
                 cached.current, cached.versions):
