@@ -172,9 +172,12 @@ class RegistryIndex:
 
     # --- one name -------------------------------------------------------------------------
 
-    def name_index(self, name: EnvName) -> NameIndex:
+    def name_index(self, name: EnvName, *, clock: Callable[[], int | None] | None = None
+                   ) -> NameIndex:
         """``name``'s versions: from the index while ROOT/NAME has not changed since, else
-        read again (only the record files that changed) and saved."""
+        read again (only the record files that changed) and saved.  ``clock``: the
+        filesystem's time to judge that by, if the caller read it already (any time before
+        this call will do: an earlier "now" only settles fewer entries)."""
         try:
             stamp = os.stat(self.root / name).st_mtime_ns
         except (FileNotFoundError, NotADirectoryError):
@@ -186,7 +189,7 @@ class RegistryIndex:
         if cached is not None and cached.settled and cached.stamp == stamp:
             self._settled[name] = cached
             return cached
-        index = self._read_name(name, cached)
+        index = self._read_name(name, cached, (clock or self._filesystem_now)())
         if index.settled:
             self._settled[name] = index
         # An index as unsettled as the one there, with the same rows, helps nobody: not saved.
@@ -211,10 +214,11 @@ class RegistryIndex:
             return None   # damaged: read every record
         return index
 
-    def _read_name(self, name: EnvName, cached: NameIndex | None) -> NameIndex:
-        """Read ROOT/NAME again, reusing ``cached`` rows whose record file is unchanged."""
+    def _read_name(self, name: EnvName, cached: NameIndex | None, now: int | None
+                   ) -> NameIndex:
+        """Read ROOT/NAME again, reusing ``cached`` rows whose record file is unchanged;
+        ``now``: the filesystem's clock read before (see the module doc)."""
         directory = self.root / name
-        now = self._filesystem_now()   # before the stat below: see the module doc
         stamp = os.stat(directory).st_mtime_ns
         known = {row[_VERSION]: row for row in cached.versions} if cached is not None else {}
         rows = []
@@ -256,6 +260,14 @@ class RegistryIndex:
         if changed:
             known = {}
         out: dict[str, list[Any]] = {}
+        clock: list[int | None] = []
+
+        def now() -> int | None:
+            """The filesystem's clock, read once for all the names this listing re-reads."""
+            if not clock:
+                clock.append(self._filesystem_now())
+            return clock[0]
+
         try:
             root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
@@ -274,7 +286,7 @@ class RegistryIndex:
                     continue
                 if not (isinstance(line, list) and len(line) == 4 and line[0] == stamp
                         and line[1] is True and _well_formed(line)):
-                    line = _list_line(self.name_index(EnvName.parse(text)))
+                    line = _list_line(self.name_index(EnvName.parse(text), clock=now))
                     changed = True
                 out[text] = line
         finally:
