@@ -37,12 +37,12 @@ import os
 import secrets
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
-from hpcenv.records import JsonRecord
+from hpcenv.records import Codec, JsonRecord, json_meta
 from hpcenv.spec.names import EnvName
 
 # How old a directory's (or record's) mtime must be, by the filesystem's clock, for a change in
@@ -91,7 +91,8 @@ class NameIndex(JsonRecord):
     settled: bool
     current: int | None
     columns: list[str]
-    versions: list[Any]      # rows (lists), ordered by version
+    # Rows (lists of JSON values), ordered by version: written and read as they are.
+    versions: list[Any] = field(metadata=json_meta(codec=Codec(encode=list, decode=list)))
 
     format: int = FORMAT
 
@@ -172,12 +173,12 @@ class RegistryIndex:
 
     # --- one name -------------------------------------------------------------------------
 
-    def name_index(self, name: EnvName, *, clock: Callable[[], int | None] | None = None
-                   ) -> NameIndex:
+    def name_index(self, name: EnvName, *, clock: Callable[[], int | None] | None = None,
+                   keep: bool = True) -> NameIndex:
         """``name``'s versions: from the index while ROOT/NAME has not changed since, else
-        read again (only the record files that changed) and saved.  ``clock``: the
-        filesystem's time to judge that by, if the caller read it already (any time before
-        this call will do: an earlier "now" only settles fewer entries)."""
+        read again (only the record files that changed) and, with ``keep``, saved.
+        ``clock``: the filesystem's time to judge that by, if the caller read it already (any
+        time before this call will do: an earlier "now" only settles fewer entries)."""
         try:
             stamp = os.stat(self.root / name).st_mtime_ns
         except (FileNotFoundError, NotADirectoryError):
@@ -193,8 +194,8 @@ class RegistryIndex:
         if index.settled:
             self._settled[name] = index
         # An index as unsettled as the one there, with the same rows, helps nobody: not saved.
-        if cached is None or index.settled or (index.current, index.versions) != (
-                cached.current, cached.versions):
+        if keep and (cached is None or index.settled or (index.current, index.versions) != (
+                cached.current, cached.versions)):
             self._save(self._name_path(name), index)
         return index
 
@@ -286,7 +287,10 @@ class RegistryIndex:
                     continue
                 if not (isinstance(line, list) and len(line) == 4 and line[0] == stamp
                         and line[1] is True and _well_formed(line)):
-                    line = _list_line(self.name_index(EnvName.parse(text), clock=now))
+                    # Not kept per name: a first listing of 10,000 envs would write 10,000
+                    # files; env history and the builder keep the names they use.
+                    line = _list_line(self.name_index(EnvName.parse(text), clock=now,
+                                                      keep=False))
                     changed = True
                 out[text] = line
         finally:
