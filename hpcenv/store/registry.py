@@ -52,6 +52,7 @@ from hpcenv.store.registry_index import (
     EnvSummary,
     RegistryIndex,
     VersionEntry,
+    gc_paused,
 )
 
 __all__ = ["STATUSES", "EnvRecord", "EnvSummary", "HistoryEntry", "Registry", "Status",
@@ -229,8 +230,10 @@ class Registry:
         """What ``env list`` shows, in one pass over the index: :meth:`summaries` as JSON
         (``EnvSummary.to_dict()``, as the index keeps them) and :meth:`unfinished`."""
         lines = self.index.list_lines()
-        return ([dict(zip(SUMMARY_COLUMNS, summary))
-                 for _stamp, _settled, summary, _pending in lines.values() if summary],
+        with gc_paused():
+            rows = [dict(zip(SUMMARY_COLUMNS, summary))
+                    for _stamp, _settled, summary, _pending in lines.values() if summary]
+        return (rows,
                 {name: [VersionEntry.from_dict(p) for p in pending]
                  for name, (_stamp, _settled, summary, pending) in lines.items()
                  if summary is None and pending})
@@ -252,8 +255,9 @@ class Registry:
         version = index.columns.index("version")
         columns = [(f, index.columns.index(f if f != "current" else "version"))
                    for f in HISTORY_FIELDS]
-        return [{f: row[i] if f != "current" else row[version] == current
-                 for f, i in columns} for row in index.versions]
+        with gc_paused():
+            return [{f: row[i] if f != "current" else row[version] == current
+                     for f, i in columns} for row in index.versions]
 
     def first_entry(self, name: EnvName | str) -> VersionEntry | None:
         """The index entry of ``name``'s oldest version (its builder owns the env)."""

@@ -32,11 +32,13 @@ without an index.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -311,7 +313,9 @@ class RegistryIndex:
     def _load_json(path: Path) -> dict[str, Any] | None:
         """An index file's JSON; None when missing, torn or of another format (rebuilt)."""
         try:
-            data = json.loads(path.read_text())
+            text = path.read_text()
+            with gc_paused():
+                data = json.loads(text)
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) and data.get("format") == FORMAT else None
@@ -342,6 +346,20 @@ class RegistryIndex:
         finally:
             os.close(fd)
             os.unlink(probe)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while thousands of index rows become objects:
+    they hold no cycles, and every collection on the way would walk all objects made so far
+    (a third of the time of parsing a 10,000-env list.json)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _current_version(directory: Path) -> int | None:
