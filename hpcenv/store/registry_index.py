@@ -35,7 +35,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -100,10 +99,6 @@ class NameIndex(JsonRecord):
 
     def entries(self) -> list[VersionEntry]:
         return [VersionEntry(*row) for row in self.versions]
-
-    def rows(self) -> list[dict[str, Any]]:
-        """The versions as ``VersionEntry.to_dict()`` gives them."""
-        return [dict(zip(self.columns, row)) for row in self.versions]
 
     def first(self) -> VersionEntry | None:
         return VersionEntry(*self.versions[0]) if self.versions else None
@@ -338,7 +333,7 @@ class RegistryIndex:
         directory = self.root / INDEX_DIR
         try:
             ensure_shared_dir(directory, mode=self.dir_mode, group=self.group)
-            fd, probe = tempfile.mkstemp(prefix=f".clock-{secrets.token_hex(4)}-", dir=directory)
+            fd, probe = tempfile.mkstemp(prefix=".clock-", dir=directory)
         except OSError:
             return None
         try:
