@@ -21,7 +21,7 @@ from common import BenchResult, Check, format_result, machine_info, run_timed  #
 
 # Name -> module in bench/ exposing run() -> BenchResult; cheap ones first.
 BENCHMARKS = ("cli_startup", "spec_corpus", "build_reuse", "disk_sharing", "build_engine",
-              "build_memory", "stage_startup")
+              "build_memory", "stage_startup", "registry_scale")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ leaves missing ones at their defaults (older writers).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -59,16 +60,49 @@ class JsonRecord:
         return from_json(cls, data)
 
 
+@dataclasses.dataclass(frozen=True)
+class _FieldPlan:
+    """How one field of a record class is written and read: computed once per class, as
+    reading a class's annotations costs far more than converting a record (a registry reads
+    thousands)."""
+
+    name: str
+    key: str
+    codec: Codec | None
+    init: bool
+    plain: bool          # no codec, and the value is its own JSON (str, int, bool, None)
+    read: Callable[[Any], Any] | None   # JSON to value (no codec); None: the JSON is the value
+
+
+@functools.cache
+def _plan(cls: type) -> tuple[_FieldPlan, ...]:
+    """The JSON fields of record class ``cls`` (those not ``omit``-ted), in field order."""
+    hints = typing.get_type_hints(cls)
+    return tuple(_FieldPlan(f.name, f.metadata.get("json_key", f.name),
+                            f.metadata.get("json_codec"), f.init,
+                            "json_codec" not in f.metadata and _is_plain(hints[f.name]),
+                            _reader(hints[f.name]))
+                 for f in dataclasses.fields(cls) if f.metadata.get("json", True) is not False)
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _is_plain(hint: Any) -> bool:
+    """Whether values of type ``hint`` are their own JSON (so need no conversion either way)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return all(_is_plain(a) for a in typing.get_args(hint))
+    return hint in _PLAIN or typing.get_origin(hint) is typing.Literal
+
+
 def to_json(value: Any) -> Any:
     """``value`` as JSON-able data (see the module doc)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(value):
-            if f.metadata.get("json", True) is False:
-                continue
+        for f in _plan(type(value)):
             item = getattr(value, f.name)
-            codec = f.metadata.get("json_codec")
-            out[f.metadata.get("json_key", f.name)] = codec.encode(item) if codec else to_json(item)
+            out[f.key] = (item if f.plain else f.codec.encode(item) if f.codec
+                          else to_json(item))
         for name in getattr(value, "JSON_PROPERTIES", ()):
             out[name] = to_json(getattr(value, name))
         return out
@@ -83,35 +117,33 @@ def to_json(value: Any) -> Any:
 
 def from_json(cls: type[R], data: Mapping[str, Any]) -> R:
     """A ``cls`` record from JSON data written by :func:`to_json` (see the module doc)."""
-    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        key = f.metadata.get("json_key", f.name)
-        if f.metadata.get("json", True) is False or key not in data or not f.init:
+    for f in _plan(cls):
+        if f.key not in data or not f.init:
             continue
-        codec = f.metadata.get("json_codec")
-        raw = data[key]
-        values[f.name] = codec.decode(raw) if codec else _typed(hints[f.name], raw)
+        raw = data[f.key]
+        values[f.name] = (f.codec.decode(raw) if f.codec else raw if f.read is None
+                          else f.read(raw))
     return cls(**values)
 
 
-def _typed(hint: Any, raw: Any) -> Any:
-    """``raw`` JSON as the annotated type: tuples, paths and nested records; else unchanged."""
-    if raw is None:
-        return None
+def _reader(hint: Any) -> Callable[[Any], Any] | None:
+    """How JSON becomes a value of the annotated type: tuples, paths and nested records (null
+    stays None); None when the JSON is the value as it is."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _typed(options[0], raw) if len(options) == 1 else raw
-    if origin is tuple:
+        return _reader(options[0]) if len(options) == 1 else None
+    if origin in (tuple, list):
         args = typing.get_args(hint)
-        item = args[0] if args else Any
-        return tuple(_typed(item, v) for v in raw)
-    if origin is list:
-        args = typing.get_args(hint)
-        return [_typed(args[0], v) for v in raw] if args else list(raw)
+        item = _reader(args[0]) if args else None
+        make = tuple if origin is tuple else list
+        if item is None:
+            return lambda raw: None if raw is None else make(raw)
+        return lambda raw: None if raw is None else make(
+            None if v is None else item(v) for v in raw)
     if hint is Path:
-        return Path(raw)
-    if isinstance(hint, type) and issubclass(hint, JsonRecord) and isinstance(raw, Mapping):
-        return from_json(hint, raw)
-    return raw
+        return lambda raw: None if raw is None else Path(raw)
+    if isinstance(hint, type) and issubclass(hint, JsonRecord):
+        return lambda raw: from_json(hint, raw) if isinstance(raw, Mapping) else raw
+    return None

@@ -10,9 +10,10 @@ takes the key's :class:`~hpcenv.store.locking.BuildLock`; late arrivals wait (``
 ``wait`` :class:`BuildEvent` "waiting for USER@HOST pid N since T") and then find the ready
 build.  The lock holder:
 
-1. cleans debris: builds without a completion marker whose key lock nobody holds (a crashed
-   builder), marking their records ``failed``; a crashed builder's complete build (killed
-   between the marker and the registry update) is marked ``ready`` and reused;
+1. cleans its env's debris: builds without a completion marker whose key lock nobody holds (a
+   crashed builder), marking their records ``failed``; a crashed builder's complete build
+   (killed between the marker and the registry update) is marked ``ready`` and reused.  Other
+   envs' debris is left to their builders and ``env gc``: a build never reads every record;
 2. allocates a version in the registry (record status ``building``);
 3. solves (or reads ``--from-lock``, converting an ``@EXPLICIT`` list to a lockfile first: the
    locked packages then say which CUDA the env needs),
@@ -82,7 +83,7 @@ from hpcenv.spec.environment import EnvSpec
 from hpcenv.store import store_for
 from hpcenv.store.activation import env_state_vars
 from hpcenv.store.cache_integrity import VerifiedFiles, check_env, quarantine, record_path
-from hpcenv.store.debris import clean_debris, force_rmtree
+from hpcenv.store.debris import clean_name_debris, force_rmtree
 from hpcenv.store.layout import (
     MARKER,
     Store,
@@ -213,7 +214,8 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
     store = store_for(site)
     registry = store.registry()
     check_link_is_ours(store, plan.name)
-    owner = env_owner(registry.versions(plan.name))
+    first = registry.first_entry(plan.name)
+    owner = env_owner([first] if first is not None else [])
     if make_current and not Actor.current(store.admins).may_change(owner):
         make_current = False
         report.warn(f"{plan.name} belongs to {owner}: this build will not become its current "
@@ -255,7 +257,7 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
             return result
         # Debris before building: it also adopts a finished build whose builder died before
         # marking it ready, which the lookup below then reuses.
-        for path in clean_debris(store, registry=registry, held_key=plan.key):
+        for path in clean_name_debris(store, plan.name, registry=registry, held_key=plan.key):
             report.warn(f"removed debris of a crashed build: {path}")
         found = registry.find_ready(plan.key, plan.name)
         if found is not None:

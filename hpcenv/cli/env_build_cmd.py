@@ -294,8 +294,7 @@ def _size(n: int) -> str:
 
 def _list(args: argparse.Namespace, ctx: Context) -> int:
     registry = _registry(ctx)
-    rows = [summary.to_dict() for summary in registry.summaries()]
-    unfinished = registry.unfinished()
+    rows, unfinished = registry.listing()
 
     def human(data: list[dict[str, Any]]) -> str:
         lines = []
@@ -366,7 +365,7 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _history(args: argparse.Namespace, ctx: Context) -> int:
-    rows = [entry.to_dict() for entry in _registry(ctx).history(args.name)]
+    rows = _registry(ctx).history_rows(args.name)
 
     def human(data: list[dict[str, Any]]) -> str:
         lines = [f"  {'VERSION':>7} {'STATUS':<9} {'CUDA':<6} {'KEY':<12}  CREATED BY"]

@@ -18,10 +18,10 @@ import os
 import pwd
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from hpcenv.errors import HpcenvError
 from hpcenv.fsutil import current_user
-from hpcenv.store.registry import EnvRecord
 
 
 class NotPermitted(HpcenvError):
@@ -33,8 +33,19 @@ def user_of(creator: str) -> str:
     return creator.rpartition("@")[0] or creator
 
 
-def env_owner(records: Sequence[EnvRecord]) -> str | None:
-    """The user who built the env's first version (None for an env without records)."""
+class _Version(Protocol):
+    """A record or its index entry: what ownership reads of one."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def creator(self) -> str: ...
+
+
+def env_owner(records: Sequence[_Version]) -> str | None:
+    """The user who built the env's first version (None for an env without records; records or
+    their index entries)."""
     return user_of(min(records, key=lambda r: r.version).creator) if records else None
 
 

@@ -37,7 +37,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +54,16 @@ from hpcenv.store.locking import (
     LockMethod,
     describe_holder,
 )
+from hpcenv.store.registry_index import (
+    SUMMARY_COLUMNS,
+    EnvSummary,
+    RegistryIndex,
+    VersionEntry,
+    gc_paused,
+)
+
+__all__ = ["STATUSES", "EnvRecord", "EnvSummary", "HistoryEntry", "Registry", "Status",
+           "VersionEntry"]
 
 STORE_MARKER = ".hpcenv-store.json"
 
@@ -102,32 +112,6 @@ class EnvRecord(JsonRecord):
 
 
 @dataclass(frozen=True)
-class EnvSummary(JsonRecord):
-    """One line of ``env list``: an environment and its current version (None fields: no
-    current version)."""
-
-    name: str
-    current: int | None
-    versions: int
-    cuda: str | None
-    prefix: str | None
-    created: str | None
-    creator: str | None
-    packages: int | None
-    size_bytes: int | None
-    unique_bytes: int | None = None   # of size_bytes, what only this env holds
-
-    @property
-    def shared_bytes(self) -> int | None:
-        """Bytes hardlinked with the package cache (and so with other envs)."""
-        if self.size_bytes is None or self.unique_bytes is None:
-            return None
-        return self.size_bytes - self.unique_bytes
-
-    JSON_PROPERTIES = ("shared_bytes",)
-
-
-@dataclass(frozen=True)
 class HistoryEntry(JsonRecord):
     """One line of ``env history``: a version of an environment."""
 
@@ -142,6 +126,9 @@ class HistoryEntry(JsonRecord):
     prefix: str
     lock: str
     from_lock: str | None
+
+
+HISTORY_FIELDS = [f.name for f in fields(HistoryEntry)]
 
 
 class Registry:
@@ -167,6 +154,8 @@ class Registry:
         self.group = group
         self.file_mode = shared_file_mode(group)
         self.dir_mode = dir_mode
+        self.index = RegistryIndex(self.root, self._read_entry, file_mode=self.file_mode,
+                                   dir_mode=dir_mode, group=group)
 
     # --- the store it belongs to ---------------------------------------------------------------
 
@@ -259,59 +248,70 @@ class Registry:
                            "see 'hpcenv env list'")
         return record
 
+    def entries(self, name: EnvName | str) -> list[VersionEntry]:
+        """What the index keeps of every record of ``name``, oldest first: the listing fields,
+        without reading each record file (see :mod:`hpcenv.store.registry_index`)."""
+        return self.index.name_index(EnvName.of(name)).entries()
+
     def summaries(self) -> list[EnvSummary]:
         """Every environment with its current version, by name: the names with at least one
         ``ready`` version (a name whose builds all failed, or were all removed, is history
         only; see :meth:`unfinished`)."""
-        out = []
-        for name in self.names():
-            versions = self.versions(name)
-            if not any(r.status == "ready" for r in versions):
-                continue
-            current = self.current_version(name)
-            record = next((r for r in versions if r.version == current), None)
-            out.append(EnvSummary(
-                # Versions in service (ready), not retired or failed ones.
-                name=name, current=current,
-                versions=sum(1 for r in versions if r.status == "ready"),
-                cuda=record.cuda.version if record else None,
-                prefix=record.prefix if record else None,
-                created=record.created if record else None,
-                creator=record.creator if record else None,
-                packages=record.packages if record else None,
-                size_bytes=record.size_bytes if record else None,
-                unique_bytes=record.unique_bytes if record else None))
-        return out
+        return [EnvSummary.from_dict(row) for row in self.listing()[0]]
 
-    def unfinished(self) -> dict[str, list[EnvRecord]]:
+    def unfinished(self) -> dict[str, list[VersionEntry]]:
         """Names with no ``ready`` version but some ``failed`` or ``building`` ones (a build
-        failed, was interrupted, or is under way), with those records."""
-        out: dict[str, list[EnvRecord]] = {}
-        for name in self.names():
-            versions = self.versions(name)
-            if any(r.status == "ready" for r in versions):
-                continue
-            pending = [r for r in versions if r.status in ("failed", "building")]
-            if pending:
-                out[name] = pending
-        return out
+        failed, was interrupted, or is under way), with those versions."""
+        return self.listing()[1]
+
+    def listing(self) -> tuple[list[dict[str, Any]], dict[str, list[VersionEntry]]]:
+        """What ``env list`` shows, in one pass over the index: :meth:`summaries` as JSON
+        (``EnvSummary.to_dict()``, as the index keeps them) and :meth:`unfinished`."""
+        lines = self.index.list_lines()
+        with gc_paused():
+            rows = [dict(zip(SUMMARY_COLUMNS, summary))
+                    for _stamp, _settled, summary, _pending in lines.values() if summary]
+        return (rows,
+                {name: [VersionEntry.from_dict(p) for p in pending]
+                 for name, (_stamp, _settled, summary, pending) in lines.items()
+                 if summary is None and pending})
 
     def history(self, name: EnvName | str) -> list[HistoryEntry]:
         """Every version of ``name``, oldest first; NotFound when it has none."""
-        versions = self.versions(name)
-        if not versions:
+        return [HistoryEntry.from_dict(row) for row in self.history_rows(name)]
+
+    def history_rows(self, name: EnvName | str) -> list[dict[str, Any]]:
+        """:meth:`history` as JSON (``HistoryEntry.to_dict()``), made straight from the index:
+        what ``env history`` prints."""
+        name = EnvName.of(name)
+        index = self.index.name_index(name)
+        if not index.versions:
             raise NotFound(f"no environment {name!r} in the registry {self.root}; "
                            "see 'hpcenv env list'")
         current = self.current_version(name)
-        return [HistoryEntry(version=r.version, current=r.version == current, status=r.status,
-                             cuda=r.cuda.version, key=r.key, created=r.created, creator=r.creator,
-                             packages=r.packages, prefix=r.prefix, lock=r.lock_path,
-                             from_lock=r.from_lock) for r in versions]
+        # HistoryEntry's fields but "current" are VersionEntry's (its "lock" included).
+        version = index.columns.index("version")
+        columns = [(f, index.columns.index(f if f != "current" else "version"))
+                   for f in HISTORY_FIELDS]
+        with gc_paused():
+            return [{f: row[i] if f != "current" else row[version] == current
+                     for f, i in columns} for row in index.versions]
 
-    def find_ready(self, key: str, name: str | None = None) -> EnvRecord | None:
-        """The newest ``ready`` record built with ``key`` (only under ``name`` when given)."""
-        names = [name] if name is not None else self.names()
-        found = [r for n in names for r in self.versions(n) if r.key == key and r.status == "ready"]
+    def first_entry(self, name: EnvName | str) -> VersionEntry | None:
+        """The index entry of ``name``'s oldest version (its builder owns the env)."""
+        return self.index.name_index(EnvName.of(name)).first()
+
+    def find_ready(self, key: str, name: EnvName | str | None = None) -> EnvRecord | None:
+        """The newest ``ready`` record built with ``key`` (only under ``name`` when given, as
+        builds are: a key names its env): found in the index, and read from its record file,
+        which has the last word."""
+        found = []
+        for each in [EnvName.of(name)] if name is not None else self.names():
+            for version in self.index.name_index(each).newest(key, "ready"):
+                record = self._load(self._record_path(each, version))
+                if record is not None and record.key == key and record.status == "ready":
+                    found.append(record)
+                    break
         return max(found, key=lambda r: r.version) if found else None
 
     def records(self) -> Iterator[EnvRecord]:
@@ -353,7 +353,7 @@ class Registry:
         name = EnvName.of(name)
         self._claim_store()
         with self.name_lock(name, doing=f"allocating a version of {name}"):
-            version = max((r.version for r in self.versions(name)), default=0) + 1
+            version = max((int(p.stem) for p in self._record_files(name)), default=0) + 1
             while True:
                 record = make(version)
                 if record.name != name or record.version != version:
@@ -420,6 +420,17 @@ class Registry:
         except (OSError, ValueError, TypeError) as exc:
             raise HpcenvError(f"{path}: unreadable registry record ({exc}); restore it from "
                               "backup or remove it") from None
+
+    def _read_entry(self, path: Path, signature: str) -> VersionEntry | None:
+        """The index entry of the record file ``path`` (None: it is gone)."""
+        r = self._load(path)
+        if r is None:
+            return None
+        return VersionEntry(version=r.version, status=r.status, key=r.key, cuda=r.cuda.version,
+                            created=r.created, creator=r.creator, packages=r.packages,
+                            prefix=r.prefix, lock=r.lock_path, from_lock=r.from_lock,
+                            size_bytes=r.size_bytes, unique_bytes=r.unique_bytes,
+                            error=r.error, signature=signature)
 
     def _ensure_dir(self, path: Path) -> None:
         ensure_shared_dir(path, mode=self.dir_mode, group=self.group)

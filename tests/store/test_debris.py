@@ -182,3 +182,36 @@ def test_force_rmtree_removes_a_real_published_build(site: SiteConfig) -> None:
     force_rmtree(prefix)
     assert not prefix.exists()
     assert cached.stat().st_nlink == links - 1  # the cache only lost one hardlink
+
+
+def test_a_builder_cleans_its_own_envs_debris_and_leaves_the_others_to_gc(
+        site: SiteConfig) -> None:
+    """clean_name_debris (what a builder runs under its key lock) finds its env's crashed
+    builds without reading other envs' records; another env's debris waits for env gc, and a
+    live builder's prefix of the same env is never touched."""
+    from builders import start_lock_holder
+
+    from hpcenv.store.debris import clean_name_debris
+
+    store = store_for(site)
+    mine = building_record(site, "mine", "a" * 64)
+    Path(mine.prefix, "conda-meta").mkdir(parents=True)
+    live = building_record(site, "mine", "b" * 64)
+    Path(live.prefix, "conda-meta").mkdir(parents=True)
+    theirs = building_record(site, "theirs", "c" * 64)
+    Path(theirs.prefix, "conda-meta").mkdir(parents=True)
+    stray = builds_dir(store) / f"mine-9-{'d' * 12}"   # a prefix whose record is gone
+    stray.mkdir()
+    holder = start_lock_holder(site, live.key)
+    try:
+        removed = clean_name_debris(store, "mine", held_key="a" * 64)
+        assert sorted(removed) == sorted([Path(mine.prefix), stray])
+        registry = store.registry()
+        assert registry.get("mine", mine.version).status == "failed"
+        assert registry.get("mine", live.version).status == "building"
+        assert Path(live.prefix).exists() and Path(theirs.prefix).exists()
+        assert registry.get("theirs", theirs.version).status == "building"
+    finally:
+        kill(holder)
+    assert Path(theirs.prefix) in clean_debris(store)
+    assert store.registry().get("theirs", theirs.version).status == "failed"
