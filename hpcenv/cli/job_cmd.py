@@ -207,7 +207,7 @@ def _wait(job_id: str, ctx: Context, scheduler: Scheduler) -> JobInfo:
 
 def _scheduler(ctx: Context) -> Scheduler:
     """The site's backend; -v says which one and why."""
-    from hpcenv.jobs.submit import site_selection
+    from hpcenv.jobs.backend import site_selection
 
     selection = site_selection(ctx.site())
     ctx.debug(f"hpcenv: scheduler backend {selection.scheduler.kind} ({selection.why})")

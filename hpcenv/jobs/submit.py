@@ -33,6 +33,7 @@ from hpcenv.build.builder import build_env
 from hpcenv.build.plan import plan_build
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import current_user
+from hpcenv.jobs.backend import site_scheduler
 from hpcenv.jobs.control import SubmissionRecord, job_namespace, save_submission
 from hpcenv.jobs.routing import RouteRequest, RoutingDecision, route
 from hpcenv.jobs.staging import PREFIX_VAR, check_staged_script, plan_staging
@@ -42,7 +43,6 @@ from hpcenv.jobs.templates import (
     job_name_from,
     render_job_script,
 )
-from hpcenv.scheduler import Selection, select_scheduler
 from hpcenv.scheduler.base import SLURM_CAPABILITIES, Capabilities, SchedulerUnreachable
 from hpcenv.scheduler.job_options import JobOptions, job_fields, min_nodes, sbatch_lines
 from hpcenv.scheduler.options import name_problem
@@ -232,17 +232,6 @@ def _conda_available(conda_exe: str) -> bool:
     if path.is_absolute():
         return path.is_file() and os.access(path, os.X_OK)
     return shutil.which(conda_exe) is not None
-
-
-def site_selection(site: SiteConfig) -> Selection:
-    """The site's scheduler backend and why it was chosen (``scheduler: slurm`` picks pyslurm
-    or the CLI by the installed pyslurm and the cluster's release)."""
-    return select_scheduler(site.scheduler, state_dir=site.state_dir,
-                            bin_dir=site.slurm.bin_dir)
-
-
-def site_scheduler(site: SiteConfig) -> Scheduler:
-    return site_selection(site).scheduler
 
 
 # A dry run asks the controller for node state only this long: it must work (quickly) where no

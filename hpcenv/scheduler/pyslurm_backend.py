@@ -32,7 +32,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,14 @@ _INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID in Slurm's slurm_errno.h
 
 def pyslurm_version() -> str | None:
     """The installed pyslurm's version without importing it (importing initialises libslurm)."""
+    import importlib.util
+
+    # Most sites have no pyslurm: finding no module is a few stats, where importlib.metadata
+    # (imported only when there is one) would cost every command ~15 ms of start-up.
+    if importlib.util.find_spec("pyslurm") is None:
+        return None
+    from importlib import metadata
+
     try:
         return metadata.version("pyslurm")
     except metadata.PackageNotFoundError:

@@ -33,11 +33,11 @@ def test_release_matching() -> None:
 
 def test_without_pyslurm_the_factory_falls_back(monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
-    import hpcenv.scheduler as factory
+    import hpcenv.scheduler.pyslurm_backend as backend
     from hpcenv.scheduler import select_scheduler
 
     # As on a machine without pyslurm: no distribution, and the import fails.
-    monkeypatch.setattr(factory, "pyslurm_version", lambda: None)
+    monkeypatch.setattr(backend, "pyslurm_version", lambda: None)
     monkeypatch.setitem(sys.modules, "pyslurm", None)
     assert PyslurmScheduler.create() is None
     with pytest.raises(HpcenvError, match="pyslurm module does not import"):
@@ -49,7 +49,7 @@ def test_without_pyslurm_the_factory_falls_back(monkeypatch: pytest.MonkeyPatch,
     chosen = select_scheduler("slurm", bin_dir=tmp_path)
     assert (chosen.scheduler.kind, chosen.why) == (
         "slurm-cli", "scheduler: slurm; pyslurm is not installed, so the Slurm CLI")
-    monkeypatch.setattr(factory, "pyslurm_version", lambda: "25.11.2")
+    monkeypatch.setattr(backend, "pyslurm_version", lambda: "25.11.2")
     assert select_scheduler("slurm", bin_dir=tmp_path).why.startswith(
         "scheduler: slurm; pyslurm 25.11.2 does not import (")
 
