@@ -21,7 +21,7 @@ from common import BenchResult, Check, format_result, machine_info, run_timed  #
 
 # Name -> module in bench/ exposing run() -> BenchResult; cheap ones first.
 BENCHMARKS = ("cli_startup", "spec_corpus", "build_reuse", "disk_sharing", "concurrent_build",
-              "build_memory", "stage_startup")
+              "build_memory", "stage_startup", "cli_commands")
 
 
 def main(argv: list[str] | None = None) -> int:

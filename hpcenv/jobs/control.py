@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.fsutil import atomic_write_json
 from hpcenv.scheduler.base import (
     JobInfo,
@@ -157,13 +157,11 @@ def my_jobs(scheduler: Scheduler, state_dir: Path, *, include_finished: bool = F
     views = {info.job_id: JobView(info, load_submission(state_dir, scheduler.kind, info.job_id))
              for info in scheduler.jobs()}
     if include_finished:
-        for record in list_submissions(state_dir, scheduler.kind):
-            if record.job_id in views:
-                continue
-            try:
-                views[record.job_id] = JobView(scheduler.status(record.job_id), record)
-            except NotFound:
-                continue  # purged by the scheduler and no longer in its accounting
+        records = [r for r in list_submissions(state_dir, scheduler.kind) if r.job_id not in views]
+        # One batched query for all of them: thousands of records must not cost a few
+        # scheduler calls each.  Jobs purged from the scheduler and its accounting are left out.
+        infos = scheduler.statuses([r.job_id for r in records]) if records else {}
+        views.update((r.job_id, JobView(infos[r.job_id], r)) for r in records if r.job_id in infos)
     return sorted(views.values(), key=lambda v: _id_key(v.info.job_id))
 
 

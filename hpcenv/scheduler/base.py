@@ -7,6 +7,7 @@ and cluster state, and cancels jobs.  Backends: the Slurm command line (``slurm_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -184,6 +185,11 @@ class Scheduler(Protocol):
 
     def status(self, job_id: str) -> JobInfo:
         """State of one job, also after it finished.  Raises NotFound for unknown ids."""
+        ...
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """:meth:`status` of many jobs, by id, in a few queries whatever their number; ids the
+        scheduler does not know are left out."""
         ...
 
     def jobs(self, user: str | None = None) -> list[JobInfo]:
