@@ -55,6 +55,9 @@ _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 # `Key=value` pairs of scontrol's one-line output; keys look like `JobId`, `CPUs/Task`,
 # `AllocNode:Sid`.  Values may contain spaces (job names, paths), so split at keys, not blanks.
 _SCONTROL_KEY = re.compile(r"(?:^|\s)([A-Z][A-Za-z0-9_/:]*)=")
+_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)")
+_CLOCK = re.compile(r"(?:(\d+)-)?(\d\d):(\d\d):(\d\d)")
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _GRES_GPU = re.compile(r"gpu:(?:([^:,()]+):)?(\d+)")
 _NULL = {"", "(null)", "None", "N/A", "Unknown", "n/a"}
 _SACCT_FIELDS = ("JobIDRaw", "State", "ExitCode", "NodeList", "Elapsed", "Partition", "User",
@@ -81,6 +84,13 @@ def parse_duration(text: str | None) -> float | None:
     it prints none (``N/A``, ``INVALID``, ``UNLIMITED``) or something hpcenv cannot read."""
     if not text or text in _NULL or text == "INVALID":
         return None
+    # The common shape read directly: `jobs -a` reads one per finished job, and the full
+    # reader checks each as the user's own --time.
+    match = _CLOCK.fullmatch(text)
+    if match is not None:
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        if minutes <= 59 and seconds <= 59 and (hours <= 23 or match.group(1) is None):
+            return float(days * 86400 + hours * 3600 + minutes * 60 + seconds)
     try:
         return parse_time_limit(text)
     except InvalidInput:
@@ -89,12 +99,17 @@ def parse_duration(text: str | None) -> float | None:
 
 def parse_time(text: str | None) -> float | None:
     """Slurm's local ``YYYY-MM-DDTHH:MM:SS`` -> Unix time."""
-    if not text or text in _NULL:
+    # Read with a regex, not time.strptime: `jobs -a` reads two per finished job, and
+    # strptime's locale-aware machinery costs ~30 us each.
+    match = _TIME.fullmatch(text) if text else None
+    if match is None:
         return None
-    try:
-        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
+    year, month, day, hour, minute, second = map(int, match.groups())
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not (1 <= month <= 12 and 1 <= day <= _MONTH_DAYS[month - 1] + (leap and month == 2)
+            and hour <= 23 and minute <= 59 and second <= 61):
         return None
+    return time.mktime((year, month, day, hour, minute, second, 0, 0, -1))
 
 
 def parse_exit_code(text: str | None) -> tuple[int | None, int | None]:
