@@ -29,8 +29,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcenv.build.builder import build_env
-from hpcenv.build.plan import plan_build
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import current_user
 from hpcenv.jobs.backend import site_scheduler
@@ -47,7 +45,6 @@ from hpcenv.scheduler.base import SLURM_CAPABILITIES, Capabilities, SchedulerUnr
 from hpcenv.scheduler.job_options import JobOptions, job_fields, min_nodes, sbatch_lines
 from hpcenv.scheduler.options import name_problem
 from hpcenv.scheduler.slurm_cli import SlurmCLI
-from hpcenv.spec.environment import load_spec
 from hpcenv.spec.names import EnvName
 from hpcenv.store import store_for
 from hpcenv.store.activation import activation_script
@@ -56,6 +53,7 @@ from hpcenv.store.layout import is_complete
 if TYPE_CHECKING:
     from hpcenv.scheduler.base import PartitionState, Scheduler
     from hpcenv.site.config import SiteConfig
+    from hpcenv.spec.environment import EnvSpec
     from hpcenv.store.registry import EnvRecord
 
 Progress = Callable[[str], None]
@@ -152,12 +150,21 @@ def _spec_candidates(name: str, search_dirs: Sequence[Path]) -> list[Path]:
     return out
 
 
+def _load_spec(path: Path) -> EnvSpec:
+    """The spec in ``path``.  The spec parser (and below, the builder) is imported only when a
+    spec is read: submitting to a built env, the common case, is a registry lookup that their
+    imports would make several times slower."""
+    from hpcenv.spec.environment import load_spec as parse_file
+
+    return parse_file(path)
+
+
 def find_env_file(name: str, search_dirs: Sequence[Path]) -> Path | None:
     """An environment file that clearly means env ``name`` (see the module doc)."""
     for path in _spec_candidates(name, search_dirs):
         if not path.is_file():
             continue
-        spec = load_spec(path)
+        spec = _load_spec(path)
         if spec.name == name or (spec.name is None and path.stem == name):
             return path
     return None
@@ -177,7 +184,7 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
     say = progress or (lambda _m: None)
     spec = None
     if env_file is not None:
-        spec = load_spec(env_file)
+        spec = _load_spec(env_file)
         name = name or spec.name or Path(env_file).stem
     if name is None:
         raise InvalidInput("no env given: pass --env NAME (a registered env) or --env-file FILE")
@@ -194,7 +201,10 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
                 f"has no usable current version (v{current.version} is {current.status})"
             raise NotFound(f"env {name!r} {state} ({site.registry}); build it first with "
                            f"'hpcenv env build FILE --name {name}' or pass --env-file FILE")
-        spec = load_spec(env_file)
+        spec = _load_spec(env_file)
+    from hpcenv.build.builder import build_env  # see _load_spec
+    from hpcenv.build.plan import plan_build
+
     plan = plan_build(spec, site, name=name)
     found = registry.find_ready(plan.key, plan.name)
     if found is not None and not is_complete(found.prefix):
@@ -464,6 +474,7 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
                     env_name=record.name, env_version=str(record.version),
                     conda_exe=site.conda_exe, activation=activation)
     text = render_job_script(job, templates_dir=site.templates_dir,
+                             cache_dir=Path(site.state_dir) / "template-cache",
                              extra={"stage": stage.context} if stage is not None else None)
     if stage is not None:
         check_staged_script(text, site)

@@ -237,6 +237,24 @@ def test_site_template_dir_overrides_one_part(prefix: Path, tmp_path: Path) -> N
     assert 'exec "${hpcenv_cmd[@]}"' in text  # the rest still comes from the shipped templates
 
 
+def test_compiled_templates_are_cached_and_never_served_stale(prefix: Path, tmp_path: Path) -> None:
+    site_dir, cache = tmp_path / "site-templates", tmp_path / "cache"
+    site_dir.mkdir()
+    header = site_dir / "sbatch_header.sh.j2"
+    header.write_text("{% for line in sbatch %}#SBATCH {{ line }}\n{% endfor %}#SBATCH --comment=one\n")
+    plain = render_job_script(job(prefix, ["true"]), templates_dir=site_dir)
+    first = render_job_script(job(prefix, ["true"]), templates_dir=site_dir, cache_dir=cache)
+    assert first == plain and "--comment=one" in first
+    cached = sorted(p.name for p in cache.iterdir())
+    assert len(cached) >= 2 and cache.stat().st_mode & 0o777 == 0o700  # job.sh.j2 and its parts
+    # A template edited after it was cached is compiled afresh, whatever its mtime says.
+    header.write_text(header.read_text().replace("--comment=one", "--comment=two"))
+    os.utime(header, (0, 0))
+    second = render_job_script(job(prefix, ["true"]), templates_dir=site_dir, cache_dir=cache)
+    assert "--comment=two" in second and "--comment=one" not in second
+    assert second == render_job_script(job(prefix, ["true"]), templates_dir=site_dir)
+
+
 def test_template_errors_name_the_file(prefix: Path, tmp_path: Path) -> None:
     site_dir = tmp_path / "t"
     site_dir.mkdir()
