@@ -1,7 +1,8 @@
 """The ``hpcenv`` command line: argument parsing, output and error handling only.
 
 Each command group lives in its own module (``site_cmd``, ``env_cmd``, ``job_cmd``, ...) and
-exposes ``register(subparsers, common)``; handlers take ``(args, ctx)`` and return an exit code.
+exposes ``register(subparsers, common)`` (``job_cmd``: ``register_submit`` and
+``register_control``); handlers take ``(args, ctx)`` and return an exit code.
 Handlers call the library API and never hold business logic of their own.  Keep imports here
 light: ``hpcenv --help`` must not load py-rattler, fabric or jinja2.
 """
@@ -73,7 +74,18 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                              "or ~/.config/hpcenv/remotes.yaml")
 
 
-def build_parser(prog: str = "hpcenv") -> argparse.ArgumentParser:
+# The top-level commands in the groups one function registers (with their sub-commands and
+# options), in the order `hpcenv --help` lists them; see build_parser.
+_COMMAND_GROUPS = (("site",), ("env",), ("run",), ("submit",), ("jobs", "status", "logs", "cancel"),
+                   ("demo",))
+# Global options that take a value (the word after them is not the command).
+_VALUE_OPTIONS = ("--site", "--remote")
+
+
+def build_parser(prog: str = "hpcenv", *, command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``command`` (a top-level command) only its group: the
+    options of every other command (submit's alone are some fifty) cost more to build than
+    most commands take to run."""
     from hpcenv.cli import demo_cmd, env_cmd, job_cmd, run_cmd, site_cmd
 
     parser = _Parser(prog=prog, description="Conda environments for Slurm clusters.")
@@ -83,9 +95,27 @@ def build_parser(prog: str = "hpcenv") -> argparse.ArgumentParser:
     _global_options(common, suppress=True)
 
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (site_cmd, env_cmd, run_cmd, job_cmd, demo_cmd):
-        module.register(sub, common)
+    registrars = (site_cmd.register, env_cmd.register, run_cmd.register, job_cmd.register_submit,
+                  job_cmd.register_control, demo_cmd.register)
+    for names, register in zip(_COMMAND_GROUPS, registrars, strict=True):
+        if command is None or command in names:
+            register(sub, common)
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The top-level command ``argv`` names, or None when it names none (or asks for the
+    top-level help or version, which list every command)."""
+    known = {name for names in _COMMAND_GROUPS for name in names}
+    words = iter(argv)
+    for word in words:
+        if word in _VALUE_OPTIONS:
+            next(words, None)
+        elif word in ("-h", "--help", "--version", "--"):
+            return None
+        elif not word.startswith("-"):
+            return word if word in known else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "hpcenv") -> int:
@@ -97,7 +127,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "hpcenv") -> int:
     verbosity = 1 if any(a in ("-v", "--verbose") or a.startswith("-vv") for a in argv) else 0
     json_errors = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
     try:
-        parser = build_parser(prog)
+        parser = build_parser(prog, command=_command_word(argv))
         args = parser.parse_args(argv)
         handler = getattr(args, "handler", None)
         if handler is None:

@@ -21,9 +21,8 @@ SUBMIT_USAGE = ("hpcenv submit SCRIPT [ARGS...] --env NAME [options] [-- MORE AR
                 "       hpcenv submit --env NAME [options] -- CMD [ARGS...]")
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    _register_submit(sub, common)
-
+def register_control(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``jobs``, ``status``, ``logs`` and ``cancel``: none needs the job option table."""
     jobs = sub.add_parser("jobs", parents=[common], help="list my jobs with their env and partition",
                           description="List your queued and running jobs, with the env and "
                                       "partition hpcenv submitted them with.")
@@ -57,7 +56,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     cancel.set_defaults(handler=cancel_handler)
 
 
-def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "submit", parents=[common], usage=SUBMIT_USAGE, help="submit a script to run in an env",
         description="Submit SCRIPT (a .py file runs with the env's python, anything else with "
