@@ -32,6 +32,7 @@ Launchers:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 from collections.abc import Sequence
@@ -155,11 +156,27 @@ def _bytecode_cache(cache_dir: Path | None) -> Any:
         return None
     import jinja2
 
+    class TemplateCache(jinja2.FileSystemBytecodeCache):
+        """Only ever an optimisation: an entry that cannot be read or written (a full disk,
+        a directory made read-only, a damaged file) means compiling, never a failed submit."""
+
+        def load_bytecode(self, bucket: Any) -> None:
+            import pickle  # already loaded by jinja2's cache: its checksums are pickled
+
+            try:
+                super().load_bytecode(bucket)
+            except (OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError):
+                bucket.reset()
+
+        def dump_bytecode(self, bucket: Any) -> None:
+            with contextlib.suppress(OSError):
+                super().dump_bytecode(bucket)
+
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return None
-    return jinja2.FileSystemBytecodeCache(str(cache_dir))
+    return TemplateCache(str(cache_dir))
 
 
 def _template_location(exc: Exception, fallback: str) -> tuple[str, int | None]:

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -253,6 +254,25 @@ def test_compiled_templates_are_cached_and_never_served_stale(prefix: Path, tmp_
     second = render_job_script(job(prefix, ["true"]), templates_dir=site_dir, cache_dir=cache)
     assert "--comment=two" in second and "--comment=one" not in second
     assert second == render_job_script(job(prefix, ["true"]), templates_dir=site_dir)
+
+
+def test_a_damaged_or_unwritable_template_cache_only_costs_a_compile(prefix: Path,
+                                                                     tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    expected = render_job_script(job(prefix, ["true"]), cache_dir=cache)
+    for entry in cache.iterdir():
+        entry.write_bytes(entry.read_bytes()[:40])  # cut short: magic and checksum only
+    assert render_job_script(job(prefix, ["true"]), cache_dir=cache) == expected
+    for entry in cache.iterdir():
+        entry.unlink()
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as mp:  # where jinja2 writes a new entry
+        mp.setattr(tempfile, "NamedTemporaryFile", disk_full)
+        assert render_job_script(job(prefix, ["true"]), cache_dir=cache) == expected
+    assert not any(cache.iterdir())
 
 
 def test_template_errors_name_the_file(prefix: Path, tmp_path: Path) -> None:
