@@ -59,12 +59,8 @@ _INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID in Slurm's slurm_errno.h
 
 def pyslurm_version() -> str | None:
     """The installed pyslurm's version without importing it (importing initialises libslurm)."""
-    import importlib.util
-
-    # Most sites have no pyslurm: finding no module is a few stats, where importlib.metadata
-    # (imported only when there is one) would cost every command ~15 ms of start-up.
-    if importlib.util.find_spec("pyslurm") is None:
-        return None
+    # Imported here: ~15 ms, and only worth it where a pyslurm module is found at all
+    # (hpcenv.scheduler.pyslurm_installed).
     from importlib import metadata
 
     try:
