@@ -104,13 +104,22 @@ def test_the_parser_of_one_command_group_reads_it_as_the_whole_parser_does(
     assert _sub_parser(one, command).format_help() == _sub_parser(full, command).format_help()
 
 
+def test_the_top_level_help_lists_every_command_without_building_their_options() -> None:
+    # main() builds the summaries when no command is named (--help, no command, a typo).
+    summaries = build_parser(summaries=True)
+    assert summaries.format_help() == build_parser().format_help()
+    assert summaries.format_usage() == build_parser().format_usage()
+
+
 @pytest.mark.parametrize("argv, word", [
     (["status", "12"], "status"), (["--site", "status", "jobs"], "jobs"),
     (["--site=x.yaml", "-vv", "--json", "env", "list"], "env"), (["-q", "submit", "x.py"], "submit"),
     (["--remote", "hpc", "logs", "3"], "logs"),
     # The top-level help and version list every command; unknown or no command: all of them.
     (["--help", "status"], None), (["-h"], None), (["--version"], None), (["bogus"], None),
-    (["--json"], None), (["--remote"], None), (["--", "status"], None), ([], None)])
+    (["--json"], None), (["--remote"], None), ([], None),
+    # After "--" every word is positional: the first is still the command.
+    (["-v", "--", "status", "12"], "status"), (["--", "--json"], None)])
 def test_the_command_word_is_found_past_the_global_options(argv: list[str],
                                                            word: str | None) -> None:
     from hpcenv.cli import _command_word
@@ -481,7 +490,7 @@ def test_error_details_are_printed_indented_below_the_one_line_message(
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     commands.choices["site"].set_defaults(handler=failing)
-    monkeypatch.setattr(cli, "build_parser", lambda prog="hpcenv", command=None: parser)
+    monkeypatch.setattr(cli, "build_parser", lambda prog="hpcenv", **_which: parser)
 
     assert cli.main(["site"]) == 2
     assert capsys.readouterr().err.splitlines() == [
