@@ -28,7 +28,6 @@ import json
 import os
 import pwd
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
