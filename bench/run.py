@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BenchResult, Check, format_result, machine_info, run_timed  # noqa: E402
 
 # Name -> module in bench/ exposing run() -> BenchResult; cheap ones first.
-BENCHMARKS = ("cli_startup", "spec_corpus", "build_reuse", "disk_sharing", "build_engine",
-              "build_memory", "stage_startup", "registry_scale")
+BENCHMARKS = ("cli_startup", "cli_commands", "spec_corpus", "build_reuse", "disk_sharing",
+              "build_engine", "build_memory", "stage_startup", "registry_scale")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """The ``hpcenv`` command line: argument parsing, output and error handling only.
 
 Each command group lives in its own module (``site_cmd``, ``env_cmd``, ``job_cmd``, ...) and
-exposes ``register(subparsers, common)``; handlers take ``(args, ctx)`` and return an exit code.
+exposes ``register(subparsers, common)`` (``job_cmd``: ``register_submit`` and
+``register_control``); handlers take ``(args, ctx)`` and return an exit code.
 Handlers call the library API and never hold business logic of their own.  Keep imports here
 light: ``hpcenv --help`` must not load py-rattler, fabric or jinja2.
 """
@@ -15,8 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hpcenv import __version__
-from hpcenv.cli.argtypes import check_sync_options
-from hpcenv.cli.context import Context
+from hpcenv.cli.commands import COMMAND_GROUPS, COMMAND_HELP
 from hpcenv.errors import HpcenvError
 
 
@@ -73,19 +73,52 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                              "or ~/.config/hpcenv/remotes.yaml")
 
 
-def build_parser(prog: str = "hpcenv") -> argparse.ArgumentParser:
-    from hpcenv.cli import demo_cmd, env_cmd, job_cmd, run_cmd, site_cmd
+# Global options that take a value (the word after them is not the command).
+_VALUE_OPTIONS = ("--site", "--remote")
 
+
+def build_parser(prog: str = "hpcenv", *, command: str | None = None,
+                 summaries: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` (a top-level command) only its group; with
+    ``summaries`` every command as the top-level help lists it, without options.  Building
+    the options of every command (submit's alone are some fifty) costs more than most
+    commands take to run, so ``main()`` builds only what the command line can reach."""
     parser = _Parser(prog=prog, description="Conda environments for Slurm clusters.")
     parser.add_argument("--version", action="version", version=f"hpcenv {__version__}")
     _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    if summaries:
+        for name, line in COMMAND_HELP.items():
+            sub.add_parser(name, help=line)
+        return parser
+
+    from hpcenv.cli import demo_cmd, env_cmd, job_cmd, run_cmd, site_cmd
+
     common = _Parser(add_help=False)
     _global_options(common, suppress=True)
-
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (site_cmd, env_cmd, run_cmd, job_cmd, demo_cmd):
-        module.register(sub, common)
+    registrars = (site_cmd.register, env_cmd.register, run_cmd.register, job_cmd.register_submit,
+                  job_cmd.register_control, demo_cmd.register)
+    for names, register in zip(COMMAND_GROUPS, registrars, strict=True):
+        if command is None or command in names:
+            register(sub, common)
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The top-level command ``argv`` names, or None when it names none (or asks for the
+    top-level help or version): argparse then reads no command's options."""
+    words = iter(argv)
+    for word in words:
+        if word in _VALUE_OPTIONS:
+            next(words, None)
+        elif word in ("-h", "--help", "--version"):
+            return None
+        elif word == "--":  # what follows is positional: the command, if any
+            word = next(words, "")
+            return word if word in COMMAND_HELP else None
+        elif not word.startswith("-"):
+            return word if word in COMMAND_HELP else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "hpcenv") -> int:
@@ -97,7 +130,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "hpcenv") -> int:
     verbosity = 1 if any(a in ("-v", "--verbose") or a.startswith("-vv") for a in argv) else 0
     json_errors = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
     try:
-        parser = build_parser(prog)
+        command = _command_word(argv)
+        parser = build_parser(prog, command=command, summaries=command is None)
         args = parser.parse_args(argv)
         handler = getattr(args, "handler", None)
         if handler is None:
@@ -105,6 +139,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "hpcenv") -> int:
             _chosen_parser(parser, args).print_help(sys.stderr)
             _json_error(json_errors, "no command given (see the usage above)", 2)
             return 2
+        # Imported once a command runs: `hpcenv --help` needs neither (nor dataclasses).
+        from hpcenv.cli.argtypes import check_sync_options
+        from hpcenv.cli.context import Context
+
         ctx = Context.from_args(args)
         verbosity = ctx.verbosity
         check_sync_options(args)

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hpcenv.cli.commands import COMMAND_HELP
 from hpcenv.cli.context import Context
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "demo", parents=[common], help="write an offline demo (channel, spec, site, train.py)",
+        "demo", parents=[common], help=COMMAND_HELP["demo"],
         description="Write into DIR an offline conda channel built from this python, an "
                     "example environment.yml, a site config using them with the local "
                     "executor, and train.py; then print the three commands that build the env "

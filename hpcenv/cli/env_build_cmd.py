@@ -422,11 +422,10 @@ def _build_use(ctx: Context) -> BuildUseLookup:
     site = ctx.site()
 
     def ask() -> BuildUse:
-        from hpcenv.scheduler import select_scheduler
+        from hpcenv.jobs.backend import site_scheduler
         from hpcenv.scheduler.build_use import builds_in_use
 
-        return builds_in_use(select_scheduler(site.scheduler, state_dir=site.state_dir,
-                                              bin_dir=site.slurm.bin_dir).scheduler)
+        return builds_in_use(site_scheduler(site))
     return ask
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcenv.cli.argtypes import LocalFile, add_sync_options, local_file
+from hpcenv.cli.commands import COMMAND_HELP
 from hpcenv.cli.context import Context
 from hpcenv.cli.submission import is_local, report_submission
 from hpcenv.errors import InvalidInput
@@ -21,10 +22,9 @@ SUBMIT_USAGE = ("hpcenv submit SCRIPT [ARGS...] --env NAME [options] [-- MORE AR
                 "       hpcenv submit --env NAME [options] -- CMD [ARGS...]")
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    _register_submit(sub, common)
-
-    jobs = sub.add_parser("jobs", parents=[common], help="list my jobs with their env and partition",
+def register_control(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``jobs``, ``status``, ``logs`` and ``cancel``: none needs the job option table."""
+    jobs = sub.add_parser("jobs", parents=[common], help=COMMAND_HELP["jobs"],
                           description="List your queued and running jobs, with the env and "
                                       "partition hpcenv submitted them with.")
     jobs.add_argument("-a", "--all", action="store_true",
@@ -32,20 +32,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                            "still knows them)")
     jobs.set_defaults(handler=jobs_handler)
 
-    status = sub.add_parser("status", parents=[common], help="state, reason, exit code, node, elapsed",
+    status = sub.add_parser("status", parents=[common], help=COMMAND_HELP["status"],
                             description="Show one job: state, reason, exit code, node, elapsed "
                                         "time, env and partition. Works after the job finished.")
     status.add_argument("job_id", metavar="JOB")
     status.set_defaults(handler=status_handler)
 
-    logs = sub.add_parser("logs", parents=[common], help="print (or follow) a job's output",
+    logs = sub.add_parser("logs", parents=[common], help=COMMAND_HELP["logs"],
                           description="Print the job's stdout and stderr files; with -f keep "
                                       "printing what is appended until the job ends.")
     logs.add_argument("job_id", metavar="JOB")
     logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     logs.set_defaults(handler=logs_handler)
 
-    cancel = sub.add_parser("cancel", parents=[common], help="cancel a job or send its program a signal",
+    cancel = sub.add_parser("cancel", parents=[common], help=COMMAND_HELP["cancel"],
                             description="Cancel a job (TERM to all its processes, KILL after "
                                         "the grace period), or with --signal only deliver that "
                                         "signal to its program, once (e.g. USR1 to ask for a "
@@ -57,9 +57,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     cancel.set_defaults(handler=cancel_handler)
 
 
-def _register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "submit", parents=[common], usage=SUBMIT_USAGE, help="submit a script to run in an env",
+        "submit", parents=[common], usage=SUBMIT_USAGE, help=COMMAND_HELP["submit"],
         description="Submit SCRIPT (a .py file runs with the env's python, anything else with "
                     "bash) or a command after '--' to the site's scheduler, inside env NAME. "
                     "The env is built first if it is missing and its environment file is found. "
@@ -207,7 +207,7 @@ def _wait(job_id: str, ctx: Context, scheduler: Scheduler) -> JobInfo:
 
 def _scheduler(ctx: Context) -> Scheduler:
     """The site's backend; -v says which one and why."""
-    from hpcenv.jobs.submit import site_selection
+    from hpcenv.jobs.backend import site_selection
 
     selection = site_selection(ctx.site())
     ctx.debug(f"hpcenv: scheduler backend {selection.scheduler.kind} ({selection.why})")

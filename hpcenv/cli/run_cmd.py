@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpcenv.cli.commands import COMMAND_HELP
 from hpcenv.cli.context import Context
 from hpcenv.errors import InvalidInput
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
-        "run", parents=[common], help="run a command inside an environment",
+        "run", parents=[common], help=COMMAND_HELP["run"],
         description="Run CMD inside an environment with its activation applied (activate.d "
                     "scripts included). hpcenv replaces itself with CMD (exec): signals reach "
                     "CMD directly and its exit status is hpcenv's. Exit 127 when CMD is not on "

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hpcenv.cli.commands import COMMAND_HELP
 from hpcenv.cli.context import Context
 from hpcenv.errors import InvalidInput
 
 
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
              common: argparse.ArgumentParser) -> None:
-    site = sub.add_parser("site", parents=[common], help="show and check the site config",
+    site = sub.add_parser("site", parents=[common], help=COMMAND_HELP["site"],
                           description="Show, check and export the effective site config.")
     site_sub = site.add_subparsers(dest="site_command", metavar="ACTION", parser_class=type(site))
 

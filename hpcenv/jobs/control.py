@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal as _signal
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.fsutil import atomic_write_json
 from hpcenv.scheduler.base import (
     JobInfo,
@@ -86,10 +87,13 @@ def submissions_dir(state_dir: Path) -> Path:
 
 
 def _record_path(state_dir: Path, scheduler: str, job_id: str) -> Path:
-    scheduler = job_namespace(scheduler)
+    return submissions_dir(state_dir) / _record_name(job_namespace(scheduler), job_id)
+
+
+def _record_name(namespace: str, job_id: str) -> str:
     if not job_id or not all(c.isalnum() or c in "_.+-" for c in job_id):
         raise InvalidInput(f"job id {job_id!r}: expected something like 1234 or 1234_5")
-    return submissions_dir(state_dir) / f"{scheduler}-{job_id}.json"
+    return f"{namespace}-{job_id}.json"
 
 
 def save_submission(state_dir: Path, record: SubmissionRecord) -> Path:
@@ -104,26 +108,39 @@ def save_submission(state_dir: Path, record: SubmissionRecord) -> Path:
 def load_submission(state_dir: Path, scheduler: str, job_id: str) -> SubmissionRecord | None:
     """The record of ``job_id`` (array tasks ``12_3`` fall back to the array's ``12``)."""
     for jid in dict.fromkeys((job_id, job_id.split("_", 1)[0])):
-        path = _record_path(state_dir, scheduler, jid)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError) as exc:
-            raise HpcenvError(f"{path}: unreadable submission record ({exc}); delete it") from None
-        known = set(SubmissionRecord.__dataclass_fields__)
-        return SubmissionRecord(**{k: v for k, v in data.items() if k in known})
+        record = _read_record(str(_record_path(state_dir, scheduler, jid)))
+        if record is not None:
+            return record
     return None
 
 
+def _read_record(path: str) -> SubmissionRecord | None:
+    """The record in ``path``, None when there is no such file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise HpcenvError(f"{path}: unreadable submission record ({exc}); delete it") from None
+    known = SubmissionRecord.__dataclass_fields__
+    return SubmissionRecord(**{k: v for k, v in data.items() if k in known})
+
+
 def list_submissions(state_dir: Path, scheduler: str) -> list[SubmissionRecord]:
-    directory = submissions_dir(state_dir)
-    scheduler = job_namespace(scheduler)
-    if not directory.is_dir():
+    directory = str(submissions_dir(state_dir))
+    namespace = job_namespace(scheduler)
+    start = f"{namespace}-"
+    try:
+        with os.scandir(directory) as entries:
+            names = [e.name for e in entries if e.name.startswith(start) and e.name.endswith(".json")]
+    except (FileNotFoundError, NotADirectoryError):
         return []
     out = []
-    for path in directory.glob(f"{scheduler}-*.json"):
-        record = load_submission(state_dir, scheduler, path.stem.removeprefix(f"{scheduler}-"))
+    # Plain string paths: thousands of records (`jobs -a`) must not cost a Path each.
+    for name in names:
+        _record_name(namespace, name[len(start):-len(".json")])  # a stray file's name is refused
+        record = _read_record(os.path.join(directory, name))
         if record is not None:
             out.append(record)
     return sorted(out, key=lambda r: r.submitted)
@@ -162,13 +179,11 @@ def my_jobs(scheduler: Scheduler, state_dir: Path, *, include_finished: bool = F
     views = {info.job_id: JobView(info, load_submission(state_dir, scheduler.kind, info.job_id))
              for info in scheduler.jobs()}
     if include_finished:
-        for record in list_submissions(state_dir, scheduler.kind):
-            if record.job_id in views:
-                continue
-            try:
-                views[record.job_id] = JobView(scheduler.status(record.job_id), record)
-            except NotFound:
-                continue  # purged by the scheduler and no longer in its accounting
+        records = [r for r in list_submissions(state_dir, scheduler.kind) if r.job_id not in views]
+        # One batched query for all of them: thousands of records must not cost a few
+        # scheduler calls each.  Jobs purged from the scheduler and its accounting are left out.
+        infos = scheduler.statuses([r.job_id for r in records]) if records else {}
+        views.update((r.job_id, JobView(infos[r.job_id], r)) for r in records if r.job_id in infos)
     return sorted(views.values(), key=lambda v: _id_key(v.info.job_id))
 
 

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcenv.build.builder import build_env
-from hpcenv.build.plan import plan_build
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
 from hpcenv.fsutil import current_user
+from hpcenv.jobs.backend import site_scheduler
 from hpcenv.jobs.control import SubmissionRecord, job_namespace, save_submission
 from hpcenv.jobs.routing import RouteRequest, RoutingDecision, route
 from hpcenv.jobs.staging import PREFIX_VAR, check_staged_script, plan_staging
@@ -42,7 +41,6 @@ from hpcenv.jobs.templates import (
     job_name_from,
     render_job_script,
 )
-from hpcenv.scheduler import Selection, select_scheduler
 from hpcenv.scheduler.base import (
     SLURM_CAPABILITIES,
     Capabilities,
@@ -53,7 +51,6 @@ from hpcenv.scheduler.build_use import build_of, tag_comment
 from hpcenv.scheduler.job_options import JobOptions, job_fields, min_nodes, sbatch_lines
 from hpcenv.scheduler.options import name_problem
 from hpcenv.scheduler.slurm_cli import SlurmCLI
-from hpcenv.spec.environment import load_spec
 from hpcenv.spec.names import EnvName
 from hpcenv.store import store_for
 from hpcenv.store.activation import activation_script
@@ -62,6 +59,7 @@ from hpcenv.store.layout import is_complete
 if TYPE_CHECKING:
     from hpcenv.scheduler.base import PartitionState, Scheduler
     from hpcenv.site.config import SiteConfig
+    from hpcenv.spec.environment import EnvSpec
     from hpcenv.store.registry import EnvRecord
 
 Progress = Callable[[str], None]
@@ -158,12 +156,21 @@ def _spec_candidates(name: str, search_dirs: Sequence[Path]) -> list[Path]:
     return out
 
 
+def _load_spec(path: Path) -> EnvSpec:
+    """The spec in ``path``.  The spec parser (and below, the builder) is imported only when a
+    spec is read: submitting to a built env, the common case, is a registry lookup that their
+    imports would make several times slower."""
+    from hpcenv.spec.environment import load_spec as parse_file
+
+    return parse_file(path)
+
+
 def find_env_file(name: str, search_dirs: Sequence[Path]) -> Path | None:
     """An environment file that clearly means env ``name`` (see the module doc)."""
     for path in _spec_candidates(name, search_dirs):
         if not path.is_file():
             continue
-        spec = load_spec(path)
+        spec = _load_spec(path)
         if spec.name == name or (spec.name is None and path.stem == name):
             return path
     return None
@@ -183,7 +190,7 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
     say = progress or (lambda _m: None)
     spec = None
     if env_file is not None:
-        spec = load_spec(env_file)
+        spec = _load_spec(env_file)
         name = name or spec.name or Path(env_file).stem
     if name is None:
         raise InvalidInput("no env given: pass --env NAME (a registered env) or --env-file FILE")
@@ -200,7 +207,10 @@ def ensure_env(site: SiteConfig, name: str | None, *, env_file: Path | None = No
                 f"has no usable current version (v{current.version} is {current.status})"
             raise NotFound(f"env {name!r} {state} ({site.registry}); build it first with "
                            f"'hpcenv env build FILE --name {name}' or pass --env-file FILE")
-        spec = load_spec(env_file)
+        spec = _load_spec(env_file)
+    from hpcenv.build.builder import build_env  # see _load_spec
+    from hpcenv.build.plan import plan_build
+
     plan = plan_build(spec, site, name=name)
     found = registry.find_ready(plan.key, plan.name)
     if found is not None and not is_complete(found.prefix):
@@ -238,17 +248,6 @@ def _conda_available(conda_exe: str) -> bool:
     if path.is_absolute():
         return path.is_file() and os.access(path, os.X_OK)
     return shutil.which(conda_exe) is not None
-
-
-def site_selection(site: SiteConfig) -> Selection:
-    """The site's scheduler backend and why it was chosen (``scheduler: slurm`` picks pyslurm
-    or the CLI by the installed pyslurm and the cluster's release)."""
-    return select_scheduler(site.scheduler, state_dir=site.state_dir,
-                            bin_dir=site.slurm.bin_dir)
-
-
-def site_scheduler(site: SiteConfig) -> Scheduler:
-    return site_selection(site).scheduler
 
 
 # A dry run asks the controller for node state only this long: it must work (quickly) where no
@@ -482,6 +481,7 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
                     env_name=record.name, env_version=str(record.version),
                     conda_exe=site.conda_exe, activation=activation)
     text = render_job_script(job, templates_dir=site.templates_dir,
+                             cache_dir=Path(site.state_dir) / "template-cache",
                              extra={"stage": stage.context} if stage is not None else None)
     if stage is not None:
         check_staged_script(text, site)

@@ -32,6 +32,7 @@ Launchers:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 from collections.abc import Sequence
@@ -100,9 +101,14 @@ def template_dirs(templates_dir: Path | None) -> list[Path]:
 
 
 def render_job_script(job: JobScript, *, templates_dir: Path | None = None,
-                      template: str = TEMPLATE_NAME, extra: dict[str, Any] | None = None) -> str:
+                      template: str = TEMPLATE_NAME, extra: dict[str, Any] | None = None,
+                      cache_dir: Path | None = None) -> str:
     """Render the job script.  ``templates_dir`` (the site's) is searched before the shipped
-    templates, so a site may override ``job.sh.j2`` or only one of the parts it includes."""
+    templates, so a site may override ``job.sh.j2`` or only one of the parts it includes.
+
+    ``cache_dir`` (private to the user: it holds compiled code) keeps the templates compiled
+    between runs: Jinja2 checks each cached entry against a hash of its template's current
+    source, so an edited site template is recompiled, never served stale."""
     import jinja2
 
     if job.launcher not in ("conda-run", "activate"):
@@ -119,7 +125,7 @@ def render_job_script(job: JobScript, *, templates_dir: Path | None = None,
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(d) for d in template_dirs(templates_dir)]),
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
-        trim_blocks=True, lstrip_blocks=True,
+        trim_blocks=True, lstrip_blocks=True, bytecode_cache=_bytecode_cache(cache_dir),
     )
     env.filters["quote"] = _quote
     env.filters["comment"] = _comment
@@ -141,6 +147,36 @@ def render_job_script(job: JobScript, *, templates_dir: Path | None = None,
     except jinja2.TemplateError as exc:
         where, line = _template_location(exc, template)
         raise InvalidInput(f"{where}{':' + str(line) if line else ''}: job template error: {exc}") from None
+
+
+def _bytecode_cache(cache_dir: Path | None) -> Any:
+    """A Jinja2 bytecode cache in ``cache_dir``, or None when there is none or it cannot be
+    made (rendering then compiles the templates, as without a cache)."""
+    if cache_dir is None:
+        return None
+    import jinja2
+
+    class TemplateCache(jinja2.FileSystemBytecodeCache):
+        """Only ever an optimisation: an entry that cannot be read or written (a full disk,
+        a directory made read-only, a damaged file) means compiling, never a failed submit."""
+
+        def load_bytecode(self, bucket: Any) -> None:
+            import pickle  # already loaded by jinja2's cache: its checksums are pickled
+
+            try:
+                super().load_bytecode(bucket)
+            except (OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError):
+                bucket.reset()
+
+        def dump_bytecode(self, bucket: Any) -> None:
+            with contextlib.suppress(OSError):
+                super().dump_bytecode(bucket)
+
+    try:
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return TemplateCache(str(cache_dir))
 
 
 def _template_location(exc: Exception, fallback: str) -> tuple[str, int | None]:

@@ -25,17 +25,9 @@ from hpcenv.scheduler.base import (
     PartitionState,
     Scheduler,
 )
-from hpcenv.scheduler.local import LocalExecutor
-from hpcenv.scheduler.pyslurm_backend import (
-    PyslurmScheduler,
-    import_problem,
-    pyslurm_version,
-    same_release,
-)
-from hpcenv.scheduler.slurm_cli import SlurmCLI
 
 __all__ = ["Capabilities", "JobInfo", "NodeState", "PartitionState", "Scheduler", "KINDS",
-           "Selection", "get_scheduler", "select_scheduler"]
+           "Selection", "get_scheduler", "pyslurm_installed", "select_scheduler"]
 
 KINDS = ("slurm", "slurm-cli", "pyslurm", "local")
 
@@ -49,17 +41,28 @@ class Selection:
 
 
 def select_scheduler(kind: str, **opts: Any) -> Selection:
+    # Each backend module is imported when it is chosen: importing this package (every
+    # ``hpcenv`` command does, for the job option table) must not pay for all three.
     if kind == "local":
+        from hpcenv.scheduler.local import LocalExecutor
+
         state_dir = opts.get("state_dir")
         if state_dir is None:
             raise InvalidInput("the local executor needs a state_dir (the site's state_dir)")
         return Selection(LocalExecutor(Path(state_dir)), "scheduler: local")
     if kind not in KINDS:
         raise InvalidInput(f"unknown scheduler {kind!r}; choose one of {', '.join(KINDS)}")
+    from hpcenv.scheduler.slurm_cli import SlurmCLI
+
     cli = SlurmCLI(timeout=opts.get("timeout", 60.0), env=opts.get("env"),
                    bin_dir=opts.get("bin_dir"))
     if kind == "slurm-cli":
         return Selection(cli, "scheduler: slurm-cli")
+    if kind == "slurm" and not pyslurm_installed():
+        return Selection(cli, "scheduler: slurm; pyslurm is not installed, so the Slurm CLI")
+    from hpcenv.scheduler import pyslurm_backend
+    from hpcenv.scheduler.pyslurm_backend import PyslurmScheduler, import_problem, same_release
+
     if kind == "pyslurm":
         backend = PyslurmScheduler.create(history=cli)
         if backend is None:
@@ -70,7 +73,7 @@ def select_scheduler(kind: str, **opts: Any) -> Selection:
         return Selection(backend, "scheduler: pyslurm")
     # "slurm": pyslurm only when it was built for the very release the cluster runs; a
     # mismatched pyslurm talks a different RPC protocol and fails in obscure ways.
-    built_for = pyslurm_version()
+    built_for = pyslurm_backend.pyslurm_version()
     if built_for is None:
         return Selection(cli, "scheduler: slurm; pyslurm is not installed, so the Slurm CLI")
     try:
@@ -86,6 +89,15 @@ def select_scheduler(kind: str, **opts: Any) -> Selection:
         return Selection(cli, f"scheduler: slurm; pyslurm {built_for} does not import "
                               f"({import_problem() or 'it failed in this process'}), so the Slurm CLI")
     return Selection(backend, f"scheduler: slurm; pyslurm {built_for} matches Slurm {release}")
+
+
+def pyslurm_installed() -> bool:
+    """Whether a pyslurm module is there to try, found without importing it (importing
+    initialises libslurm) or reading package metadata: most sites have none, and then neither
+    ``importlib.metadata`` nor the pyslurm backend's module is worth loading."""
+    import importlib.util
+
+    return importlib.util.find_spec("pyslurm") is not None
 
 
 def get_scheduler(kind: str, **opts: Any) -> Scheduler:

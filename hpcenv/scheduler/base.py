@@ -7,6 +7,8 @@ and cluster state, and cancels jobs.  Backends: the Slurm command line (``slurm_
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -187,6 +189,11 @@ class Scheduler(Protocol):
         """State of one job, also after it finished.  Raises NotFound for unknown ids."""
         ...
 
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """:meth:`status` of many jobs, by id, in a few queries whatever their number; ids the
+        scheduler does not know are left out."""
+        ...
+
     def jobs(self, user: str | None = None, *, all_users: bool = False) -> list[JobInfo]:
         """Queued and running jobs of ``user`` (default: the current user), or with
         ``all_users`` every user's the scheduler shows (which builds jobs run in:
@@ -206,32 +213,24 @@ class Scheduler(Protocol):
         ...
 
 
+# `%`, an optional width, then one character (none at the end of the pattern).
+_OUTPUT_PLACEHOLDER = re.compile(r"%(\d*)(.?)", re.DOTALL)
+
+
 def expand_output_pattern(pattern: str, *, job_id: str, name: str, user: str | None = None,
                           node: str | None = None, array_job_id: str | None = None,
                           array_task_id: str | None = None) -> str:
     """Expand the ``sbatch --output`` placeholders hpcenv's scripts use (%j %x %u %N %A %a %%).
     For an array task ``job_id`` is the task's own id, ``array_job_id`` the array's."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch != "%" or i + 1 == len(pattern):
-            out.append(ch)
-            i += 1
-            continue
+    values = {"j": job_id, "A": array_job_id or job_id, "x": name, "u": user or "",
+              "N": node or "", "a": array_task_id or "4294967294", "%": "%"}
+
+    def expand(match: re.Match[str]) -> str:
         # Slurm allows a zero-padding width between % and the letter (%5j); honour it.
-        j = i + 1
-        while j < len(pattern) and pattern[j].isdigit():
-            j += 1
-        width = int(pattern[i + 1:j]) if j > i + 1 else 0
-        letter = pattern[j] if j < len(pattern) else ""
-        values = {"j": job_id, "A": array_job_id or job_id, "x": name, "u": user or "",
-                  "N": node or "", "a": array_task_id or "4294967294", "%": "%"}
-        if letter in values:
-            value = values[letter]
-            out.append(value.zfill(width) if letter in "jA" else value)
-            i = j + 1
-        else:
-            out.append(pattern[i:j + 1])
-            i = j + 1
-    return "".join(out)
+        width, letter = match.group(1), match.group(2)
+        if letter not in values:
+            return match.group(0)
+        value = values[letter]
+        return value.zfill(int(width or 0)) if letter in "jA" else value
+
+    return _OUTPUT_PLACEHOLDER.sub(expand, pattern)

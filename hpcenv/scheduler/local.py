@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -258,6 +258,15 @@ class LocalExecutor:
                     job.end_time = job.end_time or time.time()
                     self._save(job)
         return self._info(job)
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        found = {}
+        for job_id in job_ids:
+            try:
+                found[job_id] = self.status(job_id)
+            except NotFound:
+                continue
+        return found
 
     def jobs(self, user: str | None = None, *, all_users: bool = False) -> list[JobInfo]:
         user = user or current_user()

@@ -31,7 +31,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -330,32 +330,46 @@ class PyslurmScheduler:
             raise InvalidInput(f"{script_path}: {exc}") from None
 
     def status(self, job_id: str) -> JobInfo:
-        ps = self._pyslurm
-        job_id = str(job_id).strip()
-        array_id, _, task = job_id.partition("_")
-        number = self._job_id(array_id)
-        if task and not task.isdigit():
-            raise InvalidInput(f"invalid Slurm job id {job_id!r}: expected e.g. 1234 or 1234_5")
-        try:
-            jobs = [j for j in ps.Jobs.load().values()
-                    if j.id == number or getattr(j, "array_id", None) == number]
-        except ps.RPCError as exc:
-            raise _rpc_error(f"could not report job {job_id}", exc) from None
-        infos = [job_info(j) for j in jobs]
-        if task:
-            found = next((i for i in infos if i.job_id == job_id), None)
-        elif len(infos) == 1 and not getattr(jobs[0], "array_id", None):
-            found = infos[0]
-        else:
-            found = array_info(job_id, infos) if infos else None
-        if found is not None:
-            return found
-        # Purged from slurmctld: only the job completion log still knows it.
-        info = self._history.completed_job(job_id)
+        info = self.statuses([job_id]).get(str(job_id).strip())
         if info is None:
             raise NotFound(f"Slurm job {job_id} is unknown: not in the queue and not in the job "
                            "completion log; check the id")
         return info
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        ps = self._pyslurm
+        wanted: list[tuple[str, int, str]] = []
+        for job_id in job_ids:
+            job_id = str(job_id).strip()
+            array_id, _, task = job_id.partition("_")
+            number = self._job_id(array_id)
+            if task and not task.isdigit():
+                raise InvalidInput(f"invalid Slurm job id {job_id!r}: expected e.g. 1234 or 1234_5")
+            wanted.append((job_id, number, task))
+        try:
+            loaded = list(ps.Jobs.load().values()) if wanted else []
+        except ps.RPCError as exc:
+            raise _rpc_error(f"could not report job {wanted[0][0]}", exc) from None
+        queue: dict[int, list[Any]] = {}
+        for j in loaded:
+            for key in dict.fromkeys((j.id, getattr(j, "array_id", None))):
+                if key is not None:
+                    queue.setdefault(key, []).append(j)
+        found: dict[str, JobInfo] = {}
+        for job_id, number, task in wanted:
+            jobs = queue.get(number, [])
+            infos = [job_info(j) for j in jobs]
+            if task:
+                info = next((i for i in infos if i.job_id == job_id), None)
+            elif len(infos) == 1 and not getattr(jobs[0], "array_id", None):
+                info = infos[0]
+            else:
+                info = array_info(job_id, infos) if infos else None
+            if info is not None:
+                found[job_id] = info
+        # Purged from slurmctld: only the job completion log still knows them.
+        rest = [job_id for job_id, _, _ in wanted if job_id not in found]
+        return found | (self._history.completed_jobs(rest) if rest else {})
 
     def jobs(self, user: str | None = None, *, all_users: bool = False) -> list[JobInfo]:
         ps = self._pyslurm

@@ -31,7 +31,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,11 +55,18 @@ _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 # `Key=value` pairs of scontrol's one-line output; keys look like `JobId`, `CPUs/Task`,
 # `AllocNode:Sid`.  Values may contain spaces (job names, paths), so split at keys, not blanks.
 _SCONTROL_KEY = re.compile(r"(?:^|\s)([A-Z][A-Za-z0-9_/:]*)=")
+_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)")
+_CLOCK = re.compile(r"(?:(\d+)-)?(\d\d):(\d\d):(\d\d)")
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _GRES_GPU = re.compile(r"gpu:(?:([^:,()]+):)?(\d+)")
 _NULL = {"", "(null)", "None", "N/A", "Unknown", "n/a"}
 _SACCT_FIELDS = ("JobIDRaw", "State", "ExitCode", "NodeList", "Elapsed", "Partition", "User",
                  "WorkDir", "Start", "End", "JobName")
 _SEP = "\x1f"  # job names may hold "|", sacct's default delimiter
+# Without -j, sacct lists only jobs since midnight: -S reaches back past any job completion log.
+_SACCT_EPOCH = "1970-01-02"
+# Up to this many ids are named with -j; more are filtered from one listing of every job.
+_SACCT_BY_ID = 50
 
 
 def parse_scontrol_line(line: str) -> dict[str, str]:
@@ -77,6 +84,13 @@ def parse_duration(text: str | None) -> float | None:
     it prints none (``N/A``, ``INVALID``, ``UNLIMITED``) or something hpcenv cannot read."""
     if not text or text in _NULL or text == "INVALID":
         return None
+    # The common shape read directly: `jobs -a` reads one per finished job, and the full
+    # reader checks each as the user's own --time.
+    match = _CLOCK.fullmatch(text)
+    if match is not None:
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        if minutes <= 59 and seconds <= 59 and (hours <= 23 or match.group(1) is None):
+            return float(days * 86400 + hours * 3600 + minutes * 60 + seconds)
     try:
         return parse_time_limit(text)
     except InvalidInput:
@@ -85,12 +99,17 @@ def parse_duration(text: str | None) -> float | None:
 
 def parse_time(text: str | None) -> float | None:
     """Slurm's local ``YYYY-MM-DDTHH:MM:SS`` -> Unix time."""
-    if not text or text in _NULL:
+    # Read with a regex, not time.strptime: `jobs -a` reads two per finished job, and
+    # strptime's locale-aware machinery costs ~30 us each.
+    match = _TIME.fullmatch(text) if text else None
+    if match is None:
         return None
-    try:
-        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
+    year, month, day, hour, minute, second = map(int, match.groups())
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not (1 <= month <= 12 and 1 <= day <= _MONTH_DAYS[month - 1] + (leap and month == 2)
+            and hour <= 23 and minute <= 59 and second <= 61):
         return None
+    return time.mktime((year, month, day, hour, minute, second, 0, 0, -1))
 
 
 def parse_exit_code(text: str | None) -> tuple[int | None, int | None]:
@@ -254,21 +273,62 @@ class SlurmCLI:
                            "completion log (sacct -c); check the id")
         return info
 
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """:meth:`status` of many jobs with one ``scontrol show job -o`` for those in the queue
+        and :meth:`completed_jobs` for the rest; ids Slurm does not know are left out."""
+        ids = [self._check_id(j) for j in job_ids]
+        queue: dict[str, list[JobInfo]] = {}
+        for line in self._run(["scontrol", "show", "job", "-o"]).stdout.splitlines():
+            if not line.startswith("JobId="):
+                continue
+            f = parse_scontrol_line(line)
+            info = job_from_scontrol(f)
+            # The keys `scontrol show job -o ID` finds this line by: its array's id (every
+            # task) or its own, and a task's ARRAY_TASK name.
+            for key in dict.fromkeys((f.get("ArrayJobId") or f.get("JobId", ""), info.job_id)):
+                queue.setdefault(key, []).append(info)
+        found: dict[str, JobInfo] = {}
+        for job_id in ids:
+            infos = queue.get(job_id)
+            if infos:
+                found[job_id] = (infos[0] if len(infos) == 1 and infos[0].job_id == job_id
+                                 else array_info(job_id, infos))
+        rest = [j for j in ids if j not in found]
+        return found | (self.completed_jobs(rest) if rest else {})
+
     def completed_job(self, job_id: str) -> JobInfo | None:
         """The job's record in the job completion log (``sacct -c``), or None.  A job array
         (or one task of it, ``12_3``) comes from the file itself: see the module doc."""
-        job_id = self._check_id(job_id)
-        array_id, _, task = job_id.partition("_")
-        tasks = self._array_tasks(array_id)
-        if task:
-            return next((t for t in tasks if t.job_id == job_id), None)
-        if tasks:
-            return array_info(job_id, tasks)
-        proc = self._run(["sacct", "-c", "-j", job_id, "-n", "-P", f"--delimiter={_SEP}",
-                          "-o", ",".join(_SACCT_FIELDS)], check=False)
+        return self.completed_jobs([job_id]).get(self._check_id(job_id))
+
+    def completed_jobs(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """:meth:`completed_job` of many jobs: one read of the job completion file for arrays
+        and one ``sacct -c`` for the other jobs, whatever their number."""
+        ids = [self._check_id(j) for j in job_ids]
+        arrays = self._array_tasks() if ids else {}
+        found: dict[str, JobInfo] = {}
+        plain: list[str] = []
+        for job_id in ids:
+            array_id, _, task = job_id.partition("_")
+            tasks = arrays.get(array_id, [])
+            if task:
+                info = next((t for t in tasks if t.job_id == job_id), None)
+                if info is not None:
+                    found[job_id] = info
+            elif tasks:
+                found[job_id] = array_info(job_id, tasks)
+            else:
+                plain.append(job_id)
+        if not plain:
+            return found
+        # `-j` with many ids costs sacct a pass over the file per id (1.5 s for 10,000 ids in
+        # a 10,000-job file); every job since the start of time is one pass, filtered here.
+        which = ["-j", ",".join(plain)] if len(plain) <= _SACCT_BY_ID else []
+        proc = self._run(["sacct", "-c", *which, "-S", _SACCT_EPOCH, "-n", "-P",
+                          f"--delimiter={_SEP}", "-o", ",".join(_SACCT_FIELDS)], check=False)
         if proc.returncode != 0:
-            return None
-        return parse_sacct(proc.stdout, job_id)
+            return found
+        return found | parse_sacct_jobs(proc.stdout, only=set(plain))
 
     def _jobcomp_file(self) -> Path | None:
         """The job completion file when Slurm writes one (jobcomp/filetxt), else None."""
@@ -284,25 +344,25 @@ class SlurmCLI:
             self._jobcomp = (Path(loc) if usable else None,)
         return self._jobcomp[0]
 
-    def _array_tasks(self, array_id: str) -> list[JobInfo]:
-        """The tasks of array ``array_id`` in the job completion file (none if it has none)."""
+    def _array_tasks(self) -> dict[str, list[JobInfo]]:
+        """Every array's tasks in the job completion file, by array id (none if it has none)."""
         path = self._jobcomp_file()
         if path is None:
-            return []
+            return {}
         try:
             text = path.read_text(errors="replace")
         except OSError:
-            return []
-        tasks: dict[str, JobInfo] = {}
-        needle = f" ArrayJobId={array_id} "
+            return {}
+        arrays: dict[str, dict[str, JobInfo]] = {}
         for line in text.splitlines():
-            if needle not in line:
+            if " ArrayJobId=" not in line:
                 continue
             f = parse_scontrol_line(line)
-            if f.get("ArrayJobId") == array_id and f.get("ArrayTaskId", "").isdigit():
+            if f.get("ArrayJobId") and f.get("ArrayTaskId", "").isdigit():
                 info = self.from_jobcomp(f)
-                tasks[info.job_id] = info  # a requeued task is logged again: the last one counts
-        return list(tasks.values())
+                # A requeued task is logged again: the last one counts.
+                arrays.setdefault(f["ArrayJobId"], {})[info.job_id] = info
+        return {array_id: list(tasks.values()) for array_id, tasks in arrays.items()}
 
     @staticmethod
     def from_jobcomp(f: Mapping[str, str]) -> JobInfo:
@@ -457,18 +517,25 @@ def _int(text: str | None) -> int:
 
 def parse_sacct(text: str, job_id: str) -> JobInfo | None:
     """Job ``job_id`` in ``sacct -c -n -P --delimiter=US -o`` :data:`_SACCT_FIELDS` output."""
-    for line in reversed(text.splitlines()):  # a requeued job logs more than once
+    return parse_sacct_jobs(text, only={job_id}).get(job_id)
+
+
+def parse_sacct_jobs(text: str, only: Collection[str] | None = None) -> dict[str, JobInfo]:
+    """The jobs (all, or those in ``only``) in ``sacct -c -n -P --delimiter=US -o``
+    :data:`_SACCT_FIELDS` output, by id; a requeued job logs more than once and its last record
+    counts."""
+    jobs: dict[str, JobInfo] = {}
+    for line in text.splitlines():
         fields = line.split(_SEP)
-        if len(fields) < len(_SACCT_FIELDS):
+        if len(fields) < len(_SACCT_FIELDS) or (only is not None and fields[0] not in only):
             continue
         row = dict(zip(_SACCT_FIELDS[:-1], fields[:len(_SACCT_FIELDS) - 1]))
         row["JobName"] = _SEP.join(fields[len(_SACCT_FIELDS) - 1:])
-        if row["JobIDRaw"] != job_id:
-            continue
+        job_id = row["JobIDRaw"]
         state = row["State"].split(" ", 1)[0] if row["State"] else "UNKNOWN"
         code, sig = parse_exit_code(row["ExitCode"])
         workdir = _value(row["WorkDir"])
-        return JobInfo(
+        jobs[job_id] = JobInfo(
             job_id=job_id, name=row["JobName"], state=state,
             reason=None if state != "UNKNOWN" else "its completion record is garbled "
             "(sacct -c cannot parse job names with spaces)",
@@ -477,4 +544,4 @@ def parse_sacct(text: str, job_id: str) -> JobInfo | None:
             workdir=Path(workdir) if workdir else None,
             start_time=parse_time(row["Start"]), end_time=parse_time(row["End"]),
             user=_user_name(row["User"]), source="jobcomp")
-    return None
+    return jobs

@@ -21,13 +21,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from hpcenv.errors import InvalidInput, shown_value, where
+from hpcenv.errors import InvalidInput, where
+from hpcenv.spec.names import env_name_problem
 from hpcenv.spec.pip_lines import full_option_name, pip_line_problem
 from hpcenv.yamlio import YNode, closest, load_yaml_text, read_text_file
-
-_ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENV_NAME_RULE = ("use 1-64 characters from letters, digits, '.', '_' and '-', starting with a "
-                  "letter or digit, with no '/' and no '..' (e.g. 'cv-resnet50-exp1')")
 
 # `prefix:` is machine-specific output of `conda env export` and `platforms:` is read by
 # conda-lock; neither defines the environment's content, so both are accepted and ignored.
@@ -68,24 +65,6 @@ _BRACKET_PAIR_RE = re.compile(r"""([A-Za-z0-9_-]+?)=(['"]?)([^'"]*?)\2(?:[, ]|$)
 _RUN_TOGETHER_RE = re.compile(r"\s-(?:\s|$)")
 # conda reads a spec that ends in a package file as that file.
 _PACKAGE_FILE_SUFFIXES = (".conda", ".tar.bz2")
-
-
-def _name_problem(name: str) -> str | None:
-    if ".." in name or not _ENV_NAME_RE.fullmatch(name):
-        return f"invalid environment name {shown_value(name)}: {_ENV_NAME_RULE}"
-    return None
-
-
-def validate_env_name(name: str) -> str:
-    """Return ``name`` if it is a valid environment name, else raise InvalidInput.
-
-    Names become directory names on shared filesystems, so no path separators, no ``..`` and
-    no leading punctuation: ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$``.
-    """
-    problem = _name_problem(name)
-    if problem is not None:
-        raise InvalidInput(problem)
-    return name
 
 
 def is_variable_name(name: str) -> bool:
@@ -469,7 +448,7 @@ class _Builder:
         name: str | None = None
         if "name" in sections:
             name = self.text_value(sections["name"], "'name'")
-            problem = _name_problem(name)
+            problem = env_name_problem(name)
             if problem is not None:
                 raise self.fail(sections["name"].line, problem)
         if "prefix" in sections:

@@ -4,8 +4,34 @@ name again.  Names become directory names on shared filesystems (registry, envs 
 
 from __future__ import annotations
 
-from hpcenv.errors import InvalidInput
-from hpcenv.spec.environment import validate_env_name
+import re
+
+from hpcenv.errors import InvalidInput, shown_value
+
+# The rule lives here, not with the spec parser: every command that names an env checks it,
+# and most of them (status, env show, submit of a built env) never parse a spec.
+_ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ENV_NAME_RULE = ("use 1-64 characters from letters, digits, '.', '_' and '-', starting with a "
+                  "letter or digit, with no '/' and no '..' (e.g. 'cv-resnet50-exp1')")
+
+
+def env_name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as an environment name, or None."""
+    if ".." in name or not _ENV_NAME_RE.fullmatch(name):
+        return f"invalid environment name {shown_value(name)}: {_ENV_NAME_RULE}"
+    return None
+
+
+def validate_env_name(name: str) -> str:
+    """Return ``name`` if it is a valid environment name, else raise InvalidInput.
+
+    Names become directory names on shared filesystems, so no path separators, no ``..`` and
+    no leading punctuation: ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$``.
+    """
+    problem = env_name_problem(name)
+    if problem is not None:
+        raise InvalidInput(problem)
+    return name
 
 
 class EnvName(str):

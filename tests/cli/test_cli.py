@@ -89,6 +89,54 @@ def test_every_command_has_help(command: tuple[str, ...],
     assert len(out.splitlines()) > 4
 
 
+def _sub_parser(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argparse.ArgumentParser:
+    for name in path:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_the_parser_of_one_command_group_reads_it_as_the_whole_parser_does(
+        command: tuple[str, ...]) -> None:
+    # main() builds only the group of the command named: its options and help are the same.
+    full, one = build_parser(), build_parser(command=command[0])
+    assert _sub_parser(one, command).format_help() == _sub_parser(full, command).format_help()
+
+
+def test_the_top_level_help_lists_every_command_without_building_their_options() -> None:
+    # main() builds the summaries when no command is named (--help, no command, a typo).
+    summaries = build_parser(summaries=True)
+    assert summaries.format_help() == build_parser().format_help()
+    assert summaries.format_usage() == build_parser().format_usage()
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["status", "12"], "status"), (["--site", "status", "jobs"], "jobs"),
+    (["--site=x.yaml", "-vv", "--json", "env", "list"], "env"), (["-q", "submit", "x.py"], "submit"),
+    (["--remote", "hpc", "logs", "3"], "logs"),
+    # The top-level help and version list every command; unknown or no command: all of them.
+    (["--help", "status"], None), (["-h"], None), (["--version"], None), (["bogus"], None),
+    (["--json"], None), (["--remote"], None), ([], None),
+    # After "--" every word is positional: the first is still the command.
+    (["-v", "--", "status", "12"], "status"), (["--", "--json"], None)])
+def test_the_command_word_is_found_past_the_global_options(argv: list[str],
+                                                           word: str | None) -> None:
+    from hpcenv.cli import _command_word
+
+    assert _command_word(argv) == word
+
+
+def test_job_control_commands_do_not_build_the_job_option_table(tmp_path: Path,
+                                                                env: dict[str, str]) -> None:
+    result = subprocess.run([str(HPCENV), "status", "--help"], capture_output=True, text=True,
+                            cwd=tmp_path, env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, timeout=60)
+    assert result.returncode == 0 and "usage: hpcenv status" in result.stdout, result.stderr
+    timed = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+             if line.startswith("import time:")}
+    assert "hpcenv.cli.job_cmd" in timed and "hpcenv.scheduler.job_options" not in timed
+
+
 def test_sub_command_help_through_the_console_script() -> None:
     result = hpcenv("env", "inspect", "--help")
     assert result.returncode == 0
@@ -442,7 +490,7 @@ def test_error_details_are_printed_indented_below_the_one_line_message(
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     commands.choices["site"].set_defaults(handler=failing)
-    monkeypatch.setattr(cli, "build_parser", lambda prog="hpcenv": parser)
+    monkeypatch.setattr(cli, "build_parser", lambda prog="hpcenv", **_which: parser)
 
     assert cli.main(["site"]) == 2
     assert capsys.readouterr().err.splitlines() == [

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -235,6 +236,43 @@ def test_site_template_dir_overrides_one_part(prefix: Path, tmp_path: Path) -> N
     text = render_job_script(job(prefix, ["true"]), templates_dir=site_dir)
     assert "#SBATCH --comment=site" in text
     assert 'exec "${hpcenv_cmd[@]}"' in text  # the rest still comes from the shipped templates
+
+
+def test_compiled_templates_are_cached_and_never_served_stale(prefix: Path, tmp_path: Path) -> None:
+    site_dir, cache = tmp_path / "site-templates", tmp_path / "cache"
+    site_dir.mkdir()
+    header = site_dir / "sbatch_header.sh.j2"
+    header.write_text("{% for line in sbatch %}#SBATCH {{ line }}\n{% endfor %}#SBATCH --comment=one\n")
+    plain = render_job_script(job(prefix, ["true"]), templates_dir=site_dir)
+    first = render_job_script(job(prefix, ["true"]), templates_dir=site_dir, cache_dir=cache)
+    assert first == plain and "--comment=one" in first
+    cached = sorted(p.name for p in cache.iterdir())
+    assert len(cached) >= 2 and cache.stat().st_mode & 0o777 == 0o700  # job.sh.j2 and its parts
+    # A template edited after it was cached is compiled afresh, whatever its mtime says.
+    header.write_text(header.read_text().replace("--comment=one", "--comment=two"))
+    os.utime(header, (0, 0))
+    second = render_job_script(job(prefix, ["true"]), templates_dir=site_dir, cache_dir=cache)
+    assert "--comment=two" in second and "--comment=one" not in second
+    assert second == render_job_script(job(prefix, ["true"]), templates_dir=site_dir)
+
+
+def test_a_damaged_or_unwritable_template_cache_only_costs_a_compile(prefix: Path,
+                                                                     tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    expected = render_job_script(job(prefix, ["true"]), cache_dir=cache)
+    for entry in cache.iterdir():
+        entry.write_bytes(entry.read_bytes()[:40])  # cut short: magic and checksum only
+    assert render_job_script(job(prefix, ["true"]), cache_dir=cache) == expected
+    for entry in cache.iterdir():
+        entry.unlink()
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as mp:  # where jinja2 writes a new entry
+        mp.setattr(tempfile, "NamedTemporaryFile", disk_full)
+        assert render_job_script(job(prefix, ["true"]), cache_dir=cache) == expected
+    assert not any(cache.iterdir())
 
 
 def test_template_errors_name_the_file(prefix: Path, tmp_path: Path) -> None:

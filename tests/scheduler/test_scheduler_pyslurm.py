@@ -5,6 +5,7 @@ run against a real Slurm 25.11 controller in test_scheduler_slurm.py and test_su
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,10 +35,11 @@ def test_release_matching() -> None:
 def test_without_pyslurm_the_factory_falls_back(monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
     import hpcenv.scheduler as factory
+    import hpcenv.scheduler.pyslurm_backend as backend
     from hpcenv.scheduler import select_scheduler
 
     # As on a machine without pyslurm: no distribution, and the import fails.
-    monkeypatch.setattr(factory, "pyslurm_version", lambda: None)
+    monkeypatch.setattr(backend, "pyslurm_version", lambda: None)
     monkeypatch.setitem(sys.modules, "pyslurm", None)
     assert PyslurmScheduler.create() is None
     with pytest.raises(HpcenvError, match="pyslurm module does not import"):
@@ -49,7 +51,9 @@ def test_without_pyslurm_the_factory_falls_back(monkeypatch: pytest.MonkeyPatch,
     chosen = select_scheduler("slurm", bin_dir=tmp_path)
     assert (chosen.scheduler.kind, chosen.why) == (
         "slurm-cli", "scheduler: slurm; pyslurm is not installed, so the Slurm CLI")
-    monkeypatch.setattr(factory, "pyslurm_version", lambda: "25.11.2")
+    # A pyslurm distribution whose module fails to import (linked against another libslurm).
+    monkeypatch.setattr(backend, "pyslurm_version", lambda: "25.11.2")
+    monkeypatch.setattr(factory, "pyslurm_installed", lambda: True)
     assert select_scheduler("slurm", bin_dir=tmp_path).why.startswith(
         "scheduler: slurm; pyslurm 25.11.2 does not import (")
 
@@ -133,3 +137,17 @@ def test_job_description_sets_the_fields_sbatch_would(tmp_path: Path) -> None:
                               workdir=tmp_path)["gpus"] == "h100:3"
     with pytest.raises(InvalidInput, match="pyslurm backend cannot pass --gres=gpu:1 on"):
         description_fields(JobOptions(extra_args=("--gres=gpu:1",)), script=script, workdir=tmp_path)
+
+
+def test_without_pyslurm_the_slurm_cli_is_chosen_without_loading_the_pyslurm_backend(
+        tmp_path: Path) -> None:
+    # Every status, jobs and submit picks a backend: on the usual site (no pyslurm) that must
+    # not cost the pyslurm backend's module or importlib.metadata.
+    # (A None entry hides a pyslurm that tests/run installed, as on a machine without it.)
+    code = ("import sys; sys.modules['pyslurm'] = None; "
+            "from hpcenv.scheduler import select_scheduler; "
+            "print(select_scheduler('slurm').scheduler.kind, "
+            "'hpcenv.scheduler.pyslurm_backend' in sys.modules, 'importlib.metadata' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60)
+    assert result.stdout.split() == ["slurm-cli", "False", "False"], result.stderr

@@ -280,3 +280,30 @@ def test_status_after_the_job_left_the_queue(slurm: Scheduler, early_job: str) -
     assert (info.state, info.exit_code, info.name, info.partition) == ("FAILED", 4, "early", "cpu")
     assert info.node in {"cpu1", "cpu2"}
     assert info.elapsed is not None and info.end_time is not None
+
+
+def test_statuses_of_many_jobs_agree_with_status_of_each(slurm: Scheduler, early_job: str,
+                                                         tmp_path: Path) -> None:
+    # After the test above: the early job is only in the job completion log by now.  One batch
+    # covers a running job, a pending array (one queue line for all its tasks), a purged job
+    # and an id Slurm never gave out.
+    running = slurm.submit(write_job(tmp_path, "long", ["-p cpu"], "sleep 60"), workdir=tmp_path)
+    array = slurm.submit(write_job(tmp_path, "arr", ["-p cpu", "--array=0-1",
+                                                     f"--dependency=afterok:{running}"], "exit 0"),
+                         workdir=tmp_path)
+    try:
+        unknown = str(int(array) + 1000)
+        batch = slurm.statuses([early_job, running, array, unknown])
+        assert set(batch) == {early_job, running, array}
+        for job_id, info in batch.items():
+            one = slurm.status(job_id)
+            assert (info.job_id, info.state, info.source, info.exit_code, info.tasks) == \
+                (one.job_id, one.state, one.source, one.exit_code, one.tasks)
+        assert batch[early_job].source == "jobcomp" and batch[array].state == "PENDING"
+        if isinstance(slurm, SlurmCLI):
+            # Past _SACCT_BY_ID ids, sacct lists the whole log once: the same record comes back.
+            many = [early_job, *(str(int(array) + 1000 + i) for i in range(60))]
+            assert slurm.completed_jobs(many) == {early_job: slurm.completed_job(early_job)}
+    finally:
+        slurm.cancel(array)
+        slurm.cancel(running)

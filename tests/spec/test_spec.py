@@ -19,8 +19,8 @@ from hpcenv.spec.environment import (
     parse_spec,
     pip_line_problem,
     split_pip_option,
-    validate_env_name,
 )
+from hpcenv.spec.names import validate_env_name
 
 BASIC = """\
 name: demo
