@@ -49,7 +49,7 @@ from hpcenv.scheduler.base import (
 )
 from hpcenv.scheduler.build_use import build_of, tag_comment
 from hpcenv.scheduler.job_options import JobOptions, job_fields, min_nodes, sbatch_lines
-from hpcenv.scheduler.options import name_problem
+from hpcenv.scheduler.options import TOKEN, name_problem
 from hpcenv.scheduler.slurm_cli import SlurmCLI
 from hpcenv.spec.names import EnvName
 from hpcenv.store import store_for
@@ -409,6 +409,16 @@ def _make_log_dirs(workdir: Path, patterns: Sequence[tuple[str, str | None]],
             created.append(directory)
 
 
+def _default_output(workdir: Path, *, array: bool) -> str:
+    """Where output goes without ``--output``: Slurm's own default name in the submit dir.
+    sbatch reads ``#SBATCH`` values unquoted, so a submit dir whose path holds a space or a
+    quote cannot be written there; the relative name lands in the same place (the job starts
+    in the submit dir) and is what the script says then."""
+    name = "slurm-%A_%a.out" if array else "slurm-%j.out"
+    absolute = str(workdir / name)
+    return absolute if TOKEN.match(absolute) else name
+
+
 def _job_dir(site: SiteConfig, job_name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(site.state_dir) / "jobs" / f"{stamp}-{job_name}-{secrets.token_hex(3)}"
@@ -431,7 +441,7 @@ def submit(script_or_cmd: str | Path | Sequence[str], args: Sequence[str] = (), 
     if not workdir.is_dir():
         raise InvalidInput(f"--workdir {workdir}: no such directory")
     job_name = options.job_name or job_name_from(program.args, program.script)
-    output = options.output or str(workdir / ("slurm-%A_%a.out" if options.array else "slurm-%j.out"))
+    output = options.output or _default_output(workdir, array=bool(options.array))
     nodes = str(options.nodes) if options.nodes is not None else None
     options = replace(options, job_name=job_name, output=output, nodes=nodes)
     _check_gpu_options(options)

@@ -159,6 +159,21 @@ def test_cli_submit_wait_returns_the_jobs_exit_code(built, tmp_path: Path) -> No
     assert data["exit_code"] == 5 and data["state"] == "FAILED" and data["env"] == "cpuenv"
 
 
+def test_a_submit_dir_with_spaces_and_quotes_needs_no_output_option(built, tmp_path: Path) -> None:
+    site, _ = built
+    workdir = tmp_path / "my runs" / "it's \"q\""
+    workdir.mkdir(parents=True)
+    (workdir / "show.py").write_text(SHOW)
+    proc = cli(site, "submit", "show.py", "--env", "cpuenv", "--wait", "--", "a b", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    out = next(workdir.glob("slurm-*.out"))
+    assert json.loads(out.read_text())["argv"] == ["a b"]
+    # logs finds the output through the record, relative to the submit dir.
+    job_id = out.name.removeprefix("slurm-").removesuffix(".out")
+    logs = cli(site, "logs", job_id, cwd=tmp_path)
+    assert logs.returncode == 0 and '"argv": ["a b"]' in logs.stdout, logs.stderr
+
+
 def test_cli_json_dry_run_and_job_control(built, tmp_path: Path) -> None:
     site, _ = built
     script = tmp_path / "catch.py"

@@ -445,6 +445,20 @@ def test_status_and_logs_after_the_job_was_purged(site: SiteConfig,
     assert cli("logs", f"{array_id}_2").stdout == "task 2\n"
 
 
+def test_a_submit_dir_with_spaces_and_quotes_needs_no_output_option(
+        site: SiteConfig, slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    workdir = tmp_path / "my runs" / "it's \"q\""
+    workdir.mkdir(parents=True)
+    (workdir / "show.py").write_text(SHOW)
+    proc = _cli(site, slurm_cluster, workdir, "--json", "submit", "show.py", "a b", "--env",
+                "cpu-env", "--wait")
+    assert proc.returncode == 0, proc.stderr
+    job_id = json.loads(proc.stdout)["job_id"]
+    assert json.loads((workdir / f"slurm-{job_id}.out").read_text())["argv"] == ["a b"]
+    logs = _cli(site, slurm_cluster, tmp_path, "logs", job_id)
+    assert json.loads(logs.stdout)["argv"] == ["a b"], logs.stderr
+
+
 def _cli(site: SiteConfig, cluster: SlurmCluster, cwd: Path, *argv: str,
          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hpcenv", "--site", str(site.source), *argv],
