@@ -332,10 +332,13 @@ def current_umask() -> int:
 
 
 def _shared_cache_check(cache: Path, group: str, umask: int) -> Check:
-    """Can every member of ``group`` write what any of them puts into the package cache?
+    """Can every member of ``group``, and nobody else, use what any of them puts into the
+    package cache?
 
-    rattler creates cache entries and their ``.cache.lock`` files with the builder's umask, so
-    under umask 022 the next user to touch an entry fails on it (shared/notes/rattler.md).
+    hpcenv installs under the umask the site's ``dir_mode`` implies, but the engine creates
+    cache entries and their ``.cache.lock`` files with the umask it runs under: a plain
+    ``conda`` run under umask 022 leaves entries the next member fails on.  Lock files anyone
+    can open let someone outside the group hold a ``flock`` that stalls the lab's builds.
     """
     import grp
     import stat
@@ -348,14 +351,17 @@ def _shared_cache_check(cache: Path, group: str, umask: int) -> Check:
         pass
     problems = []
     if umask & 0o020:
-        problems.append(f"your umask {umask:03o} makes the cache entries you create unwritable "
-                        f"for the rest of group {group}")
+        problems.append(f"your umask {umask:03o} makes the cache entries plain conda runs create "
+                        f"unwritable for the rest of group {group} (hpcenv builds use 002)")
     if cache.is_dir():
         info = cache.stat()
         if not info.st_mode & stat.S_IWGRP:
             problems.append(f"{cache} is not group-writable")
         if not info.st_mode & stat.S_ISGID:
             problems.append(f"{cache} is not setgid, so new entries do not get group {group}")
+        if info.st_mode & 0o007:
+            problems.append(f"{cache} is open to users outside group {group}, who could hold "
+                            "its lock files and stall the lab's builds")
         try:
             owner = grp.getgrgid(info.st_gid).gr_name
         except KeyError:
@@ -364,12 +370,12 @@ def _shared_cache_check(cache: Path, group: str, umask: int) -> Check:
             problems.append(f"{cache} belongs to group {owner}, not {group}")
     if not problems:
         where = cache if cache.is_dir() else f"{cache} (not created yet)"
-        return Check(name, "pass", f"{where}: group {group} can share it under umask "
+        return Check(name, "pass", f"{where}: group {group} alone can share it under umask "
                      f"{umask:03o}")
-    return Check(name, "warn", "; ".join(problems) + f": lab users will fail on each other's "
-                 f"cache entries. Fix: every lab user (and job) runs with umask 002 and the "
-                 f"cache dir is group {group}, mode 2775 (chgrp {group} {cache}; chmod 2775 "
-                 f"{cache}), or one service account owns the cache and does all builds")
+    return Check(name, "warn", "; ".join(problems) + f". Fix: the cache dir is group {group}, "
+                 f"mode 2770 (chgrp {group} {cache}; chmod 2770 {cache}) and plain conda runs "
+                 f"into it use umask 002, or one service account owns the cache and does all "
+                 f"builds")
 
 
 def _exists_check(name: str, path: Path) -> Check:

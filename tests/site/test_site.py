@@ -623,17 +623,24 @@ def test_check_warns_when_the_shared_cache_would_lock_out_other_users(
     site = load_text(tmp_path, f"pkgs_dirs: [{cache}]\npermissions: {{group: {group}}}\n", env)
     check = by_name(check_site(site, umask=0o022))["pkgs_dirs[0] sharing"]
     assert check.status == "warn"
-    assert check.detail.startswith(f"your umask 022 makes the cache entries you create "
-                                   f"unwritable for the rest of group {group}; {cache} is not "
-                                   f"group-writable; {cache} is not setgid")
-    assert "umask 002" in check.detail and f"chmod 2775 {cache}" in check.detail
+    assert check.detail.startswith(f"your umask 022 makes the cache entries plain conda runs "
+                                   f"create unwritable for the rest of group {group} (hpcenv "
+                                   f"builds use 002); {cache} is not group-writable; {cache} is "
+                                   f"not setgid")
+    assert f"{cache} is open to users outside group {group}" in check.detail
+    assert "umask 002" in check.detail and f"chmod 2770 {cache}" in check.detail
     assert "one service account owns the cache" in check.detail
 
     # The right umask alone is not enough while the directory itself is not shared.
     check = by_name(check_site(site, umask=0o002))["pkgs_dirs[0] sharing"]
     assert check.status == "warn" and check.detail.startswith(f"{cache} is not group-writable")
 
+    # Group-shared but open to everyone: outsiders could stall the lab through its lock files.
     cache.chmod(0o2775)
+    check = by_name(check_site(site, umask=0o002))["pkgs_dirs[0] sharing"]
+    assert check.status == "warn" and check.detail.startswith(f"{cache} is open to users outside")
+
+    cache.chmod(0o2770)
     check = by_name(check_site(site, umask=0o002))["pkgs_dirs[0] sharing"]
     assert check.status == "pass", check.detail
     check = by_name(check_site(site, umask=0o022))["pkgs_dirs[0] sharing"]
@@ -655,7 +662,7 @@ def test_check_names_a_cache_of_the_wrong_group(tmp_path: Path, env: dict[str, s
         pytest.fail("this host has a single group; cannot test a foreign group")
     cache = tmp_path / "pkgs"
     cache.mkdir()
-    cache.chmod(0o2775)
+    cache.chmod(0o2770)
     site = load_text(tmp_path, f"pkgs_dirs: [{cache}]\npermissions: {{group: {other.gr_name}}}\n",
                      env)
     check = by_name(check_site(site, umask=0o002))["pkgs_dirs[0] sharing"]
