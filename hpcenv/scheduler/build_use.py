@@ -6,7 +6,9 @@ Slurm shows a job's comment to every user (``scontrol show job``, ``squeue -o %k
 site sets ``PrivateData=jobs``), and the local executor keeps it in its job record, so removing
 a build can first ask which pending or running jobs, of anyone, still run in it
 (:func:`builds_in_use`).  A job's prefix is its build's real path, never the ``envs_dir/NAME``
-symlink: the job keeps the build it was submitted with when the env is rebuilt.
+symlink: the job keeps the build it was submitted with when the env is rebuilt.  The path is
+percent-encoded (bytes outside ``_.:=+@/-`` and the alphanumerics), so an envs dir with spaces,
+commas or non-ASCII names still fits the characters a Slurm comment may hold.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from hpcenv.errors import InvalidInput
 from hpcenv.records import JsonRecord
@@ -22,6 +25,7 @@ from hpcenv.scheduler.base import JobInfo, Scheduler
 from hpcenv.scheduler.job_options import comment_problem
 
 BUILD_TAG = "hpcenv-build="
+_TAG_SAFE = "_.:=+@/-"
 
 
 def tag_comment(user_comment: str | None, prefix: Path | str) -> str:
@@ -29,14 +33,14 @@ def tag_comment(user_comment: str | None, prefix: Path | str) -> str:
     if user_comment and BUILD_TAG in user_comment:
         raise InvalidInput(f"--comment {user_comment!r}: {BUILD_TAG!r} is hpcenv's own mark of the "
                            "env build a job runs in; drop it from the comment")
-    tag = f"{BUILD_TAG}{os.path.realpath(prefix)}"
+    tag = BUILD_TAG + quote_from_bytes(os.fsencode(os.path.realpath(prefix)), safe=_TAG_SAFE)
     comment = f"{user_comment},{tag}" if user_comment else tag
     if (problem := comment_problem(comment)) is not None:
         what = f"--comment {user_comment!r} plus " if user_comment else ""
         raise InvalidInput(f"the job's comment carries the env build it runs in: {what}{tag!r} "
                            f"cannot be a Slurm comment ({problem}); "
                            + ("shorten --comment" if user_comment else
-                              "build the env under an envs_dirs path of those characters"))
+                              "build the env under a shorter envs_dirs path"))
     return comment
 
 
@@ -44,7 +48,8 @@ def build_of(comment: str | None) -> str | None:
     """The build prefix a job comment carries, or None (a job hpcenv did not submit)."""
     if not comment or BUILD_TAG not in comment:
         return None
-    return comment.rpartition(BUILD_TAG)[2].strip() or None
+    encoded = comment.rpartition(BUILD_TAG)[2].strip()
+    return os.fsdecode(unquote_to_bytes(encoded)) if encoded else None
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ def test_check_reads_the_users_umask_for_the_shared_cache(tmp_path: Path, env: d
     group = grp.getgrgid(os.getegid()).gr_name
     cache = tmp_path / "pkgs"
     cache.mkdir()
-    cache.chmod(0o2775)
+    cache.chmod(0o2770)
     site = tmp_path / "site.yaml"
     site.write_text(f"envs_dirs: [{tmp_path}/envs]\npkgs_dirs: [{cache}]\n"
                     f"permissions: {{group: {group}}}\nchannels: [{local_channel(tmp_path)}]\n")

@@ -16,6 +16,7 @@ from hpcenv.scheduler.build_use import (
     tag_comment,
     use_from,
 )
+from hpcenv.scheduler.job_options import comment_problem
 
 
 def test_the_tag_follows_the_users_own_comment_and_reads_back(tmp_path: Path) -> None:
@@ -27,6 +28,13 @@ def test_the_tag_follows_the_users_own_comment_and_reads_back(tmp_path: Path) ->
     assert both == f"run-7,hpcenv-build={prefix}"
     assert build_of(both) == str(prefix)
     assert build_of("run-7") is None and build_of(None) is None
+
+
+def test_any_envs_dir_path_fits_a_slurm_comment_and_reads_back_exactly(tmp_path: Path) -> None:
+    prefix = tmp_path / "my envs, 100%" / "caf\u00e9 it's" / "q-1-abc"
+    comment = tag_comment("run-7", prefix)
+    assert comment_problem(comment) is None, comment
+    assert build_of(comment) == str(prefix)
 
 
 def test_the_tag_names_the_real_build_not_a_symlink_to_it(tmp_path: Path) -> None:
