@@ -4,7 +4,7 @@
   never a torn one, and the file gets exactly ``mode`` (not whatever the umask leaves).
 * :func:`ensure_shared_dir`: create a directory and its missing parents, each with the site's
   mode and group, so other lab members can use what one member created.
-* :func:`current_user`, :func:`user_at_host`: who this process is, from the password database
+* :func:`current_user`, :func:`host_name`, :func:`user_at_host`: who this process is, from the password database
   (``$USER`` is whatever the caller exported and proves nothing).
 * :func:`process_start_time`: tells a live pid apart from a reused one.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -203,9 +202,16 @@ def current_user() -> str:
         return str(uid)
 
 
+def host_name() -> str:
+    """This host's name as lock holders and registry records give it: the kernel's node name
+    (what ``socket.gethostname()`` returns on Linux, UTS namespaces included), read without
+    importing ``socket``, which every command would pay for."""
+    return os.uname().nodename
+
+
 def user_at_host() -> str:
     """``user@host`` of this process, as registry records and lock holders name their creator."""
-    return f"{current_user()}@{socket.gethostname()}"
+    return f"{current_user()}@{host_name()}"
 
 
 def process_start_time(pid: int) -> int | None:

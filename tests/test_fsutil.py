@@ -101,6 +101,22 @@ def test_current_user_ignores_user_variable(monkeypatch: pytest.MonkeyPatch) -> 
     assert fsutil.user_at_host() == f"{real}@{host}"
 
 
+def test_host_name_is_what_socket_says_here_and_in_a_new_uts_namespace() -> None:
+    """Lock holders written by older hpcenv versions named their host with socket.gethostname();
+    a host that reads its own name differently would take its live holders for another host's."""
+    import socket
+
+    assert fsutil.host_name() == socket.gethostname()
+    if os.geteuid() != 0:
+        pytest.skip("a new UTS namespace needs root (unshare --uts)")
+    code = ("import socket; from hpcenv import fsutil; "
+            "print(fsutil.host_name(), socket.gethostname())")
+    out = subprocess.run(["unshare", "--uts", "sh", "-c",
+                          f"hostname login-x && {sys.executable} -c '{code}'"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["login-x", "login-x"]
+
+
 def test_process_start_time_tells_processes_apart() -> None:
     mine = fsutil.process_start_time(os.getpid())
     assert isinstance(mine, int)

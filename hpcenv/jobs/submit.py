@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -421,7 +420,7 @@ def _default_output(workdir: Path, *, array: bool) -> str:
 
 def _job_dir(site: SiteConfig, job_name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(site.state_dir) / "jobs" / f"{stamp}-{job_name}-{secrets.token_hex(3)}"
+    path = Path(site.state_dir) / "jobs" / f"{stamp}-{job_name}-{os.urandom(3).hex()}"
     path.mkdir(parents=True, exist_ok=False)
     return path
 

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcenv.errors import HpcenvError, InvalidInput
-from hpcenv.scheduler.base import (
-    Capabilities,
-    JobInfo,
-    NodeState,
-    PartitionState,
-    Scheduler,
-)
 
-__all__ = ["Capabilities", "JobInfo", "NodeState", "PartitionState", "Scheduler", "KINDS",
-           "Selection", "get_scheduler", "pyslurm_installed", "select_scheduler"]
+if TYPE_CHECKING:
+    # The protocol and its records come with the backend that is chosen: the site config
+    # imports this package for the option grammar (``scheduler.options``) in every command,
+    # `env list` too, which never talks to a scheduler.
+    from hpcenv.scheduler.base import Scheduler
+
+__all__ = ["KINDS", "Selection", "get_scheduler", "pyslurm_installed", "select_scheduler"]
 
 KINDS = ("slurm", "slurm-cli", "pyslurm", "local")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,7 +75,7 @@ def _point_link(store: Store, name: str, prefix: Path | None) -> None:
         return
     check_link_is_ours(store, name)
     target = os.path.relpath(prefix, link.parent)
-    tmp = link.with_name(f".{name}.link-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = link.with_name(f".{name}.link-{os.getpid()}-{os.urandom(4).hex()}")
     os.symlink(target, tmp)
     try:
         os.replace(tmp, link)

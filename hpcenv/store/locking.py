@@ -53,9 +53,7 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import shutil
-import socket
 import stat
 import tempfile
 import threading
@@ -74,6 +72,7 @@ from hpcenv.fsutil import (
     current_user,
     ensure_shared_dir,
     group_id,
+    host_name,
     lab_only_mode,
     permission_problem,
     process_start_time,
@@ -123,7 +122,7 @@ class LockHolder:
         return f"{who} ({self.doing})" if self.doing else who
 
     def on_this_host(self) -> bool:
-        return self.host == socket.gethostname() and self.pid_ns == _pid_namespace()
+        return self.host == host_name() and self.pid_ns == _pid_namespace()
 
     def is_dead(self) -> bool | None:
         """True/False for a holder on this host; None (unknown) for one on another host."""
@@ -149,9 +148,9 @@ def describe_holder(holder: LockHolder | None) -> str:
 
 def current_holder(doing: str = "") -> LockHolder:
     """A holder record for this process, now, with a fresh token; ``doing`` says what for."""
-    return LockHolder(user=current_user(), host=socket.gethostname(), pid=os.getpid(),
+    return LockHolder(user=current_user(), host=host_name(), pid=os.getpid(),
                       started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      pid_start=process_start_time(os.getpid()), token=secrets.token_hex(8),
+                      pid_start=process_start_time(os.getpid()), token=os.urandom(8).hex(),
                       pid_ns=_pid_namespace(), doing=doing)
 
 
@@ -637,7 +636,7 @@ class BuildLock:
 
 
 def _remove_aside(path: Path) -> None:
-    tomb = path.parent.parent / f".{path.parent.name}.{path.name}.gone-{secrets.token_hex(6)}"
+    tomb = path.parent.parent / f".{path.parent.name}.{path.name}.gone-{os.urandom(6).hex()}"
     try:
         os.rename(path, tomb)
     except FileNotFoundError:

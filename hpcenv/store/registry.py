@@ -34,7 +34,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -438,7 +437,7 @@ class Registry:
     def _create_json(self, path: Path, data: dict[str, Any]) -> bool:
         """Put a new file at ``path`` complete, only if none is there (False if one is)."""
         self._ensure_dir(path.parent)
-        staged = path.with_name(f".{path.name}.{secrets.token_hex(6)}.new")
+        staged = path.with_name(f".{path.name}.{os.urandom(6).hex()}.new")
         atomic_write_text(staged, json.dumps(data, indent=2, sort_keys=True) + "\n",
                           mode=self.file_mode, group=self.group)
         try:

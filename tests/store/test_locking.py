@@ -1,7 +1,7 @@
 """Lease locks on one node: exclusion, holder info, heartbeats, breaking abandoned leases (by pid
 on this host, by lease age for other hosts), races between breakers, the readers-writer cache
 lock, lock debris, and what site check says about a filesystem.  Real processes throughout;
-a holder "on another host" is a process whose ``socket.gethostname`` answers another name
+a holder "on another host" is a process whose ``hpcenv.fsutil.host_name`` answers another name
 (tests/multinode runs the same protocol across simulated login nodes)."""
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def _holder_process(path: Path, ready: Path, *, method: str = "flock", host: str
                     exclusive: bool | None = None) -> subprocess.Popen:
     """A separate process that takes the lock (a CacheLock when ``exclusive`` is given), says
     so, and sleeps until killed; ``host`` makes it believe it runs on another host."""
-    fake_host = f"import socket; socket.gethostname = lambda: {host!r}" if host else ""
+    # Patched before hpcenv.store.locking imports it: every host name hpcenv reads comes from there.
+    fake_host = f"import hpcenv.fsutil; hpcenv.fsutil.host_name = lambda: {host!r}" if host else ""
     kw = f"method={method!r}, timeout=10, stale_after={stale_after}, heartbeat={heartbeat}"
     take = (f"CacheLock({str(path)!r}, {kw}).hold(exclusive={exclusive}, doing='test holding')"
             if exclusive is not None else f"BuildLock({str(path)!r}, {kw}, doing='test holding')")
