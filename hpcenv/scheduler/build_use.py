@@ -17,12 +17,14 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from hpcenv.errors import InvalidInput
 from hpcenv.records import JsonRecord
-from hpcenv.scheduler.base import JobInfo, Scheduler
-from hpcenv.scheduler.job_options import comment_problem
+
+if TYPE_CHECKING:
+    from hpcenv.scheduler.base import JobInfo, Scheduler
 
 BUILD_TAG = "hpcenv-build="
 _TAG_SAFE = "_.:=+@/-"
@@ -35,6 +37,10 @@ def tag_comment(user_comment: str | None, prefix: Path | str) -> str:
                            "env build a job runs in; drop it from the comment")
     tag = BUILD_TAG + quote_from_bytes(os.fsencode(os.path.realpath(prefix)), safe=_TAG_SAFE)
     comment = f"{user_comment},{tag}" if user_comment else tag
+    # Imported here: the store imports this module for its records (every `env build` that
+    # reuses a build), and the job option table is only for submitting.
+    from hpcenv.scheduler.job_options import comment_problem
+
     if (problem := comment_problem(comment)) is not None:
         what = f"--comment {user_comment!r} plus " if user_comment else ""
         raise InvalidInput(f"the job's comment carries the env build it runs in: {what}{tag!r} "
