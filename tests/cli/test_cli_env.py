@@ -100,6 +100,33 @@ def test_build_json_then_reused(built: tuple[Cli, dict]) -> None:
     assert (again["prefix"], again["version"], again["key"]) == (first["prefix"], 1, first["key"])
 
 
+def _imported(cli: Cli, *args: str) -> set[str]:
+    """Every module the command imported (``-X importtime`` names each once)."""
+    proc = subprocess.run(cli.argv(*args), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert proc.returncode == 0, proc.stderr
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+def test_everyday_commands_import_only_what_they_use(built: tuple[Cli, dict]) -> None:
+    # Issue 10: each of these is a fresh process whose start-up is mostly imports.  A reuse
+    # needs the spec parser, the plan and the registry, never what only a new build runs.
+    cli, _ = built
+    hit = _imported(cli, "env", "build", str(cli.root / "environment.yml"))
+    assert {"hpcenv.build.builder", "hpcenv.build.plan", "hpcenv.store.registry"} <= hit
+    for name in ("hpcenv.build.installer", "hpcenv.build.export", "hpcenv.engine.lockfile",
+                 "hpcenv.engine.rattler_engine", "hpcenv.engine.conda_cli", "rattler",
+                 "hpcenv.scheduler.job_options", "email.parser"):
+        assert name not in hit, name
+    # Listing reads the registry: no scheduler, no host-name or random-token libraries.
+    listed = _imported(cli, "env", "list")
+    assert "hpcenv.store.registry" in listed
+    for name in ("hpcenv.scheduler.base", "hpcenv.build.builder", "hpcenv.spec.environment",
+                 "socket", "secrets", "hashlib"):
+        assert name not in listed, name
+
+
 def test_progress_is_plain_lines_when_stderr_is_not_a_tty(cli: Cli) -> None:
     proc = cli("env", "build", str(cli.spec(CPU_SPEC)))
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
