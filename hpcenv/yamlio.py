@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcenv.errors import InvalidInput, where
+from hpcenv.errors import HpcenvError, InvalidInput, where
 
 
 @dataclass(frozen=True)
@@ -119,13 +120,28 @@ def _open_nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
-def load_yaml_text(text: str, source: Path | str) -> YNode | None:
+def load_yaml_text(text: str, source: Path | str, *, cache: Path | None = None) -> YNode | None:
     """Parse one YAML document; ``None`` for an empty document.
 
     Raises InvalidInput with ``source:line`` on syntax errors, several documents, complex or
     duplicate keys and recursive aliases.  Mapping keys are always their source text (``on:``
     is the key ``"on"``, not YAML 1.1's ``True``).
+
+    ``cache``: a directory of this user's (:func:`yaml_cache_dir`) keeping parsed documents by
+    their exact text.  The tree depends on the text alone (no path, environment or clock), so a
+    document whose text is kept there is read back instead of parsed, and the ~8 ms PyYAML
+    import is skipped; anything else about the entry (missing, unreadable, someone else's, of
+    another format) only means parsing.  Only documents that parse are kept.
     """
+    if cache is not None and (kept := _cached_tree(cache, text)) is not None:
+        return kept
+    root = _parse_yaml_text(text, source)
+    if cache is not None and root is not None:
+        _keep_tree(cache, text, root)
+    return root
+
+
+def _parse_yaml_text(text: str, source: Path | str) -> YNode | None:
     import yaml
 
     loader = None
@@ -156,9 +172,108 @@ def load_yaml_text(text: str, source: Path | str) -> YNode | None:
             loader.dispose()
 
 
-def load_yaml_file(path: Path, what: str = "file") -> YNode | None:
+def load_yaml_file(path: Path, what: str = "file", *, cache: Path | None = None) -> YNode | None:
     """Read and parse ``path``; unreadable files raise InvalidInput naming the path."""
-    return load_yaml_text(read_text_file(path, what), path)
+    return load_yaml_text(read_text_file(path, what), path, cache=cache)
+
+
+# --------------------------------------------------------------------------- parse cache
+
+# Bumped whenever _Converter's output changes: an entry of another format is not read.
+CACHE_FORMAT = 1
+# Entries kept; the oldest go when a new one is written (one per distinct file text).
+CACHE_ENTRIES = 64
+# Nodes of a document worth keeping: site configs and environment files have a few hundred.
+CACHE_NODES = 20_000
+
+
+def yaml_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """This user's parse cache: ``$XDG_CACHE_HOME/hpcenv/yaml``, else ``~/.cache/hpcenv/yaml``."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"),
+                                                      ".cache")
+    return Path(base) / "hpcenv" / "yaml"
+
+
+def _entry_path(cache: Path, text: str) -> Path:
+    import zlib
+
+    data = text.encode("utf-8", "surrogatepass")
+    return cache / f"{zlib.crc32(data):08x}-{len(data)}.json"
+
+
+def _cached_tree(cache: Path, text: str) -> YNode | None:
+    import json
+
+    try:
+        fd = os.open(_entry_path(cache, text), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        # Only an entry this user wrote and nobody else could change stands for a file.
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            entry = json.loads(handle.read(MAX_TEXT_BYTES * 8))
+        if (not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT
+                or entry.get("text") != text):
+            return None
+        return _decode(entry["tree"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _keep_tree(cache: Path, text: str, root: YNode) -> None:
+    import json
+
+    from hpcenv.fsutil import atomic_write_text
+
+    try:
+        tree = _encode(root, [CACHE_NODES])
+    except TypeError:
+        return  # a value JSON cannot carry (a timestamp, binary, a set), or too many: parsed
+    try:
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        entries = sorted(cache.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for old in entries[:max(0, len(entries) - CACHE_ENTRIES + 1)]:
+            old.unlink(missing_ok=True)
+        atomic_write_text(_entry_path(cache, text),
+                          json.dumps({"format": CACHE_FORMAT, "text": text, "tree": tree}),
+                          mode=0o600, fsync=False)
+    except (OSError, HpcenvError):
+        pass  # a cache that cannot be written only means parsing next time
+
+
+def _encode(node: YNode, budget: list[int]) -> list[Any]:
+    # The tree shares the nodes of aliases; written out, each is repeated, so a file of nested
+    # aliases would grow without bound: past the budget the document is simply not kept.
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise TypeError("too many nodes")
+    value = node.value
+    if isinstance(value, dict):
+        body: Any = {"map": [[k, _encode(v, budget)] for k, v in value.items()]}
+    elif isinstance(value, list):
+        body = {"seq": [_encode(v, budget) for v in value]}
+    elif value is None or isinstance(value, (str, bool, int, float)):
+        body = {"scalar": value}
+    else:
+        raise TypeError(type(value).__name__)
+    return [body, node.line, node.key_line, node.text, node.end_line, node.quoted]
+
+
+def _decode(data: list[Any]) -> YNode:
+    body, line, key_line, text, end_line, quoted = data
+    if "map" in body:
+        value: Any = {k: _decode(v) for k, v in body["map"]}
+    elif "seq" in body:
+        value = [_decode(v) for v in body["seq"]]
+    else:
+        value = body["scalar"]
+    return YNode(value, line, key_line, text=text, end_line=end_line, quoted=quoted)
 
 
 class _Converter:

@@ -3,6 +3,7 @@ site config on top."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -257,3 +258,103 @@ def test_read_text_file_permission_denied(tmp_path: Path) -> None:
     path.chmod(0)
     with pytest.raises(InvalidInput, match=r"secret.yml: permission denied; make the site config"):
         read_text_file(path, "site config")
+
+
+# --------------------------------------------------------------------------- parse cache
+
+def _entries(cache: Path) -> list[Path]:
+    return sorted(cache.glob("*.json")) if cache.exists() else []
+
+
+def test_a_kept_document_reads_back_equal_in_a_process_without_pyyaml(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    text = NESTED + "anchors:\n  a: &x {k: [1, 2.5, -0.0, .inf, true, ~, '3.10']}\n  b: *x\n"
+    parsed = load_yaml_text(text, "f.yml", cache=cache)
+    assert parsed == load_yaml_text(text, "f.yml") and len(_entries(cache)) == 1
+    source = tmp_path / "f.yml"
+    source.write_text(text)
+    code = ("import sys; from pathlib import Path; from hpcenv.yamlio import load_yaml_file; "
+            f"node = load_yaml_file(Path({str(source)!r}), cache=Path({str(cache)!r})); "
+            "print(repr(node)); print('yaml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == [repr(parsed), "False"]
+
+
+def test_an_edit_is_parsed_whatever_its_size_or_time(tmp_path: Path) -> None:
+    cache, path = tmp_path / "cache", tmp_path / "site.yaml"
+    path.write_text("engine: rattler\n")
+    stamp = path.stat().st_mtime_ns
+    assert load_yaml_file(path, cache=cache).plain() == {"engine": "rattler"}  # type: ignore[union-attr]
+    path.write_text("engine: condaXX\n")  # same size, same mtime: only the text tells
+    os.utime(path, ns=(stamp, stamp))
+    assert load_yaml_file(path, cache=cache).plain() == {"engine": "condaXX"}  # type: ignore[union-attr]
+    assert len(_entries(cache)) == 2
+
+
+def test_only_an_entry_of_this_user_that_nobody_else_can_change_is_read(tmp_path: Path) -> None:
+    import json
+
+    cache = tmp_path / "cache"
+    text = "key: real\n"
+    load_yaml_text(text, "f.yml", cache=cache)
+    (entry,) = _entries(cache)
+    assert entry.stat().st_mode & 0o777 == 0o600
+    # An entry naming the same text with another tree is believed: it is read, not re-parsed.
+    forged = json.loads(entry.read_text())
+    forged["tree"][0]["map"][0][1][0]["scalar"] = "forged"
+    entry.write_text(json.dumps(forged))
+    assert load_yaml_text(text, "f.yml", cache=cache).plain() == {"key": "forged"}  # type: ignore[union-attr]
+    entry.chmod(0o620)  # writable by the group: not trusted
+    assert load_yaml_text(text, "f.yml", cache=cache).plain() == {"key": "real"}  # type: ignore[union-attr]
+    entry.write_text(json.dumps(forged))
+    entry.chmod(0o600)
+    if os.geteuid() == 0:
+        os.chown(entry, 12345, -1)  # someone else's
+        assert load_yaml_text(text, "f.yml", cache=cache).plain() == {"key": "real"}  # type: ignore[union-attr]
+    for broken in ("{", json.dumps({**forged, "format": -1}), json.dumps({**forged, "tree": 1})):
+        entry.unlink()
+        entry.write_text(broken)
+        entry.chmod(0o600)
+        assert load_yaml_text(text, "f.yml", cache=cache).plain() == {"key": "real"}  # type: ignore[union-attr]
+
+
+def test_errors_timestamps_and_alias_bombs_are_never_kept(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for _ in range(2):
+        with pytest.raises(InvalidInput, match="f.yml:2: invalid YAML"):
+            load_yaml_text("a: 1\n b: [\n", "f.yml", cache=cache)
+    assert _entries(cache) == []
+    dated = load_yaml_text("when: 2024-01-02\n", "f.yml", cache=cache)
+    assert str(dated.plain()["when"]) == "2024-01-02" and _entries(cache) == []  # type: ignore[union-attr]
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcde", "bcdef"))
+    assert load_yaml_text(bomb, "f.yml", cache=cache) is not None and _entries(cache) == []
+
+
+def test_the_cache_keeps_a_bounded_number_of_entries(tmp_path: Path) -> None:
+    from hpcenv.yamlio import CACHE_ENTRIES
+
+    cache = tmp_path / "cache"
+    for n in range(CACHE_ENTRIES + 5):
+        load_yaml_text(f"n: {n}\n", "f.yml", cache=cache)
+    assert len(_entries(cache)) == CACHE_ENTRIES
+    assert load_yaml_text(f"n: {CACHE_ENTRIES + 4}\n", "f.yml", cache=cache).plain() == {  # type: ignore[union-attr]
+        "n": CACHE_ENTRIES + 4}
+
+
+def test_a_cache_that_cannot_be_written_only_means_parsing(tmp_path: Path) -> None:
+    blocked = tmp_path / "file-in-the-way"
+    blocked.write_text("")
+    assert load_yaml_text("a: 1\n", "f.yml", cache=blocked / "cache").plain() == {"a": 1}  # type: ignore[union-attr]
+
+
+def test_yaml_cache_dir_follows_xdg_then_home() -> None:
+    from hpcenv.yamlio import yaml_cache_dir
+
+    assert yaml_cache_dir({"XDG_CACHE_HOME": "/x", "HOME": "/h"}) == Path("/x/hpcenv/yaml")
+    assert yaml_cache_dir({"HOME": "/h"}) == Path("/h/.cache/hpcenv/yaml")

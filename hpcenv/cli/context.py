@@ -33,8 +33,9 @@ class Context:
         """The effective site config, loaded once per invocation."""
         if self._site is None:
             from hpcenv.site.config import load_site
+            from hpcenv.yamlio import yaml_cache_dir
 
-            self._site = load_site(self.site_path)
+            self._site = load_site(self.site_path, yaml_cache=yaml_cache_dir())
         return self._site
 
     def emit(self, data: Any, human: Callable[[Any], str] | None = None) -> None:

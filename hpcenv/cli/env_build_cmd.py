@@ -203,12 +203,13 @@ def _registry(ctx: Context) -> Registry:
 def _build(args: argparse.Namespace, ctx: Context) -> int:
     from hpcenv.build.builder import build_env
     from hpcenv.spec.environment import load_spec
+    from hpcenv.yamlio import yaml_cache_dir
 
     if args.file is None and args.from_lock is None:
         raise InvalidInput("nothing to build: give an environment FILE or --from-lock LOCK")
     from hpcenv.spec.cuda_target import NO_CUDA
 
-    spec = load_spec(args.file) if args.file is not None else None
+    spec = load_spec(args.file, yaml_cache=yaml_cache_dir()) if args.file is not None else None
     if args.cuda is not None and (warning := args.cuda.warning()):
         ctx.warn(warning)
     if args.dry_run:

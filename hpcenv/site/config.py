@@ -424,23 +424,27 @@ def embedded_site_path() -> Path:
     return data_dir("site_configs") / "local.yaml"
 
 
-def load_site(path: Path | None = None, *, environ: Mapping[str, str] | None = None) -> SiteConfig:
+def load_site(path: Path | None = None, *, environ: Mapping[str, str] | None = None,
+              yaml_cache: Path | None = None) -> SiteConfig:
     """Find, read and validate the effective site config.
 
     Raises InvalidInput (``file:line: key: problem; fix``) for anything malformed, and for an
-    explicit ``path`` or ``$HPCENV_SITE`` that does not exist.
+    explicit ``path`` or ``$HPCENV_SITE`` that does not exist.  ``yaml_cache``: where parsed
+    YAML is kept by its text (:func:`hpcenv.yamlio.load_yaml_text`); the values are read and
+    validated, with the environment of now, every time.
     """
     env = os.environ if environ is None else environ
     for origin, candidate, required in site_candidates(path, env):
         problem = _site_file_problem(candidate)
         if problem is None:
-            return parse_site_file(candidate, origin=origin, environ=env)
+            return parse_site_file(candidate, origin=origin, environ=env, yaml_cache=yaml_cache)
         message, missing = problem
         # Only a missing optional file moves on down the lookup order: one that exists but
         # cannot be read must not silently hand users the next (usually per-user) config.
         if required or not missing:
             raise InvalidInput(f"site config {candidate} (from {origin}) {message}")
-    return parse_site_file(embedded_site_path(), origin="embedded", environ=env, embedded=True)
+    return parse_site_file(embedded_site_path(), origin="embedded", environ=env, embedded=True,
+                           yaml_cache=yaml_cache)
 
 
 def _site_file_problem(path: Path) -> tuple[str, bool] | None:
@@ -462,10 +466,10 @@ def _site_file_problem(path: Path) -> tuple[str, bool] | None:
 
 
 def parse_site_file(path: Path, *, origin: str = "file", environ: Mapping[str, str] | None = None,
-                    embedded: bool = False) -> SiteConfig:
+                    embedded: bool = False, yaml_cache: Path | None = None) -> SiteConfig:
     """Validate one site file; keys it omits take the built-in defaults."""
     env = os.environ if environ is None else environ
-    root = load_yaml_file(path, "site config")
+    root = load_yaml_file(path, "site config", cache=yaml_cache)
     if root is None:
         # A truncated or touched file would otherwise silently shadow the files after it in
         # the lookup order (a user's empty site.yaml hiding /etc/hpcenv/site.yaml).

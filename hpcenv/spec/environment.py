@@ -328,16 +328,19 @@ class EnvSpec:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def load_spec(path: Path | str) -> EnvSpec:
-    """Read and parse an environment file; InvalidInput (``file:line: ...``) on any problem."""
+def load_spec(path: Path | str, *, yaml_cache: Path | None = None) -> EnvSpec:
+    """Read and parse an environment file; InvalidInput (``file:line: ...``) on any problem.
+    ``yaml_cache``: see :func:`hpcenv.yamlio.load_yaml_text`."""
     path = Path(path)
-    return parse_spec(read_text_file(path, "environment file"), source=path)
+    return parse_spec(read_text_file(path, "environment file"), source=path,
+                      yaml_cache=yaml_cache)
 
 
-def parse_spec(text: str, source: Path | None = None) -> EnvSpec:
+def parse_spec(text: str, source: Path | None = None, *,
+               yaml_cache: Path | None = None) -> EnvSpec:
     """Parse environment-file text; ``source`` is only used in messages and provenance."""
     label = str(source) if source is not None else "<environment.yml>"
-    root = load_yaml_text(text, label)
+    root = load_yaml_text(text, label, cache=yaml_cache)
     return _Builder(label).build(root, text, source)
 
 

@@ -103,7 +103,8 @@ def test_build_json_then_reused(built: tuple[Cli, dict]) -> None:
 def _imported(cli: Cli, *args: str) -> set[str]:
     """Every module the command imported (``-X importtime`` names each once)."""
     proc = subprocess.run(cli.argv(*args), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+                          env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1",
+                               "XDG_CACHE_HOME": str(cli.root / "cache")})
     assert proc.returncode == 0, proc.stderr
     return {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
             if line.startswith("import time:")}
@@ -113,17 +114,19 @@ def test_everyday_commands_import_only_what_they_use(built: tuple[Cli, dict]) ->
     # Issue 10: each of these is a fresh process whose start-up is mostly imports.  A reuse
     # needs the spec parser, the plan and the registry, never what only a new build runs.
     cli, _ = built
+    assert "yaml" in _imported(cli, "env", "build", str(cli.root / "environment.yml"))
+    # Run again: the site file and the spec, unchanged, are read from the YAML cache.
     hit = _imported(cli, "env", "build", str(cli.root / "environment.yml"))
     assert {"hpcenv.build.builder", "hpcenv.build.plan", "hpcenv.store.registry"} <= hit
     for name in ("hpcenv.build.installer", "hpcenv.build.export", "hpcenv.engine.lockfile",
                  "hpcenv.engine.rattler_engine", "hpcenv.engine.conda_cli", "rattler",
-                 "hpcenv.scheduler.job_options", "email.parser"):
+                 "hpcenv.scheduler.job_options", "email.parser", "yaml"):
         assert name not in hit, name
     # Listing reads the registry: no scheduler, no host-name or random-token libraries.
     listed = _imported(cli, "env", "list")
     assert "hpcenv.store.registry" in listed
     for name in ("hpcenv.scheduler.base", "hpcenv.build.builder", "hpcenv.spec.environment",
-                 "socket", "secrets", "hashlib"):
+                 "socket", "secrets", "hashlib", "yaml"):
         assert name not in listed, name
 
 

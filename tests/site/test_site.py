@@ -754,3 +754,21 @@ def test_permissions_admins_reads_users_and_groups(tmp_path: Path, env: dict[str
     assert site.permissions.admins == ("carol", "@labadmin")
     assert site.provenance["permissions.admins"].endswith("site.yaml:2")
     assert load_text(tmp_path, "{}\n", env).permissions.admins == ()
+
+
+def test_a_kept_parse_still_reads_the_environment_of_now(tmp_path: Path, env: dict[str, str]) -> None:
+    # The YAML cache keeps the parsed text only: ${VAR} and ~ are expanded on every load, so a
+    # changed variable (or HOME) changes the config even when the file did not.
+    cache = tmp_path / "yaml-cache"
+    site = write(tmp_path / "cfg" / "site.yaml", """
+        envs_dirs: ["${LAB}/envs"]
+        pkgs_dirs: [~/pkgs]
+    """)
+    first = load_site(site, environ={**env, "LAB": "/one"}, yaml_cache=cache)
+    assert list(cache.glob("*.json"))
+    second = load_site(site, environ={**env, "LAB": "/two", "HOME": "/elsewhere"},
+                       yaml_cache=cache)
+    assert (first.envs_dirs, second.envs_dirs) == ((Path("/one/envs"),), (Path("/two/envs"),))
+    assert second.pkgs_dirs == (Path("/elsewhere/pkgs"),)
+    with pytest.raises(InvalidInput, match="environment variable LAB is not set"):
+        load_site(site, environ=env, yaml_cache=cache)
