@@ -157,8 +157,9 @@ def _takeover(two_nodes, site_path: Path, stale_after: float, heartbeat: float,
             time.sleep(stale_after + 1)
             gc = node_b.run([HPCENV, "env", "gc", "--site", str(gc_site)],
                             env=two_nodes.env(node_b))
-            assert gc.returncode == 1 and "builds installing from the package cache" in \
-                gc.stderr, gc.stderr[-2000:]
+            # gc names who it waits for: nodeA's builder, installing into the package cache.
+            assert gc.returncode == 1 and "waiting for root@nodeA pid" in gc.stderr \
+                and "(installing " in gc.stderr, gc.stderr[-2000:]
             assert (dead_prefix / "conda-meta").is_dir()
             assert holder.poll() is None
     finally:
