@@ -15,7 +15,7 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,7 +108,11 @@ def build_new(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: BuildP
     engine = engine or engine_for(site)
     # One rattler child, started now, serves the solve, both lockfiles and the install.
     rattler = engine if isinstance(engine, RattlerEngine) else RattlerEngine()
-    with rattler.serving() as call:
+    with ExitStack() as stack:
+        # A child keeps the umask it starts with, and this one creates the engine's files in
+        # the shared cache (entries, its .cache.lock files): the lab's umask, not the builder's.
+        with shared_umask(store.dir_mode, store.group):
+            call = stack.enter_context(rattler.serving())
         return _build_locked(spec, site, store, plan, registry, engine, from_lock, report, call)
 
 

@@ -70,10 +70,12 @@ def test_a_file_bob_planted_in_the_cache_never_reaches_alices_new_env(lab: Any) 
 
 
 def test_a_cache_the_user_cannot_write_is_one_line_naming_its_owner(lab: Any) -> None:
-    # alice builds with umask 022: the engine's cache lock file is hers and not group-writable.
+    # alice builds with umask 022: hpcenv's engine makes its cache lock under the lab's umask.
     assert build(lab, "alice", "solo", umask="022").returncode == 0
     lock = lab.root / "store" / "pkgs" / ".cache.lock"
-    assert lock.owner() == "alice" and not lock.stat().st_mode & 0o020
+    assert lock.owner() == "alice" and lock.stat().st_mode & 0o020
+    # What a plain conda run under umask 022 would have left: alice's file, not group-writable.
+    lock.chmod(0o644)
     refused = build(lab, "bob", "other")
     assert refused.returncode == 1
     assert refused.stderr.count("\n") == 1, refused.stderr
