@@ -118,6 +118,7 @@ def run() -> BenchResult:
     from hpcenv.demo.site import write_demo_site
     from hpcenv.site.config import load_site
     from hpcenv.spec.environment import parse_spec
+    from hpcenv.store import store_for
     from hpcenv.store.pack import create_pack
 
     result = BenchResult("stage_startup")
@@ -126,7 +127,7 @@ def run() -> BenchResult:
         work.mkdir()
         site = load_site(write_demo_site(shared, demo_channel(), stage_dir=str(node)))
         record = build_env(parse_spec(SPEC), site).record
-        pack = create_pack(site, record)
+        pack = create_pack(store_for(site), record)
         program = work / "import_all.py"
         program.write_text(PROGRAM)
         unstaged = _job_script(site, program, work, stage=False)
