@@ -154,9 +154,6 @@ def shared_file_mode(group: str | None) -> int:
 
 def permission_problem(exc: PermissionError, action: str = "") -> HpcenvError:
     """One line for a refused file operation: what we tried, who owns the place, what to do."""
-    import grp
-    import pwd
-
     what = f"cannot {action}: " if action else ""
     path = Path(exc.filename) if exc.filename else None
     if path is None:
@@ -175,19 +172,31 @@ def permission_problem(exc: PermissionError, action: str = "") -> HpcenvError:
     if st is None:
         whose = f"{path} cannot be reached"
     else:
-        owner = _name_of(pwd.getpwuid, st.st_uid)
-        group = _name_of(grp.getgrgid, st.st_gid)
+        owner, group = user_name(st.st_uid), group_name(st.st_gid)
         whose = f"{place} belongs to {owner}:{group} with mode {st.st_mode & 0o7777:04o}"
     fix = (f"ask to be added to group {group} (or use a site whose store you may write)"
            if group is not None else "check the permissions of the site's shared dirs")
     return HpcenvError(f"{what}{path}: permission denied for {current_user()} ({whose}); {fix}")
 
 
-def _name_of(lookup: Any, ident: int) -> str:
+def user_name(uid: int) -> str:
+    """The name of ``uid`` for messages (``uid N`` when the password database has none)."""
+    import pwd
+
     try:
-        return str(lookup(ident)[0])
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return str(ident)
+        return f"uid {uid}"
+
+
+def group_name(gid: int) -> str:
+    """The name of ``gid`` for messages (``gid N`` when the group database has none)."""
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"
 
 
 def current_user() -> str:

@@ -46,9 +46,11 @@ from hpcenv.fsutil import (
     current_user,
     ensure_shared_dir,
     group_id,
+    group_name,
     lab_only_mode,
     shared_umask,
     user_at_host,
+    user_name,
 )
 from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 from hpcenv.spec.environment import EnvSpec
@@ -514,28 +516,13 @@ def _check_cache_writable(pkgs_dir: Path) -> None:
             continue
         if os.access(path, os.W_OK):
             continue
-        owner, group = _owner_names(st)
+        owner, group = user_name(st.st_uid), group_name(st.st_gid)
         what = "package cache" if path == pkgs_dir else "package cache lock file"
         raise HpcenvError(
             f"{what} {path} is owned by {owner}:{group} (mode {stat.S_IMODE(st.st_mode):o}) and "
             f"{current_user()} cannot write it: ask {owner} to make it writable for group "
             f"{group} (chmod g+w; umask 002 for builders) or set pkgs_dirs to a cache you can "
             "write")
-
-
-def _owner_names(st: os.stat_result) -> tuple[str, str]:
-    import grp
-    import pwd
-
-    try:
-        owner = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        owner = f"uid {st.st_uid}"
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = f"gid {st.st_gid}"
-    return owner, group
 
 
 def _same_fs_warning(prefix: Path, pkgs_dir: Path) -> str | None:

@@ -35,7 +35,6 @@ import errno
 import hashlib
 import json
 import os
-import pwd
 import re
 import stat
 import time
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcenv.errors import HpcenvError
-from hpcenv.fsutil import atomic_write_json, current_user
+from hpcenv.fsutil import atomic_write_json, current_user, user_name
 
 QUARANTINE_PREFIX = ".hpcenv-quarantine."
 _NOARCH_SITE = re.compile(r"^lib/python[0-9.]+/site-packages/")
@@ -118,13 +117,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _owner(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
 def _source_path(rel: str, noarch_python: bool) -> str:
     """Where a file of the env came from inside its cache entry (noarch python packages are
     laid out as ``site-packages/`` and ``python-scripts/`` in the package)."""
@@ -174,7 +166,7 @@ def _check_package(prefix: Path, entry: Path, record: dict[str, Any],
         verified.paths_json[name] = seen
         verified.changed = True
     elif first != seen:
-        return Tampered(name, entry, "info/paths.json", owner=_owner(st.st_uid),
+        return Tampered(name, entry, "info/paths.json", owner=user_name(st.st_uid),
                         reason="differs from the one this user's earlier builds used")
     known = set(verified.files.get(name, ()))
     checked: list[str] = []
@@ -195,7 +187,7 @@ def _check_package(prefix: Path, entry: Path, record: dict[str, Any],
         except OSError:
             continue   # not there is not tampering (a missing file fails the build's own check)
         if not stat.S_ISREG(st.st_mode):
-            return Tampered(name, entry, source_rel, owner=_owner(st.st_uid),
+            return Tampered(name, entry, source_rel, owner=user_name(st.st_uid),
                             reason="is not a regular file")
         key = _identity(st, expected)
         if st.st_uid == me and (key in known or extracted_now):
@@ -204,10 +196,10 @@ def _check_package(prefix: Path, entry: Path, record: dict[str, Any],
         # (A rewritten file's recorded size is the env copy's, so only the hash is compared.)
         size = None if placeholder else item.get("size_in_bytes")
         if size is not None and st.st_size != size:
-            return Tampered(name, entry, source_rel, owner=_owner(st.st_uid),
+            return Tampered(name, entry, source_rel, owner=user_name(st.st_uid),
                             reason=f"has {st.st_size} bytes where the package has {size}")
         if _sha256(path) != expected:
-            return Tampered(name, entry, source_rel, owner=_owner(st.st_uid),
+            return Tampered(name, entry, source_rel, owner=user_name(st.st_uid),
                             reason="does not match the package's sha256")
         if st.st_uid == me:
             checked.append(key)

@@ -13,12 +13,12 @@ registry's per-name lock.  Each change also brings the env's Lmod modules in ste
 from __future__ import annotations
 
 import os
-import pwd
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcenv.errors import HpcenvError, NotFound
+from hpcenv.fsutil import user_name
 from hpcenv.scheduler.build_use import BuildJob, BuildUse, BuildUseLookup, describe
 from hpcenv.store.debris import builder_alive, force_rmtree
 from hpcenv.store.layout import env_link, is_complete, key_lock
@@ -242,13 +242,9 @@ def remove_version(store: Store, name: str, version: int, *, force: bool = False
 
 def _file_owner(path: Path) -> str:
     try:
-        uid = path.stat().st_uid
+        return user_name(path.stat().st_uid)
     except OSError:
         return "another user"
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 def _retire_locked(store: Store, registry: Registry, name: str, version: int,
