@@ -41,6 +41,7 @@ from common import (
     BenchResult,
     Check,
     demo_channel,
+    ratio_target,
     scratch,
     timed_metric,
 )
@@ -218,8 +219,7 @@ def run() -> BenchResult:
             metric = timed_metric(label, local[name], baseline=bare,
                                   baseline_name="python -c pass")
             result.metrics.append(metric)
-            result.checks.append(Check(f"{label} <= 4x python -c pass",
-                                       (metric.ratio or 0) <= 4.0, f"{metric.ratio:.2f}x"))
+            result.checks.append(ratio_target(label, metric.ratio or 0.0, 4.0, "python -c pass"))
 
         with slurm_cluster(base_env) as (env, which):
             if env is None:
@@ -264,8 +264,7 @@ def _slurm_rows(result: BenchResult, env: dict[str, str], hpcenv: list[str], sit
     def row(name: str, label: str, anchor: str, anchor_label: str, most: float) -> None:
         metric = timed_metric(label, t[name], baseline=t[anchor], baseline_name=anchor_label)
         result.metrics.append(metric)
-        result.checks.append(Check(f"{label} <= {most:g}x {anchor_label}",
-                                   (metric.ratio or 0) <= most, f"{metric.ratio:.2f}x"))
+        result.checks.append(ratio_target(label, metric.ratio or 0.0, most, anchor_label))
 
     for name, label in (("submit", "hpcenv submit"), ("dry run", "hpcenv submit --dry-run")):
         sbatch = timed_metric(label, t[name], baseline=t["sbatch"],

@@ -68,6 +68,12 @@ class Check:
     kind: Literal["invariant", "target", "info"] = "target"
 
 
+def ratio_target(name: str, ratio: float, limit: float, anchor: str = "") -> Check:
+    """The target ``ratio <= limit``, named ``NAME <= LIMITx [ANCHOR]``."""
+    return Check(f"{name} <= {limit:g}x" + (f" {anchor}" if anchor else ""), ratio <= limit,
+                 f"{ratio:.2f}x")
+
+
 @dataclass
 class BenchResult:
     name: str

@@ -34,9 +34,9 @@ from common import (
     HPCENV,
     BenchResult,
     Check,
-    Metric,
     build_argv,
     demo_channel,
+    ratio_target,
     scratch,
     time_command,
     timed_metric,
@@ -105,7 +105,7 @@ def run() -> BenchResult:
             m = timed_metric(f"{metric}, {label}", value, "ms", baseline=baseline,
                              baseline_name=base)
             result.metrics.append(m)
-            result.checks.append(_target(m))
+            result.checks.append(ratio_target(m.name, m.ratio or 0.0, TARGET_RATIO))
         for count in (SMALL, LARGE):
             statuses_ok &= figures[shape, count].statuses == (["built"] * NEW_BUILDS
                                                               + ["reused"] * (1 + REUSES))
@@ -116,12 +116,6 @@ def run() -> BenchResult:
                      "the four sites take turns at every step, so a busy moment of the "
                      "machine falls on the 10 and the 10,000 case alike"]
     return result
-
-
-def _target(metric: Metric) -> Check:
-    ratio = metric.ratio or 0.0
-    return Check(f"{metric.name} <= {TARGET_RATIO}x", ratio <= TARGET_RATIO,
-                 f"{ratio:.2f}x")
 
 
 def _fill(site: Path, shape: str, count: int) -> None:
