@@ -11,17 +11,23 @@ from pathlib import Path
 import pytest
 
 from hpcenv.build.builder import BuildEvent, build_env
+from hpcenv.fsutil import current_user
 from hpcenv.site.config import SiteConfig
 from hpcenv.spec.environment import parse_spec
 from hpcenv.store import cache_integrity
 from hpcenv.store.cache_integrity import VerifiedFiles, check_env, record_path
 
 SPEC = "name: {name}\ndependencies:\n  - python=3.11\n  - hpcdemo-tools\n"
-ENTRY = "hpcdemo-tools-0.3.0-pyhcd48fe3_0"
 FILE = "site-packages/hpcdemo_tools/__init__.py"
 IN_ENV = "lib/python3.11/site-packages/hpcdemo_tools/__init__.py"
 PLANTED = 'print("planted")\n'
 
+
+
+def tools_entry(pkgs: Path) -> str:
+    """The cache entry of hpcdemo-tools (its build string follows the demo channel's build)."""
+    [entry] = (p.name for p in pkgs.glob("hpcdemo-tools-*") if p.is_dir())
+    return entry
 
 def build(site: SiteConfig, name: str, events: list[BuildEvent] | None = None):
     return build_env(parse_spec(SPEC.format(name=name)), site,
@@ -37,7 +43,8 @@ def replace_file(path: Path, text: str) -> None:
 def test_planted_file_is_quarantined_reextracted_and_reported(site: SiteConfig) -> None:
     first = build(site, "first")
     pkgs = Path(site.pkgs_dirs[0])
-    target = pkgs / ENTRY / FILE
+    entry = tools_entry(pkgs)
+    target = pkgs / entry / FILE
     original = target.read_text()
     replace_file(target, PLANTED)
 
@@ -46,9 +53,10 @@ def test_planted_file_is_quarantined_reextracted_and_reported(site: SiteConfig) 
     assert (second.prefix / IN_ENV).read_text() == original
     warnings = [e.text for e in events if e.kind == "warning"]
     assert len(warnings) == 1
-    assert ENTRY in warnings[0] and FILE in warnings[0] and "owned by root" in warnings[0]
+    assert entry in warnings[0] and FILE in warnings[0]
+    assert f"owned by {current_user()}" in warnings[0]
     assert Path(second.record.log_path).read_text().count(warnings[0]) == 1
-    [moved] = pkgs.glob(f".hpcenv-quarantine.{ENTRY}.*")
+    [moved] = pkgs.glob(f".hpcenv-quarantine.{entry}.*")
     assert (moved / FILE).read_text() == PLANTED          # kept for an admin, not deleted
     assert target.read_text() == original                 # extracted again
     assert (first.prefix / IN_ENV).read_text() == original
@@ -56,7 +64,8 @@ def test_planted_file_is_quarantined_reextracted_and_reported(site: SiteConfig) 
 
 def test_forged_paths_json_is_caught_once_the_user_has_seen_the_entry(site: SiteConfig) -> None:
     build(site, "first")
-    entry = Path(site.pkgs_dirs[0]) / ENTRY
+    name = tools_entry(Path(site.pkgs_dirs[0]))
+    entry = Path(site.pkgs_dirs[0]) / name
     replace_file(entry / FILE, PLANTED)
     # The planted file's own hash written into paths.json: the file alone now "matches".
     paths_json = entry / "info" / "paths.json"
@@ -71,13 +80,14 @@ def test_forged_paths_json_is_caught_once_the_user_has_seen_the_entry(site: Site
     second = build(site, "second", events)
     assert "planted" not in (second.prefix / IN_ENV).read_text()
     [warning] = [e.text for e in events if e.kind == "warning"]
-    assert ENTRY in warning and "info/paths.json" in warning
+    assert name in warning and "info/paths.json" in warning
 
 
 def test_repeat_check_of_own_files_only_stats_them(site: SiteConfig, monkeypatch) -> None:
     built = build(site, "first")
     record = VerifiedFiles.load(record_path(Path(site.state_dir), Path(site.pkgs_dirs[0])))
-    assert record.files.get(ENTRY), "the build's check left no record"
+    assert record.files.get(tools_entry(Path(site.pkgs_dirs[0]))), \
+        "the build's check left no record"
 
     def no_hashing(path: Path) -> str:
         raise AssertionError(f"hashed {path} although it was verified before")
@@ -95,7 +105,7 @@ def test_a_changed_file_with_the_same_stat_key_is_not_trusted_from_another_owner
         pytest.skip("needs root to give a cache file to another owner")
     built = build(site, "first")
     record = VerifiedFiles.load(record_path(Path(site.state_dir), Path(site.pkgs_dirs[0])))
-    target = Path(site.pkgs_dirs[0]) / ENTRY / FILE
+    target = Path(site.pkgs_dirs[0]) / tools_entry(Path(site.pkgs_dirs[0])) / FILE
     st = target.stat()
     os.chown(target, 65534, -1)       # now someone else's file: they could rewrite it in place
     os.chmod(target, 0o644)
@@ -117,4 +127,4 @@ def test_entries_the_build_extracted_itself_are_recorded_without_hashing(
     monkeypatch.setattr(cache_integrity, "_sha256", only_paths_json)
     build(site, "first")                     # an empty cache: every entry extracted now
     record = VerifiedFiles.load(record_path(Path(site.state_dir), Path(site.pkgs_dirs[0])))
-    assert record.files.get(ENTRY)
+    assert record.files.get(tools_entry(Path(site.pkgs_dirs[0])))

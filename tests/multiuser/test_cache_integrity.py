@@ -17,10 +17,15 @@ dependencies:
   - python=3.11
   - hpcdemo-tools
 """
-ENTRY = "hpcdemo-tools-0.3.0-pyhcd48fe3_0"
 FILE = "site-packages/hpcdemo_tools/__init__.py"
 PLANTED = 'print("planted by bob")\n'
 
+
+
+def tools_entry(pkgs: Path) -> str:
+    """The cache entry of hpcdemo-tools (its build string follows the demo channel's build)."""
+    [entry] = (p.name for p in pkgs.glob("hpcdemo-tools-*") if p.is_dir())
+    return entry
 
 def as_user(user: str, script: str, umask: str = "002") -> subprocess.CompletedProcess[str]:
     return subprocess.run([RUNUSER, "-u", user, "--", "bash", "-c", f"umask {umask} && {script}"],
@@ -36,7 +41,8 @@ def test_a_file_bob_planted_in_the_cache_never_reaches_alices_new_env(lab: Any) 
     first = build(lab, "alice", "first")
     assert first.returncode == 0, first.stderr
     pkgs = lab.root / "store" / "pkgs"
-    target = pkgs / ENTRY / FILE
+    entry = tools_entry(pkgs)
+    target = pkgs / entry / FILE
     original = target.read_text()
     # bob may not write alice's file, but the group-writable dir lets him replace it.
     planted = as_user("bob", f"rm -f {target} && printf '{PLANTED}' > {target}")
@@ -52,7 +58,7 @@ def test_a_file_bob_planted_in_the_cache_never_reaches_alices_new_env(lab: Any) 
     assert ran.returncode == 0 and "planted" not in ran.stdout + ran.stderr
 
     # Reported in one line naming the package, the file and the planted file's owner ...
-    warnings = [line for line in second.stderr.splitlines() if ENTRY in line]
+    warnings = [line for line in second.stderr.splitlines() if entry in line]
     assert len(warnings) == 1, second.stderr
     assert FILE in warnings[0] and "owned by bob" in warnings[0] and "moved the entry aside" in \
         warnings[0]
@@ -60,7 +66,7 @@ def test_a_file_bob_planted_in_the_cache_never_reaches_alices_new_env(lab: Any) 
     record = json.loads((lab.root / "store" / "registry" / "second" / "1.json").read_text())
     assert warnings[0].removeprefix("hpcenv: warning: ") in Path(record["log_path"]).read_text()
     # Quarantined (kept for an admin, bob's file inside), and extracted again.
-    [moved] = pkgs.glob(f".hpcenv-quarantine.{ENTRY}.*")
+    [moved] = pkgs.glob(f".hpcenv-quarantine.{entry}.*")
     assert (moved / FILE).read_text() == PLANTED
     assert target.read_text() == original and target.owner() == "alice"
     # alice's first env, built before the plant, never had it either.
