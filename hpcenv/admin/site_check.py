@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from hpcenv.errors import HpcenvError
+from hpcenv.fsutil import group_name
 from hpcenv.scheduler import select_scheduler
 from hpcenv.site.config import SiteConfig, effective_channels
 from hpcenv.spec import drivers
@@ -340,7 +341,6 @@ def _shared_cache_check(cache: Path, group: str, umask: int) -> Check:
     ``conda`` run under umask 022 leaves entries the next member fails on.  Lock files anyone
     can open let someone outside the group hold a ``flock`` that stalls the lab's builds.
     """
-    import grp
     import stat
 
     name = "pkgs_dirs[0] sharing"
@@ -362,10 +362,7 @@ def _shared_cache_check(cache: Path, group: str, umask: int) -> Check:
         if info.st_mode & 0o007:
             problems.append(f"{cache} is open to users outside group {group}, who could hold "
                             "its lock files and stall the lab's builds")
-        try:
-            owner = grp.getgrgid(info.st_gid).gr_name
-        except KeyError:
-            owner = str(info.st_gid)
+        owner = group_name(info.st_gid)
         if owner != group:
             problems.append(f"{cache} belongs to group {owner}, not {group}")
     if not problems:
