@@ -18,6 +18,7 @@ from hpcenv.build.builder import BuildEvent, build_env
 from hpcenv.build.plan import plan_build
 from hpcenv.demo.site import write_demo_site
 from hpcenv.errors import HpcenvError, InvalidInput, NotFound
+from hpcenv.fsutil import current_user
 from hpcenv.site.config import load_site
 from hpcenv.spec.cuda_target import NO_CUDA, CudaTarget
 from hpcenv.spec.environment import parse_spec
@@ -487,7 +488,7 @@ def _dead_building_record(site, name: str):
         name=name, version=v, key=f"{v:064d}", spec={}, spec_hash="", lock_path="",
         prefix=str(builds_dir(store_for(site)) / f"{name}-{v}-000000000000"), cuda=NO_CUDA,
         cuda_override=None, channels=[], platform="linux-64", status="building",
-        creator="x@y", created="2024-01-01T00:00:00+00:00"))
+        creator=f"{current_user()}@y", created="2024-01-01T00:00:00+00:00"))
 
 
 def test_failed_and_interrupted_builds_are_removable(site, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ real builds from the demo channel."""
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import stat
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from builders import KERNELS_CPU
+from conftest import other_group
 
 from hpcenv.build.builder import build_env
 from hpcenv.demo.site import write_demo_site
@@ -32,10 +32,6 @@ from hpcenv.store.layout import (
     prefix_usage,
 )
 from hpcenv.store.locking import LockHolder, LockTimeout
-
-
-def other_group() -> grp.struct_group:
-    return next(g for g in grp.getgrall() if g.gr_gid != os.getgid())
 
 
 def test_paths_are_under_the_first_envs_dir(tmp_path: Path, demo_channel) -> None:
