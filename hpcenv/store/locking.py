@@ -827,11 +827,6 @@ def mount_of(path: Path, mounts_text: str | None = None) -> MountInfo:
     return best
 
 
-def filesystem_type(path: Path) -> str:
-    """The filesystem type of the mount holding ``path`` ("unknown" without /proc/mounts)."""
-    return mount_of(path).fstype
-
-
 _LOCAL_FS = ("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "overlay", "f2fs")
 
 
