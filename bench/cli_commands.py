@@ -7,7 +7,9 @@ alike; medians of RUNS runs after one warm-up run each:
 - ``submit`` of a built env against ``sbatch --parsable`` of the very script hpcenv rendered,
   and against a whole python script submitting the same program with submitit;
   ``submit --dry-run`` likewise;
-- ``status JOB`` against ``scontrol show job JOB``; ``jobs`` against ``squeue --json``;
+- ``status JOB`` against ``scontrol show job JOB``; ``jobs`` against ``squeue --json``; beside
+  them, the floor of any Python front end over those tools (a bare ``python`` that runs the tool
+  and prints its output);
 - ``env list``, ``env show``, a cache hit (``env build SPEC`` of a built env) and ``--help``
   against ``python -c pass``;
 - ``jobs -a`` over 10,000 submission records of finished jobs (records as ``submit`` writes
@@ -59,6 +61,11 @@ executor = submitit.AutoExecutor(folder=sys.argv[1])
 executor.update_parameters(timeout_min=10, slurm_job_name="hello")
 job = executor.submit(submitit.helpers.CommandFunction([sys.argv[2], sys.argv[3]]))
 print(job.job_id)
+"""
+# The least a Python wrapper of a Slurm command does: run it, read its output, print it.
+WRAP = """
+import subprocess, sys
+sys.stdout.write(subprocess.run(sys.argv[1:], capture_output=True, text=True).stdout)
 """
 # Job ids of the generated records: far above any the cluster hands out during the run.
 FIRST_ID = 90_000_000
@@ -252,6 +259,8 @@ def _slurm_rows(result: BenchResult, env: dict[str, str], hpcenv: list[str], sit
         "scontrol": ["scontrol", "show", "job", job_id],
         "jobs": [*hpcenv, "jobs"],
         "squeue": ["squeue", "--json"],
+        "python scontrol": [str(PYTHON), "-c", WRAP, "scontrol", "show", "job", job_id],
+        "python squeue": [str(PYTHON), "-c", WRAP, "squeue", "--json"],
     }
     if have_submitit:
         commands["submitit"] = [str(PYTHON), "-c", SUBMITIT, str(work / "submitit"), python,
@@ -277,6 +286,12 @@ def _slurm_rows(result: BenchResult, env: dict[str, str], hpcenv: list[str], sit
             row(name, label, "submitit", "submitit submit (whole script)", 0.5)
     row("status", f"hpcenv status {job_id}", "scontrol", "scontrol show job", 3.0)
     row("jobs", "hpcenv jobs", "squeue", "squeue --json", 2.0)
+    # The floor of any Python front end over the Slurm CLI: start an interpreter, run the tool,
+    # read its output.  Printed beside the targets so a reader sees how much room they leave.
+    for name, anchor, anchor_label in (("python scontrol", "scontrol", "scontrol show job"),
+                                       ("python squeue", "squeue", "squeue --json")):
+        result.metrics.append(timed_metric(f"floor: python running {anchor_label}", t[name],
+                                           baseline=t[anchor], baseline_name=anchor_label))
 
     # jobs -a over RECORDS finished jobs, and with none.
     jobcomp = root / "jobcomp.txt"
