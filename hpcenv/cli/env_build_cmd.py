@@ -285,12 +285,9 @@ def _dry_run(args: argparse.Namespace, ctx: Context, spec: Any) -> int:
 
 
 def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    from hpcenv.text_table import human_size
+
+    return human_size(n)
 
 
 def _list(args: argparse.Namespace, ctx: Context) -> int:
