@@ -56,10 +56,12 @@ from hpcenv.store.locking import (
 from hpcenv.store.registry_index import (
     SUMMARY_COLUMNS,
     EnvSummary,
+    NameIndex,
     RegistryIndex,
     VersionEntry,
     gc_paused,
 )
+from hpcenv.store.registry_text import history_text
 
 __all__ = ["STATUSES", "EnvRecord", "EnvSummary", "HistoryEntry", "Registry", "Status",
            "VersionEntry"]
@@ -264,16 +266,22 @@ class Registry:
         return self.listing()[1]
 
     def listing(self) -> tuple[list[dict[str, Any]], dict[str, list[VersionEntry]]]:
-        """What ``env list`` shows, in one pass over the index: :meth:`summaries` as JSON
-        (``EnvSummary.to_dict()``, as the index keeps them) and :meth:`unfinished`."""
-        lines = self.index.list_lines()
+        """What ``env list --json`` shows, in one pass over the index: :meth:`summaries` as
+        JSON (``EnvSummary.to_dict()``) and :meth:`unfinished`."""
+        index = self.index.list_index(text=False)
+        assert index.entries is not None
         with gc_paused():
             rows = [dict(zip(SUMMARY_COLUMNS, summary))
-                    for _stamp, _settled, summary, _pending in lines.values() if summary]
+                    for summary, _pending in index.entries if summary]
         return (rows,
                 {name: [VersionEntry.from_dict(p) for p in pending]
-                 for name, (_stamp, _settled, summary, pending) in lines.items()
+                 for name, (summary, pending) in zip(index.names, index.entries)
                  if summary is None and pending})
+
+    def list_text(self) -> str:
+        """What ``env list`` prints ("" when there is no environment and no unfinished name):
+        the lines the index keeps (see :mod:`hpcenv.store.registry_text`)."""
+        return self.index.list_index(text=True).text()
 
     def history(self, name: EnvName | str) -> list[HistoryEntry]:
         """Every version of ``name``, oldest first; NotFound when it has none."""
@@ -281,9 +289,17 @@ class Registry:
 
     def history_rows(self, name: EnvName | str) -> list[dict[str, Any]]:
         """:meth:`history` as JSON (``HistoryEntry.to_dict()``), made straight from the index:
-        what ``env history`` prints."""
+        what ``env history --json`` prints."""
         name = EnvName.of(name)
-        index = self.index.name_index(name)
+        return self._history_rows(name, self.index.name_index(name))
+
+    def history_text(self, name: EnvName | str) -> str:
+        """What ``env history`` prints: the text the index keeps, or made from its rows."""
+        name = EnvName.of(name)
+        return self.index.history_text(
+            name, lambda index: history_text(self._history_rows(name, index)))
+
+    def _history_rows(self, name: EnvName, index: NameIndex) -> list[dict[str, Any]]:
         if not index.versions:
             raise NotFound(f"no environment {name!r} in the registry {self.root}; "
                            "see 'hpcenv env list'")
