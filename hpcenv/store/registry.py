@@ -194,14 +194,14 @@ class Registry:
             return []
         names = (EnvName.parse(p.name) for p in self.root.iterdir()
                  if p.is_dir() and EnvName.is_valid(p.name))
-        return sorted(n for n in names if any(self._record_files(n)))
+        return sorted(n for n in names if self._record_versions(n))
 
     def versions(self, name: EnvName | str) -> list[EnvRecord]:
         """Every record of ``name``, oldest first."""
         name = EnvName.of(name)
         records = []
-        for path in self._record_files(name):
-            record = self._load(path)
+        for version in self._record_versions(name):
+            record = self._load(self._record_path(name, version))
             if record is not None:
                 records.append(record)
         return sorted(records, key=lambda r: r.version)
@@ -368,7 +368,7 @@ class Registry:
         name = EnvName.of(name)
         self._claim_store()
         with self.name_lock(name, doing=f"allocating a version of {name}"):
-            version = max((int(p.stem) for p in self._record_files(name)), default=0) + 1
+            version = max(self._record_versions(name), default=0) + 1
             while True:
                 record = make(version)
                 if record.name != name or record.version != version:
@@ -418,13 +418,14 @@ class Registry:
     def _record_path(self, name: EnvName, version: int) -> Path:
         return self.root / name / f"{int(version)}.json"
 
-    def _record_files(self, name: EnvName) -> Iterator[Path]:
-        directory = self.root / name
-        if not directory.is_dir():
-            return
-        for path in directory.iterdir():
-            if path.suffix == ".json" and path.stem.isdigit():
-                yield path
+    def _record_versions(self, name: EnvName) -> list[int]:
+        """The versions of ``name`` that have a record file, unordered: from the directory's
+        listing, without a path object per file (a name may have 10,000)."""
+        try:
+            listing = os.listdir(self.root / name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [int(n[:-5]) for n in listing if n.endswith(".json") and n[:-5].isdigit()]
 
     @staticmethod
     def _load(path: Path) -> EnvRecord | None:
