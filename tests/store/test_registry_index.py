@@ -360,3 +360,34 @@ def test_record_objects_from_the_index_match_the_records(tmp_path: Path) -> None
     assert rows == [summary.to_dict()] and unfinished == {}
     assert reg.history_rows("a") == [h.to_dict() for h in reg.history("a")]
     assert reg.first_entry("a").creator == made.creator
+
+
+def test_the_printed_lines_are_those_of_their_text_version() -> None:
+    """What env list and env history print, to the character.  Changing it means bumping
+    TEXT_VERSION too: registries keep the lines printed by the version that stored them."""
+    assert TEXT_VERSION == 1
+    kern = {"name": "kern", "current": 3, "versions": 2, "cuda": "12.4", "prefix": "/p",
+            "created": "2026-12-01T00:00:00+00:00", "creator": "alice@login1", "packages": 40,
+            "size_bytes": 70_000_000, "unique_bytes": 1_000_000, "shared_bytes": 69_000_000}
+    bare = kern | {"name": "x", "current": None, "cuda": None, "unique_bytes": None,
+                   "shared_bytes": None, "created": None, "creator": None}
+    pending = [{"version": 1, "status": "failed", "error": None},
+               {"version": 2, "status": "building", "error": "solve failed"}]
+    assert list_text([env_line(kern), env_line(bare)],
+                     [unfinished_lines("broken", pending)]).split("\n") == [
+        "NAME                     CURRENT VERSIONS CUDA      UNIQUE    SHARED  CREATED BY",
+        "kern                           3        2 12.4    976.6 KB   65.8 MB  "
+        "2026-12-01T00:00:00+00:00 alice@login1",
+        "x                              -        2 -              -         -  -",
+        "broken: no ready version (v1 failed, v2 building); see 'hpcenv env history broken', "
+        "clear with 'hpcenv env rm broken'",
+        "  last error: solve failed"]
+    assert list_text([], []) == ""
+    assert history_text([
+        {"version": 1, "current": False, "status": "retired", "cuda": None, "key": "a" * 64,
+         "created": "2026-12-01T00:00:00+00:00", "creator": "bob@login2"},
+        {"version": 2, "current": True, "status": "ready", "cuda": "12.4", "key": "b" * 64,
+         "created": "2026-12-02T00:00:00+00:00", "creator": "alice@login1"}]).split("\n") == [
+        "  VERSION STATUS    CUDA   KEY           CREATED BY",
+        "        1 retired   -      aaaaaaaaaaaa  2026-12-01T00:00:00+00:00 bob@login2",
+        "*       2 ready     12.4   bbbbbbbbbbbb  2026-12-02T00:00:00+00:00 alice@login1"]
