@@ -249,10 +249,11 @@ class Registry:
                            "see 'hpcenv env list'")
         return record
 
-    def entries(self, name: EnvName | str) -> list[VersionEntry]:
-        """What the index keeps of every record of ``name``, oldest first: the listing fields,
-        without reading each record file (see :mod:`hpcenv.store.registry_index`)."""
-        return self.index.name_index(EnvName.of(name)).entries()
+    def entries(self, name: EnvName | str, status: Status | None = None) -> list[VersionEntry]:
+        """What the index keeps of every record of ``name`` (or of those in ``status``), oldest
+        first: the listing fields, without reading each record file (see
+        :mod:`hpcenv.store.registry_index`)."""
+        return self.index.name_index(EnvName.of(name)).entries(status)
 
     def summaries(self) -> list[EnvSummary]:
         """Every environment with its current version, by name: the names with at least one
