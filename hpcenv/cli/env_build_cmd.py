@@ -285,44 +285,19 @@ def _dry_run(args: argparse.Namespace, ctx: Context, spec: Any) -> int:
 
 
 def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    from hpcenv.text_table import human_size
+
+    return human_size(n)
 
 
 def _list(args: argparse.Namespace, ctx: Context) -> int:
     registry = _registry(ctx)
-    rows, unfinished = registry.listing()
-
-    def human(data: list[dict[str, Any]]) -> str:
-        lines = []
-        if data:
-            lines.append(f"{'NAME':<24} {'CURRENT':>7} {'VERSIONS':>8} {'CUDA':<6} {'UNIQUE':>9} "
-                         f"{'SHARED':>9}  CREATED BY")
-        elif not unfinished:
-            return f"no environments in {registry.root}; build one with 'hpcenv env build FILE'"
-        for r in data:
-            current = str(r["current"]) if r["current"] is not None else "-"
-            # UNIQUE: what only this env holds (removing it frees that); SHARED: hardlinks
-            # into the package cache, paid once however many envs use them.
-            unique = _size(r["unique_bytes"]) if r["unique_bytes"] is not None else "-"
-            shared = _size(r["shared_bytes"]) if r["shared_bytes"] is not None else "-"
-            lines.append(f"{r['name']:<24} {current:>7} {r['versions']:>8} {r['cuda'] or '-':<6} "
-                         f"{unique:>9} {shared:>9}  {r['created'] or '-'} "
-                         f"{r['creator'] or ''}".rstrip())
-        # Names whose builds never finished are no environments: one hint line each.
-        for name, records in unfinished.items():
-            states = ", ".join(f"v{r.version} {r.status}" for r in records)
-            lines.append(f"{name}: no ready version ({states}); see 'hpcenv env history {name}', "
-                         f"clear with 'hpcenv env rm {name}'")
-            if records[-1].error:
-                lines.append(f"  last error: {records[-1].error}")
-        return "\n".join(lines)
-
-    ctx.emit(rows, human)
+    if ctx.json:
+        ctx.emit(registry.listing()[0])
+        return 0
+    # The lines the registry's index keeps: 10,000 envs print without formatting a row.
+    ctx.emit(registry.list_text() or f"no environments in {registry.root}; build one with "
+             "'hpcenv env build FILE'")
     return 0
 
 
@@ -366,17 +341,9 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _history(args: argparse.Namespace, ctx: Context) -> int:
-    rows = _registry(ctx).history_rows(args.name)
-
-    def human(data: list[dict[str, Any]]) -> str:
-        lines = [f"  {'VERSION':>7} {'STATUS':<9} {'CUDA':<6} {'KEY':<12}  CREATED BY"]
-        for r in data:
-            mark = "*" if r["current"] else " "
-            lines.append(f"{mark} {r['version']:>7} {r['status']:<9} {r['cuda'] or '-':<6} "
-                         f"{r['key'][:12]:<12}  {r['created']} {r['creator']}")
-        return "\n".join(lines)
-
-    ctx.emit(rows, human)
+    registry = _registry(ctx)
+    # Without --json, the text the registry's index keeps: 10,000 versions print as one string.
+    ctx.emit(registry.history_rows(args.name) if ctx.json else registry.history_text(args.name))
     return 0
 
 

@@ -133,7 +133,8 @@ def clean_name_debris(store: Store, name: str, *, registry: Registry | None = No
     registry = registry or store.registry()
     for place in (locks_dir(store), store.registry_root / name):
         clean_lock_debris(place, stale_after=store.locks.stale_after)
-    entries = {os.path.basename(e.prefix): e for e in registry.entries(name)}
+    # Only a "building" version's prefix or record may be debris (or a build to adopt).
+    building = {os.path.basename(e.prefix): e for e in registry.entries(name, "building")}
 
     def dead_builder(version: int) -> EnvRecord | None:
         """The record of ``version`` if it is ``building`` and its builder is gone."""
@@ -144,8 +145,8 @@ def clean_name_debris(store: Store, name: str, *, registry: Registry | None = No
 
     # A builder killed between its completion marker and marking the record ready left a
     # verified build: adopt it rather than leave a "building" ghost that gc must keep forever.
-    for entry in entries.values():
-        if entry.status == "building" and is_complete(entry.prefix):
+    for entry in building.values():
+        if is_complete(entry.prefix):
             if (record := dead_builder(entry.version)) is not None:
                 _adopt(registry, record)
     # The builder names prefixes NAME-V-KEY12.
@@ -155,16 +156,16 @@ def clean_name_debris(store: Store, name: str, *, registry: Registry | None = No
     for path in sorted(builds.iterdir()) if builds.is_dir() else ():
         if not named.fullmatch(path.name) or is_complete(path):
             continue
-        entry = entries.get(path.name)
-        if entry is not None and entry.status == "building":
+        entry = building.get(path.name)
+        if entry is not None:
             if dead_builder(entry.version) is None:
                 continue   # a live builder's prefix
             registry.set_status(name, entry.version, "failed")
         force_rmtree(path)
         removed.append(path)
     # A builder killed between allocating its version and creating its prefix left only a record.
-    for entry in entries.values():
-        if entry.status == "building" and not os.path.lexists(entry.prefix):
+    for entry in building.values():
+        if not os.path.lexists(entry.prefix):
             if dead_builder(entry.version) is not None:
                 registry.set_status(name, entry.version, "failed")
     return removed

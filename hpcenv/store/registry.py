@@ -56,10 +56,12 @@ from hpcenv.store.locking import (
 from hpcenv.store.registry_index import (
     SUMMARY_COLUMNS,
     EnvSummary,
+    NameIndex,
     RegistryIndex,
     VersionEntry,
     gc_paused,
 )
+from hpcenv.store.registry_text import history_text
 
 __all__ = ["STATUSES", "EnvRecord", "EnvSummary", "HistoryEntry", "Registry", "Status",
            "VersionEntry"]
@@ -192,14 +194,14 @@ class Registry:
             return []
         names = (EnvName.parse(p.name) for p in self.root.iterdir()
                  if p.is_dir() and EnvName.is_valid(p.name))
-        return sorted(n for n in names if any(self._record_files(n)))
+        return sorted(n for n in names if self._record_versions(n))
 
     def versions(self, name: EnvName | str) -> list[EnvRecord]:
         """Every record of ``name``, oldest first."""
         name = EnvName.of(name)
         records = []
-        for path in self._record_files(name):
-            record = self._load(path)
+        for version in self._record_versions(name):
+            record = self._load(self._record_path(name, version))
             if record is not None:
                 records.append(record)
         return sorted(records, key=lambda r: r.version)
@@ -247,10 +249,11 @@ class Registry:
                            "see 'hpcenv env list'")
         return record
 
-    def entries(self, name: EnvName | str) -> list[VersionEntry]:
-        """What the index keeps of every record of ``name``, oldest first: the listing fields,
-        without reading each record file (see :mod:`hpcenv.store.registry_index`)."""
-        return self.index.name_index(EnvName.of(name)).entries()
+    def entries(self, name: EnvName | str, status: Status | None = None) -> list[VersionEntry]:
+        """What the index keeps of every record of ``name`` (or of those in ``status``), oldest
+        first: the listing fields, without reading each record file (see
+        :mod:`hpcenv.store.registry_index`)."""
+        return self.index.name_index(EnvName.of(name)).entries(status)
 
     def summaries(self) -> list[EnvSummary]:
         """Every environment with its current version, by name: the names with at least one
@@ -264,16 +267,22 @@ class Registry:
         return self.listing()[1]
 
     def listing(self) -> tuple[list[dict[str, Any]], dict[str, list[VersionEntry]]]:
-        """What ``env list`` shows, in one pass over the index: :meth:`summaries` as JSON
-        (``EnvSummary.to_dict()``, as the index keeps them) and :meth:`unfinished`."""
-        lines = self.index.list_lines()
+        """What ``env list --json`` shows, in one pass over the index: :meth:`summaries` as
+        JSON (``EnvSummary.to_dict()``) and :meth:`unfinished`."""
+        index = self.index.list_index(text=False)
+        assert index.entries is not None
         with gc_paused():
             rows = [dict(zip(SUMMARY_COLUMNS, summary))
-                    for _stamp, _settled, summary, _pending in lines.values() if summary]
+                    for summary, _pending in index.entries if summary]
         return (rows,
                 {name: [VersionEntry.from_dict(p) for p in pending]
-                 for name, (_stamp, _settled, summary, pending) in lines.items()
+                 for name, (summary, pending) in zip(index.names, index.entries)
                  if summary is None and pending})
+
+    def list_text(self) -> str:
+        """What ``env list`` prints ("" when there is no environment and no unfinished name):
+        the lines the index keeps (see :mod:`hpcenv.store.registry_text`)."""
+        return self.index.list_index(text=True).text()
 
     def history(self, name: EnvName | str) -> list[HistoryEntry]:
         """Every version of ``name``, oldest first; NotFound when it has none."""
@@ -281,9 +290,17 @@ class Registry:
 
     def history_rows(self, name: EnvName | str) -> list[dict[str, Any]]:
         """:meth:`history` as JSON (``HistoryEntry.to_dict()``), made straight from the index:
-        what ``env history`` prints."""
+        what ``env history --json`` prints."""
         name = EnvName.of(name)
-        index = self.index.name_index(name)
+        return self._history_rows(name, self.index.name_index(name))
+
+    def history_text(self, name: EnvName | str) -> str:
+        """What ``env history`` prints: the text the index keeps, or made from its rows."""
+        name = EnvName.of(name)
+        return self.index.history_text(
+            name, lambda index: history_text(self._history_rows(name, index)))
+
+    def _history_rows(self, name: EnvName, index: NameIndex) -> list[dict[str, Any]]:
         if not index.versions:
             raise NotFound(f"no environment {name!r} in the registry {self.root}; "
                            "see 'hpcenv env list'")
@@ -352,7 +369,7 @@ class Registry:
         name = EnvName.of(name)
         self._claim_store()
         with self.name_lock(name, doing=f"allocating a version of {name}"):
-            version = max((int(p.stem) for p in self._record_files(name)), default=0) + 1
+            version = max(self._record_versions(name), default=0) + 1
             while True:
                 record = make(version)
                 if record.name != name or record.version != version:
@@ -402,13 +419,14 @@ class Registry:
     def _record_path(self, name: EnvName, version: int) -> Path:
         return self.root / name / f"{int(version)}.json"
 
-    def _record_files(self, name: EnvName) -> Iterator[Path]:
-        directory = self.root / name
-        if not directory.is_dir():
-            return
-        for path in directory.iterdir():
-            if path.suffix == ".json" and path.stem.isdigit():
-                yield path
+    def _record_versions(self, name: EnvName) -> list[int]:
+        """The versions of ``name`` that have a record file, unordered: from the directory's
+        listing, without a path object per file (a name may have 10,000)."""
+        try:
+            listing = os.listdir(self.root / name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [int(n[:-5]) for n in listing if n.endswith(".json") and n[:-5].isdigit()]
 
     @staticmethod
     def _load(path: Path) -> EnvRecord | None:

@@ -3,10 +3,17 @@ of every record file, so they cost the same with 10,000 envs or versions as with
 
 A cache its readers keep beside the registry; writers never touch it::
 
-    ROOT/.index/names/NAME.json   NAME's versions (per record: what history, list and the
-                                  builder's lookups need, and the record file's stat signature),
-                                  its current version, and the mtime of ROOT/NAME it describes
-    ROOT/.index/list.json         per name: its ``env list`` line, and that mtime again
+    ROOT/.index/names/NAME.json     NAME's versions (per record: what history, list and the
+                                    builder's lookups need, and the record file's stat
+                                    signature), its current version, and the mtime of ROOT/NAME
+                                    it describes
+    ROOT/.index/history/NAME.jsonl  the text ``env history NAME`` prints, and that mtime again
+    ROOT/.index/list.jsonl          ROOT's names, and per name: its ``env list`` line and data,
+                                    and the mtime of ROOT/NAME they describe; ROOT's mtime
+
+``env list`` and ``env history`` print the stored text (:mod:`hpcenv.store.registry_text`
+makes it) after one ``stat`` per name: with 10,000 names, formatting the rows, or even making
+an object of each, would cost more than the rest of the command.
 
 **Never wrong, only stale, and never used stale.**  Every change of the registry renames a file
 into ROOT/NAME (records, ``current``, lockfiles and logs are written as a temp file renamed
@@ -16,15 +23,16 @@ while that mtime equals the one it was built at, so no flock, lease or cooperati
 (older hpcenv versions included) is needed, and a crashed or racing reader can at worst leave
 an entry that the next reader sees is outdated.  A name whose directory changed is re-read, but
 only its changed record files: the others' stat signatures (inode, size, mtime, ctime) still
-match.  Index files are written whole and renamed into place; a torn or unreadable one is
-rebuilt.
+match.  The list of names is trusted while ROOT keeps its mtime (a name directory made or
+removed moves it); else ROOT is listed again.  Index files are written whole and renamed into
+place; a torn or unreadable one is rebuilt.
 
 A change in the same timestamp tick as the mtime an entry was built at would not move the
 mtime (coarse-grained clocks, servers with 1 s timestamps), so an entry only counts as settled,
 and is trusted later, when that mtime was already :data:`SETTLE_NS` old by the filesystem's own
 clock (read by creating a file in ``.index``) before the directory was read; until then every
-reader re-checks it.  The same holds for each record's signature.  Files edited in place by hand
-(not replaced) do not move the mtime: ``touch ROOT/NAME`` afterwards.
+reader re-checks it.  The same holds for each record's signature and for ROOT's mtime.  Files
+edited in place by hand (not replaced) do not move the mtime: ``touch ROOT/NAME`` afterwards.
 
 A reader that may not write ``.index`` (another group, a read-only mount) reads the records, as
 without an index.
@@ -45,6 +53,7 @@ from typing import Any
 from hpcenv.fsutil import atomic_write_text, ensure_shared_dir
 from hpcenv.records import Codec, JsonRecord, json_meta
 from hpcenv.spec.names import EnvName
+from hpcenv.store.registry_text import TEXT_VERSION, env_line, list_text, unfinished_lines
 
 # How old a directory's (or record's) mtime must be, by the filesystem's clock, for a change in
 # the same timestamp tick to be impossible: above any filesystem's timestamp granularity.
@@ -97,8 +106,11 @@ class NameIndex(JsonRecord):
 
     format: int = FORMAT
 
-    def entries(self) -> list[VersionEntry]:
-        return [VersionEntry(*row) for row in self.versions]
+    def entries(self, status: str | None = None) -> list[VersionEntry]:
+        """Every version's entry, or those in ``status`` (picked from the rows: an object made
+        for each of 10,000 versions would cost a build ~25 ms)."""
+        return [VersionEntry(*row) for row in self.versions
+                if status is None or row[_STATUS] == status]
 
     def first(self) -> VersionEntry | None:
         return VersionEntry(*self.versions[0]) if self.versions else None
@@ -135,22 +147,70 @@ class EnvSummary(JsonRecord):
     JSON_PROPERTIES = ("shared_bytes",)
 
 
-@dataclass(frozen=True)
-class ListIndex(JsonRecord):
-    """``list.json``: per name directory, what ``env list`` shows of it, as of the directory's
-    mtime: ``[stamp, settled, summary, pending]``, where ``summary`` is the values of
-    ``EnvSummary.to_dict()`` in ``columns`` order (null: no ready version), and ``pending`` the
-    failed and building versions of a name without a ready one (``VersionEntry.to_dict()``).
-    Kept as plain JSON rows: ``env list`` prints them as they are, and 10,000 records made
-    only to be turned back into JSON would cost more than the rest of the command."""
-
-    columns: list[str]
-    names: dict[str, list[Any]]
-    format: int = FORMAT
-
-
-# The keys of EnvSummary.to_dict(), in its order: a list.json of other columns is rebuilt.
+# The keys of EnvSummary.to_dict(), in its order: a list.jsonl of other columns is rebuilt.
 SUMMARY_COLUMNS = [f.name for f in fields(EnvSummary)] + list(EnvSummary.JSON_PROPERTIES)
+
+
+@dataclass(frozen=True)
+class ListIndex:
+    """``list.jsonl``: what ``env list`` shows of each name directory of ROOT.  JSON lines, so
+    a reader parses only what it uses: the printed lines, or the data ``--json`` gets::
+
+        {"format": FORMAT, "text": TEXT_VERSION, "columns": SUMMARY_COLUMNS, "stamp": STAMP}
+        [NAME, ...]                every name directory, sorted; STAMP: ROOT's mtime then
+        [STAMP, ...]               per name: ROOT/NAME's mtime when its entry was made
+        [ENV_LINE, ...]            per name: its env list row, "" without a ready version
+        [HINT, ...]                per name: its hint when its builds never finished, else ""
+        [[SUMMARY, PENDING], ...]  per name: ``EnvSummary.to_dict()`` values in ``columns``
+                                   order (null: no ready version), and if it has no ready
+                                   version its failed and building ones (``VersionEntry``
+                                   dicts)
+
+    A null stamp was too recent to trust (see the module doc): the next reader lists ROOT, or
+    reads that name, again.  ``env_lines``, ``hints`` and ``entries`` are None in an index
+    read without them."""
+
+    stamp: int | None
+    names: list[str]
+    stamps: list[int | None]
+    env_lines: list[str] | None
+    hints: list[str] | None
+    entries: list[Any] | None
+
+    @classmethod
+    def parse(cls, lines: list[bytes], *, text: bool, entries: bool) -> ListIndex | None:
+        """The index from the first lines of ``list.jsonl`` (all six with ``entries``), with
+        the printed lines (``text``) and the data (``entries``); None when damaged."""
+        try:
+            with gc_paused():
+                header, names, stamps = (json.loads(line) for line in lines[:3])
+                env_lines = json.loads(lines[3]) if text else None
+                hints = json.loads(lines[4]) if text else None
+                data = json.loads(lines[5]) if entries else None
+        except ValueError:
+            return None
+        count = len(names) if isinstance(names, list) else -1
+        if not (header.get("columns") == SUMMARY_COLUMNS
+                and isinstance(header.get("stamp"), int | None)
+                and _all_of({str}, names) and _all_of({int, type(None)}, stamps, count)
+                and (not text or _all_of({str}, env_lines, count)
+                     and _all_of({str}, hints, count))
+                and (not entries or isinstance(data, list) and len(data) == count
+                     and all(_well_formed(entry) for entry in data))):
+            return None
+        return cls(header["stamp"], names, stamps, env_lines, hints, data)
+
+    def dump(self) -> str:
+        header = {"format": FORMAT, "text": TEXT_VERSION, "columns": SUMMARY_COLUMNS,
+                  "stamp": self.stamp}
+        return "".join(json.dumps(part, separators=(",", ":")) + "\n" for part in (
+            header, self.names, self.stamps, self.env_lines, self.hints, self.entries))
+
+    def text(self) -> str:
+        """What ``env list`` prints: the environments' rows, then the hints ("" if none)."""
+        assert self.env_lines is not None and self.hints is not None
+        return list_text([line for line in self.env_lines if line],
+                         [hint for hint in self.hints if hint])
 
 
 class RegistryIndex:
@@ -249,60 +309,113 @@ class RegistryIndex:
 
     # --- every name -----------------------------------------------------------------------
 
-    def list_lines(self) -> dict[str, list[Any]]:
-        """Per name directory, by name, its ``list.json`` line (see :class:`ListIndex`): kept
-        for the names whose directory has not changed since, made anew for the others."""
-        data = self._load_json(self._list_path())
-        known = data.get("names") if data is not None else None
-        changed = not isinstance(known, dict) or data.get("columns") != SUMMARY_COLUMNS
-        if changed:
-            known = {}
-        out: dict[str, list[Any]] = {}
-        clock: list[int | None] = []
+    def list_index(self, *, text: bool) -> ListIndex:
+        """The list index, with the printed lines (``text``) or with the data: as stored while
+        ROOT has the same names and none of their directories changed, else brought up to date
+        (only the changed names read again) and saved."""
+        # The printed lines come before the data, which they need not read.
+        lines = self._load_lines(self._list_path(), 5 if text else 6)
+        stored = ListIndex.parse(lines, text=text, entries=not text) if lines else None
+        if stored is not None and stored.stamp is not None and self._unchanged(stored):
+            return stored
+        lines = self._load_lines(self._list_path(), 6) if text else lines
+        return self._update_list(ListIndex.parse(lines, text=True, entries=True)
+                                 if lines else None)
 
-        def now() -> int | None:
-            """The filesystem's clock, read once for all the names this listing re-reads."""
-            if not clock:
-                clock.append(self._filesystem_now())
-            return clock[0]
+    def _unchanged(self, stored: ListIndex) -> bool:
+        """Whether ROOT and every name directory still have the mtimes ``stored`` was made at:
+        one ``stat`` per name, relative to the open ROOT (one lookup each, not one per path
+        component), and no object made per name."""
+        try:
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return False
+        stat = os.stat
+        try:
+            return stat(root).st_mtime_ns == stored.stamp and [
+                stat(name, dir_fd=root).st_mtime_ns for name in stored.names] == stored.stamps
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        finally:
+            os.close(root)
 
+    def _update_list(self, stored: ListIndex | None) -> ListIndex:
+        """The list index made anew: ROOT listed, each name's entry kept from ``stored`` while
+        its directory has the mtime it was made at, else made from its name index; saved."""
+        known = {} if stored is None else {
+            name: (stamp, line, hint, entry) for name, stamp, line, hint, entry in zip(
+                stored.names, stored.stamps, stored.env_lines or [], stored.hints or [],
+                stored.entries or [])}
         try:
             root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
-            return {}
+            return ListIndex(None, [], [], [], [], [])
+        # Before any directory is read (see the module doc); also what the names re-read use.
+        now = self._filesystem_now()
+        names, stamps, env_lines, hints, entries = [], [], [], [], []
         try:
+            root_stamp = os.stat(root).st_mtime_ns
             with os.scandir(root) as listing:
-                # A name in list.json was checked when it was added.
-                names = sorted(d.name for d in listing if d.is_dir()
-                               and (d.name in known or EnvName.is_valid(d.name)))
-            for text in names:
-                line = known.get(text)
+                found = sorted(d.name for d in listing
+                               if d.is_dir() and EnvName.is_valid(d.name))
+            for name in found:
                 try:
-                    # Relative to the open root: one lookup per name, not one per component.
-                    stamp = os.stat(text, dir_fd=root).st_mtime_ns
+                    stamp = os.stat(name, dir_fd=root).st_mtime_ns
                 except FileNotFoundError:
                     continue
-                if not (isinstance(line, list) and len(line) == 4 and line[0] == stamp
-                        and line[1] is True and _well_formed(line)):
+                kept = known.get(name)
+                if kept is None or kept[0] is None or kept[0] != stamp:
                     # Not kept per name: a first listing of 10,000 envs would write 10,000
                     # files; env history and the builder keep the names they use.
-                    line = _list_line(self.name_index(EnvName.parse(text), clock=now,
-                                                      keep=False))
-                    changed = True
-                out[text] = line
+                    index = self.name_index(EnvName.parse(name), clock=lambda: now, keep=False)
+                    kept = _list_entry(index)
+                names.append(name)
+                for column, value in zip((stamps, env_lines, hints, entries), kept):
+                    column.append(value)
         finally:
             os.close(root)
-        if changed or len(out) != len(known):
-            self._save(self._list_path(), ListIndex(SUMMARY_COLUMNS, out))
-        return out
+        settled = now is not None and root_stamp < now - SETTLE_NS
+        updated = ListIndex(root_stamp if settled else None, names, stamps, env_lines, hints,
+                            entries)
+        if updated != stored:
+            self._save_text(self._list_path(), updated.dump())
+        return updated
+
+    # --- env history ----------------------------------------------------------------------
+
+    def history_text(self, name: EnvName, render: Callable[[NameIndex], str]) -> str:
+        """What ``env history NAME`` prints: as stored while ROOT/NAME keeps the mtime it was
+        made at, else ``render`` of the name's index (stored once settled)."""
+        path = self._history_path(name)
+        try:
+            stamp = os.stat(self.root / name).st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
+            stamp = None
+        lines = self._load_lines(path, 2) if stamp is not None else None
+        if lines is not None:
+            try:
+                header, text = json.loads(lines[0]), json.loads(lines[1])
+            except ValueError:
+                header, text = {}, None
+            if header.get("stamp") == stamp and isinstance(text, str):
+                return text
+        index = self.name_index(name)
+        text = render(index)
+        if index.settled:
+            header = {"format": FORMAT, "text": TEXT_VERSION, "stamp": index.stamp}
+            self._save_text(path, f"{json.dumps(header)}\n{json.dumps(text)}\n")
+        return text
 
     # --- files ----------------------------------------------------------------------------
 
     def _name_path(self, name: EnvName) -> Path:
         return self.root / INDEX_DIR / "names" / f"{name}.json"
 
+    def _history_path(self, name: EnvName) -> Path:
+        return self.root / INDEX_DIR / "history" / f"{name}.jsonl"
+
     def _list_path(self) -> Path:
-        return self.root / INDEX_DIR / "list.json"
+        return self.root / INDEX_DIR / "list.jsonl"
 
     @staticmethod
     def _load_json(path: Path) -> dict[str, Any] | None:
@@ -315,14 +428,32 @@ class RegistryIndex:
             return None
         return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
-    def _save(self, path: Path, index: NameIndex | ListIndex) -> None:
+    @staticmethod
+    def _load_lines(path: Path, count: int) -> list[bytes] | None:
+        """The first ``count`` lines of a JSON-lines index file, its header checked (the
+        format, and the version of the text it holds); None when missing, torn or of another
+        format (rebuilt)."""
+        try:
+            with open(path, "rb") as file:
+                lines = [file.readline() for _ in range(count)]
+            header = json.loads(lines[0])
+        except (OSError, ValueError):
+            return None
+        # A torn line is no JSON: its reader rebuilds the file.
+        return lines if (isinstance(header, dict) and header.get("format") == FORMAT
+                         and header.get("text") == TEXT_VERSION) else None
+
+    def _save(self, path: Path, index: NameIndex) -> None:
+        self._save_text(path, json.dumps(index.to_dict(), separators=(",", ":")))
+
+    def _save_text(self, path: Path, text: str) -> None:
         """Write an index file; a reader who may not (permissions, read-only mount) just goes
         without: the index is a cache."""
         try:
             ensure_shared_dir(path.parent, mode=self.dir_mode, group=self.group)
-            # No fsync: a file torn by a crash fails to parse and is rebuilt.
-            atomic_write_text(path, json.dumps(index.to_dict(), separators=(",", ":")),
-                              mode=self.file_mode, group=self.group, fsync=False)
+            # No fsync: a file torn by a crash fails to parse (the text's JSON strings
+            # included: a zero-filled block is no JSON) and is rebuilt.
+            atomic_write_text(path, text, mode=self.file_mode, group=self.group, fsync=False)
         except OSError:
             pass
 
@@ -367,22 +498,33 @@ def _current_version(directory: Path) -> int | None:
 _ENTRY_KEYS = {f.name for f in fields(VersionEntry)}
 
 
-def _well_formed(line: list[Any]) -> bool:
-    """Whether a ``list.json`` line has the shape :func:`_list_line` gives it."""
-    _stamp, _settled, summary, pending = line
+def _all_of(kinds: set[type], values: Any, count: int | None = None) -> bool:
+    """Whether ``values`` is a list of values of ``kinds`` (of ``count`` items, if given)."""
+    return (isinstance(values, list) and (count is None or len(values) == count)
+            and set(map(type, values)) <= kinds)   # no Python call per value
+
+
+def _well_formed(entry: Any) -> bool:
+    """Whether a ``list.jsonl`` entry has the shape :func:`_list_entry` gives it."""
+    if not (isinstance(entry, list) and len(entry) == 2):
+        return False
+    summary, pending = entry
     return (summary is None or isinstance(summary, list) and len(summary) == len(SUMMARY_COLUMNS)
             ) and isinstance(pending, list) and all(
         isinstance(p, dict) and _ENTRY_KEYS <= p.keys() for p in pending)
 
 
-def _list_line(index: NameIndex) -> list[Any]:
-    """The ``list.json`` line of a name: the names with at least one ``ready`` version are
-    environments; a name whose builds all failed, or were all removed, is history only."""
+def _list_entry(index: NameIndex) -> tuple[int | None, str, str, list[Any]]:
+    """A name's ``list.jsonl`` stamp, env line, hint and entry: the names with at least one
+    ``ready`` version are environments; a name whose builds all failed, or were all removed,
+    is history only."""
+    stamp = index.stamp if index.settled else None
     ready = sum(1 for row in index.versions if row[_STATUS] == "ready")
     if not ready:
         pending = [dict(zip(ENTRY_COLUMNS, row)) for row in index.versions
                    if row[_STATUS] in ("failed", "building")]
-        return [index.stamp, index.settled, None, pending]
+        return (stamp, "", unfinished_lines(index.name, pending) if pending else "",
+                [None, pending])
     current = next((VersionEntry(*row) for row in index.versions
                     if row[_VERSION] == index.current), None)
     summary = EnvSummary(
@@ -394,4 +536,4 @@ def _list_line(index: NameIndex) -> list[Any]:
         packages=current.packages if current else None,
         size_bytes=current.size_bytes if current else None,
         unique_bytes=current.unique_bytes if current else None).to_dict()
-    return [index.stamp, index.settled, [summary[c] for c in SUMMARY_COLUMNS], []]
+    return stamp, env_line(summary), "", [[summary[c] for c in SUMMARY_COLUMNS], []]
