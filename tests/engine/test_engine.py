@@ -50,6 +50,20 @@ def test_solved_packages_are_exact(engine: RattlerEngine, demo_channel) -> None:
     assert LockedPackage.from_dict(json.loads(json.dumps(tools.to_dict()))) == tools
 
 
+def test_a_child_never_asked_anything_is_killed_not_waited_for() -> None:
+    # A builder starts its child on taking the lock; if the build turned up meanwhile it
+    # closes the child unused, which must not wait for `import rattler` to finish.
+    import signal
+
+    from hpcenv.engine.rattler_engine import RattlerChild
+
+    child = RattlerChild()
+    child.start()
+    proc = child._proc
+    child.close()
+    assert proc is not None and proc.returncode == -signal.SIGKILL
+
+
 def test_the_childs_package_dicts_are_locked_packages(engine: RattlerEngine,
                                                       demo_channel) -> None:
     # The child builds its replies without importing hpcenv (its start is on a build's
