@@ -8,8 +8,8 @@ publishing, rollback and removal :mod:`hpcenv.store.lifecycle`; crashed builders
 taking any lock (the fast path: a few file reads, and no import of the engines, the lockfile
 module or anything else only a new build needs: that is :mod:`hpcenv.build.installer`).  Otherwise the builder
 takes the key's :class:`~hpcenv.store.locking.BuildLock`; late arrivals wait (``on_progress`` gets a
-``wait`` :class:`BuildEvent` "waiting for USER@HOST pid N since T") and then find the ready
-build.  The lock holder starts the engine at once (:mod:`hpcenv.build.engine_start`), then:
+``wait`` :class:`BuildEvent` "waiting for USER@HOST pid N since T") and, woken by its release,
+reuse the ready build without taking the lock.  The lock holder starts the engine at once (:mod:`hpcenv.build.engine_start`), then:
 
 1. cleans its env's debris: builds without a completion marker whose key lock nobody holds (a
    crashed builder), marking their records ``failed``; a crashed builder's complete build
@@ -182,7 +182,20 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
             # imports (engine_start's module doc).  Waiters start none.
             session = stack.enter_context(serving_engine(site, store, engine))
         else:
-            lock.acquire()
+            found = None
+
+            def ready() -> bool:
+                nonlocal found
+                found = registry.find_ready(plan.key, plan.name)
+                return found is not None and is_complete(found.prefix)
+
+            if not lock.acquire(unless=ready):
+                # The build waited for is there: reused without the lock, as a hit is, so
+                # the waiters of a stampede go on together instead of one after another.
+                assert found is not None
+                if (result := reuse(found, waited)) is not None:
+                    return result
+                lock.acquire()   # gone again meanwhile: build it after all
             stack.callback(lock.release)
         # What a waiter usually finds: the build it waited for, reused without more work.
         found = registry.find_ready(plan.key, plan.name)

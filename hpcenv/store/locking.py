@@ -394,8 +394,11 @@ class BuildLock:
         """Take the lock if it is free (breaking an abandoned lease); never waits."""
         return self._attempt(keep_local=False)
 
-    def acquire(self) -> None:
-        """Wait up to ``timeout`` seconds for the lock; LockTimeout names the holder.
+    def acquire(self, *, unless: Callable[[], bool] | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the lock; LockTimeout names the holder.  True
+        once held; False, without the lock, when ``unless()`` says after a wait that what the
+        lock guards is done (a builder's waiters find the build ready: none of them needs the
+        lock any more, so they go on at once instead of taking it one after another).
 
         A waiter keeps the same-node flock while it polls the lease, so the other waiters on
         its node block in the kernel (woken when the flock is let go, not polling) and one
@@ -426,9 +429,13 @@ class BuildLock:
                 else:
                     time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                     delay = min(delay * 2, max(self.poll_interval, _MAX_POLL_INTERVAL))
+                if unless is not None and unless():
+                    self._unflock()
+                    return False
         except BaseException:
             self._unflock()
             raise
+        return True
 
     def _wait_for_flock(self, deadline: float) -> bool:
         """Block until the process on this node that has the lock file's flock lets it go, or
