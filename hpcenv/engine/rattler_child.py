@@ -23,18 +23,23 @@ _REQUEST_RE = re.compile(r"error sending request for url \((\S+?)\)")
 _SUBDIR_RE = re.compile(r"could not find subdir '([^']+)' in channel '([^']+)'")
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent (pid ``parent``, read at start)
+    dies; no-op elsewhere."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
     import signal
 
-    parent = os.getppid()
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # parent died before prctl took effect
         os._exit(1)
+
+
+# Requests that write (into a prefix, the package cache, a lockfile): never served before the
+# child is bound to die with its parent.
+_WRITES = frozenset({"install", "write_lock"})
 
 
 def _to_record(pkg: dict[str, Any]) -> Any:
@@ -213,14 +218,23 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
 
 def _child_main(reply_fd: int) -> None:
     """Serve one JSON request per stdin line, one JSON reply per line, until stdin closes."""
-    _die_with_parent()
+    parent = os.getppid()
     import rattler  # noqa: F401 - now, while the parent prepares its first request
 
+    bound = False   # to die with the parent: ctypes and prctl, ~3 ms, kept off the first reply
     with os.fdopen(reply_fd, "w") as out:
         for line in sys.stdin:
-            if line.strip():
-                out.write(json.dumps(_handle(json.loads(line))) + "\n")
-                out.flush()
+            if not line.strip():
+                continue
+            request = json.loads(line)
+            if not bound and request.get("op") in _WRITES:
+                _die_with_parent(parent)
+                bound = True
+            out.write(json.dumps(_handle(request)) + "\n")
+            out.flush()
+            if not bound:   # while the parent reads the reply (a solve's) and goes on
+                _die_with_parent(parent)
+                bound = True
     sys.stderr.flush()
     os._exit(0)  # quirk #3: skip interpreter teardown, where rattler sometimes crashes
 

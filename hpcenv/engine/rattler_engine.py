@@ -6,8 +6,9 @@ any library user must never inherit that, so engine calls run in a child,
 :mod:`hpcenv.engine.rattler_child`: JSON requests on stdin, JSON replies on a private
 pipe, one line each, and the child leaves with ``os._exit`` after flushing.  A build keeps one
 child (:meth:`RattlerEngine.serving`) for its solve, lockfiles and install, so it pays one
-interpreter start plus ``import rattler`` (~70-110 ms), never paid on the "reused" fast path.  The child also asks the kernel to kill it when its parent
-dies (``PR_SET_PDEATHSIG``), so a builder killed with SIGKILL does not leave an orphan still
+interpreter start plus ``import rattler`` (~60 ms), never paid on the "reused" fast path.  Before
+it serves anything that writes, the child asks the kernel to kill it when its parent dies
+(``PR_SET_PDEATHSIG``), so a builder killed with SIGKILL does not leave an orphan still
 writing into a prefix the next builder is about to clean.
 
 Mapping of the engine protocol onto rattler:
