@@ -219,6 +219,10 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
 def _child_main(reply_fd: int) -> None:
     """Serve one JSON request per stdin line, one JSON reply per line, until stdin closes."""
     parent = os.getppid()
+    # Python's TLS is never used in the child: rattler downloads over its own (Rust) network
+    # stack, and asyncio, which runs rattler's coroutines, imports ssl only to offer TLS
+    # transports.  Refusing that import spares the first reply ~5 ms of loading OpenSSL.
+    sys.modules["ssl"] = None  # type: ignore[assignment]
     import rattler  # noqa: F401 - now, while the parent prepares its first request
 
     bound = False   # to die with the parent: ctypes and prctl, ~3 ms, kept off the first reply
