@@ -39,6 +39,12 @@ class EngineSession:
 
     engine: Engine
     call: RattlerCall
+    rattler: RattlerEngine   # the engine whose child serves ``call``
+
+    def no_more_requests(self) -> None:
+        """The build's last engine request is answered: the child exits now, in parallel
+        with what the build still does, not when the session ends."""
+        self.rattler.no_more_requests()
 
 
 @contextmanager
@@ -53,4 +59,4 @@ def serving_engine(site: SiteConfig, store: Store,
         # the shared cache (entries, its .cache.lock files): the lab's umask, not the builder's.
         with shared_umask(store.dir_mode, store.group):
             call = stack.enter_context(rattler.serving())
-        yield EngineSession(engine, call)
+        yield EngineSession(engine, call, rattler)

@@ -161,6 +161,7 @@ def build_new(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: BuildP
             installed_pip += _pip_install(prefix, spec, site, log=report.log)
         _store_lock(registry, record, packages, channels, plan.platform, pip=installed_pip,
                     variables=variables, call=call)
+        session.no_more_requests()   # the child exits while the prefix is walked
         warning = _same_fs_warning(prefix, pkgs_dir)
         if warning:
             warnings.append(warning)

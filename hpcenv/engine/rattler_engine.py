@@ -89,6 +89,12 @@ class RattlerEngine:
             finally:
                 self._child = None
 
+    def no_more_requests(self) -> None:
+        """The serving child gets no further request in this :meth:`serving` block: it exits
+        now, while the caller goes on, rather than when the block ends."""
+        if self._child is not None:
+            self._child.end_input()
+
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request to the serving child, or to a fresh one outside :meth:`serving`."""
         if self._child is not None:
@@ -167,6 +173,15 @@ class RattlerChild:
                 raise error(reply["error"]) from EngineErrorChain(reply["chain"])
             raise error(reply["error"])
         return reply
+
+    def end_input(self) -> None:
+        """No request follows: the child exits once it has replied to the last one (a later
+        :meth:`call` finds it gone)."""
+        if self._proc is not None and self._proc.stdin is not None:
+            try:
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                pass
 
     def close(self, *, kill: bool = False) -> None:
         """End the child: after its current request, or at once with ``kill`` (the caller is

@@ -64,6 +64,19 @@ def test_a_child_never_asked_anything_is_killed_not_waited_for() -> None:
     assert proc is not None and proc.returncode == -signal.SIGKILL
 
 
+def test_a_serving_child_told_no_request_follows_exits_on_its_own(engine: RattlerEngine,
+                                                                  demo_channel) -> None:
+    # A build's last engine request answered, the child exits while the build walks its
+    # prefix, so the end of the serving block finds it gone instead of waiting for its exit.
+    with engine.serving():
+        engine.solve(SPECS, channels=[demo_channel.url], platform=current_platform(),
+                     cuda=NO_CUDA)
+        child = engine._child
+        assert child is not None and child._proc is not None
+        engine.no_more_requests()
+        assert child._proc.wait(timeout=60) == 0
+
+
 def test_the_childs_package_dicts_are_locked_packages(engine: RattlerEngine,
                                                       demo_channel) -> None:
     # The child builds its replies without importing hpcenv (its start is on a build's
