@@ -9,7 +9,8 @@ taking any lock (the fast path: a few file reads, and no import of the engines, 
 module or anything else only a new build needs: that is :mod:`hpcenv.build.installer`).  Otherwise the builder
 takes the key's :class:`~hpcenv.store.locking.BuildLock`; late arrivals wait (``on_progress`` gets a
 ``wait`` :class:`BuildEvent` "waiting for USER@HOST pid N since T") and, woken by its release,
-reuse the ready build without taking the lock.  The lock holder starts the engine at once (:mod:`hpcenv.build.engine_start`), then:
+reuse the ready build without taking the lock.  The lock holder starts the engine at once
+(:mod:`hpcenv.build.engine_start`), then:
 
 1. cleans its env's debris: builds without a completion marker whose key lock nobody holds (a
    crashed builder), marking their records ``failed``; a crashed builder's complete build

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 from hpcenv.engine import get_engine
 from hpcenv.engine.rattler_engine import RattlerCall, RattlerEngine
 from hpcenv.fsutil import shared_umask
-from hpcenv.store.layout import Store
 
 if TYPE_CHECKING:
     from hpcenv.engine.base import Engine
     from hpcenv.site.config import SiteConfig
+    from hpcenv.store.layout import Store
 
 
 def engine_for(site: SiteConfig) -> Engine:
