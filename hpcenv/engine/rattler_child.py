@@ -236,9 +236,14 @@ def _child_main(reply_fd: int) -> None:
                 bound = True
             out.write(json.dumps(_handle(request)) + "\n")
             out.flush()
-            if not bound:   # while the parent reads the reply (a solve's) and goes on
+            if not bound:
+                # While the parent reads the first reply (a solve's) and records the version:
+                # bind to it, and import what the lockfile request that follows needs (~3 ms
+                # the parent would otherwise wait for).
                 _die_with_parent(parent)
                 bound = True
+                import tempfile  # noqa: F401
+                import hpcenv.fsutil  # noqa: F401
     sys.stderr.flush()
     os._exit(0)  # quirk #3: skip interpreter teardown, where rattler sometimes crashes
 
