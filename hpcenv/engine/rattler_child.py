@@ -6,8 +6,8 @@ The child is on a new build's critical path: the parent waits for its first repl
 the child imports before ``import rattler`` delays every build.  It is therefore started as a
 script (``python -P .../rattler_child.py FD``), not as ``-m hpcenv.engine...``, which would
 import the ``hpcenv`` and ``hpcenv.engine`` packages (dataclasses, the package records, ...)
-first; and it imports nothing of hpcenv but :func:`hpcenv.fsutil.atomic_write_text`, when it
-writes a lockfile.  Its package dicts carry the fields of
+first; and before its first reply it imports nothing of hpcenv (lockfiles are written with
+:func:`hpcenv.fsutil.atomic_write_text`, imported after it).  Its package dicts carry the fields of
 :class:`~hpcenv.engine.base.LockedPackage` (a test holds them in step).
 """
 
