@@ -8,7 +8,9 @@ Anchors, measured in the same run against the same demo channel:
   the rest is the CLI's start-up, the part a cache hit also pays): ``import rattler``, solve the spec (``python``, ``hpcdemo-kernels``, ``hpcdemo-tools``)
   and install it into a new prefix, with a warm package cache (one earlier install) and with an
   empty one.  A new ``hpcenv env build`` of a new env is timed the same way (the console
-  script, a new env name each run, so each is a real build) with a warm and an empty cache.
+  script, a new env name each run, so each is a real build) with a warm and an empty cache,
+  each run right after an anchor run (on a shared machine the load moves between runs: taking
+  turns keeps both sides under the same load).
 * **one build** for 32 simultaneous builds of one new spec (one builds, 31 wait and reuse):
   target 1.3x; **one hit** (a build that finds the env ready) for 32 simultaneous hits:
   target 3x.  32 simultaneous ``python -c pass`` show what 32 interpreter starts alone cost on
@@ -47,8 +49,8 @@ from common import (
 )
 
 SPECS = ("python=3.11", "hpcdemo-kernels", "hpcdemo-tools")
-RUNS_WARM = 5
-RUNS_COLD = 3
+RUNS_WARM = 9
+RUNS_COLD = 5
 CONCURRENT = 32
 TIMEOUT_S = 600
 
@@ -108,25 +110,25 @@ def run() -> BenchResult:
     with scratch("engine") as root:
         specs = root / "specs"
         specs.mkdir()
-        # --- the floor: py-rattler alone, warm and cold ---------------------------------------
+        # --- py-rattler alone and hpcenv, taking turns (a load change moves both sides):
+        # cold (a fresh cache, and for hpcenv a fresh site, each), then warm (one cache, one
+        # site, a new env each) -------------------------------------------------------------
         anchor_cache = root / "anchor-pkgs"
-        _rattler_once(channel.url, anchor_cache, root / "anchor-warmup", root / "anchor-repo")
-        anchor_warm = [_rattler_once(channel.url, anchor_cache, root / f"anchor-w{i}",
-                                     root / "anchor-repo") for i in range(RUNS_WARM)]
-        anchor_cold = [_rattler_once(channel.url, root / f"anchor-cold{i}",
-                                     root / f"anchor-c{i}", root / f"anchor-repo{i}")
-                       for i in range(RUNS_COLD)]
-        # --- hpcenv: cold (a fresh site each) and warm (one site, new envs) -------------------
-        cold, cold_inside = [], []
+        anchor_cold, cold, cold_inside = [], [], []
         for i in range(RUNS_COLD):
+            anchor_cold.append(_rattler_once(channel.url, root / f"anchor-cold{i}",
+                                             root / f"anchor-c{i}", root / f"anchor-repo{i}"))
             site = write_site(root / f"cold{i}", channel)
             seconds, out = build_once(site, _spec_file(specs, f"cold{i}"))
             cold.append(seconds)
             cold_inside.append(out["seconds"])
+        _rattler_once(channel.url, anchor_cache, root / "anchor-warmup", root / "anchor-repo")
         site = write_site(root / "warm", channel)
         build_once(site, _spec_file(specs, "warmup"))
-        warm, warm_inside, prefixes = [], [], []
+        anchor_warm, warm, warm_inside, prefixes = [], [], [], []
         for i in range(RUNS_WARM):
+            anchor_warm.append(_rattler_once(channel.url, anchor_cache, root / f"anchor-w{i}",
+                                             root / "anchor-repo"))
             seconds, out = build_once(site, _spec_file(specs, f"warm{i}"))
             warm.append(seconds)
             warm_inside.append(out["seconds"])

@@ -8,8 +8,9 @@ publishing, rollback and removal :mod:`hpcenv.store.lifecycle`; crashed builders
 taking any lock (the fast path: a few file reads, and no import of the engines, the lockfile
 module or anything else only a new build needs: that is :mod:`hpcenv.build.installer`).  Otherwise the builder
 takes the key's :class:`~hpcenv.store.locking.BuildLock`; late arrivals wait (``on_progress`` gets a
-``wait`` :class:`BuildEvent` "waiting for USER@HOST pid N since T") and then find the ready
-build.  The lock holder:
+``wait`` :class:`BuildEvent` "waiting for USER@HOST pid N since T") and, woken by its release,
+reuse the ready build without taking the lock.  The lock holder starts the engine at once
+(:mod:`hpcenv.build.engine_start`), then:
 
 1. cleans its env's debris: builds without a completion marker whose key lock nobody holds (a
    crashed builder), marking their records ``failed``; a crashed builder's complete build
@@ -39,6 +40,7 @@ build is cleaned by the next builder (or ``env gc``).
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -55,6 +57,7 @@ from hpcenv.store.ownership import Actor, env_owner
 from hpcenv.store.registry import EnvRecord
 
 if TYPE_CHECKING:
+    from hpcenv.build.engine_start import EngineSession
     from hpcenv.engine.base import Engine, LockedPackage
     from hpcenv.site.config import SiteConfig
     from hpcenv.spec.environment import EnvSpec
@@ -166,8 +169,35 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         waited = True
         report.wait(f"waiting for {describe_holder(holder)} before building {plan.name}")
 
-    with key_lock(store, plan.key, on_wait=on_wait,
-                  doing=f"building {plan.name}, key {plan.key[:12]}") as lock:
+    # Imported only now, as the rest of a new build (installer): a reuse starts no engine.
+    from hpcenv.build.engine_start import serving_engine
+
+    with ExitStack() as stack:
+        lock = key_lock(store, plan.key, on_wait=on_wait,
+                        doing=f"building {plan.name}, key {plan.key[:12]}")
+        session: EngineSession | None = None
+        if lock.try_acquire():
+            stack.callback(lock.release)
+            # Nobody else builds this key, so this process almost surely will: start the
+            # engine now, so its start-up overlaps the debris check and the installer's
+            # imports (engine_start's module doc).  Waiters start none.
+            session = stack.enter_context(serving_engine(site, store, engine))
+        else:
+            found = None
+
+            def ready() -> bool:
+                nonlocal found
+                found = registry.find_ready(plan.key, plan.name)
+                return found is not None and is_complete(found.prefix)
+
+            if not lock.acquire(unless=ready):
+                # The build waited for is there: reused without the lock, as a hit is, so
+                # the waiters of a stampede go on together instead of one after another.
+                assert found is not None
+                if (result := reuse(found, waited)) is not None:
+                    return result
+                lock.acquire()   # gone again meanwhile: build it after all
+            stack.callback(lock.release)
         # What a waiter usually finds: the build it waited for, reused without more work.
         found = registry.find_ready(plan.key, plan.name)
         if found is not None and (result := reuse(found, waited)) is not None:
@@ -186,7 +216,9 @@ def build_env(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = None
         # Imported only now: a reuse needs neither the engines nor the lockfile module.
         from hpcenv.build.installer import build_new
 
-        record, warnings = build_new(spec, site, store, plan, registry, engine, from_lock,
+        if session is None:   # waited for a builder that left nothing to reuse
+            session = stack.enter_context(serving_engine(site, store, engine))
+        record, warnings = build_new(spec, site, store, plan, registry, session, from_lock,
                                      report)
         lock.ensure_held()  # a lease broken while we stalled: another builder took over
         if not publish_build:
@@ -231,7 +263,8 @@ def preview_build(spec: EnvSpec | None, site: SiteConfig, *, name: str | None = 
                   on_progress: Progress | None = None) -> BuildPreview:
     """Plan and solve (or read the lock) as :func:`build_env` would, and stop there: nothing
     is installed, no version allocated, nothing published."""
-    from hpcenv.build.installer import engine_for, lockfile_for, packages_for
+    from hpcenv.build.engine_start import engine_for
+    from hpcenv.build.installer import lockfile_for, packages_for
 
     report = Reporter(on_progress)
     if from_lock is not None:

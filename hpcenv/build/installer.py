@@ -15,11 +15,11 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from hpcenv.build.export import (
@@ -27,9 +27,9 @@ from hpcenv.build.export import (
     is_explicit_list,
     lock_from_explicit,
 )
+from hpcenv.build.engine_start import EngineSession
 from hpcenv.build.plan import BuildPlan, cuda_of_packages
 from hpcenv.build.progress import Reporter
-from hpcenv.engine import get_engine
 from hpcenv.engine.base import CHANNEL_ERRORS, LockedPackage
 from hpcenv.engine.lockfile import (
     LockedPip,
@@ -38,7 +38,7 @@ from hpcenv.engine.lockfile import (
     read_lock_extras,
     write_lock,
 )
-from hpcenv.engine.rattler_engine import RattlerEngine, call_rattler
+from hpcenv.engine.rattler_engine import RattlerCall, call_rattler
 from hpcenv.errors import HpcenvError, InvalidInput
 from hpcenv.fsutil import (
     atomic_write_json,
@@ -70,14 +70,6 @@ if TYPE_CHECKING:
     from hpcenv.site.config import SiteConfig
 
 
-RattlerCall = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-def engine_for(site: SiteConfig) -> Engine:
-    return get_engine(site.engine, conda_exe=site.conda_exe,
-                      repodata_cache=Path(site.state_dir) / "rattler-cache")
-
-
 def lockfile_for(path: Path, spec: EnvSpec | None, site: SiteConfig,
                   cuda_override: CudaTarget | None, engine: Engine | None, report: Reporter,
                   name: str | None) -> Path:
@@ -103,25 +95,12 @@ def lockfile_for(path: Path, spec: EnvSpec | None, site: SiteConfig,
 
 
 def build_new(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: BuildPlan,
-              registry: Registry, engine: Engine | None, from_lock: Path | None,
+              registry: Registry, session: EngineSession, from_lock: Path | None,
               report: Reporter) -> tuple[EnvRecord, list[str]]:
-    """Make the new build ``plan`` describes (the caller holds its key lock): its record, now
-    ``ready``, and the warnings to pass on."""
-    engine = engine or engine_for(site)
-    # One rattler child, started now, serves the solve, both lockfiles and the install.
-    rattler = engine if isinstance(engine, RattlerEngine) else RattlerEngine()
-    with ExitStack() as stack:
-        # A child keeps the umask it starts with, and this one creates the engine's files in
-        # the shared cache (entries, its .cache.lock files): the lab's umask, not the builder's.
-        with shared_umask(store.dir_mode, store.group):
-            call = stack.enter_context(rattler.serving())
-        return _build_locked(spec, site, store, plan, registry, engine, from_lock, report, call)
-
-
-def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: BuildPlan,
-                  registry: Registry,
-                  engine: Engine, from_lock: Path | None, report: Reporter,
-                  call: RattlerCall) -> tuple[EnvRecord, list[str]]:
+    """Make the new build ``plan`` describes (the caller holds its key lock and started the
+    engine, :mod:`hpcenv.build.engine_start`): its record, now ``ready``, and the warnings to
+    pass on."""
+    engine, call = session.engine, session.call
     # Solve (or read the lock) before allocating a version: a spec that cannot be built leaves
     # nothing behind, not even a failed record.  A cache we cannot write fails first of all.
     _check_cache_writable(store.pkgs_dir)
@@ -182,6 +161,7 @@ def _build_locked(spec: EnvSpec | None, site: SiteConfig, store: Store, plan: Bu
             installed_pip += _pip_install(prefix, spec, site, log=report.log)
         _store_lock(registry, record, packages, channels, plan.platform, pip=installed_pip,
                     variables=variables, call=call)
+        session.no_more_requests()   # the child exits while the prefix is walked
         warning = _same_fs_warning(prefix, pkgs_dir)
         if warning:
             warnings.append(warning)

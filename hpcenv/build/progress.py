@@ -4,9 +4,9 @@ output) for the build log."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Literal
 
 
@@ -50,7 +50,7 @@ class Reporter:
         self.lines.append(text.rstrip("\n"))
 
     def _event(self, kind: Literal["step", "wait", "warning"], text: str) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+        stamp = time.strftime("%H:%M:%S", time.gmtime())   # UTC; no datetime import (~1 ms)
         self.lines.append(f"{stamp} {'warning: ' if kind == 'warning' else ''}{text}")
         if self.callback is not None:
             self.callback(BuildEvent(kind, text))

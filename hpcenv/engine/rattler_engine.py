@@ -2,12 +2,13 @@
 
 Why a child process: after async rattler calls the interpreter sometimes crashes at exit
 (SIGSEGV/SIGABRT, a few % of runs, py-rattler 0.28.0), although the work succeeded.  The CLI and
-any library user must never inherit that, so engine calls run in
-``python -m hpcenv.engine.rattler_engine``: JSON requests on stdin, JSON replies on a private
+any library user must never inherit that, so engine calls run in a child,
+:mod:`hpcenv.engine.rattler_child`: JSON requests on stdin, JSON replies on a private
 pipe, one line each, and the child leaves with ``os._exit`` after flushing.  A build keeps one
 child (:meth:`RattlerEngine.serving`) for its solve, lockfiles and install, so it pays one
-interpreter start plus ``import rattler`` (~70-110 ms), never paid on the "reused" fast path.  The child also asks the kernel to kill it when its parent
-dies (``PR_SET_PDEATHSIG``), so a builder killed with SIGKILL does not leave an orphan still
+interpreter start plus ``import rattler`` (~60 ms), never paid on the "reused" fast path.  Before
+it serves anything that writes, the child asks the kernel to kill it when its parent dies
+(``PR_SET_PDEATHSIG``), so a builder killed with SIGKILL does not leave an orphan still
 writing into a prefix the next builder is about to clean.
 
 Mapping of the engine protocol onto rattler:
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,11 +42,13 @@ from hpcenv.engine.base import (
     channel_url,
 )
 from hpcenv.errors import HpcenvError, InvalidInput
-from hpcenv.fsutil import atomic_write_text
 from hpcenv.spec.cuda_target import CudaTarget
 
-_REQUEST_RE = re.compile(r"error sending request for url \((\S+?)\)")
-_SUBDIR_RE = re.compile(r"could not find subdir '([^']+)' in channel '([^']+)'")
+# One request to a rattler child and its reply (lockfiles are written through one).
+RattlerCall = Callable[[dict[str, Any]], dict[str, Any]]
+
+# The child's own script (see its module doc for why it is not run with -m).
+CHILD_SCRIPT = Path(__file__).with_name("rattler_child.py")
 
 
 class RattlerEngine:
@@ -87,6 +89,12 @@ class RattlerEngine:
             finally:
                 self._child = None
 
+    def no_more_requests(self) -> None:
+        """The serving child gets no further request in this :meth:`serving` block: it exits
+        now, while the caller goes on, rather than when the block ends."""
+        if self._child is not None:
+            self._child.end_input()
+
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request to the serving child, or to a fresh one outside :meth:`serving`."""
         if self._child is not None:
@@ -105,7 +113,7 @@ def call_rattler(request: dict[str, Any], python: str | None = None) -> dict[str
 
 
 class RattlerChild:
-    """One ``python -m hpcenv.engine.rattler_engine`` child serving requests one after another
+    """One :mod:`~hpcenv.engine.rattler_child` process serving requests one after another
     (one JSON line each way), so a build pays one interpreter start and one ``import rattler``
     for its solve, lockfiles and install instead of one per call.  Started on first use (or
     by :meth:`start`, to let the import run while the parent works); a context manager."""
@@ -115,6 +123,7 @@ class RattlerChild:
         self._proc: subprocess.Popen[str] | None = None
         self._replies: Any = None      # the read end of the private reply pipe
         self._stderr: Any = None       # a temp file: a full pipe could block a long-lived child
+        self._asked = False            # whether any request was sent
 
     def start(self) -> None:
         if self._proc is not None:
@@ -123,7 +132,8 @@ class RattlerChild:
         self._stderr = tempfile.TemporaryFile(mode="w+", prefix="hpcenv-rattler-")
         try:
             self._proc = subprocess.Popen(
-                [self.python, "-m", "hpcenv.engine.rattler_engine", str(write_fd)],
+                # -P: the script's dir (engine/, with its base.py) stays off sys.path.
+                [self.python, "-P", str(CHILD_SCRIPT), str(write_fd)],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr,
                 pass_fds=(write_fd,), text=True)
         except OSError as exc:
@@ -139,6 +149,7 @@ class RattlerChild:
         """The child's reply to ``request``, or the classified error it reports."""
         self.start()
         assert self._proc is not None and self._proc.stdin is not None
+        self._asked = True
         try:
             self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.flush()
@@ -163,11 +174,21 @@ class RattlerChild:
             raise error(reply["error"])
         return reply
 
+    def end_input(self) -> None:
+        """No request follows: the child exits once it has replied to the last one (a later
+        :meth:`call` finds it gone)."""
+        if self._proc is not None and self._proc.stdin is not None:
+            try:
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                pass
+
     def close(self, *, kill: bool = False) -> None:
         """End the child: after its current request, or at once with ``kill`` (the caller is
-        unwinding an error or an interrupt, and nothing it asked for is wanted any more)."""
+        unwinding an error or an interrupt, and nothing it asked for is wanted any more) or
+        when it was never asked anything (started for a build that found one to reuse)."""
         if self._proc is not None:
-            if kill and self._proc.poll() is None:
+            if (kill or not self._asked) and self._proc.poll() is None:
                 self._proc.kill()
             self._finish()
         if self._stderr is not None:
@@ -202,263 +223,3 @@ class RattlerChild:
 def _child_cuda(cuda: CudaTarget) -> str | None:
     """The child's JSON spelling of a CudaTarget: "12.4", "" (none) or null (detect)."""
     return None if cuda.kind == "detect" else cuda.version or ""
-
-
-# --- the child side ---------------------------------------------------------------------------
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    parent = os.getppid()
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # parent died before prctl took effect
-        os._exit(1)
-
-
-def _to_record(pkg: dict[str, Any]) -> Any:
-    from rattler import BuildString, NoArchType, PackageRecord, RepoDataRecord
-
-    record = PackageRecord(
-        name=pkg["name"], version=pkg["version"], build=BuildString(pkg["build"]),
-        build_number=int(pkg["build_number"]), subdir=pkg["subdir"],
-        noarch=NoArchType(pkg.get("noarch")),
-        depends=list(pkg.get("depends") or []), constrains=list(pkg.get("constrains") or []),
-        sha256=bytes.fromhex(pkg["sha256"]) if pkg.get("sha256") else None,
-        md5=bytes.fromhex(pkg["md5"]) if pkg.get("md5") else None,
-        size=pkg.get("size"), license=pkg.get("license"))
-    if pkg.get("timestamp") is not None:
-        import datetime as dt
-
-        record.timestamp = dt.datetime.fromtimestamp(pkg["timestamp"] / 1000, tz=dt.timezone.utc)
-    return RepoDataRecord(record, pkg["file_name"], pkg["url"], pkg["channel"])
-
-
-def _from_record(record: Any) -> dict[str, Any]:
-    noarch = record.noarch
-    kind = "python" if noarch.python else "generic" if noarch.generic else None
-    timestamp = record.timestamp
-    return LockedPackage(
-        name=record.name.normalized, version=str(record.version), build=str(record.build),
-        build_number=record.build_number, subdir=record.subdir, url=record.url,
-        channel=record.channel or "", file_name=record.file_name,
-        sha256=record.sha256.hex() if record.sha256 else None,
-        md5=record.md5.hex() if record.md5 else None, size=record.size,
-        depends=tuple(record.depends), constrains=tuple(record.constrains), noarch=kind,
-        timestamp=int(timestamp.timestamp() * 1000) if timestamp else None,
-        license=record.license).to_dict()
-
-
-def _virtual_packages(cuda: str | None) -> list[Any]:
-    from rattler import Override, VirtualPackage, VirtualPackageOverrides
-
-    if cuda is None:
-        return VirtualPackage.detect()
-    return VirtualPackage.detect(VirtualPackageOverrides(cuda=Override.string(cuda)))
-
-
-def _match_specs(specs: list[str]) -> list[Any]:
-    """Parse leniently, as conda does: ``solve()`` parses strings strictly and rejects
-    ``name=version=build``, the form ``conda env export`` writes."""
-    from rattler import MatchSpec
-
-    parsed = []
-    for spec in specs:
-        try:
-            parsed.append(MatchSpec(spec))
-        except Exception as exc:  # noqa: BLE001 - rattler raises its own parse error types
-            raise _Invalid(f"invalid match spec {spec!r}: {_one_line('parse', exc)}") from None
-    return parsed
-
-
-async def _solve(req: dict[str, Any]) -> dict[str, Any]:
-    from rattler import ChannelPriority, Gateway, solve
-
-    specs = _match_specs(req["specs"])
-    platform = req["platform"]
-    gateway = Gateway(cache_dir=req["cache_dir"]) if req.get("cache_dir") else Gateway()
-    priority = (ChannelPriority.Strict if req["channel_priority"] == "strict"
-                else ChannelPriority.Disabled)
-    records = await solve(sources=req["channels"], specs=specs, gateway=gateway,
-                          platforms=[platform, "noarch"],
-                          virtual_packages=_virtual_packages(req["cuda"]),
-                          channel_priority=priority)
-    return {"packages": [_from_record(r) for r in records]}
-
-
-async def _install(req: dict[str, Any]) -> dict[str, Any]:
-    from rattler import install
-
-    records = [_to_record(p) for p in req["packages"]]
-    await install(records, target_prefix=req["prefix"], cache_dir=req["pkgs_dir"],
-                  show_progress=False)
-    return {}
-
-
-def _write_lock(req: dict[str, Any]) -> dict[str, Any]:
-    from rattler import LockChannel, LockFile, LockPlatform
-
-    env_name = req["env_name"]
-    platform = LockPlatform(req["platform"])
-    lock = LockFile([platform])
-    lock.set_channels(env_name, [LockChannel(c) for c in req["channels"]])
-    for pkg in req["packages"]:
-        lock.add_conda_package(env_name, platform, _to_record(pkg))
-    for dist in req.get("pypi") or ():
-        lock.add_pypi_package(env_name, platform, dist["name"], dist["version"], dist["location"])
-
-    # rattler only writes to a path, and not atomically: let it write into scratch, then
-    # replace the target with hpcenv's one atomic writer.
-    with tempfile.TemporaryDirectory(prefix="hpcenv-lock-") as scratch:
-        written = Path(scratch) / "lock.yml"
-        lock.to_path(written)
-        text = written.read_text(encoding="utf-8")
-        if req.get("extension"):
-            # JSON is YAML: one flow-style mapping after rattler's keys, which readers ignore.
-            text += "".join(f"{key}: {json.dumps(value, sort_keys=True)}\n"
-                            for key, value in req["extension"].items())
-        atomic_write_text(req["path"], text)
-    return {}
-
-
-def _read_lock(req: dict[str, Any]) -> dict[str, Any]:
-    from rattler import LockFile
-
-    path = req["path"]
-    lock = LockFile.from_path(path)
-    envs = dict(lock.environments())
-    name = req.get("env_name")
-    if name is None:
-        # default_environment() returns a hollow wrapper (not None) when there is no "default"
-        # environment in 0.28.0, so pick by name.
-        if "default" in envs:
-            env = envs["default"]
-        elif len(envs) == 1:
-            env = next(iter(envs.values()))
-        else:
-            raise _Invalid(f"{path}: lockfile has environments {sorted(envs)}; name one")
-    elif name in envs:
-        env = envs[name]
-    else:
-        raise _Invalid(f"{path}: no environment {name!r} in lockfile (has {sorted(envs)})")
-    platforms = env.platforms()
-    wanted = req.get("platform")
-    if wanted is None and len(platforms) == 1:
-        chosen = platforms[0]
-    else:
-        matches = [p for p in platforms if str(p) == wanted]
-        if not matches:
-            raise _Invalid(f"{path}: no packages for platform {wanted} "
-                           f"(lockfile has {sorted(str(p) for p in platforms)})")
-        chosen = matches[0]
-    records = env.conda_repodata_records_for_platform(chosen) or []
-    return {"packages": [_from_record(r) for r in records]}
-
-
-class _Invalid(Exception):
-    """Bad input detected in the child; maps to InvalidInput in the parent."""
-
-
-def _handle(request: dict[str, Any]) -> dict[str, Any]:
-    import asyncio
-
-    op = request.get("op")
-    try:
-        if op == "solve":
-            return asyncio.run(_solve(request))
-        if op == "install":
-            return asyncio.run(_install(request))
-        if op == "write_lock":
-            return _write_lock(request)
-        if op == "read_lock":
-            return _read_lock(request)
-        return {"error": f"unknown engine op {op!r}"}
-    except _Invalid as exc:
-        return {"error": str(exc), "kind": "invalid"}
-    except Exception as exc:  # noqa: BLE001 - rattler's exception classes are not importable types
-        classified = _classify(exc, request.get("channels") or [])
-        if classified is not None:
-            return {"error": classified[1], "kind": classified[0], "chain": str(exc)}
-        # Unsatisfiable specs are the user's input (exit 2); channel and I/O errors are not.
-        kind = "invalid" if type(exc).__name__ == "SolverError" else None
-        return {"error": _one_line(str(op), exc)} | ({"kind": kind} if kind else {})
-
-
-def _child_main(reply_fd: int) -> None:
-    """Serve one JSON request per stdin line, one JSON reply per line, until stdin closes."""
-    _die_with_parent()
-    import rattler  # noqa: F401 - now, while the parent prepares its first request
-
-    with os.fdopen(reply_fd, "w") as out:
-        for line in sys.stdin:
-            if line.strip():
-                out.write(json.dumps(_handle(json.loads(line))) + "\n")
-                out.flush()
-    sys.stderr.flush()
-    os._exit(0)  # quirk #3: skip interpreter teardown, where rattler sometimes crashes
-
-
-_MIRRORS_HINT = "use local channels or site mirrors (see 'hpcenv site show')"
-
-
-def _classify(exc: Exception, channels: list[str]) -> tuple[str, str] | None:
-    """("unreachable" | "missing", one-line message) for channel failures, whose raw text is a
-    chain of 4-5 "Caused by:" lines; None for anything else."""
-    text = str(exc)
-    if m := _SUBDIR_RE.search(text):
-        subdir, channel = m.group(1), m.group(2).rstrip("/")
-        if channel.startswith("file://"):
-            root = Path(channel[len("file://"):])
-            if not root.is_dir():
-                return "missing", (f"channel {channel} does not exist (no directory {root}); fix "
-                                   "the channel path in the spec or the site config")
-            return "missing", (f"channel {channel} has no {subdir}/repodata.json: build or "
-                               "index it first")
-        return "unreachable", (f"channel {channel} has no {subdir} subdir (is it a conda "
-                               f"channel?); {_MIRRORS_HINT}")
-    m = _REQUEST_RE.search(text)
-    if m is None:
-        return None
-    url = m.group(1)
-    lowered = text.lower()
-    if "dns error" in lowered or "failed to lookup address" in lowered:
-        reason = "network unreachable (offline?: the host name does not resolve)"
-    elif "connection refused" in lowered:
-        reason = "connection refused (no server at that address?)"
-    elif "timed out" in lowered or "timeout" in lowered:
-        reason = "network unreachable (offline?: the connection timed out)"
-    else:
-        reason = "network unreachable (offline?)"
-    if "repodata" not in url:
-        return "unreachable", f"cannot download {url}: {reason}; {_MIRRORS_HINT}"
-    channel = _channel_of(url, channels)
-    return "unreachable", (f"cannot fetch repodata for channel {channel}: {reason}; "
-                           f"{_MIRRORS_HINT}")
-
-
-def _channel_of(url: str, channels: list[str]) -> str:
-    """``NAME (URL)`` of the requested channel that ``url`` (a repodata URL) belongs to."""
-    base = url.rsplit("/", 2)[0]   # drop SUBDIR/FILE
-    for channel in channels:
-        if base == channel.rstrip("/"):
-            return base
-        if "://" not in channel and base.rstrip("/").endswith("/" + channel.strip("/")):
-            return f"{channel} ({base})"
-    return base
-
-
-def _one_line(op: str, exc: Exception) -> str:
-    text = str(exc).replace("Cannot solve the request because of: ", "")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    text = "; ".join(lines[:12]) or type(exc).__name__
-    verb = {"solve": "cannot solve environment", "install": "install failed",
-            "write_lock": "cannot write lockfile", "read_lock": "cannot read lockfile"}.get(op)
-    return f"{verb}: {text}" if verb else text
-
-
-if __name__ == "__main__":
-    _child_main(int(sys.argv[1]))

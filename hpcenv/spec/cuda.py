@@ -50,7 +50,6 @@ from hpcenv.spec.environment import (
     parse_match_spec,
     split_pip_option,
 )
-from hpcenv.spec.pip_lines import is_url
 
 
 @dataclass(frozen=True)
@@ -384,6 +383,12 @@ def _url_signal(url: str, line: str, included: bool) -> _Signal | None:
 
 def _pip_signals(spec: EnvSpec) -> Iterator[_Signal]:
     entries = list(_pip_entries(spec))
+    if not entries:
+        return
+    # pip's rules (optparse, the option table) only for a spec with pip lines (see the
+    # spec parser, which imports them the same way).
+    from hpcenv.spec.pip_lines import is_url
+
     index_kinds: set[str] = set()
     for entry, line, included in entries:
         option = split_pip_option(entry)

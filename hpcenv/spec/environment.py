@@ -23,7 +23,6 @@ from typing import Any
 
 from hpcenv.errors import InvalidInput, where
 from hpcenv.spec.names import env_name_problem
-from hpcenv.spec.pip_lines import full_option_name, pip_line_problem
 from hpcenv.yamlio import YNode, closest, load_yaml_text, read_text_file
 
 # `prefix:` is machine-specific output of `conda env export` and `platforms:` is read by
@@ -229,6 +228,8 @@ def split_pip_option(line: str) -> tuple[str, str | None] | None:
     if option is None:
         return None
     value = (option.group(2) or "").strip()
+    from hpcenv.spec.pip_lines import full_option_name  # pip lines only: see _Builder
+
     return full_option_name(option.group(1)), value or None
 
 
@@ -501,6 +502,11 @@ class _Builder:
 
         pip: list[str] = []
         pip_lines: list[int] = []
+        if pip_items:
+            # pip's rules (optparse, shlex, the option table; packaging when a requirement is
+            # judged) are imported for a spec with pip lines only: a conda-only spec, and every
+            # cache hit of one, parses without them.
+            from hpcenv.spec.pip_lines import pip_line_problem
         for pip_item in pip_items:
             line = self.entry(pip_item, "a 'pip' entry", text)
             problem = pip_line_problem(line)

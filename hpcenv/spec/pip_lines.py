@@ -24,9 +24,6 @@ import shlex
 from dataclasses import dataclass
 from typing import NoReturn
 
-from packaging.markers import InvalidMarker, Marker
-from packaging.requirements import InvalidRequirement, Requirement
-
 # Options pip accepts in a requirements file (pip 26), with whether each takes a value.
 # ``--global-option`` left pip in 25.3, but envs that pin an older pip still use it.
 _OPTIONS: tuple[tuple[tuple[str, ...], bool], ...] = (
@@ -163,6 +160,11 @@ def requirement_problem(text: str) -> str | None:
     """Why pip refuses ``text`` as the requirement part of a line, or None (pip's rules)."""
     if _ENV_VAR_RE.search(text):
         return None   # pip expands ${VAR} from the environment of the build
+    # packaging (~10 ms to import) only for a spec with pip lines: importing this module, as the
+    # spec parser and the CUDA rules do, is paid by every spec, pip section or not.
+    from packaging.markers import InvalidMarker, Marker
+    from packaging.requirements import InvalidRequirement, Requirement
+
     url = is_url(text)
     name, sep, markers = text.partition("; " if url else ";")
     if sep and markers.strip():
@@ -189,6 +191,8 @@ def requirement_problem(text: str) -> str | None:
 
 
 def _editable_problem(value: str) -> str | None:
+    from packaging.requirements import InvalidRequirement, Requirement
+
     try:
         if Requirement(value).url:
             return None

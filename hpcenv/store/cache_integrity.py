@@ -109,7 +109,7 @@ def _identity(st: os.stat_result, sha256: str) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_uid}:{sha256}"
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path | str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -171,6 +171,8 @@ def _check_package(prefix: Path, entry: Path, record: dict[str, Any],
     known = set(verified.files.get(name, ()))
     checked: list[str] = []
     me = os.getuid()
+    # Plain strings in the loop below: a Path per file cost as much as its lstat.
+    entry_root, prefix_root = f"{entry}/", f"{prefix}/"
     noarch_python = record.get("noarch") == "python" or (
         isinstance(record.get("noarch"), dict) and record["noarch"].get("type") == "python")
     for item in (record.get("paths_data") or {}).get("paths") or []:
@@ -180,7 +182,7 @@ def _check_package(prefix: Path, entry: Path, record: dict[str, Any],
         placeholder = bool(item.get("prefix_placeholder"))
         source_rel = _source_path(rel, noarch_python)
         # A rewritten file's own hash is not the package's: check the cache original.
-        path = entry / source_rel if placeholder else prefix / rel
+        path = entry_root + source_rel if placeholder else prefix_root + rel
         expected = item["sha256"]
         try:
             st = os.lstat(path)

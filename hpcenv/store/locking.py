@@ -94,6 +94,8 @@ _HOLDER_PREFIX, _HOLDER_SUFFIX = "holder.", ".json"
 _MAX_POLL_INTERVAL = 1.0
 # flock errors meaning "no usable flock here" (Lustre noflock, some FUSE and NFS setups).
 _NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL, errno.EIO}
+# What a non-blocking flock of a file someone holds fails with (some filesystems say EACCES).
+_FLOCK_BUSY = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}
 
 
 class LockTimeout(HpcenvError):
@@ -342,7 +344,7 @@ class BuildLock:
         self._fd = -1                 # the open lock file (flock fast path and clock probe)
         self._flocked = False
         self._flock_usable = method == "flock"
-        self._same_node: Any = None   # filelock.UnixFileLock, made on first use
+        self._flock_fd = -1           # the lock file opened again: the flock is its own
         self._me: LockHolder | None = None
         self._beat: _Heartbeat | None = None
         self._watch = _Observation()
@@ -392,8 +394,11 @@ class BuildLock:
         """Take the lock if it is free (breaking an abandoned lease); never waits."""
         return self._attempt(keep_local=False)
 
-    def acquire(self) -> None:
-        """Wait up to ``timeout`` seconds for the lock; LockTimeout names the holder.
+    def acquire(self, *, unless: Callable[[], bool] | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the lock; LockTimeout names the holder.  True
+        once held; False, without the lock, when ``unless()`` says after a wait that what the
+        lock guards is done (a builder's waiters find the build ready: none of them needs the
+        lock any more, so they go on at once instead of taking it one after another).
 
         A waiter keeps the same-node flock while it polls the lease, so the other waiters on
         its node block in the kernel (woken when the flock is let go, not polling) and one
@@ -424,9 +429,13 @@ class BuildLock:
                 else:
                     time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                     delay = min(delay * 2, max(self.poll_interval, _MAX_POLL_INTERVAL))
+                if unless is not None and unless():
+                    self._unflock()
+                    return False
         except BaseException:
             self._unflock()
             raise
+        return True
 
     def _wait_for_flock(self, deadline: float) -> bool:
         """Block until the process on this node that has the lock file's flock lets it go, or
@@ -501,8 +510,10 @@ class BuildLock:
         self.release()
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:  # __init__ may have raised before setting it
-            os.close(self._fd)
+        # getattr: __init__ may have raised before setting them
+        for fd in (getattr(self, "_fd", -1), getattr(self, "_flock_fd", -1)):
+            if fd >= 0:
+                os.close(fd)
 
     # --- the lock file: same-node flock, clock probe ------------------------------------------
 
@@ -530,26 +541,26 @@ class BuildLock:
 
     def _close(self) -> None:
         self._unflock()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in (self._fd, self._flock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._flock_fd = -1
 
     def _try_flock(self) -> bool:
         if not self._flock_usable:
             return True
-        import filelock  # the same-node fast path only; the lease alone needs none of it
-
-        if self._same_node is None:
+        if self._flock_fd < 0:
             # A second open file description of the lock file: the flock is its own, and the
             # clock probe (self._fd) never disturbs it.  The file stays: it is the lock place.
-            self._same_node = filelock.UnixFileLock(
-                self.path, timeout=0, mode=self.mode, thread_local=False,
-                fallback_to_soft=False, preserve_lock_file=True)
+            try:
+                self._flock_fd = os.open(self.path, os.O_RDWR)
+            except PermissionError:
+                self._flock_fd = os.open(self.path, os.O_RDONLY)   # flock needs no write
         try:
-            self._same_node.acquire(timeout=0)
-        except filelock.Timeout:
-            return False
+            fcntl.flock(self._flock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            if exc.errno in _FLOCK_BUSY:
+                return False
             if exc.errno not in _NO_FLOCK:
                 raise
             self._flock_usable = False  # no flock on this mount: the lease alone guards
@@ -558,8 +569,8 @@ class BuildLock:
         return True
 
     def _unflock(self) -> None:
-        if self._flocked and self._same_node is not None:
-            self._same_node.release()
+        if self._flocked:
+            fcntl.flock(self._flock_fd, fcntl.LOCK_UN)
             self._flocked = False
 
     # --- the lease -----------------------------------------------------------------------------

@@ -50,6 +50,45 @@ def test_solved_packages_are_exact(engine: RattlerEngine, demo_channel) -> None:
     assert LockedPackage.from_dict(json.loads(json.dumps(tools.to_dict()))) == tools
 
 
+def test_a_child_never_asked_anything_is_killed_not_waited_for() -> None:
+    # A builder starts its child on taking the lock; if the build turned up meanwhile it
+    # closes the child unused, which must not wait for `import rattler` to finish.
+    import signal
+
+    from hpcenv.engine.rattler_engine import RattlerChild
+
+    child = RattlerChild()
+    child.start()
+    proc = child._proc
+    child.close()
+    assert proc is not None and proc.returncode == -signal.SIGKILL
+
+
+def test_a_serving_child_told_no_request_follows_exits_on_its_own(engine: RattlerEngine,
+                                                                  demo_channel) -> None:
+    # A build's last engine request answered, the child exits while the build walks its
+    # prefix, so the end of the serving block finds it gone instead of waiting for its exit.
+    with engine.serving():
+        engine.solve(SPECS, channels=[demo_channel.url], platform=current_platform(),
+                     cuda=NO_CUDA)
+        child = engine._child
+        assert child is not None and child._proc is not None
+        engine.no_more_requests()
+        assert child._proc.wait(timeout=60) == 0
+
+
+def test_the_childs_package_dicts_are_locked_packages(engine: RattlerEngine,
+                                                      demo_channel) -> None:
+    # The child builds its replies without importing hpcenv (its start is on a build's
+    # critical path): each must be exactly what LockedPackage writes, every field present.
+    reply = engine.call({"op": "solve", "specs": SPECS, "channels": [demo_channel.url],
+                         "platform": current_platform(), "cuda": "", "cache_dir": None,
+                         "channel_priority": "strict"})
+    assert reply["packages"]
+    for data in reply["packages"]:
+        assert LockedPackage.from_dict(data).to_dict() == data
+
+
 def test_unsolvable_is_one_line_error(engine: RattlerEngine, demo_channel) -> None:
     with pytest.raises(HpcenvError, match="cannot solve environment") as err:
         engine.solve(["hpcdemo-kernels 9.9"], channels=[demo_channel.url],
@@ -210,7 +249,7 @@ def test_local_channel_without_index_is_bad_input(engine: RattlerEngine, tmp_pat
 
 
 def test_channel_errors_name_the_channel_as_written() -> None:
-    from hpcenv.engine.rattler_engine import _classify
+    from hpcenv.engine.rattler_child import _classify
 
     chain = ("error sending request for url (https://mirror.invalid/conda-forge/noarch/"
              "repodata_shards.msgpack.zst)\nCaused by: client error (Connect)\nCaused by: dns "

@@ -17,10 +17,10 @@ from hpcenv.spec.environment import (
     load_spec,
     parse_match_spec,
     parse_spec,
-    pip_line_problem,
     split_pip_option,
 )
 from hpcenv.spec.names import validate_env_name
+from hpcenv.spec.pip_lines import pip_line_problem
 
 BASIC = """\
 name: demo
@@ -460,3 +460,24 @@ def test_provenance_does_not_affect_equality() -> None:
 
 
 _STABLE_HASH = "2017d8e228182f0dc08ddbe3f204dfc8dd037a9b1f91a6144557d32770b4a929"
+
+
+def test_pip_rules_are_imported_only_for_pip_lines() -> None:
+    # Issue 10: a conda-only spec (and every cache hit of one) parses and infers its CUDA
+    # without pip's rules and packaging (~10 ms of imports); a pip line brings them.
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom hpcenv.spec.environment import parse_spec\n"
+              "from hpcenv.spec.cuda import infer_cuda\n"
+              "infer_cuda(parse_spec(sys.argv[1]))\n"
+              "print(sorted(m for m in sys.modules if m.startswith(('packaging', "
+              "'hpcenv.spec.pip_lines', 'optparse'))))")
+
+    def imported(text: str) -> str:
+        return subprocess.run([sys.executable, "-c", script, text], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert imported("name: x\ndependencies:\n  - python=3.11\n  - numpy\n") == "[]"
+    with_pip = imported("name: x\ndependencies:\n  - python\n  - pip:\n    - requests>=2\n")
+    assert "'hpcenv.spec.pip_lines'" in with_pip and "'packaging.requirements'" in with_pip

@@ -482,3 +482,49 @@ def test_a_same_node_waiter_is_woken_by_the_release_not_by_its_poll(tmp_path: Pa
         holder.release()
     assert took.wait(20), "the waiter was not woken by the release"
     thread.join(20)
+
+
+def test_a_waiter_whose_work_was_done_goes_on_without_the_lock(tmp_path: Path) -> None:
+    """``acquire(unless=...)``: woken by the release, a waiter that finds the guarded work done
+    (a builder's waiter, the build ready) returns False without taking the lock, which the
+    next taker then finds free."""
+    import threading
+
+    path = tmp_path / "key.lock"
+    holder = BuildLock(path)
+    holder.acquire()
+    done = threading.Event()
+    waits: list[object] = []
+    outcome: list[bool] = []
+
+    def waiter() -> None:
+        lock = BuildLock(path, poll_interval=60.0, timeout=120.0, on_wait=waits.append)
+        outcome.append(lock.acquire(unless=done.is_set))
+        if outcome[-1]:
+            lock.release()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    try:
+        while not waits:
+            thread.join(0.01)
+        done.set()
+    finally:
+        holder.release()
+    thread.join(20)
+    assert outcome == [False]
+    other = BuildLock(path)
+    assert other.try_acquire()   # the waiter left it free (no lease, no flock kept)
+    other.release()
+    # Work not done: the waiter takes the lock as before.
+    holder.acquire()
+    outcome.clear()
+    waits.clear()
+    done.clear()
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    while not waits:
+        thread.join(0.01)
+    holder.release()
+    thread.join(20)
+    assert outcome == [True]
