@@ -94,8 +94,6 @@ _HOLDER_PREFIX, _HOLDER_SUFFIX = "holder.", ".json"
 _MAX_POLL_INTERVAL = 1.0
 # flock errors meaning "no usable flock here" (Lustre noflock, some FUSE and NFS setups).
 _NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL, errno.EIO}
-# What a non-blocking flock of a file someone holds fails with (some filesystems say EACCES).
-_FLOCK_BUSY = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}
 
 
 class LockTimeout(HpcenvError):
@@ -344,7 +342,7 @@ class BuildLock:
         self._fd = -1                 # the open lock file (flock fast path and clock probe)
         self._flocked = False
         self._flock_usable = method == "flock"
-        self._flock_fd = -1           # the lock file opened again: the flock is its own
+        self._same_node: Any = None   # filelock.UnixFileLock, made on first use
         self._me: LockHolder | None = None
         self._beat: _Heartbeat | None = None
         self._watch = _Observation()
@@ -510,10 +508,8 @@ class BuildLock:
         self.release()
 
     def __del__(self) -> None:
-        # getattr: __init__ may have raised before setting them
-        for fd in (getattr(self, "_fd", -1), getattr(self, "_flock_fd", -1)):
-            if fd >= 0:
-                os.close(fd)
+        if getattr(self, "_fd", -1) >= 0:  # __init__ may have raised before setting it
+            os.close(self._fd)
 
     # --- the lock file: same-node flock, clock probe ------------------------------------------
 
@@ -541,26 +537,26 @@ class BuildLock:
 
     def _close(self) -> None:
         self._unflock()
-        for fd in (self._fd, self._flock_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._fd = self._flock_fd = -1
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _try_flock(self) -> bool:
         if not self._flock_usable:
             return True
-        if self._flock_fd < 0:
+        import filelock  # the same-node fast path only; the lease alone needs none of it
+
+        if self._same_node is None:
             # A second open file description of the lock file: the flock is its own, and the
             # clock probe (self._fd) never disturbs it.  The file stays: it is the lock place.
-            try:
-                self._flock_fd = os.open(self.path, os.O_RDWR)
-            except PermissionError:
-                self._flock_fd = os.open(self.path, os.O_RDONLY)   # flock needs no write
+            self._same_node = filelock.UnixFileLock(
+                self.path, timeout=0, mode=self.mode, thread_local=False,
+                fallback_to_soft=False, preserve_lock_file=True)
         try:
-            fcntl.flock(self._flock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._same_node.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
         except OSError as exc:
-            if exc.errno in _FLOCK_BUSY:
-                return False
             if exc.errno not in _NO_FLOCK:
                 raise
             self._flock_usable = False  # no flock on this mount: the lease alone guards
@@ -569,8 +565,8 @@ class BuildLock:
         return True
 
     def _unflock(self) -> None:
-        if self._flocked:
-            fcntl.flock(self._flock_fd, fcntl.LOCK_UN)
+        if self._flocked and self._same_node is not None:
+            self._same_node.release()
             self._flocked = False
 
     # --- the lease -----------------------------------------------------------------------------
