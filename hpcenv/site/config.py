@@ -53,7 +53,6 @@ from hpcenv.site.schema import (
     dump_section,
     expand_home,
     read_section,
-    reference_table,
     setting,
     settings_of,
 )
@@ -595,4 +594,6 @@ def _home_path(text: str, env: Mapping[str, str]) -> Path:
 
 if __name__ == "__main__":
     # `python -m hpcenv.site.config`: the README's reference table, from the declarations.
+    from hpcenv.site.reference import reference_table
+
     print(reference_table(SiteConfig))
