@@ -172,7 +172,8 @@ def _parse(source: str) -> list[Any]:
                 raise _Outside
             branches.append((_condition(args) if tag == "elif" else None, []))
             current = branches[-1][1]
-        elif tag == "else" and stack and stack[-1][0] == "for" and not args:
+        elif (tag == "else" and stack and stack[-1][0] == "for" and not args
+              and current is not stack[-1][2][4]):
             current = stack[-1][2][4]
         elif tag == "for":
             if len(args) < 3 or not _is_name(args[0]) or args[1] != "in":
