@@ -214,6 +214,8 @@ class Kind:
 
 @dataclass(frozen=True)
 class Choice(Kind):
+    """One of ``options``, spelled exactly (a near miss gets "did you mean")."""
+
     options: tuple[str, ...]
 
     @property
@@ -257,6 +259,9 @@ class Text(Kind):
 
 @dataclass(frozen=True)
 class Integer(Kind):
+    """A whole number from ``minimum`` to ``maximum`` (no bound when None); null only if
+    ``optional``."""
+
     minimum: int
     maximum: int | None = None
     optional: bool = False
@@ -278,6 +283,8 @@ class Integer(Kind):
 
 @dataclass(frozen=True)
 class Seconds(Kind):
+    """A positive, finite number of seconds; null only if ``optional``."""
+
     optional: bool = False
     shape: str = "seconds"
 
@@ -295,6 +302,8 @@ class Seconds(Kind):
 
 @dataclass(frozen=True)
 class Boolean(Kind):
+    """true or false, nothing YAML would merely read as truthy."""
+
     shape: str = "true \\| false"
 
     def read(self, r: Reader, node: YNode, key: str) -> bool:
@@ -344,6 +353,8 @@ class PathList(Kind):
 
 @dataclass(frozen=True)
 class ChannelList(Kind):
+    """Channels by name, URL or path (a path becomes a ``file://`` URL)."""
+
     shape: str = "list of channels"
 
     def read(self, r: Reader, node: YNode, key: str) -> tuple[str, ...]:
@@ -406,6 +417,8 @@ class ListOf(Kind):
 
 @dataclass(frozen=True)
 class OctalMode(Kind):
+    """A directory mode written in octal (``"2775"``), never writable by everyone."""
+
     shape: str = "octal mode text"
 
     def read(self, r: Reader, node: YNode, key: str) -> int | None:
