@@ -68,7 +68,7 @@ class _Renderer:
             raise _Outside  # Jinja2's loader refuses names that leave the template dirs
         for directory in self.dirs:
             try:
-                text = (directory / name).read_text()
+                text = (directory / name).read_text(encoding="utf-8")  # Jinja2's default
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except (OSError, UnicodeDecodeError):
@@ -100,7 +100,10 @@ class _Renderer:
 
     def _loop(self, node: tuple[Any, ...], scope: dict[str, Any], out: list[str]) -> None:
         _, target, source, body, otherwise = node
-        items = list(_value(source, scope))
+        try:
+            items = list(_value(source, scope))
+        except TypeError:
+            raise _Outside from None  # not iterable: Jinja2 says so
         for index, item in enumerate(items):
             loop = {"index": index + 1, "index0": index, "first": index == 0,
                     "last": index == len(items) - 1, "length": len(items)}
@@ -127,8 +130,7 @@ def _parse(source: str) -> list[Any]:
             inner = block if block is not None else comment
             if inner[:1] in "-+" or inner[-1:] in "-+":
                 raise _Outside  # whitespace control
-            # lstrip_blocks: spaces and tabs between a line's start and a block or comment tag
-            # go.
+            # lstrip_blocks: the spaces and tabs from a line's start to the tag go.
             head = text.rfind("\n") + 1
             if (head > 0 or line_start) and not text[head:].strip(" \t"):
                 text = text[:head]

@@ -124,6 +124,7 @@ def test_site_templates_in_the_subset_render_as_jinja2_renders_them(source: str,
     "{% if flag %}a{% else %}b{% else %}c{% endif %}",
     "{% for x in items %}a{% else %}b{% else %}c{% endfor %}",
     "{% if flag %}a{% endfor %}",
+    "{% for x in flag %}{{ x }}{% endfor %}",  # not iterable
     "{{ name",
     "{% include 'no-such.j2' %}",
     "{% include '../t.j2' %}",
