@@ -1,10 +1,11 @@
 """The ``hpcenv`` command line: argument parsing, output and error handling only.
 
-Each command group lives in its own module (``site_cmd``, ``env_cmd``, ``job_cmd``, ...) and
-exposes ``register(subparsers, common)`` (``job_cmd``: ``register_submit`` and
-``register_control``); handlers take ``(args, ctx)`` and return an exit code.
-Handlers call the library API and never hold business logic of their own.  Keep imports here
-light: ``hpcenv --help`` must not load py-rattler, fabric or jinja2.
+Each command group lives in its own module (``site_cmd``, ``env_cmd``, ``job_cmd``, ...); the
+command tree in :mod:`hpcenv.cli.commands` names, for every command and action, the function
+there that fills in its parser (``register_list(parser)``: description, options, handler), and
+a command line imports and builds only the one it names.  Handlers take ``(args, ctx)`` and
+return an exit code; they call the library API and never hold business logic of their own.
+Keep imports here light: ``hpcenv --help`` must not load py-rattler, fabric or jinja2.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from hpcenv import __version__
-from hpcenv.cli.commands import COMMAND_GROUPS, COMMAND_HELP
+from hpcenv.cli.commands import COMMANDS, Command, named
 from hpcenv.errors import HpcenvError
+
+# typing.TYPE_CHECKING without importing typing: `hpcenv --help` needs nothing else from it
+# (2 ms); type checkers read the name itself.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,48 +83,69 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 _VALUE_OPTIONS = ("--site", "--remote")
 
 
-def build_parser(prog: str = "hpcenv", *, command: str | None = None,
-                 summaries: bool = False) -> argparse.ArgumentParser:
-    """The whole command line; with ``command`` (a top-level command) only its group; with
-    ``summaries`` every command as the top-level help lists it, without options.  Building
-    the options of every command (submit's alone are some fifty) costs more than most
-    commands take to run, so ``main()`` builds only what the command line can reach."""
+def build_parser(prog: str = "hpcenv", *,
+                 path: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of the command line.  ``path`` is the command and action it names (as
+    :func:`_command_path` finds them): only those get their options, every other command and
+    action is just its help line, which is all ``--help`` lists of it.  ``None`` builds every
+    command in full."""
     parser = _Parser(prog=prog, description="Conda environments for Slurm clusters.")
     parser.add_argument("--version", action="version", version=f"hpcenv {__version__}")
     _global_options(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    if summaries:
-        for name, line in COMMAND_HELP.items():
-            sub.add_parser(name, help=line)
-        return parser
-
-    from hpcenv.cli import demo_cmd, env_cmd, job_cmd, run_cmd, site_cmd
-
     common = _Parser(add_help=False)
     _global_options(common, suppress=True)
-    registrars = (site_cmd.register, env_cmd.register, run_cmd.register, job_cmd.register_submit,
-                  job_cmd.register_control, demo_cmd.register)
-    for names, register in zip(COMMAND_GROUPS, registrars, strict=True):
-        if command is None or command in names:
-            register(sub, common)
+    _add_commands(parser, "command", "COMMAND", COMMANDS, common,
+                  None if path is None else tuple(path))
     return parser
 
 
-def _command_word(argv: Sequence[str]) -> str | None:
-    """The top-level command ``argv`` names, or None when it names none (or asks for the
-    top-level help or version): argparse then reads no command's options."""
+def _add_commands(parser: argparse.ArgumentParser, dest: str, metavar: str,
+                  table: dict[str, Command], common: argparse.ArgumentParser,
+                  path: tuple[str, ...] | None) -> None:
+    sub = parser.add_subparsers(dest=dest, metavar=metavar, parser_class=_Parser)
+    for name, command in table.items():
+        aliases = list(command.aliases)
+        if path is not None and path[:1] != (name,):
+            sub.add_parser(name, aliases=aliases, help=command.help)
+            continue
+        chosen = sub.add_parser(name, aliases=aliases, help=command.help, parents=[common])
+        module, _, builder = command.builder.partition(":")
+        # __import__, not importlib.import_module: only imports through the interpreter's
+        # own machinery show in -X importtime, which the tests and bench/ read.
+        getattr(__import__(f"hpcenv.cli.{module}", fromlist=[builder]), builder)(chosen)
+        if command.actions is not None:
+            _add_commands(chosen, command.dest, "ACTION", command.actions, common,
+                          None if path is None else path[1:])
+
+
+def _command_path(argv: Sequence[str]) -> tuple[str, ...]:
+    """The command and action ``argv`` names, as far as it names known ones: ``("env",
+    "list")`` for ``--json env list``, ``("env",)`` for ``env --help``, ``()`` for the
+    top-level help or version, no command or an unknown one."""
+    path: list[str] = []
+    table: dict[str, Command] | None = COMMANDS
     words = iter(argv)
+    positional = False  # after "--" every word is positional: the command, then its action
     for word in words:
-        if word in _VALUE_OPTIONS:
-            next(words, None)
-        elif word in ("-h", "--help", "--version"):
-            return None
-        elif word == "--":  # what follows is positional: the command, if any
-            word = next(words, "")
-            return word if word in COMMAND_HELP else None
-        elif not word.startswith("-"):
-            return word if word in COMMAND_HELP else None
-    return None
+        if not positional:
+            if word in _VALUE_OPTIONS:
+                next(words, None)
+                continue
+            if word in ("-h", "--help", "--version"):
+                break
+            if word == "--":
+                positional = True
+                continue
+            if word.startswith("-"):
+                continue
+        name = named(table, word)
+        if name is None:
+            break
+        path.append(name)
+        table = table[name].actions
+        if table is None:
+            break
+    return tuple(path)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "hpcenv") -> int:
@@ -130,8 +157,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "hpcenv") -> int:
     verbosity = 1 if any(a in ("-v", "--verbose") or a.startswith("-vv") for a in argv) else 0
     json_errors = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
     try:
-        command = _command_word(argv)
-        parser = build_parser(prog, command=command, summaries=command is None)
+        parser = build_parser(prog, path=_command_path(argv))
         args = parser.parse_args(argv)
         handler = getattr(args, "handler", None)
         if handler is None:

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Context:
+    """One invocation's global options, its output mode and the site config, loaded once."""
+
     site_path: Path | None = None
     json: bool = False
     verbosity: int = 0  # -1 quiet, 0 normal, >0 verbose

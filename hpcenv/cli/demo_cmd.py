@@ -6,20 +6,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hpcenv.cli.commands import COMMAND_HELP
 from hpcenv.cli.context import Context
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "demo", parents=[common], help=COMMAND_HELP["demo"],
-        description="Write into DIR an offline conda channel built from this python, an "
-                    "example environment.yml, a site config using them with the local "
-                    "executor, and train.py; then print the three commands that build the env "
-                    "and run train.py as a job.  Needs the demo extra: pip install "
-                    "'hpcenv[demo]'.")
-    p.add_argument("dir", metavar="DIR", type=Path, help="where to write it (created if missing)")
-    p.set_defaults(handler=_demo)
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Write into DIR an offline conda channel built from this python, an "
+                          "example environment.yml, a site config using them with the local "
+                          "executor, and train.py; then print the three commands that build the "
+                          "env and run train.py as a job.  Needs the demo extra: pip install "
+                          "'hpcenv[demo]'.")
+    parser.add_argument("dir", metavar="DIR", type=Path,
+                        help="where to write it (created if missing)")
+    parser.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace, ctx: Context) -> int:

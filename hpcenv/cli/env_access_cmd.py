@@ -15,44 +15,44 @@ from hpcenv.cli.argtypes import env_name
 from hpcenv.cli.context import Context
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("module", parents=[common], help="write an Lmod modulefile for an env",
-                       description="Write the Lmod modulefile hpcenv/NAME/VERSION.lua for NAME's "
-                                   "current version (or --version V) into the site's "
-                                   "modules_dir, so 'module load hpcenv/NAME' activates it. "
-                                   "'default' follows the current version; rollback and rm "
-                                   "keep the tree in step.")
-    p.add_argument("name", metavar="NAME", type=env_name)
-    p.add_argument("--version", type=int, metavar="V")
-    p.set_defaults(handler=_module)
+def register_module(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Write the Lmod modulefile hpcenv/NAME/VERSION.lua for NAME's current "
+                          "version (or --version V) into the site's modules_dir, so 'module load "
+                          "hpcenv/NAME' activates it. 'default' follows the current version; "
+                          "rollback and rm keep the tree in step.")
+    parser.add_argument("name", metavar="NAME", type=env_name)
+    parser.add_argument("--version", type=int, metavar="V")
+    parser.set_defaults(handler=_module)
 
-    p = sub.add_parser("kernel", parents=[common], help="register a Jupyter kernel for an env",
-                       description="Register the Jupyter kernel hpcenv-NAME, which runs NAME's "
-                                   "python (current version, or --version V) with the env "
-                                   "activated. The env needs ipykernel.")
-    p.add_argument("name", metavar="NAME", type=env_name)
-    p.add_argument("--version", type=int, metavar="V")
-    where = p.add_mutually_exclusive_group()
+
+def register_kernel(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Register the Jupyter kernel hpcenv-NAME, which runs NAME's python "
+                          "(current version, or --version V) with the env activated. The env "
+                          "needs ipykernel.")
+    parser.add_argument("name", metavar="NAME", type=env_name)
+    parser.add_argument("--version", type=int, metavar="V")
+    where = parser.add_mutually_exclusive_group()
     where.add_argument("--site-wide", action="store_true",
                        help="into the site's kernels_dir, for every user (default: your own "
                             "Jupyter data dir)")
     where.add_argument("--dir", type=Path, metavar="DIR",
                        help="into DIR (a 'kernels' directory on Jupyter's path)")
-    p.set_defaults(handler=_kernel)
+    parser.set_defaults(handler=_kernel)
 
-    p = sub.add_parser("pack", parents=[common], help="pack an env into one file for node-local staging",
-                       description="Pack NAME's current version (or --version V) into one file "
-                                   "in the site's packs_dir (a tar archive, zstd- or "
-                                   "gzip-compressed, with what is needed to relocate the prefix), "
-                                   "so 'hpcenv submit --stage' can unpack it on each node's local "
-                                   "disk instead of starting from the shared filesystem. An "
-                                   "existing pack of the same build is kept unless --force.")
-    p.add_argument("name", metavar="NAME", type=env_name)
-    p.add_argument("--version", type=int, metavar="V")
-    p.add_argument("--compression", choices=("zstd", "gzip"),
-                   help="default: zstd when installed (unpacks faster), else gzip")
-    p.add_argument("--force", action="store_true", help="pack again even if a pack exists")
-    p.set_defaults(handler=_pack)
+
+def register_pack(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Pack NAME's current version (or --version V) into one file in the "
+                          "site's packs_dir (a tar archive, zstd- or gzip-compressed, with what "
+                          "is needed to relocate the prefix), so 'hpcenv submit --stage' can "
+                          "unpack it on each node's local disk instead of starting from the "
+                          "shared filesystem. An existing pack of the same build is kept unless "
+                          "--force.")
+    parser.add_argument("name", metavar="NAME", type=env_name)
+    parser.add_argument("--version", type=int, metavar="V")
+    parser.add_argument("--compression", choices=("zstd", "gzip"),
+                        help="default: zstd when installed (unpacks faster), else gzip")
+    parser.add_argument("--force", action="store_true", help="pack again even if a pack exists")
+    parser.set_defaults(handler=_pack)
 
 
 def _module(args: argparse.Namespace, ctx: Context) -> int:

@@ -23,102 +23,103 @@ if TYPE_CHECKING:
     from hpcenv.store.registry import Registry
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "build", aliases=["create"], parents=[common],
-        help="build an env once and publish it to the registry (alias: create)",
-        description="Build FILE (or recreate --from-lock LOCK) once per build key, publish it "
-                    "as the current version of NAME, and report 'built' or 'reused'. Concurrent "
-                    "builders of the same key wait for the first one. conda's spelling works "
-                    "too: 'hpcenv env create -f environment.yml -n NAME'.")
+def register_build(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Build FILE (or recreate --from-lock LOCK) once per build key, publish "
+                          "it as the current version of NAME, and report 'built' or 'reused'. "
+                          "Concurrent builders of the same key wait for the first one. conda's "
+                          "spelling works too: 'hpcenv env create -f environment.yml -n NAME'.")
     # FILE positional or -f FILE (conda's spelling) land in one dest: the positional is only
     # set when given (SUPPRESS), so it never overwrites -f.
-    p.add_argument("file", metavar="FILE", nargs="?", default=argparse.SUPPRESS, type=local_file,
-                   help="a conda environment.yml file")
-    p.add_argument("-f", "--file", dest="file", metavar="FILE", default=None, type=local_file,
-                   help="the environment file, as 'conda env create -f' takes it")
-    p.add_argument("-n", "--name", help="env name (default: the file's 'name:')")
-    cuda = p.add_mutually_exclusive_group()
+    parser.add_argument("file", metavar="FILE", nargs="?", default=argparse.SUPPRESS,
+                        type=local_file, help="a conda environment.yml file")
+    parser.add_argument("-f", "--file", dest="file", metavar="FILE", default=None,
+                        type=local_file, help="the environment file, as 'conda env create -f' "
+                                              "takes it")
+    parser.add_argument("-n", "--name", help="env name (default: the file's 'name:')")
+    cuda = parser.add_mutually_exclusive_group()
     cuda.add_argument("--cuda", metavar="X.Y", type=cuda_version,
                       help="solve with __cuda=X.Y, a released CUDA (default: inferred)")
     cuda.add_argument("--no-cuda", action="store_true", help="solve without __cuda (CPU builds)")
-    p.add_argument("--from-lock", metavar="LOCK", type=local_file,
-                   help="recreate from a lockfile (hpcenv's, or an @EXPLICIT list) without solving")
-    trial = p.add_mutually_exclusive_group()
+    parser.add_argument("--from-lock", metavar="LOCK", type=local_file,
+                        help="recreate from a lockfile (hpcenv's, or an @EXPLICIT list) without "
+                             "solving")
+    trial = parser.add_mutually_exclusive_group()
     trial.add_argument("--dry-run", action="store_true",
                        help="solve and show the plan (packages, pip, variables, reuse); build "
                             "and publish nothing")
     trial.add_argument("--no-publish", action="store_true",
                        help="build (or reuse) a version but leave the current version and "
                             "NAME's link alone; publish it later with 'env rollback NAME --to V'")
-    p.set_defaults(handler=_build)
+    parser.set_defaults(handler=_build)
 
-    p = sub.add_parser("list", parents=[common], help="list the registry's environments",
-                       description="List every environment in the lab registry with its "
-                                   "current version.")
-    p.set_defaults(handler=_list)
 
-    p = sub.add_parser("show", parents=[common], help="show one env version in detail",
-                       description="Show the registry record of NAME's current version "
-                                   "(or --version V).")
-    _name_argument(p)
-    p.add_argument("--version", type=int, metavar="V")
-    p.set_defaults(handler=_needs_name(_show))
+def register_list(parser: argparse.ArgumentParser) -> None:
+    parser.description = "List every environment in the lab registry with its current version."
+    parser.set_defaults(handler=_list)
 
-    p = sub.add_parser("history", parents=[common], help="list every version of an env",
-                       description="List every version of NAME, oldest first; '*' marks the "
-                                   "current one.")
-    _name_argument(p)
-    p.set_defaults(handler=_needs_name(_history))
 
-    p = sub.add_parser("export", parents=[common], help="print an env as environment.yml, lock "
-                                                        "or @EXPLICIT list",
-                       description="Print NAME's current version (or --version V) as "
-                                   "environment.yml (as 'conda env export' writes it), its "
-                                   "lockfile (--lock) or an @EXPLICIT list (--explicit). "
-                                   "Each builds the same env again with 'hpcenv env build'.")
-    _name_argument(p)
-    p.add_argument("--version", type=int, metavar="V")
-    form = p.add_mutually_exclusive_group()
-    form.add_argument("--no-builds", action="store_true", help="environment.yml without build strings")
+def register_show(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Show the registry record of NAME's current version (or --version V).")
+    _name_argument(parser)
+    parser.add_argument("--version", type=int, metavar="V")
+    parser.set_defaults(handler=_needs_name(_show))
+
+
+def register_history(parser: argparse.ArgumentParser) -> None:
+    parser.description = "List every version of NAME, oldest first; '*' marks the current one."
+    _name_argument(parser)
+    parser.set_defaults(handler=_needs_name(_history))
+
+
+def register_export(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Print NAME's current version (or --version V) as environment.yml (as "
+                          "'conda env export' writes it), its lockfile (--lock) or an @EXPLICIT "
+                          "list (--explicit). Each builds the same env again with 'hpcenv env "
+                          "build'.")
+    _name_argument(parser)
+    parser.add_argument("--version", type=int, metavar="V")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--no-builds", action="store_true",
+                      help="environment.yml without build strings")
     form.add_argument("--lock", action="store_true", help="the lockfile written at build time")
     form.add_argument("--explicit", action="store_true", help="an @EXPLICIT url#sha256 list")
-    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE, not stdout")
-    p.set_defaults(handler=_needs_name(_export))
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help="write to FILE, not stdout")
+    parser.set_defaults(handler=_needs_name(_export))
 
-    p = sub.add_parser("rollback", parents=[common], help="make an earlier version current",
-                       description="Make an earlier ready version of NAME current (default: "
-                                   "the newest one before the current version).")
-    _name_argument(p)
-    p.add_argument("--to", type=int, metavar="VERSION")
-    p.set_defaults(handler=_needs_name(_rollback))
 
-    p = sub.add_parser("rm", aliases=["remove"], parents=[common],
-                       help="retire an env version (or the whole env) (alias: remove)",
-                       description="Delete the prefix of NAME --version V (its record and "
-                                   "lockfile stay as history). Without --version, every version "
-                                   "of NAME. The current version is only removed with --force. "
-                                   "Files other versions use are hardlinks and stay. A build a "
-                                   "pending or running job (anyone's) runs in is retired at once "
-                                   "but kept until 'env gc' finds no job in it.")
-    _name_argument(p)
-    p.add_argument("--version", type=int, metavar="V")
-    p.add_argument("--force", action="store_true",
-                   help="also remove the current version; delete even when the scheduler "
-                        "cannot say whether a job runs in the build")
-    p.set_defaults(handler=_needs_name(_rm))
+def register_rollback(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Make an earlier ready version of NAME current (default: the newest "
+                          "one before the current version).")
+    _name_argument(parser)
+    parser.add_argument("--to", type=int, metavar="VERSION")
+    parser.set_defaults(handler=_needs_name(_rollback))
 
-    p = sub.add_parser("gc", parents=[common], help="free unreferenced builds and cache entries",
-                       description="Remove builds no registry record references, debris of "
-                                   "crashed builds, and package-cache entries no live env uses "
-                                   "(like 'conda clean --all'); report bytes and files freed. "
-                                   "Builds a pending or running job (anyone's) runs in stay "
-                                   "until a later gc.")
-    p.add_argument("--dry-run", action="store_true", help="report what would go; delete nothing")
-    p.add_argument("--force", action="store_true",
-                   help="delete unreferenced builds even when the scheduler cannot say whether "
-                        "a job runs in them")
-    p.set_defaults(handler=_gc)
+
+def register_rm(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Delete the prefix of NAME --version V (its record and lockfile stay as "
+                          "history). Without --version, every version of NAME. The current "
+                          "version is only removed with --force. Files other versions use are "
+                          "hardlinks and stay. A build a pending or running job (anyone's) runs "
+                          "in is retired at once but kept until 'env gc' finds no job in it.")
+    _name_argument(parser)
+    parser.add_argument("--version", type=int, metavar="V")
+    parser.add_argument("--force", action="store_true",
+                        help="also remove the current version; delete even when the scheduler "
+                             "cannot say whether a job runs in the build")
+    parser.set_defaults(handler=_needs_name(_rm))
+
+
+def register_gc(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Remove builds no registry record references, debris of crashed "
+                          "builds, and package-cache entries no live env uses (like 'conda clean "
+                          "--all'); report bytes and files freed. Builds a pending or running job "
+                          "(anyone's) runs in stay until a later gc.")
+    parser.add_argument("--dry-run", action="store_true", help="report what would go; delete nothing")
+    parser.add_argument("--force", action="store_true",
+                        help="delete unreferenced builds even when the scheduler cannot say "
+                             "whether a job runs in them")
+    parser.set_defaults(handler=_gc)
 
 
 def _name_argument(parser: argparse.ArgumentParser) -> None:

@@ -12,13 +12,12 @@ from hpcenv.cli.context import Context
 _MAX_EVIDENCE = 5
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser(
-        "inspect", parents=[common], help="show the parsed spec, its hash and the CUDA it needs",
-        description="Parse a conda environment file and show its channels, dependencies, "
-                    "content hash and the CUDA runtime it needs (with the lines that decided "
-                    "it). Nothing is built.")
-    parser.add_argument("file", metavar="FILE", type=local_file, help="a conda environment.yml file")
+def register_inspect(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Parse a conda environment file and show its channels, dependencies, "
+                          "content hash and the CUDA runtime it needs (with the lines that "
+                          "decided it). Nothing is built.")
+    parser.add_argument("file", metavar="FILE", type=local_file,
+                        help="a conda environment.yml file")
     parser.set_defaults(handler=_inspect)
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcenv.cli.argtypes import LocalFile, add_sync_options, local_file
-from hpcenv.cli.commands import COMMAND_HELP
 from hpcenv.cli.context import Context
 from hpcenv.cli.submission import is_local, report_submission
 from hpcenv.errors import InvalidInput
@@ -22,74 +21,76 @@ SUBMIT_USAGE = ("hpcenv submit SCRIPT [ARGS...] --env NAME [options] [-- MORE AR
                 "       hpcenv submit --env NAME [options] -- CMD [ARGS...]")
 
 
-def register_control(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """``jobs``, ``status``, ``logs`` and ``cancel``: none needs the job option table."""
-    jobs = sub.add_parser("jobs", parents=[common], help=COMMAND_HELP["jobs"],
-                          description="List your queued and running jobs, with the env and "
-                                      "partition hpcenv submitted them with.")
-    jobs.add_argument("-a", "--all", action="store_true",
-                      help="also jobs hpcenv submitted that have finished (while the scheduler "
-                           "still knows them)")
-    jobs.set_defaults(handler=jobs_handler)
-
-    status = sub.add_parser("status", parents=[common], help=COMMAND_HELP["status"],
-                            description="Show one job: state, reason, exit code, node, elapsed "
-                                        "time, env and partition. Works after the job finished.")
-    status.add_argument("job_id", metavar="JOB")
-    status.set_defaults(handler=status_handler)
-
-    logs = sub.add_parser("logs", parents=[common], help=COMMAND_HELP["logs"],
-                          description="Print the job's stdout and stderr files; with -f keep "
-                                      "printing what is appended until the job ends.")
-    logs.add_argument("job_id", metavar="JOB")
-    logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
-    logs.set_defaults(handler=logs_handler)
-
-    cancel = sub.add_parser("cancel", parents=[common], help=COMMAND_HELP["cancel"],
-                            description="Cancel a job (TERM to all its processes, KILL after "
-                                        "the grace period), or with --signal only deliver that "
-                                        "signal to its program, once (e.g. USR1 to ask for a "
-                                        "checkpoint); the job goes on unless the program ends. "
-                                        "A job that already ended is left alone: exit 1, "
-                                        "naming its final state.")
-    cancel.add_argument("job_id", metavar="JOB")
-    cancel.add_argument("-s", "--signal", metavar="SIG", help="signal name or number (TERM, USR1, 10)")
-    cancel.set_defaults(handler=cancel_handler)
+def register_jobs(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("List your queued and running jobs, with the env and partition hpcenv "
+                          "submitted them with.")
+    parser.add_argument("-a", "--all", action="store_true",
+                        help="also jobs hpcenv submitted that have finished (while the scheduler "
+                             "still knows them)")
+    parser.set_defaults(handler=jobs_handler)
 
 
-def register_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "submit", parents=[common], usage=SUBMIT_USAGE, help=COMMAND_HELP["submit"],
-        description="Submit SCRIPT (a .py file runs with the env's python, anything else with "
-                    "bash) or a command after '--' to the site's scheduler, inside env NAME. "
-                    "The env is built first if it is missing and its environment file is found. "
-                    "The partition is chosen by the env's CUDA unless --partition is given. "
-                    "Arguments for SCRIPT that look like options go after '--'.")
-    p.add_argument("words", nargs="*", metavar="SCRIPT [ARGS...]", help=argparse.SUPPRESS)
-    p.add_argument("--env", metavar="NAME", help="registered env to run in")
-    p.add_argument("--env-file", metavar="FILE", type=local_file, help="environment file: build (or reuse) the env "
-                   "from it first; NAME defaults to its name:")
+def register_status(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Show one job: state, reason, exit code, node, elapsed time, env and "
+                          "partition. Works after the job finished.")
+    parser.add_argument("job_id", metavar="JOB")
+    parser.set_defaults(handler=status_handler)
+
+
+def register_logs(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Print the job's stdout and stderr files; with -f keep printing what "
+                          "is appended until the job ends.")
+    parser.add_argument("job_id", metavar="JOB")
+    parser.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    parser.set_defaults(handler=logs_handler)
+
+
+def register_cancel(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Cancel a job (TERM to all its processes, KILL after the grace "
+                          "period), or with --signal only deliver that signal to its program, "
+                          "once (e.g. USR1 to ask for a checkpoint); the job goes on unless the "
+                          "program ends. A job that already ended is left alone: exit 1, naming "
+                          "its final state.")
+    parser.add_argument("job_id", metavar="JOB")
+    parser.add_argument("-s", "--signal", metavar="SIG",
+                        help="signal name or number (TERM, USR1, 10)")
+    parser.set_defaults(handler=cancel_handler)
+
+
+def register_submit(parser: argparse.ArgumentParser) -> None:
+    parser.usage = SUBMIT_USAGE
+    parser.description = ("Submit SCRIPT (a .py file runs with the env's python, anything else "
+                          "with bash) or a command after '--' to the site's scheduler, inside "
+                          "env NAME. The env is built first if it is missing and its environment "
+                          "file is found. The partition is chosen by the env's CUDA unless "
+                          "--partition is given. Arguments for SCRIPT that look like options go "
+                          "after '--'.")
+    parser.add_argument("words", nargs="*", metavar="SCRIPT [ARGS...]", help=argparse.SUPPRESS)
+    parser.add_argument("--env", metavar="NAME", help="registered env to run in")
+    parser.add_argument("--env-file", metavar="FILE", type=local_file,
+                        help="environment file: build (or reuse) the env from it first; NAME "
+                             "defaults to its name:")
     # The Slurm options come from the one table (hpcenv.scheduler.job_options), spelled as
     # sbatch spells them.
     from hpcenv.scheduler.job_options import add_arguments
 
-    add_arguments(p, {"resources": "resources (as sbatch; defaults from the site config)",
-                      "job": "job (as sbatch)"})
-    p.add_argument("--launcher", choices=("conda-run", "activate"),
-                   help="override the site's launcher")
-    p.add_argument("--stage", action="store_true",
-                   help="unpack the env's pack ('hpcenv env pack') on each node's local disk "
-                        "(site stage_dir, else $TMPDIR) once per node and run from there; "
-                        "falls back to the shared prefix with a warning")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the job script, partition and reason; submit (and build) "
-                        "nothing; works without a controller (then routing uses the site "
-                        "config alone, and says so)")
-    p.add_argument("--wait", action="store_true",
-                   help="wait for the job to end and exit with its exit code")
-    add_sync_options(p)
-    p.set_defaults(handler=submit_handler)
-    _split_at_double_dash(p)
+    add_arguments(parser, {"resources": "resources (as sbatch; defaults from the site config)",
+                           "job": "job (as sbatch)"})
+    parser.add_argument("--launcher", choices=("conda-run", "activate"),
+                        help="override the site's launcher")
+    parser.add_argument("--stage", action="store_true",
+                        help="unpack the env's pack ('hpcenv env pack') on each node's local "
+                             "disk (site stage_dir, else $TMPDIR) once per node and run from "
+                             "there; falls back to the shared prefix with a warning")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the job script, partition and reason; submit (and build) "
+                             "nothing; works without a controller (then routing uses the site "
+                             "config alone, and says so)")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for the job to end and exit with its exit code")
+    add_sync_options(parser)
+    parser.set_defaults(handler=submit_handler)
+    _split_at_double_dash(parser)
 
 
 def _split_at_double_dash(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcenv.cli.commands import COMMAND_HELP
 from hpcenv.cli.context import Context
 from hpcenv.errors import InvalidInput
 
@@ -14,15 +13,12 @@ if TYPE_CHECKING:
     from hpcenv.site.config import SiteConfig
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser(
-        "run", parents=[common], help=COMMAND_HELP["run"],
-        description="Run CMD inside an environment with its activation applied (activate.d "
-                    "scripts included). hpcenv replaces itself with CMD (exec): signals reach "
-                    "CMD directly and its exit status is hpcenv's. Exit 127 when CMD is not on "
-                    "the env's PATH, 126 when it cannot be executed.",
-        usage="hpcenv run (-n NAME | -p PREFIX) [--] CMD [ARGS...]",
-    )
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.usage = "hpcenv run (-n NAME | -p PREFIX) [--] CMD [ARGS...]"
+    parser.description = ("Run CMD inside an environment with its activation applied (activate.d "
+                          "scripts included). hpcenv replaces itself with CMD (exec): signals "
+                          "reach CMD directly and its exit status is hpcenv's. Exit 127 when CMD "
+                          "is not on the env's PATH, 126 when it cannot be executed.")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("-n", "--name", help="env name, looked up in the site's envs_dirs")
     where.add_argument("-p", "--prefix", type=Path, help="path of a conda environment")

@@ -5,37 +5,34 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hpcenv.cli.commands import COMMAND_HELP
 from hpcenv.cli.context import Context
 from hpcenv.errors import InvalidInput
 
 
-def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-             common: argparse.ArgumentParser) -> None:
-    site = sub.add_parser("site", parents=[common], help=COMMAND_HELP["site"],
-                          description="Show, check and export the effective site config.")
-    site_sub = site.add_subparsers(dest="site_command", metavar="ACTION", parser_class=type(site))
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Show, check and export the effective site config."
+    parser.set_defaults(handler=lambda args, ctx: _usage(parser))
 
-    show = site_sub.add_parser("show", parents=[common], help="effective config and its sources",
-                               description="Print the effective site config and, for every "
-                                           "value, the file:line it came from (or 'default').")
-    show.set_defaults(handler=show_handler)
 
-    check = site_sub.add_parser("check", parents=[common], help="probe dirs, channels, tools",
-                                description="Check that the configured dirs are writable, envs "
-                                            "and pkgs share a filesystem, local channels exist "
-                                            "and remote ones answer, conda_exe and the group "
-                                            "exist. Exit 1 on any fail.")
-    check.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                       help="how long each remote channel gets to answer (default: 5)")
-    check.set_defaults(handler=check_handler)
+def register_show(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Print the effective site config and, for every value, the file:line "
+                          "it came from (or 'default').")
+    parser.set_defaults(handler=show_handler)
 
-    condarc = site_sub.add_parser("condarc", parents=[common], help="print a matching .condarc",
-                                  description="Print a .condarc with the site's envs_dirs, "
-                                              "pkgs_dirs, channels and channel_priority, so "
-                                              "plain `conda activate NAME` finds hpcenv envs.")
-    condarc.set_defaults(handler=condarc_handler)
-    site.set_defaults(handler=lambda args, ctx: _usage(site))
+
+def register_check(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Check that the configured dirs are writable, envs and pkgs share a "
+                          "filesystem, local channels exist and remote ones answer, conda_exe "
+                          "and the group exist. Exit 1 on any fail.")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="how long each remote channel gets to answer (default: 5)")
+    parser.set_defaults(handler=check_handler)
+
+
+def register_condarc(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Print a .condarc with the site's envs_dirs, pkgs_dirs, channels and "
+                          "channel_priority, so plain `conda activate NAME` finds hpcenv envs.")
+    parser.set_defaults(handler=condarc_handler)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -108,6 +108,9 @@ class PartitionVerdict(JsonRecord):
 
 @dataclass(frozen=True)
 class RoutingDecision(JsonRecord):
+    """The partition (and constraint, GPUs) a job is sent to, why, and every partition's
+    verdict."""
+
     partition: str | None              # None: let the scheduler use its default partition
     constraint: str | None
     gpus: int                          # GPUs per node to request (0: none)

@@ -16,14 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcenv.errors import InvalidInput
-from hpcenv.store import store_for
-from hpcenv.store.pack import (
-    compression_of,
-    default_compression,
-    find_pack,
-    pack_path,
-    read_manifest,
-)
 
 if TYPE_CHECKING:
     from hpcenv.site.config import SiteConfig
@@ -53,6 +45,16 @@ class StagePlan:
 
 def plan_staging(site: SiteConfig, record: EnvRecord) -> StagePlan:
     """The staging of ``record``'s build for a job; reads the pack's manifest if it exists."""
+    # Imported here: every submit imports this module, only --stage reads packs (tarfile).
+    from hpcenv.store import store_for
+    from hpcenv.store.pack import (
+        compression_of,
+        default_compression,
+        find_pack,
+        pack_path,
+        read_manifest,
+    )
+
     prefix = Path(record.prefix)
     store = store_for(site)
     found = find_pack(store, record)

@@ -78,6 +78,9 @@ class SubmitOptions(JobOptions):
 
 @dataclass(frozen=True)
 class SubmitResult:
+    """What a submit (or dry run) did: the job, where it was routed and why, the env and the
+    rendered script."""
+
     job_id: str | None                    # None for a dry run
     partition: str | None
     constraint: str | None

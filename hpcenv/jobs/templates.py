@@ -35,13 +35,14 @@ from __future__ import annotations
 import contextlib
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from hpcenv import __version__
 from hpcenv.errors import InvalidInput
+from hpcenv.jobs import template_subset
 from hpcenv.resources import data_dir
 from hpcenv.scheduler.job_options import JobOptions, min_nodes, sbatch_lines
 
@@ -94,6 +95,10 @@ def _quote(value: object) -> str:
     return shlex.quote(text)
 
 
+# The filters templates have beyond Jinja2's own.
+FILTERS: dict[str, Callable[[object], str]] = {"quote": _quote, "comment": _comment}
+
+
 def template_dirs(templates_dir: Path | None) -> list[Path]:
     """Where templates are looked up: the site's dir first, then the shipped ones."""
     shipped = data_dir("slurm_templates")
@@ -106,11 +111,12 @@ def render_job_script(job: JobScript, *, templates_dir: Path | None = None,
     """Render the job script.  ``templates_dir`` (the site's) is searched before the shipped
     templates, so a site may override ``job.sh.j2`` or only one of the parts it includes.
 
-    ``cache_dir`` (private to the user: it holds compiled code) keeps the templates compiled
-    between runs: Jinja2 checks each cached entry against a hash of its template's current
-    source, so an edited site template is recompiled, never served stale."""
-    import jinja2
-
+    Templates that keep to the subset of Jinja2 :mod:`hpcenv.jobs.template_subset` reads (the
+    shipped ones do) are rendered without importing Jinja2; any other renders with Jinja2, as
+    does every template error.  ``cache_dir`` (private to the user: it holds compiled code)
+    then keeps the templates compiled between runs: Jinja2 checks each cached entry against a
+    hash of its template's current source, so an edited site template is recompiled, never
+    served stale."""
     if job.launcher not in ("conda-run", "activate"):
         raise InvalidInput(f"launcher {job.launcher!r}: use conda-run or activate")
     if job.launcher == "conda-run" and not job.conda_exe:
@@ -122,14 +128,16 @@ def render_job_script(job: JobScript, *, templates_dir: Path | None = None,
             raise InvalidInput(f"signal {sig!r}: use names like TERM or USR1")
     for arg in job.command:
         _quote(arg)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(d) for d in template_dirs(templates_dir)]),
-        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
-        trim_blocks=True, lstrip_blocks=True, bytecode_cache=_bytecode_cache(cache_dir),
-    )
-    env.filters["quote"] = _quote
-    env.filters["comment"] = _comment
+    context = job_context(job, extra)
+    dirs = template_dirs(templates_dir)
+    text = template_subset.render(template, dirs, context, FILTERS)
+    if text is not None:
+        return text
+    return _render_with_jinja2(template, dirs, context, cache_dir)
 
+
+def job_context(job: JobScript, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The values a job template sees."""
     context: dict[str, Any] = {
         "job": job, "opts": job.options, "sbatch": sbatch_lines(job.options), "srun": job.srun,
         "launcher": job.launcher, "command": list(job.command), "prefix": str(job.prefix),
@@ -137,12 +145,23 @@ def render_job_script(job: JobScript, *, templates_dir: Path | None = None,
         "activation": job.activation, "signals": list(job.forwarded_signals),
         "hpcenv_version": __version__,
     }
-    if extra:
-        context.update(extra)
+    return context | (extra or {})
+
+
+def _render_with_jinja2(template: str, dirs: list[Path], context: dict[str, Any],
+                        cache_dir: Path | None) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in dirs]),
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
+        trim_blocks=True, lstrip_blocks=True, bytecode_cache=_bytecode_cache(cache_dir),
+    )
+    env.filters.update(FILTERS)
     try:
         return env.get_template(template).render(context)
     except jinja2.TemplateNotFound as exc:
-        searched = ", ".join(str(d) for d in template_dirs(templates_dir))
+        searched = ", ".join(str(d) for d in dirs)
         raise InvalidInput(f"job template {exc.name!r} not found in {searched}") from None
     except jinja2.TemplateError as exc:
         where, line = _template_location(exc, template)

@@ -53,7 +53,6 @@ from hpcenv.site.schema import (
     dump_section,
     expand_home,
     read_section,
-    reference_table,
     setting,
     settings_of,
 )
@@ -206,6 +205,8 @@ def _check_partition(r: Reader, part: Partition, items: Mapping[str, YNode], nod
 
 @dataclass(frozen=True, kw_only=True)
 class SlurmDefaults:
+    """``slurm:``: sbatch options every job gets unless submit is told otherwise."""
+
     account: str | None = setting(_account_or_qos("an account name"),
                                   "sbatch --account for every job", default=None)
     qos: str | None = setting(_account_or_qos("a QOS name"), "sbatch --qos", default=None)
@@ -225,6 +226,8 @@ class SlurmDefaults:
 
 @dataclass(frozen=True, kw_only=True)
 class Permissions:
+    """``permissions:``: who owns the shared dirs, who may change any env, how envs are named."""
+
     group: str | None = setting(
         Text(pattern=_SLURM_NAME, mismatch="is not a group name",
              fix="give the unix group that owns shared dirs", shape="group name"),
@@ -246,6 +249,8 @@ class Permissions:
 
 @dataclass(frozen=True, kw_only=True)
 class LockSettings:
+    """``locks:``: how builders of one key exclude each other across login nodes."""
+
     method: LockMethod = setting(Choice(("flock", "mkdir")),
                                  "flock: leases plus a same-node flock fast path; mkdir: leases "
                                  "only (where flock fails, e.g. Lustre noflock)",
@@ -273,6 +278,8 @@ def _check_locks(r: Reader, locks: LockSettings, items: Mapping[str, YNode], nod
 
 @dataclass(frozen=True, kw_only=True)
 class PipSettings:
+    """``pip:``: where the pip sections of env files install from."""
+
     wheel_dir: Path | None = setting(PathValue(optional=True), "local wheels (pip --find-links)",
                                      default=None)
     index_url: str | None = setting(Url(optional=True), "pip --index-url", default=None)
@@ -284,6 +291,8 @@ class PipSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class Remote:
+    """A login node ``--remote NAME`` runs commands on, over SSH."""
+
     name: str
     host: str = setting(Text(required=True, pattern=_SSH_WORD,
                              mismatch="contains spaces or shell characters",
@@ -314,6 +323,9 @@ class Remote:
 
 @dataclass(frozen=True, kw_only=True)
 class SiteConfig:
+    """The effective site config: every setting, where the file came from and where each
+    value was given (``provenance``)."""
+
     envs_dirs: tuple[Path, ...] = setting(
         PathList(), "conda envs dirs; the first is where hpcenv builds",
         yaml_default=[f"{_DEFAULT_DATA}/envs"])
@@ -595,4 +607,6 @@ def _home_path(text: str, env: Mapping[str, str]) -> Path:
 
 if __name__ == "__main__":
     # `python -m hpcenv.site.config`: the README's reference table, from the declarations.
+    from hpcenv.site.reference import reference_table
+
     print(reference_table(SiteConfig))

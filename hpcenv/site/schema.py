@@ -3,8 +3,8 @@ value kind (how YAML text becomes the value, with ``file:line`` errors), its def
 
 From those declarations come the reader (:func:`read_section`: unknown keys with "did you mean",
 defaults, provenance), the effective config as data (:func:`dump_section`, for ``site show`` and
-``--json``) and the README's reference table (:func:`reference_rows`).  Adding a key is one field
-declaration; a cross-field rule is a section's ``check``.
+``--json``) and the README's reference table (:mod:`hpcenv.site.reference`).  Adding a key is one
+field declaration; a cross-field rule is a section's ``check``.
 
 Defaults that depend on the environment (``${XDG_DATA_HOME:-~/.local/share}/hpcenv/envs``) are
 given as YAML text (``yaml_default``) and read by the same kind as a value from a file.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -214,6 +214,8 @@ class Kind:
 
 @dataclass(frozen=True)
 class Choice(Kind):
+    """One of ``options``, spelled exactly (a near miss gets "did you mean")."""
+
     options: tuple[str, ...]
 
     @property
@@ -257,6 +259,9 @@ class Text(Kind):
 
 @dataclass(frozen=True)
 class Integer(Kind):
+    """A whole number from ``minimum`` to ``maximum`` (no bound when None); null only if
+    ``optional``."""
+
     minimum: int
     maximum: int | None = None
     optional: bool = False
@@ -278,6 +283,8 @@ class Integer(Kind):
 
 @dataclass(frozen=True)
 class Seconds(Kind):
+    """A positive, finite number of seconds; null only if ``optional``."""
+
     optional: bool = False
     shape: str = "seconds"
 
@@ -295,6 +302,8 @@ class Seconds(Kind):
 
 @dataclass(frozen=True)
 class Boolean(Kind):
+    """true or false, nothing YAML would merely read as truthy."""
+
     shape: str = "true \\| false"
 
     def read(self, r: Reader, node: YNode, key: str) -> bool:
@@ -344,6 +353,8 @@ class PathList(Kind):
 
 @dataclass(frozen=True)
 class ChannelList(Kind):
+    """Channels by name, URL or path (a path becomes a ``file://`` URL)."""
+
     shape: str = "list of channels"
 
     def read(self, r: Reader, node: YNode, key: str) -> tuple[str, ...]:
@@ -406,6 +417,8 @@ class ListOf(Kind):
 
 @dataclass(frozen=True)
 class OctalMode(Kind):
+    """A directory mode written in octal (``"2775"``), never writable by everyone."""
+
     shape: str = "octal mode text"
 
     def read(self, r: Reader, node: YNode, key: str) -> int | None:
@@ -549,59 +562,3 @@ def dump_section(section: Any) -> dict[str, Any]:
     """A section's settings as JSON-able data, as ``site show`` prints them."""
     return {name: spec.metadata["kind"].dump(getattr(section, name))
             for name, spec in settings_of(type(section)).items()}
-
-
-@dataclass(frozen=True)
-class ReferenceRow:
-    key: str
-    shape: str
-    default: str
-    help: str
-
-
-def reference_rows(cls: type, prefix: str = "") -> list[ReferenceRow]:
-    """Every setting of ``cls`` (sections expanded), for the README's reference table."""
-    rows: list[ReferenceRow] = []
-    for name, spec in settings_of(cls).items():
-        kind: Kind = spec.metadata["kind"]
-        key = f"{prefix}{name}"
-        if isinstance(kind, Section):
-            rows.extend(reference_rows(kind.cls, f"{key}."))
-            continue
-        rows.append(ReferenceRow(key, kind.shape, _default_text(spec, kind), spec.metadata["help"]))
-        if isinstance(kind, NamedSections):
-            rows.extend(reference_rows(kind.cls, f"{key}[].") if kind.as_list
-                        else reference_rows(kind.cls, f"{key}.NAME."))
-    return rows
-
-
-def _default_text(spec: Field[Any], kind: Kind) -> str:
-    yaml_default = spec.metadata["yaml_default"]
-    if yaml_default is not MISSING:
-        value = yaml_default
-    elif spec.default is not MISSING:
-        value = kind.dump(spec.default)
-    elif spec.default_factory is not MISSING:
-        value = kind.dump(spec.default_factory())  # type: ignore[operator]
-    else:
-        return "(required)"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{}" if not value else str(value)
-    if is_dataclass(value):
-        return "(section)"
-    return f"{value}"
-
-
-def reference_table(cls: type) -> str:
-    """The reference table as Markdown (generated into the README between markers)."""
-    lines = ["| key | value | default | meaning |", "|---|---|---|---|"]
-    for row in reference_rows(cls):
-        cells = [f"`{row.key}`", row.shape, f"`{row.default}`", row.help]
-        lines.append("| " + " | ".join(c.replace("\n", " ") for c in cells) + " |")
-    return "\n".join(lines)

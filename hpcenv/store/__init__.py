@@ -6,19 +6,28 @@ activation of a stored prefix (:mod:`.activation`).
 
 :func:`store_for` builds, from a site config, the :class:`~hpcenv.store.layout.Store` these
 modules take instead of the whole config.
+
+Importing a module of the package runs this file first, so it imports nothing itself:
+``hpcenv run`` reads :mod:`.activation` alone, and the layout, the locks and the registry are
+loaded by what uses them.
 """
 
 from __future__ import annotations
 
-from hpcenv.site.config import SiteConfig
-from hpcenv.store.layout import LockPolicy, Store
+from typing import TYPE_CHECKING
 
-__all__ = ["LockPolicy", "Store", "store_for"]
+if TYPE_CHECKING:
+    from hpcenv.site.config import SiteConfig
+    from hpcenv.store.layout import Store
+
+__all__ = ["store_for"]
 
 
 def store_for(site: SiteConfig) -> Store:
     """The store ``site`` describes: its first envs and pkgs dirs, registry, lock policy,
     permissions and module tree."""
+    from hpcenv.store.layout import LockPolicy, Store
+
     return Store(envs_dirs=tuple(site.envs_dirs), pkgs_dir=site.pkgs_dirs[0],
                  registry_root=site.registry,
                  locks=LockPolicy(method=site.locks.method, timeout=site.locks.timeout,

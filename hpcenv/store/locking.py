@@ -55,13 +55,11 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,6 +146,10 @@ def describe_holder(holder: LockHolder | None) -> str:
 
 def current_holder(doing: str = "") -> LockHolder:
     """A holder record for this process, now, with a fresh token; ``doing`` says what for."""
+    # datetime and tempfile are imported where a lock is taken or probed: `env list` and
+    # `env show` load this module (the registry's records name lock holders) but never lock.
+    from datetime import datetime, timezone
+
     return LockHolder(user=current_user(), host=host_name(), pid=os.getpid(),
                       started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       pid_start=process_start_time(os.getpid()), token=os.urandom(8).hex(),
@@ -585,6 +587,8 @@ class BuildLock:
         return None
 
     def _rename_into_place(self) -> LockHolder | None:
+        import tempfile
+
         me = current_holder(self.doing)
         staging = Path(tempfile.mkdtemp(prefix=f".{self.lease_dir.name}.", suffix=".new",
                                         dir=self.path.parent))
@@ -869,6 +873,8 @@ def probe_lock_support(directory: Path) -> tuple[bool, str]:
     cross-node guard), and mtimes can be set (the heartbeat).  ``flock`` is probed too, but
     only as the same-node fast path: its result never fails the check.  Nothing is left behind.
     """
+    import tempfile
+
     directory = Path(directory)
     mount = mount_of(directory)
     where = f"{directory} ({mount.fstype})"
@@ -942,6 +948,8 @@ def clean_lock_debris(directory: Path, *, stale_after: float | None) -> list[Pat
         except FileNotFoundError:
             continue
         if now is None:
+            import tempfile
+
             fd, clock_name = tempfile.mkstemp(prefix=".hpcenv-clock-", dir=directory)
             os.close(fd)
             clock = Path(clock_name)

@@ -97,34 +97,48 @@ def _sub_parser(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argpa
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_the_parser_of_one_command_group_reads_it_as_the_whole_parser_does(
+def test_the_parser_of_one_command_reads_it_as_the_whole_parser_does(
         command: tuple[str, ...]) -> None:
-    # main() builds only the group of the command named: its options and help are the same.
-    full, one = build_parser(), build_parser(command=command[0])
-    assert _sub_parser(one, command).format_help() == _sub_parser(full, command).format_help()
+    # main() builds only the command (and action) named: its options and help are the same,
+    # and so is the help of the group above it, which lists its siblings by their help lines.
+    full = build_parser()
+    for depth in range(1, len(command) + 1):
+        one = build_parser(path=command[:depth])
+        for level in range(depth + 1):
+            assert (_sub_parser(one, command[:level]).format_help()
+                    == _sub_parser(full, command[:level]).format_help())
 
 
 def test_the_top_level_help_lists_every_command_without_building_their_options() -> None:
     # main() builds the summaries when no command is named (--help, no command, a typo).
-    summaries = build_parser(summaries=True)
+    summaries = build_parser(path=())
     assert summaries.format_help() == build_parser().format_help()
     assert summaries.format_usage() == build_parser().format_usage()
+    env = _sub_parser(summaries, ("env",))
+    assert env.format_help().startswith("usage: hpcenv env [-h]\n")  # a help line, no options
 
 
-@pytest.mark.parametrize("argv, word", [
-    (["status", "12"], "status"), (["--site", "status", "jobs"], "jobs"),
-    (["--site=x.yaml", "-vv", "--json", "env", "list"], "env"), (["-q", "submit", "x.py"], "submit"),
-    (["--remote", "hpc", "logs", "3"], "logs"),
+@pytest.mark.parametrize("argv, path", [
+    (["status", "12"], ("status",)), (["--site", "status", "jobs"], ("jobs",)),
+    (["--site=x.yaml", "-vv", "--json", "env", "list"], ("env", "list")),
+    (["-q", "submit", "x.py"], ("submit",)), (["--remote", "hpc", "logs", "3"], ("logs",)),
+    # Global options between the command and its action; an alias names its action.
+    (["env", "--site", "show", "-q", "show", "x"], ("env", "show")),
+    (["env", "create", "-f", "x.yml"], ("env", "build")), (["site", "check"], ("site", "check")),
+    # A command's help lists its actions; an unknown action: all of them.
+    (["env", "--help", "list"], ("env",)), (["env", "lsit"], ("env",)), (["env"], ("env",)),
+    (["submit", "list"], ("submit",)),
     # The top-level help and version list every command; unknown or no command: all of them.
-    (["--help", "status"], None), (["-h"], None), (["--version"], None), (["bogus"], None),
-    (["--json"], None), (["--remote"], None), ([], None),
-    # After "--" every word is positional: the first is still the command.
-    (["-v", "--", "status", "12"], "status"), (["--", "--json"], None)])
-def test_the_command_word_is_found_past_the_global_options(argv: list[str],
-                                                           word: str | None) -> None:
-    from hpcenv.cli import _command_word
+    (["--help", "status"], ()), (["-h"], ()), (["--version"], ()), (["bogus"], ()),
+    (["--json"], ()), (["--remote"], ()), ([], ()),
+    # After "--" every word is positional: the first is still the command, then its action.
+    (["-v", "--", "status", "12"], ("status",)), (["--", "--json"], ()),
+    (["--", "env", "list"], ("env", "list"))])
+def test_the_command_path_is_found_past_the_global_options(argv: list[str],
+                                                           path: tuple[str, ...]) -> None:
+    from hpcenv.cli import _command_path
 
-    assert _command_word(argv) == word
+    assert _command_path(argv) == path
 
 
 def test_job_control_commands_do_not_build_the_job_option_table(tmp_path: Path,
@@ -135,6 +149,21 @@ def test_job_control_commands_do_not_build_the_job_option_table(tmp_path: Path,
     timed = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
              if line.startswith("import time:")}
     assert "hpcenv.cli.job_cmd" in timed and "hpcenv.scheduler.job_options" not in timed
+
+
+@pytest.mark.parametrize("words, module", [(("env", "list"), "env_build_cmd"),
+                                           (("site", "show"), "site_cmd"),
+                                           (("status", "1"), "job_cmd")])
+def test_a_command_imports_only_its_own_command_module(tmp_path: Path, env: dict[str, str],
+                                                       words: tuple[str, ...],
+                                                       module: str) -> None:
+    result = subprocess.run([str(HPCENV), *words, "--help"], capture_output=True, text=True,
+                            cwd=tmp_path, env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, timeout=60)
+    assert result.returncode == 0 and f"usage: hpcenv {words[0]}" in result.stdout, result.stderr
+    timed = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+             if line.startswith("import time:")}
+    commands = {name for name in timed if name.startswith("hpcenv.cli.") and name.endswith("_cmd")}
+    assert commands - {"hpcenv.cli.env_cmd"} == {f"hpcenv.cli.{module}"}
 
 
 def test_sub_command_help_through_the_console_script() -> None:

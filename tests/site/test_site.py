@@ -740,7 +740,7 @@ def test_lock_timings_validated(tmp_path: Path, env: dict[str, str]) -> None:
 
 def test_readme_reference_table_is_generated_from_the_declarations() -> None:
     from hpcenv.site.config import SiteConfig
-    from hpcenv.site.schema import reference_table
+    from hpcenv.site.reference import reference_table
 
     readme = (REPO / "README.md").read_text()
     start, end = "<!-- site-reference:start -->\n", "\n<!-- site-reference:end -->"
