@@ -67,6 +67,8 @@ __all__ = ["BuildEvent", "BuildPreview", "BuildResult", "Progress", "build_env",
 
 @dataclass(frozen=True)
 class BuildResult:
+    """What one build request ended with: the version's record, built or reused."""
+
     record: EnvRecord
     status: Literal["built", "reused"]
     waited: bool = False                  # waited for another builder's lock

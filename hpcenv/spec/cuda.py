@@ -54,6 +54,8 @@ from hpcenv.spec.environment import (
 
 @dataclass(frozen=True)
 class CudaRequirement:
+    """The CUDA version an environment needs, as inferred from its spec."""
+
     cuda: str | None              # "12.4", "12", or None
     ambiguous: bool
     candidates: tuple[str, ...]
@@ -67,6 +69,8 @@ _Kind = Literal["pin", "component", "build", "major", "min", "framework", "gpu",
 
 @dataclass(frozen=True)
 class _Signal:
+    """One spec line's evidence about CUDA."""
+
     kind: _Kind
     line: str
     versions: tuple[str, ...] = ()

@@ -43,7 +43,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -464,6 +463,8 @@ class RegistryIndex:
         directory = self.root / INDEX_DIR
         try:
             ensure_shared_dir(directory, mode=self.dir_mode, group=self.group)
+            import tempfile  # only to probe the clock, when an index is rebuilt
+
             fd, probe = tempfile.mkstemp(prefix=".clock-", dir=directory)
         except OSError:
             return None
