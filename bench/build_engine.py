@@ -23,6 +23,7 @@ Anchors, measured in the same run against the same demo channel:
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -50,7 +51,7 @@ from common import (
 
 SPECS = ("python=3.11", "hpcdemo-kernels", "hpcdemo-tools")
 RUNS_WARM = 9
-RUNS_COLD = 5
+RUNS_COLD = 9
 CONCURRENT = 32
 TIMEOUT_S = 600
 
@@ -116,9 +117,13 @@ def run() -> BenchResult:
         anchor_cache = root / "anchor-pkgs"
         anchor_cold, cold, cold_inside = [], [], []
         for i in range(RUNS_COLD):
+            # A cold run writes ~70 MiB; flushed here, untimed, so that the write-back of one
+            # run never lands in the next (the anchor would pay for hpcenv's and vice versa).
+            os.sync()
             anchor_cold.append(_rattler_once(channel.url, root / f"anchor-cold{i}",
                                              root / f"anchor-c{i}", root / f"anchor-repo{i}"))
             site = write_site(root / f"cold{i}", channel)
+            os.sync()
             seconds, out = build_once(site, _spec_file(specs, f"cold{i}"))
             cold.append(seconds)
             cold_inside.append(out["seconds"])
