@@ -125,6 +125,8 @@ def _parse(source: str) -> list[Any]:
     line_start = True  # the text ahead starts a line (Jinja2's lstrip_blocks rule)
     for match in _TAG.finditer(source):
         text = _text(source[position:match.start()])
+        if text.endswith("{"):
+            raise _Outside  # "{{{" or "{{%": Jinja2 opens a tag one character earlier
         variable, block, comment = match.groups()
         if block is not None or comment is not None:
             inner = block if block is not None else comment
