@@ -37,6 +37,14 @@ def add_sync_options(parser: argparse.ArgumentParser) -> None:
                        help="leave files matching PATTERN out of --sync (repeatable, fnmatch)")
 
 
+def add_version_option(parser: argparse.ArgumentParser,
+                       help: str = "a version from 'hpcenv env history NAME' (default: the "
+                                   "current one)") -> None:
+    """``--version V``: which version of NAME an env action takes (a number, as ``env
+    history`` lists them)."""
+    parser.add_argument("--version", type=int, metavar="V", help=help)
+
+
 def check_sync_options(args: argparse.Namespace) -> None:
     """``--sync``/``--exclude`` only mean something over ``--remote``."""
     if (getattr(args, "sync", None) or getattr(args, "exclude", None)) and not args.remote:

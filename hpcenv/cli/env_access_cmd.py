@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hpcenv.cli.argtypes import env_name
+from hpcenv.cli.argtypes import add_version_option, env_name
 from hpcenv.cli.context import Context
 
 
@@ -21,8 +21,7 @@ def register_module(parser: argparse.ArgumentParser) -> None:
                           "hpcenv/NAME' activates it. 'default' follows the current version; "
                           "rollback and rm keep the tree in step.")
     parser.add_argument("name", metavar="NAME", type=env_name)
-    parser.add_argument("--version", type=int, metavar="V",
-                        help="a version from 'hpcenv env history NAME' (default: the current one)")
+    add_version_option(parser)
     parser.set_defaults(handler=_module)
 
 
@@ -31,8 +30,7 @@ def register_kernel(parser: argparse.ArgumentParser) -> None:
                           "(current version, or --version V) with the env activated. The env "
                           "needs ipykernel.")
     parser.add_argument("name", metavar="NAME", type=env_name)
-    parser.add_argument("--version", type=int, metavar="V",
-                        help="a version from 'hpcenv env history NAME' (default: the current one)")
+    add_version_option(parser)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--site-wide", action="store_true",
                        help="into the site's kernels_dir, for every user (default: your own "
@@ -50,8 +48,7 @@ def register_pack(parser: argparse.ArgumentParser) -> None:
                           "shared filesystem. An existing pack of the same build is kept unless "
                           "--force.")
     parser.add_argument("name", metavar="NAME", type=env_name)
-    parser.add_argument("--version", type=int, metavar="V",
-                        help="a version from 'hpcenv env history NAME' (default: the current one)")
+    add_version_option(parser)
     parser.add_argument("--compression", choices=("zstd", "gzip"),
                         help="default: zstd when installed (unpacks faster), else gzip")
     parser.add_argument("--force", action="store_true", help="pack again even if a pack exists")

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcenv.cli.argtypes import cuda_version, env_name, local_file
+from hpcenv.cli.argtypes import add_version_option, cuda_version, env_name, local_file
 from hpcenv.cli.context import Context
 from hpcenv.errors import HpcenvError, InvalidInput
 
@@ -61,8 +61,7 @@ def register_list(parser: argparse.ArgumentParser) -> None:
 def register_show(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Show the registry record of NAME's current version (or --version V).")
     _name_argument(parser)
-    parser.add_argument("--version", type=int, metavar="V",
-                        help="a version from 'hpcenv env history NAME' (default: the current one)")
+    add_version_option(parser)
     parser.set_defaults(handler=_needs_name(_show))
 
 
@@ -78,8 +77,7 @@ def register_export(parser: argparse.ArgumentParser) -> None:
                           "list (--explicit). Each builds the same env again with 'hpcenv env "
                           "build'.")
     _name_argument(parser)
-    parser.add_argument("--version", type=int, metavar="V",
-                        help="a version from 'hpcenv env history NAME' (default: the current one)")
+    add_version_option(parser)
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--no-builds", action="store_true",
                       help="environment.yml without build strings")
@@ -105,8 +103,7 @@ def register_rm(parser: argparse.ArgumentParser) -> None:
                           "hardlinks and stay. A build a pending or running job (anyone's) runs "
                           "in is retired at once but kept until 'env gc' finds no job in it.")
     _name_argument(parser)
-    parser.add_argument("--version", type=int, metavar="V",
-                        help="delete only this version (see 'hpcenv env history NAME')")
+    add_version_option(parser, "delete only this version (see 'hpcenv env history NAME')")
     parser.add_argument("--force", action="store_true",
                         help="also remove the current version; delete even when the scheduler "
                              "cannot say whether a job runs in the build")
