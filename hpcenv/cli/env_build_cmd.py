@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from hpcenv.cli.argtypes import add_version_option, cuda_version, env_name, local_file
 from hpcenv.cli.context import Context
 from hpcenv.errors import HpcenvError, InvalidInput
+from hpcenv.text_table import human_size
 
 if TYPE_CHECKING:
     from hpcenv.build.builder import BuildEvent
@@ -285,12 +286,6 @@ def _dry_run(args: argparse.Namespace, ctx: Context, spec: Any) -> int:
     return 0
 
 
-def _size(n: int) -> str:
-    from hpcenv.text_table import human_size
-
-    return human_size(n)
-
-
 def _list(args: argparse.Namespace, ctx: Context) -> int:
     registry = _registry(ctx)
     if ctx.json:
@@ -317,9 +312,10 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
             f"  key:       {d['key']}",
             f"  channels:  {', '.join(d['channels']) or '-'}",
             f"  platform:  {d['platform']}",
-            f"  packages:  {d['packages']}, {d['file_count']} files, {_size(d['size_bytes'])}"
-            + (f" ({_size(d['unique_bytes'])} its own, the rest shared with the package cache)"
-               if d.get("unique_bytes") is not None else ""),
+            f"  packages:  {d['packages']}, {d['file_count']} files, "
+            f"{human_size(d['size_bytes'])}"
+            + (f" ({human_size(d['unique_bytes'])} its own, the rest shared with the package "
+               "cache)" if d.get("unique_bytes") is not None else ""),
             f"  lockfile:  {d['lock_path']}",
             f"  built by:  {d['creator']} at {d['created']}",
         ]
@@ -434,7 +430,7 @@ def _gc(args: argparse.Namespace, ctx: Context) -> int:
     def human(d: dict[str, Any]) -> str:
         verb = "would free" if d["dry_run"] else "freed"
         lines = [f"{'would remove' if d['dry_run'] else 'removed'} {i['kind']:<7} {i['path']} "
-                 f"({_size(i['bytes'])}, {i['files']} files)" for i in d["removed"]]
+                 f"({human_size(i['bytes'])}, {i['files']} files)" for i in d["removed"]]
         lines += [f"{'would retire' if d['dry_run'] else 'retired'} record  {r['name']} version "
                   f"{r['version']} ({r['was']}: {r['error'] or 'the build never finished'})"
                   for r in d["retired"]]
@@ -442,7 +438,7 @@ def _gc(args: argparse.Namespace, ctx: Context) -> int:
                   + ", ".join(f"job {j['job_id']} ({j['user'] or 'unknown user'}, "
                               f"{j['state'].lower()})" for j in k["jobs"])
                   + "; a later gc removes it once they end" for k in d["kept"]]
-        lines.append(f"{verb} {_size(d['bytes_freed'])} in {d['files_freed']} files "
+        lines.append(f"{verb} {human_size(d['bytes_freed'])} in {d['files_freed']} files "
                      f"({len(d['removed'])} items)")
         return "\n".join(lines)
 
