@@ -124,9 +124,7 @@ def _parse(source: str) -> list[Any]:
     position = 0
     line_start = True  # the text ahead starts a line (Jinja2's lstrip_blocks rule)
     for match in _TAG.finditer(source):
-        text = _text(source[position:match.start()])
-        if text.endswith("{"):
-            raise _Outside  # "{{{" or "{{%": Jinja2 opens a tag one character earlier
+        text = _text(source[position:match.start()], before_tag=True)
         variable, block, comment = match.groups()
         if block is not None or comment is not None:
             inner = block if block is not None else comment
@@ -202,9 +200,11 @@ def _parse(source: str) -> list[Any]:
     return root
 
 
-def _text(text: str) -> str:
-    """Text between tags; a tag opened there and never closed is Jinja2's syntax error."""
-    if "{{" in text or "{%" in text or "{#" in text:
+def _text(text: str, *, before_tag: bool = False) -> str:
+    """Text between tags; a tag opened there and never closed is Jinja2's syntax error, and so
+    is a "{" right before a tag (``before_tag``): Jinja2 opens the tag one character earlier
+    (``{{%``, ``{{#``)."""
+    if "{{" in text or "{%" in text or "{#" in text or (before_tag and text.endswith("{")):
         raise _Outside
     return text
 
