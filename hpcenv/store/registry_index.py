@@ -177,15 +177,17 @@ class ListIndex:
     entries: list[Any] | None
 
     @classmethod
-    def parse(cls, lines: list[bytes], *, text: bool, entries: bool) -> ListIndex | None:
-        """The index from the first lines of ``list.jsonl`` (all six with ``entries``), with
-        the printed lines (``text``) and the data (``entries``); None when damaged."""
+    def parse(cls, header: dict[str, Any], lines: list[bytes], *, text: bool,
+              entries: bool) -> ListIndex | None:
+        """The index from ``list.jsonl``'s header and the lines after it (all five with
+        ``entries``), with the printed lines (``text``) and the data (``entries``); None when
+        damaged."""
         try:
             with gc_paused():
-                header, names, stamps = (json.loads(line) for line in lines[:3])
-                env_lines = json.loads(lines[3]) if text else None
-                hints = json.loads(lines[4]) if text else None
-                data = json.loads(lines[5]) if entries else None
+                names, stamps = (json.loads(line) for line in lines[:2])
+                env_lines = json.loads(lines[2]) if text else None
+                hints = json.loads(lines[3]) if text else None
+                data = json.loads(lines[4]) if entries else None
         except ValueError:
             return None
         count = len(names) if isinstance(names, list) else -1
@@ -313,13 +315,13 @@ class RegistryIndex:
         ROOT has the same names and none of their directories changed, else brought up to date
         (only the changed names read again) and saved."""
         # The printed lines come before the data, which they need not read.
-        lines = self._load_lines(self._list_path(), 5 if text else 6)
-        stored = ListIndex.parse(lines, text=text, entries=not text) if lines else None
+        loaded = self._load_lines(self._list_path(), 4 if text else 5)
+        stored = ListIndex.parse(*loaded, text=text, entries=not text) if loaded else None
         if stored is not None and stored.stamp is not None and self._unchanged(stored):
             return stored
-        lines = self._load_lines(self._list_path(), 6) if text else lines
-        return self._update_list(ListIndex.parse(lines, text=True, entries=True)
-                                 if lines else None)
+        loaded = self._load_lines(self._list_path(), 5) if text else loaded
+        return self._update_list(ListIndex.parse(*loaded, text=True, entries=True)
+                                 if loaded else None)
 
     def _unchanged(self, stored: ListIndex) -> bool:
         """Whether ROOT and every name directory still have the mtimes ``stored`` was made at:
@@ -390,12 +392,13 @@ class RegistryIndex:
             stamp = os.stat(self.root / name).st_mtime_ns
         except (FileNotFoundError, NotADirectoryError):
             stamp = None
-        lines = self._load_lines(path, 2) if stamp is not None else None
-        if lines is not None:
+        loaded = self._load_lines(path, 1) if stamp is not None else None
+        if loaded is not None:
+            header, lines = loaded
             try:
-                header, text = json.loads(lines[0]), json.loads(lines[1])
+                text = json.loads(lines[0])
             except ValueError:
-                header, text = {}, None
+                text = None
             if header.get("stamp") == stamp and isinstance(text, str):
                 return text
         index = self.name_index(name)
@@ -428,19 +431,19 @@ class RegistryIndex:
         return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
     @staticmethod
-    def _load_lines(path: Path, count: int) -> list[bytes] | None:
-        """The first ``count`` lines of a JSON-lines index file, its header checked (the
-        format, and the version of the text it holds); None when missing, torn or of another
-        format (rebuilt)."""
+    def _load_lines(path: Path, count: int) -> tuple[dict[str, Any], list[bytes]] | None:
+        """The header of a JSON-lines index file, checked (the format, and the version of the
+        text it holds), and the ``count`` lines after it, unparsed; None when missing, torn or
+        of another format (rebuilt)."""
         try:
             with open(path, "rb") as file:
+                header = json.loads(file.readline())
                 lines = [file.readline() for _ in range(count)]
-            header = json.loads(lines[0])
         except (OSError, ValueError):
             return None
         # A torn line is no JSON: its reader rebuilds the file.
-        return lines if (isinstance(header, dict) and header.get("format") == FORMAT
-                         and header.get("text") == TEXT_VERSION) else None
+        return (header, lines) if (isinstance(header, dict) and header.get("format") == FORMAT
+                                   and header.get("text") == TEXT_VERSION) else None
 
     def _save(self, path: Path, index: NameIndex) -> None:
         self._save_text(path, json.dumps(index.to_dict(), separators=(",", ":")))
