@@ -132,6 +132,19 @@ def test_pip_section_and_variables(site, tmp_path: Path) -> None:
     assert state == {"env_vars": {"HPCDEMO_MODE": "fast"}}
 
 
+def test_a_pip_section_leaves_the_same_env_whatever_the_builders_bytecode_setting(
+        site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A shell without PYTHONDONTWRITEBYTECODE (most users') must not get pip's own bytecode
+    # into the env: unique bytes on the shared filesystem, and an env that depends on who built.
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    text = KERNELS_CPU + "  - pip\n  - pip:\n    - hpcdemo_extra\n"
+    res = build_env(spec(text, tmp_path), site, name="pipbytecode")
+    site_packages = next(res.prefix.glob("lib/python3*/site-packages"))
+    assert not list((site_packages / "pip").rglob("*.pyc"))
+    # What pip installs is compiled all the same.
+    assert list((site_packages / "hpcdemo_extra").rglob("*.pyc"))
+
+
 def test_pip_failure_is_reported_and_nothing_published(site, tmp_path: Path) -> None:
     text = KERNELS_CPU + "  - pip:\n    - no-such-package-anywhere==9.9\n"
     with pytest.raises(HpcenvError, match=r"environment.yml:\d+: pip install failed: .*no-such"):
